@@ -1,0 +1,72 @@
+// Storage that either owns its elements or views a read-only memory-mapped
+// file section. Indexes keep every array in a Buffer, so a loaded index costs
+// no copy; the first mutation of a mapped buffer copies it (copy-on-write).
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <vector>
+
+namespace sparknn {
+
+// 64-byte aligned allocation: rows start on cache lines, SIMD loads never split.
+template <class T>
+struct AlignedAllocator {
+    using value_type = T;
+    static constexpr std::size_t kAlign = 64;
+    AlignedAllocator() = default;
+    template <class U>
+    AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_alloc();
+        void* p = ::operator new(n * sizeof(T), std::align_val_t(kAlign));
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t(kAlign)); }
+    template <class U>
+    bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
+};
+
+template <class T>
+using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
+template <class T>
+class Buffer {
+  public:
+    Buffer() = default;
+
+    const T* data() const { return view_ != nullptr ? view_ : owned_.data(); }
+    size_t size() const { return view_ != nullptr ? view_size_ : owned_.size(); }
+    bool is_view() const { return view_ != nullptr; }
+    const T& operator[](size_t i) const { return data()[i]; }
+
+    // Points at memory kept alive by `owner` (a mapped file). No copy.
+    void set_view(const T* data, size_t size, std::shared_ptr<const void> owner) {
+        owned_.clear();
+        owned_.shrink_to_fit();
+        view_ = data;
+        view_size_ = size;
+        owner_ = std::move(owner);
+    }
+
+    // The owned vector for mutation; a view is copied into it first.
+    AlignedVector<T>& mutate() {
+        if (view_ != nullptr) {
+            owned_.assign(view_, view_ + view_size_);
+            view_ = nullptr;
+            view_size_ = 0;
+            owner_.reset();
+        }
+        return owned_;
+    }
+
+  private:
+    AlignedVector<T> owned_;
+    const T* view_ = nullptr;
+    size_t view_size_ = 0;
+    std::shared_ptr<const void> owner_;
+};
+
+}  // namespace sparknn

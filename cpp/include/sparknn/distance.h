@@ -1,0 +1,63 @@
+// Distance kernels and the metric enum.
+//
+// Every distance is "smaller is closer":
+//   l2      squared Euclidean distance  sum (a_i - b_i)^2
+//   ip      negated inner product       -sum a_i b_i
+//   cosine  1 - cos(a, b); vectors are normalised once when added, so this is
+//           1 - sum a_i b_i on stored vectors, in [0, 2].
+//
+// Kernels are compiled once per instruction set (scalar, AVX2+FMA, AVX-512 on
+// x86-64; NEON on arm64) and chosen at run time from the CPU in hand, so a
+// build made on one machine runs on an older one. SPARKNN_SIMD=scalar|avx2|avx512
+// lowers the level (for tests and for working around a bad CPU).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace sparknn {
+
+enum class Metric : uint32_t { L2 = 1, InnerProduct = 2, Cosine = 3 };
+
+Metric metric_from_string(const std::string& name);
+const char* metric_name(Metric metric);
+
+enum class SimdLevel : int { Scalar = 0, Neon = 1, Avx2 = 2, Avx512 = 3 };
+
+const char* simd_level_name(SimdLevel level);
+
+// The best level this CPU supports (ignores the environment override).
+SimdLevel cpu_simd_level();
+// The level in use: cpu_simd_level() lowered by SPARKNN_SIMD, or by set_simd_level.
+SimdLevel simd_level();
+// Selects the kernels of `level`; throws Unsupported if the CPU lacks it.
+void set_simd_level(SimdLevel level);
+
+using DistanceFn = float (*)(const float* a, const float* b, size_t dim);
+
+struct DistanceKernels {
+    DistanceFn l2sq;  // sum (a-b)^2
+    DistanceFn dot;   // sum a*b
+};
+
+// Kernels for the level in use; cheap to call (one atomic load).
+const DistanceKernels& kernels();
+// Kernels for a given level (tests compare levels against each other).
+const DistanceKernels& kernels_for(SimdLevel level);
+
+// Distance between two stored vectors under `metric` ("smaller is closer").
+inline float distance(Metric metric, const DistanceKernels& k, const float* a, const float* b,
+                      size_t dim) {
+    switch (metric) {
+        case Metric::L2:
+            return k.l2sq(a, b, dim);
+        case Metric::InnerProduct:
+            return -k.dot(a, b, dim);
+        case Metric::Cosine:
+            return 1.0f - k.dot(a, b, dim);
+    }
+    return 0.0f;
+}
+
+}  // namespace sparknn

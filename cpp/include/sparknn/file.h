@@ -1,0 +1,135 @@
+// The index file container: a fixed 64-byte header, a section table and
+// 64-byte aligned sections, each with a CRC-32C. See docs/FORMAT.md.
+//
+// Reading validates before anything is trusted: magic, format version, sizes
+// (with overflow-checked arithmetic), section bounds and alignment, then the
+// checksums. Writing is atomic: a temporary file in the same directory is
+// written, flushed and renamed over the destination.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sparknn/distance.h"
+
+namespace sparknn {
+
+inline constexpr char kFileMagic[8] = {'S', 'P', 'A', 'R', 'K', 'N', 'N', '\0'};
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr size_t kHeaderSize = 64;
+inline constexpr size_t kSectionEntrySize = 32;
+inline constexpr size_t kSectionAlign = 64;
+inline constexpr uint32_t kMaxSections = 64;
+
+enum class IndexKind : uint32_t { Flat = 1, Hnsw = 2, Ivf = 3 };
+const char* kind_name(IndexKind kind);
+IndexKind kind_from_string(const std::string& name);
+
+// Section types. Values are part of the format: never renumber.
+enum class SectionType : uint32_t {
+    Params = 1,      // named uint64 parameters (ParamRecord[])
+    Vectors = 2,     // float32 [count, dim]
+    Ids = 3,         // int64 [count], user ids
+    HnswLevels = 10, // uint8 [count], top level of each node
+    HnswLinks0 = 11, // uint32 [count, 1 + M0]: degree, then neighbours
+    HnswUpperOffsets = 12, // uint64 [count + 1] into HnswUpperLinks
+    HnswUpperLinks = 13,   // uint32: per node, per level >= 1: degree, then M slots
+};
+
+// The fixed header, as decoded.
+struct FileHeader {
+    uint32_t format_version = kFormatVersion;
+    IndexKind kind = IndexKind::Flat;
+    Metric metric = Metric::L2;
+    uint64_t dim = 0;
+    uint64_t count = 0;
+};
+
+// Named integer parameters; floats are stored as their bit pattern by callers.
+struct ParamRecord {
+    char name[24];
+    uint64_t value;
+};
+static_assert(sizeof(ParamRecord) == 32, "ParamRecord is part of the file format");
+
+// Collects sections (pointers, not copies) and writes the file atomically.
+class FileWriter {
+  public:
+    explicit FileWriter(const FileHeader& header) : header_(header) {}
+    void add_section(SectionType type, const void* data, size_t bytes);
+    void add_param(const std::string& name, uint64_t value);
+    void write(const std::string& path);
+
+  private:
+    struct Pending {
+        SectionType type;
+        const void* data;
+        size_t bytes;
+    };
+    FileHeader header_;
+    std::vector<Pending> sections_;
+    std::vector<ParamRecord> params_;
+};
+
+// A validated, read-only index file: mapped (shared page cache) or read into memory.
+class IndexFile {
+  public:
+    // Opens and validates `path`. With verify_checksums, every section's
+    // CRC-32C is checked (reads the whole file once).
+    static std::shared_ptr<const IndexFile> open(const std::string& path, bool mmap,
+                                                 bool verify_checksums = true);
+    // Validates an in-memory image (the fuzzer's entry point).
+    static std::shared_ptr<const IndexFile> from_bytes(std::vector<uint8_t> bytes,
+                                                       bool verify_checksums = true);
+    ~IndexFile();
+    IndexFile(const IndexFile&) = delete;
+    IndexFile& operator=(const IndexFile&) = delete;
+
+    const FileHeader& header() const { return header_; }
+    const std::string& path() const { return path_; }
+    bool is_mapped() const { return mapped_; }
+    size_t file_size() const { return size_; }
+
+    bool has_section(SectionType type) const;
+    // The section's bytes; throws FileFormatError if it is missing or its size
+    // differs from `expected_bytes` (when given).
+    const uint8_t* section(SectionType type, size_t* bytes) const;
+    const uint8_t* section_exact(SectionType type, size_t expected_bytes) const;
+    template <class T>
+    const T* typed_section(SectionType type, size_t expected_count) const {
+        return reinterpret_cast<const T*>(section_exact(type, checked_mul(expected_count, sizeof(T))));
+    }
+
+    // A parameter from the Params section; throws FileFormatError if absent.
+    uint64_t param(const std::string& name) const;
+    uint64_t param_or(const std::string& name, uint64_t fallback) const;
+
+    // Overflow-checked a * b for sizes read from a file.
+    static size_t checked_mul(uint64_t a, uint64_t b);
+
+  private:
+    IndexFile() = default;
+    void parse(bool verify_checksums);
+    [[noreturn]] void fail(const std::string& what) const;
+
+    struct Section {
+        SectionType type;
+        uint64_t offset;
+        uint64_t size;
+    };
+    std::string path_;
+    const uint8_t* data_ = nullptr;
+    size_t size_ = 0;
+    bool mapped_ = false;
+    std::vector<uint8_t> owned_;
+    FileHeader header_;
+    std::vector<Section> sections_;
+    std::vector<ParamRecord> params_;
+};
+
+uint32_t crc32c(const void* data, size_t bytes, uint32_t seed = 0);
+
+}  // namespace sparknn

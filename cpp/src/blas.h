@@ -1,0 +1,29 @@
+// The one BLAS routine we need, declared here so any OpenBLAS-compatible
+// library links: scipy-openblas32 (symbols prefixed "scipy_", the PyPI wheel
+// numpy and scipy build against) or a system BLAS. CMake defines the prefix.
+#pragma once
+
+#ifndef SPARKNN_BLAS_PREFIX
+#define SPARKNN_BLAS_PREFIX
+#endif
+#define SPARKNN_CAT_(a, b) a##b
+#define SPARKNN_CAT(a, b) SPARKNN_CAT_(a, b)
+#define SPARKNN_BLAS(name) SPARKNN_CAT(SPARKNN_BLAS_PREFIX, name)
+
+extern "C" {
+// Fortran sgemm (column-major): C = alpha * op(A) * op(B) + beta * C.
+void SPARKNN_BLAS(sgemm_)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                          const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                          const float* beta, float* c, const int* ldc);
+}
+
+namespace sparknn {
+
+// Row-major C[m, n] = A[m, dim] * B[n, dim]^T, single-threaded BLAS call.
+void gemm_abt(int m, int n, int dim, const float* a, const float* b, float* c);
+
+// Keeps BLAS single-threaded: sparknn parallelises around it, so BLAS threads
+// would only oversubscribe the cores.
+void blas_use_one_thread();
+
+}  // namespace sparknn

@@ -1,0 +1,335 @@
+// Index file writing (atomic) and reading (validated, optionally mmapped).
+#include "sparknn/file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <limits>
+
+#include "sparknn/error.h"
+
+namespace sparknn {
+namespace {
+
+template <class T>
+void put(uint8_t* dst, T value) {
+    std::memcpy(dst, &value, sizeof(T));  // the format is little-endian; so is every target we build for
+}
+
+template <class T>
+T get(const uint8_t* src) {
+    T value;
+    std::memcpy(&value, src, sizeof(T));
+    return value;
+}
+
+size_t align_up(size_t x) { return (x + kSectionAlign - 1) / kSectionAlign * kSectionAlign; }
+
+std::string os_error(const std::string& what, const std::string& path) {
+    return what + " '" + path + "': " + std::strerror(errno);
+}
+
+void write_all(int fd, const void* data, size_t bytes, const std::string& path) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (bytes > 0) {
+        const size_t chunk = std::min<size_t>(bytes, size_t{1} << 30);
+        const ssize_t n = ::write(fd, p, chunk);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw IoError(os_error("cannot write", path));
+        }
+        p += n;
+        bytes -= static_cast<size_t>(n);
+    }
+}
+
+// Offsets of the header fields; docs/FORMAT.md lists the same table.
+constexpr size_t kOffVersion = 8, kOffKind = 12, kOffMetric = 16, kOffSections = 20, kOffDim = 24,
+                 kOffCount = 32, kOffFileSize = 40, kOffTable = 48, kOffCrc = 60;
+
+}  // namespace
+
+const char* kind_name(IndexKind kind) {
+    switch (kind) {
+        case IndexKind::Flat:
+            return "flat";
+        case IndexKind::Hnsw:
+            return "hnsw";
+        case IndexKind::Ivf:
+            return "ivf";
+    }
+    return "unknown";
+}
+
+IndexKind kind_from_string(const std::string& name) {
+    if (name == "flat" || name == "exact") return IndexKind::Flat;
+    if (name == "hnsw") return IndexKind::Hnsw;
+    if (name == "ivf") return IndexKind::Ivf;
+    throw InvalidArgument("unknown index kind '" + name + "': use 'flat' or 'hnsw'");
+}
+
+// ---------------------------------------------------------------- writing
+
+void FileWriter::add_section(SectionType type, const void* data, size_t bytes) {
+    sections_.push_back({type, data, bytes});
+}
+
+void FileWriter::add_param(const std::string& name, uint64_t value) {
+    SPARKNN_CHECK_ARG(name.size() < sizeof(ParamRecord::name), "parameter name too long: ", name);
+    ParamRecord r{};
+    std::memcpy(r.name, name.data(), name.size());
+    r.value = value;
+    params_.push_back(r);
+}
+
+void FileWriter::write(const std::string& path) {
+    std::vector<Pending> all = sections_;
+    if (!params_.empty()) {
+        all.insert(all.begin(), {SectionType::Params, params_.data(), params_.size() * sizeof(ParamRecord)});
+    }
+    SPARKNN_CHECK_ARG(all.size() <= kMaxSections, "too many sections");
+
+    // Header + section table, then sections at 64-byte aligned offsets.
+    std::vector<uint8_t> head(align_up(kHeaderSize + all.size() * kSectionEntrySize), 0);
+    size_t offset = head.size();
+    std::vector<size_t> offsets;
+    for (size_t i = 0; i < all.size(); ++i) {
+        offsets.push_back(offset);
+        uint8_t* e = head.data() + kHeaderSize + i * kSectionEntrySize;
+        put<uint32_t>(e, static_cast<uint32_t>(all[i].type));
+        put<uint64_t>(e + 8, offset);
+        put<uint64_t>(e + 16, all[i].bytes);
+        put<uint32_t>(e + 24, crc32c(all[i].data, all[i].bytes));
+        offset = align_up(offset + all[i].bytes);
+    }
+    const size_t file_size = offset;
+    std::memcpy(head.data(), kFileMagic, sizeof(kFileMagic));
+    put<uint32_t>(head.data() + kOffVersion, kFormatVersion);
+    put<uint32_t>(head.data() + kOffKind, static_cast<uint32_t>(header_.kind));
+    put<uint32_t>(head.data() + kOffMetric, static_cast<uint32_t>(header_.metric));
+    put<uint32_t>(head.data() + kOffSections, static_cast<uint32_t>(all.size()));
+    put<uint64_t>(head.data() + kOffDim, header_.dim);
+    put<uint64_t>(head.data() + kOffCount, header_.count);
+    put<uint64_t>(head.data() + kOffFileSize, file_size);
+    put<uint32_t>(head.data() + kOffTable, static_cast<uint32_t>(kHeaderSize));
+    // The header checksum covers the header (without itself) and the section table.
+    uint32_t crc = crc32c(head.data(), kOffCrc);
+    crc = crc32c(head.data() + kHeaderSize, all.size() * kSectionEntrySize, crc);
+    put<uint32_t>(head.data() + kOffCrc, crc);
+
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw IoError(os_error("cannot create", tmp));
+    try {
+        write_all(fd, head.data(), head.size(), tmp);
+        static const uint8_t zeros[kSectionAlign] = {};
+        size_t written = head.size();
+        for (size_t i = 0; i < all.size(); ++i) {
+            write_all(fd, all[i].data, all[i].bytes, tmp);
+            written += all[i].bytes;
+            const size_t pad = align_up(written) - written;
+            write_all(fd, zeros, pad, tmp);
+            written += pad;
+        }
+        if (::fsync(fd) != 0) throw IoError(os_error("cannot flush", tmp));
+        if (::close(fd) != 0) {
+            throw IoError(os_error("cannot close", tmp));
+        }
+    } catch (...) {
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw;
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        const std::string msg = os_error("cannot rename to", path);
+        ::unlink(tmp.c_str());
+        throw IoError(msg);
+    }
+}
+
+// ---------------------------------------------------------------- reading
+
+IndexFile::~IndexFile() {
+    if (mapped_ && data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+size_t IndexFile::checked_mul(uint64_t a, uint64_t b) {
+    if (a != 0 && b > std::numeric_limits<size_t>::max() / a) {
+        throw FileFormatError("index file sizes overflow (corrupt header)");
+    }
+    return static_cast<size_t>(a * b);
+}
+
+void IndexFile::fail(const std::string& what) const {
+    const std::string where = path_.empty() ? "index image" : "'" + path_ + "'";
+    throw FileFormatError(where + " is not a valid sparknn index: " + what);
+}
+
+std::shared_ptr<const IndexFile> IndexFile::open(const std::string& path, bool mmap, bool verify_checksums) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw IoError(os_error("cannot open", path));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        const std::string msg = os_error("cannot stat", path);
+        ::close(fd);
+        throw IoError(msg);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        throw IoError("'" + path + "' is not a regular file");
+    }
+    std::shared_ptr<IndexFile> file(new IndexFile());
+    file->path_ = path;
+    file->size_ = static_cast<size_t>(st.st_size);
+    if (file->size_ < kHeaderSize) {
+        ::close(fd);
+        file->fail("file is " + std::to_string(file->size_) + " bytes, shorter than the 64-byte header (truncated?)");
+    }
+    if (mmap) {
+        void* p = ::mmap(nullptr, file->size_, PROT_READ, MAP_SHARED, fd, 0);
+        const int err = errno;
+        ::close(fd);
+        if (p == MAP_FAILED) {
+            errno = err;
+            throw IoError(os_error("cannot map", path));
+        }
+        file->data_ = static_cast<const uint8_t*>(p);
+        file->mapped_ = true;
+    } else {
+        file->owned_.resize(file->size_);
+        size_t done = 0;
+        while (done < file->size_) {
+            const ssize_t n = ::read(fd, file->owned_.data() + done, file->size_ - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                const std::string msg = os_error("cannot read", path);
+                ::close(fd);
+                throw IoError(msg);
+            }
+            done += static_cast<size_t>(n);
+        }
+        ::close(fd);
+        file->data_ = file->owned_.data();
+    }
+    file->parse(verify_checksums);
+    return file;
+}
+
+std::shared_ptr<const IndexFile> IndexFile::from_bytes(std::vector<uint8_t> bytes, bool verify_checksums) {
+    std::shared_ptr<IndexFile> file(new IndexFile());
+    file->owned_ = std::move(bytes);
+    file->data_ = file->owned_.data();
+    file->size_ = file->owned_.size();
+    if (file->size_ < kHeaderSize) file->fail("image shorter than the 64-byte header");
+    file->parse(verify_checksums);
+    return file;
+}
+
+void IndexFile::parse(bool verify_checksums) {
+    if (std::memcmp(data_, kFileMagic, sizeof(kFileMagic)) != 0) {
+        fail("bad magic bytes (not a sparknn index, or a different library's file)");
+    }
+    const uint32_t version = get<uint32_t>(data_ + kOffVersion);
+    if (version > kFormatVersion) {
+        fail("format version " + std::to_string(version) + " was written by a newer sparknn; this build reads up to " +
+             std::to_string(kFormatVersion) + ": upgrade sparknn");
+    }
+    if (version == 0) fail("format version 0 does not exist (corrupt header)");
+    header_.format_version = version;
+    const uint32_t kind = get<uint32_t>(data_ + kOffKind);
+    if (kind < 1 || kind > 2) fail("unknown index kind " + std::to_string(kind));
+    header_.kind = static_cast<IndexKind>(kind);
+    const uint32_t metric = get<uint32_t>(data_ + kOffMetric);
+    if (metric < 1 || metric > 3) fail("unknown metric " + std::to_string(metric));
+    header_.metric = static_cast<Metric>(metric);
+    header_.dim = get<uint64_t>(data_ + kOffDim);
+    header_.count = get<uint64_t>(data_ + kOffCount);
+    if (header_.dim == 0 || header_.dim > (uint64_t{1} << 20)) fail("implausible dimension " + std::to_string(header_.dim));
+
+    const uint64_t declared = get<uint64_t>(data_ + kOffFileSize);
+    if (declared != size_) {
+        fail("header says the file is " + std::to_string(declared) + " bytes but it is " + std::to_string(size_) +
+             (declared > size_ ? " (truncated: was the copy or download interrupted?)" : " (trailing bytes)"));
+    }
+    const uint32_t nsections = get<uint32_t>(data_ + kOffSections);
+    const uint32_t table = get<uint32_t>(data_ + kOffTable);
+    if (nsections > kMaxSections) fail("section count " + std::to_string(nsections) + " is out of range");
+    if (table != kHeaderSize) fail("unexpected section table offset");
+    const size_t table_end = kHeaderSize + size_t{nsections} * kSectionEntrySize;
+    if (table_end > size_) fail("section table runs past the end of the file");
+
+    uint32_t crc = crc32c(data_, kOffCrc);
+    crc = crc32c(data_ + kHeaderSize, size_t{nsections} * kSectionEntrySize, crc);
+    if (crc != get<uint32_t>(data_ + kOffCrc)) fail("header checksum mismatch (corrupted file)");
+
+    for (uint32_t i = 0; i < nsections; ++i) {
+        const uint8_t* e = data_ + kHeaderSize + size_t{i} * kSectionEntrySize;
+        Section s{static_cast<SectionType>(get<uint32_t>(e)), get<uint64_t>(e + 8), get<uint64_t>(e + 16)};
+        if (s.offset % kSectionAlign != 0) fail("section " + std::to_string(i) + " is not 64-byte aligned");
+        if (s.offset < table_end || s.offset > size_ || s.size > size_ - s.offset) {
+            fail("section " + std::to_string(i) + " lies outside the file");
+        }
+        for (const Section& other : sections_) {
+            if (other.type == s.type) fail("section type " + std::to_string(static_cast<uint32_t>(s.type)) + " repeated");
+        }
+        if (verify_checksums && crc32c(data_ + s.offset, s.size) != get<uint32_t>(e + 24)) {
+            fail("checksum mismatch in section " + std::to_string(i) + " (corrupted file)");
+        }
+        sections_.push_back(s);
+    }
+    if (has_section(SectionType::Params)) {
+        size_t bytes = 0;
+        const uint8_t* p = section(SectionType::Params, &bytes);
+        if (bytes % sizeof(ParamRecord) != 0) fail("parameter section has a partial record");
+        params_.resize(bytes / sizeof(ParamRecord));
+        std::memcpy(params_.data(), p, bytes);
+        for (ParamRecord& r : params_) r.name[sizeof(r.name) - 1] = '\0';
+    }
+}
+
+bool IndexFile::has_section(SectionType type) const {
+    for (const Section& s : sections_) {
+        if (s.type == type) return true;
+    }
+    return false;
+}
+
+const uint8_t* IndexFile::section(SectionType type, size_t* bytes) const {
+    for (const Section& s : sections_) {
+        if (s.type == type) {
+            *bytes = static_cast<size_t>(s.size);
+            return data_ + s.offset;
+        }
+    }
+    fail("missing section of type " + std::to_string(static_cast<uint32_t>(type)));
+}
+
+const uint8_t* IndexFile::section_exact(SectionType type, size_t expected_bytes) const {
+    size_t bytes = 0;
+    const uint8_t* p = section(type, &bytes);
+    if (bytes != expected_bytes) {
+        fail("section of type " + std::to_string(static_cast<uint32_t>(type)) + " has " + std::to_string(bytes) +
+             " bytes, expected " + std::to_string(expected_bytes));
+    }
+    return p;
+}
+
+uint64_t IndexFile::param(const std::string& name) const {
+    for (const ParamRecord& r : params_) {
+        if (name == r.name) return r.value;
+    }
+    fail("missing parameter '" + name + "'");
+}
+
+uint64_t IndexFile::param_or(const std::string& name, uint64_t fallback) const {
+    for (const ParamRecord& r : params_) {
+        if (name == r.name) return r.value;
+    }
+    return fallback;
+}
+
+}  // namespace sparknn

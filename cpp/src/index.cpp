@@ -1,0 +1,185 @@
+// Input validation, id bookkeeping and save/load shared by every index kind.
+#include "sparknn/index.h"
+
+#include <sched.h>
+
+#include <cmath>
+#include <thread>
+
+#include "sparknn/error.h"
+#include "sparknn/flat.h"
+#include "sparknn/hnsw.h"
+#include "sparknn/parallel.h"
+
+namespace sparknn {
+
+int available_cores() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        const int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+namespace {
+
+// Validates rows (finite; non-zero under cosine) and, for cosine, writes unit
+// rows to `out`. Names the first bad row so the user can find it.
+void validate_rows(size_t n, size_t dim, const float* x, Metric metric, float* out, int threads,
+                   const char* what) {
+    const DistanceKernels& k = kernels();
+    parallel_for(n, 4096, threads, [&](size_t begin, size_t end, int) {
+        for (size_t i = begin; i < end; ++i) {
+            const float* row = x + i * dim;
+            // sum of squares is inf/nan iff some element is (or it overflows, which is also unusable)
+            const float sq = k.dot(row, row, dim);
+            if (!std::isfinite(sq)) {
+                for (size_t j = 0; j < dim; ++j) {
+                    SPARKNN_CHECK_ARG(std::isfinite(row[j]), what, " row ", i, " has a non-finite value (", row[j],
+                                      ") at position ", j, ": remove or impute NaN/inf before indexing");
+                }
+                SPARKNN_CHECK_ARG(false, what, " row ", i, " is too large: its squared norm overflows float32");
+            }
+            if (metric == Metric::Cosine) {
+                SPARKNN_CHECK_ARG(sq > 0.0f, what, " row ", i,
+                                  " is all zeros: cosine distance is undefined for a zero vector");
+                const float inv = 1.0f / std::sqrt(sq);
+                float* dst = out + i * dim;
+                for (size_t j = 0; j < dim; ++j) dst[j] = row[j] * inv;
+            }
+        }
+    });
+}
+
+}  // namespace
+
+Index::Index(size_t dim, Metric metric) : dim_(dim), metric_(metric) {
+    SPARKNN_CHECK_ARG(dim > 0, "dim must be positive, got ", dim);
+    SPARKNN_CHECK_ARG(dim <= (size_t{1} << 20), "dim ", dim, " is larger than the supported 1048576");
+}
+
+void Index::set_threads(int threads) {
+    SPARKNN_CHECK_ARG(threads >= 0, "threads must be >= 0 (0 = all cores), got ", threads);
+    threads_ = threads;
+}
+
+void Index::check_new_ids(size_t n, const int64_t* ids) {
+    if (!id_set_built_) {
+        id_set_.reserve(size() + n);
+        for (size_t i = 0; i < size(); ++i) id_set_.insert(ids_[i]);
+        id_set_built_ = true;
+    }
+    size_t inserted = 0;
+    try {
+        for (size_t i = 0; i < n; ++i) {
+            SPARKNN_CHECK_ARG(ids[i] >= 0, "ids must be non-negative (-1 marks a missing neighbour); ids[", i,
+                              "] = ", ids[i]);
+            SPARKNN_CHECK_ARG(id_set_.insert(ids[i]).second, "duplicate id ", ids[i], " (ids[", i,
+                              "]): every vector needs a distinct id");
+            ++inserted;
+        }
+    } catch (...) {
+        for (size_t i = 0; i < inserted; ++i) id_set_.erase(ids[i]);  // leave the index as it was
+        throw;
+    }
+}
+
+void Index::add(size_t n, const float* vectors, const int64_t* ids) {
+    if (n == 0) return;
+    SPARKNN_CHECK_ARG(vectors != nullptr, "vectors is null");
+    AlignedVector<float> normalised;
+    if (metric_ == Metric::Cosine) normalised.resize(n * dim_);
+    validate_rows(n, dim_, vectors, metric_, normalised.data(), threads_, "vector");
+
+    std::vector<int64_t> generated;
+    if (ids == nullptr) {
+        generated.resize(n);
+        for (size_t i = 0; i < n; ++i) generated[i] = next_id_ + static_cast<int64_t>(i);
+        ids = generated.data();
+    }
+    check_new_ids(n, ids);
+    const float* stored = metric_ == Metric::Cosine ? normalised.data() : vectors;
+    try {
+        add_impl(n, stored);
+    } catch (...) {
+        for (size_t i = 0; i < n; ++i) id_set_.erase(ids[i]);
+        throw;
+    }
+    AlignedVector<int64_t>& all = ids_.mutate();
+    all.insert(all.end(), ids, ids + n);
+    for (size_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
+}
+
+const float* Index::prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch) const {
+    if (metric_ == Metric::Cosine) scratch.resize(nq * dim_);
+    validate_rows(nq, dim_, queries, metric_, scratch.data(), threads_, "query");
+    return metric_ == Metric::Cosine ? scratch.data() : queries;
+}
+
+void Index::search(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
+                   const SearchParams& params) const {
+    SPARKNN_CHECK_ARG(k >= 1, "k must be >= 1, got ", k);
+    if (nq == 0) return;
+    SPARKNN_CHECK_ARG(queries != nullptr, "queries is null");
+    AlignedVector<float> scratch;
+    const float* q = prepare_queries(nq, queries, scratch);
+    if (size() == 0) {
+        for (size_t i = 0; i < nq * k; ++i) {
+            out_ids[i] = -1;
+            out_distances[i] = std::numeric_limits<float>::infinity();
+        }
+        return;
+    }
+    search_impl(nq, q, k, out_ids, out_distances, params);
+}
+
+void Index::save(const std::string& path) const {
+    FileHeader header;
+    header.kind = kind();
+    header.metric = metric_;
+    header.dim = dim_;
+    header.count = size();
+    FileWriter writer(header);
+    writer.add_section(SectionType::Ids, ids_.data(), ids_.size() * sizeof(int64_t));
+    save_sections(writer);
+    writer.write(path);
+}
+
+void Index::load_common(const std::shared_ptr<const IndexFile>& file) {
+    const size_t count = file->header().count;
+    const auto* ids = file->typed_section<int64_t>(SectionType::Ids, count);
+    ids_.set_view(ids, count, file);
+    for (size_t i = 0; i < count; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
+}
+
+std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, const IndexOptions& options) {
+    switch (kind) {
+        case IndexKind::Flat:
+            return std::make_unique<FlatIndex>(dim, metric);
+        case IndexKind::Hnsw:
+            return std::make_unique<HnswIndex>(dim, metric, HnswParams::from(options));
+        default:
+            throw Unsupported(std::string("index kind '") + kind_name(kind) + "' is not available in this build");
+    }
+}
+
+std::unique_ptr<Index> load_index(const std::shared_ptr<const IndexFile>& file) {
+    switch (file->header().kind) {
+        case IndexKind::Flat:
+            return FlatIndex::load(file);
+        case IndexKind::Hnsw:
+            return HnswIndex::load(file);
+        default:
+            throw Unsupported(std::string("index kind '") + kind_name(file->header().kind) +
+                              "' is not available in this build");
+    }
+}
+
+std::unique_ptr<Index> load_index(const std::string& path, bool mmap, bool verify_checksums) {
+    return load_index(IndexFile::open(path, mmap, verify_checksums));
+}
+
+}  // namespace sparknn

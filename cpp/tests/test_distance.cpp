@@ -1,0 +1,73 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "sparknn/distance.h"
+#include "sparknn/error.h"
+#include "test_util.h"
+
+namespace sparknn {
+namespace {
+
+std::vector<SimdLevel> supported_levels() {
+    std::vector<SimdLevel> levels{SimdLevel::Scalar};
+    const SimdLevel cpu = cpu_simd_level();
+    if (cpu == SimdLevel::Avx512) levels.push_back(SimdLevel::Avx2);
+    if (cpu != SimdLevel::Scalar) levels.push_back(cpu);
+    return levels;
+}
+
+class DistanceTest : public ::testing::TestWithParam<size_t> {};
+
+// Every kernel at every level this CPU has, against a double reference.
+TEST_P(DistanceTest, KernelsMatchReferenceAtEveryLevel) {
+    const size_t dim = GetParam();
+    const auto a = test::random_vectors(7, dim, 1);
+    const auto b = test::random_vectors(7, dim, 2);
+    for (SimdLevel level : supported_levels()) {
+        const DistanceKernels& k = kernels_for(level);
+        for (size_t r = 0; r < 7; ++r) {
+            const float* x = &a[r * dim];
+            const float* y = &b[r * dim];
+            const double l2 = test::ref_distance(Metric::L2, x, y, dim);
+            const double ip = -test::ref_distance(Metric::InnerProduct, x, y, dim);
+            const double tol = 1e-5 * (1.0 + static_cast<double>(dim));
+            EXPECT_NEAR(k.l2sq(x, y, dim), l2, tol * (1 + l2 / dim)) << simd_level_name(level) << " dim " << dim;
+            EXPECT_NEAR(k.dot(x, y, dim), ip, tol) << simd_level_name(level) << " dim " << dim;
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(OddDims, DistanceTest, ::testing::Values(1, 3, 15, 16, 17, 31, 33, 100, 128, 769));
+
+TEST(Distance, MetricDefinitionsSmallerIsCloser) {
+    const float a[3] = {1, 0, 0}, b[3] = {0, 1, 0}, c[3] = {1, 0, 0};
+    const DistanceKernels& k = kernels();
+    EXPECT_FLOAT_EQ(distance(Metric::L2, k, a, b, 3), 2.0f);
+    EXPECT_FLOAT_EQ(distance(Metric::InnerProduct, k, a, c, 3), -1.0f);
+    EXPECT_FLOAT_EQ(distance(Metric::Cosine, k, a, c, 3), 0.0f);
+    EXPECT_FLOAT_EQ(distance(Metric::Cosine, k, a, b, 3), 1.0f);
+}
+
+TEST(Distance, SetLevelRejectsUnsupportedAndRestores) {
+    const SimdLevel before = simd_level();
+    set_simd_level(SimdLevel::Scalar);
+    EXPECT_EQ(simd_level(), SimdLevel::Scalar);
+#if defined(__x86_64__)
+    EXPECT_THROW(set_simd_level(SimdLevel::Neon), Unsupported);
+#endif
+    set_simd_level(before);
+    EXPECT_EQ(simd_level(), before);
+}
+
+TEST(Distance, MetricNames) {
+    EXPECT_EQ(metric_from_string("cosine"), Metric::Cosine);
+    EXPECT_EQ(metric_from_string("angular"), Metric::Cosine);
+    EXPECT_EQ(metric_from_string("l2"), Metric::L2);
+    EXPECT_EQ(metric_from_string("ip"), Metric::InnerProduct);
+    EXPECT_THROW(metric_from_string("manhattan"), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace sparknn

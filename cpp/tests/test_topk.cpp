@@ -1,0 +1,63 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "sparknn/topk.h"
+
+namespace sparknn {
+namespace {
+
+TEST(TopK, KeepsKSmallestSortedWithLabelTieBreak) {
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int> d(0, 50);  // many ties
+    for (size_t k : {1u, 5u, 64u}) {
+        std::vector<std::pair<float, int64_t>> all;
+        TopK top(k);
+        for (int64_t i = 0; i < 1000; ++i) {
+            const float v = static_cast<float>(d(rng));
+            all.emplace_back(v, i);
+            top.push(v, i);
+        }
+        std::sort(all.begin(), all.end());
+        std::vector<int64_t> ids(k);
+        std::vector<float> dist(k);
+        top.write_sorted(ids.data(), dist.data(), [](int64_t l) { return l * 10; });
+        for (size_t i = 0; i < k; ++i) {
+            EXPECT_EQ(dist[i], all[i].first);
+            EXPECT_EQ(ids[i], all[i].second * 10);
+        }
+    }
+}
+
+TEST(TopK, PadsWhenFewerThanK) {
+    TopK top(4);
+    top.push(2.0f, 1);
+    top.push(1.0f, 0);
+    int64_t ids[4];
+    float dist[4];
+    top.write_sorted(ids, dist, [](int64_t l) { return l; });
+    EXPECT_EQ(ids[0], 0);
+    EXPECT_EQ(ids[1], 1);
+    EXPECT_EQ(ids[2], -1);
+    EXPECT_EQ(ids[3], -1);
+    EXPECT_TRUE(std::isinf(dist[2]) && std::isinf(dist[3]));
+}
+
+TEST(TopK, MergeEqualsSinglePass) {
+    TopK a(3), b(3), all(3);
+    for (int i = 0; i < 10; ++i) {
+        (i % 2 ? a : b).push(static_cast<float>((i * 7) % 10), i);
+        all.push(static_cast<float>((i * 7) % 10), i);
+    }
+    a.merge(b);
+    int64_t x[3], y[3];
+    float dx[3], dy[3];
+    a.write_sorted(x, dx, [](int64_t l) { return l; });
+    all.write_sorted(y, dy, [](int64_t l) { return l; });
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(x[i], y[i]);
+}
+
+}  // namespace
+}  // namespace sparknn

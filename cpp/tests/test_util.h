@@ -1,0 +1,77 @@
+// Shared helpers for the C++ tests: fixed-seed data and a naive reference search.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "sparknn/distance.h"
+
+namespace sparknn::test {
+
+inline std::vector<float> random_vectors(size_t n, size_t dim, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> x(n * dim);
+    for (float& v : x) v = normal(rng);
+    return x;
+}
+
+// Gaussian clusters: `clusters` centres, points spread around them.
+inline std::vector<float> clustered_vectors(size_t n, size_t dim, size_t clusters, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> centres(clusters * dim);
+    for (float& v : centres) v = normal(rng) * 3.0f;
+    std::uniform_int_distribution<size_t> pick(0, clusters - 1);
+    std::vector<float> x(n * dim);
+    for (size_t i = 0; i < n; ++i) {
+        const size_t c = pick(rng);
+        for (size_t j = 0; j < dim; ++j) x[i * dim + j] = centres[c * dim + j] + normal(rng);
+    }
+    return x;
+}
+
+inline void normalise_rows(std::vector<float>& x, size_t dim) {
+    for (size_t i = 0; i < x.size() / dim; ++i) {
+        double s = 0;
+        for (size_t j = 0; j < dim; ++j) s += double(x[i * dim + j]) * x[i * dim + j];
+        const float inv = static_cast<float>(1.0 / std::sqrt(s));
+        for (size_t j = 0; j < dim; ++j) x[i * dim + j] *= inv;
+    }
+}
+
+// Double-precision reference distance, "smaller is closer", on stored rows.
+inline double ref_distance(Metric m, const float* a, const float* b, size_t dim) {
+    double acc = 0;
+    for (size_t j = 0; j < dim; ++j) {
+        acc += m == Metric::L2 ? (double(a[j]) - b[j]) * (double(a[j]) - b[j]) : double(a[j]) * b[j];
+    }
+    if (m == Metric::L2) return acc;
+    if (m == Metric::InnerProduct) return -acc;
+    return 1.0 - acc;
+}
+
+// Naive exact kNN in double precision: per query, (distance, label) sorted.
+inline std::vector<std::vector<std::pair<double, int64_t>>> naive_knn(Metric m, const std::vector<float>& base,
+                                                                      const std::vector<float>& queries, size_t dim,
+                                                                      size_t k) {
+    const size_t n = base.size() / dim, nq = queries.size() / dim;
+    std::vector<std::vector<std::pair<double, int64_t>>> out(nq);
+    for (size_t q = 0; q < nq; ++q) {
+        std::vector<std::pair<double, int64_t>> all(n);
+        for (size_t i = 0; i < n; ++i) {
+            all[i] = {ref_distance(m, &queries[q * dim], &base[i * dim], dim), static_cast<int64_t>(i)};
+        }
+        const size_t kk = std::min(k, n);
+        std::partial_sort(all.begin(), all.begin() + kk, all.end());
+        all.resize(kk);
+        out[q] = std::move(all);
+    }
+    return out;
+}
+
+}  // namespace sparknn::test

@@ -1,0 +1,206 @@
+"""The numpy-facing Index: argument checking and conversion, then the C++ core.
+
+C-contiguous float32 input is passed to the engine without a copy; other
+numeric dtypes and layouts are converted once. The GIL is released while the
+engine adds or searches.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from sparknn import _core
+from sparknn.errors import InvalidArgumentError
+
+KINDS = ("flat", "hnsw")
+METRICS = ("l2", "ip", "cosine")
+_METRIC_ALIASES = {"euclidean": "l2", "sqeuclidean": "l2", "inner_product": "ip", "dot": "ip", "angular": "cosine"}
+
+
+def _as_matrix(x, dim: int, name: str) -> np.ndarray:
+    """A C-contiguous float32 [n, dim] view of x (copied only if needed)."""
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidArgumentError(f"{name} must be numeric (float32 preferred), got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidArgumentError(f"{name} must be a 2-D array [n, dim], got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise InvalidArgumentError(f"{name} have dimension {arr.shape[1]} but the index has dim={dim}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _as_ids(ids, n: int) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"ids must be a 1-D array of integers, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise InvalidArgumentError(f"ids has {arr.shape[0]} entries but vectors has {n} rows")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidArgumentError(f"ids must be integers (int64), got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and n and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidArgumentError("ids must fit in int64")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _normalise_metric(metric: str) -> str:
+    metric = _METRIC_ALIASES.get(str(metric).lower(), str(metric).lower())
+    if metric not in METRICS:
+        raise InvalidArgumentError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    return metric
+
+
+def _check_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class Index:
+    """A k-nearest-neighbour index over float vectors with int64 ids.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    metric : {"cosine", "l2", "ip"}
+        ``l2`` is squared Euclidean distance, ``ip`` the negated inner product,
+        ``cosine`` is ``1 - cos``; vectors are normalised once when added.
+        Distances are always "smaller is closer".
+    kind : {"hnsw", "flat"}
+        ``flat`` is exact search (BLAS); ``hnsw`` is an approximate graph index.
+    M, ef_construction, ef_search, seed : int
+        HNSW parameters (ignored by ``flat``).
+    threads : int
+        Threads for add and search; 0 means all available cores.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "cosine",
+        kind: str = "hnsw",
+        *,
+        M: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        seed: int = 42,
+        threads: int = 0,
+        _native=None,
+    ):
+        if _native is not None:
+            self._index = _native
+            return
+        dim = _check_count(dim, "dim", 1)
+        kind = str(kind).lower()
+        if kind not in KINDS:
+            raise InvalidArgumentError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
+        self._index = _core.make_index(
+            kind,
+            dim,
+            _normalise_metric(metric),
+            _check_count(M, "M", 2),
+            _check_count(ef_construction, "ef_construction", 1),
+            _check_count(ef_search, "ef_search", 1),
+            _check_count(seed, "seed", 0),
+        )
+        self.threads = threads
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._index.dim
+
+    @property
+    def metric(self) -> str:
+        return self._index.metric
+
+    @property
+    def kind(self) -> str:
+        return self._index.kind
+
+    @property
+    def threads(self) -> int:
+        return self._index.threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        self._index.threads = _check_count(value, "threads", 0)
+
+    @property
+    def ef_search(self) -> int:
+        return self._index.ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._index.ef_search = _check_count(value, "ef_search", 1)
+
+    @property
+    def params(self) -> dict:
+        return dict(self._index.params)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids of the stored vectors, in insertion order (read-only view)."""
+        return self._index.ids()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return f"sparknn.Index(dim={self.dim}, metric={self.metric!r}, kind={self.kind!r}, size={len(self)})"
+
+    # -- operations -------------------------------------------------------------------
+    def add(self, vectors, ids=None) -> None:
+        """Adds vectors [n, dim] with optional int64 ids [n].
+
+        Without ids, ids continue from the largest id so far + 1 (0..n-1 for a new
+        index). Duplicate or negative ids, NaN/inf values and (for cosine) zero
+        vectors raise ValueError and leave the index unchanged.
+        """
+        x = _as_matrix(vectors, self.dim, "vectors")
+        id_arr = None if ids is None else _as_ids(ids, x.shape[0])
+        if x.shape[0] == 0:
+            return
+        self._index.add(x, id_arr)
+
+    def search(self, queries, k: int = 10, ef: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """The k nearest neighbours of each query.
+
+        Returns ``(ids, distances)``: int64 [nq, k] and float32 [nq, k], nearest
+        first. When the index holds fewer than k vectors, rows are padded with
+        id -1 and distance +inf. ``ef`` (hnsw) widens the search: higher is more
+        accurate and slower; it is raised to k when smaller.
+        """
+        k = _check_count(k, "k", 1)
+        ef = 0 if ef is None else _check_count(ef, "ef", 1)
+        q = _as_matrix(queries, self.dim, "queries")
+        out_ids = np.empty((q.shape[0], k), dtype=np.int64)
+        out_dist = np.empty((q.shape[0], k), dtype=np.float32)
+        if q.shape[0]:
+            self._index.search(q, k, ef, out_ids, out_dist)
+        return out_ids, out_dist
+
+    def save(self, path) -> None:
+        """Writes the index to ``path`` atomically (a temporary file, then rename)."""
+        self._index.save(os.fspath(path))
+
+
+def load(path, mmap: bool = True, threads: int = 0, verify: bool = True) -> Index:
+    """Loads an index file written by :meth:`Index.save`.
+
+    With ``mmap=True`` the file is mapped read-only and shared: every process on
+    a node that loads it uses one copy in the page cache. ``verify`` checks every
+    section's checksum (reads the file once); structure is always validated.
+    A truncated, corrupted, foreign or newer-version file raises IndexFileError.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no index file at {path!r}")
+    index = Index(0, _native=_core.load_index(path, bool(mmap), bool(verify)))
+    index.threads = threads
+    return index

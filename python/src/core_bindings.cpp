@@ -1,0 +1,144 @@
+// Thin nanobind bindings of the C++ core. Argument checking and conversion of
+// numpy inputs live in python/sparknn/index.py; this file only moves pointers,
+// releases the GIL and maps C++ exceptions to Python ones.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/unique_ptr.h>
+
+#include "sparknn/distance.h"
+#include "sparknn/error.h"
+#include "sparknn/file.h"
+#include "sparknn/hnsw.h"
+#include "sparknn/index.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+using Matrix = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using IdVector = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutIds = nb::ndarray<int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using OutDist = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+namespace {
+
+void check_dim(const sparknn::Index& index, const Matrix& x, const char* what) {
+    if (x.shape(1) != index.dim()) {
+        throw sparknn::InvalidArgument(sparknn::detail::concat(what, " have dimension ", x.shape(1),
+                                                               " but the index has dim=", index.dim()));
+    }
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+    m.doc() = "sparknn native core (use the sparknn package, not this module)";
+
+    nb::exception<sparknn::FileFormatError>(m, "IndexFileError", PyExc_ValueError);
+    nb::exception<sparknn::InvalidArgument>(m, "InvalidArgumentError", PyExc_ValueError);
+    nb::exception<sparknn::IoError>(m, "IndexIOError", PyExc_OSError);
+    nb::exception<sparknn::Unsupported>(m, "UnsupportedError", PyExc_NotImplementedError);
+
+    m.def("simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::simd_level())); });
+    m.def("cpu_simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::cpu_simd_level())); });
+    m.attr("FORMAT_VERSION") = sparknn::kFormatVersion;
+
+    nb::class_<sparknn::Index>(m, "Index")
+        .def_prop_ro("dim", &sparknn::Index::dim)
+        .def_prop_ro("metric", [](const sparknn::Index& i) { return std::string(sparknn::metric_name(i.metric())); })
+        .def_prop_ro("kind", [](const sparknn::Index& i) { return std::string(sparknn::kind_name(i.kind())); })
+        .def("__len__", &sparknn::Index::size)
+        .def_prop_rw("threads", &sparknn::Index::threads, &sparknn::Index::set_threads)
+        .def(
+            "add",
+            [](sparknn::Index& index, Matrix x, std::optional<IdVector> ids) {
+                check_dim(index, x, "vectors");
+                if (ids && ids->shape(0) != x.shape(0)) {
+                    throw sparknn::InvalidArgument(sparknn::detail::concat(
+                        "ids has ", ids->shape(0), " entries but vectors has ", x.shape(0), " rows"));
+                }
+                const int64_t* id_ptr = ids ? ids->data() : nullptr;
+                nb::gil_scoped_release release;
+                index.add(x.shape(0), x.data(), id_ptr);
+            },
+            "vectors"_a, "ids"_a.none())
+        .def(
+            "search",
+            [](const sparknn::Index& index, Matrix q, size_t k, size_t ef, OutIds out_ids, OutDist out_dist) {
+                check_dim(index, q, "queries");
+                if (out_ids.shape(0) != q.shape(0) || out_ids.shape(1) != k || out_dist.shape(0) != q.shape(0) ||
+                    out_dist.shape(1) != k) {
+                    throw sparknn::InvalidArgument("output arrays must have shape [nq, k]");
+                }
+                sparknn::SearchParams params;
+                params.ef = ef;
+                nb::gil_scoped_release release;
+                index.search(q.shape(0), q.data(), k, out_ids.data(), out_dist.data(), params);
+            },
+            "queries"_a, "k"_a, "ef"_a, "out_ids"_a, "out_distances"_a)
+        .def(
+            "save",
+            [](const sparknn::Index& index, const std::string& path) {
+                nb::gil_scoped_release release;
+                index.save(path);
+            },
+            "path"_a)
+        .def(
+            "ids",
+            [](nb::handle_t<sparknn::Index> self) {
+                const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
+                const int64_t* data = index.ids_data();
+                // A read-only view kept alive by the index object itself.
+                return nb::ndarray<nb::numpy, const int64_t, nb::ndim<1>>(data, {index.size()}, self);
+            })
+        .def(
+            "vectors",
+            [](nb::handle_t<sparknn::Index> self) {
+                const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
+                const float* data = index.size() ? index.vector_of(0) : nullptr;
+                return nb::ndarray<nb::numpy, const float, nb::ndim<2>>(data, {index.size(), index.dim()}, self);
+            })
+        .def_prop_rw(
+            "ef_search",
+            [](const sparknn::Index& index) -> size_t {
+                auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index);
+                return h ? h->params().ef_search : 0;
+            },
+            [](sparknn::Index& index, size_t ef) {
+                auto* h = dynamic_cast<sparknn::HnswIndex*>(&index);
+                if (h == nullptr) throw sparknn::InvalidArgument("ef_search applies to hnsw indexes only");
+                h->set_ef_search(ef);
+            })
+        .def_prop_ro("params", [](const sparknn::Index& index) {
+            nb::dict d;
+            if (auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index)) {
+                d["M"] = h->params().M;
+                d["ef_construction"] = h->params().ef_construction;
+                d["ef_search"] = h->params().ef_search;
+                d["seed"] = h->params().seed;
+            }
+            return d;
+        });
+
+    m.def(
+        "make_index",
+        [](const std::string& kind, size_t dim, const std::string& metric, size_t M, size_t ef_construction,
+           size_t ef_search, uint64_t seed) {
+            sparknn::IndexOptions o;
+            o.M = M;
+            o.ef_construction = ef_construction;
+            o.ef_search = ef_search;
+            o.seed = seed;
+            return sparknn::make_index(sparknn::kind_from_string(kind), dim, sparknn::metric_from_string(metric), o);
+        },
+        "kind"_a, "dim"_a, "metric"_a, "M"_a, "ef_construction"_a, "ef_search"_a, "seed"_a);
+
+    m.def(
+        "load_index",
+        [](const std::string& path, bool mmap, bool verify) {
+            nb::gil_scoped_release release;
+            return sparknn::load_index(path, mmap, verify);
+        },
+        "path"_a, "mmap"_a, "verify"_a);
+}
