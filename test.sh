@@ -12,6 +12,16 @@ cmake -S . -B build/test-release -DCMAKE_BUILD_TYPE=Release -DSPARKNN_BUILD_TEST
 cmake --build build/test-release -j"$jobs"
 ctest --test-dir build/test-release --output-on-failure -j"$jobs"
 
+echo "== find_package(sparknn) from an installed tree"
+prefix=$(mktemp -d)
+cmake -S . -B build/install-check -DSPARKNN_BUILD_TESTS=OFF -DCMAKE_INSTALL_PREFIX="$prefix" >/dev/null
+cmake --build build/install-check -j"$jobs" >/dev/null
+cmake --install build/install-check >/dev/null
+cmake -S cpp/tests/find_package -B build/find-package-consumer -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build build/find-package-consumer >/dev/null
+build/find-package-consumer/consumer
+rm -rf "$prefix"
+
 echo "== C++ tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build/test-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARKNN_BUILD_TESTS=ON \
   -DSPARKNN_SANITIZE=address,undefined >/dev/null

@@ -13,8 +13,43 @@ namespace {
 
 // Block sizes: a [kQueryBlock, kBaseBlock] float tile (512 KiB) stays in L2
 // while it is scanned; the base block is reused across the query block.
-constexpr size_t kQueryBlock = 128;
-constexpr size_t kBaseBlock = 1024;
+constexpr size_t kQueryBlock = 256;
+constexpr size_t kBaseBlock = 512;
+
+// Turns a row of inner products into distances, in place (vectorised loop).
+void to_distances_l2(float* row, size_t cols, float qnorm, const float* xnorm) {
+    // |q-x|^2 = |q|^2 + |x|^2 - 2 q.x; rounding can dip below zero: clamp
+    for (size_t j = 0; j < cols; ++j) row[j] = std::max(qnorm + xnorm[j] - 2.0f * row[j], 0.0f);
+}
+
+void to_distances_dot(float* row, size_t cols, float offset) {
+    for (size_t j = 0; j < cols; ++j) row[j] = offset - row[j];
+}
+
+// Pushes the entries of `row` that beat the heap's threshold. Most blocks hold
+// no candidate once the heap is full, so 16 entries are tested at once with a
+// branch-free (vectorisable) reduction before looking at any one of them.
+void select_into(TopK& heap, const float* row, size_t cols, int64_t first_label) {
+    float worst = heap.threshold();
+    size_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+        bool any = false;
+        for (size_t t = 0; t < 16; ++t) any |= row[j + t] <= worst;
+        if (!any) continue;
+        for (size_t t = 0; t < 16; ++t) {
+            if (row[j + t] <= worst) {
+                heap.push(row[j + t], first_label + static_cast<int64_t>(j + t));
+                worst = heap.threshold();
+            }
+        }
+    }
+    for (; j < cols; ++j) {
+        if (row[j] <= worst) {
+            heap.push(row[j], first_label + static_cast<int64_t>(j));
+            worst = heap.threshold();
+        }
+    }
+}
 
 }  // namespace
 
@@ -76,30 +111,13 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
                 gemm_abt(static_cast<int>(m), static_cast<int>(cols), static_cast<int>(dim_), queries + q0 * dim_,
                          base + c0 * dim_, tile.data());
                 for (size_t i = 0; i < m; ++i) {
-                    const float* row = tile.data() + i * cols;
-                    TopK& heap = heaps[i];
-                    float worst = heap.threshold();
+                    float* row = tile.data() + i * cols;
                     if (metric_ == Metric::L2) {
-                        const float qn = qnorm[i];
-                        const float* xn = sq_norms_.data() + c0;
-                        for (size_t j = 0; j < cols; ++j) {
-                            // |q-x|^2 = |q|^2 + |x|^2 - 2 q.x; clamp the rounding below zero
-                            const float d = std::max(qn + xn[j] - 2.0f * row[j], 0.0f);
-                            if (d <= worst) {
-                                heap.push(d, static_cast<int64_t>(c0 + j));
-                                worst = heap.threshold();
-                            }
-                        }
+                        to_distances_l2(row, cols, qnorm[i], sq_norms_.data() + c0);
                     } else {
-                        const float offset = metric_ == Metric::Cosine ? 1.0f : 0.0f;
-                        for (size_t j = 0; j < cols; ++j) {
-                            const float d = offset - row[j];
-                            if (d <= worst) {
-                                heap.push(d, static_cast<int64_t>(c0 + j));
-                                worst = heap.threshold();
-                            }
-                        }
+                        to_distances_dot(row, cols, metric_ == Metric::Cosine ? 1.0f : 0.0f);
                     }
+                    select_into(heaps[i], row, cols, static_cast<int64_t>(c0));
                 }
             }
             if (parts == 1) {

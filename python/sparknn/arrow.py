@@ -1,0 +1,119 @@
+"""Arrow <-> numpy conversions shared by the in-process job, the CLI and Spark.
+
+Vectors arrive as Arrow list<float|double> (also large_list, fixed_size_list)
+or as Spark ML dense vectors (struct<type, size, indices, values>). They become
+a float32 [n, dim] numpy matrix without a copy when the values are float32 and
+the rows are contiguous. Results leave as list<struct<id, distance>>.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparknn.errors import InvalidArgumentError
+
+DISTANCE_TYPE = pa.float32()
+
+
+def _combine(column) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def _first_null(arr: pa.Array) -> int:
+    return int(pc.index(pc.is_null(arr), True).as_py())
+
+
+def _dense_values(arr: pa.Array, name: str) -> pa.Array:
+    """The list array of a Spark ML VectorUDT struct column, rejecting sparse rows."""
+    names = {arr.type.field(i).name for i in range(arr.type.num_fields)}
+    if not {"type", "values"} <= names:
+        raise InvalidArgumentError(f"column {name!r} is a struct, not a vector: expected array<float>, "
+                                   "array<double> or a pyspark.ml.linalg dense vector")
+    kinds = arr.field("type")
+    if len(kinds) and pc.any(pc.not_equal(kinds, 1)).as_py():
+        row = int(pc.index(pc.not_equal(kinds, 1), True).as_py())
+        raise InvalidArgumentError(f"column {name!r} row {row} is a sparse vector: convert to dense "
+                                   "(e.g. pyspark.ml.functions.vector_to_array) before indexing")
+    return arr.field("values")
+
+
+def vectors_to_numpy(column, name: str = "vector", dim: Optional[int] = None) -> np.ndarray:
+    """A float32 [n, dim] matrix from an Arrow vector column.
+
+    Raises InvalidArgumentError naming the row for null vectors, null elements,
+    and rows whose length differs from the others (or from ``dim``).
+    """
+    arr = _combine(column)
+    n = len(arr)
+    if arr.null_count:
+        raise InvalidArgumentError(f"column {name!r} has a null vector at row {_first_null(arr)}")
+    if pa.types.is_struct(arr.type):
+        arr = _dense_values(arr, name)
+    if pa.types.is_fixed_size_list(arr.type):
+        width = arr.type.list_size
+        values = arr.flatten()
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        offsets = arr.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        width = int(lengths[0]) if n else (dim or 0)
+        bad = np.flatnonzero(lengths != width)
+        if bad.size:
+            row = int(bad[0])
+            raise InvalidArgumentError(f"column {name!r} row {row} has {int(lengths[row])} values but row 0 has "
+                                       f"{width}: all vectors must have the same length")
+        values = arr.flatten()
+    else:
+        raise InvalidArgumentError(f"column {name!r} has type {arr.type}: expected array<float>, "
+                                   "array<double> or a dense vector")
+    if dim is not None and n and width != dim:
+        raise InvalidArgumentError(f"column {name!r} has vectors of length {width} but the index has dim={dim}")
+    if n and width == 0:
+        raise InvalidArgumentError(f"column {name!r} has empty vectors")
+    if values.null_count:
+        pos = _first_null(values)
+        raise InvalidArgumentError(f"column {name!r} row {pos // max(width, 1)} has a null element")
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        raise InvalidArgumentError(f"column {name!r} has {values.type} elements: expected float or double")
+    flat = values.to_numpy(zero_copy_only=False)
+    if flat.dtype != np.float32:
+        flat = flat.astype(np.float32)
+    return flat.reshape(n, width if n else (dim or 0))
+
+
+def neighbors_array(ids: np.ndarray, distances: np.ndarray, id_values: Optional[pa.Array] = None,
+                    exclude: Optional[np.ndarray] = None, k: Optional[int] = None) -> pa.Array:
+    """list<struct<id, distance>> from search results, nearest first.
+
+    ``ids``/``distances`` are [nq, kk] engine results (padding id -1 is dropped).
+    With ``id_values``, engine ids are positions into it (the user's own ids,
+    any Arrow type); otherwise they are the ids. ``exclude`` [nq] drops each
+    row's own engine id (self-join); rows keep at most ``k`` neighbours.
+    """
+    nq, kk = ids.shape
+    k = kk if k is None else k
+    keep = ids >= 0
+    if exclude is not None:
+        keep &= ids != exclude[:, None]
+    # Keep at most k per row, in order: cumulative count of kept entries.
+    keep &= np.cumsum(keep, axis=1) <= k
+    counts = keep.sum(axis=1)
+    offsets = np.zeros(nq + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    flat_ids = ids[keep]
+    flat_dist = distances[keep].astype(np.float32, copy=False)
+    if id_values is not None:
+        id_arr = id_values.take(pa.array(flat_ids))
+    else:
+        id_arr = pa.array(flat_ids, type=pa.int64())
+    struct = pa.StructArray.from_arrays([id_arr, pa.array(flat_dist, type=DISTANCE_TYPE)], names=["id", "distance"])
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), struct)
+
+
+def neighbors_type(id_type: pa.DataType) -> pa.DataType:
+    return pa.list_(pa.struct([("id", id_type), ("distance", DISTANCE_TYPE)]))
