@@ -1,0 +1,74 @@
+#include "gemm_scan.h"
+
+#include <algorithm>
+
+#include "blas.h"
+
+namespace sparknn {
+namespace {
+
+// Turns a row of inner products into distances, in place (vectorised loops).
+void to_distances_l2(float* row, size_t cols, float qnorm, const float* xnorm) {
+    // |q-x|^2 = |q|^2 + |x|^2 - 2 q.x; rounding can dip below zero: clamp
+    for (size_t j = 0; j < cols; ++j) row[j] = std::max(qnorm + xnorm[j] - 2.0f * row[j], 0.0f);
+}
+
+void to_distances_dot(float* row, size_t cols, float offset) {
+    for (size_t j = 0; j < cols; ++j) row[j] = offset - row[j];
+}
+
+// Pushes the entries of `row` that beat the heap's threshold. Once the heap is
+// full most entries are rejected, so 16 are tested at once with a branch-free
+// (vectorisable) reduction before any is looked at alone.
+void select_into(TopK& heap, const float* row, size_t cols, const int64_t* labels, int64_t first_label) {
+    float worst = heap.threshold();
+    auto take = [&](size_t j) {
+        heap.push(row[j], labels != nullptr ? labels[j] : first_label + static_cast<int64_t>(j));
+        worst = heap.threshold();
+    };
+    size_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+        bool any = false;
+        for (size_t t = 0; t < 16; ++t) any |= row[j + t] <= worst;
+        if (!any) continue;
+        for (size_t t = 0; t < 16; ++t) {
+            if (row[j + t] <= worst) take(j + t);
+        }
+    }
+    for (; j < cols; ++j) {
+        if (row[j] <= worst) take(j);
+    }
+}
+
+}  // namespace
+
+GemmScanner::GemmScanner(Metric metric, size_t dim)
+    : metric_(metric), dim_(dim), tile_(kScanQueryBlock * kScanBaseBlock) {
+    blas_use_one_thread();
+}
+
+void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
+                       size_t nb, const int64_t* labels, int64_t first_label, TopK* heaps) {
+    for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
+        const size_t cols = std::min(nb - c0, kScanBaseBlock);
+        gemm_abt(static_cast<int>(m), static_cast<int>(cols), static_cast<int>(dim_), queries, base + c0 * dim_,
+                 tile_.data());
+        for (size_t i = 0; i < m; ++i) {
+            float* row = tile_.data() + i * cols;
+            if (metric_ == Metric::L2) {
+                to_distances_l2(row, cols, qnorm[i], bnorm + c0);
+            } else {
+                to_distances_dot(row, cols, metric_ == Metric::Cosine ? 1.0f : 0.0f);
+            }
+            select_into(heaps[i], row, cols, labels != nullptr ? labels + c0 : nullptr,
+                        first_label + static_cast<int64_t>(c0));
+        }
+    }
+}
+
+void squared_norms(const float* x, size_t n, size_t dim, float* out) {
+    const DistanceKernels& k = kernels();
+    for (size_t i = 0; i < n; ++i) out[i] = k.dot(x + i * dim, x + i * dim, dim);
+}
+
+}  // namespace sparknn
