@@ -69,7 +69,7 @@ IndexKind kind_from_string(const std::string& name) {
     if (name == "flat" || name == "exact") return IndexKind::Flat;
     if (name == "hnsw") return IndexKind::Hnsw;
     if (name == "ivf") return IndexKind::Ivf;
-    throw InvalidArgument("unknown index kind '" + name + "': use 'flat' or 'hnsw'");
+    throw InvalidArgument("unknown index kind '" + name + "': use 'flat', 'hnsw' or 'ivf'");
 }
 
 // ---------------------------------------------------------------- writing
@@ -241,7 +241,7 @@ void IndexFile::parse(bool verify_checksums) {
     if (version == 0) fail("format version 0 does not exist (corrupt header)");
     header_.format_version = version;
     const uint32_t kind = get<uint32_t>(data_ + kOffKind);
-    if (kind < 1 || kind > 2) fail("unknown index kind " + std::to_string(kind));
+    if (kind < 1 || kind > 3) fail("unknown index kind " + std::to_string(kind));
     header_.kind = static_cast<IndexKind>(kind);
     const uint32_t metric = get<uint32_t>(data_ + kOffMetric);
     if (metric < 1 || metric > 3) fail("unknown metric " + std::to_string(metric));

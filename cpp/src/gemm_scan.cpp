@@ -49,6 +49,17 @@ GemmScanner::GemmScanner(Metric metric, size_t dim)
 
 void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
                        size_t nb, const int64_t* labels, int64_t first_label, TopK* heaps) {
+    scan_impl(queries, qnorm, m, base, bnorm, nb, labels, first_label, [heaps](size_t i) -> TopK& { return heaps[i]; });
+}
+
+void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
+                       size_t nb, const int64_t* labels, int64_t first_label, TopK* const* heaps) {
+    scan_impl(queries, qnorm, m, base, bnorm, nb, labels, first_label, [heaps](size_t i) -> TopK& { return *heaps[i]; });
+}
+
+template <class HeapAt>
+void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
+                            size_t nb, const int64_t* labels, int64_t first_label, HeapAt&& heap_at) {
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
         gemm_abt(static_cast<int>(m), static_cast<int>(cols), static_cast<int>(dim_), queries, base + c0 * dim_,
@@ -60,7 +71,7 @@ void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const
             } else {
                 to_distances_dot(row, cols, metric_ == Metric::Cosine ? 1.0f : 0.0f);
             }
-            select_into(heaps[i], row, cols, labels != nullptr ? labels + c0 : nullptr,
+            select_into(heap_at(i), row, cols, labels != nullptr ? labels + c0 : nullptr,
                         first_label + static_cast<int64_t>(c0));
         }
     }

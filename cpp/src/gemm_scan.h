@@ -26,8 +26,15 @@ class GemmScanner {
     // (distance, labels ? labels[j] : first_label + j) into heaps[i].
     void scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm, size_t nb,
               const int64_t* labels, int64_t first_label, TopK* heaps);
+    // The same, with the heap of query i at *heaps[i] (queries gathered from a batch).
+    void scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm, size_t nb,
+              const int64_t* labels, int64_t first_label, TopK* const* heaps);
 
   private:
+    template <class HeapAt>
+    void scan_impl(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
+                   size_t nb, const int64_t* labels, int64_t first_label, HeapAt&& heap_at);
+
     Metric metric_;
     size_t dim_;
     std::vector<float> tile_;

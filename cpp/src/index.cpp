@@ -9,6 +9,7 @@
 #include "sparknn/error.h"
 #include "sparknn/flat.h"
 #include "sparknn/hnsw.h"
+#include "sparknn/ivf.h"
 #include "sparknn/parallel.h"
 
 namespace sparknn {
@@ -161,6 +162,8 @@ std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, con
             return std::make_unique<FlatIndex>(dim, metric);
         case IndexKind::Hnsw:
             return std::make_unique<HnswIndex>(dim, metric, HnswParams::from(options));
+        case IndexKind::Ivf:
+            return std::make_unique<IvfIndex>(dim, metric, IvfParams::from(options));
         default:
             throw Unsupported(std::string("index kind '") + kind_name(kind) + "' is not available in this build");
     }
@@ -172,6 +175,8 @@ std::unique_ptr<Index> load_index(const std::shared_ptr<const IndexFile>& file) 
             return FlatIndex::load(file);
         case IndexKind::Hnsw:
             return HnswIndex::load(file);
+        case IndexKind::Ivf:
+            return IvfIndex::load(file);
         default:
             throw Unsupported(std::string("index kind '") + kind_name(file->header().kind) +
                               "' is not available in this build");

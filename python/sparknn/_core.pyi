@@ -24,6 +24,10 @@ class Index:
     def kind(self) -> str: ...
     threads: int
     ef_search: int
+    nprobe: int
+    @property
+    def is_trained(self) -> bool: ...
+    def train(self, vectors: npt.NDArray[np.float32]) -> None: ...
     @property
     def params(self) -> dict: ...
     def __len__(self) -> int: ...
@@ -33,6 +37,7 @@ class Index:
         queries: npt.NDArray[np.float32],
         k: int,
         ef: int,
+        nprobe: int,
         out_ids: npt.NDArray[np.int64],
         out_distances: npt.NDArray[np.float32],
     ) -> None: ...
@@ -41,6 +46,16 @@ class Index:
     def vectors(self) -> npt.NDArray[np.float32]: ...
 
 def make_index(
-    kind: str, dim: int, metric: str, M: int, ef_construction: int, ef_search: int, seed: int
+    kind: str,
+    dim: int,
+    metric: str,
+    M: int,
+    ef_construction: int,
+    ef_search: int,
+    seed: int,
+    nlist: int = 0,
+    nprobe: int = 16,
+    storage: str = "float32",
+    train_size: int = 0,
 ) -> Index: ...
 def load_index(path: str, mmap: bool, verify: bool) -> Index: ...

@@ -15,7 +15,8 @@ import numpy as np
 from sparknn import _core
 from sparknn.errors import InvalidArgumentError
 
-KINDS = ("flat", "hnsw")
+KINDS = ("flat", "hnsw", "ivf")
+STORAGES = ("float32", "sq8")
 METRICS = ("l2", "ip", "cosine")
 _METRIC_ALIASES = {"euclidean": "l2", "sqeuclidean": "l2", "inner_product": "ip", "dot": "ip", "angular": "cosine"}
 
@@ -73,8 +74,16 @@ class Index:
         Distances are always "smaller is closer".
     kind : {"hnsw", "flat"}
         ``flat`` is exact search (BLAS); ``hnsw`` is an approximate graph index.
-    M, ef_construction, ef_search, seed : int
-        HNSW parameters (ignored by ``flat``).
+    M, ef_construction, ef_search : int
+        HNSW parameters (ignored by other kinds).
+    nlist, nprobe, storage, train_size : int, int, str, int
+        IVF parameters: ``nlist`` lists (0 = about 4 sqrt(n), chosen when
+        trained), ``nprobe`` lists scanned per query, ``storage`` "float32" or
+        "sq8" (8-bit scalar quantisation, 4x smaller), ``train_size`` vectors
+        sampled for k-means (0 = automatic). An untrained index trains on its
+        first ``add``; ``train(sample)`` trains it explicitly.
+    seed : int
+        Seed of HNSW levels and IVF k-means.
     threads : int
         Threads for add and search; 0 means all available cores.
     """
@@ -89,6 +98,10 @@ class Index:
         ef_construction: int = 200,
         ef_search: int = 64,
         seed: int = 42,
+        nlist: int = 0,
+        nprobe: int = 16,
+        storage: str = "float32",
+        train_size: int = 0,
         threads: int = 0,
         _native=None,
     ):
@@ -107,6 +120,10 @@ class Index:
             _check_count(ef_construction, "ef_construction", 1),
             _check_count(ef_search, "ef_search", 1),
             _check_count(seed, "seed", 0),
+            _check_count(nlist, "nlist", 0),
+            _check_count(nprobe, "nprobe", 1),
+            str(storage).lower(),
+            _check_count(train_size, "train_size", 0),
         )
         self.threads = threads
 
@@ -140,6 +157,18 @@ class Index:
         self._index.ef_search = _check_count(value, "ef_search", 1)
 
     @property
+    def nprobe(self) -> int:
+        return self._index.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._index.nprobe = _check_count(value, "nprobe", 1)
+
+    @property
+    def is_trained(self) -> bool:
+        return self._index.is_trained
+
+    @property
     def params(self) -> dict:
         return dict(self._index.params)
 
@@ -168,21 +197,30 @@ class Index:
             return
         self._index.add(x, id_arr)
 
-    def search(self, queries, k: int = 10, ef: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def train(self, vectors) -> None:
+        """Trains an IVF index's lists (k-means) on a sample [n, dim], before the first add."""
+        self._index.train(_as_matrix(vectors, self.dim, "training vectors"))
+
+    def search(
+        self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each query.
 
         Returns ``(ids, distances)``: int64 [nq, k] and float32 [nq, k], nearest
         first. When the index holds fewer than k vectors, rows are padded with
         id -1 and distance +inf. ``ef`` (hnsw) widens the search: higher is more
-        accurate and slower; it is raised to k when smaller.
+        accurate and slower; it is raised to k when smaller. ``nprobe`` (ivf)
+        is the number of lists scanned per query (fewer candidates than k also
+        pad).
         """
         k = _check_count(k, "k", 1)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
+        nprobe = 0 if nprobe is None else _check_count(nprobe, "nprobe", 1)
         q = _as_matrix(queries, self.dim, "queries")
         out_ids = np.empty((q.shape[0], k), dtype=np.int64)
         out_dist = np.empty((q.shape[0], k), dtype=np.float32)
         if q.shape[0]:
-            self._index.search(q, k, ef, out_ids, out_dist)
+            self._index.search(q, k, ef, nprobe, out_ids, out_dist)
         return out_ids, out_dist
 
     def save(self, path) -> None:

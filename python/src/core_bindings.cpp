@@ -12,6 +12,7 @@
 #include "sparknn/file.h"
 #include "sparknn/hnsw.h"
 #include "sparknn/index.h"
+#include "sparknn/ivf.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -65,7 +66,8 @@ NB_MODULE(_core, m) {
             "vectors"_a, "ids"_a.none())
         .def(
             "search",
-            [](const sparknn::Index& index, Matrix q, size_t k, size_t ef, OutIds out_ids, OutDist out_dist) {
+            [](const sparknn::Index& index, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids,
+               OutDist out_dist) {
                 check_dim(index, q, "queries");
                 if (out_ids.shape(0) != q.shape(0) || out_ids.shape(1) != k || out_dist.shape(0) != q.shape(0) ||
                     out_dist.shape(1) != k) {
@@ -73,10 +75,37 @@ NB_MODULE(_core, m) {
                 }
                 sparknn::SearchParams params;
                 params.ef = ef;
+                params.nprobe = nprobe;
                 nb::gil_scoped_release release;
                 index.search(q.shape(0), q.data(), k, out_ids.data(), out_dist.data(), params);
             },
-            "queries"_a, "k"_a, "ef"_a, "out_ids"_a, "out_distances"_a)
+            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a)
+        .def(
+            "train",
+            [](sparknn::Index& index, Matrix x) {
+                auto* ivf = dynamic_cast<sparknn::IvfIndex*>(&index);
+                if (ivf == nullptr) throw sparknn::InvalidArgument("train() applies to ivf indexes only");
+                check_dim(index, x, "training vectors");
+                nb::gil_scoped_release release;
+                ivf->train(x.shape(0), x.data());
+            },
+            "vectors"_a)
+        .def_prop_ro("is_trained",
+                     [](const sparknn::Index& index) {
+                         auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
+                         return ivf == nullptr || ivf->is_trained();
+                     })
+        .def_prop_rw(
+            "nprobe",
+            [](const sparknn::Index& index) -> size_t {
+                auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
+                return ivf ? ivf->params().nprobe : 0;
+            },
+            [](sparknn::Index& index, size_t nprobe) {
+                auto* ivf = dynamic_cast<sparknn::IvfIndex*>(&index);
+                if (ivf == nullptr) throw sparknn::InvalidArgument("nprobe applies to ivf indexes only");
+                ivf->set_nprobe(nprobe);
+            })
         .def(
             "save",
             [](const sparknn::Index& index, const std::string& path) {
@@ -96,6 +125,9 @@ NB_MODULE(_core, m) {
             "vectors",
             [](nb::handle_t<sparknn::Index> self) {
                 const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
+                if (index.kind() == sparknn::IndexKind::Ivf) {
+                    throw sparknn::Unsupported("an ivf index stores vectors per list (maybe compressed), not as one array");
+                }
                 const float* data = index.size() ? index.vector_of(0) : nullptr;
                 return nb::ndarray<nb::numpy, const float, nb::ndim<2>>(data, {index.size(), index.dim()}, self);
             })
@@ -118,21 +150,34 @@ NB_MODULE(_core, m) {
                 d["ef_search"] = h->params().ef_search;
                 d["seed"] = h->params().seed;
             }
+            if (auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
+                d["nlist"] = ivf->is_trained() ? ivf->nlist() : ivf->params().nlist;
+                d["nprobe"] = ivf->params().nprobe;
+                d["storage"] = std::string(sparknn::storage_name(ivf->params().storage));
+                d["train_size"] = ivf->params().train_size;
+                d["seed"] = ivf->params().seed;
+            }
             return d;
         });
 
     m.def(
         "make_index",
         [](const std::string& kind, size_t dim, const std::string& metric, size_t M, size_t ef_construction,
-           size_t ef_search, uint64_t seed) {
+           size_t ef_search, uint64_t seed, size_t nlist, size_t nprobe, const std::string& storage,
+           size_t train_size) {
             sparknn::IndexOptions o;
             o.M = M;
             o.ef_construction = ef_construction;
             o.ef_search = ef_search;
             o.seed = seed;
+            o.nlist = nlist;
+            o.nprobe = nprobe;
+            o.storage = storage;
+            o.train_size = train_size;
             return sparknn::make_index(sparknn::kind_from_string(kind), dim, sparknn::metric_from_string(metric), o);
         },
-        "kind"_a, "dim"_a, "metric"_a, "M"_a, "ef_construction"_a, "ef_search"_a, "seed"_a);
+        "kind"_a, "dim"_a, "metric"_a, "M"_a, "ef_construction"_a, "ef_search"_a, "seed"_a, "nlist"_a = 0,
+        "nprobe"_a = 16, "storage"_a = "float32", "train_size"_a = 0);
 
     m.def(
         "load_index",

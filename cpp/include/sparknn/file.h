@@ -37,6 +37,12 @@ enum class SectionType : uint32_t {
     HnswLinks0 = 11, // uint32 [count, 1 + M0]: degree, then neighbours
     HnswUpperOffsets = 12, // uint64 [count + 1] into HnswUpperLinks
     HnswUpperLinks = 13,   // uint32: per node, per level >= 1: degree, then M slots
+    IvfCentroids = 20,     // float32 [nlist, dim]
+    IvfListOffsets = 21,   // uint64 [nlist + 1] into labels/codes (lists are contiguous)
+    IvfLabels = 22,        // int64 [count], internal labels (positions in Ids) in list order
+    IvfCodes = 23,         // uint8 [count, code_size] in list order
+    IvfSq8Min = 24,        // float32 [dim], SQ8 range start per dimension
+    IvfSq8Step = 25,       // float32 [dim], SQ8 step per dimension
 };
 
 // The fixed header, as decoded.
@@ -61,6 +67,8 @@ class FileWriter {
     explicit FileWriter(const FileHeader& header) : header_(header) {}
     void add_section(SectionType type, const void* data, size_t bytes);
     void add_param(const std::string& name, uint64_t value);
+    // Keeps section memory built only for this write alive until the writer dies.
+    void keep_alive(std::shared_ptr<const void> owner) { owners_.push_back(std::move(owner)); }
     void write(const std::string& path);
 
   private:
@@ -72,6 +80,7 @@ class FileWriter {
     FileHeader header_;
     std::vector<Pending> sections_;
     std::vector<ParamRecord> params_;
+    std::vector<std::shared_ptr<const void>> owners_;
 };
 
 // A validated, read-only index file: mapped (shared page cache) or read into memory.

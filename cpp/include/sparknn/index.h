@@ -15,7 +15,8 @@ namespace sparknn {
 
 // Per-call search options; 0 means "the index's default".
 struct SearchParams {
-    size_t ef = 0;  // hnsw: candidate list size, raised to k when smaller
+    size_t ef = 0;      // hnsw: candidate list size, raised to k when smaller
+    size_t nprobe = 0;  // ivf: lists scanned per query
 };
 
 class Index {
@@ -86,6 +87,10 @@ struct IndexOptions {
     size_t ef_construction = 200;
     size_t ef_search = 64;
     uint64_t seed = 42;
+    size_t nlist = 0;              // ivf: 0 = chosen from the data when trained
+    size_t nprobe = 16;            // ivf
+    std::string storage = "float32";  // ivf: float32 | sq8
+    size_t train_size = 0;         // ivf: k-means sample, 0 = automatic
 };
 std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, const IndexOptions& options = {});
 

@@ -1,0 +1,87 @@
+// Inverted-file index: a coarse quantizer of nlist centroids (k-means) splits
+// the vectors into lists; a query scans only its nprobe nearest lists.
+//
+// Search is batched per list, not per query: the queries of a batch are
+// grouped by the lists they probe, and each list is scanned once for all of
+// its queries with a BLAS sgemm (the same tile scan as exact search). Vectors
+// are stored per list as float32 or SQ8 (8-bit scalar quantisation, 4x
+// smaller, decoded block by block into the scan).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sparknn/flat.h"
+#include "sparknn/index.h"
+
+namespace sparknn {
+
+enum class IvfStorage : uint32_t { Float32 = 0, Sq8 = 1 };
+IvfStorage storage_from_string(const std::string& name);
+const char* storage_name(IvfStorage storage);
+
+struct IvfParams {
+    size_t nlist = 0;     // lists; 0 = chosen when trained: about 4 * sqrt(n)
+    size_t nprobe = 16;   // lists scanned per query by default
+    IvfStorage storage = IvfStorage::Float32;
+    size_t train_size = 0;         // k-means sample; 0 = min(n, max(64 * nlist, 20000))
+    size_t kmeans_iterations = 15;
+    uint64_t seed = 42;
+
+    static IvfParams from(const IndexOptions& options);
+    void validate() const;
+};
+
+class IvfIndex final : public Index {
+  public:
+    IvfIndex(size_t dim, Metric metric, const IvfParams& params);
+    ~IvfIndex() override;
+    IndexKind kind() const override { return IndexKind::Ivf; }
+    const float* vector_of(size_t) const override { return nullptr; }  // vectors live in lists, maybe encoded
+
+    const IvfParams& params() const { return params_; }
+    void set_nprobe(size_t nprobe);
+    bool is_trained() const { return quantizer_ != nullptr; }
+    size_t nlist() const { return lists_.size(); }
+    size_t list_size(size_t list) const { return lists_[list].labels.size(); }
+    // Centroids [nlist, dim] (normalised space under cosine); null before training.
+    const float* centroids() const { return quantizer_ ? quantizer_->vector_of(0) : nullptr; }
+
+    // Trains the quantizer (and SQ8 ranges) on n vectors; validated like add.
+    // Optional: an untrained index trains on a sample of its first add.
+    void train(size_t n, const float* vectors);
+    // The nprobe nearest lists of each query [nq, nprobe], nearest first.
+    void nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists) const;
+
+    static std::unique_ptr<IvfIndex> load(const std::shared_ptr<const IndexFile>& file);
+
+  protected:
+    void add_impl(size_t n, const float* vectors) override;
+    void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
+                     const SearchParams& params) const override;
+    void save_sections(FileWriter& writer) const override;
+
+  private:
+    struct List {
+        Buffer<int64_t> labels;      // internal labels (positions in ids_)
+        Buffer<uint8_t> codes;       // [size, code_size]
+        AlignedVector<float> norms;  // float32 storage under L2: |x|^2, rebuilt on load
+    };
+    void train_prepared(size_t n, const float* x);
+    size_t code_size() const;
+    void encode(const float* x, uint8_t* code) const;
+    // Float rows [count, dim] of list rows [begin, begin+count): a pointer into
+    // the list (float32) or decoded into `scratch` (sq8); norms likewise under L2.
+    const float* rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
+                      float* norm_scratch) const;
+    void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, int64_t* out_ids,
+                      float* out_distances) const;
+
+    IvfParams params_;
+    std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1
+    std::vector<List> lists_;
+    std::vector<float> sq_min_, sq_step_;  // SQ8 per-dimension range
+};
+
+}  // namespace sparknn

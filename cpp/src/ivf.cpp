@@ -1,0 +1,406 @@
+#include "sparknn/ivf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "gemm_scan.h"
+#include "sparknn/error.h"
+#include "sparknn/kmeans.h"
+#include "sparknn/parallel.h"
+#include "sparknn/topk.h"
+
+namespace sparknn {
+namespace {
+
+// Queries searched together: bounds the per-thread heaps (threads x batch x k)
+// while keeping enough queries per list for the sgemm to pay off.
+constexpr size_t kQueryBatch = 16384;
+
+Metric quantizer_metric(Metric metric) {
+    // Unit vectors (cosine) are clustered and assigned by L2, which on the
+    // sphere orders like the dot product; inner product keeps its own metric.
+    return metric == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2;
+}
+
+}  // namespace
+
+IvfStorage storage_from_string(const std::string& name) {
+    if (name == "float32" || name == "flat" || name == "float") return IvfStorage::Float32;
+    if (name == "sq8") return IvfStorage::Sq8;
+    if (name == "pq") throw Unsupported("storage 'pq' is not available in this build yet: use 'float32' or 'sq8'");
+    throw InvalidArgument("unknown storage '" + name + "': use 'float32' or 'sq8'");
+}
+
+const char* storage_name(IvfStorage storage) { return storage == IvfStorage::Sq8 ? "sq8" : "float32"; }
+
+IvfParams IvfParams::from(const IndexOptions& o) {
+    IvfParams p;
+    p.nlist = o.nlist;
+    p.nprobe = o.nprobe;
+    p.storage = storage_from_string(o.storage);
+    p.train_size = o.train_size;
+    p.seed = o.seed;
+    return p;
+}
+
+void IvfParams::validate() const {
+    SPARKNN_CHECK_ARG(nlist <= (size_t{1} << 22), "nlist ", nlist, " is too large (at most 4194304)");
+    SPARKNN_CHECK_ARG(nprobe >= 1, "nprobe must be >= 1");
+    SPARKNN_CHECK_ARG(kmeans_iterations <= 1000, "kmeans_iterations must be <= 1000");
+}
+
+IvfIndex::IvfIndex(size_t dim, Metric metric, const IvfParams& params) : Index(dim, metric), params_(params) {
+    params_.validate();
+}
+
+IvfIndex::~IvfIndex() = default;
+
+void IvfIndex::set_nprobe(size_t nprobe) {
+    SPARKNN_CHECK_ARG(nprobe >= 1, "nprobe must be >= 1, got ", nprobe);
+    params_.nprobe = nprobe;
+}
+
+size_t IvfIndex::code_size() const {
+    return params_.storage == IvfStorage::Sq8 ? dim_ : dim_ * sizeof(float);
+}
+
+// ---------------------------------------------------------------- training
+
+void IvfIndex::train(size_t n, const float* vectors) {
+    SPARKNN_CHECK_ARG(size() == 0, "train() must come before the first add (the index holds ", size(), " vectors)");
+    AlignedVector<float> scratch;
+    const float* x = prepare_queries(n, vectors, scratch);  // validates; normalises under cosine
+    train_prepared(n, x);
+}
+
+void IvfIndex::train_prepared(size_t n, const float* x) {
+    size_t nlist = params_.nlist;
+    if (nlist == 0) nlist = std::clamp<size_t>(static_cast<size_t>(std::lround(4.0 * std::sqrt(double(n)))), 1, n);
+    SPARKNN_CHECK_ARG(n >= nlist, "training an IVF index with nlist=", nlist, " needs at least ", nlist,
+                      " vectors, got ", n, ": lower nlist (or leave it 0 to choose from the data)");
+    size_t sample = params_.train_size ? params_.train_size : std::max<size_t>(64 * nlist, 20000);
+    sample = std::clamp<size_t>(sample, nlist, n);
+
+    // A uniform sample (sorted for locality), not the first rows: input order is often not random.
+    std::vector<float> train_rows;
+    const float* train_x = x;
+    if (sample < n) {
+        std::vector<size_t> idx(n);
+        std::iota(idx.begin(), idx.end(), size_t{0});
+        std::mt19937_64 rng(params_.seed ^ 0x9E3779B97F4A7C15ull);
+        for (size_t i = 0; i < sample; ++i) std::swap(idx[i], idx[i + rng() % (n - i)]);
+        std::sort(idx.begin(), idx.begin() + static_cast<ptrdiff_t>(sample));
+        train_rows.resize(sample * dim_);
+        for (size_t i = 0; i < sample; ++i) std::memcpy(&train_rows[i * dim_], x + idx[i] * dim_, dim_ * sizeof(float));
+        train_x = train_rows.data();
+    }
+    KMeansParams kp;
+    kp.iterations = params_.kmeans_iterations;
+    kp.seed = params_.seed;
+    kp.threads = threads_;
+    const KMeansResult km = kmeans(train_x, sample, dim_, nlist, kp);
+
+    auto quantizer = std::make_unique<FlatIndex>(dim_, quantizer_metric(metric_));
+    quantizer->add(nlist, km.centroids.data(), nullptr);
+    if (params_.storage == IvfStorage::Sq8) {
+        std::vector<float> lo(dim_, std::numeric_limits<float>::infinity());
+        std::vector<float> hi(dim_, -std::numeric_limits<float>::infinity());
+        for (size_t i = 0; i < sample; ++i) {
+            for (size_t j = 0; j < dim_; ++j) {
+                lo[j] = std::min(lo[j], train_x[i * dim_ + j]);
+                hi[j] = std::max(hi[j], train_x[i * dim_ + j]);
+            }
+        }
+        sq_min_ = lo;
+        sq_step_.resize(dim_);
+        for (size_t j = 0; j < dim_; ++j) sq_step_[j] = hi[j] > lo[j] ? (hi[j] - lo[j]) / 255.0f : 1.0f;
+    }
+    params_.nlist = nlist;
+    quantizer_ = std::move(quantizer);
+    lists_.assign(nlist, List{});
+}
+
+// ---------------------------------------------------------------- adding
+
+void IvfIndex::encode(const float* x, uint8_t* code) const {
+    if (params_.storage == IvfStorage::Float32) {
+        std::memcpy(code, x, dim_ * sizeof(float));
+        return;
+    }
+    for (size_t j = 0; j < dim_; ++j) {
+        const float q = std::nearbyint((x[j] - sq_min_[j]) / sq_step_[j]);
+        code[j] = static_cast<uint8_t>(std::clamp(q, 0.0f, 255.0f));  // values outside the trained range saturate
+    }
+}
+
+void IvfIndex::add_impl(size_t n, const float* vectors) {
+    if (!is_trained()) train_prepared(n, vectors);
+    quantizer_->set_threads(threads_);
+    std::vector<int64_t> assigned(n);
+    std::vector<float> unused(n);
+    quantizer_->search(n, vectors, 1, assigned.data(), unused.data());
+
+    // Group rows by list (counting sort) so each list is appended by one thread.
+    const size_t nlist = lists_.size();
+    std::vector<size_t> start(nlist + 1, 0);
+    for (int64_t l : assigned) ++start[static_cast<size_t>(l) + 1];
+    std::partial_sum(start.begin(), start.end(), start.begin());
+    std::vector<size_t> order(n);
+    {
+        std::vector<size_t> fill(start.begin(), start.end() - 1);
+        for (size_t i = 0; i < n; ++i) order[fill[static_cast<size_t>(assigned[i])]++] = i;
+    }
+    const int64_t first_label = static_cast<int64_t>(size());
+    const size_t cs = code_size();
+    const bool keep_norms = params_.storage == IvfStorage::Float32 && metric_ == Metric::L2;
+    parallel_for(nlist, 16, threads_, [&](size_t b, size_t e, int) {
+        for (size_t l = b; l < e; ++l) {
+            const size_t count = start[l + 1] - start[l];
+            if (count == 0) continue;
+            List& list = lists_[l];
+            AlignedVector<int64_t>& labels = list.labels.mutate();
+            AlignedVector<uint8_t>& codes = list.codes.mutate();
+            const size_t old = labels.size();
+            labels.resize(old + count);
+            codes.resize((old + count) * cs);
+            if (keep_norms) list.norms.resize(old + count);
+            for (size_t t = 0; t < count; ++t) {
+                const size_t row = order[start[l] + t];
+                labels[old + t] = first_label + static_cast<int64_t>(row);
+                encode(vectors + row * dim_, codes.data() + (old + t) * cs);
+                if (keep_norms) squared_norms(vectors + row * dim_, 1, dim_, &list.norms[old + t]);
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------- searching
+
+void IvfIndex::nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists) const {
+    SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "the IVF index is not trained: call train() or add()");
+    SPARKNN_CHECK_ARG(nprobe >= 1 && nprobe <= nlist(), "nprobe must be in [1, nlist=", nlist(), "], got ", nprobe);
+    AlignedVector<float> scratch;
+    const float* q = prepare_queries(nq, queries, scratch);
+    std::vector<float> dist(nq * nprobe);
+    quantizer_->set_threads(threads_);
+    quantizer_->search(nq, q, nprobe, out_lists, dist.data());
+}
+
+const float* IvfIndex::rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
+                            float* norm_scratch) const {
+    if (params_.storage == IvfStorage::Float32) {
+        *norms = list.norms.empty() ? nullptr : list.norms.data() + begin;
+        return reinterpret_cast<const float*>(list.codes.data()) + begin * dim_;
+    }
+    const uint8_t* codes = list.codes.data() + begin * dim_;
+    for (size_t i = 0; i < count; ++i) {
+        float* out = scratch + i * dim_;
+        const uint8_t* c = codes + i * dim_;
+        for (size_t j = 0; j < dim_; ++j) out[j] = sq_min_[j] + sq_step_[j] * static_cast<float>(c[j]);
+    }
+    if (metric_ == Metric::L2) {
+        squared_norms(scratch, count, dim_, norm_scratch);
+        *norms = norm_scratch;
+    } else {
+        *norms = nullptr;
+    }
+    return scratch;
+}
+
+void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
+                           const SearchParams& params) const {
+    SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "the IVF index is not trained");
+    const size_t nprobe = std::min(nlist(), params.nprobe ? params.nprobe : params_.nprobe);
+    for (size_t q0 = 0; q0 < nq; q0 += kQueryBatch) {
+        const size_t m = std::min(kQueryBatch, nq - q0);
+        search_batch(m, queries + q0 * dim_, k, nprobe, out_ids + q0 * k, out_distances + q0 * k);
+    }
+}
+
+void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, int64_t* out_ids,
+                            float* out_distances) const {
+    std::vector<int64_t> probes(nq * nprobe);
+    {
+        std::vector<float> dist(nq * nprobe);
+        quantizer_->set_threads(threads_);
+        quantizer_->search(nq, queries, nprobe, probes.data(), dist.data());
+    }
+    // Invert (query -> lists) into (list -> queries).
+    const size_t nlist = lists_.size();
+    std::vector<size_t> start(nlist + 1, 0);
+    for (int64_t l : probes) ++start[static_cast<size_t>(l) + 1];
+    std::partial_sum(start.begin(), start.end(), start.begin());
+    std::vector<uint32_t> members(nq * nprobe);
+    {
+        std::vector<size_t> fill(start.begin(), start.end() - 1);
+        for (size_t i = 0; i < nq * nprobe; ++i) members[fill[static_cast<size_t>(probes[i])]++] = static_cast<uint32_t>(i / nprobe);
+    }
+    // Work items: up to kScanQueryBlock queries of one list; biggest first so
+    // large (skewed) lists do not finish last on one thread.
+    struct Item {
+        uint32_t list;
+        uint32_t first;  // offset into the list's members
+        uint32_t count;
+        uint64_t cost;
+    };
+    std::vector<Item> items;
+    for (size_t l = 0; l < nlist; ++l) {
+        const size_t size = lists_[l].labels.size();
+        const size_t nqueries = start[l + 1] - start[l];
+        if (size == 0) continue;
+        for (size_t f = 0; f < nqueries; f += kScanQueryBlock) {
+            const size_t c = std::min(kScanQueryBlock, nqueries - f);
+            items.push_back({static_cast<uint32_t>(l), static_cast<uint32_t>(f), static_cast<uint32_t>(c),
+                             static_cast<uint64_t>(size) * c});
+        }
+    }
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+
+    const size_t workers = static_cast<size_t>(resolve_threads(threads_));
+    std::vector<TopK> heaps(workers * nq);
+    for (TopK& h : heaps) h.reset(k);
+    parallel_for(items.size(), 1, threads_, [&](size_t b, size_t e, int worker) {
+        GemmScanner scanner(metric_, dim_);
+        std::vector<float> qbuf(kScanQueryBlock * dim_), qnorm(kScanQueryBlock);
+        std::vector<TopK*> heap_of(kScanQueryBlock);
+        std::vector<float> decoded(params_.storage == IvfStorage::Sq8 ? kScanBaseBlock * dim_ : 0);
+        std::vector<float> decoded_norms(kScanBaseBlock);
+        TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq;
+        for (size_t it = b; it < e; ++it) {
+            const Item& item = items[it];
+            const List& list = lists_[item.list];
+            const uint32_t* qs = members.data() + start[item.list] + item.first;
+            for (size_t i = 0; i < item.count; ++i) {
+                std::memcpy(&qbuf[i * dim_], queries + size_t{qs[i]} * dim_, dim_ * sizeof(float));
+                heap_of[i] = &my_heaps[qs[i]];
+            }
+            if (metric_ == Metric::L2) squared_norms(qbuf.data(), item.count, dim_, qnorm.data());
+            const size_t size = list.labels.size();
+            for (size_t r0 = 0; r0 < size; r0 += kScanBaseBlock) {
+                const size_t count = std::min(kScanBaseBlock, size - r0);
+                const float* norms = nullptr;
+                const float* base = rows(list, r0, count, decoded.data(), &norms, decoded_norms.data());
+                scanner.scan(qbuf.data(), qnorm.data(), item.count, base, norms, count, list.labels.data() + r0, 0,
+                             heap_of.data());
+            }
+        }
+    });
+    parallel_for(nq, 256, threads_, [&](size_t b, size_t e, int) {
+        for (size_t q = b; q < e; ++q) {
+            for (size_t w = 1; w < workers; ++w) heaps[q].merge(heaps[w * nq + q]);
+            heaps[q].write_sorted(out_ids + q * k, out_distances + q * k,
+                                  [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+        }
+    });
+}
+
+// ---------------------------------------------------------------- files
+
+void IvfIndex::save_sections(FileWriter& writer) const {
+    // Lists are concatenated (CSR: offsets, labels, codes) so a loaded file is
+    // used in place. The concatenation is a copy; it lives until the write.
+    struct Packed {
+        std::vector<uint64_t> offsets;
+        std::vector<int64_t> labels;
+        std::vector<uint8_t> codes;
+    };
+    auto packed = std::make_shared<Packed>();
+    packed->offsets.push_back(0);
+    for (const List& list : lists_) {
+        packed->labels.insert(packed->labels.end(), list.labels.data(), list.labels.data() + list.labels.size());
+        packed->codes.insert(packed->codes.end(), list.codes.data(), list.codes.data() + list.codes.size());
+        packed->offsets.push_back(packed->labels.size());
+    }
+    writer.add_param("nlist", is_trained() ? nlist() : 0);
+    writer.add_param("nprobe", params_.nprobe);
+    writer.add_param("storage", static_cast<uint64_t>(params_.storage));
+    writer.add_param("train_size", params_.train_size);
+    writer.add_param("kmeans_iterations", params_.kmeans_iterations);
+    writer.add_param("seed", params_.seed);
+    writer.keep_alive(packed);
+    if (is_trained()) {
+        writer.add_section(SectionType::IvfCentroids, centroids(), nlist() * dim_ * sizeof(float));
+        writer.add_section(SectionType::IvfListOffsets, packed->offsets.data(), packed->offsets.size() * sizeof(uint64_t));
+        writer.add_section(SectionType::IvfLabels, packed->labels.data(), packed->labels.size() * sizeof(int64_t));
+        writer.add_section(SectionType::IvfCodes, packed->codes.data(), packed->codes.size());
+        if (params_.storage == IvfStorage::Sq8) {
+            writer.add_section(SectionType::IvfSq8Min, sq_min_.data(), dim_ * sizeof(float));
+            writer.add_section(SectionType::IvfSq8Step, sq_step_.data(), dim_ * sizeof(float));
+        }
+    }
+}
+
+std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>& file) {
+    const FileHeader& h = file->header();
+    auto fail = [&](const std::string& what) {
+        throw FileFormatError("'" + file->path() + "' is not a valid sparknn ivf index: " + what);
+    };
+    IvfParams p;
+    p.nlist = file->param("nlist");
+    p.nprobe = file->param("nprobe");
+    const uint64_t storage = file->param("storage");
+    if (storage > 1) fail("unknown storage " + std::to_string(storage));
+    p.storage = static_cast<IvfStorage>(storage);
+    p.train_size = file->param("train_size");
+    p.kmeans_iterations = file->param("kmeans_iterations");
+    p.seed = file->param("seed");
+    if (p.nprobe == 0 || p.nlist > (size_t{1} << 22) || p.kmeans_iterations > 1000) fail("parameters out of range");
+    auto index = std::make_unique<IvfIndex>(h.dim, h.metric, p);
+    index->load_common(file);
+    if (p.nlist == 0) {
+        if (h.count != 0) fail("vectors without a trained quantizer");
+        return index;
+    }
+    const size_t nlist = p.nlist, dim = h.dim, n = h.count;
+    const float* centroids = file->typed_section<float>(SectionType::IvfCentroids, IndexFile::checked_mul(nlist, dim));
+    for (size_t i = 0; i < nlist * dim; ++i) {
+        if (!std::isfinite(centroids[i])) fail("non-finite centroid value");
+    }
+    const uint64_t* offsets = file->typed_section<uint64_t>(SectionType::IvfListOffsets, nlist + 1);
+    if (offsets[0] != 0 || offsets[nlist] != n) fail("list offsets do not cover the vectors");
+    for (size_t l = 0; l < nlist; ++l) {
+        if (offsets[l + 1] < offsets[l]) fail("list offsets are not increasing");
+    }
+    const int64_t* labels = file->typed_section<int64_t>(SectionType::IvfLabels, n);
+    {
+        std::vector<bool> seen(n, false);
+        for (size_t i = 0; i < n; ++i) {
+            if (labels[i] < 0 || static_cast<uint64_t>(labels[i]) >= n || seen[static_cast<size_t>(labels[i])]) {
+                fail("list labels are out of range or repeated");
+            }
+            seen[static_cast<size_t>(labels[i])] = true;
+        }
+    }
+    const size_t cs = index->code_size();
+    const uint8_t* codes = file->section_exact(SectionType::IvfCodes, IndexFile::checked_mul(n, cs));
+    if (p.storage == IvfStorage::Sq8) {
+        const float* lo = file->typed_section<float>(SectionType::IvfSq8Min, dim);
+        const float* step = file->typed_section<float>(SectionType::IvfSq8Step, dim);
+        for (size_t j = 0; j < dim; ++j) {
+            if (!std::isfinite(lo[j]) || !std::isfinite(step[j]) || step[j] <= 0) fail("invalid SQ8 ranges");
+        }
+        index->sq_min_.assign(lo, lo + dim);
+        index->sq_step_.assign(step, step + dim);
+    }
+    auto quantizer = std::make_unique<FlatIndex>(dim, quantizer_metric(h.metric));
+    quantizer->add(nlist, centroids, nullptr);
+    index->quantizer_ = std::move(quantizer);
+    index->lists_.assign(nlist, List{});
+    const bool keep_norms = p.storage == IvfStorage::Float32 && h.metric == Metric::L2;
+    for (size_t l = 0; l < nlist; ++l) {
+        List& list = index->lists_[l];
+        const size_t b = offsets[l], count = offsets[l + 1] - offsets[l];
+        list.labels.set_view(labels + b, count, file);
+        list.codes.set_view(codes + b * cs, count * cs, file);
+        if (keep_norms) {
+            list.norms.resize(count);
+            squared_norms(reinterpret_cast<const float*>(codes + b * cs), count, dim, list.norms.data());
+        }
+    }
+    return index;
+}
+
+}  // namespace sparknn

@@ -1,0 +1,223 @@
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <set>
+
+#include "sparknn/error.h"
+#include "sparknn/flat.h"
+#include "sparknn/ivf.h"
+#include "sparknn/kmeans.h"
+#include "test_util.h"
+
+namespace sparknn {
+namespace {
+
+IvfParams ivf_params(size_t nlist, size_t nprobe, IvfStorage storage = IvfStorage::Float32) {
+    IvfParams p;
+    p.nlist = nlist;
+    p.nprobe = nprobe;
+    p.storage = storage;
+    return p;
+}
+
+struct Results {
+    std::vector<int64_t> ids;
+    std::vector<float> dist;
+};
+
+Results search(const Index& index, const std::vector<float>& q, size_t dim, size_t k, SearchParams sp = {}) {
+    const size_t nq = q.size() / dim;
+    Results r{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
+    index.search(nq, q.data(), k, r.ids.data(), r.dist.data(), sp);
+    return r;
+}
+
+double recall(const Results& found, const Results& truth, size_t nq, size_t k) {
+    size_t hits = 0;
+    for (size_t q = 0; q < nq; ++q) {
+        std::set<int64_t> t(truth.ids.begin() + q * k, truth.ids.begin() + (q + 1) * k);
+        for (size_t i = 0; i < k; ++i) hits += t.count(found.ids[q * k + i]);
+    }
+    return double(hits) / double(nq * k);
+}
+
+TEST(KMeans, RecoversSeparatedClusters) {
+    const size_t dim = 8, per = 200, k = 5;
+    std::vector<float> x;
+    for (size_t c = 0; c < k; ++c) {
+        auto noise = test::random_vectors(per, dim, 10 + c);
+        for (size_t i = 0; i < per * dim; ++i) x.push_back(noise[i] * 0.1f + (i % dim == c ? 50.0f : 0.0f));
+    }
+    const KMeansResult r = kmeans(x.data(), per * k, dim, k);
+    // every true cluster maps to exactly one centroid
+    for (size_t c = 0; c < k; ++c) {
+        std::set<uint32_t> labels(r.assignment.begin() + c * per, r.assignment.begin() + (c + 1) * per);
+        EXPECT_EQ(labels.size(), 1u) << "cluster " << c;
+    }
+    std::set<uint32_t> all(r.assignment.begin(), r.assignment.end());
+    EXPECT_EQ(all.size(), k);
+    EXPECT_THROW(kmeans(x.data(), 3, dim, 4), InvalidArgument);
+}
+
+class IvfExact : public ::testing::TestWithParam<Metric> {};
+
+// Probing every list is exhaustive: the same answers as exact search.
+TEST_P(IvfExact, AllListsEqualsFlat) {
+    const Metric metric = GetParam();
+    const size_t dim = 24, n = 3000, nq = 50, k = 10;
+    const auto base = test::clustered_vectors(n, dim, 20, 1);
+    const auto queries = test::clustered_vectors(nq, dim, 20, 2);
+    IvfIndex ivf(dim, metric, ivf_params(32, 32));
+    ivf.add(n, base.data(), nullptr);
+    FlatIndex flat(dim, metric);
+    flat.add(n, base.data(), nullptr);
+    const Results a = search(ivf, queries, dim, k), b = search(flat, queries, dim, k);
+    for (size_t i = 0; i < nq * k; ++i) {
+        EXPECT_NEAR(a.dist[i], b.dist[i], 1e-3f * (1 + std::fabs(b.dist[i])));
+    }
+    EXPECT_GE(recall(a, b, nq, k), 0.99);  // ids may differ only at exact ties
+}
+
+INSTANTIATE_TEST_SUITE_P(Metrics, IvfExact, ::testing::Values(Metric::L2, Metric::InnerProduct, Metric::Cosine));
+
+struct CodecCase {
+    IvfStorage storage;
+    Metric metric;
+    double min_recall;
+};
+
+class IvfRecall : public ::testing::TestWithParam<CodecCase> {};
+
+// Documented parameters: nlist = 64 on 8k points, nprobe = 8.
+TEST_P(IvfRecall, RecallAtTen) {
+    const CodecCase c = GetParam();
+    const size_t dim = 32, n = 8000, nq = 200, k = 10;
+    const auto base = test::clustered_vectors(n, dim, 50, 3);
+    const auto queries = test::clustered_vectors(nq, dim, 50, 4);
+    IvfIndex ivf(dim, c.metric, ivf_params(64, 8, c.storage));
+    ivf.set_threads(2);
+    ivf.add(n, base.data(), nullptr);
+    FlatIndex flat(dim, c.metric);
+    flat.add(n, base.data(), nullptr);
+    const double r = recall(search(ivf, queries, dim, k), search(flat, queries, dim, k), nq, k);
+    EXPECT_GE(r, c.min_recall) << storage_name(c.storage);
+}
+
+INSTANTIATE_TEST_SUITE_P(Codecs, IvfRecall,
+                         ::testing::Values(CodecCase{IvfStorage::Float32, Metric::L2, 0.95},
+                                           CodecCase{IvfStorage::Float32, Metric::Cosine, 0.95},
+                                           CodecCase{IvfStorage::Sq8, Metric::L2, 0.93},
+                                           CodecCase{IvfStorage::Sq8, Metric::Cosine, 0.93},
+                                           CodecCase{IvfStorage::Sq8, Metric::InnerProduct, 0.90}));
+
+TEST(Ivf, SaveLoadRoundTripAndAddAfterLoad) {
+    const size_t dim = 16, n = 2000, k = 5;
+    const auto base = test::clustered_vectors(n, dim, 10, 5);
+    const auto queries = test::clustered_vectors(20, dim, 10, 6);
+    const std::string path = ::testing::TempDir() + "ivf_roundtrip.snn";
+    for (IvfStorage storage : {IvfStorage::Float32, IvfStorage::Sq8}) {
+        IvfIndex ivf(dim, Metric::L2, ivf_params(16, 4, storage));
+        ivf.add(n, base.data(), nullptr);
+        ivf.save(path);
+        for (bool mmap : {true, false}) {
+            auto loaded = load_index(path, mmap);
+            ASSERT_EQ(loaded->kind(), IndexKind::Ivf);
+            ASSERT_EQ(loaded->size(), n);
+            const Results a = search(ivf, queries, dim, k), b = search(*loaded, queries, dim, k);
+            EXPECT_EQ(a.ids, b.ids);
+            EXPECT_EQ(a.dist, b.dist);
+            const std::vector<float> extra(dim, 0.5f);
+            const int64_t id = 99999;
+            loaded->add(1, extra.data(), &id);
+            const Results c = search(*loaded, extra, dim, 1, SearchParams{0, 16});
+            EXPECT_EQ(c.ids[0], id);
+        }
+    }
+    std::remove(path.c_str());
+}
+
+TEST(Ivf, TrainingErrorsAndUntrainedSave) {
+    const size_t dim = 4;
+    const auto base = test::random_vectors(10, dim, 7);
+    IvfIndex too_many_lists(dim, Metric::L2, ivf_params(64, 4));
+    EXPECT_THROW(too_many_lists.add(10, base.data(), nullptr), InvalidArgument);
+    EXPECT_EQ(too_many_lists.size(), 0u);
+    // an untrained, empty index saves and loads
+    const std::string path = ::testing::TempDir() + "ivf_empty.snn";
+    too_many_lists.save(path);
+    auto loaded = load_index(path, true);
+    EXPECT_EQ(loaded->size(), 0u);
+    std::remove(path.c_str());
+    // automatic nlist works for small data
+    IvfIndex automatic(dim, Metric::L2, ivf_params(0, 2));
+    automatic.add(10, base.data(), nullptr);
+    EXPECT_GE(automatic.nlist(), 1u);
+    EXPECT_LE(automatic.nlist(), 10u);
+}
+
+TEST(Ivf, KLargerThanCandidatesPads) {
+    const size_t dim = 4;
+    const auto base = test::random_vectors(40, dim, 8);
+    IvfIndex ivf(dim, Metric::L2, ivf_params(4, 1));
+    ivf.add(40, base.data(), nullptr);
+    const Results r = search(ivf, std::vector<float>(base.begin(), base.begin() + dim), dim, 60);
+    size_t found = 0;
+    for (int64_t id : r.ids) found += id >= 0;
+    EXPECT_GT(found, 0u);
+    EXPECT_LT(found, 41u);
+    EXPECT_EQ(r.ids[59], -1);
+    EXPECT_TRUE(std::isinf(r.dist[59]));
+}
+
+// A crafted file (valid header checksum, checksums not verified) with a list
+// label out of range must be rejected, not used.
+TEST(Ivf, CorruptListsRejected) {
+    const size_t dim = 8, n = 500;
+    const auto base = test::random_vectors(n, dim, 9);
+    IvfIndex ivf(dim, Metric::L2, ivf_params(8, 2));
+    ivf.add(n, base.data(), nullptr);
+    const std::string path = ::testing::TempDir() + "ivf_corrupt.snn";
+    ivf.save(path);
+    std::ifstream in(path, std::ios::binary);
+    const std::vector<uint8_t> good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::remove(path.c_str());
+    auto section_offset = [&](SectionType type) -> size_t {
+        uint32_t count;
+        std::memcpy(&count, good.data() + 20, 4);
+        for (uint32_t i = 0; i < count; ++i) {
+            const uint8_t* e = good.data() + 64 + i * 32;
+            uint32_t t;
+            uint64_t off;
+            std::memcpy(&t, e, 4);
+            std::memcpy(&off, e + 8, 8);
+            if (t == static_cast<uint32_t>(type)) return off;
+        }
+        return 0;
+    };
+    EXPECT_NO_THROW(load_index(IndexFile::from_bytes(good, false)));
+    {
+        auto bad = good;
+        const int64_t label = static_cast<int64_t>(n) + 7;
+        std::memcpy(bad.data() + section_offset(SectionType::IvfLabels), &label, 8);
+        EXPECT_THROW(load_index(IndexFile::from_bytes(bad, false)), FileFormatError);
+        EXPECT_THROW(load_index(IndexFile::from_bytes(bad, true)), FileFormatError);
+    }
+    {
+        auto bad = good;
+        const uint64_t offset = n + 1;
+        std::memcpy(bad.data() + section_offset(SectionType::IvfListOffsets) + 8, &offset, 8);
+        EXPECT_THROW(load_index(IndexFile::from_bytes(bad, false)), FileFormatError);
+    }
+    {
+        auto bad = good;
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::memcpy(bad.data() + section_offset(SectionType::IvfCentroids), &nan, 4);
+        EXPECT_THROW(load_index(IndexFile::from_bytes(bad, false)), FileFormatError);
+    }
+}
+
+}  // namespace
+}  // namespace sparknn

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+import sparknn
+from conftest import clustered, exact_knn, recall
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clustered(6000, 32, clusters=40, seed=11), clustered(300, 32, clusters=40, seed=12)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_probing_every_list_is_exact(data, metric):
+    base, queries = data
+    index = sparknn.Index(32, metric=metric, kind="ivf", nlist=24)
+    index.add(base)
+    _, dist = index.search(queries, k=10, nprobe=24)
+    _, ref = exact_knn(base, queries, 10, metric)
+    np.testing.assert_allclose(dist, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "storage, metric, minimum",
+    [("float32", "l2", 0.95), ("float32", "cosine", 0.95), ("sq8", "l2", 0.93), ("sq8", "cosine", 0.93)],
+)
+def test_recall_per_codec(data, storage, metric, minimum):
+    base, queries = data
+    index = sparknn.Index(32, metric=metric, kind="ivf", nlist=64, nprobe=8, storage=storage)
+    index.add(base)
+    ids, _ = index.search(queries, k=10)
+    truth, _ = exact_knn(base, queries, 10, metric)
+    assert recall(ids, truth) >= minimum
+
+
+def test_more_lists_probed_is_never_worse(data):
+    base, queries = data
+    index = sparknn.Index(32, metric="l2", kind="ivf", nlist=64)
+    index.add(base)
+    truth, _ = exact_knn(base, queries, 10, "l2")
+    recalls = [recall(index.search(queries, 10, nprobe=p)[0], truth) for p in (1, 4, 16, 64)]
+    assert recalls == sorted(recalls) and recalls[-1] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_explicit_training_then_add_and_round_trip(tmp_path, data):
+    base, queries = data
+    index = sparknn.Index(32, metric="l2", kind="ivf", nlist=32, storage="sq8")
+    assert not index.is_trained
+    index.train(base[:2000])
+    assert index.is_trained and len(index) == 0
+    index.add(base[:3000], ids=np.arange(3000) * 10)
+    index.add(base[3000:], ids=np.arange(3000, 6000) * 10)
+    path = tmp_path / "ivf.snn"
+    index.save(path)
+    for mmap in (True, False):
+        loaded = sparknn.load(path, mmap=mmap)
+        assert loaded.kind == "ivf" and len(loaded) == 6000
+        assert loaded.params["storage"] == "sq8" and loaded.params["nlist"] == 32
+        a, da = index.search(queries, 5)
+        b, db = loaded.search(queries, 5)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(da, db)
+    assert (a % 10 == 0).all()
+
+
+def test_ivf_errors(data):
+    base, _ = data
+    index = sparknn.Index(32, metric="l2", kind="ivf", nlist=100)
+    with pytest.raises(ValueError, match="nlist"):
+        index.add(base[:50])
+    assert len(index) == 0 and not index.is_trained
+    with pytest.raises(ValueError, match="storage"):
+        sparknn.Index(32, kind="ivf", storage="zstd")
+    with pytest.raises(NotImplementedError):
+        sparknn.Index(32, kind="ivf", storage="pq")
+    flat = sparknn.Index(32, kind="flat")
+    with pytest.raises(ValueError, match="ivf"):
+        flat.train(base)
+    trained = sparknn.Index(32, metric="l2", kind="ivf", nlist=8)
+    trained.add(base[:100])
+    with pytest.raises(ValueError, match="before the first add"):
+        trained.train(base)
+    with pytest.raises(ValueError, match="nprobe"):
+        trained.search(base[:1], 3, nprobe=0)
