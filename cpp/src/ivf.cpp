@@ -30,11 +30,20 @@ Metric quantizer_metric(Metric metric) {
 IvfStorage storage_from_string(const std::string& name) {
     if (name == "float32" || name == "flat" || name == "float") return IvfStorage::Float32;
     if (name == "sq8") return IvfStorage::Sq8;
-    if (name == "pq") throw Unsupported("storage 'pq' is not available in this build yet: use 'float32' or 'sq8'");
-    throw InvalidArgument("unknown storage '" + name + "': use 'float32' or 'sq8'");
+    if (name == "pq") return IvfStorage::Pq;
+    throw InvalidArgument("unknown storage '" + name + "': use 'float32', 'sq8' or 'pq'");
 }
 
-const char* storage_name(IvfStorage storage) { return storage == IvfStorage::Sq8 ? "sq8" : "float32"; }
+const char* storage_name(IvfStorage storage) {
+    switch (storage) {
+        case IvfStorage::Sq8:
+            return "sq8";
+        case IvfStorage::Pq:
+            return "pq";
+        default:
+            return "float32";
+    }
+}
 
 IvfParams IvfParams::from(const IndexOptions& o) {
     IvfParams p;
@@ -42,6 +51,8 @@ IvfParams IvfParams::from(const IndexOptions& o) {
     p.nprobe = o.nprobe;
     p.storage = storage_from_string(o.storage);
     p.train_size = o.train_size;
+    p.pq_m = o.pq_m;
+    p.rerank = o.rerank;
     p.seed = o.seed;
     return p;
 }
@@ -50,10 +61,27 @@ void IvfParams::validate() const {
     SPARKNN_CHECK_ARG(nlist <= (size_t{1} << 22), "nlist ", nlist, " is too large (at most 4194304)");
     SPARKNN_CHECK_ARG(nprobe >= 1, "nprobe must be >= 1");
     SPARKNN_CHECK_ARG(kmeans_iterations <= 1000, "kmeans_iterations must be <= 1000");
+    SPARKNN_CHECK_ARG(rerank <= 1000, "rerank must be <= 1000, got ", rerank);
+    SPARKNN_CHECK_ARG(rerank == 0 || storage != IvfStorage::Float32,
+                      "rerank applies to compressed storage (sq8, pq): float32 distances are already exact");
 }
+
+namespace {
+// The default PQ size: about 4 dimensions per byte, on a divisor of dim.
+size_t default_pq_m(size_t dim) {
+    for (size_t m = std::max<size_t>(1, dim / 4); m > 1; --m) {
+        if (dim % m == 0) return m;
+    }
+    return 1;
+}
+}  // namespace
 
 IvfIndex::IvfIndex(size_t dim, Metric metric, const IvfParams& params) : Index(dim, metric), params_(params) {
     params_.validate();
+    if (params_.storage == IvfStorage::Pq) {
+        if (params_.pq_m == 0) params_.pq_m = default_pq_m(dim);
+        pq_ = ProductQuantizer(dim, params_.pq_m);
+    }
 }
 
 IvfIndex::~IvfIndex() = default;
@@ -64,7 +92,14 @@ void IvfIndex::set_nprobe(size_t nprobe) {
 }
 
 size_t IvfIndex::code_size() const {
-    return params_.storage == IvfStorage::Sq8 ? dim_ : dim_ * sizeof(float);
+    switch (params_.storage) {
+        case IvfStorage::Sq8:
+            return dim_;
+        case IvfStorage::Pq:
+            return pq_.code_size();
+        default:
+            return dim_ * sizeof(float);
+    }
 }
 
 // ---------------------------------------------------------------- training
@@ -118,6 +153,21 @@ void IvfIndex::train_prepared(size_t n, const float* x) {
         sq_step_.resize(dim_);
         for (size_t j = 0; j < dim_; ++j) sq_step_[j] = hi[j] > lo[j] ? (hi[j] - lo[j]) / 255.0f : 1.0f;
     }
+    if (params_.storage == IvfStorage::Pq) {
+        // PQ encodes residuals to the list centroid: they are smaller and
+        // more alike across lists than the vectors themselves.
+        const size_t pq_n = std::min<size_t>(sample, 65536);
+        std::vector<int64_t> assigned(pq_n);
+        std::vector<float> unused(pq_n);
+        quantizer->set_threads(threads_);
+        quantizer->search(pq_n, train_x, 1, assigned.data(), unused.data());
+        std::vector<float> residuals(pq_n * dim_);
+        for (size_t i = 0; i < pq_n; ++i) {
+            const float* c = km.centroids.data() + static_cast<size_t>(assigned[i]) * dim_;
+            for (size_t j = 0; j < dim_; ++j) residuals[i * dim_ + j] = train_x[i * dim_ + j] - c[j];
+        }
+        pq_.train(pq_n, residuals.data(), params_.seed, threads_, params_.kmeans_iterations);
+    }
     params_.nlist = nlist;
     quantizer_ = std::move(quantizer);
     lists_.assign(nlist, List{});
@@ -125,9 +175,17 @@ void IvfIndex::train_prepared(size_t n, const float* x) {
 
 // ---------------------------------------------------------------- adding
 
-void IvfIndex::encode(const float* x, uint8_t* code) const {
+void IvfIndex::encode(const float* x, size_t list, uint8_t* code) const {
     if (params_.storage == IvfStorage::Float32) {
         std::memcpy(code, x, dim_ * sizeof(float));
+        return;
+    }
+    if (params_.storage == IvfStorage::Pq) {
+        const float* c = centroids() + list * dim_;
+        thread_local std::vector<float> residual;
+        residual.resize(dim_);
+        for (size_t j = 0; j < dim_; ++j) residual[j] = x[j] - c[j];
+        pq_.encode(residual.data(), code);
         return;
     }
     for (size_t j = 0; j < dim_; ++j) {
@@ -170,11 +228,15 @@ void IvfIndex::add_impl(size_t n, const float* vectors) {
             for (size_t t = 0; t < count; ++t) {
                 const size_t row = order[start[l] + t];
                 labels[old + t] = first_label + static_cast<int64_t>(row);
-                encode(vectors + row * dim_, codes.data() + (old + t) * cs);
+                encode(vectors + row * dim_, l, codes.data() + (old + t) * cs);
                 if (keep_norms) squared_norms(vectors + row * dim_, 1, dim_, &list.norms[old + t]);
             }
         }
     });
+    if (params_.rerank > 0) {
+        AlignedVector<float>& kept = rerank_vectors_.mutate();
+        kept.insert(kept.end(), vectors, vectors + n * dim_);
+    }
 }
 
 // ---------------------------------------------------------------- searching
@@ -260,12 +322,14 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 
     const size_t workers = static_cast<size_t>(resolve_threads(threads_));
+    const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
     std::vector<TopK> heaps(workers * nq);
-    for (TopK& h : heaps) h.reset(k);
+    for (TopK& h : heaps) h.reset(candidates);
     parallel_for(items.size(), 1, threads_, [&](size_t b, size_t e, int worker) {
         GemmScanner scanner(metric_, dim_);
         std::vector<float> qbuf(kScanQueryBlock * dim_), qnorm(kScanQueryBlock);
         std::vector<TopK*> heap_of(kScanQueryBlock);
+        std::vector<const float*> query_of(kScanQueryBlock);
         std::vector<float> decoded(params_.storage == IvfStorage::Sq8 ? kScanBaseBlock * dim_ : 0);
         std::vector<float> decoded_norms(kScanBaseBlock);
         TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq;
@@ -273,6 +337,14 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
             const Item& item = items[it];
             const List& list = lists_[item.list];
             const uint32_t* qs = members.data() + start[item.list] + item.first;
+            if (params_.storage == IvfStorage::Pq) {
+                for (size_t i = 0; i < item.count; ++i) {
+                    query_of[i] = queries + size_t{qs[i]} * dim_;
+                    heap_of[i] = &my_heaps[qs[i]];
+                }
+                scan_pq(list, item.list, query_of.data(), item.count, heap_of.data());
+                continue;
+            }
             for (size_t i = 0; i < item.count; ++i) {
                 std::memcpy(&qbuf[i * dim_], queries + size_t{qs[i]} * dim_, dim_ * sizeof(float));
                 heap_of[i] = &my_heaps[qs[i]];
@@ -291,10 +363,56 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     parallel_for(nq, 256, threads_, [&](size_t b, size_t e, int) {
         for (size_t q = b; q < e; ++q) {
             for (size_t w = 1; w < workers; ++w) heaps[q].merge(heaps[w * nq + q]);
-            heaps[q].write_sorted(out_ids + q * k, out_distances + q * k,
-                                  [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+            if (params_.rerank > 0) {
+                rerank_candidates(queries + q * dim_, heaps[q], k, out_ids + q * k, out_distances + q * k);
+            } else {
+                heaps[q].write_sorted(out_ids + q * k, out_distances + q * k,
+                                      [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+            }
         }
     });
+}
+
+void IvfIndex::scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m,
+                       TopK* const* heaps) const {
+    const size_t pm = pq_.m(), size = list.labels.size();
+    const float* centre = centroids() + list_id * dim_;
+    const uint8_t* codes = list.codes.data();
+    const int64_t* labels = list.labels.data();
+    const DistanceKernels& kern = kernels();
+    std::vector<float> table(pm * ProductQuantizer::kCentroids), residual(dim_);
+    for (size_t i = 0; i < m; ++i) {
+        const float* q = queries[i];
+        float offset = 0.0f;
+        if (metric_ == Metric::L2) {
+            for (size_t j = 0; j < dim_; ++j) residual[j] = q[j] - centre[j];
+            pq_.l2_table(residual.data(), table.data());
+        } else {
+            // q . x = q . centre + q . residual; the table holds -q . residual
+            pq_.ip_table(q, table.data());
+            offset = (metric_ == Metric::Cosine ? 1.0f : 0.0f) - kern.dot(q, centre, dim_);
+        }
+        TopK& heap = *heaps[i];
+        float worst = heap.threshold();
+        for (size_t r = 0; r < size; ++r) {
+            const float d = offset + pq_distance(table.data(), codes + r * pm, pm);
+            if (d <= worst) {
+                heap.push(d, labels[r]);
+                worst = heap.threshold();
+            }
+        }
+    }
+}
+
+void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,
+                                 float* out_distances) const {
+    const DistanceKernels& kern = kernels();
+    TopK exact(k);
+    for (const TopK::Entry& e : candidates.entries()) {
+        const float* v = rerank_vectors_.data() + static_cast<size_t>(e.second) * dim_;
+        exact.push(distance(metric_, kern, query, v, dim_), e.second);
+    }
+    exact.write_sorted(out_ids, out_distances, [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
 }
 
 // ---------------------------------------------------------------- files
@@ -319,6 +437,8 @@ void IvfIndex::save_sections(FileWriter& writer) const {
     writer.add_param("storage", static_cast<uint64_t>(params_.storage));
     writer.add_param("train_size", params_.train_size);
     writer.add_param("kmeans_iterations", params_.kmeans_iterations);
+    writer.add_param("pq_m", params_.pq_m);
+    writer.add_param("rerank", params_.rerank);
     writer.add_param("seed", params_.seed);
     writer.keep_alive(packed);
     if (is_trained()) {
@@ -329,6 +449,12 @@ void IvfIndex::save_sections(FileWriter& writer) const {
         if (params_.storage == IvfStorage::Sq8) {
             writer.add_section(SectionType::IvfSq8Min, sq_min_.data(), dim_ * sizeof(float));
             writer.add_section(SectionType::IvfSq8Step, sq_step_.data(), dim_ * sizeof(float));
+        }
+        if (params_.storage == IvfStorage::Pq) {
+            writer.add_section(SectionType::IvfPqCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
+        }
+        if (params_.rerank > 0) {
+            writer.add_section(SectionType::IvfRerankVectors, rerank_vectors_.data(), rerank_vectors_.size() * sizeof(float));
         }
     }
 }
@@ -342,12 +468,18 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     p.nlist = file->param("nlist");
     p.nprobe = file->param("nprobe");
     const uint64_t storage = file->param("storage");
-    if (storage > 1) fail("unknown storage " + std::to_string(storage));
+    if (storage > 2) fail("unknown storage " + std::to_string(storage));
     p.storage = static_cast<IvfStorage>(storage);
     p.train_size = file->param("train_size");
     p.kmeans_iterations = file->param("kmeans_iterations");
+    p.pq_m = file->param("pq_m");
+    p.rerank = file->param("rerank");
     p.seed = file->param("seed");
-    if (p.nprobe == 0 || p.nlist > (size_t{1} << 22) || p.kmeans_iterations > 1000) fail("parameters out of range");
+    if (p.nprobe == 0 || p.nlist > (size_t{1} << 22) || p.kmeans_iterations > 1000 || p.rerank > 1000 ||
+        (p.rerank > 0 && p.storage == IvfStorage::Float32) ||
+        (p.storage == IvfStorage::Pq && (p.pq_m == 0 || p.pq_m > h.dim || h.dim % p.pq_m != 0))) {
+        fail("parameters out of range");
+    }
     auto index = std::make_unique<IvfIndex>(h.dim, h.metric, p);
     index->load_common(file);
     if (p.nlist == 0) {
@@ -384,6 +516,14 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
         }
         index->sq_min_.assign(lo, lo + dim);
         index->sq_step_.assign(step, step + dim);
+    }
+    if (p.storage == IvfStorage::Pq) {
+        const size_t values = IndexFile::checked_mul(IndexFile::checked_mul(p.pq_m, ProductQuantizer::kCentroids), dim / p.pq_m);
+        index->pq_.set_codebooks(file->typed_section<float>(SectionType::IvfPqCodebooks, values));
+    }
+    if (p.rerank > 0) {
+        const size_t values = IndexFile::checked_mul(n, dim);
+        index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values, file);
     }
     auto quantizer = std::make_unique<FlatIndex>(dim, quantizer_metric(h.metric));
     quantizer->add(nlist, centroids, nullptr);

@@ -106,6 +106,62 @@ TEST_P(IvfRecall, RecallAtTen) {
     EXPECT_GE(r, c.min_recall) << storage_name(c.storage);
 }
 
+// PQ with exact re-ranking of 10x candidates, at the documented parameters.
+TEST(IvfPq, RerankedRecallAtTen) {
+    const size_t dim = 32, n = 8000, nq = 200, k = 10;
+    const auto base = test::clustered_vectors(n, dim, 50, 3);
+    const auto queries = test::clustered_vectors(nq, dim, 50, 4);
+    for (Metric metric : {Metric::L2, Metric::Cosine}) {
+        IvfParams p = ivf_params(64, 8, IvfStorage::Pq);
+        p.pq_m = 8;
+        p.rerank = 10;
+        IvfIndex ivf(dim, metric, p);
+        ivf.add(n, base.data(), nullptr);
+        FlatIndex flat(dim, metric);
+        flat.add(n, base.data(), nullptr);
+        const Results truth = search(flat, queries, dim, k);
+        EXPECT_GE(recall(search(ivf, queries, dim, k), truth, nq, k), 0.9) << metric_name(metric);
+        // without re-ranking, PQ distances still rank well above chance
+        IvfParams plain = p;
+        plain.rerank = 0;
+        IvfIndex compressed(dim, metric, plain);
+        compressed.add(n, base.data(), nullptr);
+        EXPECT_GE(recall(search(compressed, queries, dim, k), truth, nq, k), 0.4) << metric_name(metric);
+    }
+}
+
+// The lookup-table distance is the exact distance to the reconstruction.
+TEST(ProductQuantizer, TableDistanceEqualsReconstructionDistance) {
+    const size_t dim = 12, m = 3;
+    const auto x = test::random_vectors(600, dim, 21);
+    ProductQuantizer pq(dim, m);
+    pq.train(600, x.data(), 1, 1, 5);
+    std::vector<uint8_t> code(m);
+    std::vector<float> table(m * 256);
+    for (size_t i = 0; i < 20; ++i) {
+        pq.encode(&x[i * dim], code.data());
+        std::vector<float> recon(dim);
+        for (size_t j = 0; j < m; ++j) {
+            for (size_t t = 0; t < dim / m; ++t) recon[j * (dim / m) + t] = pq.codebooks()[(j * 256 + code[j]) * (dim / m) + t];
+        }
+        const float* q = &x[(i + 100) * dim];
+        pq.l2_table(q, table.data());
+        EXPECT_NEAR(pq_distance(table.data(), code.data(), m), test::ref_distance(Metric::L2, q, recon.data(), dim), 1e-3);
+        pq.ip_table(q, table.data());
+        EXPECT_NEAR(pq_distance(table.data(), code.data(), m), test::ref_distance(Metric::InnerProduct, q, recon.data(), dim),
+                    1e-3);
+        // the chosen code is the nearest reconstruction of x itself
+        pq.l2_table(&x[i * dim], table.data());
+        for (size_t j = 0; j < m; ++j) {
+            const float chosen = table[j * 256 + code[j]];
+            for (size_t c = 0; c < 256; ++c) EXPECT_LE(chosen, table[j * 256 + c] + 1e-5f);
+        }
+    }
+    EXPECT_THROW(ProductQuantizer(10, 3), InvalidArgument);
+    ProductQuantizer small(dim, m);
+    EXPECT_THROW(small.train(100, x.data(), 1, 1, 5), InvalidArgument);
+}
+
 INSTANTIATE_TEST_SUITE_P(Codecs, IvfRecall,
                          ::testing::Values(CodecCase{IvfStorage::Float32, Metric::L2, 0.95},
                                            CodecCase{IvfStorage::Float32, Metric::Cosine, 0.95},
@@ -118,8 +174,10 @@ TEST(Ivf, SaveLoadRoundTripAndAddAfterLoad) {
     const auto base = test::clustered_vectors(n, dim, 10, 5);
     const auto queries = test::clustered_vectors(20, dim, 10, 6);
     const std::string path = ::testing::TempDir() + "ivf_roundtrip.snn";
-    for (IvfStorage storage : {IvfStorage::Float32, IvfStorage::Sq8}) {
-        IvfIndex ivf(dim, Metric::L2, ivf_params(16, 4, storage));
+    for (IvfStorage storage : {IvfStorage::Float32, IvfStorage::Sq8, IvfStorage::Pq}) {
+        IvfParams p = ivf_params(16, 4, storage);
+        if (storage == IvfStorage::Pq) p.rerank = 4;
+        IvfIndex ivf(dim, Metric::L2, p);
         ivf.add(n, base.data(), nullptr);
         ivf.save(path);
         for (bool mmap : {true, false}) {

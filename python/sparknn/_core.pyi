@@ -57,5 +57,7 @@ def make_index(
     nprobe: int = 16,
     storage: str = "float32",
     train_size: int = 0,
+    pq_m: int = 0,
+    rerank: int = 0,
 ) -> Index: ...
 def load_index(path: str, mmap: bool, verify: bool) -> Index: ...

@@ -16,7 +16,7 @@ from sparknn import _core
 from sparknn.errors import InvalidArgumentError
 
 KINDS = ("flat", "hnsw", "ivf")
-STORAGES = ("float32", "sq8")
+STORAGES = ("float32", "sq8", "pq")
 METRICS = ("l2", "ip", "cosine")
 _METRIC_ALIASES = {"euclidean": "l2", "sqeuclidean": "l2", "inner_product": "ip", "dot": "ip", "angular": "cosine"}
 
@@ -76,12 +76,15 @@ class Index:
         ``flat`` is exact search (BLAS); ``hnsw`` is an approximate graph index.
     M, ef_construction, ef_search : int
         HNSW parameters (ignored by other kinds).
-    nlist, nprobe, storage, train_size : int, int, str, int
+    nlist, nprobe, storage, train_size, pq_m, rerank
         IVF parameters: ``nlist`` lists (0 = about 4 sqrt(n), chosen when
-        trained), ``nprobe`` lists scanned per query, ``storage`` "float32" or
-        "sq8" (8-bit scalar quantisation, 4x smaller), ``train_size`` vectors
-        sampled for k-means (0 = automatic). An untrained index trains on its
-        first ``add``; ``train(sample)`` trains it explicitly.
+        trained), ``nprobe`` lists scanned per query, ``storage`` "float32",
+        "sq8" (8-bit scalar quantisation, 4x smaller) or "pq" (``pq_m`` bytes
+        per vector, 0 = about dim/4), ``train_size`` vectors sampled for k-means
+        (0 = automatic), ``rerank`` r > 0 re-ranks the r*k best candidates of a
+        compressed index by exact distance to float32 copies kept in the file
+        (memory-mapped: only candidates are read). An untrained index trains on
+        its first ``add``; ``train(sample)`` trains it explicitly.
     seed : int
         Seed of HNSW levels and IVF k-means.
     threads : int
@@ -102,6 +105,8 @@ class Index:
         nprobe: int = 16,
         storage: str = "float32",
         train_size: int = 0,
+        pq_m: int = 0,
+        rerank: int = 0,
         threads: int = 0,
         _native=None,
     ):
@@ -124,6 +129,8 @@ class Index:
             _check_count(nprobe, "nprobe", 1),
             str(storage).lower(),
             _check_count(train_size, "train_size", 0),
+            _check_count(pq_m, "pq_m", 0),
+            _check_count(rerank, "rerank", 0),
         )
         self.threads = threads
 

@@ -155,6 +155,8 @@ NB_MODULE(_core, m) {
                 d["nprobe"] = ivf->params().nprobe;
                 d["storage"] = std::string(sparknn::storage_name(ivf->params().storage));
                 d["train_size"] = ivf->params().train_size;
+                d["pq_m"] = ivf->params().pq_m;
+                d["rerank"] = ivf->params().rerank;
                 d["seed"] = ivf->params().seed;
             }
             return d;
@@ -164,7 +166,7 @@ NB_MODULE(_core, m) {
         "make_index",
         [](const std::string& kind, size_t dim, const std::string& metric, size_t M, size_t ef_construction,
            size_t ef_search, uint64_t seed, size_t nlist, size_t nprobe, const std::string& storage,
-           size_t train_size) {
+           size_t train_size, size_t pq_m, size_t rerank) {
             sparknn::IndexOptions o;
             o.M = M;
             o.ef_construction = ef_construction;
@@ -174,10 +176,13 @@ NB_MODULE(_core, m) {
             o.nprobe = nprobe;
             o.storage = storage;
             o.train_size = train_size;
+            o.pq_m = pq_m;
+            o.rerank = rerank;
             return sparknn::make_index(sparknn::kind_from_string(kind), dim, sparknn::metric_from_string(metric), o);
         },
         "kind"_a, "dim"_a, "metric"_a, "M"_a, "ef_construction"_a, "ef_search"_a, "seed"_a, "nlist"_a = 0,
-        "nprobe"_a = 16, "storage"_a = "float32", "train_size"_a = 0);
+        "nprobe"_a = 16, "storage"_a = "float32", "train_size"_a = 0,
+        "pq_m"_a = 0, "rerank"_a = 0);
 
     m.def(
         "load_index",

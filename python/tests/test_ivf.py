@@ -33,6 +33,32 @@ def test_recall_per_codec(data, storage, metric, minimum):
     assert recall(ids, truth) >= minimum
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_pq_with_reranking(data, metric, tmp_path):
+    base, queries = data
+    index = sparknn.Index(32, metric=metric, kind="ivf", nlist=64, nprobe=8, storage="pq", pq_m=8, rerank=10)
+    index.add(base)
+    truth, _ = exact_knn(base, queries, 10, metric)
+    ids, dist = index.search(queries)
+    assert recall(ids, truth) >= 0.9
+    # re-ranked distances are exact distances
+    _, ref = exact_knn(base, queries, 6000, metric)
+    full = np.empty((len(queries), 6000))
+    order, _ = exact_knn(base, queries, 6000, metric)
+    np.put_along_axis(full, order, ref, axis=1)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, ids, axis=1), rtol=1e-4, atol=1e-4)
+    path = tmp_path / "pq.snn"
+    index.save(path)
+    loaded = sparknn.load(path)
+    np.testing.assert_array_equal(loaded.search(queries)[0], ids)
+    assert loaded.params["pq_m"] == 8 and loaded.params["rerank"] == 10
+    # 8 bytes of codes per vector instead of 128: the file is dominated by the re-rank copies
+    plain = sparknn.Index(32, metric=metric, kind="ivf", nlist=64, storage="pq", pq_m=8)
+    plain.add(base)
+    plain.save(tmp_path / "plain.snn")
+    assert (tmp_path / "plain.snn").stat().st_size < 0.3 * path.stat().st_size
+
+
 def test_more_lists_probed_is_never_worse(data):
     base, queries = data
     index = sparknn.Index(32, metric="l2", kind="ivf", nlist=64)
@@ -71,8 +97,10 @@ def test_ivf_errors(data):
     assert len(index) == 0 and not index.is_trained
     with pytest.raises(ValueError, match="storage"):
         sparknn.Index(32, kind="ivf", storage="zstd")
-    with pytest.raises(NotImplementedError):
-        sparknn.Index(32, kind="ivf", storage="pq")
+    with pytest.raises(ValueError, match="pq_m"):
+        sparknn.Index(32, kind="ivf", storage="pq", pq_m=5)
+    with pytest.raises(ValueError, match="rerank"):
+        sparknn.Index(32, kind="ivf", storage="float32", rerank=4)
     flat = sparknn.Index(32, kind="flat")
     with pytest.raises(ValueError, match="ivf"):
         flat.train(base)

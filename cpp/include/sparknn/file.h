@@ -43,6 +43,8 @@ enum class SectionType : uint32_t {
     IvfCodes = 23,         // uint8 [count, code_size] in list order
     IvfSq8Min = 24,        // float32 [dim], SQ8 range start per dimension
     IvfSq8Step = 25,       // float32 [dim], SQ8 step per dimension
+    IvfPqCodebooks = 26,   // float32 [pq_m, 256, dim / pq_m]
+    IvfRerankVectors = 27, // float32 [count, dim] in label order (stored vectors, for re-ranking)
 };
 
 // The fixed header, as decoded.

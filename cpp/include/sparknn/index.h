@@ -91,6 +91,8 @@ struct IndexOptions {
     size_t nprobe = 16;            // ivf
     std::string storage = "float32";  // ivf: float32 | sq8
     size_t train_size = 0;         // ivf: k-means sample, 0 = automatic
+    size_t pq_m = 0;               // ivf pq: bytes per vector, 0 = automatic
+    size_t rerank = 0;             // ivf sq8/pq: exact re-ranking factor, 0 = off
 };
 std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, const IndexOptions& options = {});
 

@@ -4,8 +4,11 @@
 // Search is batched per list, not per query: the queries of a batch are
 // grouped by the lists they probe, and each list is scanned once for all of
 // its queries with a BLAS sgemm (the same tile scan as exact search). Vectors
-// are stored per list as float32 or SQ8 (8-bit scalar quantisation, 4x
-// smaller, decoded block by block into the scan).
+// are stored per list as float32, SQ8 (8-bit scalar quantisation, 4x smaller,
+// decoded block by block into the scan) or PQ (pq_m bytes per vector: residuals
+// to the list centroid, product-quantised; scanned with lookup tables). With
+// rerank = r > 0, the r * k best candidates are re-ranked by exact distance to
+// float32 copies kept in their own (memory-mapped) file section.
 #pragma once
 
 #include <cstdint>
@@ -14,10 +17,12 @@
 
 #include "sparknn/flat.h"
 #include "sparknn/index.h"
+#include "sparknn/pq.h"
+#include "sparknn/topk.h"
 
 namespace sparknn {
 
-enum class IvfStorage : uint32_t { Float32 = 0, Sq8 = 1 };
+enum class IvfStorage : uint32_t { Float32 = 0, Sq8 = 1, Pq = 2 };
 IvfStorage storage_from_string(const std::string& name);
 const char* storage_name(IvfStorage storage);
 
@@ -27,6 +32,8 @@ struct IvfParams {
     IvfStorage storage = IvfStorage::Float32;
     size_t train_size = 0;         // k-means sample; 0 = min(n, max(64 * nlist, 20000))
     size_t kmeans_iterations = 15;
+    size_t pq_m = 0;    // pq: bytes per vector; 0 = dim / 4 (rounded to a divisor of dim)
+    size_t rerank = 0;  // re-rank rerank * k candidates exactly (sq8, pq); 0 = off
     uint64_t seed = 42;
 
     static IvfParams from(const IndexOptions& options);
@@ -70,7 +77,9 @@ class IvfIndex final : public Index {
     };
     void train_prepared(size_t n, const float* x);
     size_t code_size() const;
-    void encode(const float* x, uint8_t* code) const;
+    void encode(const float* x, size_t list, uint8_t* code) const;
+    void scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m, TopK* const* heaps) const;
+    void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances) const;
     // Float rows [count, dim] of list rows [begin, begin+count): a pointer into
     // the list (float32) or decoded into `scratch` (sq8); norms likewise under L2.
     const float* rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
@@ -82,6 +91,8 @@ class IvfIndex final : public Index {
     std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1
     std::vector<List> lists_;
     std::vector<float> sq_min_, sq_step_;  // SQ8 per-dimension range
+    ProductQuantizer pq_;
+    Buffer<float> rerank_vectors_;  // [n, dim] in label order, when rerank > 0
 };
 
 }  // namespace sparknn
