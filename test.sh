@@ -29,6 +29,17 @@ cmake --build build/test-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/test-asan --output-on-failure -j"$jobs"
 
+echo "== Fuzzing the index file loader (libFuzzer, bounded)"
+# A clang build of the library with ASan+UBSan and coverage; the golden
+# fixtures are the seed corpus. Any crash, sanitizer report or leak fails here.
+cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSPARKNN_BUILD_TESTS=OFF -DSPARKNN_SANITIZE=address,undefined -DSPARKNN_BUILD_FUZZ=ON >/dev/null
+cmake --build build/fuzz -j"$jobs" --target sparknn_fuzz_load
+mkdir -p build/fuzz/corpus build/fuzz/artifacts
+build/fuzz/cpp/fuzz/sparknn_fuzz_load -max_total_time="${SPARKNN_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
+  -timeout=10 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/ \
+  build/fuzz/corpus cpp/tests/data
+
 echo "== Python tests"
 export SPARK_LOCAL_IP=127.0.0.1
 python3 -m pytest -q python/tests

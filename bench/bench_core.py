@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import datasets  # noqa: E402
-import engines  # noqa: E402
+import datasets
+import engines
 
 DEFAULT_DATASETS = ["clustered-200k-128", "clustered-100k-768", "fashion-mnist"]
 DEFAULT_ENGINES = ["sparknn-flat", "faiss-flat", "sparknn-hnsw", "hnswlib", "faiss-hnsw", "annoy"]
@@ -35,12 +35,12 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def timed(fn, repeats: int):
-    """(result, median seconds) over `repeats` runs (one run when it is slow)."""
+def timed(fn, fn_args: tuple, repeats: int):
+    """(result, median seconds) of fn(*fn_args) over `repeats` runs (one run when it is slow)."""
     times, result = [], None
-    for i in range(repeats):
+    for _ in range(repeats):
         t = time.perf_counter()
-        result = fn()
+        result = fn(*fn_args)
         times.append(time.perf_counter() - t)
         if times[-1] > 5:
             break
@@ -64,19 +64,18 @@ def run_dataset(name: str, engine_names, args) -> list:
         for knob in eng.knobs:
             nq1 = min(len(ds.queries), args.single_queries)
             q1 = ds.queries[:nq1]
-            _, t1 = timed(lambda: eng.search(q1, args.k, knob, 1), args.repeats)
-            found, tn = timed(lambda: eng.search(ds.queries, args.k, knob, args.threads), args.repeats)
+            _, t1 = timed(eng.search, (q1, args.k, knob, 1), args.repeats)
+            found, tn = timed(eng.search, (ds.queries, args.k, knob, args.threads), args.repeats)
             row = {
                 "dataset": ds.name, "engine": ename, "knob": knob, "build_s": round(build_s, 2),
                 "size_mb": round(size / 1e6, 1), "recall": round(recall_at_k(found, truth), 4),
                 "qps_1t": round(nq1 / t1, 1), f"qps_{args.threads}t": round(len(ds.queries) / tn, 1),
             }
             rows.append(row)
-            print(f"| {ename:13s} | {str(knob):>6s} | {build_s:8.2f} | {size / 1e6:8.1f} | "
+            print(f"| {ename:13s} | {knob!s:>6s} | {build_s:8.2f} | {size / 1e6:8.1f} | "
                   f"{row['recall']:.4f} | {row['qps_1t']:10.1f} | {row[f'qps_{args.threads}t']:10.1f} |", flush=True)
             if ename == "annoy" and t1 * len(ds.queries) / nq1 > 120:
                 break  # Annoy's slow knobs would take minutes more
-        del eng
     return rows
 
 

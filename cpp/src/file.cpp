@@ -6,18 +6,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <limits>
 
 #include "sparknn/error.h"
 
+// The format is little-endian and fields are copied as they are in memory.
+// A big-endian port would byte-swap in put/get; until then, refuse to build.
+static_assert(std::endian::native == std::endian::little, "sparknn's file format code assumes a little-endian host");
+
 namespace sparknn {
 namespace {
 
 template <class T>
 void put(uint8_t* dst, T value) {
-    std::memcpy(dst, &value, sizeof(T));  // the format is little-endian; so is every target we build for
+    std::memcpy(dst, &value, sizeof(T));
 }
 
 template <class T>
@@ -48,10 +55,66 @@ void write_all(int fd, const void* data, size_t bytes, const std::string& path) 
 }
 
 // Offsets of the header fields; docs/FORMAT.md lists the same table.
-constexpr size_t kOffVersion = 8, kOffKind = 12, kOffMetric = 16, kOffSections = 20, kOffDim = 24,
-                 kOffCount = 32, kOffFileSize = 40, kOffTable = 48, kOffCrc = 60;
+constexpr size_t kOffVersion = 8, kOffKind = 12, kOffMetric = 16, kOffSections = 20, kOffDim = 24, kOffCount = 32,
+                 kOffFileSize = 40, kOffTable = 48, kOffCrc = 60;
+// Offsets inside a section table entry.
+constexpr size_t kEntType = 0, kEntOffset = 8, kEntSize = 16, kEntCrc = 24;
+constexpr uint64_t kMaxDim = uint64_t{1} << 20;
+
+// Makes the rename durable: a crash right after save() must not lose it.
+void sync_directory_of(const std::string& path) {
+    const size_t slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;  // best effort: the data itself is already flushed
+    ::fsync(fd);
+    ::close(fd);
+}
+
+// Temporary names are unique per process and per call, so concurrent saves
+// (threads or processes) to one destination never write the same temporary.
+std::string temporary_name(const std::string& path) {
+    static std::atomic<uint64_t> counter{0};
+    return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
+}
 
 }  // namespace
+
+const char* section_name(SectionType type) {
+    switch (type) {
+        case SectionType::Params:
+            return "Params";
+        case SectionType::Vectors:
+            return "Vectors";
+        case SectionType::Ids:
+            return "Ids";
+        case SectionType::HnswLevels:
+            return "HnswLevels";
+        case SectionType::HnswLinks0:
+            return "HnswLinks0";
+        case SectionType::HnswUpperOffsets:
+            return "HnswUpperOffsets";
+        case SectionType::HnswUpperLinks:
+            return "HnswUpperLinks";
+        case SectionType::IvfCentroids:
+            return "IvfCentroids";
+        case SectionType::IvfListOffsets:
+            return "IvfListOffsets";
+        case SectionType::IvfLabels:
+            return "IvfLabels";
+        case SectionType::IvfCodes:
+            return "IvfCodes";
+        case SectionType::IvfSq8Min:
+            return "IvfSq8Min";
+        case SectionType::IvfSq8Step:
+            return "IvfSq8Step";
+        case SectionType::IvfPqCodebooks:
+            return "IvfPqCodebooks";
+        case SectionType::IvfRerankVectors:
+            return "IvfRerankVectors";
+    }
+    return "unknown";
+}
 
 const char* kind_name(IndexKind kind) {
     switch (kind) {
@@ -92,6 +155,11 @@ void FileWriter::write(const std::string& path) {
         all.insert(all.begin(), {SectionType::Params, params_.data(), params_.size() * sizeof(ParamRecord)});
     }
     SPARKNN_CHECK_ARG(all.size() <= kMaxSections, "too many sections");
+    for (size_t i = 0; i < all.size(); ++i) {
+        for (size_t j = 0; j < i; ++j) {
+            SPARKNN_CHECK_ARG(all[i].type != all[j].type, "section ", section_name(all[i].type), " added twice");
+        }
+    }
 
     // Header + section table, then sections at 64-byte aligned offsets.
     std::vector<uint8_t> head(align_up(kHeaderSize + all.size() * kSectionEntrySize), 0);
@@ -100,10 +168,10 @@ void FileWriter::write(const std::string& path) {
     for (size_t i = 0; i < all.size(); ++i) {
         offsets.push_back(offset);
         uint8_t* e = head.data() + kHeaderSize + i * kSectionEntrySize;
-        put<uint32_t>(e, static_cast<uint32_t>(all[i].type));
-        put<uint64_t>(e + 8, offset);
-        put<uint64_t>(e + 16, all[i].bytes);
-        put<uint32_t>(e + 24, crc32c(all[i].data, all[i].bytes));
+        put<uint32_t>(e + kEntType, static_cast<uint32_t>(all[i].type));
+        put<uint64_t>(e + kEntOffset, offset);
+        put<uint64_t>(e + kEntSize, all[i].bytes);
+        put<uint32_t>(e + kEntCrc, crc32c(all[i].data, all[i].bytes));
         offset = align_up(offset + all[i].bytes);
     }
     const size_t file_size = offset;
@@ -121,9 +189,9 @@ void FileWriter::write(const std::string& path) {
     crc = crc32c(head.data() + kHeaderSize, all.size() * kSectionEntrySize, crc);
     put<uint32_t>(head.data() + kOffCrc, crc);
 
-    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    const std::string tmp = temporary_name(path);
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw IoError(os_error("cannot create", tmp));
+    if (fd < 0) throw IoError(os_error("cannot save '" + path + "': cannot create", tmp));
     try {
         write_all(fd, head.data(), head.size(), tmp);
         static const uint8_t zeros[kSectionAlign] = {};
@@ -149,6 +217,7 @@ void FileWriter::write(const std::string& path) {
         ::unlink(tmp.c_str());
         throw IoError(msg);
     }
+    sync_directory_of(path);
 }
 
 // ---------------------------------------------------------------- reading
@@ -205,10 +274,14 @@ std::shared_ptr<const IndexFile> IndexFile::open(const std::string& path, bool m
         while (done < file->size_) {
             const ssize_t n = ::read(fd, file->owned_.data() + done, file->size_ - done);
             if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) {
+            if (n < 0) {
                 const std::string msg = os_error("cannot read", path);
                 ::close(fd);
                 throw IoError(msg);
+            }
+            if (n == 0) {
+                ::close(fd);
+                throw IoError("'" + path + "' shrank while it was being read (is another process writing it?)");
             }
             done += static_cast<size_t>(n);
         }
@@ -221,7 +294,7 @@ std::shared_ptr<const IndexFile> IndexFile::open(const std::string& path, bool m
 
 std::shared_ptr<const IndexFile> IndexFile::from_bytes(std::vector<uint8_t> bytes, bool verify_checksums) {
     std::shared_ptr<IndexFile> file(new IndexFile());
-    file->owned_ = std::move(bytes);
+    file->owned_.assign(bytes.begin(), bytes.end());
     file->data_ = file->owned_.data();
     file->size_ = file->owned_.size();
     if (file->size_ < kHeaderSize) file->fail("image shorter than the 64-byte header");
@@ -229,6 +302,11 @@ std::shared_ptr<const IndexFile> IndexFile::from_bytes(std::vector<uint8_t> byte
     return file;
 }
 
+// Validation order matters: nothing is interpreted before what vouches for it.
+// The magic and version come first (a newer version may lay the header out
+// differently); then the header checksum, which also covers the section table;
+// then every field, size and section bound (with overflow-checked arithmetic);
+// then, optionally, the section checksums. Only then are sections handed out.
 void IndexFile::parse(bool verify_checksums) {
     if (std::memcmp(data_, kFileMagic, sizeof(kFileMagic)) != 0) {
         fail("bad magic bytes (not a sparknn index, or a different library's file)");
@@ -240,53 +318,90 @@ void IndexFile::parse(bool verify_checksums) {
     }
     if (version == 0) fail("format version 0 does not exist (corrupt header)");
     header_.format_version = version;
-    const uint32_t kind = get<uint32_t>(data_ + kOffKind);
-    if (kind < 1 || kind > 3) fail("unknown index kind " + std::to_string(kind));
-    header_.kind = static_cast<IndexKind>(kind);
-    const uint32_t metric = get<uint32_t>(data_ + kOffMetric);
-    if (metric < 1 || metric > 3) fail("unknown metric " + std::to_string(metric));
-    header_.metric = static_cast<Metric>(metric);
-    header_.dim = get<uint64_t>(data_ + kOffDim);
-    header_.count = get<uint64_t>(data_ + kOffCount);
-    if (header_.dim == 0 || header_.dim > (uint64_t{1} << 20)) fail("implausible dimension " + std::to_string(header_.dim));
+
+    const uint32_t nsections = get<uint32_t>(data_ + kOffSections);
+    const uint32_t table = get<uint32_t>(data_ + kOffTable);
+    if (nsections > kMaxSections) {
+        fail("section count " + std::to_string(nsections) + " is larger than " + std::to_string(kMaxSections) +
+             " (corrupt header)");
+    }
+    if (table != kHeaderSize) fail("section table offset " + std::to_string(table) + " is not 64 (corrupt header)");
+    const size_t table_end = kHeaderSize + size_t{nsections} * kSectionEntrySize;
+    if (table_end > size_) {
+        fail("the section table runs past the end of the file (" + std::to_string(size_) + " bytes): truncated file");
+    }
+    uint32_t crc = crc32c(data_, kOffCrc);
+    crc = crc32c(data_ + kHeaderSize, size_t{nsections} * kSectionEntrySize, crc);
+    if (crc != get<uint32_t>(data_ + kOffCrc)) fail("header checksum mismatch (corrupted file)");
 
     const uint64_t declared = get<uint64_t>(data_ + kOffFileSize);
     if (declared != size_) {
         fail("header says the file is " + std::to_string(declared) + " bytes but it is " + std::to_string(size_) +
              (declared > size_ ? " (truncated: was the copy or download interrupted?)" : " (trailing bytes)"));
     }
-    const uint32_t nsections = get<uint32_t>(data_ + kOffSections);
-    const uint32_t table = get<uint32_t>(data_ + kOffTable);
-    if (nsections > kMaxSections) fail("section count " + std::to_string(nsections) + " is out of range");
-    if (table != kHeaderSize) fail("unexpected section table offset");
-    const size_t table_end = kHeaderSize + size_t{nsections} * kSectionEntrySize;
-    if (table_end > size_) fail("section table runs past the end of the file");
 
-    uint32_t crc = crc32c(data_, kOffCrc);
-    crc = crc32c(data_ + kHeaderSize, size_t{nsections} * kSectionEntrySize, crc);
-    if (crc != get<uint32_t>(data_ + kOffCrc)) fail("header checksum mismatch (corrupted file)");
+    const uint32_t kind = get<uint32_t>(data_ + kOffKind);
+    if (kind < static_cast<uint32_t>(IndexKind::Flat) || kind > static_cast<uint32_t>(IndexKind::Ivf)) {
+        fail("unknown index kind " + std::to_string(kind));
+    }
+    header_.kind = static_cast<IndexKind>(kind);
+    const uint32_t metric = get<uint32_t>(data_ + kOffMetric);
+    if (metric < static_cast<uint32_t>(Metric::L2) || metric > static_cast<uint32_t>(Metric::Cosine)) {
+        fail("unknown metric " + std::to_string(metric));
+    }
+    header_.metric = static_cast<Metric>(metric);
+    header_.dim = get<uint64_t>(data_ + kOffDim);
+    header_.count = get<uint64_t>(data_ + kOffCount);
+    if (header_.dim == 0 || header_.dim > kMaxDim)
+        fail("dimension " + std::to_string(header_.dim) + " is out of range");
+    // Every kind stores an 8-byte id per vector, so count is bounded by the file
+    // size; with dim <= 2^20 no later count * dim * element size can overflow.
+    if (header_.count > size_ / sizeof(int64_t)) {
+        fail("header claims " + std::to_string(header_.count) + " vectors, more than a " + std::to_string(size_) +
+             "-byte file can hold");
+    }
 
+    sections_.reserve(nsections);
     for (uint32_t i = 0; i < nsections; ++i) {
         const uint8_t* e = data_ + kHeaderSize + size_t{i} * kSectionEntrySize;
-        Section s{static_cast<SectionType>(get<uint32_t>(e)), get<uint64_t>(e + 8), get<uint64_t>(e + 16)};
-        if (s.offset % kSectionAlign != 0) fail("section " + std::to_string(i) + " is not 64-byte aligned");
-        if (s.offset < table_end || s.offset > size_ || s.size > size_ - s.offset) {
-            fail("section " + std::to_string(i) + " lies outside the file");
-        }
+        const Section s{static_cast<SectionType>(get<uint32_t>(e + kEntType)), get<uint64_t>(e + kEntOffset),
+                        get<uint64_t>(e + kEntSize)};
+        const std::string name = "section " + std::to_string(i) + " (" + section_name(s.type) + ")";
+        if (s.offset % kSectionAlign != 0) fail(name + " is not 64-byte aligned");
+        if (s.offset < table_end) fail(name + " overlaps the header or the section table");
+        if (s.offset > size_ || s.size > size_ - s.offset) fail(name + " lies outside the file");
         for (const Section& other : sections_) {
-            if (other.type == s.type) fail("section type " + std::to_string(static_cast<uint32_t>(s.type)) + " repeated");
-        }
-        if (verify_checksums && crc32c(data_ + s.offset, s.size) != get<uint32_t>(e + 24)) {
-            fail("checksum mismatch in section " + std::to_string(i) + " (corrupted file)");
+            if (other.type == s.type) fail(name + " appears twice");
         }
         sections_.push_back(s);
+    }
+    // Sections may not overlap each other (empty sections may share an offset).
+    std::vector<Section> by_offset = sections_;
+    std::sort(by_offset.begin(), by_offset.end(), [](const Section& a, const Section& b) {
+        return a.offset != b.offset ? a.offset < b.offset : a.size < b.size;
+    });
+    for (size_t i = 1; i < by_offset.size(); ++i) {
+        if (by_offset[i - 1].offset + by_offset[i - 1].size > by_offset[i].offset) {
+            fail(std::string("sections ") + section_name(by_offset[i - 1].type) + " and " +
+                 section_name(by_offset[i].type) + " overlap");
+        }
+    }
+    if (verify_checksums) {
+        for (uint32_t i = 0; i < nsections; ++i) {
+            const uint8_t* e = data_ + kHeaderSize + size_t{i} * kSectionEntrySize;
+            const Section& s = sections_[i];
+            if (crc32c(data_ + s.offset, s.size) != get<uint32_t>(e + kEntCrc)) {
+                fail("checksum mismatch in section " + std::to_string(i) + " (" + section_name(s.type) +
+                     "): corrupted file");
+            }
+        }
     }
     if (has_section(SectionType::Params)) {
         size_t bytes = 0;
         const uint8_t* p = section(SectionType::Params, &bytes);
         if (bytes % sizeof(ParamRecord) != 0) fail("parameter section has a partial record");
         params_.resize(bytes / sizeof(ParamRecord));
-        std::memcpy(params_.data(), p, bytes);
+        if (bytes > 0) std::memcpy(params_.data(), p, bytes);
         for (ParamRecord& r : params_) r.name[sizeof(r.name) - 1] = '\0';
     }
 }
@@ -305,15 +420,15 @@ const uint8_t* IndexFile::section(SectionType type, size_t* bytes) const {
             return data_ + s.offset;
         }
     }
-    fail("missing section of type " + std::to_string(static_cast<uint32_t>(type)));
+    fail(std::string("missing the ") + section_name(type) + " section");
 }
 
 const uint8_t* IndexFile::section_exact(SectionType type, size_t expected_bytes) const {
     size_t bytes = 0;
     const uint8_t* p = section(type, &bytes);
     if (bytes != expected_bytes) {
-        fail("section of type " + std::to_string(static_cast<uint32_t>(type)) + " has " + std::to_string(bytes) +
-             " bytes, expected " + std::to_string(expected_bytes));
+        fail(std::string("the ") + section_name(type) + " section has " + std::to_string(bytes) + " bytes, expected " +
+             std::to_string(expected_bytes) + " for the header's count and dimension");
     }
     return p;
 }

@@ -1,17 +1,155 @@
-// PLACEHOLDER being replaced by the HNSW implementation (not for commit).
+// HNSW parameters, construction and search. Building lives in hnsw_build.cpp,
+// file save/load (with structural validation) in hnsw_io.cpp.
 #include "sparknn/hnsw.h"
+
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+#include "hnsw_graph.h"
 #include "sparknn/error.h"
+#include "sparknn/parallel.h"
+#include "sparknn/topk.h"
+
 namespace sparknn {
-struct HnswIndex::Graph {};
+
+using hnsw::CandidatePool;
+using hnsw::GraphView;
+using hnsw::VisitedSet;
+
 HnswParams HnswParams::from(const IndexOptions& o) { return {o.M, o.ef_construction, o.ef_search, o.seed}; }
-void HnswParams::validate() const {}
-HnswIndex::HnswIndex(size_t dim, Metric metric, const HnswParams&) : Index(dim, metric) { throw Unsupported("hnsw not yet"); }
-HnswIndex::~HnswIndex() = default;
-const float* HnswIndex::vector_of(size_t) const { return nullptr; }
-const HnswParams& HnswIndex::params() const { static HnswParams p; return p; }
-void HnswIndex::set_ef_search(size_t) {}
-std::unique_ptr<HnswIndex> HnswIndex::load(const std::shared_ptr<const IndexFile>&) { throw Unsupported("hnsw not yet"); }
-void HnswIndex::add_impl(size_t, const float*) {}
-void HnswIndex::search_impl(size_t, const float*, size_t, int64_t*, float*, const SearchParams&) const {}
-void HnswIndex::save_sections(FileWriter&) const {}
+
+void HnswParams::validate() const {
+    SPARKNN_CHECK_ARG(M >= 2, "M must be >= 2 (neighbours per node; 12-48 is typical), got ", M);
+    SPARKNN_CHECK_ARG(M <= kHnswMaxM, "M must be <= ", kHnswMaxM, " (12-48 is typical), got ", M);
+    SPARKNN_CHECK_ARG(ef_construction >= 1, "ef_construction must be >= 1 (100-400 is typical), got ", ef_construction);
+    SPARKNN_CHECK_ARG(ef_search >= 1, "ef_search must be >= 1, got ", ef_search);
 }
+
+// Search buffers (visited tags sized to the index, candidate pool) are kept
+// between calls: allocating and zeroing them per query would cost more than
+// the search itself on large indexes.
+struct HnswIndex::ScratchPool {
+    struct Item {
+        VisitedSet visited;
+        CandidatePool pool;
+        std::vector<uint32_t> batch;
+    };
+    std::mutex mutex;
+    std::vector<std::unique_ptr<Item>> free;
+
+    std::unique_ptr<Item> acquire() {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (free.empty()) return std::make_unique<Item>();
+        std::unique_ptr<Item> item = std::move(free.back());
+        free.pop_back();
+        return item;
+    }
+    void release(std::unique_ptr<Item> item) {
+        std::lock_guard<std::mutex> lock(mutex);
+        free.push_back(std::move(item));
+    }
+};
+
+HnswIndex::HnswIndex(size_t dim, Metric metric, const HnswParams& params)
+    : Index(dim, metric), params_(params), scratch_(std::make_unique<ScratchPool>()) {
+    params_.validate();
+    level_mult_ = 1.0 / std::log(static_cast<double>(params_.M));
+    upper_offsets_.mutate().push_back(0);
+}
+
+HnswIndex::~HnswIndex() = default;
+
+const float* HnswIndex::vector_of(size_t label) const { return vectors_.data() + label * dim_; }
+
+const HnswParams& HnswIndex::params() const { return params_; }
+
+void HnswIndex::set_ef_search(size_t ef) {
+    SPARKNN_CHECK_ARG(ef >= 1, "ef_search must be >= 1, got ", ef);
+    params_.ef_search = ef;
+}
+
+GraphView HnswIndex::view() const {
+    GraphView g;
+    g.vectors = vectors_.data();
+    g.dim = dim_;
+    g.vector_lines = (dim_ * sizeof(float) + 63) / 64;
+    g.levels = levels_.data();
+    g.links0 = links0_.data();
+    g.stride0 = 1 + 2 * params_.M;
+    g.upper_offsets = upper_offsets_.data();
+    g.upper_links = upper_links_.data();
+    g.stride_up = 1 + params_.M;
+    return g;
+}
+
+void HnswIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
+                            const SearchParams& params) const {
+    const size_t ef = std::max(params.ef != 0 ? params.ef : params_.ef_search, k);
+    hnsw::with_distance(metric_, [&](const auto& dist) {
+        // A candidate list as long as the index visits every node anyway: scan
+        // instead, which is exact even if some node were unreachable.
+        if (ef >= size()) {
+            search_exact(nq, queries, k, out_ids, out_distances, dist);
+        } else {
+            search_graph(nq, queries, k, ef, out_ids, out_distances, dist);
+        }
+    });
+}
+
+template <class Dist>
+void HnswIndex::search_graph(size_t nq, const float* queries, size_t k, size_t ef, int64_t* out_ids,
+                             float* out_distances, const Dist& dist) const {
+    const GraphView g = view();
+    const size_t n = size();
+    parallel_for(nq, 4, threads_, [&](size_t begin, size_t end, int) {
+        std::unique_ptr<ScratchPool::Item> s = scratch_->acquire();
+        s->visited.prepare(n);
+        s->batch.resize(g.stride0);
+        for (size_t qi = begin; qi < end; ++qi) {
+            const float* q = queries + qi * dim_;
+            uint32_t cur = static_cast<uint32_t>(entry_point_);
+            float dcur = dist(q, g.vec(cur), dim_);
+            for (int level = max_level_; level >= 1; --level) {
+                hnsw::greedy_descend<false>(g, dist, q, level, cur, dcur);
+            }
+            s->visited.next_epoch();
+            s->visited.visit(cur);
+            s->pool.reset(ef);
+            s->pool.insert(dcur, cur);
+            hnsw::search_layer<false>(g, dist, q, 0, s->pool, s->visited, s->batch.data());
+
+            int64_t* ids = out_ids + qi * k;
+            float* dists = out_distances + qi * k;
+            const size_t found = std::min(k, s->pool.size());
+            for (size_t i = 0; i < found; ++i) {
+                ids[i] = ids_[s->pool.id(i)];
+                dists[i] = s->pool.dist(i);
+            }
+            for (size_t i = found; i < k; ++i) {
+                ids[i] = -1;
+                dists[i] = std::numeric_limits<float>::infinity();
+            }
+        }
+        scratch_->release(std::move(s));
+    });
+}
+
+template <class Dist>
+void HnswIndex::search_exact(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
+                             const Dist& dist) const {
+    const size_t n = size();
+    const float* base = vectors_.data();
+    parallel_for(nq, 16, threads_, [&](size_t begin, size_t end, int) {
+        TopK top(k);
+        for (size_t qi = begin; qi < end; ++qi) {
+            top.reset(k);
+            const float* q = queries + qi * dim_;
+            for (size_t i = 0; i < n; ++i) top.push(dist(q, base + i * dim_, dim_), static_cast<int64_t>(i));
+            top.write_sorted(out_ids + qi * k, out_distances + qi * k,
+                             [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+        }
+    });
+}
+
+}  // namespace sparknn

@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <cmath>
+#include <limits>
 #include <thread>
 
 #include "sparknn/error.h"
@@ -26,6 +27,9 @@ int available_cores() {
 }
 
 namespace {
+
+// The next automatic id after `id`, saturating (a later add then needs explicit ids).
+int64_t next_after(int64_t id) { return id == std::numeric_limits<int64_t>::max() ? id : id + 1; }
 
 // Validates rows (finite; non-zero under cosine) and, for cosine, writes unit
 // rows to `out`. Names the first bad row so the user can find it.
@@ -97,6 +101,9 @@ void Index::add(size_t n, const float* vectors, const int64_t* ids) {
 
     std::vector<int64_t> generated;
     if (ids == nullptr) {
+        SPARKNN_CHECK_ARG(n <= static_cast<size_t>(std::numeric_limits<int64_t>::max() - next_id_),
+                          "automatic ids from ", next_id_, " on would overflow int64 for ", n,
+                          " vectors: pass ids explicitly");
         generated.resize(n);
         for (size_t i = 0; i < n; ++i) generated[i] = next_id_ + static_cast<int64_t>(i);
         ids = generated.data();
@@ -111,7 +118,7 @@ void Index::add(size_t n, const float* vectors, const int64_t* ids) {
     }
     AlignedVector<int64_t>& all = ids_.mutate();
     all.insert(all.end(), ids, ids + n);
-    for (size_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
+    for (size_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, next_after(ids[i]));
 }
 
 const float* Index::prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch) const {
@@ -152,8 +159,11 @@ void Index::save(const std::string& path) const {
 void Index::load_common(const std::shared_ptr<const IndexFile>& file) {
     const size_t count = file->header().count;
     const auto* ids = file->typed_section<int64_t>(SectionType::Ids, count);
+    for (size_t i = 0; i < count; ++i) {
+        if (ids[i] < 0) file->fail(detail::concat("id ", ids[i], " at position ", i, " is negative"));
+        next_id_ = std::max(next_id_, next_after(ids[i]));
+    }
     ids_.set_view(ids, count, file);
-    for (size_t i = 0; i < count; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
 }
 
 std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, const IndexOptions& options) {

@@ -461,9 +461,7 @@ void IvfIndex::save_sections(FileWriter& writer) const {
 
 std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>& file) {
     const FileHeader& h = file->header();
-    auto fail = [&](const std::string& what) {
-        throw FileFormatError("'" + file->path() + "' is not a valid sparknn ivf index: " + what);
-    };
+    auto fail = [&](const std::string& what) { file->fail("ivf: " + what); };
     IvfParams p;
     p.nlist = file->param("nlist");
     p.nprobe = file->param("nprobe");

@@ -24,7 +24,8 @@ _METRIC_ALIASES = {"euclidean": "l2", "sqeuclidean": "l2", "inner_product": "ip"
 def _as_matrix(x, dim: int, name: str) -> np.ndarray:
     """A C-contiguous float32 [n, dim] view of x (copied only if needed)."""
     arr = np.asarray(x)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    # Real numbers only: not bool, complex, timedelta (an integer subtype), strings or objects.
+    if arr.dtype.kind not in "fiu":
         raise InvalidArgumentError(f"{name} must be numeric (float32 preferred), got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
@@ -32,7 +33,20 @@ def _as_matrix(x, dim: int, name: str) -> np.ndarray:
         raise InvalidArgumentError(f"{name} must be a 2-D array [n, dim], got shape {arr.shape}")
     if arr.shape[1] != dim:
         raise InvalidArgumentError(f"{name} have dimension {arr.shape[1]} but the index has dim={dim}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype == np.float32:
+        return np.ascontiguousarray(arr)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    # A finite float64 beyond float32's range became inf; say so rather than "non-finite".
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and np.isinf(out).any():
+        bad = np.argwhere(np.isinf(out) & np.isfinite(arr))
+        if len(bad):
+            row, col = bad[0]
+            raise InvalidArgumentError(
+                f"{name} row {row} has {float(arr[row, col])!r} at position {col}, beyond the float32 range "
+                "sparknn stores: rescale the vectors"
+            )
+    return out
 
 
 def _as_ids(ids, n: int) -> np.ndarray:
@@ -41,7 +55,9 @@ def _as_ids(ids, n: int) -> np.ndarray:
         raise InvalidArgumentError(f"ids must be a 1-D array of integers, got shape {arr.shape}")
     if arr.shape[0] != n:
         raise InvalidArgumentError(f"ids has {arr.shape[0]} entries but vectors has {n} rows")
-    if not np.issubdtype(arr.dtype, np.integer):
+    if n == 0:
+        return np.empty(0, dtype=np.int64)  # e.g. ids=[], whose dtype numpy guesses as float64
+    if arr.dtype.kind not in "iu":
         raise InvalidArgumentError(f"ids must be integers (int64), got dtype {arr.dtype}")
     if arr.dtype == np.uint64 and n and arr.max() > np.iinfo(np.int64).max:
         raise InvalidArgumentError("ids must fit in int64")

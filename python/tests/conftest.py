@@ -36,3 +36,52 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 @pytest.fixture(scope="session")
 def clustered_data():
     return clustered(5000, 32, seed=1), clustered(200, 32, seed=2)
+
+
+# --------------------------------------------------------------------------- Spark
+_SPARK = {}
+
+
+@pytest.fixture(scope="session")
+def _spark_holder():
+    """Stops the shared local SparkSession once, at the end of the test session."""
+    yield _SPARK
+    session = _SPARK.pop("session", None)
+    if session is not None and session.sparkContext._jsc is not None:
+        session.stop()
+
+
+@pytest.fixture
+def spark(_spark_holder):
+    """One local[2] SparkSession on 127.0.0.1 shared by all tests (made again if a test stopped it)."""
+    pytest.importorskip("pyspark")
+    session = _spark_holder.get("session")
+    if session is None or session.sparkContext._jsc is None:
+        from sparknn.spark.session import local_session
+
+        session = local_session("local[2]", "sparknn-tests", **{"spark.default.parallelism": "2",
+                                                                  "spark.sql.shuffle.partitions": "4"})
+        _spark_holder["session"] = session
+    return session
+
+
+def spark_items(spark, vectors: np.ndarray, ids=None, id_type: str = "bigint", features: str = "vector",
+                vector_type: str = "array<float>", partitions: int = 0):
+    """A DataFrame (id, features) built from Arrow (no Python rows), features typed as asked:
+    array<float>, array<double> or vector (pyspark.ml.linalg dense vectors)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    n, dim = vectors.shape
+    ids = np.arange(n) if ids is None else ids
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    table = pa.table({"id": pa.array(ids), features: pa.ListArray.from_arrays(
+        pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), values)})
+    df = spark.createDataFrame(table).withColumn("id", F.col("id").cast(id_type))
+    if vector_type == "vector":
+        from pyspark.ml.functions import array_to_vector
+
+        df = df.withColumn(features, array_to_vector(F.col(features).cast("array<double>")))
+    elif vector_type != "array<float>":
+        df = df.withColumn(features, F.col(features).cast(vector_type))
+    return df.repartition(partitions) if partitions else df

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "sparknn/buffer.h"
 #include "sparknn/distance.h"
 
 namespace sparknn {
@@ -28,24 +29,26 @@ enum class IndexKind : uint32_t { Flat = 1, Hnsw = 2, Ivf = 3 };
 const char* kind_name(IndexKind kind);
 IndexKind kind_from_string(const std::string& name);
 
-// Section types. Values are part of the format: never renumber.
+// Section types. Values are part of the format: never renumber. Readers ignore
+// types they do not know (see docs/FORMAT.md, "Compatibility").
 enum class SectionType : uint32_t {
-    Params = 1,      // named uint64 parameters (ParamRecord[])
-    Vectors = 2,     // float32 [count, dim]
-    Ids = 3,         // int64 [count], user ids
-    HnswLevels = 10, // uint8 [count], top level of each node
-    HnswLinks0 = 11, // uint32 [count, 1 + M0]: degree, then neighbours
-    HnswUpperOffsets = 12, // uint64 [count + 1] into HnswUpperLinks
-    HnswUpperLinks = 13,   // uint32: per node, per level >= 1: degree, then M slots
-    IvfCentroids = 20,     // float32 [nlist, dim]
-    IvfListOffsets = 21,   // uint64 [nlist + 1] into labels/codes (lists are contiguous)
-    IvfLabels = 22,        // int64 [count], internal labels (positions in Ids) in list order
-    IvfCodes = 23,         // uint8 [count, code_size] in list order
-    IvfSq8Min = 24,        // float32 [dim], SQ8 range start per dimension
-    IvfSq8Step = 25,       // float32 [dim], SQ8 step per dimension
-    IvfPqCodebooks = 26,   // float32 [pq_m, 256, dim / pq_m]
-    IvfRerankVectors = 27, // float32 [count, dim] in label order (stored vectors, for re-ranking)
+    Params = 1,             // named uint64 parameters (ParamRecord[])
+    Vectors = 2,            // float32 [count, dim]
+    Ids = 3,                // int64 [count], user ids
+    HnswLevels = 10,        // uint8 [count], top level of each node
+    HnswLinks0 = 11,        // uint32 [count, 1 + M0]: degree, then neighbours
+    HnswUpperOffsets = 12,  // uint64 [count + 1] into HnswUpperLinks
+    HnswUpperLinks = 13,    // uint32: per node, per level >= 1: degree, then M slots
+    IvfCentroids = 20,      // float32 [nlist, dim]
+    IvfListOffsets = 21,    // uint64 [nlist + 1] into labels/codes (lists are contiguous)
+    IvfLabels = 22,         // int64 [count], internal labels (positions in Ids) in list order
+    IvfCodes = 23,          // uint8 [count, code_size] in list order
+    IvfSq8Min = 24,         // float32 [dim], SQ8 range start per dimension
+    IvfSq8Step = 25,        // float32 [dim], SQ8 step per dimension
+    IvfPqCodebooks = 26,    // float32 [pq_m, 256, dim / pq_m]
+    IvfRerankVectors = 27,  // float32 [count, dim] in label order (stored vectors, for re-ranking)
 };
+const char* section_name(SectionType type);
 
 // The fixed header, as decoded.
 struct FileHeader {
@@ -69,7 +72,7 @@ class FileWriter {
     explicit FileWriter(const FileHeader& header) : header_(header) {}
     void add_section(SectionType type, const void* data, size_t bytes);
     void add_param(const std::string& name, uint64_t value);
-    // Keeps section memory built only for this write alive until the writer dies.
+    // Keeps memory built only for this write (e.g. concatenated lists) alive until the writer dies.
     void keep_alive(std::shared_ptr<const void> owner) { owners_.push_back(std::move(owner)); }
     void write(const std::string& path);
 
@@ -90,11 +93,9 @@ class IndexFile {
   public:
     // Opens and validates `path`. With verify_checksums, every section's
     // CRC-32C is checked (reads the whole file once).
-    static std::shared_ptr<const IndexFile> open(const std::string& path, bool mmap,
-                                                 bool verify_checksums = true);
-    // Validates an in-memory image (the fuzzer's entry point).
-    static std::shared_ptr<const IndexFile> from_bytes(std::vector<uint8_t> bytes,
-                                                       bool verify_checksums = true);
+    static std::shared_ptr<const IndexFile> open(const std::string& path, bool mmap, bool verify_checksums = true);
+    // Validates an in-memory image (copied to 64-byte aligned memory; the fuzzer's entry point).
+    static std::shared_ptr<const IndexFile> from_bytes(std::vector<uint8_t> bytes, bool verify_checksums = true);
     ~IndexFile();
     IndexFile(const IndexFile&) = delete;
     IndexFile& operator=(const IndexFile&) = delete;
@@ -121,10 +122,13 @@ class IndexFile {
     // Overflow-checked a * b for sizes read from a file.
     static size_t checked_mul(uint64_t a, uint64_t b);
 
+    // Throws FileFormatError "<path> is not a valid sparknn index: <what>";
+    // index kinds use it for their own checks of a file's content.
+    [[noreturn]] void fail(const std::string& what) const;
+
   private:
     IndexFile() = default;
     void parse(bool verify_checksums);
-    [[noreturn]] void fail(const std::string& what) const;
 
     struct Section {
         SectionType type;
@@ -135,7 +139,7 @@ class IndexFile {
     const uint8_t* data_ = nullptr;
     size_t size_ = 0;
     bool mapped_ = false;
-    std::vector<uint8_t> owned_;
+    AlignedVector<uint8_t> owned_;  // read mode: 64-byte aligned like a mapping
     FileHeader header_;
     std::vector<Section> sections_;
     std::vector<ParamRecord> params_;

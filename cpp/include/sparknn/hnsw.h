@@ -1,12 +1,19 @@
 // Graph index: Hierarchical Navigable Small World (Malkov & Yashunin, 2016).
 //
 // Layout (one array per concern, so a loaded file maps without copies):
-//   vectors_     float [n, dim], 64-byte aligned rows
-//   levels_      uint8 [n], top layer of each node
-//   links0_      uint32 [n, 1 + M0]: degree, then up to M0 = 2M neighbours
-//   upper_*      per node with level >= 1: for each level 1..L, degree + M slots
-// Build is parallel (per-node locks); with threads = 1 and a fixed seed it is
-// deterministic.
+//   vectors_        float  [n, dim], rows in insertion (label) order
+//   levels_         uint8  [n], top layer of each node (0..kHnswMaxLevel)
+//   links0_         uint32 [n, 1 + M0]: degree, then up to M0 = 2M neighbours
+//   upper_offsets_  uint64 [n + 1]: where each node's upper rows start in upper_links_
+//   upper_links_    uint32: per node, per layer 1..level: degree, then M slots
+// Every row has the same shape (degree, slots), so one search loop serves all
+// layers. In a file these are the Vectors and Hnsw* sections, byte for byte,
+// with parameters M, ef_construction, ef_search, seed and entry_point (the
+// label search starts from; it lies on the top layer).
+//
+// Build is parallel (per-node locks for writers, atomic loads for readers);
+// with threads = 1 and a fixed seed it is deterministic, because a node's
+// level is a hash of (seed, label) rather than a draw from a shared RNG.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +22,16 @@
 #include "sparknn/index.h"
 
 namespace sparknn {
+namespace hnsw {
+struct GraphView;
+}
+
+// Levels above this are clamped when drawn and rejected when loaded (a node
+// reaches it with probability M^-32).
+inline constexpr int kHnswMaxLevel = 32;
+inline constexpr size_t kHnswMaxM = 2048;
+// Labels are uint32 with the top bit free (the search marks expanded candidates with it).
+inline constexpr uint64_t kHnswMaxCount = (uint64_t{1} << 31) - 1;
 
 struct HnswParams {
     size_t M = 16;                 // neighbours per node on upper layers; 2M on layer 0
@@ -36,6 +53,12 @@ class HnswIndex final : public Index {
     const HnswParams& params() const;
     void set_ef_search(size_t ef);
 
+    // Top layer of the graph (-1 when empty) and its entry node's label.
+    int max_level() const { return max_level_; }
+    size_t entry_point() const { return entry_point_; }
+
+    // Validates the graph structurally before trusting any of it: a crafted
+    // file raises FileFormatError, never reads out of bounds.
     static std::unique_ptr<HnswIndex> load(const std::shared_ptr<const IndexFile>& file);
 
   protected:
@@ -45,8 +68,29 @@ class HnswIndex final : public Index {
     void save_sections(FileWriter& writer) const override;
 
   private:
-    struct Graph;  // defined in hnsw.cpp
-    std::unique_ptr<Graph> graph_;
+    struct ScratchPool;  // per-thread search buffers reused across calls (hnsw.cpp)
+    hnsw::GraphView view() const;
+    template <class Dist>
+    void build(size_t first, size_t n, const Dist& dist);
+    template <class Dist>
+    void search_graph(size_t nq, const float* queries, size_t k, size_t ef, int64_t* out_ids, float* out_distances,
+                      const Dist& dist) const;
+    template <class Dist>
+    void search_exact(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
+                      const Dist& dist) const;
+
+    HnswParams params_;
+    double level_mult_;  // 1 / ln(M): expected layer sizes shrink by M per layer
+
+    Buffer<float> vectors_;
+    Buffer<uint8_t> levels_;
+    Buffer<uint32_t> links0_;
+    Buffer<uint64_t> upper_offsets_;
+    Buffer<uint32_t> upper_links_;
+    size_t entry_point_ = 0;
+    int max_level_ = -1;
+
+    std::unique_ptr<ScratchPool> scratch_;
 };
 
 }  // namespace sparknn

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -52,7 +53,15 @@ void parallel_for(size_t n, size_t chunk, int threads, Fn&& fn) {
     };
     std::vector<std::thread> pool;
     pool.reserve(static_cast<size_t>(workers - 1));
-    for (int w = 1; w < workers; ++w) pool.emplace_back(work, w);
+    for (int w = 1; w < workers; ++w) {
+        // Work is handed out dynamically, so if the OS refuses a thread the
+        // ones already running (and this one) finish the job.
+        try {
+            pool.emplace_back(work, w);
+        } catch (const std::system_error&) {
+            break;
+        }
+    }
     work(0);
     for (auto& t : pool) t.join();
     if (error) std::rethrow_exception(error);

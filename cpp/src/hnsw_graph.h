@@ -1,0 +1,255 @@
+// Internal building blocks of the HNSW index, shared by build and search: a
+// view of the graph arrays, the visited set, the candidate pool, per-metric
+// distances and the layer searches.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "sparknn/distance.h"
+
+namespace sparknn::hnsw {
+
+inline void prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
+
+// Pointers into the graph arrays. All rows are [degree, slot...].
+struct GraphView {
+    const float* vectors = nullptr;
+    size_t dim = 0;
+    size_t vector_lines = 0;  // cache lines per vector, prefetched before a distance
+    const uint8_t* levels = nullptr;
+    const uint32_t* links0 = nullptr;
+    size_t stride0 = 0;  // 1 + M0
+    const uint64_t* upper_offsets = nullptr;
+    const uint32_t* upper_links = nullptr;
+    size_t stride_up = 0;  // 1 + M
+
+    const float* vec(uint32_t i) const { return vectors + size_t{i} * dim; }
+    const uint32_t* row(uint32_t node, int level) const {
+        return level == 0 ? links0 + size_t{node} * stride0
+                          : upper_links + upper_offsets[node] + size_t(level - 1) * stride_up;
+    }
+    uint32_t capacity(int level) const { return static_cast<uint32_t>((level == 0 ? stride0 : stride_up) - 1); }
+    void prefetch_vector(uint32_t i) const {
+        const char* p = reinterpret_cast<const char*>(vec(i));
+        for (size_t l = 0; l < vector_lines; ++l) prefetch(p + 64 * l);
+    }
+};
+
+// Reads of link rows. While the graph is being built, other threads rewrite
+// rows under their node's lock, so readers load each word atomically (plain
+// moves on x86/arm64): a reader may see a row mid-update, but every word it
+// sees is a valid label and the degree never exceeds the capacity.
+template <bool kConcurrent>
+inline uint32_t load_degree(const uint32_t* row) {
+    if constexpr (kConcurrent) return __atomic_load_n(row, __ATOMIC_ACQUIRE);
+    return row[0];
+}
+template <bool kConcurrent>
+inline uint32_t load_link(const uint32_t* p) {
+    if constexpr (kConcurrent) return __atomic_load_n(p, __ATOMIC_RELAXED);
+    return *p;
+}
+inline void store_link(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+inline void store_degree(uint32_t* row, uint32_t v) { __atomic_store_n(row, v, __ATOMIC_RELEASE); }
+
+// Per-metric distance with the kernel pointer hoisted out of the loops.
+struct L2Distance {
+    DistanceFn fn;
+    float operator()(const float* a, const float* b, size_t dim) const { return fn(a, b, dim); }
+};
+struct IpDistance {
+    DistanceFn fn;
+    float operator()(const float* a, const float* b, size_t dim) const { return -fn(a, b, dim); }
+};
+struct CosineDistance {
+    DistanceFn fn;
+    float operator()(const float* a, const float* b, size_t dim) const { return 1.0f - fn(a, b, dim); }
+};
+
+// Calls f(distance functor) for `metric`, so loops are compiled per metric.
+template <class F>
+decltype(auto) with_distance(Metric metric, F&& f) {
+    const DistanceKernels& k = kernels();
+    switch (metric) {
+        case Metric::InnerProduct:
+            return f(IpDistance{k.dot});
+        case Metric::Cosine:
+            return f(CosineDistance{k.dot});
+        case Metric::L2:
+        default:
+            return f(L2Distance{k.l2sq});
+    }
+}
+
+// Which nodes a search has touched: a tag per node equal to the current epoch.
+// Starting a new search is O(1) (the epoch advances); the array is cleared only
+// when the 16-bit epoch wraps.
+class VisitedSet {
+  public:
+    void prepare(size_t n) {
+        if (tags_.size() < n) {
+            tags_.assign(n, 0);
+            epoch_ = 0;
+        }
+    }
+    void next_epoch() {
+        if (++epoch_ == 0) {
+            std::fill(tags_.begin(), tags_.end(), uint16_t{0});
+            epoch_ = 1;
+        }
+    }
+    // True the first time `i` is seen in this epoch.
+    bool visit(uint32_t i) {
+        if (tags_[i] == epoch_) return false;
+        tags_[i] = epoch_;
+        return true;
+    }
+    bool seen(uint32_t i) const { return tags_[i] == epoch_; }
+    const uint16_t* tag_address(uint32_t i) const { return tags_.data() + i; }
+
+  private:
+    std::vector<uint16_t> tags_;
+    uint16_t epoch_ = 0;
+};
+
+struct Candidate {
+    float dist;
+    uint32_t id;
+};
+
+// The search's candidate list: the `capacity` nearest nodes seen so far, kept
+// sorted by distance, with a cursor at the nearest one not yet expanded. It is
+// the paper's pair of heaps in one array: a candidate that falls out of the
+// list could never be expanded anyway (it is farther than every kept one), so
+// "no unexpanded entry left" is exactly the paper's stopping rule. Insertion is
+// a short memmove; no allocation happens per search.
+class CandidatePool {
+  public:
+    static constexpr uint32_t kExpanded = 0x80000000u;
+
+    void reset(size_t capacity) {
+        capacity_ = std::max<size_t>(capacity, 1);
+        if (data_.size() < capacity_ + 1) data_.resize(capacity_ + 1);
+        size_ = 0;
+        cursor_ = 0;
+    }
+    size_t size() const { return size_; }
+    bool full() const { return size_ == capacity_; }
+    // Distance a new candidate must beat to enter.
+    float bound() const { return full() ? data_[size_ - 1].dist : std::numeric_limits<float>::infinity(); }
+    uint32_t id(size_t i) const { return data_[i].id & ~kExpanded; }
+    float dist(size_t i) const { return data_[i].dist; }
+
+    // Inserts (d, id) at its sorted place (after equal distances); false if it
+    // does not beat the bound. NaN never enters.
+    bool insert(float d, uint32_t id) {
+        if (!(d < bound())) return false;
+        size_t lo = 0, hi = size_;
+        while (lo < hi) {
+            const size_t mid = (lo + hi) / 2;
+            if (data_[mid].dist <= d)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        const size_t moved = (full() ? size_ - 1 : size_) - lo;
+        std::memmove(&data_[lo + 1], &data_[lo], moved * sizeof(Candidate));
+        data_[lo] = {d, id};
+        if (!full()) ++size_;
+        if (lo < cursor_) cursor_ = lo;
+        return true;
+    }
+
+    bool has_next() const { return cursor_ < size_; }
+    // The nearest unexpanded candidate, marked expanded.
+    uint32_t pop_next() {
+        const uint32_t id = data_[cursor_].id;
+        data_[cursor_].id = id | kExpanded;
+        ++cursor_;
+        while (cursor_ < size_ && (data_[cursor_].id & kExpanded)) ++cursor_;
+        return id;
+    }
+    // The candidate pop_next() would return (valid only when has_next()).
+    uint32_t peek_next() const { return data_[cursor_].id; }
+
+  private:
+    std::vector<Candidate> data_;
+    size_t capacity_ = 1;
+    size_t size_ = 0;
+    size_t cursor_ = 0;
+};
+
+// Greedy descent on an upper layer: moves to the nearest neighbour while one
+// is nearer than the current node. Distances strictly decrease, so it ends.
+template <bool kConcurrent, class Dist>
+void greedy_descend(const GraphView& g, const Dist& dist, const float* q, int level, uint32_t& cur, float& dcur) {
+    const uint32_t cap = g.capacity(level);
+    for (bool moved = true; moved;) {
+        moved = false;
+        const uint32_t* row = g.row(cur, level);
+        const uint32_t deg = std::min(load_degree<kConcurrent>(row), cap);
+        for (uint32_t j = 0; j < deg; ++j) g.prefetch_vector(load_link<kConcurrent>(row + 1 + j));
+        for (uint32_t j = 0; j < deg; ++j) {
+            const uint32_t e = load_link<kConcurrent>(row + 1 + j);
+            const float d = dist(q, g.vec(e), g.dim);
+            if (d < dcur) {
+                dcur = d;
+                cur = e;
+                moved = true;
+            }
+        }
+    }
+}
+
+// Best-first search of one layer from the entries already in `pool` (and
+// marked in `visited`). `batch` holds at least capacity(level) labels.
+template <bool kConcurrent, class Dist>
+void search_layer(const GraphView& g, const Dist& dist, const float* q, int level, CandidatePool& pool,
+                  VisitedSet& visited, uint32_t* batch) {
+    constexpr uint32_t kAhead = 3;  // vectors in flight ahead of the distance loop
+    const uint32_t cap = g.capacity(level);
+    while (pool.has_next()) {
+        const uint32_t c = pool.pop_next();
+        if (pool.has_next()) prefetch(g.row(pool.peek_next() & ~CandidatePool::kExpanded, level));
+        const uint32_t* row = g.row(c, level);
+        const uint32_t deg = std::min(load_degree<kConcurrent>(row), cap);
+        uint32_t m = 0;
+        for (uint32_t j = 0; j < deg; ++j) {
+            const uint32_t e = load_link<kConcurrent>(row + 1 + j);
+            if (visited.visit(e)) batch[m++] = e;
+        }
+        for (uint32_t j = 0; j < std::min(m, kAhead); ++j) g.prefetch_vector(batch[j]);
+        for (uint32_t j = 0; j < m; ++j) {
+            if (j + kAhead < m) g.prefetch_vector(batch[j + kAhead]);
+            const uint32_t e = batch[j];
+            const float d = dist(q, g.vec(e), g.dim);
+            pool.insert(d, e);
+        }
+    }
+}
+
+// Spin lock for one node's link rows: one byte per node, held only while a
+// row is rewritten (microseconds), so spinning beats sleeping; it yields if
+// the holder was descheduled.
+class SpinLock {
+  public:
+    void lock() {
+        for (int spins = 0; flag_.exchange(true, std::memory_order_acquire);) {
+            while (flag_.load(std::memory_order_relaxed)) {
+                if (++spins > 64) std::this_thread::yield();
+            }
+        }
+    }
+    void unlock() { flag_.store(false, std::memory_order_release); }
+
+  private:
+    std::atomic<bool> flag_{false};
+};
+
+}  // namespace sparknn::hnsw

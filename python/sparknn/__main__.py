@@ -1,0 +1,7 @@
+"""``python -m sparknn``: the same as the ``sparknn`` command."""
+
+import sys
+
+from sparknn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,365 @@
+"""The ``sparknn`` command: nearest neighbours of every row of a Parquet table, in one command.
+
+    sparknn example -o items.parquet
+    sparknn similar items.parquet -o similar.parquet -k 10
+    sparknn build items.parquet -o items.snn
+    sparknn query items.snn queries.parquet -o out.parquet -k 10
+    sparknn info items.snn
+
+Jobs run in this process (pyarrow + the engine on all cores, no JVM) unless
+``--spark MASTER`` is given. Expected problems (bad arguments, bad data) print
+one clear line on stderr and exit with 2 (usage) or 1 (data); ``--debug``
+adds the traceback. See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from sparknn import jobs
+from sparknn.datasets import make_items, make_queries
+from sparknn.errors import IndexFileError, InvalidArgumentError
+from sparknn.output import (
+    DataError,
+    UsageError,
+    check_destination,
+    check_format,
+    commit,
+    is_delta_table,
+    remove,
+    temp_sibling,
+    write_batches,
+    write_table,
+)
+from sparknn.progress import Progress
+
+EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+# --------------------------------------------------------------------------- output to the terminal
+def _say(args, text: str) -> None:
+    if not args.quiet:
+        print(text, flush=True)
+
+
+def _timing(total: float, result: jobs.Result) -> str:
+    steps = ", ".join(f"{name} {sec:.2f} s" for name, sec in result.timings.steps.items())
+    return f"in {total:.2f} s ({steps})" if steps else f"in {total:.2f} s"
+
+
+def _preview(args, table: pa.Table | None, id_col: str, shown: int = 5) -> None:
+    """The first rows of the result, so a person sees what was written."""
+    if args.quiet or table is None or table.num_rows == 0:
+        return
+    rows = table.to_pylist()
+    width = max(len(id_col), *(len(str(r[id_col])) for r in rows))
+    print(f"{id_col:<{width}}  neighbors (id: distance), nearest first")
+    for r in rows:
+        pairs = ", ".join(f"{n['id']}: {n['distance']:.4f}" for n in r["neighbors"][:shown])
+        more = ", ..." if len(r["neighbors"]) > shown else ""
+        print(f"{r[id_col]!s:<{width}}  {pairs}{more}")
+
+
+def _options(args) -> jobs.IndexOptions:
+    return jobs.IndexOptions(kind=args.index, metric=args.metric, M=args.M, ef_construction=args.ef_construction,
+                             ef_search=args.ef_search, threads=args.threads)
+
+
+# --------------------------------------------------------------------------- commands
+def _cmd_similar(args) -> int:
+    start = time.perf_counter()
+    if args.spark:
+        result = _similar_on_spark(args)
+    else:
+        result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
+                              opts=_options(args), fmt=args.format, overwrite=args.overwrite,
+                              progress=Progress(not args.quiet))
+    where = f"Spark {args.spark}" if args.spark else "in-process"
+    _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} items, {result.neighbors} neighbours each "
+               f"({args.index}, {args.metric}, {where}) {_timing(time.perf_counter() - start, result)}")
+    _preview(args, result.preview, args.id_col)
+    return 0
+
+
+def _cmd_build(args) -> int:
+    start = time.perf_counter()
+    result = jobs.build(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, opts=_options(args),
+                        overwrite=args.overwrite, progress=Progress(not args.quiet))
+    sidecar = args.output + jobs.IDS_SUFFIX
+    extra = f" and its ids in {sidecar}" if os.path.exists(sidecar) else ""
+    _say(args, f"wrote {args.output}{extra}: {result.rows:,} items ({args.index}, {args.metric}) "
+               f"{_timing(time.perf_counter() - start, result)}")
+    return 0
+
+
+def _cmd_query(args) -> int:
+    start = time.perf_counter()
+    result = jobs.query(args.index_file, args.queries, args.output, id_col=args.id_col, vector_col=args.vector_col,
+                        k=args.k, ef=args.ef, fmt=args.format, overwrite=args.overwrite, threads=args.threads,
+                        progress=Progress(not args.quiet))
+    _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} queries, {result.neighbors} neighbours each "
+               f"{_timing(time.perf_counter() - start, result)}")
+    _preview(args, result.preview, args.id_col)
+    return 0
+
+
+def _cmd_example(args) -> int:
+    check_destination(args.output, args.overwrite)
+    maker = make_queries if args.queries else make_items
+    table = maker(args.n, args.dim, clusters=args.clusters, seed=args.seed)
+    write_table(args.output, table, "parquet", args.overwrite)
+    kind = "queries" if args.queries else "items"
+    _say(args, f"wrote {args.output}: {args.n:,} {kind} (columns id: int64, vector: list<float32>[{args.dim}]), "
+               f"{args.clusters} Gaussian clusters, seed {args.seed}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    facts = jobs.info(args.index_file)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    size = facts["file_size"]
+    params = ", ".join(f"{k}={v}" for k, v in sorted(facts["params"].items()))
+    for label, value in [
+        ("file", facts["path"]),
+        ("kind", facts["kind"]),
+        ("metric", facts["metric"]),
+        ("dim", facts["dim"]),
+        ("count", f"{facts['count']:,}"),
+        ("file size", f"{size / 2**20:.1f} MiB ({size:,} bytes)"),
+        ("format", f"version {facts['format_version']}"),
+        ("params", params or "-"),
+        ("ids", facts["ids"]),
+    ]:
+        print(f"{label:<10} {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------- --spark
+def _spark_session(master: str):
+    """A SparkSession for ``master``. Local masters listen on loopback only; a cluster's
+    networking is configured as usual (spark-defaults.conf, SPARK_LOCAL_IP)."""
+    if master.startswith("local"):
+        from sparknn.spark.session import local_session
+
+        return local_session(master, "sparknn similar")
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.master(master).appName("sparknn similar").getOrCreate()
+
+
+def _similar_on_spark(args) -> jobs.Result:
+    """The same job with sparknn.spark; Spark writes Parquet to a temporary directory that is then renamed.
+
+    For Delta, that Parquet is streamed into a Delta table with the deltalake
+    package, batch by batch, so no Delta jar is needed on the cluster and the
+    result never has to fit in the driver's memory.
+    """
+    check_format(args.format)
+    check_destination(args.output, args.overwrite)
+    # Schema, types and row count are checked from the files' metadata before a JVM starts.
+    inp = jobs.open_input(args.input, args.id_col, args.vector_col)
+    try:
+        from sparknn.spark import KNN
+    except ImportError as exc:
+        raise UsageError(f"--spark needs pyspark (pip install 'sparknn[spark]'): {exc}") from None
+    timings = jobs.Timings()
+    t0 = time.perf_counter()
+    from pyspark.sql import SparkSession
+
+    ours = SparkSession.getActiveSession() is None  # a session we did not start is not ours to stop
+    spark = _spark_session(args.spark)
+    if args.quiet and ours:
+        spark.sparkContext.setLogLevel("ERROR")
+    tmp = temp_sibling(args.output, "spark")
+    try:
+        files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
+        df = spark.read.parquet(*files).select(args.id_col, args.vector_col)
+        knn = KNN(k=args.k, metric=args.metric, indexType=args.index, featuresCol=args.vector_col,
+                  idCol=args.id_col, M=args.M, efConstruction=args.ef_construction, efSearch=args.ef_search, numThreads=args.threads)
+        try:
+            model = knn.fit(df)  # kept referenced until the write is done: its index files back the result
+            model.similarItems().write.parquet(tmp)
+        except InvalidArgumentError:
+            raise
+        except Exception as exc:  # Py4J and PySpark errors carry pages of JVM stack: keep the cause
+            if args.debug or not _is_spark_error(exc):
+                raise
+            raise DataError(f"the Spark job failed: {_spark_cause(exc)} (--debug shows the whole error)") from None
+        timings.add("Spark job", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        written = ds.dataset(tmp, format="parquet")
+        preview = written.head(3)
+        if args.format == "parquet":
+            rows = written.count_rows()
+            commit(tmp, args.output)
+        else:
+            rows = write_batches(args.output, written.schema, written.to_batches(), "delta", args.overwrite)
+        timings.add("commit", time.perf_counter() - t0)
+    finally:
+        remove(tmp)
+        if ours:
+            spark.stop()
+    return jobs.Result(rows, min(args.k, inp.num_rows - 1), timings, preview)
+
+
+def _delta_files(path: str) -> list:
+    """The Parquet files of a Delta table's current version: Spark reads them without a Delta jar."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(path).file_uris()
+
+
+def _is_spark_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in ("py4j", "pyspark")
+
+
+def _spark_cause(exc: BaseException) -> str:
+    """The line of a Spark error that says what went wrong: a sparknn error raised in a task if
+    there is one, else the JVM's root cause, else the first line."""
+    text = str(exc)
+    ours = re.findall(r"(?:InvalidArgumentError|IndexFileError|IndexIOError|ValueError): ([^\n]+)", text)
+    if ours:
+        return ours[-1].strip()
+    causes = re.findall(r"Caused by: ([^\n]+)", text)
+    if causes:
+        return causes[-1].strip()
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+    columns = argparse.ArgumentParser(add_help=False)
+    columns.add_argument("--id-col", default="id", help="id column: integers or strings (default: id)")
+    columns.add_argument("--vector-col", default="vector",
+                         help="vector column: array<float|double> or a dense ML vector (default: vector)")
+
+    index = argparse.ArgumentParser(add_help=False)
+    index.add_argument("--metric", default="cosine", choices=["cosine", "l2", "ip"],
+                       help="cosine (1 - cos), l2 (squared Euclidean) or ip (-dot); smaller is closer")
+    index.add_argument("--index", default="hnsw", choices=["hnsw", "flat"], help="hnsw (approximate) or flat (exact)")
+    index.add_argument("--M", type=_count(2), default=16, help="HNSW links per node (default: 16)")
+    index.add_argument("--ef-construction", type=_count(1), default=200, help="HNSW build beam (default: 200)")
+    index.add_argument("--ef-search", type=_count(1), default=64, help="HNSW search beam (default: 64)")
+
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=_count(0), default=0, help="threads to use; 0 = all cores (default)")
+
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("-o", "--output", required=True, help="output path")
+    out.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+
+    table_out = argparse.ArgumentParser(add_help=False)
+    table_out.add_argument("-k", "--k", dest="k", type=_count(1), default=10, help="neighbours per row (default: 10)")
+    table_out.add_argument("--format", default="parquet", choices=["parquet", "delta"],
+                           help="output format (default: parquet)")
+
+    parser = argparse.ArgumentParser(prog="sparknn", description="k-nearest neighbours of Parquet tables.",
+                                     epilog="start with: sparknn example -o items.parquet && sparknn similar items.parquet "
+                                     "-o similar.parquet (docs/cli.md has the details)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("similar", parents=[common, columns, table_out, index, threads, out],
+                       help="for every item, its k nearest other items")
+    p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
+    p.add_argument("--spark", metavar="MASTER", help="run on Spark, e.g. local[*] or spark://host:7077")
+    p.set_defaults(run=_cmd_similar)
+
+    p = sub.add_parser("build", parents=[common, columns, index, threads, out], help="build an index file")
+    p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
+    p.set_defaults(run=_cmd_build)
+
+    p = sub.add_parser("query", parents=[common, columns, table_out, threads, out],
+                       help="the k nearest items of every query row")
+    p.add_argument("index_file", metavar="INDEX", help="an index file written by `sparknn build`")
+    p.add_argument("queries", help="queries: Parquet file or directory (or Delta table) with an id and a vector")
+    p.add_argument("--ef", type=_count(1), default=None, help="HNSW search beam (default: the index's ef-search)")
+    p.set_defaults(run=_cmd_query)
+
+    p = sub.add_parser("example", parents=[common, out], help="write a fixed-seed example data set")
+    p.add_argument("--n", type=_count(1), default=20_000, help="rows (default: 20000)")
+    p.add_argument("--dim", type=_count(1), default=64, help="vector dimension (default: 64)")
+    p.add_argument("--clusters", type=_count(1), default=100, help="Gaussian clusters (default: 100)")
+    p.add_argument("--seed", type=_count(0), default=0, help="random seed (default: 0)")
+    p.add_argument("--queries", action="store_true", help="query points: other points from the same clusters")
+    p.set_defaults(run=_cmd_example)
+
+    p = sub.add_parser("info", parents=[common], help="describe an index file")
+    p.add_argument("index_file", metavar="INDEX")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cmd_info)
+    return parser
+
+
+def _version() -> str:
+    from sparknn import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("sparknn: interrupted; no output was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        return _fail(args, exc, EXIT_USAGE)
+    except (DataError, InvalidArgumentError, IndexFileError, OSError) as exc:
+        return _fail(args, exc, EXIT_DATA)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    """SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so temporary output is removed."""
+    raise KeyboardInterrupt
+
+
+def _fail(args, exc: BaseException, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"sparknn {args.command}: error: {exc}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Building the index on the driver: validation, Arrow collection, id mapping."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+import sparknn
+from sparknn.arrow import vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+from sparknn.spark.schema import collect_arrow, features_as_float_array
+from sparknn.spark.worker import Layout, ShardFiles, write_ids
+
+
+def _example(df: DataFrame, condition, id_col: str) -> str:
+    row = df.filter(condition).select(id_col).limit(1).collect()
+    return f" (e.g. id {row[0][0]!r})" if row else ""
+
+
+def validate(df: DataFrame, features: str, id_col: str, integer_ids: bool) -> dict:
+    """One aggregate pass on the JVM: counts, vector lengths, bad values, id range.
+
+    Raises a clear error naming the column, a count and an example id. Used
+    before a sharded build (hours of executor work), and on the driver path
+    to explain a failure found in the collected Arrow data.
+    """
+    vec = features_as_float_array(df, features)
+    bad = F.exists(vec, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf")))
+    aggs = [
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.col(id_col)).alias("ids"),
+        F.count(vec).alias("vectors"),
+        F.min(F.size(vec)).alias("min_len"),
+        F.max(F.size(vec)).alias("max_len"),
+        F.sum(F.when(bad, 1).otherwise(0)).alias("bad"),
+    ]
+    if integer_ids:
+        aggs.append(F.min(F.col(id_col)).alias("min_id"))
+    stats = df.agg(*aggs).first().asDict()
+    rows = stats["rows"]
+    if rows == 0:
+        raise InvalidArgumentError("the DataFrame to index is empty: fit needs at least one row")
+    if stats["ids"] < rows:
+        raise InvalidArgumentError(f"idCol {id_col!r} has {rows - stats['ids']} null values of {rows} rows")
+    if stats["vectors"] < rows:
+        raise InvalidArgumentError(f"featuresCol {features!r} has {rows - stats['vectors']} null vectors of "
+                                   f"{rows} rows" + _example(df, vec.isNull(), id_col))
+    if stats["min_len"] != stats["max_len"]:
+        shortest = _example(df, F.size(vec) == stats["min_len"], id_col)
+        raise InvalidArgumentError(f"featuresCol {features!r} has vectors of different lengths, "
+                                   f"{stats['min_len']} to {stats['max_len']}: all must have the same length; "
+                                   f"shortest{shortest}")
+    if stats["min_len"] == 0:
+        raise InvalidArgumentError(f"featuresCol {features!r} has empty vectors" + _example(df, F.size(vec) == 0,
+                                                                                              id_col))
+    if stats["bad"]:
+        raise InvalidArgumentError(f"featuresCol {features!r} has {stats['bad']} vectors with null, NaN or "
+                                   "infinite values: remove or impute them" + _example(df, bad, id_col))
+    return stats
+
+
+def check_unique(ids: pa.Array, id_col: str) -> None:
+    counts = pc.value_counts(ids)
+    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        example = dup.field("values")[0].as_py()
+        raise InvalidArgumentError(f"idCol {id_col!r} has {len(dup)} duplicate ids (e.g. {example!r} appears "
+                                   f"{dup.field('counts')[0].as_py()} times): ids must be unique")
+
+
+def use_direct_ids(ids: pa.Array, id_type: str) -> bool:
+    """Non-negative integer ids serve as engine ids; strings and negative ints map via positions."""
+    if id_type == "string":
+        return False
+    return len(ids) == 0 or pc.min(ids).as_py() >= 0
+
+
+def new_index(dim: int, params: dict, threads: int) -> sparknn.Index:
+    return sparknn.Index(dim, params["metric"], params["kind"], M=params["M"],
+                         ef_construction=params["efConstruction"], ef_search=params["efSearch"],
+                         seed=params["seed"], threads=threads)
+
+
+def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
+                    prefix: str) -> Layout:
+    """Collects ids and vectors as Arrow, builds one index with all driver cores, writes it to root."""
+    table = collect_arrow(df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v")))
+    if table.num_rows == 0:
+        raise InvalidArgumentError("the DataFrame to index is empty: fit needs at least one row")
+    ids = table.column("id").combine_chunks()
+    try:
+        if ids.null_count:
+            raise InvalidArgumentError(f"idCol {id_col!r} has {ids.null_count} null values")
+        vectors = vectors_to_numpy(table.column("v"), features)
+        if not np.isfinite(vectors).all():
+            raise InvalidArgumentError(f"featuresCol {features!r} has NaN or infinite values")
+    except InvalidArgumentError:
+        # Explain with counts and an example id from a JVM pass; fall back to the Arrow error.
+        validate(df, features, id_col, id_type != "string")
+        raise
+    check_unique(ids, id_col)
+    direct = use_direct_ids(ids, id_type)
+    index = new_index(vectors.shape[1], params, params["numThreads"])
+    index.add(vectors, ids.to_numpy() if direct else None)
+    del table, vectors
+    name = f"{prefix}-shard-0.snn"
+    index.save(os.path.join(root, name))
+    ids_name = None
+    if not direct:
+        ids_name = f"{prefix}-ids-0.arrow"
+        write_ids(os.path.join(root, ids_name), ids)
+    return Layout(index.dim, index.metric, index.kind, id_type, not direct,
+                  (ShardFiles(name, ids_name, len(index)),), root)
+
+
+def file_prefix(uid: str) -> str:
+    return f"{uid}-{uuid.uuid4().hex[:8]}"

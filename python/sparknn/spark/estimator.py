@@ -1,0 +1,106 @@
+"""KNN: the estimator that builds the index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from pyspark import keyword_only
+from pyspark.ml import Estimator
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+
+from sparknn.spark.build import build_on_driver, file_prefix
+from sparknn.spark.model import KNNModel
+from sparknn.spark.params import KNNParams
+from sparknn.spark.schema import check_features, check_id
+from sparknn.spark.sharding import build_sharded
+from sparknn.spark.storage import IndexFiles, local_dir, temp_dir
+
+
+class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
+    """k-nearest-neighbour search as a pyspark.ml Estimator.
+
+    >>> knn = KNN(k=10, metric="cosine", indexType="hnsw", featuresCol="vector", idCol="id")
+    >>> model = knn.fit(items)          # doctest: +SKIP
+    >>> model.similarItems()            # doctest: +SKIP
+
+    ``fit`` builds the index: with ``numShards=1`` on the driver (vectors arrive
+    as Arrow, all cores build); with ``numShards=N`` on executors, one shard
+    per task, written under ``indexPath``.
+    """
+
+    @keyword_only
+    def __init__(self, *, k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
+                 outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
+                 includeSelf=False, indexPath=None, numThreads=0):
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
+                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
+                  includeSelf=False, indexPath=None, numThreads=0):
+        # indexPath=None means "not set" (ship files with addFile), as if it were omitted.
+        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+
+    def setMetric(self, value: str):
+        return self._set(metric=value)
+
+    def setIndexType(self, value: str):
+        return self._set(indexType=value)
+
+    def setM(self, value: int):
+        return self._set(M=value)
+
+    def setEfConstruction(self, value: int):
+        return self._set(efConstruction=value)
+
+    def setSeed(self, value: int):
+        return self._set(seed=value)
+
+    def setNumShards(self, value: int):
+        return self._set(numShards=value)
+
+    def setIndexPath(self, value: str):
+        return self._set(indexPath=value)
+
+    def _build_params(self) -> dict:
+        return {"metric": self.getMetric(), "kind": self.getIndexType(), "M": self.getM(),
+                "efConstruction": self.getEfConstruction(), "efSearch": self.getEfSearch(),
+                "seed": self.getOrDefault(self.seed), "numShards": self.getNumShards(),
+                "numThreads": self.getNumThreads()}
+
+    def _fit(self, dataset):
+        features, id_col = self.getFeaturesCol(), self.getIdCol()
+        check_features(dataset, features)
+        id_type = check_id(dataset, id_col).dataType.simpleString()
+        params = self._build_params()
+        spark = dataset.sparkSession
+        prefix = file_prefix(self.uid)
+        index_path = self.getIndexPath()
+        if index_path:
+            root, owned = local_dir(index_path, "indexPath"), None
+            os.makedirs(root, exist_ok=True)
+        else:
+            root = owned = temp_dir(spark)
+        try:
+            if params["numShards"] == 1:
+                layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix)
+                shared = bool(index_path)
+            else:
+                layout = build_sharded(dataset, features, id_col, id_type, params, root, prefix)
+                shared = True
+        except BaseException:
+            # Leave nothing behind that could pass for a built index.
+            if owned:
+                shutil.rmtree(owned, ignore_errors=True)
+            else:
+                for name in os.listdir(root):
+                    if name.startswith(prefix):
+                        os.remove(os.path.join(root, name))
+            raise
+        model = KNNModel()
+        model._resetUid(self.uid)
+        self._copyValues(model)
+        model._files = IndexFiles(layout, shared=shared, owned=owned)
+        return model

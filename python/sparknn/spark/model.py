@@ -1,0 +1,179 @@
+"""KNNModel: queries with transform(), the self-join with similarItems(), save/load."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from functools import partial
+
+from pyspark.ml import Model
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from sparknn.errors import InvalidArgumentError
+from sparknn.spark import worker
+from sparknn.spark.params import KNNParams
+from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
+from sparknn.spark.storage import IndexFiles, local_dir
+from sparknn.spark.worker import Layout
+
+ITEMS_PER_TASK = 50_000  # similarItems: at least this many queries per task amortise the index load
+
+
+def _session() -> SparkSession:
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("no active SparkSession: create one before using a KNNModel")
+    return spark
+
+
+class KNNModel(Model, KNNParams, MLReadable, MLWritable):
+    """The fitted index. ``transform`` adds ``outputCol`` to any DataFrame of query
+    vectors; ``similarItems`` gives every indexed item its k nearest other items.
+
+    Both return min(k, n) neighbours per row (n items indexed; similarItems
+    excludes the item itself, so min(k, n - 1) unless ``includeSelf``), as
+    ``array<struct<id, distance: float>>`` with ids typed like ``idCol``,
+    nearest first. ``k`` and ``efSearch`` may be changed on the model.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._files = None
+
+    # -- introspection ----------------------------------------------------------------
+    def _index_files(self) -> IndexFiles:
+        if self._files is None:
+            raise RuntimeError("this KNNModel has no index: create it with KNN.fit or KNNModel.load")
+        return self._files
+
+    @property
+    def layout(self) -> Layout:
+        return self._index_files().layout
+
+    @property
+    def numItems(self) -> int:
+        return self.layout.count
+
+    @property
+    def dim(self) -> int:
+        return self.layout.dim
+
+    def _task_layout(self, spark) -> Layout:
+        """The layout tasks use: files shipped to this SparkContext, or opened in place."""
+        return self._index_files().for_tasks(spark)
+
+    def _ef(self) -> int:
+        return max(self.getEfSearch(), self.getK() + 1)
+
+    # -- queries ----------------------------------------------------------------------
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        features, output = self.getFeaturesCol(), self.getOutputCol()
+        check_features(dataset, features)
+        if output in dataset.columns:
+            raise InvalidArgumentError(f"outputCol {output!r} already exists in the DataFrame: choose another "
+                                       "name with setOutputCol")
+        layout = self._task_layout(dataset.sparkSession)
+        schema = T.StructType(dataset.schema.fields + [
+            T.StructField(output, neighbors_spark_type(layout.id_type))])
+        fn = partial(worker.transform_batches, layout=layout, features=features, output=output,
+                     k=self.getK(), ef=self._ef(), num_threads=self.getNumThreads())
+        return dataset.mapInArrow(fn, schema)
+
+    def similarItems(self) -> DataFrame:
+        """Every indexed item -> its k nearest other items: DataFrame(idCol, outputCol).
+
+        Runs from the index files alone (no training DataFrame), in about
+        max(2 x defaultParallelism, n / 50000) tasks.
+        """
+        spark = _session()
+        layout = self._task_layout(spark)
+        slices = self._slices(spark.sparkContext.defaultParallelism)
+        schema = T.StructType([
+            T.StructField(self.getIdCol(), spark_id_type(layout.id_type)),
+            T.StructField(self.getOutputCol(), neighbors_spark_type(layout.id_type)),
+        ])
+        fn = partial(worker.similar_batches, layout=layout, slices=slices, id_col=self.getIdCol(),
+                     output=self.getOutputCol(), k=self.getK(), ef=self._ef(),
+                     include_self=self.getIncludeSelf(), num_threads=self.getNumThreads())
+        return spark.range(0, len(slices), 1, len(slices)).mapInArrow(fn, schema)
+
+    def _slices(self, parallelism: int):
+        """(shard, lo, hi) ranges of stored items, one per task, shards split in proportion to size."""
+        n = self.layout.count
+        tasks = min(n, max(2 * parallelism, math.ceil(n / ITEMS_PER_TASK)))
+        slices = []
+        for s, shard in enumerate(self.layout.shards):
+            parts = max(1, round(tasks * shard.count / n)) if shard.count else 0
+            bounds = [shard.count * i // parts for i in range(parts + 1)]
+            slices += [(s, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        return slices
+
+    # -- persistence ------------------------------------------------------------------
+    def write(self) -> KNNModelWriter:
+        return KNNModelWriter(self)
+
+    @classmethod
+    def read(cls) -> KNNModelReader:
+        return KNNModelReader(cls)
+
+
+class KNNModelWriter(MLWriter):
+    """Saves params (pyspark.ml metadata) and a copy of the index files under ``path/index``.
+
+    Everything is written to a sibling temporary directory renamed into place
+    at the end, so an interrupted save never leaves a directory that loads.
+    ``path`` must be a local or mounted shared directory.
+    """
+
+    def __init__(self, instance: KNNModel):
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        target = local_dir(path, "model path")
+        if os.path.exists(target):
+            raise FileExistsError(f"model path {target!r} already exists: use model.write().overwrite().save()")
+        files = self.instance._index_files()
+        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            layout = files.copy_to(os.path.join(tmp, "index"))
+            DefaultParamsWriter.saveMetadata(self.instance, tmp, self.sparkSession,
+                                             extraMetadata={"sparknn": layout.to_json()})
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class KNNModelReader(MLReader):
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> KNNModel:
+        root = local_dir(path, "model path")
+        if not os.path.isdir(os.path.join(root, "metadata")):
+            raise FileNotFoundError(f"no saved KNNModel at {root!r} (missing metadata/)")
+        metadata = DefaultParamsReader.loadMetadata(root, self.sparkSession)
+        if "sparknn" not in metadata:
+            raise InvalidArgumentError(f"{root!r} holds a {metadata.get('class')}, not a sparknn KNNModel")
+        model = self.cls()
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        layout = Layout.from_json(metadata["sparknn"], os.path.join(root, "index"))
+        for name in layout.files():
+            if not os.path.isfile(os.path.join(layout.root, name)):
+                raise FileNotFoundError(f"model at {root!r} is missing its index file index/{name}")
+        model._files = IndexFiles(layout, shared=False)
+        return model

@@ -1,0 +1,112 @@
+"""Sharded build: items split into N shards, each built by one executor task.
+
+Rows go to shard ``pmod(xxhash64(id), N)``: a duplicated id always lands in
+one shard, where it is caught. Each shard is routed to its own partition (see
+``_partition_keys``), the task builds the shard's index with ``spark.task.cpus``
+threads and writes it to a directory every executor and the driver can read.
+Queries search all shards and merge the per-shard top-k (worker.search).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sparknn.arrow import vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+from sparknn.spark.build import check_unique, new_index, validate
+from sparknn.spark.schema import features_as_float_array
+from sparknn.spark.worker import ARROW_ID_TYPES, Layout, ShardFiles, task_threads, write_ids
+
+_RESULT = T.StructType([
+    T.StructField("shard", T.IntegerType()),
+    T.StructField("count", T.LongType()),
+    T.StructField("dim", T.IntegerType()),
+    T.StructField("index", T.StringType()),
+    T.StructField("ids", T.StringType()),
+])
+
+
+def _partition_keys(spark, n: int) -> list:
+    """A long key per shard that Spark's hash partitioner sends to partition == shard.
+
+    ``repartition(n, col)`` places a row in ``pmod(murmur3(col), n)``; with the
+    shard number itself as key, two shards may collide in one partition and be
+    built one after the other. Searching small integers for one that hashes to
+    each partition gives one shard per task.
+    """
+    rows = (spark.range(0, 64 * n).select("id", F.expr(f"pmod(hash(id), {n})").alias("p"))
+            .groupBy("p").agg(F.min("id").alias("key")).collect())
+    found = {r["p"]: r["key"] for r in rows}
+    return [found.get(s, s) for s in range(n)]  # a missing one only costs parallelism
+
+
+def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, params):
+    """One partition: build and save the index (and id file) of every shard it holds."""
+    batches = list(batches)
+    if not batches or not sum(b.num_rows for b in batches):
+        return
+    table = pa.Table.from_batches(batches)
+    threads = task_threads(params["numThreads"])
+    shard_col = table.column("shard").to_numpy()
+    for s in np.unique(shard_col):
+        part = table.filter(pa.array(shard_col == s)) if len(np.unique(shard_col)) > 1 else table
+        ids = part.column("id").combine_chunks().cast(ARROW_ID_TYPES[id_type])
+        check_unique(ids, id_col)
+        vectors = vectors_to_numpy(part.column("v"), features, dim)
+        index = new_index(dim, params, threads)
+        try:
+            index.add(vectors, None if positional else ids.to_numpy())
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"shard {s} (featuresCol {features!r}): {err}") from None
+        name = f"{prefix}-shard-{s}.snn"
+        index.save(os.path.join(root, name))
+        ids_name = None
+        if positional:
+            ids_name = f"{prefix}-ids-{s}.arrow"
+            write_ids(os.path.join(root, ids_name), ids)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([s], pa.int32()), pa.array([len(index)], pa.int64()), pa.array([dim], pa.int32()),
+             pa.array([name]), pa.array([ids_name], pa.string())], schema=pa.schema(
+                [("shard", pa.int32()), ("count", pa.int64()), ("dim", pa.int32()), ("index", pa.string()),
+                 ("ids", pa.string())]))
+
+
+def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
+                  prefix: str) -> Layout:
+    """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors."""
+    n = params["numShards"]
+    stats = validate(df, features, id_col, id_type != "string")
+    positional = id_type == "string" or stats["min_id"] < 0
+    dim = int(stats["max_len"])
+    spark = df.sparkSession
+    keys = _partition_keys(spark, n)
+    shard = F.pmod(F.xxhash64(F.col(id_col)), F.lit(n)).cast("int")
+    key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), shard + 1)
+    data = (df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"),
+                      shard.alias("shard"), key.alias("key"))
+            .repartition(n, "key").drop("key"))
+    build = partial(_build_task, root=root, prefix=prefix, dim=dim, id_type=id_type, id_col=id_col,
+                    features=features, positional=positional, params=params)
+    results = sorted(data.mapInArrow(build, _RESULT).collect(), key=lambda r: r["shard"])
+    built = sum(r["count"] for r in results)
+    if built != stats["rows"]:
+        raise InvalidArgumentError(f"the sharded build indexed {built} rows but validation counted "
+                                   f"{stats['rows']}: is the input DataFrame non-deterministic? "
+                                   "Cache or checkpoint it before fit")
+    shards = []
+    for r in results:
+        for name in (r["index"], r["ids"]):
+            if name and not os.path.exists(os.path.join(root, name)):
+                raise InvalidArgumentError(
+                    f"shard {r['shard']} was written by an executor to {root!r} but the driver cannot see "
+                    f"it there: set indexPath to a directory shared by the driver and all executors")
+        shards.append(ShardFiles(r["index"], r["ids"], int(r["count"])))
+    metric, kind = params["metric"], params["kind"]
+    return Layout(dim, metric, kind, id_type, positional, tuple(shards), root)

@@ -1,0 +1,111 @@
+"""Driver side of the index files: where they live, who deletes them, how tasks reach them.
+
+Files either sit in a directory every executor can read (``indexPath``, or the
+shard directory of a sharded build), or they are shipped with
+``SparkContext.addFile``. Shipped files get a unique name per registration
+(Spark flattens added files into one directory by base name), made as a hard
+link so nothing is copied on the driver (Spark skips symbolic links; across
+filesystems the file is copied). Registration is redone when
+the model is used under a new SparkContext.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import uuid
+from urllib.parse import urlparse
+
+from sparknn.errors import InvalidArgumentError
+from sparknn.spark.worker import Layout
+
+
+def local_dir(uri: str, param: str) -> str:
+    """An absolute local directory path from a plain path or a file: URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme else uri
+        return os.path.abspath(os.path.expanduser(path))
+    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
+        return os.path.abspath(uri)
+    raise InvalidArgumentError(f"{param} {uri!r}: sparknn reads and writes index files with local file I/O; "
+                               "use a local path or a shared filesystem mounted on the driver and every "
+                               "executor (file:// or a plain path), not a " + parsed.scheme + ":// URI")
+
+
+def temp_dir(spark, prefix: str = "sparknn-") -> str:
+    """A fresh directory under the first spark.local.dir (else the system temp dir)."""
+    base = spark.sparkContext.getConf().get("spark.local.dir", None)
+    base = base.split(",")[0] if base else None
+    if base:
+        os.makedirs(base, exist_ok=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
+def _remove(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# Temporary directories live until the driver process exits, not until their model is
+# garbage collected: a DataFrame from ``KNN().fit(df).similarItems()`` outlives the model and
+# its tasks may read (or fetch) the files later. Spark keeps added files for as long.
+def _own(path: str) -> None:
+    atexit.register(_remove, path)
+
+
+class IndexFiles:
+    """A model's index files on the driver, plus their registration for tasks.
+
+    ``layout.root`` is the directory holding the files on the driver. With
+    ``shared=True`` executors open them there; otherwise they are shipped.
+    ``owned`` is a temporary directory removed when the driver exits.
+    """
+
+    def __init__(self, layout: Layout, shared: bool, owned: str | None = None):
+        self.layout = layout
+        self.shared = shared
+        if owned:
+            _own(owned)
+        self._shipped = None  # (applicationId, task layout)
+
+    def for_tasks(self, spark) -> Layout:
+        if self.shared:
+            return self.layout
+        sc = spark.sparkContext
+        if self._shipped and self._shipped[0] == sc.applicationId:
+            return self._shipped[1]
+        links = temp_dir(spark, "sparknn-ship-")
+        _own(links)
+        tag = uuid.uuid4().hex[:12]
+
+        def ship(name: str) -> str:
+            unique = f"{tag}-{name}"
+            link = os.path.join(links, unique)
+            _link(os.path.join(self.layout.root, name), link)
+            sc.addFile(link)
+            return unique
+
+        shipped = self.layout.renamed(ship, root=links, shipped=True)
+        self._shipped = (sc.applicationId, shipped)
+        return shipped
+
+    def copy_to(self, directory: str) -> Layout:
+        """Copies the files under canonical names; returns the layout for that directory."""
+        os.makedirs(directory, exist_ok=True)
+        names = {}
+        for i, shard in enumerate(self.layout.shards):
+            names[shard.index] = f"shard-{i}.snn"
+            if shard.ids:
+                names[shard.ids] = f"ids-{i}.arrow"
+        for src, dst in names.items():
+            shutil.copyfile(os.path.join(self.layout.root, src), os.path.join(directory, dst))
+        return self.layout.renamed(names.__getitem__, root=directory, shipped=False)

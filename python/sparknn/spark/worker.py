@@ -1,0 +1,259 @@
+"""Executor side: index files loaded once per Python worker, searched on Arrow batches.
+
+Spark reuses Python workers across tasks (``spark.python.worker.reuse``), so
+indexes are cached at module level, keyed by (path, size, mtime). Files are
+memory-mapped read-only: every worker on a node shares one copy in the page
+cache. The engine releases the GIL and runs ``spark.task.cpus`` threads.
+
+Engine ids are either the user's non-negative integer ids ("direct") or
+positions into per-shard id files ("positional"). Positional ids are tagged
+with their shard, ``shard << 40 | position``, so results from several shards
+merge into one global top-k without collisions.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+
+import sparknn
+from sparknn.arrow import neighbors_array, vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+
+POSITION_BITS = 40
+POSITION_MASK = (1 << POSITION_BITS) - 1
+QUERY_CHUNK = 8192  # similarItems queries per output batch: bounds the memory of one search
+
+
+# Spark id column types and the Arrow types mapInArrow must return for them (widths must match).
+ARROW_ID_TYPES = {
+    "tinyint": pa.int8(),
+    "smallint": pa.int16(),
+    "int": pa.int32(),
+    "bigint": pa.int64(),
+    "string": pa.string(),
+}
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    index: str  # file name of the index
+    ids: str | None  # file name of the Arrow id file (positional ids only)
+    count: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything a task needs to find and interpret the index files (small, picklable)."""
+
+    dim: int
+    metric: str
+    kind: str
+    id_type: str  # Spark simpleString of the id column: tinyint, smallint, int, bigint or string
+    positional: bool
+    shards: tuple[ShardFiles, ...]
+    root: str  # directory holding the files on the driver (and on executors when not shipped)
+    shipped: bool = False  # True: files were registered with SparkContext.addFile
+
+    @property
+    def count(self) -> int:
+        return sum(s.count for s in self.shards)
+
+    def path(self, name: str) -> str:
+        if self.shipped:
+            from pyspark import SparkFiles
+
+            return SparkFiles.get(name)
+        return os.path.join(self.root, name)
+
+    def files(self) -> list[str]:
+        return [n for s in self.shards for n in (s.index, s.ids) if n]
+
+    def to_json(self) -> dict:
+        return {"dim": self.dim, "metric": self.metric, "kind": self.kind, "idType": self.id_type,
+                "positional": self.positional,
+                "shards": [{"index": s.index, "ids": s.ids, "count": s.count} for s in self.shards]}
+
+    @staticmethod
+    def from_json(d: dict, root: str) -> Layout:
+        shards = tuple(ShardFiles(s["index"], s["ids"], int(s["count"])) for s in d["shards"])
+        return Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root)
+
+    def renamed(self, rename, root: str, shipped: bool) -> Layout:
+        shards = tuple(ShardFiles(rename(s.index), s.ids and rename(s.ids), s.count) for s in self.shards)
+        return replace(self, shards=shards, root=root, shipped=shipped)
+
+
+# -- cache ------------------------------------------------------------------------------
+_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_CACHE_SIZE = 64
+_LOCK = threading.Lock()
+
+
+def _cached(path: str, load):
+    st = os.stat(path)
+    key = (load.__name__, path, st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    value = load(path)
+    with _LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def _load_index(path: str) -> sparknn.Index:
+    return sparknn.load(path, mmap=True)
+
+
+def _load_ids(path: str) -> pa.Array:
+    # Zero-copy: the array's buffers point into the mapped file.
+    table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+    column = table.column(0)
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def write_ids(path: str, ids: pa.Array) -> None:
+    """Writes an id file atomically (temporary name, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, pa.schema([("id", ids.type)])) as writer:
+        writer.write_table(pa.table({"id": ids}))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Shard:
+    index: sparknn.Index
+    ids: pa.Array | None
+
+
+def open_shards(layout: Layout) -> list[Shard]:
+    out = []
+    for s in layout.shards:
+        index = _cached(layout.path(s.index), _load_index)
+        ids = _cached(layout.path(s.ids), _load_ids) if s.ids else None
+        out.append(Shard(index, ids))
+    return out
+
+
+def task_threads(num_threads: int) -> int:
+    """numThreads when set, else the cores Spark gave this task (spark.task.cpus)."""
+    if num_threads:
+        return num_threads
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return max(1, int(ctx.cpus())) if ctx is not None else 0
+
+
+# -- search -----------------------------------------------------------------------------
+def search(layout: Layout, shards: list[Shard], queries: np.ndarray, k: int, ef: int, threads: int):
+    """Global top-k over all shards: (engine ids int64 [nq, k], distances float32 [nq, k])."""
+    parts_ids, parts_dist = [], []
+    for s, shard in enumerate(shards):
+        ks = min(k, len(shard.index))
+        if ks == 0:
+            continue
+        shard.index.threads = threads
+        ids, dist = shard.index.search(queries, ks, ef=max(ef, ks) if layout.kind == "hnsw" else None)
+        if layout.positional and s:
+            ids = np.where(ids >= 0, ids | (s << POSITION_BITS), ids)
+        parts_ids.append(ids)
+        parts_dist.append(dist)
+    if len(parts_ids) == 1:
+        return parts_ids[0], parts_dist[0]
+    ids = np.concatenate(parts_ids, axis=1)
+    dist = np.concatenate(parts_dist, axis=1)
+    # Padding has distance +inf, so it sorts last; stable keeps shard order on ties.
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(dist, order, axis=1)
+
+
+def user_ids(layout: Layout, shards: list[Shard], engine_ids: np.ndarray) -> pa.Array:
+    """The user's ids for engine ids, typed like the input id column."""
+    target = ARROW_ID_TYPES[layout.id_type]
+    if not layout.positional:
+        return pa.array(engine_ids, type=pa.int64()).cast(target)
+    shard_no = engine_ids >> POSITION_BITS
+    local = engine_ids & POSITION_MASK
+    present = np.unique(shard_no)
+    if len(present) <= 1:
+        s = int(present[0]) if len(present) else 0
+        return shards[s].ids.take(pa.array(local)).cast(target)
+    parts, where = [], []
+    for s in present:
+        sel = np.flatnonzero(shard_no == s)
+        parts.append(shards[int(s)].ids.take(pa.array(local[sel])).cast(target))
+        where.append(sel)
+    # Put the per-shard results back in query order.
+    inverse = np.empty(len(engine_ids), dtype=np.int64)
+    inverse[np.concatenate(where)] = np.arange(len(engine_ids))
+    return pa.concat_arrays(parts).take(pa.array(inverse))
+
+
+def neighbors(layout, shards, engine_ids, dist, k, exclude=None) -> pa.Array:
+    """list<struct<id, distance>> with the user's ids, nearest first."""
+    lst = neighbors_array(engine_ids, dist, exclude=exclude, k=k)
+    values = lst.values
+    ids = user_ids(layout, shards, values.field("id").to_numpy(zero_copy_only=False))
+    struct = pa.StructArray.from_arrays([ids, values.field("distance")], names=["id", "distance"])
+    return pa.ListArray.from_arrays(lst.offsets, struct)
+
+
+def _partition() -> int:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return ctx.partitionId() if ctx is not None else -1
+
+
+# -- mapInArrow functions ----------------------------------------------------------------
+def transform_batches(batches, *, layout: Layout, features: str, output: str, k: int, ef: int,
+                      num_threads: int):
+    """Adds the neighbours column to every batch of the query DataFrame."""
+    shards = open_shards(layout)
+    threads = task_threads(num_threads)
+    for batch in batches:
+        try:
+            queries = vectors_to_numpy(batch.column(features), features, layout.dim)
+            ids, dist = search(layout, shards, queries, k, ef, threads)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"{err} (in partition {_partition()}; rows are counted from the "
+                                       "start of an Arrow batch)") from None
+        column = neighbors(layout, shards, ids, dist, k)
+        yield pa.RecordBatch.from_arrays(list(batch.columns) + [column], names=batch.schema.names + [output])
+
+
+def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str, k: int, ef: int,
+                    include_self: bool, num_threads: int):
+    """Every stored item of the given slices -> its k nearest other items.
+
+    The queries are the vectors stored in the index itself (normalised under
+    cosine, which leaves cosine neighbours unchanged), so no training data is
+    needed: this works on a loaded model too.
+    """
+    shards = open_shards(layout)
+    threads = task_threads(num_threads)
+    kk = k if include_self else k + 1
+    for batch in batches:
+        for task in batch.column(0).to_numpy():
+            s, lo, hi = slices[int(task)]
+            index = shards[s].index
+            stored = index._index.vectors()
+            for start in range(lo, hi, QUERY_CHUNK):
+                stop = min(hi, start + QUERY_CHUNK)
+                if layout.positional:
+                    own = np.arange(start, stop, dtype=np.int64) | (s << POSITION_BITS)
+                else:
+                    own = np.asarray(index.ids[start:stop], dtype=np.int64)
+                ids, dist = search(layout, shards, stored[start:stop], kk, ef, threads)
+                column = neighbors(layout, shards, ids, dist, k, exclude=None if include_self else own)
+                yield pa.RecordBatch.from_arrays([user_ids(layout, shards, own), column], names=[id_col, output])

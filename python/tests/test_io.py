@@ -1,0 +1,310 @@
+"""Saving and loading index files: round trips, sharing, and damaged files.
+
+The byte layout these tests poke at is the one docs/FORMAT.md documents; a
+small reader written from that document checks that the two agree.
+"""
+
+import multiprocessing
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sparknn
+
+METRICS = ["l2", "ip", "cosine"]
+FIXTURES = Path(__file__).resolve().parents[2] / "cpp" / "tests" / "data"
+
+# Header fields, as docs/FORMAT.md lists them.
+VERSION_AT, KIND_AT, METRIC_AT, SECTIONS_AT, DIM_AT, COUNT_AT, SIZE_AT, TABLE_AT, CRC_AT = (
+    8,
+    12,
+    16,
+    20,
+    24,
+    32,
+    40,
+    48,
+    60,
+)
+SECTION_IDS, SECTION_VECTORS = 3, 2
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC-32C (Castagnoli) as FORMAT.md specifies it, bit by bit."""
+    crc ^= 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def sections(raw: bytes) -> dict:
+    """{type: (offset, size, crc)} from the section table."""
+    n = struct.unpack_from("<I", raw, SECTIONS_AT)[0]
+    out = {}
+    for i in range(n):
+        kind, _, offset, size, crc, _ = struct.unpack_from("<IIQQII", raw, 64 + 32 * i)
+        out[kind] = (offset, size, crc)
+    return out
+
+
+def reseal(raw: bytearray) -> None:
+    n = struct.unpack_from("<I", raw, SECTIONS_AT)[0]
+    struct.pack_into("<I", raw, CRC_AT, crc32c(bytes(raw[64 : 64 + 32 * n]), crc32c(bytes(raw[:CRC_AT]))))
+
+
+def build(metric="l2", n=200, dim=12, seed=0, ids=None):
+    rng = np.random.default_rng(seed)
+    index = sparknn.Index(dim, metric=metric, kind="flat", threads=1)
+    index.add(rng.standard_normal((n, dim)).astype(np.float32), ids=ids)
+    return index
+
+
+def queries(dim=12, nq=15, seed=1):
+    return np.random.default_rng(seed).standard_normal((nq, dim)).astype(np.float32)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    index = build(ids=np.arange(200, dtype=np.int64) * 5 + 3)
+    path = tmp_path / "index.snn"
+    index.save(path)
+    return index, path
+
+
+# ------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("mmap", [True, False])
+def test_round_trip_gives_identical_results(tmp_path, metric, mmap):
+    index = build(metric, ids=np.arange(200) * 2 + 7)
+    path = tmp_path / f"{metric}.snn"
+    index.save(str(path))
+    loaded = sparknn.load(path, mmap=mmap, threads=1)
+    assert (loaded.dim, loaded.metric, loaded.kind, len(loaded)) == (12, metric, "flat", 200)
+    np.testing.assert_array_equal(loaded.ids, index.ids)
+    q = queries()
+    ids0, d0 = index.search(q, k=10)
+    ids1, d1 = loaded.search(q, k=10)
+    np.testing.assert_array_equal(ids1, ids0)
+    np.testing.assert_array_equal(d1, d0)
+
+
+def test_mmap_maps_the_file_and_read_mode_does_not(saved):
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc (Linux)")
+    _, path = saved
+    copy = path.with_name("copy.snn")
+    copy.write_bytes(path.read_bytes())
+    mapped = sparknn.load(path, mmap=True)
+    read = sparknn.load(copy, mmap=False)
+    text = maps.read_text()
+    assert str(path) in text
+    assert str(copy) not in text
+    assert len(mapped) == len(read) == 200
+
+
+def test_ids_of_a_mapped_index_are_read_only(saved):
+    loaded = sparknn.load(saved[1], mmap=True)
+    with pytest.raises(ValueError):
+        loaded.ids[0] = 1
+
+
+def test_load_add_save_copies_on_write(saved, tmp_path):
+    index, path = saved
+    before = path.read_bytes()
+    loaded = sparknn.load(path, mmap=True, threads=1)
+    extra = queries(nq=20, seed=9)
+    loaded.add(extra)
+    assert path.read_bytes() == before, "adding to a mapped index must not write to its file"
+    np.testing.assert_array_equal(loaded.ids[200:], np.arange(20) + index.ids.max() + 1)
+    loaded.save(path)  # over the file it was mapped from
+    again = sparknn.load(path)
+    index.add(extra)
+    q = queries(seed=4)
+    np.testing.assert_array_equal(again.search(q, k=7)[0], index.search(q, k=7)[0])
+    assert len(again) == 220
+
+
+def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "index.snn"
+    build(n=50).save(path)
+    reader = sparknn.load(path, mmap=True, threads=1)
+    expected = reader.search(queries(), k=5)
+    build(n=10, seed=3).save(path)
+    assert len(sparknn.load(path)) == 10
+    # The reader mapped the old file; the replacement did not touch it.
+    np.testing.assert_array_equal(reader.search(queries(), k=5)[0], expected[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.snn"]
+
+
+def test_save_into_missing_directory_raises_oserror(tmp_path):
+    with pytest.raises(OSError, match="cannot create"):
+        build(n=5).save(tmp_path / "missing" / "index.snn")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_path_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no index file"):
+        sparknn.load(tmp_path / "nope.snn")
+    with pytest.raises(OSError, match="not a regular file"):
+        sparknn.load(tmp_path)
+
+
+def _search_in_child(path, q):
+    index = sparknn.load(path, mmap=True, threads=1)
+    return index.search(q, k=8)
+
+
+def test_processes_share_one_mapped_file(saved):
+    index, path = saved
+    q = queries()
+    expected = index.search(q, k=8)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_search_in_child, [(str(path), q)] * 2)
+    for ids, dist in results:
+        np.testing.assert_array_equal(ids, expected[0])
+        np.testing.assert_array_equal(dist, expected[1])
+
+
+# ------------------------------------------------------------------- the documented layout
+
+
+def test_layout_matches_format_md(saved):
+    index, path = saved
+    raw = path.read_bytes()
+    assert raw[:8] == b"SPARKNN\0"
+    version, kind, metric, nsec = struct.unpack_from("<IIII", raw, VERSION_AT)
+    dim, count, size = struct.unpack_from("<QQQ", raw, DIM_AT)
+    assert (version, kind, metric) == (sparknn.FORMAT_VERSION, 1, 1)
+    assert (dim, count, size) == (12, 200, len(raw))
+    assert struct.unpack_from("<I", raw, TABLE_AT)[0] == 64
+    header_crc = crc32c(raw[64 : 64 + 32 * nsec], crc32c(raw[:CRC_AT]))
+    assert struct.unpack_from("<I", raw, CRC_AT)[0] == header_crc
+    table = sections(raw)
+    for offset, length, crc in table.values():
+        assert offset % 64 == 0
+        assert crc32c(raw[offset : offset + length]) == crc
+    off, length, _ = table[SECTION_IDS]
+    np.testing.assert_array_equal(np.frombuffer(raw, "<i8", count, off), index.ids)
+    off, length, _ = table[SECTION_VECTORS]
+    assert length == 200 * 12 * 4
+    stored = np.frombuffer(raw, "<f4", 200 * 12, off).reshape(200, 12)
+    np.testing.assert_array_equal(
+        stored, np.random.default_rng(0).standard_normal((200, 12)).astype(np.float32)
+    )
+
+
+@pytest.mark.parametrize("fixture", sorted(FIXTURES.glob("*.snn")), ids=lambda p: p.name)
+def test_golden_fixtures_answer_as_recorded(fixture):
+    fields, qs, results = {}, [], []
+    for line in fixture.with_suffix(".expected").read_text().splitlines():
+        key, *rest = line.split()
+        if key == "query":
+            qs.append([float(v) for v in rest])
+        elif key == "result":
+            results.append(rest)
+        elif key != "#":
+            fields[key] = rest[0]
+    index = sparknn.load(fixture)
+    assert (index.metric, index.dim, len(index)) == (
+        fields["metric"],
+        int(fields["dim"]),
+        int(fields["count"]),
+    )
+    ids, dist = index.search(np.array(qs, dtype=np.float32), k=int(fields["k"]))
+    np.testing.assert_array_equal(ids, [[int(v) for v in r[0::2]] for r in results])
+    np.testing.assert_allclose(dist, [[float(v) for v in r[1::2]] for r in results], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- damaged and foreign files
+
+
+def expect_file_error(path, match, verify=True):
+    for mmap in (True, False):
+        with pytest.raises(sparknn.IndexFileError, match=match) as info:
+            sparknn.load(path, mmap=mmap, verify=verify)
+        assert isinstance(info.value, ValueError)
+        assert str(path) in str(info.value)
+
+
+def test_verify_flag_checks_section_checksums(saved):
+    _, path = saved
+    raw = bytearray(path.read_bytes())
+    offset, size, _ = sections(raw)[SECTION_VECTORS]
+    raw[offset + size // 2] ^= 0x10
+    path.write_bytes(raw)
+    expect_file_error(path, "checksum mismatch in section")
+    # Structure is still validated with verify=False; only the data checksums are skipped.
+    assert len(sparknn.load(path, verify=False)) == 200
+
+
+@pytest.mark.parametrize("length", [0, 10, 63, 64, 100, 200, 1000, -1])
+def test_truncated_files(saved, length):
+    _, path = saved
+    raw = path.read_bytes()
+    path.write_bytes(raw[:length])
+    expect_file_error(path, "shorter than the 64-byte header" if 0 <= length < 64 else "truncated")
+
+
+def test_corrupted_header(saved):
+    _, path = saved
+    raw = bytearray(path.read_bytes())
+    raw[DIM_AT] ^= 0x01
+    path.write_bytes(raw)
+    expect_file_error(path, "header checksum mismatch")
+
+
+def test_trailing_bytes(saved):
+    _, path = saved
+    path.write_bytes(path.read_bytes() + b"\0" * 64)
+    expect_file_error(path, "trailing bytes")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x00" * 4096,
+        np.random.default_rng(0).standard_normal(1024).astype(np.float32).tobytes(),  # like an Annoy file
+        b"\x93NUMPY\x01\x00" + b" " * 120,
+        b"id,vector\n" * 20,
+    ],
+    ids=["empty", "zeros", "raw-floats", "npy", "csv"],
+)
+def test_foreign_files(tmp_path, content):
+    path = tmp_path / "foreign.snn"
+    path.write_bytes(content)
+    expect_file_error(path, "bad magic" if len(content) >= 64 else "shorter than the 64-byte header")
+
+
+def test_newer_version_asks_to_upgrade(saved):
+    _, path = saved
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<I", raw, VERSION_AT, sparknn.FORMAT_VERSION + 1)
+    path.write_bytes(raw)
+    expect_file_error(path, "newer sparknn.*upgrade sparknn")
+
+
+@pytest.mark.parametrize(
+    "field,fmt,value,match",
+    [
+        (KIND_AT, "<I", 9, "unknown index kind 9"),
+        (METRIC_AT, "<I", 7, "unknown metric 7"),
+        (DIM_AT, "<Q", 0, "dimension 0"),
+        (COUNT_AT, "<Q", 2**62, "more than a"),
+        (COUNT_AT, "<Q", 201, "Ids section has"),
+        (SIZE_AT, "<Q", 2**40, "truncated"),
+    ],
+)
+def test_inconsistent_header_fields(saved, field, fmt, value, match):
+    _, path = saved
+    raw = bytearray(path.read_bytes())
+    struct.pack_into(fmt, raw, field, value)
+    reseal(raw)
+    path.write_bytes(raw)
+    expect_file_error(path, match)

@@ -1,0 +1,269 @@
+"""The in-process jobs (sparknn.jobs, sparknn.output, sparknn.datasets) on small real files."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import exact_knn, recall
+from sparknn import jobs
+from sparknn.arrow import neighbors_type
+from sparknn.datasets import make_items, make_queries, vector_table
+from sparknn.output import DataError, UsageError, write_batches
+
+N, DIM = 3000, 24
+FLAT = jobs.IndexOptions(kind="flat")
+
+
+# --------------------------------------------------------------------------- helpers shared with test_cli.py
+def items_matrix(table: pa.Table, col: str = "vector") -> np.ndarray:
+    return np.asarray(table.column(col).to_pylist(), dtype=np.float32)
+
+
+def neighbor_lists(table: pa.Table, id_col: str = "id"):
+    """{id: (neighbour ids, distances)} from a result table."""
+    out = {}
+    for row in table.to_pylist():
+        out[row[id_col]] = ([n["id"] for n in row["neighbors"]],
+                            np.array([n["distance"] for n in row["neighbors"]], dtype=np.float64))
+    return out
+
+
+def distance_matrix(x: np.ndarray, metric: str) -> np.ndarray:
+    """All pairwise distances in float64, "smaller is closer" as the engine defines them."""
+    x = x.astype(np.float64)
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return 1 - x @ x.T
+    sq = (x * x).sum(1)
+    return np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
+
+
+def assert_exact_similar(result: pa.Table, items: pa.Table, k: int, metric: str = "cosine", id_col: str = "id"):
+    """The result is the exact self-join: checked by distance, and each returned id really has its distance."""
+    true = distance_matrix(items_matrix(items), metric)
+    ids = items.column(id_col).to_pylist()
+    position = {v: i for i, v in enumerate(ids)}
+    got = neighbor_lists(result, id_col)
+    assert result.num_rows == len(ids) and set(got) == set(ids)
+    want = min(k, len(ids) - 1)
+    for item, (nbr, dist) in got.items():
+        i = position[item]
+        assert len(nbr) == want and item not in nbr and len(set(nbr)) == want
+        np.testing.assert_allclose(dist, np.sort(np.delete(true[i], i))[:want], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dist, true[i, [position[j] for j in nbr]], rtol=1e-4, atol=1e-4)
+
+
+def assert_same_neighbors(a: pa.Table, b: pa.Table, id_col: str = "id"):
+    """Equal results (same types, rows, distances; same ids except in the order of near-tied neighbours)."""
+    assert a.schema.field(id_col).type == b.schema.field(id_col).type
+    assert a.schema.field("neighbors").type.value_type == b.schema.field("neighbors").type.value_type
+    la, lb = neighbor_lists(a, id_col), neighbor_lists(b, id_col)
+    assert la.keys() == lb.keys() and a.num_rows == b.num_rows == len(la)
+    for key in la:
+        (ia, da), (ib, db) = la[key], lb[key]
+        assert len(ia) == len(ib)
+        np.testing.assert_allclose(da, db, rtol=1e-5, atol=1e-5)
+        tied = np.zeros(len(da), bool)
+        close = np.diff(da) < 1e-5
+        tied[:-1] |= close
+        tied[1:] |= close
+        assert [x for x, t in zip(ia, tied) if not t] == [x for x, t in zip(ib, tied) if not t]
+        assert set(ia) == set(ib) or tied.any()
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def items():
+    return make_items(N, DIM, clusters=30, seed=3)
+
+
+@pytest.fixture(scope="module")
+def items_file(items, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("jobs") / "items.parquet")
+    pq.write_table(items, path, row_group_size=1000)
+    return path
+
+
+def leftovers(directory) -> list:
+    return sorted(name for name in os.listdir(directory) if ".sparknn-" in name)
+
+
+# --------------------------------------------------------------------------- similar
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_similar_flat_is_exact(items, items_file, tmp_path, metric):
+    out = str(tmp_path / "similar.parquet")
+    res = jobs.similar(items_file, out, k=10, opts=jobs.IndexOptions(kind="flat", metric=metric))
+    assert (res.rows, res.neighbors) == (N, 10)
+    table = pq.read_table(out)
+    assert table.schema.names == ["id", "neighbors"] and table.schema.field("id").type == pa.int64()
+    assert table.schema.field("neighbors").type.value_type == neighbors_type(pa.int64()).value_type
+    assert_exact_similar(table, items, 10, metric)
+    assert leftovers(tmp_path) == []
+
+
+def test_similar_hnsw_recall(items, items_file, tmp_path):
+    out = str(tmp_path / "similar.parquet")
+    jobs.similar(items_file, out, k=10, opts=jobs.IndexOptions(kind="hnsw"))
+    got = neighbor_lists(pq.read_table(out))
+    x = items_matrix(items)
+    truth, _ = exact_knn(x, x, 11, "cosine")
+    truth = np.array([[j for j in row if j != i][:10] for i, row in enumerate(truth)])
+    found = np.array([got[i][0] for i in range(N)])  # ids are 0..N-1 = positions
+    assert recall(found, truth) >= 0.95
+
+
+def test_ids_keep_their_type_and_values(items, tmp_path):
+    """String ids and int32 ids come back as they went in, also when they are not engine-usable."""
+    x = items_matrix(items)[:500]
+    labels = [f"item-{i:04d}" for i in range(500)]
+    cases = {
+        "string": pa.array(labels),
+        "int32": pa.array(np.arange(500, dtype=np.int32) * 7 + 3),
+        "negative": pa.array(np.arange(500, dtype=np.int64) - 250),  # not usable as engine ids: positions
+    }
+    reference = None
+    for name, ids in cases.items():
+        src = tmp_path / f"{name}.parquet"
+        pq.write_table(vector_table(ids, x, id_col="key", vector_col="emb"), src)
+        out = str(tmp_path / f"{name}-out.parquet")
+        jobs.similar(str(src), out, id_col="key", vector_col="emb", k=5, opts=FLAT)
+        table = pq.read_table(out)
+        assert table.schema.field("key").type == ids.type
+        assert table.schema.field("neighbors").type.value_type.field("id").type == ids.type
+        # map back to positions: the same neighbours whatever the id type
+        pos = {v: i for i, v in enumerate(ids.to_pylist())}
+        by_pos = {pos[k]: [pos[j] for j in v[0]] for k, v in neighbor_lists(table, "key").items()}
+        if reference is None:
+            reference = by_pos
+        assert by_pos == reference
+
+
+def test_k_larger_than_data_gives_every_other_item(items, tmp_path):
+    src = tmp_path / "tiny.parquet"
+    pq.write_table(items.slice(0, 4), src)
+    out = str(tmp_path / "out.parquet")
+    res = jobs.similar(str(src), out, k=10, opts=FLAT)
+    assert res.neighbors == 3
+    assert_exact_similar(pq.read_table(out), items.slice(0, 4), 10)
+
+
+def test_batches_and_directories(items, tmp_path, monkeypatch):
+    """Small batches over a directory of files: same result, and errors name the row of the whole input."""
+    monkeypatch.setattr(jobs, "BUILD_BATCH", 256)
+    monkeypatch.setattr(jobs, "SEARCH_BATCH", 100)
+    src = tmp_path / "parts"
+    src.mkdir()
+    for i in range(3):
+        pq.write_table(items.slice(i * 1000, 1000), src / f"part-{i}.parquet")
+    (src / "_SUCCESS").write_text("")  # as Spark leaves it: ignored
+    out = str(tmp_path / "out.parquet")
+    jobs.similar(str(src), out, k=7, opts=FLAT)
+    assert_exact_similar(pq.read_table(out), items, 7)
+
+    vectors = items.column("vector").to_pylist()
+    vectors[2345] = vectors[2345][:-1]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"id": items.column("id"), "vector": pa.array(vectors, pa.list_(pa.float32()))}), bad)
+    with pytest.raises(DataError, match=r"row 2345 has 23 values"):
+        jobs.similar(str(bad), str(tmp_path / "bad-out.parquet"), opts=FLAT)
+    assert not (tmp_path / "bad-out.parquet").exists()
+
+
+# --------------------------------------------------------------------------- build / query
+def test_build_query_and_info(items, items_file, tmp_path):
+    index = str(tmp_path / "items.snn")
+    jobs.build(items_file, index, opts=FLAT)
+    assert not os.path.exists(index + jobs.IDS_SUFFIX)  # int64 ids live in the index
+    facts = jobs.info(index)
+    assert {k: facts[k] for k in ("kind", "metric", "dim", "count")} == \
+        {"kind": "flat", "metric": "cosine", "dim": DIM, "count": N}
+    assert facts["file_size"] == os.path.getsize(index) and facts["format_version"] >= 1
+
+    queries = make_queries(300, DIM, clusters=30, seed=3)
+    qfile = tmp_path / "q.parquet"
+    pq.write_table(queries, qfile)
+    out = str(tmp_path / "out.parquet")
+    res = jobs.query(index, str(qfile), out, k=8)
+    assert (res.rows, res.neighbors) == (300, 8)
+    got = neighbor_lists(pq.read_table(out))
+    _, ref = exact_knn(items_matrix(items), items_matrix(queries), 8, "cosine")
+    np.testing.assert_allclose(np.array([got[i][1] for i in range(300)]), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_string_ids_are_stored_beside_the_index(items, tmp_path):
+    labels = pa.array([f"doc/{i}" for i in range(N)])
+    src = tmp_path / "items.parquet"
+    pq.write_table(vector_table(labels, items_matrix(items)), src)
+    index = str(tmp_path / "items.snn")
+    jobs.build(str(src), index, opts=FLAT)
+    assert os.path.exists(index + jobs.IDS_SUFFIX)
+    assert "ids.parquet" in jobs.info(index)["ids"]
+
+    qfile = tmp_path / "q.parquet"
+    pq.write_table(vector_table(pa.array(["q0", "q1"]), items_matrix(items)[[5, 17]]), qfile)
+    out = str(tmp_path / "out.parquet")
+    jobs.query(index, str(qfile), out, k=3)
+    got = neighbor_lists(pq.read_table(out))
+    assert got["q0"][0][0] == "doc/5" and got["q1"][0][0] == "doc/17"  # each query is an item: nearest is itself
+
+    # An ids file that belongs to another build is refused, not silently misapplied.
+    other = str(tmp_path / "other.snn")
+    pq.write_table(items.slice(0, 100), tmp_path / "small.parquet")
+    jobs.build(str(tmp_path / "small.parquet"), other, opts=FLAT)
+    os.replace(other, index)
+    with pytest.raises(DataError, match="does not belong"):
+        jobs.query(index, str(qfile), str(tmp_path / "out2.parquet"), k=3)
+
+    # Rebuilding with integer ids removes the now meaningless ids file.
+    jobs.build(str(tmp_path / "small.parquet"), index, opts=FLAT, overwrite=True)
+    assert not os.path.exists(index + jobs.IDS_SUFFIX)
+
+
+# --------------------------------------------------------------------------- writing
+def _failing_batches(schema, good: int, error: BaseException):
+    for i in range(good):
+        yield pa.RecordBatch.from_arrays([pa.array([i], pa.int64())], schema=schema)
+    raise error
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+@pytest.mark.parametrize("error", [DataError("row 7 is bad"), KeyboardInterrupt()], ids=["error", "interrupt"])
+def test_failed_write_leaves_nothing(tmp_path, fmt, error):
+    schema = pa.schema([("id", pa.int64())])
+    out = str(tmp_path / "out")
+    with pytest.raises(type(error)) as raised:  # the original error, also through deltalake
+        write_batches(out, schema, _failing_batches(schema, 3, error), fmt)
+    assert raised.value is error
+    assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_rules(tmp_path):
+    from deltalake import DeltaTable
+
+    schema = pa.schema([("id", pa.int64())])
+    out = str(tmp_path / "out")
+    one = [pa.RecordBatch.from_arrays([pa.array([1, 2], pa.int64())], schema=schema)]
+    write_batches(out, schema, one, "parquet")
+    with pytest.raises(UsageError, match="already exists"):
+        write_batches(out, schema, one, "parquet")
+    write_batches(out, schema, one, "delta", overwrite=True)  # a Parquet file replaced by a Delta table
+    assert DeltaTable(out).version() == 0
+    write_batches(out, schema, one, "delta", overwrite=True)  # a Delta table overwritten in place: history kept
+    table = DeltaTable(out)
+    assert table.version() == 1 and table.to_pyarrow_table().column("id").to_pylist() == [1, 2]
+    write_batches(out, schema, one, "parquet", overwrite=True)  # and back to a single file
+    assert os.path.isfile(out) and pq.read_table(out).num_rows == 2
+    assert leftovers(tmp_path) == []
+    with pytest.raises(UsageError, match="does not exist"):
+        write_batches(str(tmp_path / "no" / "such" / "dir.parquet"), schema, one)
+
+
+def test_example_data_is_fixed():
+    a, b = make_items(500, 8, clusters=5, seed=1), make_items(500, 8, clusters=5, seed=1)
+    assert a.equals(b) and not a.equals(make_items(500, 8, clusters=5, seed=2))
+    assert a.schema == pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32()))])
+    assert items_matrix(a).shape == (500, 8)
+    q = make_queries(50, 8, clusters=5, seed=1)
+    assert not np.allclose(items_matrix(q), items_matrix(a)[:50])
