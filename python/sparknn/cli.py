@@ -85,7 +85,8 @@ def _preview(args, table: pa.Table | None, id_col: str, shown: int = 5) -> None:
 
 def _options(args) -> jobs.IndexOptions:
     return jobs.IndexOptions(kind=args.index, metric=args.metric, M=args.M, ef_construction=args.ef_construction,
-                             ef_search=args.ef_search, threads=args.threads)
+                             ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe, storage=args.storage,
+                             pq_m=args.pq_m, rerank=args.rerank, threads=args.threads)
 
 
 # --------------------------------------------------------------------------- commands
@@ -265,10 +266,18 @@ def _parser() -> argparse.ArgumentParser:
     index = argparse.ArgumentParser(add_help=False)
     index.add_argument("--metric", default="cosine", choices=["cosine", "l2", "ip"],
                        help="cosine (1 - cos), l2 (squared Euclidean) or ip (-dot); smaller is closer")
-    index.add_argument("--index", default="hnsw", choices=["hnsw", "flat"], help="hnsw (approximate) or flat (exact)")
+    index.add_argument("--index", default="hnsw", choices=["hnsw", "flat", "ivf"],
+                       help="hnsw (approximate graph), flat (exact) or ivf (partitioned, optionally compressed)")
     index.add_argument("--M", type=_count(2), default=16, help="HNSW links per node (default: 16)")
     index.add_argument("--ef-construction", type=_count(1), default=200, help="HNSW build beam (default: 200)")
     index.add_argument("--ef-search", type=_count(1), default=64, help="HNSW search beam (default: 64)")
+    index.add_argument("--nlist", type=_count(0), default=0, help="IVF lists; 0 = about 4 sqrt(n) (default)")
+    index.add_argument("--nprobe", type=_count(1), default=16, help="IVF lists scanned per query (default: 16)")
+    index.add_argument("--storage", default="float32", choices=["float32", "sq8", "pq"],
+                       help="IVF vector storage: float32, sq8 (4x smaller) or pq (--pq-m bytes per vector)")
+    index.add_argument("--pq-m", type=_count(0), default=0, help="IVF-PQ bytes per vector; 0 = about dim/4")
+    index.add_argument("--rerank", type=_count(0), default=0,
+                       help="IVF sq8/pq: re-rank rerank*k candidates by exact distance (default: 0, off)")
 
     threads = argparse.ArgumentParser(add_help=False)
     threads.add_argument("--threads", type=_count(0), default=0, help="threads to use; 0 = all cores (default)")

@@ -56,6 +56,11 @@ class IndexOptions:
     M: int = 16
     ef_construction: int = 200
     ef_search: int = 64
+    nlist: int = 0  # ivf: 0 = about 4 sqrt(n)
+    nprobe: int = 16
+    storage: str = "float32"
+    pq_m: int = 0
+    rerank: int = 0
     threads: int = 0  # 0: all cores
 
 
@@ -201,15 +206,43 @@ def _vectors(column, name: str, dim: int | None, first_row: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- build
+def _train_sample(inp: Input, dim: int, rows: int, seed: int = 0) -> np.ndarray:
+    """A uniform sample of about ``rows`` vectors from the whole input (one extra read of the column)."""
+    rng = np.random.default_rng(seed)
+    fraction = min(1.0, rows / max(inp.num_rows, 1))
+    parts = []
+    for first, batch in inp.batches([inp.vector_col], BUILD_BATCH):
+        keep = np.flatnonzero(rng.random(batch.num_rows) < fraction)
+        if keep.size:
+            parts.append(_vectors(batch.column(0).take(pa.array(keep)), inp.vector_col, dim, first))
+    return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
+
+
+def _new_index(dim: int, opts: IndexOptions, n: int) -> Index:
+    if opts.kind != "ivf":
+        return Index(dim, opts.metric, opts.kind, M=opts.M, ef_construction=opts.ef_construction,
+                     ef_search=opts.ef_search, threads=opts.threads)
+    # Lists are chosen for the whole input, not for its first batch.
+    nlist = opts.nlist or max(1, min(n, round(4 * n**0.5)))
+    return Index(dim, opts.metric, "ivf", nlist=nlist, nprobe=opts.nprobe, storage=opts.storage, pq_m=opts.pq_m,
+                 rerank=opts.rerank, threads=opts.threads)
+
+
 def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress: Progress) -> Index:
-    """Reads the vectors in batches and adds them to a new index; ``ids`` None means row positions."""
+    """Reads the vectors in batches and adds them to a new index; ``ids`` None means row positions.
+
+    An ivf index is first trained on a uniform sample of the whole input.
+    """
     index = None
     with progress.bar(inp.num_rows, "building") as bar:
         for first, batch in inp.batches([inp.vector_col], BUILD_BATCH):
             if index is None:
                 dim = len(_vectors(batch.column(0).slice(0, 1), inp.vector_col, None, first)[0])
-                index = Index(dim, opts.metric, opts.kind, M=opts.M, ef_construction=opts.ef_construction,
-                              ef_search=opts.ef_search, threads=opts.threads)
+                index = _new_index(dim, opts, inp.num_rows)
+                if opts.kind == "ivf":
+                    nlist = index.params["nlist"]
+                    with _rows_of_input(inp.vector_col, 0, inp.num_rows):
+                        index.train(_train_sample(inp, dim, max(64 * nlist, 20_000)))
             rows = np.arange(first, first + batch.num_rows, dtype=np.int64) if ids is None else \
                 ids[first:first + batch.num_rows]
             x = _vectors(batch.column(0), inp.vector_col, index.dim, first)

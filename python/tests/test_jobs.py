@@ -103,9 +103,13 @@ def test_similar_flat_is_exact(items, items_file, tmp_path, metric):
     assert leftovers(tmp_path) == []
 
 
-def test_similar_hnsw_recall(items, items_file, tmp_path):
+@pytest.mark.parametrize("opts", [jobs.IndexOptions(kind="hnsw"),
+                                  jobs.IndexOptions(kind="ivf", nlist=32, nprobe=8),
+                                  jobs.IndexOptions(kind="ivf", nlist=32, nprobe=8, storage="pq", pq_m=8, rerank=8)],
+                         ids=["hnsw", "ivf", "ivf-pq"])
+def test_similar_approximate_recall(items, items_file, tmp_path, opts):
     out = str(tmp_path / "similar.parquet")
-    jobs.similar(items_file, out, k=10, opts=jobs.IndexOptions(kind="hnsw"))
+    jobs.similar(items_file, out, k=10, opts=opts)
     got = neighbor_lists(pq.read_table(out))
     x = items_matrix(items)
     truth, _ = exact_knn(x, x, 11, "cosine")
