@@ -8,9 +8,13 @@
 10
 """
 
-from sparknn._core import FORMAT_VERSION, cpu_simd_level, simd_level
-from sparknn.errors import IndexFileError, IndexIOError, InvalidArgumentError, UnsupportedError
-from sparknn.index import KINDS, METRICS, Index, load
+from sparknn._blas import preload_openblas
+
+preload_openblas()
+
+from sparknn._core import FORMAT_VERSION, cpu_simd_level, simd_level  # noqa: E402
+from sparknn.errors import IndexFileError, IndexIOError, InvalidArgumentError, UnsupportedError  # noqa: E402
+from sparknn.index import KINDS, METRICS, Index, load  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasOutputCol, HasSeed
 
-from sparknn.index import KINDS, _normalise_metric
+from sparknn.index import _normalise_metric
+
+# Index kinds the Spark layer distributes (ivf has its own routed path, not yet here).
+SPARK_KINDS = ("flat", "hnsw")
 
 
 def _positive(name: str, minimum: int = 1):
@@ -43,7 +46,7 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     metric = Param(Params._dummy(), "metric", "distance: 'cosine' (1 - cos), 'l2' (squared Euclidean) or "
                    "'ip' (negated inner product); smaller is closer", typeConverter=_metric)
     indexType = Param(Params._dummy(), "indexType", "'hnsw' (approximate graph) or 'flat' (exact)",
-                      typeConverter=_choice("indexType", KINDS))
+                      typeConverter=_choice("indexType", SPARK_KINDS))
     idCol = Param(Params._dummy(), "idCol", "item id column: any integer or string type, returned as given",
                   typeConverter=TypeConverters.toString)
     M = Param(Params._dummy(), "M", "hnsw: graph links per node", typeConverter=_positive("M", 2))
