@@ -239,7 +239,12 @@ void HnswIndex::build(size_t first, size_t n, const Dist& dist) {
     const size_t total = first + n;
     const GraphView g = view();
     std::unique_ptr<SpinLock[]> locks(new SpinLock[total]);
-    Builder<Dist> builder(g, dist, params_, locks.get(), entry_point_, max_level_);
+    // A candidate list longer than the graph never fills: capping it changes
+    // nothing but keeps a huge ef_construction (say, read from a file) from
+    // allocating memory it cannot use.
+    HnswParams params = params_;
+    params.ef_construction = std::min(params.ef_construction, total);
+    Builder<Dist> builder(g, dist, params, locks.get(), entry_point_, max_level_);
     constexpr size_t kChunk = 4;
     const size_t workers = std::min<size_t>(resolve_threads(threads_), (n + kChunk - 1) / kChunk);
     std::vector<BuildScratch> scratch(workers);

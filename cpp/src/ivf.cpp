@@ -432,7 +432,8 @@ void IvfIndex::save_sections(FileWriter& writer) const {
         packed->codes.insert(packed->codes.end(), list.codes.data(), list.codes.data() + list.codes.size());
         packed->offsets.push_back(packed->labels.size());
     }
-    writer.add_param("nlist", is_trained() ? nlist() : 0);
+    // Trained: the lists in the file; untrained: the configured nlist (0 = automatic).
+    writer.add_param("nlist", is_trained() ? nlist() : params_.nlist);
     writer.add_param("nprobe", params_.nprobe);
     writer.add_param("storage", static_cast<uint64_t>(params_.storage));
     writer.add_param("train_size", params_.train_size);
@@ -480,10 +481,12 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     }
     auto index = std::make_unique<IvfIndex>(h.dim, h.metric, p);
     index->load_common(file);
-    if (p.nlist == 0) {
+    // A trained index has centroids; an untrained one has neither centroids nor vectors.
+    if (!file->has_section(SectionType::IvfCentroids)) {
         if (h.count != 0) fail("vectors without a trained quantizer");
         return index;
     }
+    if (p.nlist == 0) fail("a trained index with nlist = 0");
     const size_t nlist = p.nlist, dim = h.dim, n = h.count;
     const float* centroids = file->typed_section<float>(SectionType::IvfCentroids, IndexFile::checked_mul(nlist, dim));
     for (size_t i = 0; i < nlist * dim; ++i) {
@@ -524,7 +527,11 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
         index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values, file);
     }
     auto quantizer = std::make_unique<FlatIndex>(dim, quantizer_metric(h.metric));
-    quantizer->add(nlist, centroids, nullptr);
+    try {
+        quantizer->add(nlist, centroids, nullptr);
+    } catch (const InvalidArgument& e) {  // finite but unusable, e.g. a squared norm that overflows
+        fail(std::string("invalid centroids: ") + e.what());
+    }
     index->quantizer_ = std::move(quantizer);
     index->lists_.assign(nlist, List{});
     const bool keep_norms = p.storage == IvfStorage::Float32 && h.metric == Metric::L2;

@@ -1,6 +1,6 @@
-// The index file: round trips, atomic saves, golden fixtures of every format
-// version, and every kind of damaged or foreign file (each must raise
-// FileFormatError or IoError, never crash or load garbage).
+// The index file: round trips, atomic saves, and every kind of damaged or
+// foreign file (each must raise FileFormatError or IoError, never crash or
+// load garbage).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,8 +9,6 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
-#include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -296,79 +294,7 @@ TEST_F(FileTest, ParamsRoundTrip) {
     EXPECT_THROW(f->typed_section<float>(SectionType::Vectors, 1), FileFormatError);
 }
 
-// ------------------------------------------------------------ golden fixtures
-
-struct Expected {
-    std::string metric;
-    size_t dim = 0, count = 0, k = 0;
-    std::vector<float> queries;
-    std::vector<int64_t> ids;
-    std::vector<float> dist;
-};
-
-Expected read_expected(const fs::path& p) {
-    Expected e;
-    std::ifstream in(p);
-    std::string line;
-    while (std::getline(in, line)) {
-        std::istringstream s(line);
-        std::string key;
-        s >> key;
-        if (key == "metric") s >> e.metric;
-        if (key == "dim") s >> e.dim;
-        if (key == "count") s >> e.count;
-        if (key == "k") s >> e.k;
-        if (key == "query") {
-            for (float v; s >> v;) e.queries.push_back(v);
-        }
-        if (key == "result") {
-            int64_t id;
-            float d;
-            while (s >> id >> d) {
-                e.ids.push_back(id);
-                e.dist.push_back(d);
-            }
-        }
-    }
-    return e;
-}
-
-// Every committed fixture (every format version ever released) still loads
-// and answers as recorded; fixtures of the current version are exactly what
-// the writer produces today.
-TEST_F(FileTest, GoldenFixturesStillLoadAndAnswer) {
-    size_t checked = 0, current = 0;
-    for (const auto& entry : fs::directory_iterator(SPARKNN_TEST_DATA_DIR)) {
-        if (entry.path().extension() != ".snn") continue;
-        SCOPED_TRACE(entry.path().filename().string());
-        const Expected e = read_expected(fs::path(entry.path()).replace_extension(".expected"));
-        ASSERT_GT(e.k, 0u);
-        ASSERT_EQ(e.queries.size() % e.dim, 0u);
-        const size_t nq = e.queries.size() / e.dim;
-        ASSERT_EQ(e.ids.size(), nq * e.k);
-        for (bool mmap : {true, false}) {
-            auto index = load_index(entry.path().string(), mmap);
-            EXPECT_EQ(metric_name(index->metric()), e.metric);
-            EXPECT_EQ(index->dim(), e.dim);
-            EXPECT_EQ(index->size(), e.count);
-            const Results r = search(*index, e.queries, e.k);
-            EXPECT_EQ(r.ids, e.ids);
-            for (size_t i = 0; i < r.dist.size(); ++i) {
-                EXPECT_NEAR(r.dist[i], e.dist[i], 1e-5 * std::max(1.0f, std::fabs(e.dist[i]))) << "at " << i;
-            }
-        }
-        const Bytes bytes = read_file(entry.path());
-        if (get<uint32_t>(bytes, kVersionAt) == kFormatVersion) {
-            const fs::path resaved = dir_ / "resaved.snn";
-            load_index(entry.path().string())->save(resaved);
-            EXPECT_EQ(read_file(resaved), bytes) << "the writer no longer produces this version's layout";
-            ++current;
-        }
-        ++checked;
-    }
-    EXPECT_GE(checked, 3u);
-    EXPECT_GE(current, 1u) << "add fixtures for format version " << kFormatVersion << " (see data/README.md)";
-}
+// The golden fixtures (cpp/tests/data) are checked in test_fixtures.cpp.
 
 // ------------------------------------------------------------ damaged and foreign files
 

@@ -208,6 +208,8 @@ TEST(Ivf, TrainingErrorsAndUntrainedSave) {
     too_many_lists.save(path);
     auto loaded = load_index(path, true);
     EXPECT_EQ(loaded->size(), 0u);
+    EXPECT_EQ(dynamic_cast<const IvfIndex&>(*loaded).params().nlist, 64u);  // the configured nlist survives
+    EXPECT_FALSE(dynamic_cast<const IvfIndex&>(*loaded).is_trained());
     std::remove(path.c_str());
     // automatic nlist works for small data
     IvfIndex automatic(dim, Metric::L2, ivf_params(0, 2));

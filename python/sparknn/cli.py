@@ -200,8 +200,10 @@ def _similar_on_spark(args) -> jobs.Result:
     try:
         files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
         df = spark.read.parquet(*files).select(args.id_col, args.vector_col)
+        ivf = dict(nlist=args.nlist, nprobe=args.nprobe, storage=args.storage, pqM=args.pq_m, rerank=args.rerank)
         knn = KNN(k=args.k, metric=args.metric, indexType=args.index, featuresCol=args.vector_col,
-                  idCol=args.id_col, M=args.M, efConstruction=args.ef_construction, efSearch=args.ef_search, numThreads=args.threads)
+                  idCol=args.id_col, M=args.M, efConstruction=args.ef_construction, efSearch=args.ef_search,
+                  numThreads=args.threads, **(ivf if args.index == "ivf" else {}))
         try:
             model = knn.fit(df)  # kept referenced until the write is done: its index files back the result
             model.similarItems().write.parquet(tmp)

@@ -224,6 +224,31 @@ class Index:
         """Trains an IVF index's lists (k-means) on a sample [n, dim], before the first add."""
         self._index.train(_as_matrix(vectors, self.dim, "training vectors"))
 
+    def nearest_lists(self, vectors, nprobe: int = 1) -> np.ndarray:
+        """ivf: the ``nprobe`` lists whose centroids are nearest each vector, int64 [n, nprobe], nearest first.
+
+        The lists ``search`` scans for the same queries and ``nprobe`` (routing
+        queries to the machines holding those lists uses this).
+        """
+        nprobe = _check_count(nprobe, "nprobe", 1)
+        x = _as_matrix(vectors, self.dim, "vectors")
+        out = np.empty((x.shape[0], nprobe), dtype=np.int64)
+        if x.shape[0]:
+            self._index.nearest_lists(x, nprobe, out)
+        elif self.kind != "ivf":
+            self._index.nearest_lists(x, nprobe, out)  # the same error as with rows
+        return out
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """ivf: a copy of the centroids, float32 [nlist, dim] (unit vectors under cosine); empty before training."""
+        return self._index.centroids()
+
+    @property
+    def list_sizes(self) -> np.ndarray:
+        """ivf: vectors per list, int64 [nlist]; empty before training."""
+        return self._index.list_sizes()
+
     def search(
         self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None
     ) -> Tuple[np.ndarray, np.ndarray]:

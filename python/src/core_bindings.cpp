@@ -7,6 +7,8 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/unique_ptr.h>
 
+#include <algorithm>
+
 #include "sparknn/distance.h"
 #include "sparknn/error.h"
 #include "sparknn/file.h"
@@ -29,6 +31,15 @@ void check_dim(const sparknn::Index& index, const Matrix& x, const char* what) {
         throw sparknn::InvalidArgument(sparknn::detail::concat(what, " have dimension ", x.shape(1),
                                                                " but the index has dim=", index.dim()));
     }
+}
+
+const sparknn::IvfIndex& as_ivf(const sparknn::Index& index, const char* what) {
+    auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
+    if (ivf == nullptr) {
+        throw sparknn::InvalidArgument(sparknn::detail::concat(what, " applies to ivf indexes only (this index is ",
+                                                               sparknn::kind_name(index.kind()), ")"));
+    }
+    return *ivf;
 }
 
 }  // namespace
@@ -95,6 +106,37 @@ NB_MODULE(_core, m) {
                          auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
                          return ivf == nullptr || ivf->is_trained();
                      })
+        .def(
+            "nearest_lists",
+            [](const sparknn::Index& index, Matrix q, size_t nprobe, OutIds out) {
+                const auto& ivf = as_ivf(index, "nearest_lists()");
+                check_dim(index, q, "queries");
+                if (out.shape(0) != q.shape(0) || out.shape(1) != nprobe) {
+                    throw sparknn::InvalidArgument("output array must have shape [nq, nprobe]");
+                }
+                nb::gil_scoped_release release;
+                ivf.nearest_lists(q.shape(0), q.data(), nprobe, out.data());
+            },
+            "queries"_a, "nprobe"_a, "out_lists"_a)
+        .def("centroids",
+             [](const sparknn::Index& index) {
+                 // A copy: the centroids may live in a mapped file owned by the index.
+                 const auto& ivf = as_ivf(index, "centroids");
+                 const size_t n = ivf.is_trained() ? ivf.nlist() : 0, d = index.dim();
+                 auto* data = new float[n * d];
+                 if (n) std::copy(ivf.centroids(), ivf.centroids() + n * d, data);
+                 nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                 return nb::ndarray<nb::numpy, float, nb::ndim<2>>(data, {n, d}, owner);
+             })
+        .def("list_sizes",
+             [](const sparknn::Index& index) {
+                 const auto& ivf = as_ivf(index, "list_sizes");
+                 const size_t n = ivf.is_trained() ? ivf.nlist() : 0;
+                 auto* data = new int64_t[n];
+                 for (size_t l = 0; l < n; ++l) data[l] = static_cast<int64_t>(ivf.list_size(l));
+                 nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<int64_t*>(p); });
+                 return nb::ndarray<nb::numpy, int64_t, nb::ndim<1>>(data, {n}, owner);
+             })
         .def_prop_rw(
             "nprobe",
             [](const sparknn::Index& index) -> size_t {

@@ -199,26 +199,84 @@ def test_layout_matches_format_md(saved):
     )
 
 
-@pytest.mark.parametrize("fixture", sorted(FIXTURES.glob("*.snn")), ids=lambda p: p.name)
-def test_golden_fixtures_answer_as_recorded(fixture):
-    fields, qs, results = {}, [], []
-    for line in fixture.with_suffix(".expected").read_text().splitlines():
+def read_expected(path):
+    """The .expected file beside a fixture (format: cpp/tests/data/README.md)."""
+    fields, params, qs, results = {}, {}, [], []
+    for line in path.read_text().splitlines():
         key, *rest = line.split()
         if key == "query":
             qs.append([float(v) for v in rest])
         elif key == "result":
             results.append(rest)
+        elif key == "param":
+            params[rest[0]] = rest[1]
         elif key != "#":
             fields[key] = rest[0]
-    index = sparknn.load(fixture)
-    assert (index.metric, index.dim, len(index)) == (
+    ids = [[int(v) for v in r[0::2]] for r in results]
+    dist = [[float(v) for v in r[1::2]] for r in results]
+    return fields, params, np.array(qs, dtype=np.float32), ids, dist
+
+
+@pytest.mark.parametrize("fixture", sorted(FIXTURES.glob("*.snn")), ids=lambda p: p.name)
+@pytest.mark.parametrize("mmap", [True, False])
+def test_golden_fixtures_answer_as_recorded(fixture, mmap):
+    fields, params, qs, ids, dist = read_expected(fixture.with_suffix(".expected"))
+    index = sparknn.load(fixture, mmap=mmap)
+    kind = fixture.name.split("_")[0]  # flat_..., hnsw_..., ivf_...
+    assert (index.kind, index.metric, index.dim, len(index)) == (
+        kind,
         fields["metric"],
         int(fields["dim"]),
         int(fields["count"]),
     )
-    ids, dist = index.search(np.array(qs, dtype=np.float32), k=int(fields["k"]))
-    np.testing.assert_array_equal(ids, [[int(v) for v in r[0::2]] for r in results])
-    np.testing.assert_allclose(dist, [[float(v) for v in r[1::2]] for r in results], rtol=1e-5, atol=1e-5)
+    assert {name: str(index.params[name]) for name in params} == params
+    got_ids, got_dist = index.search(qs, k=int(fields["k"]))
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_allclose(got_dist, dist, rtol=1e-5, atol=1e-5)
+
+
+def test_golden_fixtures_cover_every_kind():
+    kinds = {(p.name.split("_")[0], sparknn.load(p).params.get("storage")) for p in FIXTURES.glob("*.snn")}
+    assert kinds >= {("flat", None), ("hnsw", None), ("ivf", "float32"), ("ivf", "sq8"), ("ivf", "pq")}
+
+
+# One small index of every kind and ivf storage: (kind, options).
+KINDS = {
+    "flat": {},
+    "hnsw": {"M": 8, "ef_construction": 40, "ef_search": 20},
+    "ivf-float32": {"nlist": 8, "nprobe": 3},
+    "ivf-sq8": {"nlist": 8, "nprobe": 3, "storage": "sq8"},
+    "ivf-pq": {"nlist": 8, "nprobe": 3, "storage": "pq", "pq_m": 4},
+    "ivf-pq-rerank": {"nlist": 8, "nprobe": 3, "storage": "pq", "pq_m": 4, "rerank": 3},
+}
+KIND_CODES = {"flat": 1, "hnsw": 2, "ivf": 3}  # docs/FORMAT.md, header offset 12
+
+
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("metric", METRICS)
+def test_every_kind_round_trips(tmp_path, name, metric):
+    kind = name.split("-")[0]
+    rng = np.random.default_rng(3)
+    index = sparknn.Index(12, metric=metric, kind=kind, threads=1, **KINDS[name])
+    index.add(rng.standard_normal((300, 12)).astype(np.float32), ids=np.arange(300) * 3 + 11)
+    path = tmp_path / "index.snn"
+    index.save(path)
+    raw = path.read_bytes()
+    assert struct.unpack_from("<I", raw, KIND_AT)[0] == KIND_CODES[kind]
+    q = queries()
+    ids0, d0 = index.search(q, k=7)
+    for mmap in (True, False):
+        loaded = sparknn.load(path, mmap=mmap, threads=1)
+        assert (loaded.kind, loaded.metric, loaded.dim, len(loaded)) == (kind, metric, 12, 300)
+        assert loaded.params == index.params
+        np.testing.assert_array_equal(loaded.ids, index.ids)
+        ids1, d1 = loaded.search(q, k=7)
+        np.testing.assert_array_equal(ids1, ids0)
+        np.testing.assert_array_equal(d1, d0)
+        # Saving what was loaded writes the same bytes: nothing is lost or reordered.
+        again = tmp_path / f"again-{mmap}.snn"
+        loaded.save(again)
+        assert again.read_bytes() == raw
 
 
 # ------------------------------------------------------------------- damaged and foreign files

@@ -286,8 +286,8 @@ def test_bad_params_and_queries(spark):
         KNN(k=0)
     with pytest.raises(ValueError, match="unknown metric 'hamming'"):
         KNN(metric="hamming")
-    with pytest.raises(ValueError, match="indexType must be one of flat, hnsw"):
-        KNN(indexType="ivf")
+    with pytest.raises(ValueError, match="indexType must be one of flat, hnsw, ivf, got 'annoy'"):
+        KNN(indexType="annoy")
     with pytest.raises(ValueError, match="local path or a shared filesystem"):
         KNN(indexPath="hdfs://nn/knn", featuresCol="vector").fit(items(spark))
     model = KNN(k=3, indexType="flat", featuresCol="vector").fit(items(spark))

@@ -157,3 +157,17 @@ def test_two_executors_match_in_process(cluster_spark, tmp_path):
     _check(sharded.similarItems(), expected)
     out = sharded.transform(df).toArrow()
     assert out.num_rows == len(base) and out.column_names == ["id", "vector", "neighbors"]
+
+
+def test_routed_ivf_matches_in_process(cluster_spark, tmp_path):
+    """Parts built and searched on two executors give the in-process IVF result for the same centroids."""
+    spark = cluster_spark
+    base = clustered(3000, 16, seed=12)
+    model = KNN(k=10, indexType="ivf", nlist=16, nprobe=3, featuresCol="vector", indexPath=str(tmp_path)).fit(
+        spark_items(spark, base, partitions=4))
+    assert len(model.layout.shards) >= 2
+    reference = sparknn.load(os.path.join(str(tmp_path), model.layout.ivf.quantizer), mmap=False)
+    reference.add(base)
+    ids, dist = reference.search(base, 11, nprobe=3)
+    keep = ids != np.arange(len(base))[:, None]
+    _check(model.similarItems(), {q: (ids[q][keep[q]][:10], dist[q][keep[q]][:10]) for q in range(len(base))})

@@ -1,23 +1,35 @@
 // Writes the golden fixture files of the current format version into a
-// directory: for each metric, flat_<metric>_v<version>.snn (40 vectors of
-// dimension 8 with ids 1000, 1007, ...) and flat_<metric>_v<version>.expected
-// (queries and their 5 nearest neighbours). See README.md beside this file.
+// directory: <name>_v<version>.snn and <name>_v<version>.expected (index
+// parameters, queries and their 5 nearest neighbours) for every index kind:
+// flat per metric, hnsw per metric, ivf per storage. See README.md beside this file.
 //
 // The content comes from a fixed integer generator (splitmix64), not from
 // <random> distributions, whose output differs between standard libraries.
+// The expected answers must not depend on float rounding, which differs
+// between SIMD levels and BLAS kernels: the generator refuses to write a
+// fixture whose answers sit on a near tie anywhere a rounding error could flip
+// them (rank k, the nprobe-th list, the re-ranked candidate set), and an hnsw
+// answer must equal the exact one, so any faithful graph walk reproduces it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "sparknn/error.h"
 #include "sparknn/flat.h"
+#include "sparknn/hnsw.h"
+#include "sparknn/ivf.h"
 
 namespace {
 
-constexpr size_t kCount = 40, kDim = 8, kQueries = 6, kK = 5;
+using sparknn::Metric;
+
+constexpr size_t kDim = 8, kQueries = 6, kK = 5;
+constexpr float kMargin = 1e-4f;  // relative gap a rounding error can never close
 
 uint64_t splitmix64(uint64_t& state) {
     uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -26,53 +38,201 @@ uint64_t splitmix64(uint64_t& state) {
     return z ^ (z >> 31);
 }
 
-// Multiples of 1/256 in [-3.9, 3.9]: exact in float32 on every platform.
-std::vector<float> values(size_t n, uint64_t seed) {
+// Multiples of 1/256 in [-half_range/256, half_range/256]: exact in float32 on
+// every platform. With half_range = 512 (values in [-2, 2]) every squared L2
+// distance and dot product of dimension 8 is a multiple of 2^-16 below 2^7,
+// so it is computed exactly whatever the summation order.
+std::vector<float> values(size_t n, uint64_t seed, int half_range) {
     std::vector<float> x(n);
-    for (float& v : x) v = static_cast<float>(static_cast<int>(splitmix64(seed) % 2001) - 1000) / 256.0f;
+    for (float& v : x) {
+        const auto r = static_cast<int>(splitmix64(seed) % static_cast<uint64_t>(2 * half_range + 1));
+        v = static_cast<float>(r - half_range) / 256.0f;
+    }
     return x;
 }
 
-bool write_fixture(const std::string& dir, sparknn::Metric metric) {
-    const std::string stem =
-        dir + "/flat_" + sparknn::metric_name(metric) + "_v" + std::to_string(sparknn::kFormatVersion);
-    sparknn::FlatIndex index(kDim, metric);
-    index.set_threads(1);
-    const std::vector<float> base = values(kCount * kDim, 1);
-    std::vector<int64_t> ids(kCount);
-    for (size_t i = 0; i < kCount; ++i) ids[i] = 1000 + 7 * static_cast<int64_t>(i);
-    index.add(kCount, base.data(), ids.data());
+std::vector<int64_t> fixture_ids(size_t n) {
+    std::vector<int64_t> ids(n);
+    for (size_t i = 0; i < n; ++i) ids[i] = 1000 + 7 * static_cast<int64_t>(i);
+    return ids;
+}
+
+struct Answers {
+    size_t k;
+    std::vector<int64_t> ids;
+    std::vector<float> dist;
+};
+Answers search(const sparknn::Index& index, const std::vector<float>& queries, size_t k) {
+    const size_t nq = queries.size() / kDim;
+    Answers a{k, std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
+    index.search(nq, queries.data(), k, a.ids.data(), a.dist.data());
+    return a;
+}
+
+bool near_tie(float a, float b) { return std::fabs(b - a) < kMargin * std::max(1.0f, std::fabs(a)); }
+
+// Complains (and fails) when ranks `rank` and `rank + 1` of query q are a near tie.
+bool apart(const std::string& name, const char* what, const Answers& a, size_t q, size_t rank) {
+    if (!near_tie(a.dist[q * a.k + rank], a.dist[q * a.k + rank + 1])) return true;
+    std::fprintf(stderr, "%s: query %zu has a near tie at %s rank %zu; change the seeds\n", name.c_str(), q, what,
+                 rank);
+    return false;
+}
+
+// Under ivf the lists a query probes must not hinge on rounding either: its
+// nprobe-th and (nprobe+1)-th nearest centroids must be clearly apart.
+bool lists_apart(const std::string& name, const sparknn::IvfIndex& index, const std::vector<float>& queries) {
+    const size_t nlist = index.nlist(), nprobe = index.params().nprobe;
+    if (nprobe >= nlist) return true;
+    bool ok = true;
+    for (size_t q = 0; q < queries.size() / kDim; ++q) {
+        std::vector<double> x(queries.begin() + q * kDim, queries.begin() + (q + 1) * kDim);
+        if (index.metric() == Metric::Cosine) {  // clustered on the sphere, by L2
+            double norm = 0;
+            for (double v : x) norm += v * v;
+            for (double& v : x) v /= std::sqrt(norm);
+        }
+        std::vector<double> d(nlist, 0.0);
+        for (size_t l = 0; l < nlist; ++l) {
+            for (size_t j = 0; j < kDim; ++j) {
+                const double c = index.centroids()[l * kDim + j];
+                d[l] += index.metric() == Metric::InnerProduct ? -x[j] * c : (x[j] - c) * (x[j] - c);
+            }
+        }
+        std::sort(d.begin(), d.end());
+        if (near_tie(static_cast<float>(d[nprobe - 1]), static_cast<float>(d[nprobe]))) {
+            std::fprintf(stderr, "%s: query %zu is nearly as close to list %zu as to list %zu; change the seeds\n",
+                         name.c_str(), q, nprobe + 1, nprobe);
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+void print_param(FILE* out, const char* name, uint64_t value) {
+    std::fprintf(out, "param %s %llu\n", name, static_cast<unsigned long long>(value));
+}
+
+// Saves `index` as <dir>/<name>_v<version>.snn with its .expected file.
+// Returns false (after writing) when an answer is a near tie.
+bool write_fixture(const std::string& dir, const std::string& name, const sparknn::Index& index,
+                   const std::vector<float>& queries) {
+    const std::string stem = dir + "/" + name + "_v" + std::to_string(sparknn::kFormatVersion);
+    // A committed fixture is never replaced (built elsewhere, the same index
+    // may differ in bytes); to compare, write into an empty directory.
+    if (std::filesystem::exists(stem + ".snn") || std::filesystem::exists(stem + ".expected")) {
+        std::fprintf(stderr, "%s.snn exists: fixtures are never rewritten\n", stem.c_str());
+        return false;
+    }
     index.save(stem + ".snn");
 
-    // One more neighbour than recorded, to check that rank k is not a near tie
-    // (a tie would make the expected ids depend on rounding).
-    const std::vector<float> queries = values(kQueries * kDim, 2);
-    std::vector<int64_t> out_ids(kQueries * (kK + 1));
-    std::vector<float> out_dist(kQueries * (kK + 1));
-    index.search(kQueries, queries.data(), kK + 1, out_ids.data(), out_dist.data());
-
+    // One more neighbour than recorded, to check that rank k is not a near tie.
+    const Answers a = search(index, queries, kK + 1);
     FILE* out = std::fopen((stem + ".expected").c_str(), "w");
     if (out == nullptr) return false;
     std::fprintf(out, "# written by make_fixtures.cpp; see README.md\n");
-    std::fprintf(out, "metric %s\ndim %zu\ncount %zu\nk %zu\n", sparknn::metric_name(metric), kDim, kCount, kK);
+    std::fprintf(out, "metric %s\ndim %zu\ncount %zu\nk %zu\n", sparknn::metric_name(index.metric()), kDim,
+                 index.size(), kK);
+    if (const auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index)) {
+        print_param(out, "M", h->params().M);
+        print_param(out, "ef_construction", h->params().ef_construction);
+        print_param(out, "ef_search", h->params().ef_search);
+        print_param(out, "seed", h->params().seed);
+    }
+    if (const auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
+        print_param(out, "nlist", ivf->nlist());
+        print_param(out, "nprobe", ivf->params().nprobe);
+        std::fprintf(out, "param storage %s\n", sparknn::storage_name(ivf->params().storage));
+        print_param(out, "pq_m", ivf->params().pq_m);
+        print_param(out, "rerank", ivf->params().rerank);
+        print_param(out, "seed", ivf->params().seed);
+    }
     bool ok = true;
     for (size_t q = 0; q < kQueries; ++q) {
         std::fprintf(out, "query");
         for (size_t j = 0; j < kDim; ++j) std::fprintf(out, " %.9g", queries[q * kDim + j]);
         std::fprintf(out, "\nresult");
-        const float* d = &out_dist[q * (kK + 1)];
         for (size_t r = 0; r < kK; ++r) {
-            std::fprintf(out, " %lld %.9g", static_cast<long long>(out_ids[q * (kK + 1) + r]), d[r]);
-            if (d[r + 1] - d[r] < 1e-4f * std::max(1.0f, std::fabs(d[r]))) {
-                std::fprintf(stderr, "%s: query %zu has a near tie at rank %zu; change the seeds\n", stem.c_str(), q,
-                             r);
-                ok = false;
-            }
+            std::fprintf(out, " %lld %.9g", static_cast<long long>(a.ids[q * a.k + r]), a.dist[q * a.k + r]);
+            ok = apart(name, "result", a, q, r) && ok;
         }
         std::fprintf(out, "\n");
     }
     std::fclose(out);
     return ok;
+}
+
+// flat: 40 vectors in [-3.9, 3.9] (the first fixtures; their content must not change).
+bool write_flat(const std::string& dir, Metric metric) {
+    sparknn::FlatIndex index(kDim, metric);
+    index.set_threads(1);
+    const std::vector<float> base = values(40 * kDim, 1, 1000);
+    index.add(40, base.data(), fixture_ids(40).data());
+    return write_fixture(dir, std::string("flat_") + sparknn::metric_name(metric), index,
+                         values(kQueries * kDim, 2, 1000));
+}
+
+// hnsw: 60 vectors, M = 4, ef_search = 16 (< count, so search walks the graph
+// rather than falling back to an exact scan). Built with one thread: deterministic.
+bool write_hnsw(const std::string& dir, Metric metric) {
+    const std::string name = std::string("hnsw_") + sparknn::metric_name(metric);
+    constexpr size_t n = 60;
+    sparknn::HnswParams params;
+    params.M = 4;
+    params.ef_construction = 16;
+    params.ef_search = 16;
+    params.seed = 7;
+    sparknn::HnswIndex index(kDim, metric, params);
+    index.set_threads(1);
+    const std::vector<float> base = values(n * kDim, 3, 512);
+    const std::vector<int64_t> ids = fixture_ids(n);
+    index.add(n, base.data(), ids.data());
+    const std::vector<float> queries = values(kQueries * kDim, 4, 512);
+
+    sparknn::FlatIndex exact(kDim, metric);
+    exact.set_threads(1);
+    exact.add(n, base.data(), ids.data());
+    const Answers graph = search(index, queries, kK), truth = search(exact, queries, kK);
+    bool ok = true;
+    if (graph.ids != truth.ids) {
+        std::fprintf(stderr, "%s: the graph search misses a true neighbour; change the seeds\n", name.c_str());
+        ok = false;
+    }
+    return write_fixture(dir, name, index, queries) && ok;
+}
+
+// ivf: trained on 256 vectors (product quantisation needs 256 per code
+// book), then 100 vectors added, nlist = 4, nprobe = 2. One thread.
+bool write_ivf(const std::string& dir, sparknn::IvfStorage storage, Metric metric, size_t rerank) {
+    const std::string name = std::string("ivf_") + sparknn::storage_name(storage) + "_" + sparknn::metric_name(metric);
+    constexpr size_t n = 100, n_train = 256;
+    auto build = [&](size_t rerank_factor) {
+        sparknn::IvfParams params;
+        params.nlist = 4;
+        params.nprobe = 2;
+        params.storage = storage;
+        params.pq_m = storage == sparknn::IvfStorage::Pq ? 4 : 0;
+        params.rerank = rerank_factor;
+        params.seed = 11;
+        auto index = std::make_unique<sparknn::IvfIndex>(kDim, metric, params);
+        index->set_threads(1);
+        const std::vector<float> train = values(n_train * kDim, 5, 512);
+        index->train(n_train, train.data());
+        const std::vector<float> base = values(n * kDim, 6, 512);
+        index->add(n, base.data(), fixture_ids(n).data());
+        return index;
+    };
+    const auto index = build(rerank);
+    const std::vector<float> queries = values(kQueries * kDim, 7, 512);
+    bool ok = lists_apart(name, *index, queries);
+    if (rerank > 0) {
+        // The rerank * k candidates come from compressed distances: the same
+        // index without re-ranking shows them, and their boundary must be clear.
+        const auto plain = build(0);
+        const Answers a = search(*plain, queries, rerank * kK + 1);
+        for (size_t q = 0; q < kQueries; ++q) ok = apart(name, "re-rank candidate", a, q, rerank * kK - 1) && ok;
+    }
+    return write_fixture(dir, name, *index, queries) && ok;
 }
 
 }  // namespace
@@ -83,10 +243,13 @@ int main(int argc, char** argv) {
         return 2;
     }
     try {
+        const std::string dir = argv[1];
         bool ok = true;
-        for (sparknn::Metric m : {sparknn::Metric::L2, sparknn::Metric::InnerProduct, sparknn::Metric::Cosine}) {
-            ok = write_fixture(argv[1], m) && ok;
-        }
+        for (Metric m : {Metric::L2, Metric::InnerProduct, Metric::Cosine}) ok = write_flat(dir, m) && ok;
+        for (Metric m : {Metric::L2, Metric::InnerProduct, Metric::Cosine}) ok = write_hnsw(dir, m) && ok;
+        ok = write_ivf(dir, sparknn::IvfStorage::Float32, Metric::L2, 0) && ok;
+        ok = write_ivf(dir, sparknn::IvfStorage::Sq8, Metric::InnerProduct, 0) && ok;
+        ok = write_ivf(dir, sparknn::IvfStorage::Pq, Metric::Cosine, 2) && ok;
         return ok ? 0 : 1;
     } catch (const sparknn::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

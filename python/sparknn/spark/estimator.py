@@ -9,9 +9,11 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
+from sparknn.errors import InvalidArgumentError
 from sparknn.spark.build import build_on_driver, file_prefix
+from sparknn.spark.ivf_build import build_ivf
 from sparknn.spark.model import KNNModel
-from sparknn.spark.params import KNNParams
+from sparknn.spark.params import DEFAULT_PART_BYTES, KNNParams
 from sparknn.spark.schema import check_features, check_id
 from sparknn.spark.sharding import build_sharded
 from sparknn.spark.storage import IndexFiles, local_dir, temp_dir
@@ -26,20 +28,23 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
 
     ``fit`` builds the index: with ``numShards=1`` on the driver (vectors arrive
     as Arrow, all cores build); with ``numShards=N`` on executors, one shard
-    per task, written under ``indexPath``.
+    per task, written under ``indexPath``; with ``indexType="ivf"`` as parts
+    of an IVF index built on executors and searched by routing (ivf_build).
     """
 
     @keyword_only
     def __init__(self, *, k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                 includeSelf=False, indexPath=None, numThreads=0):
+                 includeSelf=False, indexPath=None, numThreads=0, nlist=0, nprobe=16, storage="float32", pqM=0,
+                 rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                  includeSelf=False, indexPath=None, numThreads=0):
+                  includeSelf=False, indexPath=None, numThreads=0, nlist=0, nprobe=16, storage="float32", pqM=0,
+                  rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
         # indexPath=None means "not set" (ship files with addFile), as if it were omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
@@ -64,17 +69,37 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     def setIndexPath(self, value: str):
         return self._set(indexPath=value)
 
+    def setNlist(self, value: int):
+        return self._set(nlist=value)
+
+    def setStorage(self, value: str):
+        return self._set(storage=value)
+
+    def setPqM(self, value: int):
+        return self._set(pqM=value)
+
+    def setRerank(self, value: int):
+        return self._set(rerank=value)
+
+    def setTargetPartBytes(self, value: int):
+        return self._set(targetPartBytes=value)
+
     def _build_params(self) -> dict:
         return {"metric": self.getMetric(), "kind": self.getIndexType(), "M": self.getM(),
                 "efConstruction": self.getEfConstruction(), "efSearch": self.getEfSearch(),
                 "seed": self.getOrDefault(self.seed), "numShards": self.getNumShards(),
-                "numThreads": self.getNumThreads()}
+                "numThreads": self.getNumThreads(), "nlist": self.getNlist(), "nprobe": self.getNprobe(),
+                "storage": self.getStorage(), "pqM": self.getPqM(), "rerank": self.getRerank(),
+                "targetPartBytes": self.getTargetPartBytes(), "taskMemoryLimit": self.getTaskMemoryLimit()}
 
     def _fit(self, dataset):
         features, id_col = self.getFeaturesCol(), self.getIdCol()
         check_features(dataset, features)
         id_type = check_id(dataset, id_col).dataType.simpleString()
         params = self._build_params()
+        if params["kind"] == "ivf" and params["numShards"] > 1:
+            raise InvalidArgumentError("numShards applies to indexType 'flat' and 'hnsw': an ivf index is split "
+                                       "into parts by size (set targetPartBytes instead)")
         spark = dataset.sparkSession
         prefix = file_prefix(self.uid)
         index_path = self.getIndexPath()
@@ -84,7 +109,10 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         else:
             root = owned = temp_dir(spark)
         try:
-            if params["numShards"] == 1:
+            if params["kind"] == "ivf":
+                layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
+                shared = True
+            elif params["numShards"] == 1:
                 layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix)
                 shared = bool(index_path)
             else:

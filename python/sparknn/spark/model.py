@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import worker
+from sparknn.spark import ivf_memory, ivf_route, worker
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
 from sparknn.spark.storage import IndexFiles, local_dir
@@ -69,6 +69,42 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
     def dim(self) -> int:
         return self.layout.dim
 
+    @property
+    def partSizeBytes(self) -> list[int]:
+        """Bytes on disk of each index a query task opens: the parts of an ivf model, else the shards."""
+        layout = self.layout
+        if layout.ivf:
+            return list(layout.ivf.part_bytes)
+        return [os.path.getsize(os.path.join(layout.root, s.index)) for s in layout.shards]
+
+    @property
+    def indexSizeBytes(self) -> int:
+        """Bytes of all index files on disk (ivf: parts + quantizer; items files not included)."""
+        layout = self.layout
+        extra = os.path.getsize(os.path.join(layout.root, layout.ivf.quantizer)) if layout.ivf else 0
+        return sum(self.partSizeBytes) + extra
+
+    @property
+    def taskMemoryBytes(self) -> int:
+        """Estimated memory of one query task: the index it maps (an ivf model: its largest part and
+        the quantizer; otherwise every shard) plus a batch of queries and candidates."""
+        layout = self.layout
+        if layout.ivf:
+            mapped = max(self.partSizeBytes) + self.indexSizeBytes - sum(self.partSizeBytes)
+        else:
+            mapped = self.indexSizeBytes
+        spark = SparkSession.getActiveSession()
+        rows = ivf_memory.arrow_batch_rows(spark) if spark is not None else 10_000
+        return ivf_memory.query_task_bytes(mapped, layout.dim, self.getK(), rows)
+
+    def _check_memory(self, spark, what: str) -> None:
+        ivf_memory.check(spark, f"{what} ({len(self.layout.shards)} index files, largest "
+                         f"{ivf_memory.human(max(self.partSizeBytes))})", self.taskMemoryBytes,
+                         self.getTaskMemoryLimit(),
+                         "Refit with a smaller targetPartBytes (indexType='ivf': more, smaller parts) or "
+                         "storage='sq8'/'pq', or give Python workers more memory (spark.executor.pyspark.memory, "
+                         "executor memory).")
+
     def _task_layout(self, spark) -> Layout:
         """The layout tasks use: files shipped to this SparkContext, or opened in place."""
         return self._index_files().for_tasks(spark)
@@ -83,7 +119,11 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         if output in dataset.columns:
             raise InvalidArgumentError(f"outputCol {output!r} already exists in the DataFrame: choose another "
                                        "name with setOutputCol")
+        self._check_memory(dataset.sparkSession, "transform")
         layout = self._task_layout(dataset.sparkSession)
+        if layout.ivf:
+            return ivf_route.transform(dataset, layout, features, output, self.getK(), self.getNprobe(),
+                                         self.getNumThreads())
         schema = T.StructType(dataset.schema.fields + [
             T.StructField(output, neighbors_spark_type(layout.id_type))])
         fn = partial(worker.transform_batches, layout=layout, features=features, output=output,
@@ -97,8 +137,13 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         max(2 x defaultParallelism, n / 50000) tasks.
         """
         spark = _session()
+        self._check_memory(spark, "similarItems")
         layout = self._task_layout(spark)
         slices = self._slices(spark.sparkContext.defaultParallelism)
+        if layout.ivf:
+            return ivf_route.similar_items(spark, layout, slices, self.getIdCol(), self.getOutputCol(),
+                                             self.getK(), self.getNprobe(), self.getIncludeSelf(),
+                                             self.getNumThreads())
         schema = T.StructType([
             T.StructField(self.getIdCol(), spark_id_type(layout.id_type)),
             T.StructField(self.getOutputCol(), neighbors_spark_type(layout.id_type)),
@@ -175,5 +220,6 @@ class KNNModelReader(MLReader):
         for name in layout.files():
             if not os.path.isfile(os.path.join(layout.root, name)):
                 raise FileNotFoundError(f"model at {root!r} is missing its index file index/{name}")
-        model._files = IndexFiles(layout, shared=False)
+        # ivf parts are opened in place (each task needs only its own): the path must be shared.
+        model._files = IndexFiles(layout, shared=layout.ivf is not None)
         return model

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasOutputCol, HasSeed
 
-from sparknn.index import _normalise_metric
-
-# Index kinds the Spark layer distributes (ivf has its own routed path, not yet here).
-SPARK_KINDS = ("flat", "hnsw")
+from sparknn.index import KINDS, STORAGES, _normalise_metric
 
 
 def _positive(name: str, minimum: int = 1):
@@ -31,11 +28,26 @@ def _choice(name: str, choices):
     return convert
 
 
+def _size(value):
+    from sparknn.spark.ivf_memory import parse_size
+
+    value = TypeConverters.toString(value).strip().lower()
+    if value != "auto":
+        try:
+            parse_size(value)
+        except ValueError as err:
+            raise ValueError(f"taskMemoryLimit: {err}") from None
+    return value
+
+
 def _metric(value):
     try:
         return _normalise_metric(TypeConverters.toString(value))
     except ValueError as err:  # InvalidArgumentError is a ValueError; keep pyspark's type
         raise ValueError(str(err)) from None
+
+
+DEFAULT_PART_BYTES = 128 << 20
 
 
 class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
@@ -45,8 +57,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
               typeConverter=_positive("k"))
     metric = Param(Params._dummy(), "metric", "distance: 'cosine' (1 - cos), 'l2' (squared Euclidean) or "
                    "'ip' (negated inner product); smaller is closer", typeConverter=_metric)
-    indexType = Param(Params._dummy(), "indexType", "'hnsw' (approximate graph) or 'flat' (exact)",
-                      typeConverter=_choice("indexType", SPARK_KINDS))
+    indexType = Param(Params._dummy(), "indexType", "'hnsw' (approximate graph), 'flat' (exact) or 'ivf' "
+                      "(inverted lists, built and searched part by part on executors)",
+                      typeConverter=_choice("indexType", KINDS))
     idCol = Param(Params._dummy(), "idCol", "item id column: any integer or string type, returned as given",
                   typeConverter=TypeConverters.toString)
     M = Param(Params._dummy(), "M", "hnsw: graph links per node", typeConverter=_positive("M", 2))
@@ -63,6 +76,22 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
                       "driver and executors to write index files to (required for numShards > 1 on a "
                       "multi-node cluster); without it files are shipped with SparkContext.addFile",
                       typeConverter=TypeConverters.toString)
+    nlist = Param(Params._dummy(), "nlist", "ivf: lists (k-means cells); 0 = about 4 sqrt(n)",
+                  typeConverter=_positive("nlist", 0))
+    nprobe = Param(Params._dummy(), "nprobe", "ivf: lists scanned per query (widened for a query whose lists "
+                   "hold fewer than k items)", typeConverter=_positive("nprobe"))
+    storage = Param(Params._dummy(), "storage", "ivf: vectors stored as 'float32', 'sq8' (4x smaller) or 'pq' "
+                    "(pqM bytes each)", typeConverter=_choice("storage", STORAGES))
+    pqM = Param(Params._dummy(), "pqM", "ivf pq: bytes per vector (divides the dimension); 0 = about dim / 4",
+                typeConverter=_positive("pqM", 0))
+    rerank = Param(Params._dummy(), "rerank", "ivf sq8/pq: re-rank rerank * k candidates by exact distance; 0 = off",
+                   typeConverter=_positive("rerank", 0))
+    targetPartBytes = Param(Params._dummy(), "targetPartBytes", "ivf: target size of one part (an index built "
+                            "and searched by one task), in bytes; more data makes more parts",
+                            typeConverter=_positive("targetPartBytes"))
+    taskMemoryLimit = Param(Params._dummy(), "taskMemoryLimit", "memory one task's Python worker may use, e.g. "
+                            "'4g'; 'auto' = from spark.executor.pyspark.memory, the machine (local mode) or "
+                            "spark.executor.memory", typeConverter=_size)
     numThreads = Param(Params._dummy(), "numThreads", "engine threads: 0 = all cores for the driver build "
                        "and spark.task.cpus inside tasks", typeConverter=_positive("numThreads", 0))
 
@@ -70,7 +99,8 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
         super().__init__(*args)
         self._setDefault(k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
                          outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                         includeSelf=False, numThreads=0)
+                         includeSelf=False, numThreads=0, nlist=0, nprobe=16, storage="float32", pqM=0, rerank=0,
+                         targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto")
 
     def getK(self) -> int:
         return self.getOrDefault(self.k)
@@ -105,6 +135,27 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     def getNumThreads(self) -> int:
         return self.getOrDefault(self.numThreads)
 
+    def getNlist(self) -> int:
+        return self.getOrDefault(self.nlist)
+
+    def getNprobe(self) -> int:
+        return self.getOrDefault(self.nprobe)
+
+    def getStorage(self) -> str:
+        return self.getOrDefault(self.storage)
+
+    def getPqM(self) -> int:
+        return self.getOrDefault(self.pqM)
+
+    def getRerank(self) -> int:
+        return self.getOrDefault(self.rerank)
+
+    def getTargetPartBytes(self) -> int:
+        return self.getOrDefault(self.targetPartBytes)
+
+    def getTaskMemoryLimit(self) -> str:
+        return self.getOrDefault(self.taskMemoryLimit)
+
     # Setters shared by the estimator and the model (query-time k, efSearch, columns).
     def setK(self, value: int):
         return self._set(k=value)
@@ -126,3 +177,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
 
     def setNumThreads(self, value: int):
         return self._set(numThreads=value)
+
+    def setNprobe(self, value: int):
+        return self._set(nprobe=value)
+
+    def setTaskMemoryLimit(self, value: str):
+        return self._set(taskMemoryLimit=value)

@@ -105,7 +105,9 @@ class IndexFiles:
         for i, shard in enumerate(self.layout.shards):
             names[shard.index] = f"shard-{i}.snn"
             if shard.ids:
-                names[shard.ids] = f"ids-{i}.arrow"
+                names[shard.ids] = f"{'items' if self.layout.ivf else 'ids'}-{i}.arrow"
+        if self.layout.ivf:
+            names[self.layout.ivf.quantizer] = "quantizer.snn"
         for src, dst in names.items():
             shutil.copyfile(os.path.join(self.layout.root, src), os.path.join(directory, dst))
         return self.layout.renamed(names.__getitem__, root=directory, shipped=False)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import sparknn
 from sparknn.arrow import neighbors_array, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark.ivf_plan import IvfRouting
 
 POSITION_BITS = 40
 POSITION_MASK = (1 << POSITION_BITS) - 1
@@ -59,6 +60,7 @@ class Layout:
     shards: tuple[ShardFiles, ...]
     root: str  # directory holding the files on the driver (and on executors when not shipped)
     shipped: bool = False  # True: files were registered with SparkContext.addFile
+    ivf: IvfRouting | None = None  # kind "ivf": the quantizer and which part holds which list (shards = parts)
 
     @property
     def count(self) -> int:
@@ -72,21 +74,28 @@ class Layout:
         return os.path.join(self.root, name)
 
     def files(self) -> list[str]:
-        return [n for s in self.shards for n in (s.index, s.ids) if n]
+        extra = [self.ivf.quantizer] if self.ivf else []
+        return [n for s in self.shards for n in (s.index, s.ids) if n] + extra
 
     def to_json(self) -> dict:
-        return {"dim": self.dim, "metric": self.metric, "kind": self.kind, "idType": self.id_type,
-                "positional": self.positional,
-                "shards": [{"index": s.index, "ids": s.ids, "count": s.count} for s in self.shards]}
+        d = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "idType": self.id_type,
+             "positional": self.positional,
+             "shards": [{"index": s.index, "ids": s.ids, "count": s.count} for s in self.shards]}
+        if self.ivf:
+            d["ivf"] = self.ivf.to_json()
+        return d
 
     @staticmethod
     def from_json(d: dict, root: str) -> Layout:
         shards = tuple(ShardFiles(s["index"], s["ids"], int(s["count"])) for s in d["shards"])
-        return Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root)
+        ivf = IvfRouting.from_json(d["ivf"]) if "ivf" in d else None
+        return Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
+                      ivf=ivf)
 
     def renamed(self, rename, root: str, shipped: bool) -> Layout:
         shards = tuple(ShardFiles(rename(s.index), s.ids and rename(s.ids), s.count) for s in self.shards)
-        return replace(self, shards=shards, root=root, shipped=shipped)
+        ivf = self.ivf.renamed(rename) if self.ivf else None
+        return replace(self, shards=shards, root=root, shipped=shipped, ivf=ivf)
 
 
 # -- cache ------------------------------------------------------------------------------

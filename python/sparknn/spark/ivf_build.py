@@ -1,0 +1,289 @@
+"""Routed IVF build: train at the driver, assign on executors, build each part where its rows land.
+
+1. One JVM pass validates the data (the errors of the other builds), a second
+   checks ids are unique (a shuffle of ids only).
+2. The driver trains the coarse quantizer on a sample (``DataFrame.sample``,
+   collected as Arrow) and saves it as a trained, empty IVF index (centroids,
+   SQ8 ranges or PQ codebooks: small), shipped to executors with addFile.
+3. Executors assign every item to its nearest list; the driver sums the list
+   sizes and packs lists into balanced parts (ivf_plan.plan_parts).
+4. Rows are tagged with their part, shuffled so each part lands in its own
+   partition, and each task adds its part's rows to a copy of the quantizer
+   and writes the index plus an Arrow "items" file (ids, float32 vectors) to
+   the shared directory. No process holds more than one part.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+import sparknn
+from sparknn.arrow import vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+from sparknn.spark import ivf_memory
+from sparknn.spark.build import validate
+from sparknn.spark.ivf_plan import (
+    IvfRouting,
+    choose_nlist,
+    dedupe_parts,
+    item_bytes,
+    plan_parts,
+    sample_size,
+)
+from sparknn.spark.schema import collect_arrow, features_as_float_array
+from sparknn.spark.sharding import _partition_keys
+from sparknn.spark.storage import _link as link
+from sparknn.spark.storage import _own as own
+from sparknn.spark.storage import temp_dir
+from sparknn.spark.worker import ARROW_ID_TYPES, POSITION_BITS, Layout, ShardFiles, _cached, task_threads
+
+_BUILT = T.StructType([
+    T.StructField("part", T.IntegerType()),
+    T.StructField("count", T.LongType()),
+    T.StructField("index", T.StringType()),
+    T.StructField("items", T.StringType()),
+])
+_BUILT_ARROW = pa.schema([("part", pa.int32()), ("count", pa.int64()), ("index", pa.string()),
+                          ("items", pa.string())])
+
+
+def _load_private(path: str) -> sparknn.Index:
+    return sparknn.load(path, mmap=True)
+
+
+def quantizer(path: str, shipped: bool) -> sparknn.Index:
+    """The trained, empty index of a task (loaded once per Python worker)."""
+    if shipped:
+        from pyspark import SparkFiles
+
+        path = SparkFiles.get(path)
+    return _cached(path, _load_private)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads consecutive integers uniformly over uint64."""
+    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _partition_id() -> int:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return ctx.partitionId() if ctx is not None else 0
+
+
+# -- executor functions ------------------------------------------------------------------
+def _count_task(batches, *, qpath, shipped, dim, nlist, num_threads):
+    """Items per nearest list in this partition: one (list, count) row per non-empty list."""
+    q = quantizer(qpath, shipped)
+    q.threads = task_threads(num_threads)
+    counts = np.zeros(nlist, dtype=np.int64)
+    for batch in batches:
+        x = vectors_to_numpy(batch.column(0), "features", dim)
+        if len(x):
+            counts += np.bincount(q.nearest_lists(x, 1)[:, 0], minlength=nlist)
+    lists = np.flatnonzero(counts)
+    yield pa.RecordBatch.from_arrays([pa.array(lists.astype(np.int32)), pa.array(counts[lists])],
+                                     names=["list", "count"])
+
+
+def _assign_task(batches, *, qpath, shipped, dim, piece_offsets, piece_parts, num_threads):
+    """Prepends each row's part: its nearest list, and for a split list one of its pieces by a row hash."""
+    q = quantizer(qpath, shipped)
+    q.threads = task_threads(num_threads)
+    offsets, parts = np.asarray(piece_offsets), np.asarray(piece_parts)
+    row = _partition_id() << POSITION_BITS
+    for batch in batches:
+        x = vectors_to_numpy(batch.column("v"), "features", dim)
+        lists = q.nearest_lists(x, 1)[:, 0] if len(x) else np.empty(0, dtype=np.int64)
+        pieces = offsets[lists + 1] - offsets[lists]
+        pick = (_mix(np.arange(row, row + len(x))) % pieces.astype(np.uint64)).astype(np.int64)
+        row += len(x)
+        part = parts[offsets[lists] + pick].astype(np.int32)
+        yield pa.RecordBatch.from_arrays([pa.array(part)] + list(batch.columns), names=["part"] + batch.schema.names)
+
+
+class _PartWriter:
+    """One part being built: its index (a copy of the quantizer) and its items file, written batch by batch."""
+
+    def __init__(self, part, *, root, prefix, qpath, shipped, dim, id_type, positional, threads):
+        self.part, self.root, self.positional, self.dim = part, root, positional, dim
+        src = qpath
+        if shipped:
+            from pyspark import SparkFiles
+
+            src = SparkFiles.get(qpath)
+        self.index = sparknn.load(src, mmap=False, threads=threads)
+        self.name = f"{prefix}-part-{part}.snn"
+        self.items = f"{prefix}-items-{part}.arrow"
+        self._tmp = os.path.join(root, f"{self.items}.tmp-{os.getpid()}")
+        schema = pa.schema([("id", ARROW_ID_TYPES[id_type]), ("vector", pa.list_(pa.float32(), dim))])
+        self._sink = pa.OSFile(self._tmp, "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema)
+        self._id_type = ARROW_ID_TYPES[id_type]
+        self.count = 0
+
+    def add(self, ids: pa.Array, x: np.ndarray) -> None:
+        if self.positional:
+            eids = np.arange(self.count, self.count + len(x), dtype=np.int64) | (self.part << POSITION_BITS)
+        else:
+            eids = ids.cast(pa.int64()).to_numpy()
+        self.index.add(x, eids)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), self.dim)
+        self._writer.write_batch(pa.RecordBatch.from_arrays([ids.cast(self._id_type), vectors], ["id", "vector"]))
+        self.count += len(x)
+
+    def finish(self) -> tuple:
+        self._writer.close()
+        self._sink.close()
+        os.replace(self._tmp, os.path.join(self.root, self.items))
+        self.index.save(os.path.join(self.root, self.name))
+        return self.part, self.count, self.name, self.items
+
+    def abort(self) -> None:
+        self._sink.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+def _build_task(batches, **kw):
+    """Streams a partition's rows into the part(s) it holds; writes each part's index and items file."""
+    writers = {}
+    threads = task_threads(kw.pop("num_threads"))
+    dim = kw["dim"]
+    try:
+        for batch in batches:
+            part_col = batch.column("part").to_numpy()
+            for p in np.unique(part_col):
+                sub = batch if part_col[0] == part_col[-1] == p else batch.filter(pa.array(part_col == p))
+                writer = writers.get(p)
+                if writer is None:
+                    writer = writers[p] = _PartWriter(int(p), threads=threads, **kw)
+                writer.add(sub.column("id"), vectors_to_numpy(sub.column("v"), "features", dim))
+        done = [w.finish() for w in writers.values()]
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for part, count, name, items in done:
+        yield pa.RecordBatch.from_arrays([pa.array([part], pa.int32()), pa.array([count], pa.int64()),
+                                          pa.array([name]), pa.array([items])], schema=_BUILT_ARROW)
+
+
+# -- driver --------------------------------------------------------------------------------
+def _check_unique(data: DataFrame, id_col: str) -> None:
+    dup = data.groupBy("id").count().where("count > 1")
+    first = dup.limit(1).collect()
+    if first:
+        raise InvalidArgumentError(f"idCol {id_col!r} has {dup.count()} duplicate ids (e.g. {first[0]['id']!r} "
+                                   f"appears {first[0]['count']} times): ids must be unique")
+
+
+def _train(data: DataFrame, n: int, dim: int, params: dict, path: str) -> sparknn.Index:
+    nlist = choose_nlist(params["nlist"], n)
+    if nlist > n:
+        raise InvalidArgumentError(f"nlist={nlist} is more than the {n} items to index: lower nlist (or leave it "
+                                   "0 to choose about 4 sqrt(n))")
+    want = sample_size(nlist, n)
+    sample = data.select("v")
+    if want < n:  # Bernoulli sampling overshoots a little so that k-means gets about `want` rows
+        sample = sample.sample(False, min(1.0, 1.1 * want / n), params["seed"])
+    x = vectors_to_numpy(collect_arrow(sample).column("v"), "features", dim)
+    if len(x) < nlist:
+        x = vectors_to_numpy(collect_arrow(data.select("v").limit(max(nlist, want))).column("v"), "features", dim)
+    index = sparknn.Index(dim, params["metric"], "ivf", nlist=nlist, nprobe=min(params["nprobe"], nlist),
+                          storage=params["storage"], pq_m=params["pqM"], rerank=params["rerank"],
+                          train_size=len(x), seed=params["seed"], threads=params["numThreads"])
+    index.train(x)
+    index.save(path)
+    return index
+
+
+def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
+              prefix: str) -> Layout:
+    spark = df.sparkSession
+    sc = spark.sparkContext
+    stats = validate(df, features, id_col, id_type != "string")
+    n, dim = int(stats["rows"]), int(stats["max_len"])
+    positional = id_type == "string" or stats["min_id"] < 0
+    data = df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"))
+    _check_unique(data, id_col)
+
+    qname = f"{prefix}-quantizer.snn"
+    qpath = os.path.join(root, qname)
+    trained = _train(data, n, dim, params, qpath)
+    nlist = trained.params["nlist"]
+    # Shipped under a unique name (addFile flattens names) from a directory kept until the driver
+    # exits: an executor started later fetches every added file.
+    ship_dir = temp_dir(spark, "sparknn-ship-")
+    own(ship_dir)
+    shipped_name = f"{prefix}-{qname}"
+    link(qpath, os.path.join(ship_dir, shipped_name))
+    sc.addFile(os.path.join(ship_dir, shipped_name))
+    common = {"qpath": shipped_name, "shipped": True, "dim": dim, "num_threads": params["numThreads"]}
+
+    # Items per list, then the parts.
+    counted = data.select("v").mapInArrow(partial(_count_task, nlist=nlist, **common), "list int, count long")
+    sizes = np.zeros(nlist, dtype=np.int64)
+    for r in counted.groupBy("list").agg(F.sum("count").alias("count")).collect():
+        sizes[r["list"]] = r["count"]
+    per_item = item_bytes(dim, params["metric"], params["storage"], trained.params["pq_m"], params["rerank"])
+    piece_offsets, piece_parts, part_items = plan_parts(sizes, per_item, params["targetPartBytes"],
+                                                        sc.defaultParallelism)
+    num_parts = len(part_items)
+    need = ivf_memory.build_task_bytes(int(part_items.max()), per_item, os.path.getsize(qpath), dim,
+                                       ivf_memory.arrow_batch_rows(spark))
+    ivf_memory.check(spark, f"building the IVF index (largest of {num_parts} parts: {int(part_items.max())} "
+                     f"items, {per_item} bytes each)", need, params["taskMemoryLimit"],
+                     "Lower targetPartBytes (more, smaller parts), use storage='sq8' or 'pq', or give Python "
+                     "workers more memory (spark.executor.pyspark.memory, executor memory).")
+
+    keys = _partition_keys(spark, num_parts)
+    key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), F.col("part") + 1)
+    assign = partial(_assign_task, piece_offsets=piece_offsets.tolist(), piece_parts=piece_parts.tolist(),
+                     **common)
+    assigned_schema = T.StructType([T.StructField("part", T.IntegerType())] + data.schema.fields)
+    build = partial(_build_task, root=root, prefix=prefix, id_type=id_type, positional=positional, **common)
+    rows = (data.mapInArrow(assign, assigned_schema).withColumn("key", key).repartition(num_parts, "key")
+            .drop("key").mapInArrow(build, _BUILT).collect())
+    built = {r["part"]: r for r in rows}
+    total = sum(r["count"] for r in rows)
+    if total != n:
+        raise InvalidArgumentError(f"the IVF build indexed {total} rows but validation counted {n}: is the input "
+                                   "DataFrame non-deterministic? Cache or checkpoint it before fit")
+    parts = []
+    for p in range(num_parts):
+        r = built.get(p)
+        if r is None:  # a planned part that got no rows: an empty index keeps part numbers dense
+            name, items = f"{prefix}-part-{p}.snn", f"{prefix}-items-{p}.arrow"
+            shutil.copyfile(qpath, os.path.join(root, name))
+            _empty_items(os.path.join(root, items), id_type, dim)
+            r = {"index": name, "items": items, "count": 0}
+        for name in (r["index"], r["items"]):
+            if not os.path.exists(os.path.join(root, name)):
+                raise InvalidArgumentError(
+                    f"part {p} was written by an executor to {root!r} but the driver cannot see it there: set "
+                    "indexPath to a directory shared by the driver and all executors")
+        parts.append(ShardFiles(r["index"], r["items"], int(r["count"])))
+    list_offsets, list_parts = dedupe_parts(piece_offsets, piece_parts)
+    routing = IvfRouting(qname, tuple(sizes.tolist()), tuple(list_offsets.tolist()), tuple(list_parts.tolist()),
+                         tuple(piece_offsets.tolist()), tuple(piece_parts.tolist()), tuple(keys),
+                         tuple(os.path.getsize(os.path.join(root, s.index)) for s in parts))
+    return Layout(dim, params["metric"], "ivf", id_type, positional, tuple(parts), root, ivf=routing)
+
+
+def _empty_items(path: str, id_type: str, dim: int) -> None:
+    schema = pa.schema([("id", ARROW_ID_TYPES[id_type]), ("vector", pa.list_(pa.float32(), dim))])
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema):
+        pass

@@ -1,0 +1,147 @@
+"""Planning a routed IVF build: list count, sample size, and lists packed into balanced parts.
+
+A *part* is one executor-built IVF index holding whole lists (or, for a list
+larger than a part, a slice of it). Every part shares the quantizer trained at
+the driver, so a query probes the same lists whichever part it is searched in.
+The plan is small (a few integers per list) and is kept in the model's
+metadata: routing a query needs, per list, its size and the parts holding it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+def choose_nlist(nlist: int, n: int) -> int:
+    """``nlist`` as given, or about 4 sqrt(n) when 0 (faiss' rule of thumb), never more than n."""
+    if nlist:
+        return nlist
+    return max(1, min(n, round(4 * math.sqrt(n))))
+
+
+def sample_size(nlist: int, n: int) -> int:
+    """k-means sample: 64 vectors per list, at least 20,000 (as the in-process index)."""
+    return min(n, max(64 * nlist, 20_000))
+
+
+def item_bytes(dim: int, metric: str, storage: str, pq_m: int, rerank: int) -> int:
+    """Bytes one item takes in a part's index, in memory and on disk (codes, label, id, extras)."""
+    code = {"float32": 4 * dim, "sq8": dim, "pq": pq_m}[storage]
+    extra = 4 if storage == "float32" and metric == "l2" else 0  # cached squared norms
+    return code + 16 + extra + (4 * dim if rerank else 0)
+
+
+@dataclass(frozen=True)
+class IvfRouting:
+    """Where the lists are: everything a task needs to route a query (small, picklable).
+
+    ``list_offsets``/``list_parts`` is a CSR map list -> parts holding it (one
+    part, or several for a split list); ``piece_offsets``/``piece_parts`` is the
+    same map with one entry per equal-sized piece (a part may hold two pieces
+    of one list), which the build uses to spread a split list's rows.
+    """
+
+    quantizer: str  # file name of the trained, empty IVF index
+    list_sizes: tuple[int, ...]
+    list_offsets: tuple[int, ...]
+    list_parts: tuple[int, ...]
+    piece_offsets: tuple[int, ...]
+    piece_parts: tuple[int, ...]
+    part_keys: tuple[int, ...]  # a key per part that Spark's hash partitioner sends to partition == part
+    part_bytes: tuple[int, ...] = ()  # index file size per part, known once built
+
+    @property
+    def nlist(self) -> int:
+        return len(self.list_sizes)
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.part_keys)
+
+    def arrays(self):
+        """(sizes, list_offsets, list_parts) as numpy arrays, for vectorised routing."""
+        return (np.asarray(self.list_sizes, dtype=np.int64), np.asarray(self.list_offsets, dtype=np.int64),
+                np.asarray(self.list_parts, dtype=np.int64))
+
+    def to_json(self) -> dict:
+        return {"quantizer": self.quantizer, "listSizes": list(self.list_sizes),
+                "listOffsets": list(self.list_offsets), "listParts": list(self.list_parts),
+                "pieceOffsets": list(self.piece_offsets), "pieceParts": list(self.piece_parts),
+                "partKeys": list(self.part_keys), "partBytes": list(self.part_bytes)}
+
+    @staticmethod
+    def from_json(d: dict) -> IvfRouting:
+        return IvfRouting(d["quantizer"], *(tuple(int(v) for v in d[k]) for k in (
+            "listSizes", "listOffsets", "listParts", "pieceOffsets", "pieceParts", "partKeys", "partBytes")))
+
+    def renamed(self, rename) -> IvfRouting:
+        return replace(self, quantizer=rename(self.quantizer))
+
+
+def plan_parts(sizes: np.ndarray, bytes_per_item: int, target_part_bytes: int, parallelism: int):
+    """Packs lists into parts of about equal size.
+
+    P = max(parallelism, ceil(total bytes / target)) parts of at most
+    ceil(n / P) items each. A list above that is cut into equal pieces (a
+    skewed cluster spreads over several parts); pieces then go, largest first,
+    to the least loaded part (LPT: the largest part is at most 4/3 of the
+    optimum). Parts that receive nothing are dropped.
+
+    Returns (piece_offsets, piece_parts, part_items): per list the parts of its
+    pieces (CSR), and the expected item count of each part.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n = int(sizes.sum())
+    parts = max(1, parallelism, math.ceil(n * bytes_per_item / max(1, target_part_bytes)))
+    parts = min(parts, max(1, n))
+    cap = max(1, math.ceil(n / parts))
+    pieces = []  # (items, list)
+    for lst, size in enumerate(sizes.tolist()):
+        if size == 0:
+            continue
+        count = math.ceil(size / cap)
+        base, rest = divmod(size, count)
+        pieces += [(base + (i < rest), lst) for i in range(count)]
+    pieces.sort(key=lambda p: (-p[0], p[1]))
+    heap = [(0, b) for b in range(parts)]
+    owner = {}
+    for items, lst in pieces:
+        load, b = heapq.heappop(heap)
+        owner.setdefault(lst, []).append(b)
+        heapq.heappush(heap, (load + items, b))
+    # Renumber the non-empty parts 0..P'-1 in order of first use.
+    used = sorted({b for bs in owner.values() for b in bs})
+    renumber = {b: i for i, b in enumerate(used)}
+    offsets, flat = [0], []
+    load = np.zeros(len(used), dtype=np.int64)
+    for lst in range(len(sizes)):
+        bs = [renumber[b] for b in owner.get(lst, [])]
+        flat += bs
+        offsets.append(len(flat))
+        if bs:
+            share = np.full(len(bs), sizes[lst] // len(bs))
+            share[: sizes[lst] % len(bs)] += 1
+            np.add.at(load, bs, share)
+    return np.array(offsets, dtype=np.int64), np.array(flat, dtype=np.int64), load
+
+
+def dedupe_parts(piece_offsets: np.ndarray, piece_parts: np.ndarray):
+    """The list -> parts map without repeats (a part holding two pieces of a list appears once)."""
+    offsets, flat = [0], []
+    for lst in range(len(piece_offsets) - 1):
+        flat += sorted(set(piece_parts[piece_offsets[lst]:piece_offsets[lst + 1]].tolist()))
+        offsets.append(len(flat))
+    return np.array(offsets, dtype=np.int64), np.array(flat, dtype=np.int64)
+
+
+def expand(rows: np.ndarray, lists: np.ndarray, offsets: np.ndarray, targets: np.ndarray):
+    """For (row, list) pairs, the (row, target) pairs of every target the CSR map gives each list."""
+    counts = offsets[lists + 1] - offsets[lists]
+    total = int(counts.sum())
+    first = np.cumsum(counts) - counts  # where each pair's run starts in the output
+    idx = np.arange(total, dtype=np.int64) - np.repeat(first - offsets[lists], counts)
+    return np.repeat(rows, counts), targets[idx]

@@ -1,0 +1,294 @@
+"""Routed IVF queries: each query goes only to the parts holding its nprobe nearest lists.
+
+Three stages, all Arrow (no Python rows, no groupBy of Python objects):
+
+1. route (mapInArrow over the queries): the nearest lists from the shared
+   quantizer, widened for the rare query whose lists hold fewer than k items;
+   one row per (query, part holding one of those lists). The first row of a
+   query also carries its payload (the input row for ``transform``, the id for
+   ``similarItems``), so nothing needs joining back later.
+2. search (shuffled by part, one part per task): the part's index searched with
+   the same nprobe. Lists of other parts are empty there, so it scans exactly
+   the routed lists it holds; the union over parts is the in-process search.
+3. merge (shuffled by query key, sorted within partitions): consecutive rows
+   of a query merged into its global top-k with numpy.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+import sparknn
+from sparknn.arrow import neighbors_array, vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+from sparknn.spark.ivf_build import _partition_id
+from sparknn.spark.ivf_plan import expand
+from sparknn.spark.schema import neighbors_spark_type, spark_id_type
+from sparknn.spark.worker import (
+    ARROW_ID_TYPES,
+    POSITION_BITS,
+    POSITION_MASK,
+    Layout,
+    _cached,
+    _load_index,
+    task_threads,
+)
+
+CHUNK = 4096  # queries routed per output batch: bounds the copies of their vectors
+_ROW = "__sparknn_row"  # the payload struct column
+
+
+# -- routing -------------------------------------------------------------------------------
+def probes(q: sparknn.Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int):
+    """(rows, lists, nprobe per row): the lists each query scans, nearest first.
+
+    A query whose nprobe lists hold fewer than ``need`` items (= min(k, n), one
+    more for a self-join) scans more lists, doubling until they do, so that
+    every row gets its full neighbour count.
+    """
+    n, nlist = len(x), len(sizes)
+    nprobe = min(nprobe, nlist)
+    lists = q.nearest_lists(x, nprobe)
+    per_row = np.full(n, nprobe, dtype=np.int32)
+    short = np.flatnonzero(sizes[lists].sum(axis=1) < need)
+    rows = np.repeat(np.arange(n), nprobe)
+    flat = lists.reshape(-1)
+    if short.size:
+        keep = np.ones(n, dtype=bool)
+        keep[short] = False
+        rows, flat = rows[np.repeat(keep, nprobe)], flat[np.repeat(keep, nprobe)]
+        extra_rows, extra_lists = [], []
+        width = nprobe
+        while short.size:
+            width = min(nlist, 2 * width)
+            wide = q.nearest_lists(x[short], width)
+            enough = np.cumsum(sizes[wide], axis=1) >= need
+            done = enough.any(axis=1) | (width == nlist)
+            m = np.where(enough.any(axis=1), enough.argmax(axis=1) + 1, width)
+            for r, row_lists, used in zip(short[done], wide[done], m[done]):
+                extra_rows.append(np.full(used, r))
+                extra_lists.append(row_lists[:used])
+                per_row[r] = used
+            short = short[~done]
+        rows = np.concatenate([rows] + extra_rows)
+        flat = np.concatenate([flat] + extra_lists)
+    return rows, flat, per_row
+
+
+def route(q, routing_arrays, x, nprobe, need):
+    """(rows, parts, nprobe per pair, home mask): one pair per (query, part), sorted by query then part."""
+    sizes, offsets, parts = routing_arrays
+    rows, lists, per_row = probes(q, x, sizes, nprobe, need)
+    r, p = expand(rows, lists, offsets, parts)
+    num_parts = int(parts.max()) + 1 if parts.size else 1
+    pairs = np.unique(r * num_parts + p)
+    r, p = pairs // num_parts, pairs % num_parts
+    home = np.ones(len(r), dtype=bool)
+    home[1:] = r[1:] != r[:-1]
+    return r, p.astype(np.int32), per_row[r], home
+
+
+def _vectors_column(x: np.ndarray) -> pa.Array:
+    n, dim = x.shape
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int64).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1), type=pa.float32()))
+
+
+def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need) -> pa.RecordBatch:
+    r, p, per_pair, home = route(q, arrays, x, nprobe, need)
+    take = pa.array(np.where(home, r, -1), mask=~home)  # payload once per query, null elsewhere
+    return pa.RecordBatch.from_arrays(
+        [pa.array(p), pa.array(keys[r]), pa.array(per_pair), _vectors_column(x[r]), payload.take(take)],
+        names=["part", "qkey", "nprobe", "v", _ROW])
+
+
+def _quantizer(layout: Layout) -> sparknn.Index:
+    return _cached(layout.path(layout.ivf.quantizer), _load_index)
+
+
+def route_queries(batches, *, layout: Layout, features: str, nprobe: int, need: int, num_threads: int):
+    """transform: every input row routed; its key is unique per row (partition << 33 | row)."""
+    q = _quantizer(layout)
+    q.threads = task_threads(num_threads)
+    arrays = layout.ivf.arrays()
+    next_key = _partition_id() << 33
+    for batch in batches:
+        for start in range(0, batch.num_rows, CHUNK):
+            chunk = batch.slice(start, CHUNK)
+            try:
+                x = vectors_to_numpy(chunk.column(features), features, layout.dim)
+            except InvalidArgumentError as err:
+                raise InvalidArgumentError(f"{err} (in partition {_partition_id()}; rows are counted from the "
+                                           "start of an Arrow batch)") from None
+            keys = np.arange(next_key, next_key + len(x), dtype=np.int64)
+            next_key += len(x)
+            payload = pa.StructArray.from_arrays(chunk.columns, names=chunk.schema.names)
+            yield _routed_batch(q, arrays, x, keys, payload, nprobe, need)
+
+
+def _load_items(path: str) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()  # zero-copy views of the mapped file
+
+
+def route_items(batches, *, layout: Layout, slices, id_col: str, nprobe: int, need: int, num_threads: int):
+    """similarItems: the stored items of the given (part, lo, hi) slices, keyed by their engine ids."""
+    q = _quantizer(layout)
+    q.threads = task_threads(num_threads)
+    arrays = layout.ivf.arrays()
+    for batch in batches:
+        for task in batch.column(0).to_numpy():
+            s, lo, hi = slices[int(task)]
+            items = _cached(layout.path(layout.shards[s].ids), _load_items)
+            for start in range(lo, hi, CHUNK):
+                chunk = items.slice(start, min(hi, start + CHUNK) - start)
+                vec = chunk.column("vector").combine_chunks()
+                x = vec.flatten().to_numpy().reshape(len(vec), layout.dim)
+                ids = chunk.column("id").combine_chunks()
+                if layout.positional:
+                    keys = np.arange(start, start + len(x), dtype=np.int64) | (s << POSITION_BITS)
+                else:
+                    keys = ids.cast(pa.int64()).to_numpy()
+                payload = pa.StructArray.from_arrays([ids], names=[id_col])
+                yield _routed_batch(q, arrays, x, keys, payload, nprobe, need)
+
+
+# -- searching the parts ---------------------------------------------------------------------
+def search_parts(batches, *, layout: Layout, k: int, exclude_self: bool, num_threads: int):
+    """Each routed query searched in its part: (qkey, neighbours list<struct<id, distance>>, payload)."""
+    threads = task_threads(num_threads)
+    kk = k + 1 if exclude_self else k
+    id_type = ARROW_ID_TYPES[layout.id_type]
+    for batch in batches:
+        part_col = batch.column("part").to_numpy()
+        for p in np.unique(part_col):
+            sel = np.flatnonzero(part_col == p)
+            sub = batch.take(pa.array(sel)) if len(sel) < batch.num_rows else batch
+            files = layout.shards[int(p)]
+            index = _cached(layout.path(files.index), _load_index)
+            index.threads = threads
+            x = vectors_to_numpy(sub.column("v"), "v", layout.dim)
+            keys = sub.column("qkey").to_numpy()
+            per_row = sub.column("nprobe").to_numpy()
+            ids = np.full((len(x), kk), -1, dtype=np.int64)
+            dist = np.full((len(x), kk), np.inf, dtype=np.float32)
+            if len(index):
+                for m in np.unique(per_row):
+                    rows = np.flatnonzero(per_row == m)
+                    ids[rows], dist[rows] = index.search(x[rows], kk, nprobe=int(m))
+            lst = neighbors_array(ids, dist, exclude=keys if exclude_self else None, k=k)
+            found = lst.values.field("id")
+            if layout.positional:
+                table = _cached(layout.path(files.ids), _load_items).column("id")
+                users = table.take(pa.array(found.to_numpy() & POSITION_MASK)).combine_chunks()
+            else:
+                users = found
+            struct = pa.StructArray.from_arrays([users.cast(id_type), lst.values.field("distance")],
+                                                names=["id", "distance"])
+            yield pa.RecordBatch.from_arrays(
+                [sub.column("qkey"), pa.ListArray.from_arrays(lst.offsets, struct), sub.column(_ROW)],
+                names=["qkey", "neighbors", _ROW])
+
+
+# -- merging -------------------------------------------------------------------------------
+def _merge(table: pa.Table, k: int, output: str) -> pa.RecordBatch:
+    """Rows sorted by qkey -> one row per qkey: its payload and the k nearest of all its candidates."""
+    keys = table.column("qkey").to_numpy()
+    group = np.concatenate([[0], np.cumsum(keys[1:] != keys[:-1])])
+    num_groups = int(group[-1]) + 1
+    lists = table.column("neighbors").combine_chunks()
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    values = lists.flatten()
+    dist = values.field("distance").to_numpy(zero_copy_only=False)
+    cand_group = np.repeat(group, lengths)
+    order = np.lexsort((dist, cand_group))  # by group, then distance (stable: ties keep part order)
+    sorted_group = cand_group[order]
+    first = np.searchsorted(sorted_group, np.arange(num_groups))
+    rank = np.arange(len(order)) - first[sorted_group]
+    keep = order[rank < k]
+    counts = np.bincount(cand_group[keep], minlength=num_groups)
+    offsets = np.zeros(num_groups + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    neighbors = pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(keep)))
+    payload = table.column(_ROW).combine_chunks()
+    home = np.flatnonzero(payload.is_valid().to_numpy(zero_copy_only=False))
+    if len(home) != num_groups:
+        raise RuntimeError(f"routed IVF merge: {num_groups} queries but {len(home)} payload rows")
+    rows = payload.take(pa.array(home))
+    fields = [rows.type.field(i).name for i in range(rows.type.num_fields)]
+    return pa.RecordBatch.from_arrays(rows.flatten() + [neighbors], names=fields + [output])
+
+
+def merge_batches(batches, *, k: int, output: str):
+    """Batches sorted by qkey; a query's rows may straddle two batches, so the last key waits for the next."""
+    pending = None
+    for batch in batches:
+        table = pa.Table.from_batches([batch]) if pending is None else pa.concat_tables(
+            [pending, pa.Table.from_batches([batch])])
+        if table.num_rows == 0:
+            continue
+        keys = table.column("qkey").to_numpy()
+        cut = int(np.searchsorted(keys, keys[-1], side="left"))
+        pending = table.slice(cut)
+        if cut:
+            yield _merge(table.slice(0, cut), k, output)
+    if pending is not None and pending.num_rows:
+        yield _merge(pending, k, output)
+
+
+# -- the DataFrame plan -------------------------------------------------------------------------
+def routed_frame(routed: DataFrame, layout: Layout, payload: T.StructType, k: int, exclude_self: bool,
+                 output: str, num_threads: int) -> DataFrame:
+    """Search and merge stages after routing; the result has the payload's columns plus ``output``."""
+    routing = layout.ivf
+    key = F.element_at(F.array(*[F.lit(v).cast("long") for v in routing.part_keys]), F.col("part") + 1)
+    candidates = T.StructType([
+        T.StructField("qkey", T.LongType()),
+        T.StructField("neighbors", neighbors_spark_type(layout.id_type)),
+        T.StructField(_ROW, payload),
+    ])
+    searched = (routed.withColumn("__sparknn_key", key).repartition(routing.num_parts, "__sparknn_key")
+                .drop("__sparknn_key")
+                .mapInArrow(partial(search_parts, layout=layout, k=k, exclude_self=exclude_self,
+                                    num_threads=num_threads), candidates))
+    result = T.StructType(payload.fields + [T.StructField(output, neighbors_spark_type(layout.id_type))])
+    return (searched.repartition("qkey").sortWithinPartitions("qkey")
+            .mapInArrow(partial(merge_batches, k=k, output=output), result))
+
+
+def routed_schema(payload: T.StructType) -> T.StructType:
+    return T.StructType([
+        T.StructField("part", T.IntegerType()),
+        T.StructField("qkey", T.LongType()),
+        T.StructField("nprobe", T.IntegerType()),
+        T.StructField("v", T.ArrayType(T.FloatType())),
+        T.StructField(_ROW, payload),
+    ])
+
+
+def transform(dataset: DataFrame, layout: Layout, features: str, output: str, k: int, nprobe: int,
+              num_threads: int) -> DataFrame:
+    """Every row of ``dataset`` plus its k nearest items (min(k, n)), searched only in its routed parts."""
+    payload = T.StructType(dataset.schema.fields)
+    need = min(k, layout.count)
+    route_fn = partial(route_queries, layout=layout, features=features, nprobe=nprobe, need=need,
+                       num_threads=num_threads)
+    routed = dataset.mapInArrow(route_fn, routed_schema(payload))
+    return routed_frame(routed, layout, payload, k, False, output, num_threads)
+
+
+def similar_items(spark, layout: Layout, slices, id_col: str, output: str, k: int, nprobe: int,
+                  include_self: bool, num_threads: int) -> DataFrame:
+    """Every stored item (read back from the parts' items files) and its k nearest other items."""
+    payload = T.StructType([T.StructField(id_col, spark_id_type(layout.id_type))])
+    need = min(k if include_self else k + 1, layout.count)
+    route_fn = partial(route_items, layout=layout, slices=slices, id_col=id_col, nprobe=nprobe, need=need,
+                       num_threads=num_threads)
+    routed = spark.range(0, len(slices), 1, len(slices)).mapInArrow(route_fn, routed_schema(payload))
+    return routed_frame(routed, layout, payload, k, not include_self, output, num_threads)

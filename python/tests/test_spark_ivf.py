@@ -1,0 +1,177 @@
+"""indexType="ivf" on a real local[2] Spark: the routed build and join equal the in-process IVF
+index with the same centroids; string ids; skewed clusters; memory checks; persistence."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import clustered, exact_knn, spark_items
+
+pyspark = pytest.importorskip("pyspark")
+import sparknn
+from sparknn.spark import KNN, KNNModel
+from sparknn.spark.ivf_memory import TaskMemoryError
+from sparknn.spark.ivf_plan import item_bytes
+
+pytestmark = pytest.mark.spark
+
+BASE = clustered(3000, 16, seed=21)
+QUERIES = clustered(200, 16, seed=22)
+
+
+def in_process(model, base: np.ndarray, ids=None) -> sparknn.Index:
+    """The model's own trained quantizer with every item added in one process: the reference."""
+    layout = model.layout
+    index = sparknn.load(os.path.join(layout.root, layout.ivf.quantizer), mmap=False)
+    index.add(base, ids)
+    return index
+
+
+def rows_by_id(table, id_col="id"):
+    rows = table.to_pylist()
+    assert len({r[id_col] for r in rows}) == len(rows), "one output row per input row"
+    return {r[id_col]: r["neighbors"] for r in rows}
+
+
+def assert_same_distances(got: dict, want_ids, want_dist, keys, k, exclude=None):
+    """Row by row, the merged neighbours have the reference's distances (ids may differ on ties)."""
+    for row, key in enumerate(keys):
+        ids, dist = want_ids[row], want_dist[row]
+        keep = ids >= 0
+        if exclude is not None:
+            keep &= ids != exclude[row]
+        want = dist[keep][:k]
+        np.testing.assert_allclose([n["distance"] for n in got[key]], want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_routed_self_join_equals_in_process(spark, metric):
+    df = spark_items(spark, BASE, partitions=3)
+    model = KNN(k=10, metric=metric, indexType="ivf", nlist=24, nprobe=3, featuresCol="vector").fit(df)
+    assert model.numItems == len(BASE) and len(model.layout.shards) >= 2
+    reference = in_process(model, BASE, np.arange(len(BASE)))
+    ids, dist = reference.search(BASE, 11, nprobe=3)
+    sim = rows_by_id(model.similarItems().toArrow())
+    assert len(sim) == len(BASE) and all(len(v) == 10 and i not in [n["id"] for n in v] for i, v in sim.items())
+    assert_same_distances(sim, ids, dist, range(len(BASE)), 10, exclude=np.arange(len(BASE)))
+    # Probing every list is exact search.
+    _, exact = exact_knn(BASE, BASE, 11, metric)
+    full = rows_by_id(model.setNprobe(24).similarItems().toArrow())
+    for i in range(len(BASE)):
+        np.testing.assert_allclose([n["distance"] for n in full[i]], exact[i][1:], rtol=2e-5, atol=1e-4)
+    # Queries that are not items.
+    qids = np.arange(10_000, 10_000 + len(QUERIES))
+    out = model.setNprobe(3).transform(spark_items(spark, QUERIES, ids=qids)).toArrow()
+    assert out.column_names == ["id", "vector", "neighbors"]
+    ids, dist = reference.search(QUERIES, 10, nprobe=3)
+    assert_same_distances(rows_by_id(out), ids, dist, qids, 10)
+
+
+def test_transform_string_ids_sq8_and_vector_columns(spark):
+    names = np.array([f"item-{i:05d}" for i in range(len(BASE))], dtype=object)
+    df = spark_items(spark, BASE, ids=names.tolist(), id_type="string")
+    model = KNN(k=5, metric="l2", indexType="ivf", nlist=16, nprobe=4, storage="sq8",
+                featuresCol="vector").fit(df)
+    assert model.layout.positional
+    reference = in_process(model, BASE)
+    queries = spark_items(spark, QUERIES, ids=[f"q{i}" for i in range(len(QUERIES))], id_type="string",
+                          vector_type="vector")
+    out = model.transform(queries.withColumn("extra", queries["id"])).toArrow()
+    assert out.column_names == ["id", "vector", "extra", "neighbors"] and out.num_rows == len(QUERIES)
+    assert out.column("id").to_pylist() == out.column("extra").to_pylist()
+    got = rows_by_id(out)
+    ids, dist = reference.search(QUERIES, 5, nprobe=4)
+    assert_same_distances(got, ids, dist, [f"q{i}" for i in range(len(QUERIES))], 5)
+    # Ids map back to the user's strings (the same sets as the reference but for rare distance ties).
+    same = [{n["id"] for n in got[f"q{i}"]} == set(names[ids[i]].tolist()) for i in range(len(QUERIES))]
+    assert np.mean(same) >= 0.99
+    sim = rows_by_id(model.similarItems().toArrow())
+    assert set(sim) == set(names.tolist()) and all(len(v) == 5 and k not in [n["id"] for n in v]
+                                                   for k, v in sim.items())
+
+
+def test_skewed_cluster_is_split_and_parts_stay_bounded(spark):
+    rng = np.random.default_rng(5)
+    huge = rng.standard_normal((2000, 16)).astype(np.float32) * 0.01 + 5  # one dense cluster: 2/3 of the data
+    base = np.concatenate([huge, clustered(1000, 16, seed=23)])
+    per_item = item_bytes(16, "l2", "float32", 0, 0)
+    target = len(base) * per_item // 4  # about 4 parts
+    model = KNN(k=8, metric="l2", indexType="ivf", nlist=16, nprobe=2, targetPartBytes=target,
+                featuresCol="vector").fit(spark_items(spark, base, partitions=2))
+    routing = model.layout.ivf
+    counts = [s.count for s in model.layout.shards]
+    biggest = int(np.argmax(routing.list_sizes))
+    holders = routing.list_parts[routing.list_offsets[biggest]:routing.list_offsets[biggest + 1]]
+    assert len(holders) >= 2, "the list larger than a part is spread over several parts"
+    assert routing.list_sizes[biggest] > len(base) / len(counts)
+    assert max(counts) <= 1.34 * len(base) / len(counts) + 50, counts  # LPT bound plus hashing noise
+    reference = in_process(model, base, np.arange(len(base)))
+    ids, dist = reference.search(base, 9, nprobe=2)
+    sim = rows_by_id(model.similarItems().toArrow())
+    assert_same_distances(sim, ids, dist, range(len(base)), 8, exclude=np.arange(len(base)))
+
+
+def test_few_candidates_widen_nprobe(spark):
+    """nprobe=1 over lists of ~100 items with k=150: every row still gets k neighbours, the exact ones."""
+    base = BASE[:1600]
+    model = KNN(k=150, metric="l2", indexType="ivf", nlist=16, nprobe=1, featuresCol="vector").fit(
+        spark_items(spark, base))
+    assert min(model.layout.ivf.list_sizes) < 151
+    sim = rows_by_id(model.similarItems().toArrow())
+    assert all(len(v) == 150 for v in sim.values())
+    out = rows_by_id(model.setK(1600).transform(spark_items(spark, QUERIES[:20])).toArrow())
+    _, exact = exact_knn(base, QUERIES[:20], 1600, "l2")
+    for i in range(20):
+        np.testing.assert_allclose([n["distance"] for n in out[i]], exact[i], rtol=1e-5, atol=1e-3)
+
+
+def test_memory_is_reported_and_checked(spark, tmp_path):
+    df = spark_items(spark, BASE)
+    with pytest.raises(TaskMemoryError, match=r"building the IVF index .* needs about .* but a task may use "
+                       r"1\.0 KiB \(taskMemoryLimit=1k\)\. Lower targetPartBytes"):
+        KNN(indexType="ivf", nlist=16, featuresCol="vector", taskMemoryLimit="1k", indexPath=str(tmp_path)).fit(df)
+    assert os.listdir(tmp_path) == [], "a refused fit leaves no files"
+    model = KNN(indexType="ivf", nlist=16, storage="pq", pqM=4, featuresCol="vector").fit(df)
+    files = model.layout.root
+    parts = [os.path.getsize(os.path.join(files, s.index)) for s in model.layout.shards]
+    assert model.partSizeBytes == parts
+    assert model.indexSizeBytes == sum(parts) + os.path.getsize(os.path.join(files, model.layout.ivf.quantizer))
+    assert max(parts) < model.taskMemoryBytes < 16 << 20  # the largest part plus query buffers
+    assert model.setK(100).taskMemoryBytes > model.setK(10).taskMemoryBytes  # candidates take room too
+    limit = f"{model.taskMemoryBytes - 1}"
+    with pytest.raises(TaskMemoryError, match=rf"similarItems .* needs about .* \(taskMemoryLimit={limit}\)"):
+        model.setTaskMemoryLimit(limit).similarItems()
+    assert model.setTaskMemoryLimit(str(model.taskMemoryBytes)).similarItems().count() == len(BASE)
+    with pytest.raises(ValueError, match="taskMemoryLimit: cannot read '12 parsecs'"):
+        model.setTaskMemoryLimit("12 parsecs")
+
+
+def test_bad_ivf_params(spark):
+    with pytest.raises(ValueError, match="storage must be one of float32, sq8, pq"):
+        KNN(indexType="ivf", storage="int4")
+    with pytest.raises(ValueError, match="numShards applies to indexType 'flat' and 'hnsw'"):
+        KNN(indexType="ivf", numShards=2, featuresCol="vector").fit(spark_items(spark, BASE[:10]))
+    with pytest.raises(ValueError, match=r"nlist=64 is more than the 10 items"):
+        KNN(indexType="ivf", nlist=64, featuresCol="vector").fit(spark_items(spark, BASE[:10]))
+    dup = spark_items(spark, BASE[:20], ids=[1] * 2 + list(range(2, 20)))
+    with pytest.raises(ValueError, match=r"idCol 'id' has 1 duplicate ids \(e.g. 1 appears 2 times\)"):
+        KNN(indexType="ivf", nlist=4, featuresCol="vector").fit(dup)
+
+
+def test_save_load_in_a_fresh_session(spark, tmp_path, _spark_holder):
+    names = [f"n{i}" for i in range(len(BASE))]
+    model = KNN(k=4, metric="cosine", indexType="ivf", nlist=16, nprobe=5, storage="sq8",
+                featuresCol="vector").fit(spark_items(spark, BASE, ids=names, id_type="string"))
+    expected = rows_by_id(model.similarItems().toArrow())
+    path = str(tmp_path / "model")
+    model.write().save(path)
+    assert "quantizer.snn" in os.listdir(os.path.join(path, "index"))
+    spark.stop()
+    from sparknn.spark.session import local_session
+
+    session = _spark_holder["session"] = local_session("local[2]", "sparknn-tests", **{
+        "spark.default.parallelism": "2", "spark.sql.shuffle.partitions": "4"})
+    loaded = KNNModel.load(path)
+    assert (loaded.getNprobe(), loaded.getStorage(), loaded.numItems) == (5, "sq8", len(BASE))
+    assert rows_by_id(loaded.similarItems().toArrow()) == expected
+    assert loaded.transform(spark_items(session, QUERIES[:7])).count() == 7
