@@ -49,7 +49,7 @@ class SparknnFlat(Engine):
 class SparknnHnsw(Engine):
     name = "sparknn-hnsw"
 
-    def __init__(self, M=16, ef_construction=200, knobs=(10, 16, 32, 64, 128, 256)):
+    def __init__(self, M=16, ef_construction=200, knobs=(10, 16, 32, 64, 128)):
         self.M, self.efc, self.knobs = M, ef_construction, list(knobs)
 
     def build(self, base, metric, threads):
@@ -70,7 +70,7 @@ class SparknnHnsw(Engine):
 class Hnswlib(Engine):
     name = "hnswlib"
 
-    def __init__(self, M=16, ef_construction=200, knobs=(10, 16, 32, 64, 128, 256)):
+    def __init__(self, M=16, ef_construction=200, knobs=(10, 16, 32, 64, 128)):
         self.M, self.efc, self.knobs = M, ef_construction, list(knobs)
 
     def build(self, base, metric, threads):
@@ -127,7 +127,7 @@ class FaissFlat(Engine):
 class FaissHnsw(Engine):
     name = "faiss-hnsw"
 
-    def __init__(self, M=16, ef_construction=200, knobs=(10, 16, 32, 64, 128, 256)):
+    def __init__(self, M=16, ef_construction=200, knobs=(10, 16, 32, 64, 128)):
         self.M, self.efc, self.knobs = M, ef_construction, list(knobs)
 
     def build(self, base, metric, threads):
