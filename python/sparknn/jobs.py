@@ -308,6 +308,18 @@ def _check_k(k: int) -> None:
         raise UsageError(f"k must be an integer >= 1, got {k!r}")
 
 
+def _read_and_build(input_path: str, id_col: str, vector_col: str, opts: IndexOptions, progress: Progress,
+                    timings: Timings) -> tuple[Input, pa.Array, np.ndarray | None, Index]:
+    """Opens the input, checks its ids are unique and builds the index (engine ids: ``direct``, or positions)."""
+    t0 = time.perf_counter()
+    inp = open_input(input_path, id_col, vector_col)
+    ids = read_ids(inp, unique=True)
+    direct = engine_ids(ids)
+    index = build_index(inp, direct, opts, progress)
+    timings.add("read + build", time.perf_counter() - t0)
+    return inp, ids, direct, index
+
+
 def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector", k: int = 10,
             opts: IndexOptions = IndexOptions(), fmt: str = "parquet", overwrite: bool = False,
             progress: Progress | None = None) -> Result:
@@ -320,12 +332,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     check_format(fmt)
     check_destination(output, overwrite)
     timings = Timings()
-    t0 = time.perf_counter()
-    inp = open_input(input_path, id_col, vector_col)
-    ids = read_ids(inp, unique=True)
-    direct = engine_ids(ids)
-    index = build_index(inp, direct, opts, progress)
-    timings.add("read + build", time.perf_counter() - t0)
+    inp, ids, direct, index = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)
 
     t0 = time.perf_counter()
     self_ids = direct if direct is not None else np.arange(inp.num_rows, dtype=np.int64)
@@ -355,12 +362,7 @@ def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str =
     if not overwrite:
         check_destination(sidecar, overwrite)
     timings = Timings()
-    t0 = time.perf_counter()
-    inp = open_input(input_path, id_col, vector_col)
-    ids = read_ids(inp, unique=True)
-    direct = engine_ids(ids)
-    index = build_index(inp, direct, opts, progress)
-    timings.add("read + build", time.perf_counter() - t0)
+    inp, ids, direct, index = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)
 
     t0 = time.perf_counter()
     tmp_index = temp_sibling(output)
