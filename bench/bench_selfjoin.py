@@ -1,0 +1,125 @@
+"""The all-items self-join (top-10 of every item, itself excluded) in-process, in one run:
+sparknn ivf (list-batched GEMM search) and hnsw against hnswlib and faiss IndexIVFFlat on the
+same data. Wall time includes the build. Recall@10 on a fixed sample of items against exact
+search (sparknn flat).
+
+    python bench/bench_selfjoin.py --n 1000000            # issue 4's speed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import datasets
+
+K = 10
+
+
+def recall(found: np.ndarray, truth: np.ndarray, sample: np.ndarray) -> float:
+    hits = 0
+    for row, i in enumerate(sample):
+        got = [j for j in found[row] if j != i][:K]
+        hits += len(set(got) & set(truth[row].tolist()))
+    return hits / (len(sample) * K)
+
+
+def run_sparknn_ivf(x, threads, nlist, nprobe):
+    import sparknn
+
+    t = time.perf_counter()
+    index = sparknn.Index(x.shape[1], "l2", "ivf", nlist=nlist, nprobe=nprobe, threads=threads)
+    index.add(x)
+    build = time.perf_counter() - t
+    found, _ = index.search(x, K + 1)
+    return build, time.perf_counter() - t, found
+
+
+def run_sparknn_hnsw(x, threads, ef):
+    import sparknn
+
+    t = time.perf_counter()
+    index = sparknn.Index(x.shape[1], "l2", "hnsw", threads=threads)
+    index.add(x)
+    build = time.perf_counter() - t
+    found, _ = index.search(x, K + 1, ef=ef)
+    return build, time.perf_counter() - t, found
+
+
+def run_hnswlib(x, threads, ef):
+    import hnswlib
+
+    t = time.perf_counter()
+    index = hnswlib.Index(space="l2", dim=x.shape[1])
+    index.init_index(max_elements=len(x), M=16, ef_construction=200, random_seed=100)
+    index.set_num_threads(threads)
+    index.add_items(x, np.arange(len(x)))
+    build = time.perf_counter() - t
+    index.set_ef(ef)
+    found, _ = index.knn_query(x, k=K + 1)
+    return build, time.perf_counter() - t, found.astype(np.int64)
+
+
+def run_faiss_ivf(x, threads, nlist, nprobe):
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    t = time.perf_counter()
+    quantizer = faiss.IndexFlatL2(x.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist)
+    rng = np.random.default_rng(0)
+    index.train(x[rng.choice(len(x), min(len(x), 64 * nlist), replace=False)])
+    index.add(x)
+    build = time.perf_counter() - t
+    index.nprobe = nprobe
+    _, found = index.search(x, K + 1)
+    return build, time.perf_counter() - t, found
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--sample", type=int, default=2000)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "selfjoin"))
+    args = p.parse_args(argv)
+    x = datasets.clustered(args.n, args.dim, 1, seed=5).base
+    sample = np.random.default_rng(1).choice(args.n, args.sample, replace=False)
+    import sparknn
+
+    flat = sparknn.Index(args.dim, "l2", "flat", threads=args.threads)
+    flat.add(x)
+    truth_raw, _ = flat.search(x[sample], K + 1)
+    truth = np.array([[j for j in row if j != i][:K] for row, i in zip(truth_raw, sample)])
+    nlist = int(round(4 * args.n**0.5))
+    runs = [
+        ("sparknn ivf float32", f"nlist={nlist} nprobe=8", lambda: run_sparknn_ivf(x, args.threads, nlist, 8)),
+        ("sparknn ivf float32", f"nlist={nlist} nprobe=16", lambda: run_sparknn_ivf(x, args.threads, nlist, 16)),
+        ("faiss IndexIVFFlat", f"nlist={nlist} nprobe=8", lambda: run_faiss_ivf(x, args.threads, nlist, 8)),
+        ("faiss IndexIVFFlat", f"nlist={nlist} nprobe=16", lambda: run_faiss_ivf(x, args.threads, nlist, 16)),
+        ("sparknn hnsw", "M=16 efC=200 ef=32", lambda: run_sparknn_hnsw(x, args.threads, 32)),
+        ("hnswlib", "M=16 efC=200 ef=32", lambda: run_hnswlib(x, args.threads, 32)),
+    ]
+    rows = []
+    print(f"self-join top-{K}, {args.n} x {args.dim} clustered (1000 centres), {args.threads} threads")
+    print("| engine | parameters | build s | total s (build + join) | recall@10 |\n|---|---|---|---|---|")
+    for name, params, fn in runs:
+        build, total, found = fn()
+        r = recall(found[sample], truth, sample)
+        rows.append({"engine": name, "params": params, "build_s": round(build, 1), "total_s": round(total, 1),
+                     "recall": round(r, 4)})
+        print(f"| {name} | {params} | {build:.1f} | {total:.1f} | {r:.4f} |", flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
