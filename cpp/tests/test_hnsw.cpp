@@ -25,20 +25,8 @@ namespace {
 namespace fs = std::filesystem;
 using Bytes = std::vector<uint8_t>;
 
-struct Results {
-    std::vector<int64_t> ids;
-    std::vector<float> dist;
-    bool operator==(const Results&) const = default;
-};
-
-Results search(const Index& index, const std::vector<float>& queries, size_t k, size_t ef = 0) {
-    const size_t nq = queries.size() / index.dim();
-    Results r{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
-    SearchParams p;
-    p.ef = ef;
-    index.search(nq, queries.data(), k, r.ids.data(), r.dist.data(), p);
-    return r;
-}
+using test::Results;
+using test::search;
 
 HnswParams small_params(size_t M = 16, size_t ef_construction = 100) {
     HnswParams p;

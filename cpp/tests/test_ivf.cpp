@@ -23,17 +23,8 @@ IvfParams ivf_params(size_t nlist, size_t nprobe, IvfStorage storage = IvfStorag
     return p;
 }
 
-struct Results {
-    std::vector<int64_t> ids;
-    std::vector<float> dist;
-};
-
-Results search(const Index& index, const std::vector<float>& q, size_t dim, size_t k, SearchParams sp = {}) {
-    const size_t nq = q.size() / dim;
-    Results r{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
-    index.search(nq, q.data(), k, r.ids.data(), r.dist.data(), sp);
-    return r;
-}
+using test::Results;
+using test::search;
 
 double recall(const Results& found, const Results& truth, size_t nq, size_t k) {
     size_t hits = 0;
@@ -74,7 +65,7 @@ TEST_P(IvfExact, AllListsEqualsFlat) {
     ivf.add(n, base.data(), nullptr);
     FlatIndex flat(dim, metric);
     flat.add(n, base.data(), nullptr);
-    const Results a = search(ivf, queries, dim, k), b = search(flat, queries, dim, k);
+    const Results a = search(ivf, queries, k), b = search(flat, queries, k);
     for (size_t i = 0; i < nq * k; ++i) {
         EXPECT_NEAR(a.dist[i], b.dist[i], 1e-3f * (1 + std::fabs(b.dist[i])));
     }
@@ -102,7 +93,7 @@ TEST_P(IvfRecall, RecallAtTen) {
     ivf.add(n, base.data(), nullptr);
     FlatIndex flat(dim, c.metric);
     flat.add(n, base.data(), nullptr);
-    const double r = recall(search(ivf, queries, dim, k), search(flat, queries, dim, k), nq, k);
+    const double r = recall(search(ivf, queries, k), search(flat, queries, k), nq, k);
     EXPECT_GE(r, c.min_recall) << storage_name(c.storage);
 }
 
@@ -119,14 +110,14 @@ TEST(IvfPq, RerankedRecallAtTen) {
         ivf.add(n, base.data(), nullptr);
         FlatIndex flat(dim, metric);
         flat.add(n, base.data(), nullptr);
-        const Results truth = search(flat, queries, dim, k);
-        EXPECT_GE(recall(search(ivf, queries, dim, k), truth, nq, k), 0.9) << metric_name(metric);
+        const Results truth = search(flat, queries, k);
+        EXPECT_GE(recall(search(ivf, queries, k), truth, nq, k), 0.9) << metric_name(metric);
         // without re-ranking, PQ distances still rank well above chance
         IvfParams plain = p;
         plain.rerank = 0;
         IvfIndex compressed(dim, metric, plain);
         compressed.add(n, base.data(), nullptr);
-        EXPECT_GE(recall(search(compressed, queries, dim, k), truth, nq, k), 0.4) << metric_name(metric);
+        EXPECT_GE(recall(search(compressed, queries, k), truth, nq, k), 0.4) << metric_name(metric);
     }
 }
 
@@ -184,13 +175,13 @@ TEST(Ivf, SaveLoadRoundTripAndAddAfterLoad) {
             auto loaded = load_index(path, mmap);
             ASSERT_EQ(loaded->kind(), IndexKind::Ivf);
             ASSERT_EQ(loaded->size(), n);
-            const Results a = search(ivf, queries, dim, k), b = search(*loaded, queries, dim, k);
+            const Results a = search(ivf, queries, k), b = search(*loaded, queries, k);
             EXPECT_EQ(a.ids, b.ids);
             EXPECT_EQ(a.dist, b.dist);
             const std::vector<float> extra(dim, 0.5f);
             const int64_t id = 99999;
             loaded->add(1, extra.data(), &id);
-            const Results c = search(*loaded, extra, dim, 1, SearchParams{0, 16});
+            const Results c = search(*loaded, extra, 1, 0, 16);
             EXPECT_EQ(c.ids[0], id);
         }
     }
@@ -223,7 +214,7 @@ TEST(Ivf, KLargerThanCandidatesPads) {
     const auto base = test::random_vectors(40, dim, 8);
     IvfIndex ivf(dim, Metric::L2, ivf_params(4, 1));
     ivf.add(40, base.data(), nullptr);
-    const Results r = search(ivf, std::vector<float>(base.begin(), base.begin() + dim), dim, 60);
+    const Results r = search(ivf, std::vector<float>(base.begin(), base.begin() + dim), 60);
     size_t found = 0;
     for (int64_t id : r.ids) found += id >= 0;
     EXPECT_GT(found, 0u);

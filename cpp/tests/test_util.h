@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sparknn/distance.h"
+#include "sparknn/index.h"
 
 namespace sparknn::test {
 
@@ -72,6 +73,25 @@ inline std::vector<std::vector<std::pair<double, int64_t>>> naive_knn(Metric m, 
         out[q] = std::move(all);
     }
     return out;
+}
+
+// Search results of a batch: ids and distances [nq, k], row-major.
+struct Results {
+    std::vector<int64_t> ids;
+    std::vector<float> dist;
+    bool operator==(const Results&) const = default;
+};
+
+// Searches every row of `queries` (row-major, index.dim() wide); ef / nprobe 0 = the index's default.
+inline Results search(const Index& index, const std::vector<float>& queries, size_t k, size_t ef = 0,
+                      size_t nprobe = 0) {
+    const size_t nq = queries.size() / index.dim();
+    Results r{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
+    SearchParams params;
+    params.ef = ef;
+    params.nprobe = nprobe;
+    index.search(nq, queries.data(), k, r.ids.data(), r.dist.data(), params);
+    return r;
 }
 
 }  // namespace sparknn::test
