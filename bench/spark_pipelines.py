@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("output")
     ap.add_argument("--result", required=True, help="JSON file for the timings")
     ap.add_argument("--workdir", default="/tmp", help="where the Annoy index file is saved")
-    ap.add_argument("--index-type", default="hnsw", choices=["hnsw", "flat"])
+    ap.add_argument("--index-type", default="hnsw", choices=["hnsw", "flat", "ivf"])
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
     args = ap.parse_args(argv)

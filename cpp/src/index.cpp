@@ -93,6 +93,11 @@ void Index::check_new_ids(size_t n, const int64_t* ids) {
 }
 
 void Index::add(size_t n, const float* vectors, const int64_t* ids) {
+    add_with(n, vectors, ids, [&](const float* stored) { add_impl(n, stored); });
+}
+
+void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
+                     const std::function<void(const float*)>& store) {
     if (n == 0) return;
     SPARKNN_CHECK_ARG(vectors != nullptr, "vectors is null");
     AlignedVector<float> normalised;
@@ -111,7 +116,7 @@ void Index::add(size_t n, const float* vectors, const int64_t* ids) {
     check_new_ids(n, ids);
     const float* stored = metric_ == Metric::Cosine ? normalised.data() : vectors;
     try {
-        add_impl(n, stored);
+        store(stored);
     } catch (...) {
         for (size_t i = 0; i < n; ++i) id_set_.erase(ids[i]);
         throw;

@@ -17,7 +17,8 @@ namespace {
 
 // Queries searched together: bounds the per-thread heaps (threads x batch x k)
 // while keeping enough queries per list for the sgemm to pay off.
-constexpr size_t kQueryBatch = 16384;
+constexpr size_t kMinQueryBatch = 16384;
+constexpr size_t kMaxQueryBatch = 262144;
 
 Metric quantizer_metric(Metric metric) {
     // Unit vectors (cosine) are clustered and assigned by L2, which on the
@@ -116,7 +117,7 @@ void IvfIndex::train_prepared(size_t n, const float* x) {
     if (nlist == 0) nlist = std::clamp<size_t>(static_cast<size_t>(std::lround(4.0 * std::sqrt(double(n)))), 1, n);
     SPARKNN_CHECK_ARG(n >= nlist, "training an IVF index with nlist=", nlist, " needs at least ", nlist,
                       " vectors, got ", n, ": lower nlist (or leave it 0 to choose from the data)");
-    size_t sample = params_.train_size ? params_.train_size : std::max<size_t>(64 * nlist, 20000);
+    size_t sample = params_.train_size ? params_.train_size : std::max<size_t>(32 * nlist, 20000);
     sample = std::clamp<size_t>(sample, nlist, n);
 
     // A uniform sample (sorted for locality), not the first rows: input order is often not random.
@@ -200,11 +201,40 @@ void IvfIndex::add_impl(size_t n, const float* vectors) {
     std::vector<int64_t> assigned(n);
     std::vector<float> unused(n);
     quantizer_->search(n, vectors, 1, assigned.data(), unused.data());
+    add_assigned(n, vectors, assigned.data());
+}
 
+void IvfIndex::check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const {
+    SPARKNN_CHECK_ARG(lists != nullptr, what, " is null");
+    const int64_t nlist_ = static_cast<int64_t>(nlist());
+    std::vector<int64_t> row(width);
+    for (size_t i = 0; i < rows; ++i) {
+        for (size_t j = 0; j < width; ++j) {
+            const int64_t l = lists[i * width + j];
+            SPARKNN_CHECK_ARG(l >= 0 && l < nlist_, what, " row ", i, " names list ", l, ", outside [0, nlist=", nlist_,
+                              ")");
+        }
+        if (width > 1) {  // a list probed twice would report its vectors twice
+            std::copy(lists + i * width, lists + (i + 1) * width, row.begin());
+            std::sort(row.begin(), row.end());
+            SPARKNN_CHECK_ARG(std::adjacent_find(row.begin(), row.end()) == row.end(), what, " row ", i,
+                              " names a list twice");
+        }
+    }
+}
+
+void IvfIndex::add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists) {
+    SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "add_to_lists needs a trained IVF index: call train() first");
+    if (n == 0) return;
+    check_lists(n, 1, lists, "lists");
+    add_with(n, vectors, ids, [&](const float* stored) { add_assigned(n, stored, lists); });
+}
+
+void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assigned) {
     // Group rows by list (counting sort) so each list is appended by one thread.
     const size_t nlist = lists_.size();
     std::vector<size_t> start(nlist + 1, 0);
-    for (int64_t l : assigned) ++start[static_cast<size_t>(l) + 1];
+    for (size_t i = 0; i < n; ++i) ++start[static_cast<size_t>(assigned[i]) + 1];
     std::partial_sum(start.begin(), start.end(), start.begin());
     std::vector<size_t> order(n);
     {
@@ -276,24 +306,35 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
                            const SearchParams& params) const {
     SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "the IVF index is not trained");
     const size_t nprobe = std::min(nlist(), params.nprobe ? params.nprobe : params_.nprobe);
-    for (size_t q0 = 0; q0 < nq; q0 += kQueryBatch) {
-        const size_t m = std::min(kQueryBatch, nq - q0);
-        search_batch(m, queries + q0 * dim_, k, nprobe, out_ids + q0 * k, out_distances + q0 * k);
+    // Batches large enough that each probed list sees ~256 queries, so its
+    // scan is one efficient GEMM rather than many thin ones.
+    const size_t batch = std::clamp<size_t>(256 * nlist() / nprobe, kMinQueryBatch, kMaxQueryBatch);
+    if (params.lists != nullptr) {
+        SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist(), "lists given: nprobe must be their width, in [1, nlist=",
+                          nlist(), "], got ", params.nprobe);
+        check_lists(nq, nprobe, params.lists, "lists");
+    }
+    for (size_t q0 = 0; q0 < nq; q0 += batch) {
+        const size_t m = std::min(batch, nq - q0);
+        const int64_t* probes = params.lists ? params.lists + q0 * nprobe : nullptr;
+        search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k);
     }
 }
 
-void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, int64_t* out_ids,
-                            float* out_distances) const {
-    std::vector<int64_t> probes(nq * nprobe);
-    {
+void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* given,
+                            int64_t* out_ids, float* out_distances) const {
+    std::vector<int64_t> computed;
+    if (given == nullptr) {
+        computed.resize(nq * nprobe);
         std::vector<float> dist(nq * nprobe);
         quantizer_->set_threads(threads_);
-        quantizer_->search(nq, queries, nprobe, probes.data(), dist.data());
+        quantizer_->search(nq, queries, nprobe, computed.data(), dist.data());
     }
+    const int64_t* probes = given ? given : computed.data();
     // Invert (query -> lists) into (list -> queries).
     const size_t nlist = lists_.size();
     std::vector<size_t> start(nlist + 1, 0);
-    for (int64_t l : probes) ++start[static_cast<size_t>(l) + 1];
+    for (size_t i = 0; i < nq * nprobe; ++i) ++start[static_cast<size_t>(probes[i]) + 1];
     std::partial_sum(start.begin(), start.end(), start.begin());
     std::vector<uint32_t> members(nq * nprobe);
     {

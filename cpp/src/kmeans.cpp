@@ -1,6 +1,8 @@
 #include "sparknn/kmeans.h"
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 #include <cmath>
 #include <random>
 
@@ -12,44 +14,81 @@
 namespace sparknn {
 namespace {
 
-// k-means++: each next centre is drawn with probability proportional to the
-// squared distance to the nearest centre chosen so far.
-std::vector<float> seed_plus_plus(const float* x, size_t n, size_t dim, size_t k, std::mt19937_64& rng,
-                                  int threads) {
-    const DistanceKernels& kern = kernels();
-    std::vector<float> centroids(k * dim);
+// Counter-based uniform in (0, 1): the same value for a (seed, round, point)
+// whatever thread computes it, so seeding is deterministic.
+double uniform01(uint64_t seed, uint64_t round, uint64_t i) {
+    uint64_t z = seed ^ (round * 0x9E3779B97F4A7C15ull) ^ (i * 0xD1B54A32D192ED03ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (static_cast<double>(z >> 11) + 0.5) * 0x1.0p-53;
+}
+
+// D^2 seeding in batches (k-means++ with b centres per round, as k-means||
+// oversamples per round; Arthur & Vassilvitskii 2007, Bahmani et al. 2012).
+// Each round draws b new centres without replacement with probability
+// proportional to the squared distance to the nearest centre so far
+// (Efraimidis-Spirakis keys u^(1/w)), then updates those distances with one
+// BLAS pass against the b new centres. Plain k-means++ is b = 1 and costs k
+// sequential passes over the data; with about 64 rounds the whole seeding
+// costs what one Lloyd iteration does.
+std::vector<float> seed_d2_batched(const float* x, size_t n, size_t dim, size_t k, uint64_t seed, int threads) {
+    std::vector<float> centroids;
+    centroids.reserve(k * dim);
     std::vector<float> nearest(n, std::numeric_limits<float>::infinity());
-    size_t chosen = std::uniform_int_distribution<size_t>(0, n - 1)(rng);
-    for (size_t c = 0; c < k; ++c) {
-        std::copy(x + chosen * dim, x + (chosen + 1) * dim, centroids.begin() + static_cast<ptrdiff_t>(c * dim));
-        if (c + 1 == k) break;
-        const float* centre = centroids.data() + c * dim;
-        // Per-chunk sums keep the total deterministic whatever the thread timing.
-        const size_t chunk = 4096;
-        std::vector<double> sums((n + chunk - 1) / chunk, 0.0);
-        parallel_for(n, chunk, threads, [&](size_t b, size_t e, int) {
-            double s = 0;
+    std::vector<int64_t> label(n);
+    std::vector<float> dist(n);
+    const size_t batch = std::max<size_t>(1, (k + 63) / 64);
+    const size_t workers = static_cast<size_t>(resolve_threads(threads));
+    using Key = std::pair<double, size_t>;  // (key, point); smaller key = drawn first
+    std::vector<Key> picked;
+    for (size_t round = 0; centroids.size() < k * dim; ++round) {
+        const size_t want = round == 0 ? 1 : std::min(batch, k - centroids.size() / dim);
+        // Key -log(u) / w: the `want` smallest are a weighted sample without
+        // replacement. Points at distance 0 (already centres) are never drawn
+        // unless every point is, which falls back to uniform keys.
+        std::vector<std::vector<Key>> local(workers);
+        std::atomic<bool> any_positive{false};
+        const size_t chunk = 8192;
+        parallel_for(n, chunk, threads, [&](size_t b, size_t e, int worker) {
+            std::vector<Key>& best = local[static_cast<size_t>(worker)];
+            bool positive = false;
             for (size_t i = b; i < e; ++i) {
-                nearest[i] = std::min(nearest[i], kern.l2sq(x + i * dim, centre, dim));
-                s += nearest[i];
+                const double w = round == 0 ? 1.0 : static_cast<double>(nearest[i]);
+                if (!(w > 0)) continue;
+                positive = true;
+                const double key = -std::log(uniform01(seed, round, i)) / w;
+                if (best.size() < want) {
+                    best.emplace_back(key, i);
+                    std::push_heap(best.begin(), best.end());
+                } else if (key < best.front().first) {
+                    std::pop_heap(best.begin(), best.end());
+                    best.back() = {key, i};
+                    std::push_heap(best.begin(), best.end());
+                }
             }
-            sums[b / chunk] = s;
+            if (positive) any_positive.store(true, std::memory_order_relaxed);
         });
-        double total = 0;
-        for (double s : sums) total += s;
-        if (!(total > 0)) {  // every point coincides with a centre: pick any
-            chosen = std::uniform_int_distribution<size_t>(0, n - 1)(rng);
-            continue;
+        picked.clear();
+        for (const auto& l : local) picked.insert(picked.end(), l.begin(), l.end());
+        if (!any_positive.load()) {  // every point coincides with a centre: draw uniformly
+            for (size_t i = 0; i < n && picked.size() < want; ++i) {
+                picked.emplace_back(-std::log(uniform01(seed, round, i)), i);
+            }
         }
-        double target = std::uniform_real_distribution<double>(0, total)(rng);
-        size_t block = 0;
-        while (block + 1 < sums.size() && target >= sums[block]) target -= sums[block++];
-        chosen = std::min(n - 1, block * chunk);
-        for (size_t i = block * chunk; i < std::min(n, (block + 1) * chunk); ++i) {
-            chosen = i;
-            target -= nearest[i];
-            if (target < 0) break;
-        }
+        std::sort(picked.begin(), picked.end());  // ties broken by index: deterministic
+        picked.resize(std::min(picked.size(), want));
+        const size_t first = centroids.size() / dim;
+        for (const Key& p : picked) centroids.insert(centroids.end(), x + p.second * dim, x + (p.second + 1) * dim);
+        if (centroids.size() == k * dim) break;
+        // One GEMM pass: each point's distance to the nearest new centre.
+        FlatIndex added(dim, Metric::L2);
+        added.set_threads(threads);
+        added.add(picked.size(), centroids.data() + first * dim, nullptr);
+        added.search(n, x, 1, label.data(), dist.data());
+        parallel_for(n, chunk, threads, [&](size_t b, size_t e, int) {
+            for (size_t i = b; i < e; ++i) nearest[i] = std::min(nearest[i], std::max(dist[i], 0.0f));
+        });
     }
     return centroids;
 }
@@ -61,7 +100,7 @@ KMeansResult kmeans(const float* x, size_t n, size_t dim, size_t k, const KMeans
     SPARKNN_CHECK_ARG(n >= k, "k-means needs at least as many points (", n, ") as centroids (", k, ")");
     std::mt19937_64 rng(params.seed);
     KMeansResult result;
-    result.centroids = seed_plus_plus(x, n, dim, k, rng, params.threads);
+    result.centroids = seed_d2_batched(x, n, dim, k, params.seed, params.threads);
     result.assignment.assign(n, 0);
     std::vector<int64_t> nearest(n);
     std::vector<float> dist(n);

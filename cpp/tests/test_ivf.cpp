@@ -53,6 +53,39 @@ TEST(KMeans, RecoversSeparatedClusters) {
     EXPECT_THROW(kmeans(x.data(), 3, dim, 4), InvalidArgument);
 }
 
+// Many well separated clusters, as many centroids: D^2 seeding in batches
+// (about 64 rounds here, 4 centres each) must still cover almost every true
+// cluster, where uniform seeding leaves ~1/e of them without a centroid.
+TEST(KMeans, BatchedSeedingCoversManyClusters) {
+    const size_t dim = 16, per = 40, k = 256;
+    std::vector<float> x;
+    const auto centres = test::random_vectors(k, dim, 77);
+    const auto noise = test::random_vectors(k * per, dim, 78);
+    for (size_t c = 0; c < k; ++c) {
+        for (size_t i = 0; i < per; ++i) {
+            for (size_t j = 0; j < dim; ++j) x.push_back(centres[c * dim + j] * 100.0f + noise[(c * per + i) * dim + j]);
+        }
+    }
+    KMeansParams p;
+    p.threads = 2;
+    const KMeansResult r = kmeans(x.data(), k * per, dim, k, p);
+    size_t pure = 0;  // true clusters whose points all share one centroid used by no other cluster
+    std::vector<size_t> owners(k, 0);
+    for (size_t c = 0; c < k; ++c) {
+        std::set<uint32_t> labels(r.assignment.begin() + c * per, r.assignment.begin() + (c + 1) * per);
+        for (uint32_t l : labels) ++owners[l];
+    }
+    for (size_t c = 0; c < k; ++c) {
+        std::set<uint32_t> labels(r.assignment.begin() + c * per, r.assignment.begin() + (c + 1) * per);
+        pure += labels.size() == 1 && owners[*labels.begin()] == 1;
+    }
+    EXPECT_GE(pure, k * 9 / 10) << "pure " << pure;
+    // deterministic for a seed, whatever the thread count of the seeding
+    p.threads = 1;
+    const KMeansResult again = kmeans(x.data(), k * per, dim, k, p);
+    EXPECT_EQ(again.assignment, r.assignment);
+}
+
 class IvfExact : public ::testing::TestWithParam<Metric> {};
 
 // Probing every list is exhaustive: the same answers as exact search.
@@ -207,6 +240,64 @@ TEST(Ivf, TrainingErrorsAndUntrainedSave) {
     automatic.add(10, base.data(), nullptr);
     EXPECT_GE(automatic.nlist(), 1u);
     EXPECT_LE(automatic.nlist(), 10u);
+}
+
+// A self-join computes each item's lists once: add_to_lists with column 0 and
+// search with the given lists answer exactly as add and search do.
+TEST(Ivf, GivenListsEqualQuantizerLists) {
+    const size_t dim = 16, n = 4000, k = 10, nprobe = 4;
+    const auto base = test::clustered_vectors(n, dim, 30, 12);
+    for (Metric metric : {Metric::L2, Metric::Cosine}) {
+        IvfIndex plain(dim, metric, ivf_params(40, nprobe));
+        plain.add(n, base.data(), nullptr);
+        IvfIndex given(dim, metric, ivf_params(40, nprobe));
+        given.train(n, base.data());
+        std::vector<int64_t> lists(n * nprobe), first(n);
+        given.nearest_lists(n, base.data(), nprobe, lists.data());
+        for (size_t i = 0; i < n; ++i) first[i] = lists[i * nprobe];
+        given.add_to_lists(n, base.data(), nullptr, first.data());
+        for (size_t l = 0; l < given.nlist(); ++l) EXPECT_EQ(given.list_size(l), plain.list_size(l));
+        Results a{std::vector<int64_t>(n * k), std::vector<float>(n * k)}, b = a;
+        plain.search(n, base.data(), k, a.ids.data(), a.dist.data());
+        SearchParams sp;
+        sp.nprobe = nprobe;
+        sp.lists = lists.data();
+        given.search(n, base.data(), k, b.ids.data(), b.dist.data(), sp);
+        EXPECT_EQ(a.ids, b.ids);
+        EXPECT_EQ(a.dist, b.dist);
+    }
+}
+
+TEST(Ivf, GivenListsValidated) {
+    const size_t dim = 4, n = 100;
+    const auto base = test::random_vectors(n, dim, 13);
+    IvfIndex ivf(dim, Metric::L2, ivf_params(8, 2));
+    std::vector<int64_t> lists(n, 0);
+    EXPECT_THROW(ivf.add_to_lists(n, base.data(), nullptr, lists.data()), InvalidArgument);  // untrained
+    ivf.train(n, base.data());
+    lists[7] = 8;  // nlist = 8
+    EXPECT_THROW(ivf.add_to_lists(n, base.data(), nullptr, lists.data()), InvalidArgument);
+    lists[7] = -1;
+    EXPECT_THROW(ivf.add_to_lists(n, base.data(), nullptr, lists.data()), InvalidArgument);
+    EXPECT_EQ(ivf.size(), 0u);  // nothing added by a rejected call
+    lists[7] = 3;
+    ivf.add_to_lists(n, base.data(), nullptr, lists.data());
+    EXPECT_EQ(ivf.list_size(0), n - 1);
+
+    Results out{std::vector<int64_t>(3), std::vector<float>(3)};
+    std::vector<int64_t> probes = {1, 1};
+    SearchParams sp;
+    sp.nprobe = 2;
+    sp.lists = probes.data();
+    EXPECT_THROW(ivf.search(1, base.data(), 3, out.ids.data(), out.dist.data(), sp), InvalidArgument);  // twice
+    probes = {1, 9};
+    EXPECT_THROW(ivf.search(1, base.data(), 3, out.ids.data(), out.dist.data(), sp), InvalidArgument);  // range
+    sp.nprobe = 0;
+    probes = {0, 3};
+    EXPECT_THROW(ivf.search(1, base.data(), 3, out.ids.data(), out.dist.data(), sp), InvalidArgument);  // width
+    sp.nprobe = 2;
+    ivf.search(1, base.data(), 3, out.ids.data(), out.dist.data(), sp);
+    EXPECT_EQ(out.ids[0], 0);  // vector 0 is in list 0 and is its own nearest
 }
 
 TEST(Ivf, KLargerThanCandidatesPads) {

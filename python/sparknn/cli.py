@@ -268,8 +268,10 @@ def _parser() -> argparse.ArgumentParser:
     index = argparse.ArgumentParser(add_help=False)
     index.add_argument("--metric", default="cosine", choices=["cosine", "l2", "ip"],
                        help="cosine (1 - cos), l2 (squared Euclidean) or ip (-dot); smaller is closer")
-    index.add_argument("--index", default="hnsw", choices=["hnsw", "flat", "ivf"],
-                       help="hnsw (approximate graph), flat (exact) or ivf (partitioned, optionally compressed)")
+    index.add_argument("--index", default=None, choices=["hnsw", "flat", "ivf"],
+                       help="hnsw (approximate graph), flat (exact) or ivf (partitioned, optionally compressed); "
+                       "default: ivf for `similar` (a self-join of every item is batch work, where the "
+                       "list-batched IVF scan is fastest), hnsw for `build` (later queries come few at a time)")
     index.add_argument("--M", type=_count(2), default=16, help="HNSW links per node (default: 16)")
     index.add_argument("--ef-construction", type=_count(1), default=200, help="HNSW build beam (default: 200)")
     index.add_argument("--ef-search", type=_count(1), default=64, help="HNSW search beam (default: 64)")
@@ -303,11 +305,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="for every item, its k nearest other items")
     p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
     p.add_argument("--spark", metavar="MASTER", help="run on Spark, e.g. local[*] or spark://host:7077")
-    p.set_defaults(run=_cmd_similar)
+    p.set_defaults(run=_cmd_similar, default_index="ivf")
 
     p = sub.add_parser("build", parents=[common, columns, index, threads, out], help="build an index file")
     p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
-    p.set_defaults(run=_cmd_build)
+    p.set_defaults(run=_cmd_build, default_index="hnsw")
 
     p = sub.add_parser("query", parents=[common, columns, table_out, threads, out],
                        help="the k nearest items of every query row")
@@ -346,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "index", "") is None:
+        args.index = args.default_index
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)

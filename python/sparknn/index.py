@@ -64,6 +64,21 @@ def _as_ids(ids, n: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _as_lists(lists, n: int, width: Optional[int]) -> np.ndarray:
+    """IVF list numbers as int64 [n, width] (a 1-D array is one list per row)."""
+    arr = np.asarray(lists)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape[0] != n or (width is not None and arr.shape[1] != width):
+        want = f"[{n}, {width}]" if width is not None else f"[{n}] or [{n}, nprobe]"
+        raise InvalidArgumentError(f"lists must have shape {want}, got {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"lists must be integers (from nearest_lists), got dtype {arr.dtype}")
+    if arr.shape[1] == 0:
+        raise InvalidArgumentError("lists must name at least one list per row")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def _normalise_metric(metric: str) -> str:
     metric = _METRIC_ALIASES.get(str(metric).lower(), str(metric).lower())
     if metric not in METRICS:
@@ -207,18 +222,23 @@ class Index:
         return f"sparknn.Index(dim={self.dim}, metric={self.metric!r}, kind={self.kind!r}, size={len(self)})"
 
     # -- operations -------------------------------------------------------------------
-    def add(self, vectors, ids=None) -> None:
+    def add(self, vectors, ids=None, lists=None) -> None:
         """Adds vectors [n, dim] with optional int64 ids [n].
 
         Without ids, ids continue from the largest id so far + 1 (0..n-1 for a new
         index). Duplicate or negative ids, NaN/inf values and (for cosine) zero
         vectors raise ValueError and leave the index unchanged.
+
+        ``lists`` (ivf, trained): the list of each vector [n], usually column 0 of
+        :meth:`nearest_lists`, so a self-join assigns its items once for both add
+        and search.
         """
         x = _as_matrix(vectors, self.dim, "vectors")
         id_arr = None if ids is None else _as_ids(ids, x.shape[0])
+        list_arr = None if lists is None else np.ascontiguousarray(_as_lists(lists, x.shape[0], None)[:, 0])
         if x.shape[0] == 0:
             return
-        self._index.add(x, id_arr)
+        self._index.add(x, id_arr, list_arr)
 
     def train(self, vectors) -> None:
         """Trains an IVF index's lists (k-means) on a sample [n, dim], before the first add."""
@@ -250,7 +270,7 @@ class Index:
         return self._index.list_sizes()
 
     def search(
-        self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None
+        self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None
     ) -> Tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each query.
 
@@ -259,16 +279,21 @@ class Index:
         id -1 and distance +inf. ``ef`` (hnsw) widens the search: higher is more
         accurate and slower; it is raised to k when smaller. ``nprobe`` (ivf)
         is the number of lists scanned per query (fewer candidates than k also
-        pad).
+        pad). ``lists`` (ivf): the lists to scan per query, int64 [nq, nprobe] as
+        returned by :meth:`nearest_lists`, instead of computing them again.
         """
         k = _check_count(k, "k", 1)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
         nprobe = 0 if nprobe is None else _check_count(nprobe, "nprobe", 1)
         q = _as_matrix(queries, self.dim, "queries")
+        list_arr = None
+        if lists is not None:
+            list_arr = _as_lists(lists, q.shape[0], nprobe or None)
+            nprobe = list_arr.shape[1]
         out_ids = np.empty((q.shape[0], k), dtype=np.int64)
         out_dist = np.empty((q.shape[0], k), dtype=np.float32)
         if q.shape[0]:
-            self._index.search(q, k, ef, nprobe, out_ids, out_dist)
+            self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr)
         return out_ids, out_dist
 
     def save(self, path) -> None:

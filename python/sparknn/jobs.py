@@ -228,12 +228,18 @@ def _new_index(dim: int, opts: IndexOptions, n: int) -> Index:
                  rerank=opts.rerank, threads=opts.threads)
 
 
-def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress: Progress) -> Index:
+def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress: Progress,
+                keep_lists: bool = False) -> tuple[Index, np.ndarray | None]:
     """Reads the vectors in batches and adds them to a new index; ``ids`` None means row positions.
 
-    An ivf index is first trained on a uniform sample of the whole input.
+    An ivf index is first trained on a uniform sample of the whole input, then
+    each batch is assigned to its ``nprobe`` nearest lists in one pass: the
+    first is where the item goes, and with ``keep_lists`` (a self-join) all of
+    them are returned, int32 [n, nprobe], so the search does not compute them
+    again. Otherwise the second value is None.
     """
     index = None
+    kept: list[np.ndarray] = []
     with progress.bar(inp.num_rows, "building") as bar:
         for first, batch in inp.batches([inp.vector_col], BUILD_BATCH):
             if index is None:
@@ -242,16 +248,36 @@ def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress
                 if opts.kind == "ivf":
                     nlist = index.params["nlist"]
                     with _rows_of_input(inp.vector_col, 0, inp.num_rows):
-                        index.train(_train_sample(inp, dim, max(64 * nlist, 20_000)))
+                        index.train(_train_sample(inp, dim, max(32 * nlist, 20_000)))
             rows = np.arange(first, first + batch.num_rows, dtype=np.int64) if ids is None else \
                 ids[first:first + batch.num_rows]
             x = _vectors(batch.column(0), inp.vector_col, index.dim, first)
             with _rows_of_input(inp.vector_col, first, len(x)):
-                index.add(x, rows)
+                if opts.kind == "ivf":
+                    lists = index.nearest_lists(x, _probes(index) if keep_lists else 1)
+                    index.add(x, rows, lists=lists)
+                    if keep_lists:
+                        kept.append(lists.astype(np.int32))
+                else:
+                    index.add(x, rows)
             bar.update(batch.num_rows)
     if index is None or len(index) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
-    return index
+    return index, (np.concatenate(kept) if kept else None)
+
+
+def _probes(index: Index) -> int:
+    """The lists an ivf search scans per query by default (nprobe, at most nlist)."""
+    return min(index.params["nprobe"], index.params["nlist"])
+
+
+def _search_batch(index: Index) -> int:
+    """Queries per search call. IVF scans each list once per call for all its
+    queries, so it wants enough queries for each probed list to see ~256 of them
+    (one efficient sgemm); graph and flat search are per query."""
+    if index.kind != "ivf":
+        return SEARCH_BATCH
+    return int(np.clip(256 * index.params["nlist"] // _probes(index), SEARCH_BATCH, 262_144))
 
 
 def _map_back(neighbors: pa.Array, id_type: pa.DataType) -> pa.Array:
@@ -266,8 +292,10 @@ def output_schema(id_field: pa.Field, item_id_type: pa.DataType) -> pa.Schema:
 
 def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: int | None,
                     item_ids: pa.Array | None, item_id_type: pa.DataType, self_ids: np.ndarray | None,
-                    progress: Progress, desc: str) -> Iterator[pa.RecordBatch]:
+                    progress: Progress, desc: str, lists: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
     """Output batches (query id, neighbors); ``self_ids`` set means a self-join that drops each row's own id.
+
+    ``lists`` (ivf): each input row's lists to scan, from the build.
 
     ``item_ids`` maps engine ids (row positions) back to the user's ids; None
     means the engine ids are the user's ids.
@@ -275,10 +303,13 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
     schema = output_schema(pa.field(inp.id_col, query_ids.type), item_id_type)
     kk = k + 1 if self_ids is not None else k
     with progress.bar(inp.num_rows, desc) as bar:
-        for first, batch in inp.batches([inp.vector_col], SEARCH_BATCH):
+        for first, batch in inp.batches([inp.vector_col], _search_batch(index)):
             x = _vectors(batch.column(0), inp.vector_col, index.dim, first)
             with _rows_of_input(inp.vector_col, first, len(x)):
-                found, dist = index.search(x, kk, ef)
+                if lists is not None:
+                    found, dist = index.search(x, kk, lists=lists[first:first + len(x)])
+                else:
+                    found, dist = index.search(x, kk, ef)
             own = None if self_ids is None else self_ids[first:first + len(x)]
             neighbors = neighbors_array(found, dist, id_values=item_ids, exclude=own, k=k)
             if item_ids is None:
@@ -309,15 +340,16 @@ def _check_k(k: int) -> None:
 
 
 def _read_and_build(input_path: str, id_col: str, vector_col: str, opts: IndexOptions, progress: Progress,
-                    timings: Timings) -> tuple[Input, pa.Array, np.ndarray | None, Index]:
+                    timings: Timings, keep_lists: bool = False
+                    ) -> tuple[Input, pa.Array, np.ndarray | None, Index, np.ndarray | None]:
     """Opens the input, checks its ids are unique and builds the index (engine ids: ``direct``, or positions)."""
     t0 = time.perf_counter()
     inp = open_input(input_path, id_col, vector_col)
     ids = read_ids(inp, unique=True)
     direct = engine_ids(ids)
-    index = build_index(inp, direct, opts, progress)
+    index, lists = build_index(inp, direct, opts, progress, keep_lists)
     timings.add("read + build", time.perf_counter() - t0)
-    return inp, ids, direct, index
+    return inp, ids, direct, index, lists
 
 
 def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector", k: int = 10,
@@ -332,14 +364,15 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     check_format(fmt)
     check_destination(output, overwrite)
     timings = Timings()
-    inp, ids, direct, index = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)
+    inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, opts, progress, timings,
+                                                     keep_lists=True)
 
     t0 = time.perf_counter()
     self_ids = direct if direct is not None else np.arange(inp.num_rows, dtype=np.int64)
     schema = output_schema(pa.field(id_col, ids.type), ids.type)
     preview: list = []
     batches = _search_batches(inp, index, ids, k, None, None if direct is not None else ids, ids.type,
-                              self_ids, progress, "searching")
+                              self_ids, progress, "searching", lists)
     rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
     timings.add("search + write", time.perf_counter() - t0)
     return Result(rows, min(k, inp.num_rows - 1), timings, pa.Table.from_batches(preview) if preview else None)
@@ -362,7 +395,7 @@ def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str =
     if not overwrite:
         check_destination(sidecar, overwrite)
     timings = Timings()
-    inp, ids, direct, index = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)
+    inp, ids, direct, index, _ = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)
 
     t0 = time.perf_counter()
     tmp_index = temp_sibling(output)

@@ -22,6 +22,7 @@ using namespace nb::literals;
 using Matrix = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using IdVector = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using OutIds = nb::ndarray<int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using ListMatrix = nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using OutDist = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 namespace {
@@ -40,6 +41,10 @@ const sparknn::IvfIndex& as_ivf(const sparknn::Index& index, const char* what) {
                                                                sparknn::kind_name(index.kind()), ")"));
     }
     return *ivf;
+}
+
+sparknn::IvfIndex& as_ivf_mut(sparknn::Index& index, const char* what) {
+    return const_cast<sparknn::IvfIndex&>(as_ivf(index, what));
 }
 
 }  // namespace
@@ -64,22 +69,38 @@ NB_MODULE(_core, m) {
         .def_prop_rw("threads", &sparknn::Index::threads, &sparknn::Index::set_threads)
         .def(
             "add",
-            [](sparknn::Index& index, Matrix x, std::optional<IdVector> ids) {
+            [](sparknn::Index& index, Matrix x, std::optional<IdVector> ids, std::optional<IdVector> lists) {
                 check_dim(index, x, "vectors");
                 if (ids && ids->shape(0) != x.shape(0)) {
                     throw sparknn::InvalidArgument(sparknn::detail::concat(
                         "ids has ", ids->shape(0), " entries but vectors has ", x.shape(0), " rows"));
                 }
+                if (lists && lists->shape(0) != x.shape(0)) {
+                    throw sparknn::InvalidArgument(sparknn::detail::concat(
+                        "lists has ", lists->shape(0), " entries but vectors has ", x.shape(0), " rows"));
+                }
                 const int64_t* id_ptr = ids ? ids->data() : nullptr;
+                if (lists) {
+                    auto& ivf = as_ivf_mut(index, "add(lists=...)");
+                    nb::gil_scoped_release release;
+                    ivf.add_to_lists(x.shape(0), x.data(), id_ptr, lists->data());
+                    return;
+                }
                 nb::gil_scoped_release release;
                 index.add(x.shape(0), x.data(), id_ptr);
             },
-            "vectors"_a, "ids"_a.none())
+            "vectors"_a, "ids"_a.none(), "lists"_a.none() = nb::none())
         .def(
             "search",
             [](const sparknn::Index& index, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids,
-               OutDist out_dist) {
+               OutDist out_dist, std::optional<ListMatrix> lists) {
                 check_dim(index, q, "queries");
+                if (lists) {
+                    as_ivf(index, "search(lists=...)");
+                    if (lists->shape(0) != q.shape(0) || lists->shape(1) != nprobe) {
+                        throw sparknn::InvalidArgument("lists must have shape [nq, nprobe]");
+                    }
+                }
                 if (out_ids.shape(0) != q.shape(0) || out_ids.shape(1) != k || out_dist.shape(0) != q.shape(0) ||
                     out_dist.shape(1) != k) {
                     throw sparknn::InvalidArgument("output arrays must have shape [nq, k]");
@@ -87,10 +108,11 @@ NB_MODULE(_core, m) {
                 sparknn::SearchParams params;
                 params.ef = ef;
                 params.nprobe = nprobe;
+                if (lists) params.lists = lists->data();
                 nb::gil_scoped_release release;
                 index.search(q.shape(0), q.data(), k, out_ids.data(), out_dist.data(), params);
             },
-            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a)
+            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "lists"_a.none() = nb::none())
         .def(
             "train",
             [](sparknn::Index& index, Matrix x) {

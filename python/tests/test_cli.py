@@ -64,13 +64,17 @@ def test_similar_flat_is_exact(items, items_file, tmp_path, capsys, fmt):
     assert "2,000 items, 10 neighbours each" in capsys.readouterr().out
 
 
-def test_similar_hnsw_default(items, items_file, tmp_path):
+@pytest.mark.parametrize("index", [None, "hnsw"])
+def test_similar_default_ivf_and_hnsw(items, items_file, tmp_path, capsys, index):
     out = str(tmp_path / "similar.parquet")
-    assert main(["similar", items_file, "-o", out, "-q"]) == 0  # defaults: hnsw, cosine, k=10
+    extra = ["--index", index] if index else []
+    assert main(["similar", items_file, "-o", out] + extra) == 0  # defaults: ivf, cosine, k=10
+    assert f"({index or 'ivf'}, cosine" in capsys.readouterr().out
     got = neighbor_lists(pq.read_table(out))
     x = items_matrix(items)
     truth, _ = exact_knn(x, x, 11, "cosine")
     truth = np.array([[j for j in row if j != i][:10] for i, row in enumerate(truth)])
+    assert all(len(got[i][0]) == 10 and i not in got[i][0] for i in range(N))
     assert recall(np.array([got[i][0] for i in range(N)]), truth) >= 0.95
 
 

@@ -110,3 +110,47 @@ def test_ivf_errors(data):
         trained.train(base)
     with pytest.raises(ValueError, match="nprobe"):
         trained.search(base[:1], 3, nprobe=0)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_self_join_with_lists_computed_once(data, metric):
+    """nearest_lists once, then add and search with those lists: the same answers as plain add + search."""
+    base, _ = data
+    plain = sparknn.Index(32, metric=metric, kind="ivf", nlist=48, nprobe=6)
+    plain.add(base)
+    shared = sparknn.Index(32, metric=metric, kind="ivf", nlist=48, nprobe=6)
+    shared.train(base)
+    lists = shared.nearest_lists(base, 6)
+    shared.add(base, lists=lists)  # column 0: each item's own list
+    np.testing.assert_array_equal(shared.list_sizes, plain.list_sizes)
+    ids_a, dist_a = plain.search(base, k=11)
+    ids_b, dist_b = shared.search(base, k=11, lists=lists)
+    np.testing.assert_array_equal(ids_a, ids_b)
+    np.testing.assert_array_equal(dist_a, dist_b)
+
+
+def test_given_lists_are_checked(data):
+    base, queries = data
+    index = sparknn.Index(32, "l2", kind="ivf", nlist=16, nprobe=2)
+    with pytest.raises(ValueError, match="trained"):
+        index.add(base, lists=np.zeros(len(base), dtype=np.int64))
+    index.train(base)
+    bad = np.zeros(len(base), dtype=np.int64)
+    bad[5] = 16
+    with pytest.raises(ValueError, match="row 5 names list 16"):
+        index.add(base, lists=bad)
+    assert len(index) == 0
+    with pytest.raises(ValueError, match="shape"):
+        index.add(base, lists=bad[:10])
+    index.add(base)
+    lists = index.nearest_lists(queries, 2)
+    with pytest.raises(ValueError, match="shape"):
+        index.search(queries, k=5, nprobe=3, lists=lists)
+    with pytest.raises(ValueError, match="twice"):
+        index.search(queries, k=5, lists=np.repeat(lists[:, :1], 2, axis=1))
+    with pytest.raises(ValueError, match="integers"):
+        index.search(queries, k=5, lists=lists.astype(np.float32))
+    flat = sparknn.Index(32, "l2", kind="flat")
+    flat.add(base)
+    with pytest.raises(ValueError, match="ivf"):
+        flat.search(queries, k=5, lists=lists)

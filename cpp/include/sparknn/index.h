@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -17,6 +18,10 @@ namespace sparknn {
 struct SearchParams {
     size_t ef = 0;      // hnsw: candidate list size, raised to k when smaller
     size_t nprobe = 0;  // ivf: lists scanned per query
+    // ivf: each query's lists [nq, nprobe] (from IvfIndex::nearest_lists),
+    // instead of asking the quantizer again; a self-join computes them once
+    // for both add and search.
+    const int64_t* lists = nullptr;
 };
 
 class Index {
@@ -62,6 +67,10 @@ class Index {
                              float* out_distances, const SearchParams& params) const = 0;
     virtual void save_sections(FileWriter& writer) const = 0;
 
+    // add() with the storing step given: validates vectors and ids, then calls
+    // store(validated vectors, normalised under cosine) and records the ids.
+    void add_with(size_t n, const float* vectors, const int64_t* ids,
+                  const std::function<void(const float*)>& store);
     // Loads the common sections (ids) of a validated file.
     void load_common(const std::shared_ptr<const IndexFile>& file);
     // Returns queries ready to search: validated, normalised for cosine (copied

@@ -30,8 +30,8 @@ struct IvfParams {
     size_t nlist = 0;     // lists; 0 = chosen when trained: about 4 * sqrt(n)
     size_t nprobe = 16;   // lists scanned per query by default
     IvfStorage storage = IvfStorage::Float32;
-    size_t train_size = 0;         // k-means sample; 0 = min(n, max(64 * nlist, 20000))
-    size_t kmeans_iterations = 15;
+    size_t train_size = 0;         // k-means sample; 0 = min(n, max(32 * nlist, 20000))
+    size_t kmeans_iterations = 10;  // Lloyd iterations (faiss trains IVF quantizers with 10 too)
     size_t pq_m = 0;    // pq: bytes per vector; 0 = dim / 4 (rounded to a divisor of dim)
     size_t rerank = 0;  // re-rank rerank * k candidates exactly (sq8, pq); 0 = off
     uint64_t seed = 42;
@@ -60,6 +60,9 @@ class IvfIndex final : public Index {
     void train(size_t n, const float* vectors);
     // The nprobe nearest lists of each query [nq, nprobe], nearest first.
     void nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists) const;
+    // add() into given lists (lists[i] in [0, nlist), usually column 0 of
+    // nearest_lists): skips the quantizer pass. Requires a trained index.
+    void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
 
     static std::unique_ptr<IvfIndex> load(const std::shared_ptr<const IndexFile>& file);
 
@@ -76,6 +79,9 @@ class IvfIndex final : public Index {
         AlignedVector<float> norms;  // float32 storage under L2: |x|^2, rebuilt on load
     };
     void train_prepared(size_t n, const float* x);
+    void add_assigned(size_t n, const float* vectors, const int64_t* assigned);
+    // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
+    void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
     size_t code_size() const;
     void encode(const float* x, size_t list, uint8_t* code) const;
     void scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m, TopK* const* heaps) const;
@@ -84,8 +90,9 @@ class IvfIndex final : public Index {
     // the list (float32) or decoded into `scratch` (sq8); norms likewise under L2.
     const float* rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
                       float* norm_scratch) const;
-    void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, int64_t* out_ids,
-                      float* out_distances) const;
+    // probes: the batch's lists [nq, nprobe], or null to ask the quantizer.
+    void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
+                      int64_t* out_ids, float* out_distances) const;
 
     IvfParams params_;
     std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1

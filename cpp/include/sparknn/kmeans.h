@@ -1,5 +1,5 @@
-// k-means for coarse quantizers: k-means++ seeding (Arthur & Vassilvitskii,
-// 2007), then Lloyd iterations whose assignment step is exact search through
+// k-means for coarse quantizers: batched D^2 (k-means++-style) seeding,
+// then Lloyd iterations whose assignment step is exact search through
 // BLAS (FlatIndex). Multi-threaded; deterministic for a seed and thread count.
 #pragma once
 

@@ -25,7 +25,7 @@ def choose_nlist(nlist: int, n: int) -> int:
 
 def sample_size(nlist: int, n: int) -> int:
     """k-means sample: 64 vectors per list, at least 20,000 (as the in-process index)."""
-    return min(n, max(64 * nlist, 20_000))
+    return min(n, max(32 * nlist, 20_000))
 
 
 def item_bytes(dim: int, metric: str, storage: str, pq_m: int, rerank: int) -> int:
