@@ -230,6 +230,53 @@ void IvfIndex::add_to_lists(size_t n, const float* vectors, const int64_t* ids, 
     add_with(n, vectors, ids, [&](const float* stored) { add_assigned(n, stored, lists); });
 }
 
+void IvfIndex::reconstruct(size_t begin, size_t count, float* out) const {
+    SPARKNN_CHECK_ARG(begin <= size() && count <= size() - begin, "reconstruct: labels [", begin, ", ",
+                      begin + count, ") outside [0, ", size(), ")");
+    if (count == 0) return;
+    if (params_.rerank > 0) {  // exact float32 copies in label order
+        std::memcpy(out, rerank_vectors_.data() + begin * dim_, count * dim_ * sizeof(float));
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lock(where_mutex_);
+        if (where_.size() != size()) {
+            where_.assign(size(), ~uint64_t{0});
+            for (size_t l = 0; l < lists_.size(); ++l) {
+                const Buffer<int64_t>& labels = lists_[l].labels;
+                for (size_t r = 0; r < labels.size(); ++r) {
+                    where_[static_cast<size_t>(labels.data()[r])] = (uint64_t{l} << 42) | r;  // nlist <= 2^22
+                }
+            }
+        }
+    }
+    const size_t cs = code_size();
+    parallel_for(count, 4096, threads_, [&](size_t b, size_t e, int) {
+        std::vector<float> residual(params_.storage == IvfStorage::Pq ? dim_ : 0);
+        for (size_t i = b; i < e; ++i) {
+            const uint64_t w = where_[begin + i];
+            SPARKNN_THROW_IF_NOT(w != ~uint64_t{0}, FileFormatError, "label ", begin + i, " is in no list (corrupt lists)");
+            const size_t l = static_cast<size_t>(w >> 42), r = static_cast<size_t>(w & ((uint64_t{1} << 42) - 1));
+            const uint8_t* code = lists_[l].codes.data() + r * cs;
+            float* o = out + i * dim_;
+            switch (params_.storage) {
+                case IvfStorage::Float32:
+                    std::memcpy(o, code, dim_ * sizeof(float));
+                    break;
+                case IvfStorage::Sq8:
+                    for (size_t j = 0; j < dim_; ++j) o[j] = sq_min_[j] + sq_step_[j] * static_cast<float>(code[j]);
+                    break;
+                case IvfStorage::Pq: {
+                    pq_.decode(code, residual.data());
+                    const float* c = centroids() + l * dim_;
+                    for (size_t j = 0; j < dim_; ++j) o[j] = c[j] + residual[j];
+                    break;
+                }
+            }
+        }
+    });
+}
+
 void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assigned) {
     // Group rows by list (counting sort) so each list is appended by one thread.
     const size_t nlist = lists_.size();
@@ -318,6 +365,33 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
         const size_t m = std::min(batch, nq - q0);
         const int64_t* probes = params.lists ? params.lists + q0 * nprobe : nullptr;
         search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k);
+    }
+    // A query whose probed lists hold fewer than min(k, n) vectors gets twice
+    // the lists until it is full: callers are promised min(k, n) neighbours,
+    // never a silently short row (small or skewed lists, k near n).
+    const size_t want = std::min(k, size());
+    std::vector<size_t> short_rows;
+    for (size_t q = 0; q < nq; ++q) {
+        if (out_ids[q * k + want - 1] < 0) short_rows.push_back(q);
+    }
+    for (size_t wider = nprobe; !short_rows.empty() && wider < nlist();) {
+        wider = std::min(nlist(), wider * 2);
+        const size_t m = short_rows.size();
+        AlignedVector<float> gathered(m * dim_);
+        for (size_t i = 0; i < m; ++i) {
+            std::memcpy(&gathered[i * dim_], queries + short_rows[i] * dim_, dim_ * sizeof(float));
+        }
+        std::vector<int64_t> ids(m * k);
+        std::vector<float> dist(m * k);
+        search_batch(m, gathered.data(), k, wider, nullptr, ids.data(), dist.data());
+        std::vector<size_t> still;
+        for (size_t i = 0; i < m; ++i) {
+            const size_t q = short_rows[i];
+            std::copy(ids.begin() + i * k, ids.begin() + (i + 1) * k, out_ids + q * k);
+            std::copy(dist.begin() + i * k, dist.begin() + (i + 1) * k, out_distances + q * k);
+            if (out_ids[q * k + want - 1] < 0) still.push_back(q);
+        }
+        short_rows.swap(still);
     }
 }
 

@@ -102,4 +102,11 @@ void ProductQuantizer::encode(const float* x, uint8_t* code) const {
     }
 }
 
+void ProductQuantizer::decode(const uint8_t* code, float* out) const {
+    for (size_t j = 0; j < m_; ++j) {
+        const float* c = codebooks_.data() + (j * kCentroids + code[j]) * dsub_;
+        std::copy(c, c + dsub_, out + j * dsub_);
+    }
+}
+
 }  // namespace sparknn

@@ -300,18 +300,65 @@ TEST(Ivf, GivenListsValidated) {
     EXPECT_EQ(out.ids[0], 0);  // vector 0 is in list 0 and is its own nearest
 }
 
-TEST(Ivf, KLargerThanCandidatesPads) {
-    const size_t dim = 4;
-    const auto base = test::random_vectors(40, dim, 8);
-    IvfIndex ivf(dim, Metric::L2, ivf_params(4, 1));
-    ivf.add(40, base.data(), nullptr);
-    const Results r = search(ivf, std::vector<float>(base.begin(), base.begin() + dim), 60);
-    size_t found = 0;
-    for (int64_t id : r.ids) found += id >= 0;
-    EXPECT_GT(found, 0u);
-    EXPECT_LT(found, 41u);
-    EXPECT_EQ(r.ids[59], -1);
-    EXPECT_TRUE(std::isinf(r.dist[59]));
+// reconstruct: exact for float32 and with rerank, decoded for sq8/pq; works on a mapped file.
+TEST(Ivf, ReconstructStoredVectors) {
+    const size_t dim = 16, n = 2000;
+    const auto base = test::clustered_vectors(n, dim, 20, 21);
+    struct Case {
+        IvfStorage storage;
+        size_t rerank;
+        float tolerance;
+    };
+    for (const Case c : {Case{IvfStorage::Float32, 0, 0.0f}, Case{IvfStorage::Sq8, 0, 0.05f},
+                         Case{IvfStorage::Pq, 0, 1.0f}, Case{IvfStorage::Pq, 2, 0.0f}}) {
+        IvfParams p = ivf_params(16, 4, c.storage);
+        p.pq_m = 8;
+        p.rerank = c.rerank;
+        IvfIndex ivf(dim, Metric::L2, p);
+        ivf.add(n, base.data(), nullptr);
+        const std::string path = ::testing::TempDir() + "ivf_reconstruct.snn";
+        ivf.save(path);
+        auto loaded = load_index(path, true);
+        const IvfIndex* mapped = dynamic_cast<const IvfIndex*>(loaded.get());
+        ASSERT_NE(mapped, nullptr);
+        for (const IvfIndex* index : {static_cast<const IvfIndex*>(&ivf), mapped}) {
+            std::vector<float> out(300 * dim);
+            index->reconstruct(1700, 300, out.data());
+            float worst = 0;
+            for (size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::fabs(out[i] - base[1700 * dim + i]));
+            EXPECT_LE(worst, c.tolerance) << storage_name(c.storage) << " rerank " << c.rerank;
+            EXPECT_THROW(index->reconstruct(1900, 101, out.data()), InvalidArgument);
+        }
+        std::remove(path.c_str());
+    }
+}
+
+// Lists too small for k are widened: always min(k, n) neighbours, padding only past n.
+TEST(Ivf, ShortListsWidenToMinKN) {
+    const size_t dim = 4, n = 40;
+    const auto base = test::random_vectors(n, dim, 8);
+    for (IvfStorage storage : {IvfStorage::Float32, IvfStorage::Sq8}) {
+        IvfIndex ivf(dim, Metric::L2, ivf_params(8, 1, storage));  // ~5 vectors per list, 1 probed
+        ivf.add(n, base.data(), nullptr);
+        const std::vector<float> q(base.begin(), base.begin() + 3 * dim);
+        for (size_t k : {size_t{20}, size_t{40}, size_t{60}}) {
+            const Results r = search(ivf, q, k);
+            for (size_t row = 0; row < 3; ++row) {
+                std::set<int64_t> seen;
+                for (size_t i = 0; i < k; ++i) {
+                    const int64_t id = r.ids[row * k + i];
+                    if (i < std::min(k, n)) {
+                        EXPECT_GE(id, 0) << "k=" << k << " rank " << i;
+                        seen.insert(id);
+                    } else {
+                        EXPECT_EQ(id, -1);
+                        EXPECT_TRUE(std::isinf(r.dist[row * k + i]));
+                    }
+                }
+                EXPECT_EQ(seen.size(), std::min(k, n));  // no duplicates
+            }
+        }
+    }
 }
 
 // A crafted file (valid header checksum, checksums not verified) with a list

@@ -244,6 +244,17 @@ class Index:
         """Trains an IVF index's lists (k-means) on a sample [n, dim], before the first add."""
         self._index.train(_as_matrix(vectors, self.dim, "training vectors"))
 
+    def reconstruct(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """A copy of the stored vectors of rows ``[start, stop)`` (insertion order), float32 [n, dim].
+
+        Under cosine these are the normalised vectors. flat/hnsw and ivf float32
+        (or any ivf with ``rerank``) return them exactly; ivf sq8 and pq return
+        their decoded approximations.
+        """
+        stop = len(self) if stop is None else stop
+        start, stop = _check_count(start, "start", 0), _check_count(stop, "stop", 0)
+        return self._index.reconstruct(start, stop)
+
     def nearest_lists(self, vectors, nprobe: int = 1) -> np.ndarray:
         """ivf: the ``nprobe`` lists whose centroids are nearest each vector, int64 [n, nprobe], nearest first.
 
@@ -278,8 +289,8 @@ class Index:
         first. When the index holds fewer than k vectors, rows are padded with
         id -1 and distance +inf. ``ef`` (hnsw) widens the search: higher is more
         accurate and slower; it is raised to k when smaller. ``nprobe`` (ivf)
-        is the number of lists scanned per query (fewer candidates than k also
-        pad). ``lists`` (ivf): the lists to scan per query, int64 [nq, nprobe] as
+        is the number of lists scanned per query; a query whose lists hold fewer
+        than k vectors probes more lists until it has min(k, n). ``lists`` (ivf): the lists to scan per query, int64 [nq, nprobe] as
         returned by :meth:`nearest_lists`, instead of computing them again.
         """
         k = _check_count(k, "k", 1)

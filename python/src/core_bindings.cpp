@@ -8,6 +8,7 @@
 #include <nanobind/stl/unique_ptr.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "sparknn/distance.h"
 #include "sparknn/error.h"
@@ -195,6 +196,25 @@ NB_MODULE(_core, m) {
                 const float* data = index.size() ? index.vector_of(0) : nullptr;
                 return nb::ndarray<nb::numpy, const float, nb::ndim<2>>(data, {index.size(), index.dim()}, self);
             })
+        .def(
+            "reconstruct",
+            [](const sparknn::Index& index, size_t start, size_t stop) {
+                if (start > stop || stop > index.size()) {
+                    throw sparknn::InvalidArgument(sparknn::detail::concat(
+                        "reconstruct: rows [", start, ", ", stop, ") outside [0, ", index.size(), ")"));
+                }
+                const size_t n = stop - start, d = index.dim();
+                auto* out = new float[n * d];
+                nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                if (auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
+                    nb::gil_scoped_release release;
+                    ivf->reconstruct(start, n, out);
+                } else if (n) {
+                    std::memcpy(out, index.vector_of(start), n * d * sizeof(float));
+                }
+                return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, d}, owner);
+            },
+            "start"_a, "stop"_a)
         .def_prop_rw(
             "ef_search",
             [](const sparknn::Index& index) -> size_t {

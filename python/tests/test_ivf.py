@@ -154,3 +154,33 @@ def test_given_lists_are_checked(data):
     flat.add(base)
     with pytest.raises(ValueError, match="ivf"):
         flat.search(queries, k=5, lists=lists)
+
+
+@pytest.mark.parametrize("storage, kw, tolerance", [("float32", {}, 0.0), ("sq8", {}, 0.05),
+                                                     ("pq", {"pq_m": 8}, 2.0), ("pq", {"pq_m": 8, "rerank": 2}, 0.0)])
+def test_reconstruct(data, storage, kw, tolerance):
+    base, _ = data
+    index = sparknn.Index(32, "l2", kind="ivf", nlist=32, storage=storage, **kw)
+    index.add(base)
+    got = index.reconstruct(100, 600)
+    assert got.shape == (500, 32) and got.dtype == np.float32
+    assert np.abs(got - base[100:600]).max() <= tolerance
+    assert index.reconstruct().shape == base.shape
+    with pytest.raises(ValueError, match="outside"):
+        index.reconstruct(0, len(base) + 1)
+    flat = sparknn.Index(32, "cosine", kind="flat")
+    flat.add(base[:10])
+    np.testing.assert_allclose(flat.reconstruct(), base[:10] / np.linalg.norm(base[:10], axis=1, keepdims=True),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_lists_too_small_for_k_are_widened():
+    """min(k, n) neighbours even when the probed lists hold fewer: never a silently short row."""
+    x = clustered(200, 8, clusters=20, seed=3)
+    index = sparknn.Index(8, "l2", kind="ivf", nlist=40, nprobe=1)
+    index.add(x)
+    ids, dist = index.search(x[:20], k=50)
+    assert (ids >= 0).all() and np.isfinite(dist).all()
+    assert all(len(set(row)) == 50 for row in ids)
+    ids, _ = index.search(x[:5], k=250)
+    assert (ids[:, :200] >= 0).all() and (ids[:, 200:] == -1).all()

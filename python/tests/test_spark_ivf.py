@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import clustered, exact_knn, spark_items
+from conftest import clustered, exact_knn, recall, spark_items
 
 pyspark = pytest.importorskip("pyspark")
 import sparknn
@@ -47,7 +47,7 @@ def assert_same_distances(got: dict, want_ids, want_dist, keys, k, exclude=None)
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_routed_self_join_equals_in_process(spark, metric):
     df = spark_items(spark, BASE, partitions=3)
-    model = KNN(k=10, metric=metric, indexType="ivf", nlist=24, nprobe=3, featuresCol="vector").fit(df)
+    model = KNN(k=10, metric=metric, indexType="ivf", ivfMode="routed", nlist=24, nprobe=3, featuresCol="vector").fit(df)
     assert model.numItems == len(BASE) and len(model.layout.shards) >= 2
     reference = in_process(model, BASE, np.arange(len(BASE)))
     ids, dist = reference.search(BASE, 11, nprobe=3)
@@ -70,7 +70,7 @@ def test_routed_self_join_equals_in_process(spark, metric):
 def test_transform_string_ids_sq8_and_vector_columns(spark):
     names = np.array([f"item-{i:05d}" for i in range(len(BASE))], dtype=object)
     df = spark_items(spark, BASE, ids=names.tolist(), id_type="string")
-    model = KNN(k=5, metric="l2", indexType="ivf", nlist=16, nprobe=4, storage="sq8",
+    model = KNN(k=5, metric="l2", indexType="ivf", ivfMode="routed", nlist=16, nprobe=4, storage="sq8",
                 featuresCol="vector").fit(df)
     assert model.layout.positional
     reference = in_process(model, BASE)
@@ -96,7 +96,7 @@ def test_skewed_cluster_is_split_and_parts_stay_bounded(spark):
     base = np.concatenate([huge, clustered(1000, 16, seed=23)])
     per_item = item_bytes(16, "l2", "float32", 0, 0)
     target = len(base) * per_item // 4  # about 4 parts
-    model = KNN(k=8, metric="l2", indexType="ivf", nlist=16, nprobe=2, targetPartBytes=target,
+    model = KNN(k=8, metric="l2", indexType="ivf", ivfMode="routed", nlist=16, nprobe=2, targetPartBytes=target,
                 featuresCol="vector").fit(spark_items(spark, base, partitions=2))
     routing = model.layout.ivf
     counts = [s.count for s in model.layout.shards]
@@ -114,7 +114,7 @@ def test_skewed_cluster_is_split_and_parts_stay_bounded(spark):
 def test_few_candidates_widen_nprobe(spark):
     """nprobe=1 over lists of ~100 items with k=150: every row still gets k neighbours, the exact ones."""
     base = BASE[:1600]
-    model = KNN(k=150, metric="l2", indexType="ivf", nlist=16, nprobe=1, featuresCol="vector").fit(
+    model = KNN(k=150, metric="l2", indexType="ivf", ivfMode="routed", nlist=16, nprobe=1, featuresCol="vector").fit(
         spark_items(spark, base))
     assert min(model.layout.ivf.list_sizes) < 151
     sim = rows_by_id(model.similarItems().toArrow())
@@ -129,9 +129,9 @@ def test_memory_is_reported_and_checked(spark, tmp_path):
     df = spark_items(spark, BASE)
     with pytest.raises(TaskMemoryError, match=r"building the IVF index .* needs about .* but a task may use "
                        r"1\.0 KiB \(taskMemoryLimit=1k\)\. Lower targetPartBytes"):
-        KNN(indexType="ivf", nlist=16, featuresCol="vector", taskMemoryLimit="1k", indexPath=str(tmp_path)).fit(df)
+        KNN(indexType="ivf", ivfMode="routed", nlist=16, featuresCol="vector", taskMemoryLimit="1k", indexPath=str(tmp_path)).fit(df)
     assert os.listdir(tmp_path) == [], "a refused fit leaves no files"
-    model = KNN(indexType="ivf", nlist=16, storage="pq", pqM=4, featuresCol="vector").fit(df)
+    model = KNN(indexType="ivf", ivfMode="routed", nlist=16, storage="pq", pqM=4, featuresCol="vector").fit(df)
     files = model.layout.root
     parts = [os.path.getsize(os.path.join(files, s.index)) for s in model.layout.shards]
     assert model.partSizeBytes == parts
@@ -148,19 +148,19 @@ def test_memory_is_reported_and_checked(spark, tmp_path):
 
 def test_bad_ivf_params(spark):
     with pytest.raises(ValueError, match="storage must be one of float32, sq8, pq"):
-        KNN(indexType="ivf", storage="int4")
+        KNN(indexType="ivf", ivfMode="routed", storage="int4")
     with pytest.raises(ValueError, match="numShards applies to indexType 'flat' and 'hnsw'"):
-        KNN(indexType="ivf", numShards=2, featuresCol="vector").fit(spark_items(spark, BASE[:10]))
+        KNN(indexType="ivf", ivfMode="routed", numShards=2, featuresCol="vector").fit(spark_items(spark, BASE[:10]))
     with pytest.raises(ValueError, match=r"nlist=64 is more than the 10 items"):
-        KNN(indexType="ivf", nlist=64, featuresCol="vector").fit(spark_items(spark, BASE[:10]))
+        KNN(indexType="ivf", ivfMode="routed", nlist=64, featuresCol="vector").fit(spark_items(spark, BASE[:10]))
     dup = spark_items(spark, BASE[:20], ids=[1] * 2 + list(range(2, 20)))
     with pytest.raises(ValueError, match=r"idCol 'id' has 1 duplicate ids \(e.g. 1 appears 2 times\)"):
-        KNN(indexType="ivf", nlist=4, featuresCol="vector").fit(dup)
+        KNN(indexType="ivf", ivfMode="routed", nlist=4, featuresCol="vector").fit(dup)
 
 
 def test_save_load_in_a_fresh_session(spark, tmp_path, _spark_holder):
     names = [f"n{i}" for i in range(len(BASE))]
-    model = KNN(k=4, metric="cosine", indexType="ivf", nlist=16, nprobe=5, storage="sq8",
+    model = KNN(k=4, metric="cosine", indexType="ivf", ivfMode="routed", nlist=16, nprobe=5, storage="sq8",
                 featuresCol="vector").fit(spark_items(spark, BASE, ids=names, id_type="string"))
     expected = rows_by_id(model.similarItems().toArrow())
     path = str(tmp_path / "model")
@@ -175,3 +175,56 @@ def test_save_load_in_a_fresh_session(spark, tmp_path, _spark_holder):
     assert (loaded.getNprobe(), loaded.getStorage(), loaded.numItems) == (5, "sq8", len(BASE))
     assert rows_by_id(loaded.similarItems().toArrow()) == expected
     assert loaded.transform(spark_items(session, QUERIES[:7])).count() == 7
+
+
+# --------------------------------------------------------------------------- ivfMode="driver"
+@pytest.mark.parametrize("storage, minimum", [("float32", 0.95), ("sq8", 0.93)])
+def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimum):
+    """One IVF index built on the driver and mapped by every task (small data: what 'auto' picks)."""
+    ids = np.arange(len(BASE)) * 7 + 3
+    df = spark_items(spark, BASE, ids=ids, partitions=3)
+    knn = KNN(k=10, metric="cosine", indexType="ivf", nlist=32, nprobe=8, storage=storage, featuresCol="vector")
+    model = knn.fit(df)
+    assert model.layout.ivf is None and model.layout.kind == "ivf" and len(model.layout.shards) == 1
+    # The model's own index file searched in one process with all its items at once: the
+    # reference for the tasks' slicing, chunking and id mapping. (Training depends on the
+    # order rows reach the driver, which repartition shuffles.)
+    reference = sparknn.load(os.path.join(model.layout.root, model.layout.shards[0].index))
+    assert reference.params["nlist"] == 32 and reference.params["storage"] == storage
+    stored = reference.ids
+    want_ids, want_dist = reference.search(reference.reconstruct(), 11)
+    sim = rows_by_id(model.similarItems().toArrow())
+    assert sorted(sim) == sorted(ids.tolist())
+    assert all(len(v) == 10 and key not in [n["id"] for n in v] for key, v in sim.items())
+    assert_same_distances(sim, want_ids, want_dist, stored, 10, exclude=stored)
+    truth, _ = exact_knn(BASE, BASE, 11, "cosine")
+    got = np.array([[n["id"] for n in sim[i]] for i in ids])
+    truth_ids = np.array([[ids[j] for j in row if j != r][:10] for r, row in enumerate(truth)])
+    assert recall(got, truth_ids) >= minimum
+    # transform: new queries, every input column kept
+    out = rows_by_id(model.transform(spark_items(spark, QUERIES, partitions=2)).toArrow())
+    q_ids, q_dist = reference.search(QUERIES, 10)
+    assert_same_distances(out, q_ids, q_dist, range(len(QUERIES)), 10)
+    # save / load keeps the mode and the answers
+    model.write().overwrite().save(str(tmp_path / "m"))
+    loaded = KNNModel.load(str(tmp_path / "m"))
+    assert loaded.getIvfMode() == "auto" and loaded.layout.ivf is None
+    again = rows_by_id(loaded.similarItems().toArrow())
+    assert again == sim
+
+
+def test_ivf_mode_auto_follows_max_result_size(spark):
+    from sparknn.spark.build import ivf_mode
+
+    df = spark_items(spark, BASE, partitions=2)
+    assert ivf_mode(df, "vector", "auto") == "driver"  # 3000 x 16 floats, far below half of 1g
+    assert ivf_mode(df, "vector", "routed") == "routed"
+    conf = spark.sparkContext.getConf()
+    old = conf.get("spark.driver.maxResultSize", "1g")
+    spark.sparkContext._conf.set("spark.driver.maxResultSize", "100k")  # the driver-side copy of the conf
+    try:
+        assert ivf_mode(df, "vector", "auto") == "routed"  # 192 kB of vectors > 50 kB
+    finally:
+        spark.sparkContext._conf.set("spark.driver.maxResultSize", old)
+    with pytest.raises(Exception, match="ivfMode"):
+        KNN(indexType="ivf", ivfMode="everywhere")

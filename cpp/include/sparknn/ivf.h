@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "sparknn/flat.h"
@@ -63,6 +64,11 @@ class IvfIndex final : public Index {
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
     // nearest_lists): skips the quantizer pass. Requires a trained index.
     void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
+    // The stored vectors of labels [begin, begin + count) into out [count, dim]:
+    // exact for float32 (and for any storage with rerank, from its float32
+    // copies), decoded otherwise (sq8: within half a step per value; pq: the
+    // list centroid plus the decoded residual). Cosine vectors are normalised.
+    void reconstruct(size_t begin, size_t count, float* out) const;
 
     static std::unique_ptr<IvfIndex> load(const std::shared_ptr<const IndexFile>& file);
 
@@ -100,6 +106,9 @@ class IvfIndex final : public Index {
     std::vector<float> sq_min_, sq_step_;  // SQ8 per-dimension range
     ProductQuantizer pq_;
     Buffer<float> rerank_vectors_;  // [n, dim] in label order, when rerank > 0
+    // label -> (list << 42 | row), built on the first reconstruct after a change.
+    mutable std::vector<uint64_t> where_;
+    mutable std::mutex where_mutex_;
 };
 
 }  // namespace sparknn

@@ -30,6 +30,8 @@ class ProductQuantizer {
     void set_codebooks(const float* codebooks);
 
     void encode(const float* x, uint8_t* code) const;
+    // The approximation of a code: out [dim] = the chosen centroid of each sub-space.
+    void decode(const uint8_t* code, float* out) const;
     // table[j * 256 + c] = |x_j - centroid_jc|^2.
     void l2_table(const float* x, float* table) const;
     // table[j * 256 + c] = -(x_j . centroid_jc).

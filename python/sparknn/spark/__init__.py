@@ -1,7 +1,7 @@
 """sparknn on Spark: a pyspark.ml Estimator/Model over the native engine (no JVM jar).
 
 >>> from sparknn.spark import KNN, KNNModel
->>> knn = KNN(k=10, metric="cosine", indexType="hnsw", featuresCol="vector", idCol="id")
+>>> knn = KNN(k=10, metric="cosine", indexType="ivf", featuresCol="vector", idCol="id")
 >>> model = knn.fit(items_df)              # doctest: +SKIP
 >>> model.transform(queries_df)            # doctest: +SKIP
 >>> model.similarItems()                   # doctest: +SKIP

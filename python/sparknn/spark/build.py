@@ -82,9 +82,30 @@ def use_direct_ids(ids: pa.Array, id_type: str) -> bool:
 
 
 def new_index(dim: int, params: dict, threads: int) -> sparknn.Index:
+    ivf = {}
+    if params["kind"] == "ivf":  # an untrained index: it trains on a sample of its first (whole) add
+        ivf = dict(nlist=params["nlist"], nprobe=params["nprobe"], storage=params["storage"], pq_m=params["pqM"],
+                   rerank=params["rerank"])
     return sparknn.Index(dim, params["metric"], params["kind"], M=params["M"],
                          ef_construction=params["efConstruction"], ef_search=params["efSearch"],
-                         seed=params["seed"], threads=threads)
+                         seed=params["seed"], threads=threads, **ivf)
+
+
+def ivf_mode(df: DataFrame, features: str, mode: str) -> str:
+    """'driver' or 'routed' for an ivf fit; 'auto' collects to the driver only what
+    spark.driver.maxResultSize lets through with room: half of it, in float32 vectors."""
+    if mode != "auto":
+        return mode
+    from sparknn.spark.ivf_memory import parse_size
+
+    conf = df.sparkSession.sparkContext.getConf()
+    limit = parse_size(conf.get("spark.driver.maxResultSize", "1g"), "b")
+    if limit == 0:  # 0 = unlimited
+        limit = 1 << 62
+    head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
+    dim = len(head[0]) if head is not None else 0
+    rows = df.count()
+    return "driver" if rows * max(dim, 1) * 4 <= limit // 2 else "routed"
 
 
 def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,

@@ -10,7 +10,7 @@ from pyspark.ml import Estimator
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.build import build_on_driver, file_prefix
+from sparknn.spark.build import build_on_driver, file_prefix, ivf_mode
 from sparknn.spark.ivf_build import build_ivf
 from sparknn.spark.model import KNNModel
 from sparknn.spark.params import DEFAULT_PART_BYTES, KNNParams
@@ -22,28 +22,30 @@ from sparknn.spark.storage import IndexFiles, local_dir, temp_dir
 class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     """k-nearest-neighbour search as a pyspark.ml Estimator.
 
-    >>> knn = KNN(k=10, metric="cosine", indexType="hnsw", featuresCol="vector", idCol="id")
+    >>> knn = KNN(k=10, metric="cosine", indexType="ivf", featuresCol="vector", idCol="id")
     >>> model = knn.fit(items)          # doctest: +SKIP
     >>> model.similarItems()            # doctest: +SKIP
 
     ``fit`` builds the index: with ``numShards=1`` on the driver (vectors arrive
     as Arrow, all cores build); with ``numShards=N`` on executors, one shard
-    per task, written under ``indexPath``; with ``indexType="ivf"`` as parts
-    of an IVF index built on executors and searched by routing (ivf_build).
+    per task, written under ``indexPath``; with ``indexType="ivf"`` either on
+    the driver like the others (``ivfMode="driver"``) or as parts of an IVF
+    index built on executors and searched by routing (``"routed"``, ivf_build);
+    ``"auto"`` picks by the size of the vectors.
     """
 
     @keyword_only
-    def __init__(self, *, k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
+    def __init__(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                 includeSelf=False, indexPath=None, numThreads=0, nlist=0, nprobe=16, storage="float32", pqM=0,
+                 includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0,
                  rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
+    def setParams(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                  includeSelf=False, indexPath=None, numThreads=0, nlist=0, nprobe=16, storage="float32", pqM=0,
+                  includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0,
                   rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
         # indexPath=None means "not set" (ship files with addFile), as if it were omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
@@ -69,6 +71,9 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     def setIndexPath(self, value: str):
         return self._set(indexPath=value)
 
+    def setIvfMode(self, value: str):
+        return self._set(ivfMode=value)
+
     def setNlist(self, value: int):
         return self._set(nlist=value)
 
@@ -88,7 +93,8 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         return {"metric": self.getMetric(), "kind": self.getIndexType(), "M": self.getM(),
                 "efConstruction": self.getEfConstruction(), "efSearch": self.getEfSearch(),
                 "seed": self.getOrDefault(self.seed), "numShards": self.getNumShards(),
-                "numThreads": self.getNumThreads(), "nlist": self.getNlist(), "nprobe": self.getNprobe(),
+                "numThreads": self.getNumThreads(), "ivfMode": self.getIvfMode(), "nlist": self.getNlist(),
+                "nprobe": self.getNprobe(),
                 "storage": self.getStorage(), "pqM": self.getPqM(), "rerank": self.getRerank(),
                 "targetPartBytes": self.getTargetPartBytes(), "taskMemoryLimit": self.getTaskMemoryLimit()}
 
@@ -109,7 +115,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         else:
             root = owned = temp_dir(spark)
         try:
-            if params["kind"] == "ivf":
+            if params["kind"] == "ivf" and ivf_mode(dataset, features, params["ivfMode"]) == "routed":
                 layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
                 shared = True
             elif params["numShards"] == 1:

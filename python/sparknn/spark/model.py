@@ -127,7 +127,7 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         schema = T.StructType(dataset.schema.fields + [
             T.StructField(output, neighbors_spark_type(layout.id_type))])
         fn = partial(worker.transform_batches, layout=layout, features=features, output=output,
-                     k=self.getK(), ef=self._ef(), num_threads=self.getNumThreads())
+                     k=self.getK(), ef=self._ef(), num_threads=self.getNumThreads(), nprobe=self.getNprobe())
         return dataset.mapInArrow(fn, schema)
 
     def similarItems(self) -> DataFrame:
@@ -150,7 +150,8 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         ])
         fn = partial(worker.similar_batches, layout=layout, slices=slices, id_col=self.getIdCol(),
                      output=self.getOutputCol(), k=self.getK(), ef=self._ef(),
-                     include_self=self.getIncludeSelf(), num_threads=self.getNumThreads())
+                     include_self=self.getIncludeSelf(), num_threads=self.getNumThreads(),
+                     nprobe=self.getNprobe())
         return spark.range(0, len(slices), 1, len(slices)).mapInArrow(fn, schema)
 
     def _slices(self, parallelism: int):

@@ -7,6 +7,8 @@ from pyspark.ml.param.shared import HasFeaturesCol, HasOutputCol, HasSeed
 
 from sparknn.index import KINDS, STORAGES, _normalise_metric
 
+IVF_MODES = ("auto", "driver", "routed")
+
 
 def _positive(name: str, minimum: int = 1):
     def convert(value):
@@ -58,8 +60,13 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     metric = Param(Params._dummy(), "metric", "distance: 'cosine' (1 - cos), 'l2' (squared Euclidean) or "
                    "'ip' (negated inner product); smaller is closer", typeConverter=_metric)
     indexType = Param(Params._dummy(), "indexType", "'hnsw' (approximate graph), 'flat' (exact) or 'ivf' "
-                      "(inverted lists, built and searched part by part on executors)",
+                      "(inverted lists searched list by list; see ivfMode)",
                       typeConverter=_choice("indexType", KINDS))
+    ivfMode = Param(Params._dummy(), "ivfMode", "ivf: 'driver' builds one index on the driver that every task "
+                    "maps (like hnsw); 'routed' trains at the driver, builds parts on executors and routes "
+                    "queries to their lists (no node holds all vectors); 'auto' = 'driver' when the vectors "
+                    "take at most half of spark.driver.maxResultSize, else 'routed'",
+                    typeConverter=_choice("ivfMode", IVF_MODES))
     idCol = Param(Params._dummy(), "idCol", "item id column: any integer or string type, returned as given",
                   typeConverter=TypeConverters.toString)
     M = Param(Params._dummy(), "M", "hnsw: graph links per node", typeConverter=_positive("M", 2))
@@ -97,9 +104,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(k=10, metric="cosine", indexType="hnsw", featuresCol="features", idCol="id",
+        self._setDefault(k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                          outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                         includeSelf=False, numThreads=0, nlist=0, nprobe=16, storage="float32", pqM=0, rerank=0,
+                         includeSelf=False, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0, rerank=0,
                          targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto")
 
     def getK(self) -> int:
@@ -110,6 +117,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
 
     def getIndexType(self) -> str:
         return self.getOrDefault(self.indexType)
+
+    def getIvfMode(self) -> str:
+        return self.getOrDefault(self.ivfMode)
 
     def getIdCol(self) -> str:
         return self.getOrDefault(self.idCol)

@@ -164,7 +164,8 @@ def task_threads(num_threads: int) -> int:
 
 
 # -- search -----------------------------------------------------------------------------
-def search(layout: Layout, shards: list[Shard], queries: np.ndarray, k: int, ef: int, threads: int):
+def search(layout: Layout, shards: list[Shard], queries: np.ndarray, k: int, ef: int, threads: int,
+           nprobe: int | None = None):
     """Global top-k over all shards: (engine ids int64 [nq, k], distances float32 [nq, k])."""
     parts_ids, parts_dist = [], []
     for s, shard in enumerate(shards):
@@ -172,7 +173,8 @@ def search(layout: Layout, shards: list[Shard], queries: np.ndarray, k: int, ef:
         if ks == 0:
             continue
         shard.index.threads = threads
-        ids, dist = shard.index.search(queries, ks, ef=max(ef, ks) if layout.kind == "hnsw" else None)
+        ids, dist = shard.index.search(queries, ks, ef=max(ef, ks) if layout.kind == "hnsw" else None,
+                                       nprobe=nprobe if layout.kind == "ivf" else None)
         if layout.positional and s:
             ids = np.where(ids >= 0, ids | (s << POSITION_BITS), ids)
         parts_ids.append(ids)
@@ -226,14 +228,14 @@ def _partition() -> int:
 
 # -- mapInArrow functions ----------------------------------------------------------------
 def transform_batches(batches, *, layout: Layout, features: str, output: str, k: int, ef: int,
-                      num_threads: int):
+                      num_threads: int, nprobe: int | None = None):
     """Adds the neighbours column to every batch of the query DataFrame."""
     shards = open_shards(layout)
     threads = task_threads(num_threads)
     for batch in batches:
         try:
             queries = vectors_to_numpy(batch.column(features), features, layout.dim)
-            ids, dist = search(layout, shards, queries, k, ef, threads)
+            ids, dist = search(layout, shards, queries, k, ef, threads, nprobe)
         except InvalidArgumentError as err:
             raise InvalidArgumentError(f"{err} (in partition {_partition()}; rows are counted from the "
                                        "start of an Arrow batch)") from None
@@ -241,13 +243,24 @@ def transform_batches(batches, *, layout: Layout, features: str, output: str, k:
         yield pa.RecordBatch.from_arrays(list(batch.columns) + [column], names=batch.schema.names + [output])
 
 
+def query_chunk(index: sparknn.Index, nprobe: int | None) -> int:
+    """similarItems queries per search call. An ivf index scans each probed list
+    once per call for all its queries, so it wants ~256 queries per list (a real
+    sgemm), within 64 MiB of query vectors; graph and flat search are per query."""
+    if index.kind != "ivf":
+        return QUERY_CHUNK
+    probes = min(nprobe or index.params["nprobe"], index.params["nlist"])
+    want = 256 * index.params["nlist"] // max(probes, 1)
+    return int(np.clip(want, QUERY_CHUNK, max(QUERY_CHUNK, (64 << 20) // (4 * index.dim))))
+
+
 def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str, k: int, ef: int,
-                    include_self: bool, num_threads: int):
+                    include_self: bool, num_threads: int, nprobe: int | None = None):
     """Every stored item of the given slices -> its k nearest other items.
 
     The queries are the vectors stored in the index itself (normalised under
-    cosine, which leaves cosine neighbours unchanged), so no training data is
-    needed: this works on a loaded model too.
+    cosine, which leaves cosine neighbours unchanged; decoded for compressed
+    ivf storage), so no training data is needed: this works on a loaded model too.
     """
     shards = open_shards(layout)
     threads = task_threads(num_threads)
@@ -256,13 +269,16 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
         for task in batch.column(0).to_numpy():
             s, lo, hi = slices[int(task)]
             index = shards[s].index
-            stored = index._index.vectors()
-            for start in range(lo, hi, QUERY_CHUNK):
-                stop = min(hi, start + QUERY_CHUNK)
+            index.threads = threads
+            stored = None if index.kind == "ivf" else index._index.vectors()
+            chunk = query_chunk(index, nprobe)
+            for start in range(lo, hi, chunk):
+                stop = min(hi, start + chunk)
                 if layout.positional:
                     own = np.arange(start, stop, dtype=np.int64) | (s << POSITION_BITS)
                 else:
                     own = np.asarray(index.ids[start:stop], dtype=np.int64)
-                ids, dist = search(layout, shards, stored[start:stop], kk, ef, threads)
+                queries = index.reconstruct(start, stop) if stored is None else stored[start:stop]
+                ids, dist = search(layout, shards, queries, kk, ef, threads, nprobe)
                 column = neighbors(layout, shards, ids, dist, k, exclude=None if include_self else own)
                 yield pa.RecordBatch.from_arrays([user_ids(layout, shards, own), column], names=[id_col, output])
