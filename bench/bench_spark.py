@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import datasets
-from spark_memory import TreeMemory
+import datasets  # noqa: E402
+from spark_memory import TreeMemory  # noqa: E402
 
 # name -> (n, dim, seed): Gaussian clusters (1000 centres) from bench/datasets.py
 DATASETS = {"50k-128": (50_000, 128, 3), "200k-128": (200_000, 128, 1), "500k-100": (500_000, 100, 4)}

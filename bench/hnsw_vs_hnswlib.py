@@ -72,7 +72,8 @@ def main() -> None:
 
     base, queries = clustered(args.n, args.nq, args.dim, args.clusters, args.queries == "new")
     print(
-        f"data: {args.n} x {args.dim} clustered ({args.clusters} clusters), {args.nq} queries ({args.queries} clusters), metric={args.metric}"
+        f"data: {args.n} x {args.dim} clustered ({args.clusters} clusters), "
+        f"{args.nq} queries ({args.queries} clusters), metric={args.metric}"
     )
     print(
         f"M={args.M} ef_construction={args.ef_construction} build threads={args.threads}, "

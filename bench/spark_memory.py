@@ -77,7 +77,7 @@ class TreeMemory:
 
     def __init__(self, root: int, interval: float = 0.2):
         self.root, self.interval = root, interval
-        self.driver_hwm = self.jvm_hwm = self.workers_rss = self.workers_pss = 0
+        self.driver_hwm = self.jvm_hwm = self.workers_rss = self.workers_pss = self.worker_hwm = 0
         self.pids: set[int] = set()
         self.loads: list[float] = []  # the 1-minute load average at each poll (the CPU is shared)
         self._stop = threading.Event()
@@ -105,7 +105,9 @@ class TreeMemory:
             self.jvm_hwm = max(self.jvm_hwm, hwm * 1024)
             for worker in descendants(pid, tree):  # the pyspark daemon and its forked workers
                 self.pids.add(worker)
-                rss += _status_kb(worker, "VmRSS").get("VmRSS", 0)
+                status = _status_kb(worker, "VmRSS", "VmHWM")
+                rss += status.get("VmRSS", 0)
+                self.worker_hwm = max(self.worker_hwm, status.get("VmHWM", 0) * 1024)  # one process's peak
                 pss += _pss_kb(worker)
         self.workers_rss = max(self.workers_rss, rss * 1024)
         self.workers_pss = max(self.workers_pss, pss * 1024)

@@ -371,7 +371,7 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     // never a silently short row (small or skewed lists, k near n).
     const size_t want = std::min(k, size());
     std::vector<size_t> short_rows;
-    for (size_t q = 0; q < nq; ++q) {
+    for (size_t q = 0; q < nq && params.widen; ++q) {
         if (out_ids[q * k + want - 1] < 0) short_rows.push_back(q);
     }
     for (size_t wider = nprobe; !short_rows.empty() && wider < nlist();) {

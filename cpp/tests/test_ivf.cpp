@@ -358,6 +358,13 @@ TEST(Ivf, ShortListsWidenToMinKN) {
                 EXPECT_EQ(seen.size(), std::min(k, n));  // no duplicates
             }
         }
+        // widen = false: exactly the probed list, padded (a part of a distributed index)
+        SearchParams exact_lists;
+        exact_lists.widen = false;
+        Results r{std::vector<int64_t>(20), std::vector<float>(20)};
+        ivf.search(1, base.data(), 20, r.ids.data(), r.dist.data(), exact_lists);
+        EXPECT_EQ(r.ids[19], -1);
+        EXPECT_GE(r.ids[0], 0);
     }
 }
 

@@ -296,7 +296,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="output format (default: parquet)")
 
     parser = argparse.ArgumentParser(prog="sparknn", description="k-nearest neighbours of Parquet tables.",
-                                     epilog="start with: sparknn example -o items.parquet && sparknn similar items.parquet "
+                                     epilog="start with: sparknn example -o items.parquet && "
+                                     "sparknn similar items.parquet "
                                      "-o similar.parquet (docs/cli.md has the details)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -281,7 +281,8 @@ class Index:
         return self._index.list_sizes()
 
     def search(
-        self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None
+        self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None,
+        widen: bool = True,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each query.
 
@@ -290,8 +291,10 @@ class Index:
         id -1 and distance +inf. ``ef`` (hnsw) widens the search: higher is more
         accurate and slower; it is raised to k when smaller. ``nprobe`` (ivf)
         is the number of lists scanned per query; a query whose lists hold fewer
-        than k vectors probes more lists until it has min(k, n). ``lists`` (ivf): the lists to scan per query, int64 [nq, nprobe] as
-        returned by :meth:`nearest_lists`, instead of computing them again.
+        than k vectors probes more lists until it has min(k, n) (``widen=False``
+        scans exactly the given lists and pads instead). ``lists`` (ivf): the
+        lists to scan per query, int64 [nq, nprobe] as returned by
+        :meth:`nearest_lists`, instead of computing them again.
         """
         k = _check_count(k, "k", 1)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
@@ -304,7 +307,7 @@ class Index:
         out_ids = np.empty((q.shape[0], k), dtype=np.int64)
         out_dist = np.empty((q.shape[0], k), dtype=np.float32)
         if q.shape[0]:
-            self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr)
+            self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr, bool(widen))
         return out_ids, out_dist
 
     def save(self, path) -> None:

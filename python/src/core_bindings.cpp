@@ -94,7 +94,7 @@ NB_MODULE(_core, m) {
         .def(
             "search",
             [](const sparknn::Index& index, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids,
-               OutDist out_dist, std::optional<ListMatrix> lists) {
+               OutDist out_dist, std::optional<ListMatrix> lists, bool widen) {
                 check_dim(index, q, "queries");
                 if (lists) {
                     as_ivf(index, "search(lists=...)");
@@ -110,10 +110,12 @@ NB_MODULE(_core, m) {
                 params.ef = ef;
                 params.nprobe = nprobe;
                 if (lists) params.lists = lists->data();
+                params.widen = widen;
                 nb::gil_scoped_release release;
                 index.search(q.shape(0), q.data(), k, out_ids.data(), out_dist.data(), params);
             },
-            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "lists"_a.none() = nb::none())
+            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "lists"_a.none() = nb::none(),
+            "widen"_a = true)
         .def(
             "train",
             [](sparknn::Index& index, Matrix x) {

@@ -42,6 +42,29 @@ def clustered_data():
 _SPARK = {}
 
 
+def _spark_35_shims() -> bool:
+    """Spark 3.5 has no DataFrame.toArrow and no createDataFrame(pyarrow.Table) (both 4.0): the
+    tests use them, so on 3.5 they go through sparknn's own Arrow collection and pandas."""
+    try:
+        from pyspark.sql import DataFrame
+    except ImportError:
+        return False
+    if hasattr(DataFrame, "toArrow"):
+        return False
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    def to_arrow(df):  # what Spark 4's toArrow does, from 3.5's private batch collection
+        batches = df._collect_as_arrow()
+        return pa.Table.from_batches(batches) if batches else to_arrow_schema(df.schema).empty_table()
+
+    DataFrame.toArrow = to_arrow
+    return True
+
+
+_SPARK_35 = _spark_35_shims()
+
+
 @pytest.fixture(scope="session")
 def _spark_holder():
     """Stops the shared local SparkSession once, at the end of the test session."""
@@ -77,7 +100,11 @@ def spark_items(spark, vectors: np.ndarray, ids=None, id_type: str = "bigint", f
     values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     table = pa.table({"id": pa.array(ids), features: pa.ListArray.from_arrays(
         pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), values)})
-    df = spark.createDataFrame(table).withColumn("id", F.col("id").cast(id_type))
+    if _SPARK_35:  # no createDataFrame(pyarrow.Table) before Spark 4: via pandas (Arrow-enabled)
+        df = spark.createDataFrame(table.to_pandas())
+    else:
+        df = spark.createDataFrame(table)
+    df = df.withColumn("id", F.col("id").cast(id_type))
     if vector_type == "vector":
         from pyspark.ml.functions import array_to_vector
 

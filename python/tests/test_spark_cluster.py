@@ -163,7 +163,8 @@ def test_routed_ivf_matches_in_process(cluster_spark, tmp_path):
     """Parts built and searched on two executors give the in-process IVF result for the same centroids."""
     spark = cluster_spark
     base = clustered(3000, 16, seed=12)
-    model = KNN(k=10, indexType="ivf", ivfMode="routed", nlist=16, nprobe=3, featuresCol="vector", indexPath=str(tmp_path)).fit(
+    model = KNN(k=10, indexType="ivf", ivfMode="routed", nlist=16, nprobe=3, featuresCol="vector",
+                indexPath=str(tmp_path)).fit(
         spark_items(spark, base, partitions=4))
     assert len(model.layout.shards) >= 2
     reference = sparknn.load(os.path.join(str(tmp_path), model.layout.ivf.quantizer), mmap=False)

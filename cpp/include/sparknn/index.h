@@ -22,6 +22,10 @@ struct SearchParams {
     // instead of asking the quantizer again; a self-join computes them once
     // for both add and search.
     const int64_t* lists = nullptr;
+    // ivf: a query whose lists hold fewer than min(k, n) vectors probes twice
+    // as many until it has them. Off for a search confined on purpose to some
+    // lists (one part of a distributed index).
+    bool widen = true;
 };
 
 class Index {

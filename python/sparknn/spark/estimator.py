@@ -37,16 +37,16 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     @keyword_only
     def __init__(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                 includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0,
-                 rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
+                 includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
+                 storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                  includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0,
-                  rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
+                  includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
+                  storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
         # indexPath=None means "not set" (ship files with addFile), as if it were omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 

@@ -240,7 +240,7 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
         sizes[r["list"]] = r["count"]
     per_item = item_bytes(dim, params["metric"], params["storage"], trained.params["pq_m"], params["rerank"])
     piece_offsets, piece_parts, part_items = plan_parts(sizes, per_item, params["targetPartBytes"],
-                                                        sc.defaultParallelism)
+                                                        sc.defaultParallelism, trained.centroids)
     num_parts = len(part_items)
     need = ivf_memory.build_task_bytes(int(part_items.max()), per_item, os.path.getsize(qpath), dim,
                                        ivf_memory.arrow_batch_rows(spark))

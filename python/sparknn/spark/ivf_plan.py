@@ -82,14 +82,48 @@ class IvfRouting:
         return replace(self, quantizer=rename(self.quantizer))
 
 
-def plan_parts(sizes: np.ndarray, bytes_per_item: int, target_part_bytes: int, parallelism: int):
+def spatial_order(points: np.ndarray, weights: np.ndarray, seed: int = 0) -> np.ndarray:
+    """An order of the points in which neighbours tend to be adjacent: the leaves of a
+    PCA tree, each node split at the weighted median of its points along their main axis
+    (a few power iterations). Contiguous runs of equal weight are then compact regions."""
+    rng = np.random.default_rng(seed)
+    points = np.asarray(points, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64) + 1e-9  # empty lists still get a place
+    out, stack = [], [np.arange(len(points))]
+    while stack:
+        idx = stack.pop()
+        if len(idx) <= 2:
+            out.extend(idx.tolist())
+            continue
+        x = points[idx]
+        x = x - np.average(x, axis=0, weights=weights[idx])
+        axis = rng.standard_normal(x.shape[1])
+        for _ in range(8):
+            axis = x.T @ (x @ axis)
+            norm = np.linalg.norm(axis)
+            if norm == 0:
+                break
+            axis /= norm
+        order = idx[np.argsort(x @ axis, kind="stable")]
+        w = np.cumsum(weights[order])
+        half = int(np.clip(np.searchsorted(w, w[-1] / 2) + 1, 1, len(order) - 1))
+        stack.append(order[half:])
+        stack.append(order[:half])  # popped first: the left half comes first
+    return np.asarray(out, dtype=np.int64)
+
+
+def plan_parts(sizes: np.ndarray, bytes_per_item: int, target_part_bytes: int, parallelism: int,
+               centroids: np.ndarray | None = None):
     """Packs lists into parts of about equal size.
 
-    P = max(parallelism, ceil(total bytes / target)) parts of at most
-    ceil(n / P) items each. A list above that is cut into equal pieces (a
-    skewed cluster spreads over several parts); pieces then go, largest first,
-    to the least loaded part (LPT: the largest part is at most 4/3 of the
-    optimum). Parts that receive nothing are dropped.
+    P = max(parallelism, ceil(total bytes / target)) parts of about n / P items.
+    With ``centroids``, parts are compact regions: the lists in a spatial order
+    (:func:`spatial_order`) are cut into P runs of equal item count, so a query,
+    whose nprobe lists are neighbours, meets few parts, however many there are.
+    Lists are cut into equal pieces of at most ~n / 8P items where a run boundary
+    or a skewed cluster needs it (one huge cluster spreads over consecutive parts).
+    Without centroids, pieces of at most n / P items go, largest first, to the
+    least loaded part (LPT). Parts that receive nothing are dropped.
 
     Returns (piece_offsets, piece_parts, part_items): per list the parts of its
     pieces (CSR), and the expected item count of each part.
@@ -99,20 +133,35 @@ def plan_parts(sizes: np.ndarray, bytes_per_item: int, target_part_bytes: int, p
     parts = max(1, parallelism, math.ceil(n * bytes_per_item / max(1, target_part_bytes)))
     parts = min(parts, max(1, n))
     cap = max(1, math.ceil(n / parts))
-    pieces = []  # (items, list)
-    for lst, size in enumerate(sizes.tolist()):
-        if size == 0:
-            continue
-        count = math.ceil(size / cap)
-        base, rest = divmod(size, count)
-        pieces += [(base + (i < rest), lst) for i in range(count)]
-    pieces.sort(key=lambda p: (-p[0], p[1]))
-    heap = [(0, b) for b in range(parts)]
     owner = {}
-    for items, lst in pieces:
-        load, b = heapq.heappop(heap)
-        owner.setdefault(lst, []).append(b)
-        heapq.heappush(heap, (load + items, b))
+    if centroids is not None:
+        grain = max(1, cap // 8)
+        per_part = n / parts
+        pos = 0.0
+        for lst in spatial_order(centroids, sizes).tolist():
+            size = int(sizes[lst])
+            if size == 0:
+                continue
+            count = math.ceil(size / grain)
+            base, rest = divmod(size, count)
+            for i in range(count):
+                piece = base + (i < rest)
+                owner.setdefault(lst, []).append(min(parts - 1, int((pos + piece / 2) // per_part)))
+                pos += piece
+    else:
+        pieces = []  # (items, list)
+        for lst, size in enumerate(sizes.tolist()):
+            if size == 0:
+                continue
+            count = math.ceil(size / cap)
+            base, rest = divmod(size, count)
+            pieces += [(base + (i < rest), lst) for i in range(count)]
+        pieces.sort(key=lambda p: (-p[0], p[1]))
+        heap = [(0, b) for b in range(parts)]
+        for items, lst in pieces:
+            load, b = heapq.heappop(heap)
+            owner.setdefault(lst, []).append(b)
+            heapq.heappush(heap, (load + items, b))
     # Renumber the non-empty parts 0..P'-1 in order of first use.
     used = sorted({b for bs in owner.values() for b in bs})
     renumber = {b: i for i, b in enumerate(used)}

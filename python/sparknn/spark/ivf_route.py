@@ -8,8 +8,9 @@ Three stages, all Arrow (no Python rows, no groupBy of Python objects):
    query also carries its payload (the input row for ``transform``, the id for
    ``similarItems``), so nothing needs joining back later.
 2. search (shuffled by part, one part per task): the part's index searched with
-   the same nprobe. Lists of other parts are empty there, so it scans exactly
-   the routed lists it holds; the union over parts is the in-process search.
+   the query's own lists, carried from the routing (no quantizer pass per
+   part). Lists of other parts are empty there, so it scans exactly the routed
+   lists it holds; the union over parts is the in-process search.
 3. merge (shuffled by query key, sorted within partitions): consecutive rows
    of a query merged into its global top-k with numpy.
 """
@@ -83,16 +84,19 @@ def probes(q: sparknn.Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need
 
 
 def route(q, routing_arrays, x, nprobe, need):
-    """(rows, parts, nprobe per pair, home mask): one pair per (query, part), sorted by query then part."""
+    """(rows, parts, nprobe per pair, home mask, lists): one pair per (query, part), sorted by query
+    then part; ``lists`` is each query's probed lists (CSR: row offsets, list numbers)."""
     sizes, offsets, parts = routing_arrays
     rows, lists, per_row = probes(q, x, sizes, nprobe, need)
+    order = np.argsort(rows, kind="stable")  # widened rows were appended at the end
+    row_lists = (np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(x)))]), lists[order])
     r, p = expand(rows, lists, offsets, parts)
     num_parts = int(parts.max()) + 1 if parts.size else 1
     pairs = np.unique(r * num_parts + p)
     r, p = pairs // num_parts, pairs % num_parts
     home = np.ones(len(r), dtype=bool)
     home[1:] = r[1:] != r[:-1]
-    return r, p.astype(np.int32), per_row[r], home
+    return r, p.astype(np.int32), per_row[r], home, row_lists
 
 
 def _vectors_column(x: np.ndarray) -> pa.Array:
@@ -102,11 +106,14 @@ def _vectors_column(x: np.ndarray) -> pa.Array:
 
 
 def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need) -> pa.RecordBatch:
-    r, p, per_pair, home = route(q, arrays, x, nprobe, need)
+    r, p, per_pair, home, (row_offsets, row_lists) = route(q, arrays, x, nprobe, need)
     take = pa.array(np.where(home, r, -1), mask=~home)  # payload once per query, null elsewhere
+    # Each pair carries its query's lists, so the part searches exactly them (no quantizer pass there).
+    lists = pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), pa.array(row_lists.astype(np.int32)))
     return pa.RecordBatch.from_arrays(
-        [pa.array(p), pa.array(keys[r]), pa.array(per_pair), _vectors_column(x[r]), payload.take(take)],
-        names=["part", "qkey", "nprobe", "v", _ROW])
+        [pa.array(p), pa.array(keys[r]), pa.array(per_pair), _vectors_column(x[r]), lists.take(pa.array(r)),
+         payload.take(take)],
+        names=["part", "qkey", "nprobe", "v", "lists", _ROW])
 
 
 def _quantizer(layout: Layout) -> sparknn.Index:
@@ -179,9 +186,14 @@ def search_parts(batches, *, layout: Layout, k: int, exclude_self: bool, num_thr
             ids = np.full((len(x), kk), -1, dtype=np.int64)
             dist = np.full((len(x), kk), np.inf, dtype=np.float32)
             if len(index):
+                lists = sub.column("lists").flatten().to_numpy().astype(np.int64)
+                starts = np.concatenate([[0], np.cumsum(per_row)])
                 for m in np.unique(per_row):
                     rows = np.flatnonzero(per_row == m)
-                    ids[rows], dist[rows] = index.search(x[rows], kk, nprobe=int(m))
+                    given = lists[(starts[rows][:, None] + np.arange(m)).reshape(-1)].reshape(len(rows), m)
+                    # Lists of other parts are empty here; widening would scan lists the query was not
+                    # routed for, so it is off: the union over parts is exactly the in-process search.
+                    ids[rows], dist[rows] = index.search(x[rows], kk, lists=given, widen=False)
             lst = neighbors_array(ids, dist, exclude=keys if exclude_self else None, k=k)
             found = lst.values.field("id")
             if layout.positional:
@@ -268,6 +280,7 @@ def routed_schema(payload: T.StructType) -> T.StructType:
         T.StructField("qkey", T.LongType()),
         T.StructField("nprobe", T.IntegerType()),
         T.StructField("v", T.ArrayType(T.FloatType())),
+        T.StructField("lists", T.ArrayType(T.IntegerType())),
         T.StructField(_ROW, payload),
     ])
 

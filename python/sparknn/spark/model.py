@@ -174,6 +174,15 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         return KNNModelReader(cls)
 
 
+def _ml_io_context(reader_or_writer):
+    """What pyspark.ml's metadata helpers take: a SparkSession from Spark 4, a SparkContext in 3.5."""
+    import pyspark
+
+    if int(pyspark.__version__.split(".")[0]) >= 4:
+        return reader_or_writer.sparkSession
+    return reader_or_writer.sparkSession.sparkContext
+
+
 class KNNModelWriter(MLWriter):
     """Saves params (pyspark.ml metadata) and a copy of the index files under ``path/index``.
 
@@ -194,7 +203,7 @@ class KNNModelWriter(MLWriter):
         tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             layout = files.copy_to(os.path.join(tmp, "index"))
-            DefaultParamsWriter.saveMetadata(self.instance, tmp, self.sparkSession,
+            DefaultParamsWriter.saveMetadata(self.instance, tmp, _ml_io_context(self),
                                              extraMetadata={"sparknn": layout.to_json()})
             os.rename(tmp, target)
         except BaseException:
@@ -211,7 +220,7 @@ class KNNModelReader(MLReader):
         root = local_dir(path, "model path")
         if not os.path.isdir(os.path.join(root, "metadata")):
             raise FileNotFoundError(f"no saved KNNModel at {root!r} (missing metadata/)")
-        metadata = DefaultParamsReader.loadMetadata(root, self.sparkSession)
+        metadata = DefaultParamsReader.loadMetadata(root, _ml_io_context(self))
         if "sparknn" not in metadata:
             raise InvalidArgumentError(f"{root!r} holds a {metadata.get('class')}, not a sparknn KNNModel")
         model = self.cls()

@@ -106,7 +106,8 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
         super().__init__(*args)
         self._setDefault(k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                          outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
-                         includeSelf=False, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0, rerank=0,
+                         includeSelf=False, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0,
+                         rerank=0,
                          targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto")
 
     def getK(self) -> int:
