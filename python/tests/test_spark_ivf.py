@@ -250,7 +250,7 @@ def test_parts_are_compact_regions():
 
     compact = plan_parts(sizes, 80, total * 80 // 16, 2, index.centroids)
     by_size = plan_parts(sizes, 80, total * 80 // 16, 2)
-    for offsets, pieces, items in (compact, by_size):
+    for _offsets, _pieces, items in (compact, by_size):
         assert items.sum() == total and len(items) == 16
         assert items.max() <= 1.2 * total / 16  # balanced, the skewed list included
     spatial = parts_per_query(*dedupe_parts(*compact[:2]))
