@@ -110,6 +110,17 @@ def run_job(args) -> int:
     })
     spark.sparkContext.setLogLevel("ERROR")
     times = {"session_s": time.perf_counter() - t}
+    if args.mode == "annoy":  # the seed's recipe (bench/spark_pipelines.py), on the same files
+        from spark_pipelines import run_annoy
+
+        names = [os.path.basename(f)[:-len(".parquet")] for f in args.files]
+        pattern = os.path.join(os.path.dirname(args.files[0]), "{" + ",".join(names) + "}.parquet")
+        times.update(run_annoy(spark, pattern, args.output, args.workdir))
+        times["fit_s"], times["similar_write_s"] = times["build_s"], times["query_write_s"]
+        spark.stop()
+        with open(args.result, "w") as f:
+            json.dump(times, f)
+        return 0
     t0 = time.perf_counter()
     df = spark.read.parquet(*args.files)
     knn = KNN(k=K, metric=args.metric, indexType="ivf", ivfMode=args.mode, nprobe=args.nprobe,
@@ -189,7 +200,7 @@ def table(rows: list) -> str:
     for r in sorted(rows, key=lambda r: (r["mode"], r["n"])):
         ok = r["status"] == "ok"
         out.append(f"| {r['n']:,} | {r['mode']} | {r['status']} | {r['wall_s']:.0f} | {r['us_per_item']} | "
-                   f"{r['fit_s']:.0f} | {r['similar_write_s']:.0f} | {r['parts']} | " if ok else
+                   f"{r['fit_s']:.0f} | {r['similar_write_s']:.0f} | {r.get('parts', '-')} | " if ok else
                    f"| {r['n']:,} | {r['mode']} | {r['status']} | - | - | - | - | - | ")
         out[-1] += (f"{gib(r['jvm_peak'])} | {gib(r['py_driver_peak'])} | {gib(r['py_worker_peak'])} | "
                     f"{gib(r['raw_vector_bytes'])} | {r.get('recall', '-')} |")
@@ -199,7 +210,8 @@ def table(rows: list) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 2_000_000, 5_000_000, 10_000_000])
-    ap.add_argument("--modes", nargs="+", default=["routed"], choices=["routed", "driver"])
+    ap.add_argument("--modes", nargs="+", default=["routed"], choices=["routed", "driver", "annoy"],
+                    help="routed / driver: sparknn KNN(indexType='ivf', ivfMode=...); annoy: the seed's recipe")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--metric", default="l2")
     ap.add_argument("--nprobe", type=int, default=8)
@@ -229,7 +241,9 @@ def main(argv=None) -> int:
         truth = None
         for mode in args.modes:
             row = measure(n, mode, files, args)
-            if row["status"] == "ok":
+            if row["status"] == "ok" and mode == "annoy":
+                row["us_per_item"] = round(row["wall_s"] / n * 1e6, 1)  # recall: see bench_spark.py
+            elif row["status"] == "ok":
                 if truth is None:
                     t = time.perf_counter()
                     truth = exact_truth(files, sample, args.metric)

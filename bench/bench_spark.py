@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--pipelines", nargs="+", default=["annoy", "sparknn"], choices=["annoy", "sparknn"])
-    ap.add_argument("--index-type", default="hnsw", choices=["hnsw", "flat", "ivf"], help="sparknn's indexType")
+    ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"], help="sparknn's indexType")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each pipeline, interleaved; the table shows the median run "
                          "(use 3 on a quiet machine)")

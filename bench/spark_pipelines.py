@@ -1,7 +1,7 @@
 """One measured pipeline in a fresh Spark session (run by bench_spark.py, one process per run).
 
     python bench/spark_pipelines.py annoy   items.parquet out.parquet --result r.json --workdir DIR
-    python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type hnsw]
+    python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type ivf]
 
 `annoy` is the recipe of the user's article (../shared/context/000_ddb8ab0dc6e00d61.txt) as
 written: the vectors reach the driver as a pandas Series (toPandas), an AnnoyIndex(dim,
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("output")
     ap.add_argument("--result", required=True, help="JSON file for the timings")
     ap.add_argument("--workdir", default="/tmp", help="where the Annoy index file is saved")
-    ap.add_argument("--index-type", default="hnsw", choices=["hnsw", "flat", "ivf"])
+    ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"])
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
     args = ap.parse_args(argv)

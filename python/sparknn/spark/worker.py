@@ -101,6 +101,11 @@ class Layout:
 # -- cache ------------------------------------------------------------------------------
 _CACHE: OrderedDict[tuple, object] = OrderedDict()
 _CACHE_SIZE = 64
+# Mapped files count in a worker's resident memory once touched: a worker that searches part
+# after part of a routed index would otherwise keep every part it met mapped. Least recently
+# used files are unmapped past this many bytes (the newest always stays; the OS page cache
+# keeps the pages for the next reader either way).
+_CACHE_BYTES = int(os.environ.get("SPARKNN_WORKER_CACHE_BYTES", 512 << 20))
 _LOCK = threading.Lock()
 
 
@@ -114,7 +119,7 @@ def _cached(path: str, load):
     value = load(path)
     with _LOCK:
         _CACHE[key] = value
-        while len(_CACHE) > _CACHE_SIZE:
+        while len(_CACHE) > 1 and (len(_CACHE) > _CACHE_SIZE or sum(k[2] for k in _CACHE) > _CACHE_BYTES):
             _CACHE.popitem(last=False)
     return value
 
