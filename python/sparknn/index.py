@@ -255,6 +255,15 @@ class Index:
         start, stop = _check_count(start, "start", 0), _check_count(stop, "stop", 0)
         return self._index.reconstruct(start, stop)
 
+    def query_batch(self, minimum: int, maximum: int, nprobe: Optional[int] = None) -> int:
+        """Queries to hand one ``search`` call: ``minimum`` for flat and hnsw (they search per
+        query); for ivf, enough that each probed list sees ~256 queries (its scan is then one
+        efficient sgemm), 256 x nlist / nprobe, within [minimum, maximum]."""
+        if self.kind != "ivf":
+            return minimum
+        probes = min(nprobe or self.params["nprobe"], self.params["nlist"])
+        return int(np.clip(256 * self.params["nlist"] // max(probes, 1), minimum, maximum))
+
     def nearest_lists(self, vectors, nprobe: int = 1) -> np.ndarray:
         """ivf: the ``nprobe`` lists whose centroids are nearest each vector, int64 [n, nprobe], nearest first.
 

@@ -254,7 +254,8 @@ def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress
             x = _vectors(batch.column(0), inp.vector_col, index.dim, first)
             with _rows_of_input(inp.vector_col, first, len(x)):
                 if opts.kind == "ivf":
-                    lists = index.nearest_lists(x, _probes(index) if keep_lists else 1)
+                    lists = index.nearest_lists(x, min(index.params["nprobe"], index.params["nlist"])
+                                                if keep_lists else 1)
                     index.add(x, rows, lists=lists)
                     if keep_lists:
                         kept.append(lists.astype(np.int32))
@@ -264,20 +265,6 @@ def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress
     if index is None or len(index) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
     return index, (np.concatenate(kept) if kept else None)
-
-
-def _probes(index: Index) -> int:
-    """The lists an ivf search scans per query by default (nprobe, at most nlist)."""
-    return min(index.params["nprobe"], index.params["nlist"])
-
-
-def _search_batch(index: Index) -> int:
-    """Queries per search call. IVF scans each list once per call for all its
-    queries, so it wants enough queries for each probed list to see ~256 of them
-    (one efficient sgemm); graph and flat search are per query."""
-    if index.kind != "ivf":
-        return SEARCH_BATCH
-    return int(np.clip(256 * index.params["nlist"] // _probes(index), SEARCH_BATCH, 262_144))
 
 
 def _map_back(neighbors: pa.Array, id_type: pa.DataType) -> pa.Array:
@@ -303,7 +290,7 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
     schema = output_schema(pa.field(inp.id_col, query_ids.type), item_id_type)
     kk = k + 1 if self_ids is not None else k
     with progress.bar(inp.num_rows, desc) as bar:
-        for first, batch in inp.batches([inp.vector_col], _search_batch(index)):
+        for first, batch in inp.batches([inp.vector_col], index.query_batch(SEARCH_BATCH, 262_144)):
             x = _vectors(batch.column(0), inp.vector_col, index.dim, first)
             with _rows_of_input(inp.vector_col, first, len(x)):
                 if lists is not None:

@@ -248,17 +248,6 @@ def transform_batches(batches, *, layout: Layout, features: str, output: str, k:
         yield pa.RecordBatch.from_arrays(list(batch.columns) + [column], names=batch.schema.names + [output])
 
 
-def query_chunk(index: sparknn.Index, nprobe: int | None) -> int:
-    """similarItems queries per search call. An ivf index scans each probed list
-    once per call for all its queries, so it wants ~256 queries per list (a real
-    sgemm), within 64 MiB of query vectors; graph and flat search are per query."""
-    if index.kind != "ivf":
-        return QUERY_CHUNK
-    probes = min(nprobe or index.params["nprobe"], index.params["nlist"])
-    want = 256 * index.params["nlist"] // max(probes, 1)
-    return int(np.clip(want, QUERY_CHUNK, max(QUERY_CHUNK, (64 << 20) // (4 * index.dim))))
-
-
 def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str, k: int, ef: int,
                     include_self: bool, num_threads: int, nprobe: int | None = None):
     """Every stored item of the given slices -> its k nearest other items.
@@ -276,7 +265,8 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
             index = shards[s].index
             index.threads = threads
             stored = None if index.kind == "ivf" else index._index.vectors()
-            chunk = query_chunk(index, nprobe)
+            # within 64 MiB of query vectors per search call
+            chunk = index.query_batch(QUERY_CHUNK, max(QUERY_CHUNK, (64 << 20) // (4 * index.dim)), nprobe)
             for start in range(lo, hi, chunk):
                 stop = min(hi, start + chunk)
                 if layout.positional:
