@@ -1,6 +1,11 @@
 #include "gemm_scan.h"
 
 #include <algorithm>
+#include <cstdint>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "blas.h"
 
@@ -17,9 +22,26 @@ void to_distances_dot(float* row, size_t cols, float offset) {
     for (size_t j = 0; j < cols; ++j) row[j] = offset - row[j];
 }
 
-// Pushes the entries of `row` that beat the heap's threshold. Once the heap is
-// full most entries are rejected, so 16 are tested at once with a branch-free
-// (vectorisable) reduction before any is looked at alone.
+// Bit t set when row[t] <= threshold, for row[0..16). SSE2 is part of x86-64,
+// so this needs no dispatch; elsewhere the loop is left to the compiler.
+inline uint32_t at_most_mask16(const float* row, float threshold) {
+#if defined(__SSE2__)
+    const __m128 t = _mm_set1_ps(threshold);
+    uint32_t mask = 0;
+    for (int i = 0; i < 4; ++i) {
+        mask |= static_cast<uint32_t>(_mm_movemask_ps(_mm_cmple_ps(_mm_loadu_ps(row + 4 * i), t))) << (4 * i);
+    }
+    return mask;
+#else
+    uint32_t mask = 0;
+    for (uint32_t i = 0; i < 16; ++i) mask |= static_cast<uint32_t>(row[i] <= threshold) << i;
+    return mask;
+#endif
+}
+
+// Pushes the entries of `row` that beat the selection's threshold. Once it is
+// tight most entries are rejected, so 16 are compared at once and only the
+// survivors are looked at alone.
 void select_into(TopK& heap, const float* row, size_t cols, const int64_t* labels, int64_t first_label) {
     float worst = heap.threshold();
     auto take = [&](size_t j) {
@@ -28,11 +50,9 @@ void select_into(TopK& heap, const float* row, size_t cols, const int64_t* label
     };
     size_t j = 0;
     for (; j + 16 <= cols; j += 16) {
-        bool any = false;
-        for (size_t t = 0; t < 16; ++t) any |= row[j + t] <= worst;
-        if (!any) continue;
-        for (size_t t = 0; t < 16; ++t) {
-            if (row[j + t] <= worst) take(j + t);
+        for (uint32_t mask = at_most_mask16(row + j, worst); mask != 0; mask &= mask - 1) {
+            const size_t t = j + static_cast<size_t>(__builtin_ctz(mask));
+            if (row[t] <= worst) take(t);
         }
     }
     for (; j < cols; ++j) {

@@ -395,25 +395,26 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     }
 }
 
-void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* given,
-                            int64_t* out_ids, float* out_distances) const {
-    std::vector<int64_t> computed;
-    if (given == nullptr) {
-        computed.resize(nq * nprobe);
-        std::vector<float> dist(nq * nprobe);
-        quantizer_->set_threads(threads_);
-        quantizer_->search(nq, queries, nprobe, computed.data(), dist.data());
-    }
-    const int64_t* probes = given ? given : computed.data();
+// Scans, for every query, its probes of rank [rank_begin, rank_end) into
+// heaps[worker * nq + query], list by list: each list's vectors are read once
+// for all the queries that probe it.
+void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
+                          size_t rank_end, std::vector<TopK>& heaps, size_t workers) const {
     // Invert (query -> lists) into (list -> queries).
     const size_t nlist = lists_.size();
     std::vector<size_t> start(nlist + 1, 0);
-    for (size_t i = 0; i < nq * nprobe; ++i) ++start[static_cast<size_t>(probes[i]) + 1];
+    for (size_t q = 0; q < nq; ++q) {
+        for (size_t r = rank_begin; r < rank_end; ++r) ++start[static_cast<size_t>(probes[q * nprobe + r]) + 1];
+    }
     std::partial_sum(start.begin(), start.end(), start.begin());
-    std::vector<uint32_t> members(nq * nprobe);
+    std::vector<uint32_t> members(start[nlist]);
     {
         std::vector<size_t> fill(start.begin(), start.end() - 1);
-        for (size_t i = 0; i < nq * nprobe; ++i) members[fill[static_cast<size_t>(probes[i])]++] = static_cast<uint32_t>(i / nprobe);
+        for (size_t q = 0; q < nq; ++q) {
+            for (size_t r = rank_begin; r < rank_end; ++r) {
+                members[fill[static_cast<size_t>(probes[q * nprobe + r])]++] = static_cast<uint32_t>(q);
+            }
+        }
     }
     // Work items: up to kScanQueryBlock queries of one list; biggest first so
     // large (skewed) lists do not finish last on one thread.
@@ -436,11 +437,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     }
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 
-    const size_t workers = static_cast<size_t>(resolve_threads(threads_));
-    const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
-    std::vector<TopK> heaps(workers * nq);
-    for (TopK& h : heaps) h.reset(candidates);
-    parallel_for(items.size(), 1, threads_, [&](size_t b, size_t e, int worker) {
+    parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
         GemmScanner scanner(metric_, dim_);
         std::vector<float> qbuf(kScanQueryBlock * dim_), qnorm(kScanQueryBlock);
         std::vector<TopK*> heap_of(kScanQueryBlock);
@@ -475,6 +472,37 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
             }
         }
     });
+}
+
+void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* given,
+                            int64_t* out_ids, float* out_distances) const {
+    std::vector<int64_t> computed;
+    if (given == nullptr) {
+        computed.resize(nq * nprobe);
+        std::vector<float> dist(nq * nprobe);
+        quantizer_->set_threads(threads_);
+        quantizer_->search(nq, queries, nprobe, computed.data(), dist.data());
+    }
+    const int64_t* probes = given ? given : computed.data();
+    const size_t workers = static_cast<size_t>(resolve_threads(threads_));
+    const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
+    std::vector<TopK> heaps(workers * nq);
+    for (TopK& h : heaps) h.reset(candidates);
+    // Two passes: every query's nearest list first, then the others. After the
+    // first pass a query's k-th distance bounds what can still enter, so the
+    // second pass (nprobe - 1 lists) rejects almost every candidate in the SIMD
+    // compare instead of paying a selection for it.
+    scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers);
+    if (nprobe > 1) {
+        std::vector<float> bound(nq, std::numeric_limits<float>::infinity());
+        for (size_t w = 0; w < workers; ++w) {
+            for (size_t q = 0; q < nq; ++q) bound[q] = std::min(bound[q], heaps[w * nq + q].tighten());
+        }
+        for (size_t w = 0; w < workers; ++w) {
+            for (size_t q = 0; q < nq; ++q) heaps[w * nq + q].limit(bound[q]);
+        }
+        scan_lists(nq, queries, nprobe, probes, 1, nprobe, heaps, workers);
+    }
     parallel_for(nq, 256, threads_, [&](size_t b, size_t e, int) {
         for (size_t q = b; q < e; ++q) {
             for (size_t w = 1; w < workers; ++w) heaps[q].merge(heaps[w * nq + q]);

@@ -59,5 +59,32 @@ TEST(TopK, MergeEqualsSinglePass) {
     for (int i = 0; i < 3; ++i) EXPECT_EQ(x[i], y[i]);
 }
 
+// The IVF scan's second pass: selections of other parts of the same query are
+// bounded by a first selection's k-th distance; the merged result must equal
+// one selection over everything, ties on the bound included.
+TEST(TopK, BoundedSelectionsMergeToTheSinglePassResult) {
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int> d(0, 30);  // many ties, some on the bound
+    for (size_t k : {1u, 3u, 10u}) {
+        std::vector<float> values(600);
+        for (float& v : values) v = static_cast<float>(d(rng));
+        TopK first(k), second(k), third(k), all(k);
+        for (int64_t i = 0; i < 600; ++i) all.push(values[i], i);
+        for (int64_t i = 0; i < 40; ++i) first.push(values[i], i);
+        const float bound = first.tighten();
+        second.limit(bound);
+        third.limit(bound);
+        for (int64_t i = 40; i < 600; ++i) (i % 2 ? second : third).push(values[i], i);
+        first.merge(second);
+        first.merge(third);
+        std::vector<int64_t> x(k), y(k);
+        std::vector<float> dx(k), dy(k);
+        first.write_sorted(x.data(), dx.data(), [](int64_t l) { return l; });
+        all.write_sorted(y.data(), dy.data(), [](int64_t l) { return l; });
+        EXPECT_EQ(x, y) << "k=" << k;
+        EXPECT_EQ(dx, dy) << "k=" << k;
+    }
+}
+
 }  // namespace
 }  // namespace sparknn

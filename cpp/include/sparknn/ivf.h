@@ -90,6 +90,8 @@ class IvfIndex final : public Index {
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
     size_t code_size() const;
     void encode(const float* x, size_t list, uint8_t* code) const;
+    void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
+                    size_t rank_end, std::vector<TopK>& heaps, size_t workers) const;
     void scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m, TopK* const* heaps) const;
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances) const;
     // Float rows [count, dim] of list rows [begin, begin+count): a pointer into
