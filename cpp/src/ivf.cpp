@@ -112,12 +112,18 @@ void IvfIndex::train(size_t n, const float* vectors) {
     train_prepared(n, x);
 }
 
+size_t ivf_default_nlist(size_t n) {
+    return std::clamp<size_t>(static_cast<size_t>(std::lround(4.0 * std::sqrt(double(n)))), 1, std::max<size_t>(n, 1));
+}
+
+size_t ivf_default_train_size(size_t nlist, size_t n) { return std::min(n, std::max<size_t>(16 * nlist, 10000)); }
+
 void IvfIndex::train_prepared(size_t n, const float* x) {
     size_t nlist = params_.nlist;
-    if (nlist == 0) nlist = std::clamp<size_t>(static_cast<size_t>(std::lround(4.0 * std::sqrt(double(n)))), 1, n);
+    if (nlist == 0) nlist = ivf_default_nlist(n);
     SPARKNN_CHECK_ARG(n >= nlist, "training an IVF index with nlist=", nlist, " needs at least ", nlist,
                       " vectors, got ", n, ": lower nlist (or leave it 0 to choose from the data)");
-    size_t sample = params_.train_size ? params_.train_size : std::max<size_t>(32 * nlist, 20000);
+    size_t sample = params_.train_size ? params_.train_size : ivf_default_train_size(nlist, n);
     sample = std::clamp<size_t>(sample, nlist, n);
 
     // A uniform sample (sorted for locality), not the first rows: input order is often not random.

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from sparknn._core import ivf_default_train_size
 from sparknn.arrow import neighbors_array, neighbors_type, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import Index, load
@@ -248,7 +249,7 @@ def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress
                 if opts.kind == "ivf":
                     nlist = index.params["nlist"]
                     with _rows_of_input(inp.vector_col, 0, inp.num_rows):
-                        index.train(_train_sample(inp, dim, max(32 * nlist, 20_000)))
+                        index.train(_train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows)))
             rows = np.arange(first, first + batch.num_rows, dtype=np.int64) if ids is None else \
                 ids[first:first + batch.num_rows]
             x = _vectors(batch.column(0), inp.vector_col, index.dim, first)

@@ -58,6 +58,10 @@ NB_MODULE(_core, m) {
     nb::exception<sparknn::IoError>(m, "IndexIOError", PyExc_OSError);
     nb::exception<sparknn::Unsupported>(m, "UnsupportedError", PyExc_NotImplementedError);
 
+    m.def("ivf_default_nlist", &sparknn::ivf_default_nlist, "n"_a,
+          "nlist an ivf index trained on n vectors picks when nlist=0 (about 4 sqrt(n))");
+    m.def("ivf_default_train_size", &sparknn::ivf_default_train_size, "nlist"_a, "n"_a,
+          "vectors an ivf index samples for k-means when train_size=0");
     m.def("simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::simd_level())); });
     m.def("cpu_simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::cpu_simd_level())); });
     m.attr("FORMAT_VERSION") = sparknn::kFormatVersion;

@@ -15,17 +15,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from sparknn import _core
+
 
 def choose_nlist(nlist: int, n: int) -> int:
-    """``nlist`` as given, or about 4 sqrt(n) when 0 (faiss' rule of thumb), never more than n."""
-    if nlist:
-        return nlist
-    return max(1, min(n, round(4 * math.sqrt(n))))
+    """``nlist`` as given, or what the in-process index picks when 0 (about 4 sqrt(n))."""
+    return nlist or _core.ivf_default_nlist(n)
 
 
 def sample_size(nlist: int, n: int) -> int:
-    """k-means sample: 64 vectors per list, at least 20,000 (as the in-process index)."""
-    return min(n, max(32 * nlist, 20_000))
+    """k-means sample, as the in-process index draws it (16 vectors per list, at least 10,000)."""
+    return _core.ivf_default_train_size(nlist, n)
 
 
 def item_bytes(dim: int, metric: str, storage: str, pq_m: int, rerank: int) -> int:
