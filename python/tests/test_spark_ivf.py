@@ -215,23 +215,6 @@ def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimu
     assert again == sim
 
 
-def test_ivf_mode_auto_follows_max_result_size(spark):
-    from sparknn.spark.build import ivf_mode
-
-    df = spark_items(spark, BASE, partitions=2)
-    assert ivf_mode(df, "vector", "auto") == "driver"  # 3000 x 16 floats, far below half of 1g
-    assert ivf_mode(df, "vector", "routed") == "routed"
-    conf = spark.sparkContext.getConf()
-    old = conf.get("spark.driver.maxResultSize", "1g")
-    spark.sparkContext._conf.set("spark.driver.maxResultSize", "100k")  # the driver-side copy of the conf
-    try:
-        assert ivf_mode(df, "vector", "auto") == "routed"  # 192 kB of vectors > 50 kB
-    finally:
-        spark.sparkContext._conf.set("spark.driver.maxResultSize", old)
-    with pytest.raises(Exception, match="ivfMode"):
-        KNN(indexType="ivf", ivfMode="everywhere")
-
-
 def test_parts_are_compact_regions():
     """With centroids, a query's nprobe nearest lists fall in few parts (not one part per list, as
     packing by size alone gives), parts stay balanced, and a huge list spreads over parts."""
@@ -258,3 +241,39 @@ def test_parts_are_compact_regions():
     assert spatial <= 0.7 * scattered, (spatial, scattered)  # measured: 3.5 vs 5.8 parts per query
     offsets, parts = dedupe_parts(*compact[:2])
     assert offsets[8] - offsets[7] >= 2  # the skewed list spans consecutive parts
+
+
+def test_driver_build_that_cannot_fit_is_routed_or_refused(spark, tmp_path):
+    """'auto' builds on executors what the driver cannot hold; an explicit driver build that cannot
+    fit is refused with the numbers before any data moves (it would die in an OutOfMemoryError)."""
+    from sparknn.spark.build import driver_or_routed
+    from sparknn.spark.ivf_memory import driver_collect_budget
+
+    heap = spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
+    budget, source = driver_collect_budget(spark)
+    assert 0 < budget <= heap // 2 and "driver" in source
+    df = spark_items(spark, BASE[:500], partitions=2)  # 500 x (16 x 4 + 8) = 36,000 bytes to collect
+    params = {"kind": "ivf", "ivfMode": "auto"}
+    assert driver_or_routed(df, "vector", params) == "driver"
+    assert driver_or_routed(df, "vector", {**params, "ivfMode": "routed"}) == "routed"
+    with pytest.raises(Exception, match="ivfMode"):
+        KNN(indexType="ivf", ivfMode="everywhere")
+    conf = spark.sparkContext._conf  # the driver-side copy of the conf, read at each fit
+    old = conf.get("spark.driver.maxResultSize", "1g")
+    conf.set("spark.driver.maxResultSize", "60k")  # half: 30 KiB < 35.2 KiB
+    try:
+        auto = KNN(k=5, indexType="ivf", nlist=8, nprobe=8, featuresCol="vector").fit(df)
+        assert auto.layout.ivf is not None, "too large for the driver: built in parts on executors"
+        assert all(len(r["neighbors"]) == 5 for r in auto.similarItems().toArrow().to_pylist())
+        path = tmp_path / "index"
+        with pytest.raises(sparknn.InvalidArgumentError,
+                           match=r"collects 500 vectors of dim 16, about 35\.2 KiB, but the driver can take "
+                                 r"30\.0 KiB \(half of spark\.driver\.maxResultSize=60k\): use ivfMode='routed'"):
+            KNN(indexType="ivf", ivfMode="driver", featuresCol="vector", indexPath=str(path)).fit(df)
+        assert not os.listdir(path), "a refused fit leaves no files"
+        with pytest.raises(sparknn.InvalidArgumentError, match=r"use indexType='ivf' .* or numShards=N"):
+            KNN(indexType="hnsw", featuresCol="vector").fit(df)
+        conf.set("spark.driver.maxResultSize", "80k")
+        assert KNN(indexType="flat", featuresCol="vector").fit(df).layout.count == 500
+    finally:
+        conf.set("spark.driver.maxResultSize", old)

@@ -91,21 +91,40 @@ def new_index(dim: int, params: dict, threads: int) -> sparknn.Index:
                          seed=params["seed"], threads=threads, **ivf)
 
 
-def ivf_mode(df: DataFrame, features: str, mode: str) -> str:
-    """'driver' or 'routed' for an ivf fit; 'auto' collects to the driver only what
-    spark.driver.maxResultSize lets through with room: half of it, in float32 vectors."""
-    if mode != "auto":
-        return mode
-    from sparknn.spark.ivf_memory import parse_size
-
-    conf = df.sparkSession.sparkContext.getConf()
-    limit = parse_size(conf.get("spark.driver.maxResultSize", "1g"), "b")
-    if limit == 0:  # 0 = unlimited
-        limit = 1 << 62
+def collect_bytes(df: DataFrame, features: str) -> tuple[int, int, int]:
+    """(rows, dim, bytes the driver would collect: float32 vectors and 8-byte ids), from a count
+    and the first non-null vector: jobs that read row counts and one row, not the data."""
     head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
     dim = len(head[0]) if head is not None else 0
     rows = df.count()
-    return "driver" if rows * max(dim, 1) * 4 <= limit // 2 else "routed"
+    return rows, dim, rows * (4 * max(dim, 1) + 8)
+
+
+def driver_or_routed(df: DataFrame, features: str, params: dict) -> str:
+    """Where a fit with numShards=1 builds: 'driver' (one index from vectors collected as
+    Arrow) or 'routed' (an ivf index built in parts on executors).
+
+    ``ivfMode="auto"`` collects only what the driver can hold with room (see
+    ivf_memory.driver_collect_budget); a driver build that cannot fit is refused
+    with the numbers before any data moves, instead of an OutOfMemoryError.
+    """
+    ivf = params["kind"] == "ivf"
+    if ivf and params["ivfMode"] == "routed":
+        return "routed"
+    from sparknn.spark.ivf_memory import driver_collect_budget, human
+
+    rows, dim, need = collect_bytes(df, features)
+    budget, source = driver_collect_budget(df.sparkSession)
+    if need <= budget:
+        return "driver"
+    if ivf and params["ivfMode"] == "auto":
+        return "routed"
+    advice = ("use ivfMode='routed' (or 'auto'), which builds on executors"
+              if ivf else "use indexType='ivf' (built on executors when the data is large) or numShards=N")
+    raise InvalidArgumentError(
+        f"building on the driver collects {rows} vectors of dim {dim}, about {human(need)}, but the driver "
+        f"can take {human(budget)} ({source}): {advice}, or give the driver more memory "
+        "(spark.driver.memory, spark.driver.maxResultSize)")
 
 
 def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,

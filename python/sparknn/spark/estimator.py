@@ -10,7 +10,7 @@ from pyspark.ml import Estimator
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.build import build_on_driver, file_prefix, ivf_mode
+from sparknn.spark.build import build_on_driver, driver_or_routed, file_prefix
 from sparknn.spark.ivf_build import build_ivf
 from sparknn.spark.model import KNNModel
 from sparknn.spark.params import DEFAULT_PART_BYTES, KNNParams
@@ -115,15 +115,15 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         else:
             root = owned = temp_dir(spark)
         try:
-            if params["kind"] == "ivf" and ivf_mode(dataset, features, params["ivfMode"]) == "routed":
-                layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
-                shared = True
-            elif params["numShards"] == 1:
-                layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix)
-                shared = bool(index_path)
-            else:
+            if params["numShards"] > 1:
                 layout = build_sharded(dataset, features, id_col, id_type, params, root, prefix)
                 shared = True
+            elif driver_or_routed(dataset, features, params) == "routed":
+                layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
+                shared = True
+            else:
+                layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix)
+                shared = bool(index_path)
         except BaseException:
             # Leave nothing behind that could pass for a built index.
             if owned:

@@ -102,3 +102,20 @@ def check(spark, what: str, need: int, limit: str, advice: str) -> None:
         raise TaskMemoryError(
             f"{what} needs about {human(need)} per task ({need} bytes) but a task may use {human(budget)} "
             f"({source}). {advice}")
+
+
+def driver_collect_budget(spark) -> tuple[int, str]:
+    """(bytes of vectors and ids a fit may collect to the driver, where that number comes from).
+
+    Half of the smaller of ``spark.driver.maxResultSize`` (Spark fails a larger
+    collect) and the driver JVM's heap (the collected Arrow batches pass through
+    it: a larger collect dies in an OutOfMemoryError and takes the session along).
+    """
+    conf = spark.sparkContext.getConf()
+    result = conf.get("spark.driver.maxResultSize", "1g")
+    result_bytes = parse_size(result, "b") or 1 << 62  # 0 = unlimited
+    heap = int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
+    if heap < result_bytes:
+        return heap // 2, f"half the driver JVM's {human(heap)} heap (spark.driver.memory)"
+    return result_bytes // 2, f"half of spark.driver.maxResultSize={result}"
+

@@ -65,7 +65,8 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     ivfMode = Param(Params._dummy(), "ivfMode", "ivf: 'driver' builds one index on the driver that every task "
                     "maps (like hnsw); 'routed' trains at the driver, builds parts on executors and routes "
                     "queries to their lists (no node holds all vectors); 'auto' = 'driver' when the vectors "
-                    "take at most half of spark.driver.maxResultSize, else 'routed'",
+                    "and ids take at most half of the smaller of spark.driver.maxResultSize and the driver "
+                    "JVM's heap, else 'routed'",
                     typeConverter=_choice("ivfMode", IVF_MODES))
     idCol = Param(Params._dummy(), "idCol", "item id column: any integer or string type, returned as given",
                   typeConverter=TypeConverters.toString)
