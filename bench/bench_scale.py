@@ -28,6 +28,8 @@ from spark_memory import TreeMemory  # noqa: E402
 
 CHUNK = 1_000_000
 K = 10
+# Lines of a failed run's log that say why it failed (the JVM's or ours), in order of preference.
+CAUSES = ("OutOfMemoryError", "InvalidArgumentError", "TaskMemoryError", "maxResultSize", "MemoryError", "Killed")
 
 
 def generate(workdir: str, n: int, dim: int, seed: int = 7) -> list[str]:
@@ -107,6 +109,7 @@ def run_job(args) -> int:
     spark = local_session("local[2]", "bench-scale", **{
         "spark.driver.memory": args.jvm_memory,
         "spark.sql.shuffle.partitions": "200",
+        **dict(kv.split("=", 1) for kv in args.conf),
     })
     spark.sparkContext.setLogLevel("ERROR")
     times = {"session_s": time.perf_counter() - t}
@@ -145,7 +148,7 @@ def measure(n: int, mode: str, files: list[str], args) -> dict:
     subprocess.run(["rm", "-rf", output, result, os.path.join(args.workdir, "index")], check=True)
     cmd = [sys.executable, os.path.abspath(__file__), "--run", "--mode", mode, "--output", output,
            "--result", result, "--workdir", args.workdir, "--metric", args.metric, "--nprobe", str(args.nprobe),
-           "--jvm-memory", args.jvm_memory, "--files", *files]
+           "--jvm-memory", args.jvm_memory, "--conf", *args.conf, "--files", *files]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     mem = TreeMemory(proc.pid).start()
@@ -156,7 +159,7 @@ def measure(n: int, mode: str, files: list[str], args) -> dict:
         subprocess.run(["pkill", "-9", "-s", str(proc.pid)])
         log, status = b"", f"did not finish in {args.timeout_min} min"
     mem.stop()
-    row = {"n": n, "mode": mode, "status": status, "process_s": round(time.perf_counter() - t, 1),
+    row = {"n": n, "mode": mode, "status": status, "jvm_memory": args.jvm_memory, "conf": args.conf, "process_s": round(time.perf_counter() - t, 1),
            "raw_vector_bytes": n * args.dim * 4, "jvm_peak": mem.jvm_hwm, "py_driver_peak": mem.driver_hwm,
            "py_worker_peak": mem.worker_hwm, "py_workers_sum_rss_peak": mem.workers_rss,
            "load_1min_median": round(float(np.median(mem.loads)), 2)}
@@ -164,7 +167,10 @@ def measure(n: int, mode: str, files: list[str], args) -> dict:
         with open(result) as f:
             row.update(json.load(f))
     else:
-        row["log_tail"] = log.decode(errors="replace")[-2000:]
+        text = log.decode(errors="replace")
+        row["log_tail"] = text[-2000:]
+        lines = text.splitlines()
+        row["cause"] = next((line.strip()[:400] for c in CAUSES for line in lines if f"{c}:" in line), None)
         print(row["log_tail"], file=sys.stderr)
     return row
 
@@ -181,6 +187,11 @@ def plot(rows: list, path: str) -> None:
         ok = sorted((r["n"], r["us_per_item"]) for r in rows if r["mode"] == mode and r.get("us_per_item"))
         if ok:
             ax.plot([n / 1e6 for n, _ in ok], [u for _, u in ok], marker="o", label=f"sparknn ivf ({mode})")
+    failed = sorted({r["mode"] for r in rows if r["status"] != "ok"} - {r["mode"] for r in rows if r["status"] == "ok"})
+    if failed:
+        names = {"driver": "single index on the driver", "annoy": "Annoy recipe"}
+        ax.text(0.02, 0.04, "failed at every N: " + ", ".join(names.get(m, m) for m in failed),
+                transform=ax.transAxes, fontsize=8, color="firebrick")
     ax.set_xscale("log")
     ax.set_xlabel("items N (millions), 128-d float32")
     ax.set_ylabel("wall time per item (us)")
@@ -201,7 +212,8 @@ def table(rows: list) -> str:
         ok = r["status"] == "ok"
         out.append(f"| {r['n']:,} | {r['mode']} | {r['status']} | {r['wall_s']:.0f} | {r['us_per_item']} | "
                    f"{r['fit_s']:.0f} | {r['similar_write_s']:.0f} | {r.get('parts', '-')} | " if ok else
-                   f"| {r['n']:,} | {r['mode']} | {r['status']} | - | - | - | - | - | ")
+                   f"| {r['n']:,} | {r['mode']} | {r['status']}: {r.get('cause') or 'see log_tail'} | "
+                   f"- | - | - | - | - | ")
         out[-1] += (f"{gib(r['jvm_peak'])} | {gib(r['py_driver_peak'])} | {gib(r['py_worker_peak'])} | "
                     f"{gib(r['raw_vector_bytes'])} | {r.get('recall', '-')} |")
     return "\n".join(out)
@@ -216,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--metric", default="l2")
     ap.add_argument("--nprobe", type=int, default=8)
     ap.add_argument("--jvm-memory", default="1g", help="spark.driver.memory (local mode: driver and executor)")
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra Spark settings of the measured jobs (e.g. spark.shuffle.io.preferDirectBufs=false)")
     ap.add_argument("--sample", type=int, default=10_000)
     ap.add_argument("--timeout-min", type=int, default=60)
     ap.add_argument("--workdir", default="/tmp/sparknn-bench-scale")

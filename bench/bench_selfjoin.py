@@ -1,7 +1,7 @@
 """The all-items self-join (top-10 of every item, itself excluded) in-process, in one run:
 sparknn ivf (list-batched GEMM search) and hnsw against hnswlib and faiss IndexIVFFlat on the
 same data. Wall time includes the build (for sparknn ivf: k-means on a sample of
-32 x nlist, 10 iterations, and each item's nprobe lists, computed once for add and search).
+16 x nlist, 10 iterations, and each item's nprobe lists, computed once for add and search).
 Recall@10 on a fixed sample of items against exact
 search (sparknn flat).
 

@@ -10,13 +10,13 @@
 namespace sparknn {
 namespace {
 
-const DistanceKernels kScalar{kernels_scalar::l2sq, kernels_scalar::dot};
+const DistanceKernels kScalar{kernels_scalar::l2sq, kernels_scalar::dot, kernels_scalar::pq_scan};
 #if defined(__x86_64__) || defined(_M_X64)
-const DistanceKernels kAvx2{kernels_avx2::l2sq, kernels_avx2::dot};
-const DistanceKernels kAvx512{kernels_avx512::l2sq, kernels_avx512::dot};
+const DistanceKernels kAvx2{kernels_avx2::l2sq, kernels_avx2::dot, kernels_avx2::pq_scan};
+const DistanceKernels kAvx512{kernels_avx512::l2sq, kernels_avx512::dot, kernels_avx512::pq_scan};
 #endif
 #if defined(__aarch64__)
-const DistanceKernels kNeon{kernels_neon::l2sq, kernels_neon::dot};
+const DistanceKernels kNeon{kernels_neon::l2sq, kernels_neon::dot, kernels_neon::pq_scan};
 #endif
 
 SimdLevel detect_cpu() {

@@ -3,13 +3,15 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace sparknn {
 
-#define SPARKNN_DECLARE_KERNELS(ns)                          \
-    namespace ns {                                           \
-    float l2sq(const float* a, const float* b, size_t dim);  \
-    float dot(const float* a, const float* b, size_t dim);   \
+#define SPARKNN_DECLARE_KERNELS(ns)                                                                    \
+    namespace ns {                                                                                     \
+    float l2sq(const float* a, const float* b, size_t dim);                                            \
+    float dot(const float* a, const float* b, size_t dim);                                             \
+    void pq_scan(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out); \
     }
 
 SPARKNN_DECLARE_KERNELS(kernels_scalar)

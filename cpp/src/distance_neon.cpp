@@ -35,5 +35,10 @@ float dot(const float* a, const float* b, size_t dim) {
     return sum;
 }
 
+// No gather on NEON: the portable loop (two accumulators) is as good as it gets.
+void pq_scan(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out) {
+    kernels_scalar::pq_scan(table, codes, n, m, offset, out);
+}
+
 }  // namespace sparknn::kernels_neon
 #endif

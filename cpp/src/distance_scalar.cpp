@@ -30,4 +30,18 @@ float dot(const float* a, const float* b, size_t dim) {
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+void pq_scan(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out) {
+    for (size_t r = 0; r < n; ++r) {
+        const uint8_t* code = codes + r * m;
+        float acc0 = 0, acc1 = 0;
+        size_t j = 0;
+        for (; j + 2 <= m; j += 2) {
+            acc0 += table[j * 256 + code[j]];
+            acc1 += table[(j + 1) * 256 + code[j + 1]];
+        }
+        if (j < m) acc0 += table[j * 256 + code[j]];
+        out[r] = offset + (acc0 + acc1);
+    }
+}
+
 }  // namespace sparknn::kernels_scalar

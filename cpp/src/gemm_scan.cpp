@@ -24,7 +24,7 @@ void to_distances_dot(float* row, size_t cols, float offset) {
 
 // Bit t set when row[t] <= threshold, for row[0..16). SSE2 is part of x86-64,
 // so this needs no dispatch; elsewhere the loop is left to the compiler.
-inline uint32_t at_most_mask16(const float* row, float threshold) {
+uint32_t at_most_mask16(const float* row, float threshold) {
 #if defined(__SSE2__)
     const __m128 t = _mm_set1_ps(threshold);
     uint32_t mask = 0;
@@ -39,10 +39,11 @@ inline uint32_t at_most_mask16(const float* row, float threshold) {
 #endif
 }
 
-// Pushes the entries of `row` that beat the selection's threshold. Once it is
-// tight most entries are rejected, so 16 are compared at once and only the
-// survivors are looked at alone.
-void select_into(TopK& heap, const float* row, size_t cols, const int64_t* labels, int64_t first_label) {
+}  // namespace
+
+// Once the threshold is tight most entries are rejected, so 16 are compared at
+// once and only the survivors are looked at alone.
+void select_row(TopK& heap, const float* row, size_t cols, const int64_t* labels, int64_t first_label) {
     float worst = heap.threshold();
     auto take = [&](size_t j) {
         heap.push(row[j], labels != nullptr ? labels[j] : first_label + static_cast<int64_t>(j));
@@ -59,8 +60,6 @@ void select_into(TopK& heap, const float* row, size_t cols, const int64_t* label
         if (row[j] <= worst) take(j);
     }
 }
-
-}  // namespace
 
 GemmScanner::GemmScanner(Metric metric, size_t dim)
     : metric_(metric), dim_(dim), tile_(kScanQueryBlock * kScanBaseBlock) {
@@ -91,7 +90,7 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
             } else {
                 to_distances_dot(row, cols, metric_ == Metric::Cosine ? 1.0f : 0.0f);
             }
-            select_into(heap_at(i), row, cols, labels != nullptr ? labels + c0 : nullptr,
+            select_row(heap_at(i), row, cols, labels != nullptr ? labels + c0 : nullptr,
                         first_label + static_cast<int64_t>(c0));
         }
     }

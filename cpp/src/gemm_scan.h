@@ -40,6 +40,10 @@ class GemmScanner {
     std::vector<float> tile_;
 };
 
+// Pushes into `heap` the entries of row [cols] within its threshold, labelled
+// labels[j] (or first_label + j when labels is null).
+void select_row(TopK& heap, const float* row, size_t cols, const int64_t* labels, int64_t first_label);
+
 // out[i] = |x_i|^2 for n rows of x [n, dim].
 void squared_norms(const float* x, size_t n, size_t dim, float* out);
 

@@ -529,7 +529,7 @@ void IvfIndex::scan_pq(const List& list, size_t list_id, const float* const* que
     const uint8_t* codes = list.codes.data();
     const int64_t* labels = list.labels.data();
     const DistanceKernels& kern = kernels();
-    std::vector<float> table(pm * ProductQuantizer::kCentroids), residual(dim_);
+    std::vector<float> table(pm * ProductQuantizer::kCentroids), residual(dim_), dist(kScanBaseBlock);
     for (size_t i = 0; i < m; ++i) {
         const float* q = queries[i];
         float offset = 0.0f;
@@ -541,14 +541,10 @@ void IvfIndex::scan_pq(const List& list, size_t list_id, const float* const* que
             pq_.ip_table(q, table.data());
             offset = (metric_ == Metric::Cosine ? 1.0f : 0.0f) - kern.dot(q, centre, dim_);
         }
-        TopK& heap = *heaps[i];
-        float worst = heap.threshold();
-        for (size_t r = 0; r < size; ++r) {
-            const float d = offset + pq_distance(table.data(), codes + r * pm, pm);
-            if (d <= worst) {
-                heap.push(d, labels[r]);
-                worst = heap.threshold();
-            }
+        for (size_t r0 = 0; r0 < size; r0 += kScanBaseBlock) {
+            const size_t count = std::min(kScanBaseBlock, size - r0);
+            kern.pq_scan(table.data(), codes + r0 * pm, count, pm, offset, dist.data());
+            select_row(*heaps[i], dist.data(), count, labels + r0, 0);
         }
     }
 }

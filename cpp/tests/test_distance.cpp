@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "sparknn/distance.h"
@@ -40,6 +41,27 @@ TEST_P(DistanceTest, KernelsMatchReferenceAtEveryLevel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(OddDims, DistanceTest, ::testing::Values(1, 3, 15, 16, 17, 31, 33, 100, 128, 769));
+
+// PQ table lookups (gathers on AVX2 / AVX-512) against a double sum, for code
+// lengths around the 8- and 16-lane steps, extreme code bytes included.
+TEST(Distance, PqScanMatchesTableSumsAtEveryLevel) {
+    for (size_t m : {1u, 7u, 8u, 9u, 15u, 16u, 17u, 32u, 33u, 64u}) {
+        const auto table = test::random_vectors(m, 256, 3);
+        std::vector<uint8_t> codes(5 * m);
+        for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>((i * 97 + 13) % 256);
+        codes[0] = 0;
+        codes[codes.size() - 1] = 255;
+        for (SimdLevel level : supported_levels()) {
+            std::vector<float> out(5);
+            kernels_for(level).pq_scan(table.data(), codes.data(), 5, m, 0.5f, out.data());
+            for (size_t r = 0; r < 5; ++r) {
+                double want = 0.5;
+                for (size_t j = 0; j < m; ++j) want += table[j * 256 + codes[r * m + j]];
+                EXPECT_NEAR(out[r], want, 1e-5 * (1.0 + static_cast<double>(m))) << simd_level_name(level) << " m " << m;
+            }
+        }
+    }
+}
 
 TEST(Distance, MetricDefinitionsSmallerIsCloser) {
     const float a[3] = {1, 0, 0}, b[3] = {0, 1, 0}, c[3] = {1, 0, 0};

@@ -35,10 +35,14 @@ SimdLevel simd_level();
 void set_simd_level(SimdLevel level);
 
 using DistanceFn = float (*)(const float* a, const float* b, size_t dim);
+// out[r] = offset + sum_j table[j * 256 + codes[r * m + j]] for n codes of m
+// bytes: product-quantizer distances by table lookups (gathers where the ISA has them).
+using PqScanFn = void (*)(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out);
 
 struct DistanceKernels {
     DistanceFn l2sq;  // sum (a-b)^2
     DistanceFn dot;   // sum a*b
+    PqScanFn pq_scan;
 };
 
 // Kernels for the level in use; cheap to call (one atomic load).
