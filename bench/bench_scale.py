@@ -159,7 +159,8 @@ def measure(n: int, mode: str, files: list[str], args) -> dict:
         subprocess.run(["pkill", "-9", "-s", str(proc.pid)])
         log, status = b"", f"did not finish in {args.timeout_min} min"
     mem.stop()
-    row = {"n": n, "mode": mode, "status": status, "jvm_memory": args.jvm_memory, "conf": args.conf, "process_s": round(time.perf_counter() - t, 1),
+    row = {"n": n, "mode": mode, "status": status, "jvm_memory": args.jvm_memory, "conf": args.conf,
+           "process_s": round(time.perf_counter() - t, 1),
            "raw_vector_bytes": n * args.dim * 4, "jvm_peak": mem.jvm_hwm, "py_driver_peak": mem.driver_hwm,
            "py_worker_peak": mem.worker_hwm, "py_workers_sum_rss_peak": mem.workers_rss,
            "load_1min_median": round(float(np.median(mem.loads)), 2)}

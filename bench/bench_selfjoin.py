@@ -110,7 +110,7 @@ def main(argv=None):
     if args.metric != "l2" and {"faiss-ivf", "hnswlib"} & set(args.engines):
         p.error("--metric cosine runs the sparknn engines only")
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   "selfjoin" + ("" if args.dataset == "clustered" else f"-{args.dataset}"))
+                                   "selfjoin" + ("" if args.dataset == "clustered" else f"-{args.dataset}") + ".json")
     sample = np.random.default_rng(1).choice(args.n, args.sample, replace=False)
     import sparknn
 
@@ -142,7 +142,7 @@ def main(argv=None):
                      "recall": round(r, 4)})
         print(f"| {name} | {params} | {build:.1f} | {total:.1f} | {r:.4f} |", flush=True)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".json", "w") as f:
+    with open(out, "w") as f:
         json.dump(rows, f, indent=1)
 
 
