@@ -116,6 +116,6 @@ def driver_collect_budget(spark) -> tuple[int, str]:
     result_bytes = parse_size(result, "b") or 1 << 62  # 0 = unlimited
     heap = int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
     if heap < result_bytes:
-        return heap // 2, f"half the driver JVM's {human(heap)} heap (spark.driver.memory)"
+        return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
     return result_bytes // 2, f"half of spark.driver.maxResultSize={result}"
 
