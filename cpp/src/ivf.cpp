@@ -355,13 +355,16 @@ const float* IvfIndex::rows(const List& list, size_t begin, size_t count, float*
     return scratch;
 }
 
+size_t IvfIndex::ideal_query_batch(size_t nprobe) const {
+    const size_t probes = std::clamp<size_t>(nprobe, 1, std::max<size_t>(nlist(), 1));
+    return 256 * std::max<size_t>(nlist(), 1) / probes;
+}
+
 void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                            const SearchParams& params) const {
     SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "the IVF index is not trained");
     const size_t nprobe = std::min(nlist(), params.nprobe ? params.nprobe : params_.nprobe);
-    // Batches large enough that each probed list sees ~256 queries, so its
-    // scan is one efficient GEMM rather than many thin ones.
-    const size_t batch = std::clamp<size_t>(256 * nlist() / nprobe, kMinQueryBatch, kMaxQueryBatch);
+    const size_t batch = std::clamp<size_t>(ideal_query_batch(nprobe), kMinQueryBatch, kMaxQueryBatch);
     if (params.lists != nullptr) {
         SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist(), "lists given: nprobe must be their width, in [1, nlist=",
                           nlist(), "], got ", params.nprobe);

@@ -261,8 +261,7 @@ class Index:
         efficient sgemm), 256 x nlist / nprobe, within [minimum, maximum]."""
         if self.kind != "ivf":
             return minimum
-        probes = min(nprobe or self.params["nprobe"], self.params["nlist"])
-        return int(np.clip(256 * self.params["nlist"] // max(probes, 1), minimum, maximum))
+        return int(np.clip(self._index.ideal_query_batch(nprobe or self.params["nprobe"]), minimum, maximum))
 
     def nearest_lists(self, vectors, nprobe: int = 1) -> np.ndarray:
         """ivf: the ``nprobe`` lists whose centroids are nearest each vector, int64 [n, nprobe], nearest first.

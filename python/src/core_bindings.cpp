@@ -136,6 +136,12 @@ NB_MODULE(_core, m) {
                          return ivf == nullptr || ivf->is_trained();
                      })
         .def(
+            "ideal_query_batch",
+            [](const sparknn::Index& index, size_t nprobe) {
+                return as_ivf(index, "ideal_query_batch()").ideal_query_batch(nprobe);
+            },
+            "nprobe"_a)
+        .def(
             "nearest_lists",
             [](const sparknn::Index& index, Matrix q, size_t nprobe, OutIds out) {
                 const auto& ivf = as_ivf(index, "nearest_lists()");

@@ -67,6 +67,10 @@ class IvfIndex final : public Index {
     // Trains the quantizer (and SQ8 ranges) on n vectors; validated like add.
     // Optional: an untrained index trains on a sample of its first add.
     void train(size_t n, const float* vectors);
+    // Queries per search batch that give each probed list ~256 of them (its
+    // scan is then one efficient sgemm): 256 * nlist / nprobe. search() clamps it
+    // to [16k, 256k]; callers that batch queries themselves start from it.
+    size_t ideal_query_batch(size_t nprobe) const;
     // The nprobe nearest lists of each query [nq, nprobe], nearest first.
     void nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists) const;
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
