@@ -503,12 +503,10 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // compare instead of paying a selection for it.
     scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers);
     if (nprobe > 1) {
-        std::vector<float> bound(nq, std::numeric_limits<float>::infinity());
-        for (size_t w = 0; w < workers; ++w) {
-            for (size_t q = 0; q < nq; ++q) bound[q] = std::min(bound[q], heaps[w * nq + q].tighten());
-        }
-        for (size_t w = 0; w < workers; ++w) {
-            for (size_t q = 0; q < nq; ++q) heaps[w * nq + q].limit(bound[q]);
+        for (size_t q = 0; q < nq; ++q) {
+            float bound = std::numeric_limits<float>::infinity();
+            for (size_t w = 0; w < workers; ++w) bound = std::min(bound, heaps[w * nq + q].tighten());
+            for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
         }
         scan_lists(nq, queries, nprobe, probes, 1, nprobe, heaps, workers);
     }

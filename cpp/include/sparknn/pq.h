@@ -46,16 +46,4 @@ class ProductQuantizer {
     std::vector<float> norms_;       // [m, 256]
 };
 
-// Sum of the m table entries a code selects.
-inline float pq_distance(const float* table, const uint8_t* code, size_t m) {
-    float acc0 = 0, acc1 = 0;
-    size_t j = 0;
-    for (; j + 2 <= m; j += 2) {
-        acc0 += table[j * ProductQuantizer::kCentroids + code[j]];
-        acc1 += table[(j + 1) * ProductQuantizer::kCentroids + code[j + 1]];
-    }
-    if (j < m) acc0 += table[j * ProductQuantizer::kCentroids + code[j]];
-    return acc0 + acc1;
-}
-
 }  // namespace sparknn
