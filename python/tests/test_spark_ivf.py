@@ -4,6 +4,7 @@ index with the same centroids; string ids; skewed clusters; memory checks; persi
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import clustered, exact_knn, recall, spark_items
 
@@ -55,7 +56,16 @@ def test_routed_self_join_equals_in_process(spark, metric):
     sim = rows_by_id(model.similarItems().toArrow())
     assert len(sim) == len(BASE) and all(len(v) == 10 and i not in [n["id"] for n in v] for i, v in sim.items())
     assert_same_distances(sim, ids, dist, range(len(BASE)), 10, exclude=np.arange(len(BASE)))
-    # Probing every list is exact search.
+    # Each item's nearest lists were found once, at fit, and stored beside it (similarItems routes
+    # by them); the routing has the exact list sizes, not the sample's estimate.
+    layout = model.layout
+    for part in layout.shards:
+        items = pa.ipc.open_file(layout.path(part.ids)).read_all()
+        x = items.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 16)
+        stored = items.column("lists").combine_chunks().flatten().to_numpy().reshape(-1, 3)
+        np.testing.assert_array_equal(stored, reference.nearest_lists(x, 3))
+    assert layout.ivf.list_sizes == tuple(np.bincount(reference.nearest_lists(BASE, 1)[:, 0], minlength=24))
+    # Probing every list is exact search (more lists than stored: the quantizer routes).
     _, exact = exact_knn(BASE, BASE, 11, metric)
     full = rows_by_id(model.setNprobe(24).similarItems().toArrow())
     for i in range(len(BASE)):

@@ -47,8 +47,12 @@ _ROW = "__sparknn_row"  # the payload struct column
 
 
 # -- routing -------------------------------------------------------------------------------
-def probes(q: sparknn.Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int):
+def probes(q: sparknn.Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int,
+           nearest: np.ndarray | None = None):
     """(rows, lists, nprobe per row): the lists each query scans, nearest first.
+
+    ``nearest`` [n, >= nprobe]: the queries' nearest lists when already known
+    (an item's, found when it was stored); else the quantizer finds them.
 
     A query whose nprobe lists hold fewer than ``need`` items (= min(k, n), one
     more for a self-join) scans more lists, doubling until they do, so that
@@ -56,7 +60,7 @@ def probes(q: sparknn.Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need
     """
     n, nlist = len(x), len(sizes)
     nprobe = min(nprobe, nlist)
-    lists = q.nearest_lists(x, nprobe)
+    lists = q.nearest_lists(x, nprobe) if nearest is None else np.ascontiguousarray(nearest[:, :nprobe], dtype=np.int64)
     per_row = np.full(n, nprobe, dtype=np.int32)
     short = np.flatnonzero(sizes[lists].sum(axis=1) < need)
     rows = np.repeat(np.arange(n), nprobe)
@@ -83,11 +87,11 @@ def probes(q: sparknn.Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need
     return rows, flat, per_row
 
 
-def route(q, routing_arrays, x, nprobe, need):
+def route(q, routing_arrays, x, nprobe, need, nearest=None):
     """(rows, parts, nprobe per pair, home mask, lists): one pair per (query, part), sorted by query
     then part; ``lists`` is each query's probed lists (CSR: row offsets, list numbers)."""
     sizes, offsets, parts = routing_arrays
-    rows, lists, per_row = probes(q, x, sizes, nprobe, need)
+    rows, lists, per_row = probes(q, x, sizes, nprobe, need, nearest)
     order = np.argsort(rows, kind="stable")  # widened rows were appended at the end
     row_lists = (np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(x)))]), lists[order])
     r, p = expand(rows, lists, offsets, parts)
@@ -105,8 +109,8 @@ def _vectors_column(x: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1), type=pa.float32()))
 
 
-def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need) -> pa.RecordBatch:
-    r, p, per_pair, home, (row_offsets, row_lists) = route(q, arrays, x, nprobe, need)
+def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need, nearest=None) -> pa.RecordBatch:
+    r, p, per_pair, home, (row_offsets, row_lists) = route(q, arrays, x, nprobe, need, nearest)
     take = pa.array(np.where(home, r, -1), mask=~home)  # payload once per query, null elsewhere
     # Each pair carries its query's lists, so the part searches exactly them (no quantizer pass there).
     lists = pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), pa.array(row_lists.astype(np.int32)))
@@ -145,25 +149,35 @@ def _load_items(path: str) -> pa.Table:
 
 
 def route_items(batches, *, layout: Layout, slices, id_col: str, nprobe: int, need: int, num_threads: int):
-    """similarItems: the stored items of the given (part, lo, hi) slices, keyed by their engine ids."""
+    """similarItems: the stored items of the given (part, lo, hi) slices, keyed by their engine ids.
+
+    Items are routed to the nearest lists stored with them at fit (when at least ``nprobe`` were
+    kept), so the quantizer runs only for the rare item whose lists are widened."""
     q = _quantizer(layout)
     q.threads = task_threads(num_threads)
     arrays = layout.ivf.arrays()
+    want = min(nprobe, layout.ivf.nlist)
     for batch in batches:
         for task in batch.column(0).to_numpy():
             s, lo, hi = slices[int(task)]
             items = _cached(layout.path(layout.shards[s].ids), _load_items)
+            field = items.schema.field("lists") if "lists" in items.schema.names else None
+            stored = field is not None and field.type.list_size >= want  # else (older models): the quantizer
             for start in range(lo, hi, CHUNK):
                 chunk = items.slice(start, min(hi, start + CHUNK) - start)
                 vec = chunk.column("vector").combine_chunks()
                 x = vec.flatten().to_numpy().reshape(len(vec), layout.dim)
+                nearest = None
+                if stored:
+                    known = chunk.column("lists").combine_chunks()
+                    nearest = known.flatten().to_numpy().reshape(len(known), field.type.list_size)
                 ids = chunk.column("id").combine_chunks()
                 if layout.positional:
                     keys = np.arange(start, start + len(x), dtype=np.int64) | (s << POSITION_BITS)
                 else:
                     keys = ids.cast(pa.int64()).to_numpy()
                 payload = pa.StructArray.from_arrays([ids], names=[id_col])
-                yield _routed_batch(q, arrays, x, keys, payload, nprobe, need)
+                yield _routed_batch(q, arrays, x, keys, payload, nprobe, need, nearest)
 
 
 # -- searching the parts ---------------------------------------------------------------------
