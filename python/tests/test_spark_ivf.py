@@ -204,7 +204,13 @@ def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimu
     reference = sparknn.load(os.path.join(model.layout.root, model.layout.shards[0].index))
     assert reference.params["nlist"] == 32 and reference.params["storage"] == storage
     stored = reference.ids
-    want_ids, want_dist = reference.search(reference.reconstruct(), 11)
+    originals = BASE[(stored - 3) // 7]  # the items' vectors in the index's label order
+    # Each item's 8 nearest lists were found once, at fit, from its original vector, and kept beside
+    # the index: similarItems searches the stored (decoded) vector in them.
+    lists = reference.nearest_lists(originals, 8)
+    probes = pa.ipc.open_file(model.layout.path(model.layout.shards[0].probes)).read_all().column("lists")
+    np.testing.assert_array_equal(probes.combine_chunks().flatten().to_numpy().reshape(-1, 8), lists)
+    want_ids, want_dist = reference.search(reference.reconstruct(), 11, lists=lists)
     sim = rows_by_id(model.similarItems().toArrow())
     assert sorted(sim) == sorted(ids.tolist())
     assert all(len(v) == 10 and key not in [n["id"] for n in v] for key, v in sim.items())
@@ -220,7 +226,7 @@ def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimu
     # save / load keeps the mode and the answers
     model.write().overwrite().save(str(tmp_path / "m"))
     loaded = KNNModel.load(str(tmp_path / "m"))
-    assert loaded.getIvfMode() == "auto" and loaded.layout.ivf is None
+    assert loaded.getIvfMode() == "auto" and loaded.layout.ivf is None and loaded.layout.shards[0].probes
     again = rows_by_id(loaded.similarItems().toArrow())
     assert again == sim
 

@@ -15,7 +15,10 @@ import sparknn
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.schema import collect_arrow, features_as_float_array
-from sparknn.spark.worker import Layout, ShardFiles, write_ids
+from sparknn.spark.worker import Layout, ShardFiles, probes_column, write_column, write_ids
+
+# Nearest lists kept per item for similarItems: at most this many (4 bytes each per item).
+MAX_STORED_PROBES = 32
 
 
 def _example(df: DataFrame, condition, id_col: str) -> str:
@@ -147,16 +150,25 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, par
     check_unique(ids, id_col)
     direct = use_direct_ids(ids, id_type)
     index = new_index(vectors.shape[1], params, params["numThreads"])
-    index.add(vectors, ids.to_numpy() if direct else None)
+    lists = None
+    if index.kind == "ivf":
+        # Each item's nearest lists, found once: the first is where it is stored, all of them
+        # are where similarItems searches it (saved beside the index, so no second quantizer pass).
+        index.train(vectors)
+        lists = index.nearest_lists(vectors, min(index.nprobe, index.params["nlist"], MAX_STORED_PROBES))
+    index.add(vectors, ids.to_numpy() if direct else None, lists=None if lists is None else lists[:, :1])
     del table, vectors
     name = f"{prefix}-shard-0.snn"
     index.save(os.path.join(root, name))
-    ids_name = None
+    ids_name = probes_name = None
     if not direct:
         ids_name = f"{prefix}-ids-0.arrow"
         write_ids(os.path.join(root, ids_name), ids)
+    if lists is not None:
+        probes_name = f"{prefix}-probes-0.arrow"
+        write_column(os.path.join(root, probes_name), "lists", probes_column(lists))
     return Layout(index.dim, index.metric, index.kind, id_type, not direct,
-                  (ShardFiles(name, ids_name, len(index)),), root)
+                  (ShardFiles(name, ids_name, len(index), probes_name),), root)
 
 
 def file_prefix(uid: str) -> str:

@@ -35,7 +35,7 @@ import sparknn
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import ivf_memory
-from sparknn.spark.build import validate
+from sparknn.spark.build import MAX_STORED_PROBES, validate
 from sparknn.spark.ivf_plan import (
     IvfRouting,
     choose_nlist,
@@ -61,8 +61,6 @@ _BUILT = T.StructType([
 ])
 _BUILT_ARROW = pa.schema([("part", pa.int32()), ("count", pa.int64()), ("index", pa.string()),
                           ("items", pa.string()), ("lists", pa.list_(pa.int32())), ("sizes", pa.list_(pa.int64()))])
-# Probe lists kept per item for similarItems: at most this many (an item is 4 bytes per list).
-MAX_STORED_PROBES = 32
 
 
 def _load_private(path: str) -> sparknn.Index:

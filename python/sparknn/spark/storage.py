@@ -106,6 +106,8 @@ class IndexFiles:
             names[shard.index] = f"shard-{i}.snn"
             if shard.ids:
                 names[shard.ids] = f"{'items' if self.layout.ivf else 'ids'}-{i}.arrow"
+            if shard.probes:
+                names[shard.probes] = f"probes-{i}.arrow"
         if self.layout.ivf:
             names[self.layout.ivf.quantizer] = "quantizer.snn"
         for src, dst in names.items():

@@ -46,6 +46,7 @@ class ShardFiles:
     index: str  # file name of the index
     ids: str | None  # file name of the Arrow id file (positional ids only)
     count: int
+    probes: str | None = None  # ivf built on the driver: Arrow file of each item's nearest lists, by label
 
 
 @dataclass(frozen=True)
@@ -75,25 +76,27 @@ class Layout:
 
     def files(self) -> list[str]:
         extra = [self.ivf.quantizer] if self.ivf else []
-        return [n for s in self.shards for n in (s.index, s.ids) if n] + extra
+        return [n for s in self.shards for n in (s.index, s.ids, s.probes) if n] + extra
 
     def to_json(self) -> dict:
         d = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "idType": self.id_type,
              "positional": self.positional,
-             "shards": [{"index": s.index, "ids": s.ids, "count": s.count} for s in self.shards]}
+             "shards": [{"index": s.index, "ids": s.ids, "count": s.count, **({"probes": s.probes} if s.probes else {})}
+                        for s in self.shards]}
         if self.ivf:
             d["ivf"] = self.ivf.to_json()
         return d
 
     @staticmethod
     def from_json(d: dict, root: str) -> Layout:
-        shards = tuple(ShardFiles(s["index"], s["ids"], int(s["count"])) for s in d["shards"])
+        shards = tuple(ShardFiles(s["index"], s["ids"], int(s["count"]), s.get("probes")) for s in d["shards"])
         ivf = IvfRouting.from_json(d["ivf"]) if "ivf" in d else None
         return Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
                       ivf=ivf)
 
     def renamed(self, rename, root: str, shipped: bool) -> Layout:
-        shards = tuple(ShardFiles(rename(s.index), s.ids and rename(s.ids), s.count) for s in self.shards)
+        shards = tuple(ShardFiles(rename(s.index), s.ids and rename(s.ids), s.count, s.probes and rename(s.probes))
+                       for s in self.shards)
         ivf = self.ivf.renamed(rename) if self.ivf else None
         return replace(self, shards=shards, root=root, shipped=shipped, ivf=ivf)
 
@@ -137,16 +140,33 @@ def _load_ids(path: str) -> pa.Array:
 
 def write_ids(path: str, ids: pa.Array) -> None:
     """Writes an id file atomically (temporary name, then rename)."""
+    write_column(path, "id", ids)
+
+
+def write_column(path: str, name: str, values: pa.Array) -> None:
+    """A one-column Arrow file, written atomically (temporary name, then rename)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, pa.schema([("id", ids.type)])) as writer:
-        writer.write_table(pa.table({"id": ids}))
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, pa.schema([(name, values.type)])) as writer:
+        writer.write_table(pa.table({name: values}))
     os.replace(tmp, path)
+
+
+def probes_column(lists: np.ndarray) -> pa.Array:
+    """Nearest lists int [n, width] -> fixed_size_list<int32, width>."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(lists.reshape(-1).astype(np.int32)), lists.shape[1])
+
+
+def _load_probes(path: str) -> np.ndarray:
+    """int32 [n, width], a zero-copy view of the mapped probes file."""
+    column = pa.ipc.open_file(pa.memory_map(path, "r")).read_all().column(0).combine_chunks()
+    return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
 
 
 @dataclass
 class Shard:
     index: sparknn.Index
     ids: pa.Array | None
+    probes: np.ndarray | None = None
 
 
 def open_shards(layout: Layout) -> list[Shard]:
@@ -154,7 +174,8 @@ def open_shards(layout: Layout) -> list[Shard]:
     for s in layout.shards:
         index = _cached(layout.path(s.index), _load_index)
         ids = _cached(layout.path(s.ids), _load_ids) if s.ids else None
-        out.append(Shard(index, ids))
+        probes = _cached(layout.path(s.probes), _load_probes) if s.probes else None
+        out.append(Shard(index, ids, probes))
     return out
 
 
@@ -255,6 +276,8 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
     The queries are the vectors stored in the index itself (normalised under
     cosine, which leaves cosine neighbours unchanged; decoded for compressed
     ivf storage), so no training data is needed: this works on a loaded model too.
+    An ivf index built on the driver kept each item's nearest lists: the items
+    are searched in them, without a pass over the quantizer.
     """
     shards = open_shards(layout)
     threads = task_threads(num_threads)
@@ -265,6 +288,10 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
             index = shards[s].index
             index.threads = threads
             stored = None if index.kind == "ivf" else index._index.vectors()
+            probes = shards[s].probes
+            if probes is not None:
+                width = min(nprobe or index.nprobe, index.params["nlist"])
+                probes = probes if len(shards) == 1 and probes.shape[1] >= width else None
             # within 64 MiB of query vectors per search call
             chunk = index.query_batch(QUERY_CHUNK, max(QUERY_CHUNK, (64 << 20) // (4 * index.dim)), nprobe)
             for start in range(lo, hi, chunk):
@@ -274,6 +301,9 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
                 else:
                     own = np.asarray(index.ids[start:stop], dtype=np.int64)
                 queries = index.reconstruct(start, stop) if stored is None else stored[start:stop]
-                ids, dist = search(layout, shards, queries, kk, ef, threads, nprobe)
+                if probes is not None:
+                    ids, dist = index.search(queries, min(kk, len(index)), lists=probes[start:stop, :width])
+                else:
+                    ids, dist = search(layout, shards, queries, kk, ef, threads, nprobe)
                 column = neighbors(layout, shards, ids, dist, k, exclude=None if include_self else own)
                 yield pa.RecordBatch.from_arrays([user_ids(layout, shards, own), column], names=[id_col, output])
