@@ -119,6 +119,8 @@ def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_pa
         lists = q.nearest_lists(x, width) if len(x) else np.empty((0, width), dtype=np.int64)
         home = lists[:, 0]
         pieces = offsets[home + 1] - offsets[home]
+        if len(x) and pieces.min() == 0:  # every list is planned a part (sizes >= 1): never store elsewhere
+            raise RuntimeError(f"routed IVF build: list {int(home[pieces.argmin()])} has no part in the plan")
         pick = (_mix(np.arange(row, row + len(x))) % pieces.astype(np.uint64)).astype(np.int64)
         row += len(x)
         part = parts[offsets[home] + pick].astype(np.int32)
