@@ -11,7 +11,7 @@ from conftest import clustered, exact_knn, recall, spark_items
 pyspark = pytest.importorskip("pyspark")
 import sparknn
 from sparknn.spark import KNN, KNNModel
-from sparknn.spark.ivf_memory import TaskMemoryError
+from sparknn.spark.ivf_memory import TaskMemoryError, arrow_batch_rows, query_task_bytes
 from sparknn.spark.ivf_plan import item_bytes
 
 pytestmark = pytest.mark.spark
@@ -211,6 +211,9 @@ def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimu
     probes = pa.ipc.open_file(model.layout.path(model.layout.shards[0].probes)).read_all().column("lists")
     np.testing.assert_array_equal(probes.combine_chunks().flatten().to_numpy().reshape(-1, 8), lists)
     want_ids, want_dist = reference.search(reference.reconstruct(), 11, lists=lists)
+    # A similarItems task maps the probes file too: it counts in the task's memory.
+    mapped = model.indexSizeBytes + os.path.getsize(model.layout.path(model.layout.shards[0].probes))
+    assert model.taskMemoryBytes == query_task_bytes(mapped, 16, 10, arrow_batch_rows(spark))
     sim = rows_by_id(model.similarItems().toArrow())
     assert sorted(sim) == sorted(ids.tolist())
     assert all(len(v) == 10 and key not in [n["id"] for n in v] for key, v in sim.items())
