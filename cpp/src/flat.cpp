@@ -9,6 +9,13 @@
 #include "sparknn/topk.h"
 
 namespace sparknn {
+namespace {
+
+// Selection slack of the flat scan (see TopK::reset): its 256 selections per
+// query block are few, so each may hold 4k entries between cuts.
+constexpr size_t kFlatSlack = 4;
+
+}  // namespace
 
 void FlatIndex::add_impl(size_t n, const float* vectors) {
     AlignedVector<float>& all = vectors_.mutate();
@@ -49,11 +56,11 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
             TopK* heaps;
             if (parts == 1) {
                 local.resize(m);
-                for (auto& h : local) h.reset(k);
+                for (auto& h : local) h.reset(k, kFlatSlack);
                 heaps = local.data();
             } else {
                 heaps = &partial[q0 * parts + part * m];
-                for (size_t i = 0; i < m; ++i) heaps[i].reset(k);
+                for (size_t i = 0; i < m; ++i) heaps[i].reset(k, kFlatSlack);
             }
             if (metric_ == Metric::L2) squared_norms(queries + q0 * dim_, m, dim_, qnorm.data());
             const float* bnorm = metric_ == Metric::L2 ? sq_norms_.data() + b0 : nullptr;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
+#include <utility>
 
 #include "sparknn/topk.h"
 
@@ -12,9 +14,11 @@ namespace {
 TEST(TopK, KeepsKSmallestSortedWithLabelTieBreak) {
     std::mt19937 rng(7);
     std::uniform_int_distribution<int> d(0, 50);  // many ties
-    for (size_t k : {1u, 5u, 64u}) {
+    for (auto [k, slack] : {std::pair<size_t, size_t>{1, 2}, {5, 2}, {64, 2}, {5, 4}, {64, 4}, {16, 8}}) {
+        SCOPED_TRACE("k " + std::to_string(k) + " slack " + std::to_string(slack));
         std::vector<std::pair<float, int64_t>> all;
-        TopK top(k);
+        TopK top;
+        top.reset(k, slack);
         for (int64_t i = 0; i < 1000; ++i) {
             const float v = static_cast<float>(d(rng));
             all.emplace_back(v, i);
