@@ -74,4 +74,3 @@ void pq_scan(const float* table, const uint8_t* codes, size_t n, size_t m, float
 }
 
 }  // namespace sparknn::kernels_avx2
-

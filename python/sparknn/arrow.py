@@ -86,6 +86,14 @@ def vectors_to_numpy(column, name: str = "vector", dim: Optional[int] = None) ->
     return flat.reshape(n, width if n else (dim or 0))
 
 
+def rows_to_list(x: np.ndarray) -> pa.ListArray:
+    """A 2-D matrix [n, width] as an Arrow list<T> column, one list per row (no copy of the values;
+    Spark's array<T> needs list, not fixed_size_list)."""
+    n, width = x.shape
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int64).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(x).reshape(-1)))
+
+
 def neighbors_array(ids: np.ndarray, distances: np.ndarray, id_values: Optional[pa.Array] = None,
                     exclude: Optional[np.ndarray] = None, k: Optional[int] = None) -> pa.Array:
     """list<struct<id, distance>> from search results, nearest first.

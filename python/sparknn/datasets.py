@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from sparknn.arrow import rows_to_list
 from sparknn.errors import InvalidArgumentError
 
 
@@ -31,9 +32,7 @@ def vector_table(ids, vectors: np.ndarray, id_col: str = "id", vector_col: str =
     n, dim = vectors.shape
     if n * dim >= 2**31:
         raise InvalidArgumentError(f"{n} x {dim} values do not fit a list<float32> column; use fewer rows")
-    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
-    column = pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
-    return pa.table({id_col: ids, vector_col: column})
+    return pa.table({id_col: ids, vector_col: rows_to_list(vectors)})
 
 
 def make_items(n: int = 20_000, dim: int = 64, clusters: int = 100, seed: int = 0) -> pa.Table:

@@ -10,8 +10,9 @@
 4. Executors find every item's nearest lists, once: the first says where the
    item is stored, all of them are kept for ``similarItems``, which routes
    the item to them without a second pass over the quantizer (at 10M items
-   and 12.6k lists, the four passes this replaced were half of the job). Rows are tagged with
-   their part, shuffled so each part lands in its own partition, and each
+   and 12.6k lists, the four passes this replaced were half of the job).
+   Rows are tagged with their part, shuffled so each part lands in its own
+   partition, and each
    task adds its part's rows to a copy of the quantizer (with the lists
    found, so nothing is assigned twice) and writes the index plus an Arrow
    "items" file (ids, float32 vectors, probe lists) to the shared directory.
@@ -32,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import sparknn
-from sparknn.arrow import vectors_to_numpy
+from sparknn.arrow import rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import ivf_memory
 from sparknn.spark.build import MAX_STORED_PROBES, validate
@@ -100,13 +101,6 @@ def _partition_id() -> int:
 
 
 # -- executor functions ------------------------------------------------------------------
-def _lists_column(lists: np.ndarray) -> pa.Array:
-    """int [n, width] -> list<int32> (Spark's array<int>)."""
-    n, width = lists.shape
-    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(lists.reshape(-1).astype(np.int32)))
-
-
 def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_parts, num_threads):
     """Prepends each row's part (its nearest list, and for a split list one of its pieces by a row
     hash) and its ``width`` nearest lists."""
@@ -124,7 +118,7 @@ def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_pa
         pick = (_mix(np.arange(row, row + len(x))) % pieces.astype(np.uint64)).astype(np.int64)
         row += len(x)
         part = parts[offsets[home] + pick].astype(np.int32)
-        yield pa.RecordBatch.from_arrays([pa.array(part), _lists_column(lists)] + list(batch.columns),
+        yield pa.RecordBatch.from_arrays([pa.array(part), rows_to_list(lists.astype(np.int32))] + list(batch.columns),
                                          names=["part", "lists"] + batch.schema.names)
 
 
@@ -139,7 +133,6 @@ class _PartWriter:
 
             src = SparkFiles.get(qpath)
         self.index = sparknn.load(src, mmap=False, threads=threads)
-        self.sizes = np.zeros(self.index.params["nlist"], dtype=np.int64)
         self.name = f"{prefix}-part-{part}.snn"
         self.items = f"{prefix}-items-{part}.arrow"
         self._tmp = os.path.join(root, f"{self.items}.tmp-{os.getpid()}")
@@ -155,7 +148,6 @@ class _PartWriter:
         else:
             eids = ids.cast(pa.int64()).to_numpy()
         self.index.add(x, eids, lists=lists[:, :1])
-        self.sizes += np.bincount(lists[:, 0], minlength=len(self.sizes))
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), self.dim)
         self._writer.write_batch(pa.RecordBatch.from_arrays([ids.cast(self._id_type), vectors, probes_column(lists)],
                                                             ["id", "vector", "lists"]))
@@ -166,8 +158,9 @@ class _PartWriter:
         self._sink.close()
         os.replace(self._tmp, os.path.join(self.root, self.items))
         self.index.save(os.path.join(self.root, self.name))
-        nonempty = np.flatnonzero(self.sizes)
-        return self.part, self.count, self.name, self.items, nonempty, self.sizes[nonempty]
+        sizes = self.index.list_sizes  # the part's own rows: it started as the empty quantizer
+        nonempty = np.flatnonzero(sizes)
+        return self.part, self.count, self.name, self.items, nonempty, sizes[nonempty]
 
     def abort(self) -> None:
         self._sink.close()

@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import sparknn
-from sparknn.arrow import neighbors_array, vectors_to_numpy
+from sparknn.arrow import neighbors_array, rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.ivf_build import _partition_id
 from sparknn.spark.ivf_plan import expand
@@ -103,19 +103,13 @@ def route(q, routing_arrays, x, nprobe, need, nearest=None):
     return r, p.astype(np.int32), per_row[r], home, row_lists
 
 
-def _vectors_column(x: np.ndarray) -> pa.Array:
-    n, dim = x.shape
-    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int64).astype(np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1), type=pa.float32()))
-
-
 def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need, nearest=None) -> pa.RecordBatch:
     r, p, per_pair, home, (row_offsets, row_lists) = route(q, arrays, x, nprobe, need, nearest)
     take = pa.array(np.where(home, r, -1), mask=~home)  # payload once per query, null elsewhere
     # Each pair carries its query's lists, so the part searches exactly them (no quantizer pass there).
     lists = pa.ListArray.from_arrays(pa.array(row_offsets.astype(np.int32)), pa.array(row_lists.astype(np.int32)))
     return pa.RecordBatch.from_arrays(
-        [pa.array(p), pa.array(keys[r]), pa.array(per_pair), _vectors_column(x[r]), lists.take(pa.array(r)),
+        [pa.array(p), pa.array(keys[r]), pa.array(per_pair), rows_to_list(x[r]), lists.take(pa.array(r)),
          payload.take(take)],
         names=["part", "qkey", "nprobe", "v", "lists", _ROW])
 
