@@ -107,9 +107,15 @@ size_t IvfIndex::code_size() const {
 
 void IvfIndex::train(size_t n, const float* vectors) {
     SPARKNN_CHECK_ARG(size() == 0, "train() must come before the first add (the index holds ", size(), " vectors)");
+    SPARKNN_CHECK_ARG(n == 0 || vectors != nullptr, "training vectors is null");
+    // Sample the raw rows first, then validate and normalise only the sample: k-means
+    // never reads the rest, and a copy of all n normalised rows is what large inputs cannot spare.
+    const size_t nlist = training_nlist(n);
+    std::vector<float> rows = sample_rows(n, vectors, nlist);
+    const size_t sample = rows.empty() ? n : rows.size() / dim_;
     AlignedVector<float> scratch;
-    const float* x = prepare_queries(n, vectors, scratch);  // validates; normalises under cosine
-    train_prepared(n, x);
+    const float* x = prepare_queries(sample, rows.empty() ? vectors : rows.data(), scratch);
+    train_on_sample(sample, x, nlist);
 }
 
 size_t ivf_default_nlist(size_t n) {
@@ -118,27 +124,35 @@ size_t ivf_default_nlist(size_t n) {
 
 size_t ivf_default_train_size(size_t nlist, size_t n) { return std::min(n, std::max<size_t>(16 * nlist, 10000)); }
 
-void IvfIndex::train_prepared(size_t n, const float* x) {
-    size_t nlist = params_.nlist;
-    if (nlist == 0) nlist = ivf_default_nlist(n);
+size_t IvfIndex::training_nlist(size_t n) const {
+    const size_t nlist = params_.nlist ? params_.nlist : ivf_default_nlist(n);
     SPARKNN_CHECK_ARG(n >= nlist, "training an IVF index with nlist=", nlist, " needs at least ", nlist,
                       " vectors, got ", n, ": lower nlist (or leave it 0 to choose from the data)");
+    return nlist;
+}
+
+std::vector<float> IvfIndex::sample_rows(size_t n, const float* x, size_t nlist) const {
     size_t sample = params_.train_size ? params_.train_size : ivf_default_train_size(nlist, n);
     sample = std::clamp<size_t>(sample, nlist, n);
-
+    if (sample == n) return {};
     // A uniform sample (sorted for locality), not the first rows: input order is often not random.
-    std::vector<float> train_rows;
-    const float* train_x = x;
-    if (sample < n) {
-        std::vector<size_t> idx(n);
-        std::iota(idx.begin(), idx.end(), size_t{0});
-        std::mt19937_64 rng(params_.seed ^ 0x9E3779B97F4A7C15ull);
-        for (size_t i = 0; i < sample; ++i) std::swap(idx[i], idx[i + rng() % (n - i)]);
-        std::sort(idx.begin(), idx.begin() + static_cast<ptrdiff_t>(sample));
-        train_rows.resize(sample * dim_);
-        for (size_t i = 0; i < sample; ++i) std::memcpy(&train_rows[i * dim_], x + idx[i] * dim_, dim_ * sizeof(float));
-        train_x = train_rows.data();
-    }
+    std::vector<size_t> idx(n);
+    std::iota(idx.begin(), idx.end(), size_t{0});
+    std::mt19937_64 rng(params_.seed ^ 0x9E3779B97F4A7C15ull);
+    for (size_t i = 0; i < sample; ++i) std::swap(idx[i], idx[i + rng() % (n - i)]);
+    std::sort(idx.begin(), idx.begin() + static_cast<ptrdiff_t>(sample));
+    std::vector<float> rows(sample * dim_);
+    for (size_t i = 0; i < sample; ++i) std::memcpy(&rows[i * dim_], x + idx[i] * dim_, dim_ * sizeof(float));
+    return rows;
+}
+
+void IvfIndex::train_prepared(size_t n, const float* x) {
+    const size_t nlist = training_nlist(n);
+    const std::vector<float> rows = sample_rows(n, x, nlist);
+    train_on_sample(rows.empty() ? n : rows.size() / dim_, rows.empty() ? x : rows.data(), nlist);
+}
+
+void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist) {
     KMeansParams kp;
     kp.iterations = params_.kmeans_iterations;
     kp.seed = params_.seed;

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <set>
 
 #include "sparknn/distance.h"
@@ -248,6 +249,31 @@ TEST(Ivf, TrainingErrorsAndUntrainedSave) {
     automatic.add(10, base.data(), nullptr);
     EXPECT_GE(automatic.nlist(), 1u);
     EXPECT_LE(automatic.nlist(), 10u);
+}
+
+// train() samples the raw rows and normalises only the sample; add() on an
+// untrained index normalises every row and then samples: the same centroids.
+TEST(Ivf, TrainingSampleIsDrawnBeforeNormalising) {
+    const size_t dim = 8, n = 6000, nlist = 20;
+    auto base = test::clustered_vectors(n, dim, 10, 5);
+    for (size_t i = 0; i < n; ++i) {
+        for (size_t j = 0; j < dim; ++j) base[i * dim + j] *= 1.0f + static_cast<float>(i % 7);  // not unit length
+    }
+    IvfParams p = ivf_params(nlist, 2);
+    p.train_size = 1500;
+    IvfIndex trained(dim, Metric::Cosine, p), added(dim, Metric::Cosine, p);
+    trained.train(n, base.data());
+    added.add(n, base.data(), nullptr);
+    ASSERT_EQ(trained.nlist(), nlist);
+    EXPECT_EQ(std::vector<float>(trained.centroids(), trained.centroids() + nlist * dim),
+              std::vector<float>(added.centroids(), added.centroids() + nlist * dim));
+    // Rows outside the sample are not read by training (they are validated when added).
+    base[0] = std::numeric_limits<float>::quiet_NaN();
+    IvfParams whole = p;
+    whole.train_size = n;
+    IvfIndex strict(dim, Metric::Cosine, whole);
+    EXPECT_THROW(strict.train(n, base.data()), InvalidArgument);
+    EXPECT_THROW(trained.add(n, base.data(), nullptr), InvalidArgument);
 }
 
 // A self-join computes each item's lists once: add_to_lists with column 0 and

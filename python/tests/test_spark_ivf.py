@@ -296,3 +296,22 @@ def test_driver_build_that_cannot_fit_is_routed_or_refused(spark, tmp_path):
         assert KNN(indexType="flat", featuresCol="vector").fit(df).layout.count == 500
     finally:
         conf.set("spark.driver.maxResultSize", old)
+
+
+def test_driver_build_reads_collected_chunks_in_batches():
+    """The driver build reads the collected column in batches (in place within a chunk, joined
+    across chunks), never as one copy: the batches are the rows in order, and a row of
+    another length is still rejected."""
+    from sparknn.spark.build import vector_batches
+
+    x = clustered(1000, 8, seed=5)
+    cuts = [0, 1, 3, 300, 301, 999, 1000]  # chunks of 1, 2, 297, 1, 698, 1 rows
+    chunks = [pa.array(x[a:b].tolist(), type=pa.list_(pa.float32())) for a, b in zip(cuts, cuts[1:])]
+    column = pa.chunked_array(chunks)
+    batches = list(vector_batches(column, "vector", rows=256))
+    assert np.shares_memory(batches[2][1], column.chunk(4).values.to_numpy())  # rows 512-767: one chunk
+    assert [first for first, _ in batches] == [0, 256, 512, 768]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in batches]), x)
+    ragged = pa.chunked_array(chunks[:3] + [pa.array([[1.0] * 7], type=pa.list_(pa.float32()))])
+    with pytest.raises(sparknn.InvalidArgumentError, match="row 44 has 7 values but row 0 has 8"):
+        list(vector_batches(ragged, "vector", rows=256))

@@ -96,7 +96,13 @@ class IvfIndex final : public Index {
         Buffer<uint8_t> codes;       // [size, code_size]
         AlignedVector<float> norms;  // float32 storage under L2: |x|^2, rebuilt on load
     };
-    void train_prepared(size_t n, const float* x);
+    // nlist as set, or the default for n vectors; checks n >= nlist.
+    size_t training_nlist(size_t n) const;
+    // The k-means sample of rows [n, dim] (train_size, else the default for nlist), copied;
+    // empty when the sample is every row.
+    std::vector<float> sample_rows(size_t n, const float* x, size_t nlist) const;
+    void train_prepared(size_t n, const float* x);  // x validated (normalised under cosine)
+    void train_on_sample(size_t sample, const float* train_x, size_t nlist);
     void add_assigned(size_t n, const float* vectors, const int64_t* assigned);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;

@@ -14,11 +14,13 @@ from pyspark.sql import functions as F
 import sparknn
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark.ivf_plan import choose_nlist, sample_size
 from sparknn.spark.schema import collect_arrow, features_as_float_array
 from sparknn.spark.worker import Layout, ShardFiles, probes_column, write_column, write_ids
 
 # Nearest lists kept per item for similarItems: at most this many (4 bytes each per item).
 MAX_STORED_PROBES = 32
+BUILD_BATCH = 65_536  # vectors validated, assigned and added per step
 
 
 def _example(df: DataFrame, condition, id_col: str) -> str:
@@ -84,14 +86,65 @@ def use_direct_ids(ids: pa.Array, id_type: str) -> bool:
     return len(ids) == 0 or pc.min(ids).as_py() >= 0
 
 
-def new_index(dim: int, params: dict, threads: int) -> sparknn.Index:
+def new_index(dim: int, params: dict, threads: int, n: int = 0) -> sparknn.Index:
+    """An empty index; an ivf one gets its nlist from the n items it will hold (not from the
+    sample it trains on)."""
     ivf = {}
-    if params["kind"] == "ivf":  # an untrained index: it trains on a sample of its first (whole) add
-        ivf = dict(nlist=params["nlist"], nprobe=params["nprobe"], storage=params["storage"], pq_m=params["pqM"],
-                   rerank=params["rerank"])
+    if params["kind"] == "ivf":
+        ivf = dict(nlist=choose_nlist(params["nlist"], n) if n else params["nlist"], nprobe=params["nprobe"],
+                   storage=params["storage"], pq_m=params["pqM"], rerank=params["rerank"])
     return sparknn.Index(dim, params["metric"], params["kind"], M=params["M"],
                          ef_construction=params["efConstruction"], ef_search=params["efSearch"],
                          seed=params["seed"], threads=threads, **ivf)
+
+
+def vector_batches(column: pa.ChunkedArray, name: str, rows: int = BUILD_BATCH):
+    """(first row, float32 [m, dim]) over a collected vector column, ``rows`` at a time.
+
+    A batch within one chunk (one per partition) is read in place, zero-copy for float32;
+    only a batch across chunks is joined: the column is never copied whole (a second copy
+    of the data is what the driver can least afford).
+    """
+    dim = None
+    for first in range(0, len(column), rows):
+        part = column.slice(first, rows)
+        x = vectors_to_numpy(part.chunk(0) if part.num_chunks == 1 else part.combine_chunks(), name, dim)
+        dim = x.shape[1]
+        yield first, x
+
+
+def _sample(column: pa.ChunkedArray, name: str, size: int, seed: int) -> np.ndarray:
+    """``size`` rows drawn uniformly without replacement, in row order: the k-means sample."""
+    n = len(column)
+    chosen = np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
+    parts = []
+    for first, x in vector_batches(column, name):
+        lo, hi = np.searchsorted(chosen, [first, first + len(x)])
+        parts.append(x[chosen[lo:hi] - first])
+    return np.concatenate(parts)
+
+
+def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, params: dict):
+    """The index over the collected vectors, batch by batch; for ivf also each item's nearest
+    lists, int32 [n, width] (the first is where it is stored, all are where similarItems
+    searches it: saved beside the index, so no second quantizer pass)."""
+    n = len(vectors)
+    index = lists = None
+    for first, x in vector_batches(vectors, features):
+        if index is None:
+            index = new_index(x.shape[1], params, params["numThreads"], n)
+            if index.kind == "ivf":
+                nlist = index.params["nlist"]
+                index.train(_sample(vectors, features, sample_size(nlist, n), params["seed"]))
+                lists = np.empty((n, min(index.nprobe, nlist, MAX_STORED_PROBES)), dtype=np.int32)
+        rows = None if ids is None else ids[first:first + len(x)]
+        if lists is None:
+            index.add(x, rows)
+            continue
+        nearest = index.nearest_lists(x, lists.shape[1])
+        index.add(x, rows, lists=nearest[:, :1])
+        lists[first:first + len(x)] = nearest
+    return index, lists
 
 
 def collect_bytes(df: DataFrame, features: str) -> tuple[int, int, int]:
@@ -136,28 +189,20 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, par
     table = collect_arrow(df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v")))
     if table.num_rows == 0:
         raise InvalidArgumentError("the DataFrame to index is empty: fit needs at least one row")
-    ids = table.column("id").combine_chunks()
-    try:
-        if ids.null_count:
-            raise InvalidArgumentError(f"idCol {id_col!r} has {ids.null_count} null values")
-        vectors = vectors_to_numpy(table.column("v"), features)
-        if not np.isfinite(vectors).all():
-            raise InvalidArgumentError(f"featuresCol {features!r} has NaN or infinite values")
-    except InvalidArgumentError:
-        # Explain with counts and an example id from a JVM pass; fall back to the Arrow error.
-        validate(df, features, id_col, id_type != "string")
-        raise
+    ids, vectors = table.column("id").combine_chunks(), table.column("v")
+    del table
+    if ids.null_count:
+        validate(df, features, id_col, id_type != "string")  # raises with the counts
+        raise InvalidArgumentError(f"idCol {id_col!r} has {ids.null_count} null values")
     check_unique(ids, id_col)
     direct = use_direct_ids(ids, id_type)
-    index = new_index(vectors.shape[1], params, params["numThreads"])
-    lists = None
-    if index.kind == "ivf":
-        # Each item's nearest lists, found once: the first is where it is stored, all of them
-        # are where similarItems searches it (saved beside the index, so no second quantizer pass).
-        index.train(vectors)
-        lists = index.nearest_lists(vectors, min(index.nprobe, index.params["nlist"], MAX_STORED_PROBES))
-    index.add(vectors, ids.to_numpy() if direct else None, lists=None if lists is None else lists[:, :1])
-    del table, vectors
+    try:
+        index, lists = _build(vectors, ids.to_numpy() if direct else None, features, params)
+    except InvalidArgumentError:
+        # Explain with counts and an example id from a JVM pass; fall back to the first error.
+        validate(df, features, id_col, id_type != "string")
+        raise
+    del vectors
     name = f"{prefix}-shard-0.snn"
     index.save(os.path.join(root, name))
     ids_name = probes_name = None

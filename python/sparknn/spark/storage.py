@@ -1,12 +1,12 @@
 """Driver side of the index files: where they live, who deletes them, how tasks reach them.
 
-Files either sit in a directory every executor can read (``indexPath``, or the
-shard directory of a sharded build), or they are shipped with
-``SparkContext.addFile``. Shipped files get a unique name per registration
-(Spark flattens added files into one directory by base name), made as a hard
-link so nothing is copied on the driver (Spark skips symbolic links; across
-filesystems the file is copied). Registration is redone when
-the model is used under a new SparkContext.
+Files either sit in a directory every executor can read (``indexPath``, the
+shard directory of a sharded build, or any driver directory in local mode), or
+they are shipped with ``SparkContext.addFile``. Shipped files get a unique name
+per registration (Spark flattens added files into one directory by base name),
+made as a hard link (Spark skips symbolic links); Spark itself copies each
+added file into its file directory, on the driver too. Registration is redone
+when the model is used under a new SparkContext.
 """
 
 from __future__ import annotations
@@ -62,6 +62,12 @@ def _own(path: str) -> None:
     atexit.register(_remove, path)
 
 
+def _same_machine(master: str) -> bool:
+    """Local mode: tasks run on the driver's machine and open the files in place. (addFile
+    would copy each file into Spark's file directory first: a second copy in the page cache.)"""
+    return master == "local" or master.startswith("local[")
+
+
 class IndexFiles:
     """A model's index files on the driver, plus their registration for tasks.
 
@@ -78,9 +84,9 @@ class IndexFiles:
         self._shipped = None  # (applicationId, task layout)
 
     def for_tasks(self, spark) -> Layout:
-        if self.shared:
-            return self.layout
         sc = spark.sparkContext
+        if self.shared or _same_machine(sc.master):
+            return self.layout
         if self._shipped and self._shipped[0] == sc.applicationId:
             return self._shipped[1]
         links = temp_dir(spark, "sparknn-ship-")
