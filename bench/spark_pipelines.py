@@ -1,7 +1,7 @@
 """One measured pipeline in a fresh Spark session (run by bench_spark.py, one process per run).
 
     python bench/spark_pipelines.py annoy   items.parquet out.parquet --result r.json --workdir DIR
-    python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type ivf]
+    python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type ivf] [--nprobe N]
 
 `annoy` is the recipe of the user's article (../shared/context/000_ddb8ab0dc6e00d61.txt) as
 written: the vectors reach the driver as a pandas Series (toPandas), an AnnoyIndex(dim,
@@ -104,13 +104,16 @@ def run_annoy(spark, input_path: str, output_path: str, workdir: str, top_n: int
     return times
 
 
-def run_sparknn(spark, input_path: str, output_path: str, index_type: str) -> dict:
+def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nprobe: int = 0) -> dict:
     from sparknn.spark import KNN
 
     times = {}
     t0 = time.perf_counter()
     df = spark.read.parquet(input_path)
-    model = KNN(k=10, metric="cosine", indexType=index_type, featuresCol="vector", idCol="id").fit(df)
+    knn = KNN(k=10, metric="cosine", indexType=index_type, featuresCol="vector", idCol="id")
+    if nprobe:  # otherwise KNN's default
+        knn.setNprobe(nprobe)
+    model = knn.fit(df)
     times["build_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     model.similarItems().write.parquet(output_path)  # `model` stays referenced while writing
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--result", required=True, help="JSON file for the timings")
     ap.add_argument("--workdir", default="/tmp", help="where the Annoy index file is saved")
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"])
+    ap.add_argument("--nprobe", type=int, default=0, help="ivf lists searched per item (0: KNN's default)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
     args = ap.parse_args(argv)
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
     if args.pipeline == "annoy":
         times = run_annoy(spark, args.input, args.output, args.workdir)
     else:
-        times = run_sparknn(spark, args.input, args.output, args.index_type)
+        times = run_sparknn(spark, args.input, args.output, args.index_type, args.nprobe)
     times["session_s"] = session_s
     spark.stop()
     with open(args.result, "w") as f:

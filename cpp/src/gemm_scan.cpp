@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -39,11 +40,35 @@ uint32_t at_most_mask16(const float* row, float threshold) {
 #endif
 }
 
+// A selection that cannot reject anything yet (fewer than k kept: a query's
+// first tile or list) would take every entry of the row and cut again and
+// again. The minima of 2k or more disjoint groups of the row are k distinct
+// entries at most their k-th smallest, so that value bounds what can still
+// enter; it costs one pass and a selection over a few floats, and leaves about
+// 2-3k entries to push instead of all.
+void bound_by_row(TopK& heap, const float* row, size_t cols) {
+    const size_t k = heap.k();
+    if (k < 2 || cols < 4 * k || heap.threshold() != std::numeric_limits<float>::infinity()) return;
+    constexpr size_t kMaxGroups = 256;
+    const size_t width = std::max<size_t>(cols / (2 * k), (cols + kMaxGroups - 1) / kMaxGroups);
+    const size_t groups = cols / width;  // the tail beyond is not needed for a bound
+    if (groups < k) return;
+    float minima[kMaxGroups];
+    for (size_t g = 0; g < groups; ++g) {
+        float m = std::numeric_limits<float>::infinity();
+        for (size_t j = g * width; j < (g + 1) * width; ++j) m = row[j] < m ? row[j] : m;  // NaN is skipped
+        minima[g] = m;
+    }
+    std::nth_element(minima, minima + (k - 1), minima + groups);
+    heap.limit(minima[k - 1]);
+}
+
 }  // namespace
 
 // Once the threshold is tight most entries are rejected, so 16 are compared at
 // once and only the survivors are looked at alone.
 void select_row(TopK& heap, const float* row, size_t cols, const int64_t* labels, int64_t first_label) {
+    bound_by_row(heap, row, cols);
     float worst = heap.threshold();
     auto take = [&](size_t j) {
         heap.push(row[j], labels != nullptr ? labels[j] : first_label + static_cast<int64_t>(j));

@@ -258,6 +258,24 @@ void IvfIndex::reconstruct(size_t begin, size_t count, float* out) const {
         std::memcpy(out, rerank_vectors_.data() + begin * dim_, count * dim_ * sizeof(float));
         return;
     }
+    gather(count, [begin](size_t i) { return begin + i; }, out);
+}
+
+void IvfIndex::reconstruct_labels(size_t n, const int64_t* labels, float* out) const {
+    for (size_t i = 0; i < n; ++i) {
+        SPARKNN_CHECK_ARG(labels[i] >= 0 && static_cast<size_t>(labels[i]) < size(), "reconstruct: row ", i,
+                          " asks for label ", labels[i], ", outside [0, ", size(), ")");
+    }
+    gather(n, [labels](size_t i) { return static_cast<size_t>(labels[i]); }, out);
+}
+
+void IvfIndex::list_labels(int64_t* out) const {
+    for (const List& list : lists_) out = std::copy(list.labels.data(), list.labels.data() + list.labels.size(), out);
+}
+
+template <class LabelAt>
+void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
+    if (count == 0) return;
     {
         std::lock_guard<std::mutex> lock(where_mutex_);
         if (where_.size() != size()) {
@@ -274,11 +292,16 @@ void IvfIndex::reconstruct(size_t begin, size_t count, float* out) const {
     parallel_for(count, 4096, threads_, [&](size_t b, size_t e, int) {
         std::vector<float> residual(params_.storage == IvfStorage::Pq ? dim_ : 0);
         for (size_t i = b; i < e; ++i) {
-            const uint64_t w = where_[begin + i];
-            SPARKNN_THROW_IF_NOT(w != ~uint64_t{0}, FileFormatError, "label ", begin + i, " is in no list (corrupt lists)");
+            const size_t label = label_at(i);
+            float* o = out + i * dim_;
+            if (params_.rerank > 0) {  // exact float32 copies in label order
+                std::memcpy(o, rerank_vectors_.data() + label * dim_, dim_ * sizeof(float));
+                continue;
+            }
+            const uint64_t w = where_[label];
+            SPARKNN_THROW_IF_NOT(w != ~uint64_t{0}, FileFormatError, "label ", label, " is in no list (corrupt lists)");
             const size_t l = static_cast<size_t>(w >> 42), r = static_cast<size_t>(w & ((uint64_t{1} << 42) - 1));
             const uint8_t* code = lists_[l].codes.data() + r * cs;
-            float* o = out + i * dim_;
             switch (params_.storage) {
                 case IvfStorage::Float32:
                     std::memcpy(o, code, dim_ * sizeof(float));

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -362,6 +363,27 @@ TEST(Ivf, ReconstructStoredVectors) {
             for (size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::fabs(out[i] - base[1700 * dim + i]));
             EXPECT_LE(worst, c.tolerance) << storage_name(c.storage) << " rerank " << c.rerank;
             EXPECT_THROW(index->reconstruct(1900, 101, out.data()), InvalidArgument);
+            // list_labels: every label once, list after list; reconstruct_labels gathers them.
+            std::vector<int64_t> order(n);
+            index->list_labels(order.data());
+            std::vector<int64_t> sorted = order;
+            std::sort(sorted.begin(), sorted.end());
+            for (size_t i = 0; i < n; ++i) ASSERT_EQ(sorted[i], static_cast<int64_t>(i));
+            std::vector<int64_t> assigned(n);
+            index->nearest_lists(n, base.data(), 1, assigned.data());
+            for (size_t l = 0, at = 0; l < index->nlist(); ++l) {
+                for (size_t r = 0; r < index->list_size(l); ++r, ++at) {
+                    ASSERT_EQ(assigned[static_cast<size_t>(order[at])], static_cast<int64_t>(l));
+                }
+            }
+            std::vector<float> gathered(n * dim), plain(n * dim);
+            index->reconstruct_labels(n, order.data(), gathered.data());
+            index->reconstruct(0, n, plain.data());
+            for (size_t i = 0; i < n; ++i) {
+                ASSERT_EQ(0, std::memcmp(&gathered[i * dim], &plain[static_cast<size_t>(order[i]) * dim], dim * 4));
+            }
+            const int64_t outside[] = {5, static_cast<int64_t>(n)};
+            EXPECT_THROW(index->reconstruct_labels(2, outside, gathered.data()), InvalidArgument);
         }
         std::remove(path.c_str());
     }

@@ -255,6 +255,18 @@ class Index:
         start, stop = _check_count(start, "start", 0), _check_count(stop, "stop", 0)
         return self._index.reconstruct(start, stop)
 
+    def reconstruct_rows(self, rows) -> np.ndarray:
+        """A copy of the stored vectors at positions ``rows`` (insertion order, int [m]), float32
+        [m, dim]; exact or decoded as :meth:`reconstruct`."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+        return self._index.reconstruct_labels(rows)
+
+    def list_order(self) -> np.ndarray:
+        """ivf: the positions (insertion order) of the stored vectors, list after list, int64 [n]
+        (``list_sizes`` gives the boundaries). A self-join that takes its queries in this order
+        gives each list all its members at once: larger, faster scans."""
+        return self._index.list_labels()
+
     def query_batch(self, minimum: int, maximum: int, nprobe: Optional[int] = None) -> int:
         """Queries to hand one ``search`` call: ``minimum`` for flat and hnsw (they search per
         query); for ivf, enough that each probed list sees ~256 queries (its scan is then one

@@ -227,6 +227,36 @@ NB_MODULE(_core, m) {
                 return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, d}, owner);
             },
             "start"_a, "stop"_a)
+        .def(
+            "reconstruct_labels",
+            [](const sparknn::Index& index, nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig> labels) {
+                const size_t n = labels.shape(0), d = index.dim();
+                const int64_t* at = labels.data();
+                auto* out = new float[n * d];
+                nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                if (auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
+                    nb::gil_scoped_release release;
+                    ivf->reconstruct_labels(n, at, out);
+                } else {
+                    for (size_t i = 0; i < n; ++i) {
+                        if (at[i] < 0 || static_cast<size_t>(at[i]) >= index.size()) {
+                            throw sparknn::InvalidArgument(sparknn::detail::concat(
+                                "reconstruct: row ", i, " asks for label ", at[i], ", outside [0, ", index.size(), ")"));
+                        }
+                        std::memcpy(out + i * d, index.vector_of(static_cast<size_t>(at[i])), d * sizeof(float));
+                    }
+                }
+                return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, d}, owner);
+            },
+            "labels"_a)
+        .def("list_labels",
+             [](const sparknn::Index& index) {
+                 const auto& ivf = as_ivf(index, "list_labels");
+                 auto* data = new int64_t[index.size()];
+                 ivf.list_labels(data);
+                 nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<int64_t*>(p); });
+                 return nb::ndarray<nb::numpy, int64_t, nb::ndim<1>>(data, {index.size()}, owner);
+             })
         .def_prop_rw(
             "ef_search",
             [](const sparknn::Index& index) -> size_t {

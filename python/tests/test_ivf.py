@@ -172,6 +172,19 @@ def test_reconstruct(data, storage, kw, tolerance):
     flat.add(base[:10])
     np.testing.assert_allclose(flat.reconstruct(), base[:10] / np.linalg.norm(base[:10], axis=1, keepdims=True),
                                rtol=1e-6, atol=1e-6)
+    # any rows, and the ivf rows list after list (the self-join's query order)
+    rows = np.array([7, 3, 3, len(base) - 1])
+    np.testing.assert_array_equal(index.reconstruct_rows(rows), index.reconstruct()[rows])
+    np.testing.assert_array_equal(flat.reconstruct_rows([9, 0]), flat.reconstruct()[[9, 0]])
+    with pytest.raises(ValueError, match="outside"):
+        index.reconstruct_rows([0, -1])
+    order = index.list_order()
+    assert sorted(order.tolist()) == list(range(len(base)))
+    home = index.nearest_lists(base, 1)[:, 0]  # each vector is stored in its nearest list
+    bounds = np.cumsum(index.list_sizes)
+    assert (home[order] == np.searchsorted(bounds, np.arange(len(base)), side="right")).all()
+    with pytest.raises(ValueError, match="ivf"):
+        flat.list_order()
 
 
 def test_lists_too_small_for_k_are_widened():

@@ -81,6 +81,11 @@ class IvfIndex final : public Index {
     // copies), decoded otherwise (sq8: within half a step per value; pq: the
     // list centroid plus the decoded residual). Cosine vectors are normalised.
     void reconstruct(size_t begin, size_t count, float* out) const;
+    // The same for any n labels, each in [0, size()).
+    void reconstruct_labels(size_t n, const int64_t* labels, float* out) const;
+    // Every stored label, list after list (list_size(l) each): a self-join that
+    // takes its queries in this order gives each list all its members at once.
+    void list_labels(int64_t* out) const;
 
     static std::unique_ptr<IvfIndex> load(const std::shared_ptr<const IndexFile>& file);
 
@@ -107,6 +112,8 @@ class IvfIndex final : public Index {
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
     size_t code_size() const;
+    template <class LabelAt>
+    void gather(size_t count, LabelAt&& label_at, float* out) const;  // reconstruct's rows: label_at(i)
     void encode(const float* x, size_t list, uint8_t* code) const;
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
                     size_t rank_end, std::vector<TopK>& heaps, size_t workers) const;

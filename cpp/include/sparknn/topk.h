@@ -64,9 +64,10 @@ class TopK {
         return threshold_;
     }
 
-    // Rejects from now on anything farther than `bound`: the k-th distance of
-    // another selection over the same query (entries kept so far are all
-    // within the threshold, so they stay valid).
+    // Rejects from now on anything farther than `bound`, which must have k
+    // entries within it: the k-th distance of another selection over the same
+    // query, or of candidates about to be pushed. Entries kept so far beyond it
+    // lose to those at the next cut.
     void limit(float bound) { threshold_ = std::min(threshold_, bound); }
 
     void merge(const TopK& other) {

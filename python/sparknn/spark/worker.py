@@ -292,18 +292,23 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
             if probes is not None:
                 width = min(nprobe or index.nprobe, index.params["nlist"])
                 probes = probes if len(shards) == 1 and probes.shape[1] >= width else None
+            # Items searched in their stored lists are taken list after list, so each list's
+            # members are scanned together (larger sgemm tiles): positions, not labels, slice the task.
+            rows = index.list_order() if probes is not None else None
             # within 64 MiB of query vectors per search call
             chunk = index.query_batch(QUERY_CHUNK, max(QUERY_CHUNK, (64 << 20) // (4 * index.dim)), nprobe)
             for start in range(lo, hi, chunk):
                 stop = min(hi, start + chunk)
+                at = np.arange(start, stop, dtype=np.int64) if rows is None else rows[start:stop]
                 if layout.positional:
-                    own = np.arange(start, stop, dtype=np.int64) | (s << POSITION_BITS)
+                    own = at | (s << POSITION_BITS)
                 else:
-                    own = np.asarray(index.ids[start:stop], dtype=np.int64)
-                queries = index.reconstruct(start, stop) if stored is None else stored[start:stop]
-                if probes is not None:
-                    ids, dist = index.search(queries, min(kk, len(index)), lists=probes[start:stop, :width])
+                    own = np.asarray(index.ids[at], dtype=np.int64)
+                if rows is not None:
+                    ids, dist = index.search(index.reconstruct_rows(at), min(kk, len(index)),
+                                             lists=np.ascontiguousarray(probes[at, :width]))
                 else:
+                    queries = index.reconstruct(start, stop) if stored is None else stored[start:stop]
                     ids, dist = search(layout, shards, queries, kk, ef, threads, nprobe)
                 column = neighbors(layout, shards, ids, dist, k, exclude=None if include_self else own)
                 yield pa.RecordBatch.from_arrays([user_ids(layout, shards, own), column], names=[id_col, output])
