@@ -14,7 +14,7 @@ fresh JVM (bench/spark_pipelines.py), so its memory peaks are its own:
 
     python bench/bench_spark.py                              # 50k x 128, 200k x 128, 500k x 100
     python bench/bench_spark.py --datasets 50k-128 --annoy-timeout-min 5
-    python bench/bench_spark.py --nprobe 0 4                  # KNN's default nprobe and nprobe=4
+    python bench/bench_spark.py --variants 0:0 2:3            # KNN's defaults; nlist = 2 sqrt(n), nprobe=3
 """
 
 from __future__ import annotations
@@ -119,15 +119,16 @@ def kill_tree(proc: subprocess.Popen, pids: set) -> None:
     proc.wait()
 
 
-def run_pipeline(pipeline: str, items: str, args, nprobe: int = 0) -> dict:
-    output = os.path.join(args.workdir, f"out-{pipeline}-{nprobe}-{os.path.basename(items)}")
+def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 0) -> dict:
+    output = os.path.join(args.workdir, f"out-{pipeline}-{nlist}-{nprobe}-{os.path.basename(items)}")
     result = output + ".json"
     shutil.rmtree(output, ignore_errors=True)
     if os.path.exists(result):
         os.remove(result)
     cmd = [sys.executable, os.path.join(HERE, "spark_pipelines.py"), pipeline, items, output,
            "--result", result, "--workdir", args.workdir, "--index-type", args.index_type,
-           "--master", args.master, "--driver-memory", args.driver_memory, "--nprobe", str(nprobe)]
+           "--master", args.master, "--driver-memory", args.driver_memory,
+           "--nlist", str(nlist), "--nprobe", str(nprobe)]
     timeout = 60 * (args.annoy_timeout_min if pipeline == "annoy" else args.sparknn_timeout_min)
     load_before = os.getloadavg()
     t = time.perf_counter()
@@ -218,9 +219,9 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--pipelines", nargs="+", default=["annoy", "sparknn"], choices=["annoy", "sparknn"])
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"], help="sparknn's indexType")
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[0],
-                    help="sparknn ivf runs, one per value: lists searched per item (0: KNN's default); "
-                         "several values give several sparknn rows (recall against speed)")
+    ap.add_argument("--variants", nargs="+", default=["0:0"], metavar="SCALE:NPROBE",
+                    help="sparknn ivf runs, one row each: nlist = SCALE x sqrt(n) lists (0: KNN's default, "
+                         "4 sqrt(n)) and NPROBE lists searched per item (0: KNN's default, 16)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each pipeline, interleaved; the table shows the median run "
                          "(use 3 on a quiet machine)")
@@ -250,14 +251,19 @@ def main(argv=None) -> int:
         print(f"\n## clustered {name}: {n} x {dim}, Parquet {os.path.getsize(items) / 1e6:.0f} MB; "
               f"engine alone: {reference}", flush=True)
         runs = []
-        variants = [(p, npb) for p in args.pipelines for npb in ([0] if p == "annoy" else args.nprobe)]
+        variants = [("annoy", 0, 0)] if "annoy" in args.pipelines else []
+        for v in args.variants if "sparknn" in args.pipelines else []:
+            scale, nprobe = (float(x) for x in v.split(":"))
+            variants.append(("sparknn", round(scale * n**0.5), int(nprobe)))
         for repeat in range(args.repeats):  # interleaved, so every pipeline sees the same background load
-            for pipeline, nprobe in variants:
-                row = run_pipeline(pipeline, items, args, nprobe)
-                row.update(dataset=f"{n // 1000}k x {dim}", repeat=repeat, variant=f"{pipeline}-{nprobe}")
+            for pipeline, nlist, nprobe in variants:
+                row = run_pipeline(pipeline, items, args, nlist, nprobe)
+                key = f"{pipeline}-{nlist}-{nprobe}"
+                row.update(dataset=f"{n // 1000}k x {dim}", repeat=repeat, variant=key, nlist=nlist, nprobe=nprobe)
                 row.update(reference if pipeline == "sparknn" else {})
+                settings = ", ".join([f"nlist={nlist}"] * bool(nlist) + [f"nprobe={nprobe}"] * bool(nprobe))
                 row["label"] = ("Annoy recipe (100 trees)" if pipeline == "annoy" else
-                                f"sparknn KNN {args.index_type}" + (f", nprobe={nprobe}" if nprobe else ""))
+                                f"sparknn KNN {args.index_type}" + (f", {settings}" if settings else " (defaults)"))
                 if row["status"] == "ok":
                     found, nrows, fewest = read_neighbours(pipeline, row.pop("output"), ids[sample])
                     row.update(recall=round(recall(found, ids, sample, truth), 4), rows=nrows,
@@ -265,10 +271,11 @@ def main(argv=None) -> int:
                 print(json.dumps({k: v for k, v in row.items() if k != "log_tail"}), flush=True)
                 runs.append(row)
         all_runs += runs
-        chosen = {f"{p}-{npb}": median_run([r for r in runs if r["variant"] == f"{p}-{npb}"]) for p, npb in variants}
-        annoy = chosen.get("annoy-0")
+        chosen = {key: median_run([r for r in runs if r["variant"] == key])
+                  for key in dict.fromkeys(r["variant"] for r in runs)}
+        annoy = chosen.get("annoy-0-0")
         for key, row in chosen.items():
-            if key != "annoy-0" and annoy and annoy["status"] == "ok" and row["status"] == "ok":
+            if key != "annoy-0-0" and annoy and annoy["status"] == "ok" and row["status"] == "ok":
                 row["speedup"] = round(annoy["wall_s"] / row["wall_s"], 3)
         rows += chosen.values()
 

@@ -1,7 +1,8 @@
 """One measured pipeline in a fresh Spark session (run by bench_spark.py, one process per run).
 
     python bench/spark_pipelines.py annoy   items.parquet out.parquet --result r.json --workdir DIR
-    python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type ivf] [--nprobe N]
+    python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type ivf]
+                                    [--nlist N] [--nprobe N]
 
 `annoy` is the recipe of the user's article (../shared/context/000_ddb8ab0dc6e00d61.txt) as
 written: the vectors reach the driver as a pandas Series (toPandas), an AnnoyIndex(dim,
@@ -104,14 +105,16 @@ def run_annoy(spark, input_path: str, output_path: str, workdir: str, top_n: int
     return times
 
 
-def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nprobe: int = 0) -> dict:
+def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nlist: int = 0, nprobe: int = 0) -> dict:
     from sparknn.spark import KNN
 
     times = {}
     t0 = time.perf_counter()
     df = spark.read.parquet(input_path)
     knn = KNN(k=10, metric="cosine", indexType=index_type, featuresCol="vector", idCol="id")
-    if nprobe:  # otherwise KNN's default
+    if nlist:  # otherwise KNN's defaults
+        knn.setNlist(nlist)
+    if nprobe:
         knn.setNprobe(nprobe)
     model = knn.fit(df)
     times["build_s"] = time.perf_counter() - t0
@@ -131,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--result", required=True, help="JSON file for the timings")
     ap.add_argument("--workdir", default="/tmp", help="where the Annoy index file is saved")
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"])
+    ap.add_argument("--nlist", type=int, default=0, help="ivf lists (0: KNN's default, about 4 sqrt(n))")
     ap.add_argument("--nprobe", type=int, default=0, help="ivf lists searched per item (0: KNN's default)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
@@ -148,7 +152,7 @@ def main(argv=None) -> int:
     if args.pipeline == "annoy":
         times = run_annoy(spark, args.input, args.output, args.workdir)
     else:
-        times = run_sparknn(spark, args.input, args.output, args.index_type, args.nprobe)
+        times = run_sparknn(spark, args.input, args.output, args.index_type, args.nlist, args.nprobe)
     times["session_s"] = session_s
     spark.stop()
     with open(args.result, "w") as f:

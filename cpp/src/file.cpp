@@ -138,7 +138,13 @@ IndexKind kind_from_string(const std::string& name) {
 // ---------------------------------------------------------------- writing
 
 void FileWriter::add_section(SectionType type, const void* data, size_t bytes) {
-    sections_.push_back({type, data, bytes});
+    add_section_parts(type, {Part{data, bytes}});
+}
+
+void FileWriter::add_section_parts(SectionType type, std::vector<Part> parts) {
+    size_t bytes = 0;
+    for (const Part& p : parts) bytes += p.second;
+    sections_.push_back({type, std::move(parts), bytes});
 }
 
 void FileWriter::add_param(const std::string& name, uint64_t value) {
@@ -149,10 +155,11 @@ void FileWriter::add_param(const std::string& name, uint64_t value) {
     params_.push_back(r);
 }
 
-void FileWriter::write(const std::string& path) {
+void FileWriter::write(const std::string& path, bool sync) {
     std::vector<Pending> all = sections_;
     if (!params_.empty()) {
-        all.insert(all.begin(), {SectionType::Params, params_.data(), params_.size() * sizeof(ParamRecord)});
+        const size_t bytes = params_.size() * sizeof(ParamRecord);
+        all.insert(all.begin(), Pending{SectionType::Params, {Part{params_.data(), bytes}}, bytes});
     }
     SPARKNN_CHECK_ARG(all.size() <= kMaxSections, "too many sections");
     for (size_t i = 0; i < all.size(); ++i) {
@@ -171,7 +178,9 @@ void FileWriter::write(const std::string& path) {
         put<uint32_t>(e + kEntType, static_cast<uint32_t>(all[i].type));
         put<uint64_t>(e + kEntOffset, offset);
         put<uint64_t>(e + kEntSize, all[i].bytes);
-        put<uint32_t>(e + kEntCrc, crc32c(all[i].data, all[i].bytes));
+        uint32_t crc = 0;
+        for (const Part& p : all[i].parts) crc = crc32c(p.first, p.second, crc);
+        put<uint32_t>(e + kEntCrc, crc);
         offset = align_up(offset + all[i].bytes);
     }
     const size_t file_size = offset;
@@ -197,13 +206,13 @@ void FileWriter::write(const std::string& path) {
         static const uint8_t zeros[kSectionAlign] = {};
         size_t written = head.size();
         for (size_t i = 0; i < all.size(); ++i) {
-            write_all(fd, all[i].data, all[i].bytes, tmp);
+            for (const Part& p : all[i].parts) write_all(fd, p.first, p.second, tmp);
             written += all[i].bytes;
             const size_t pad = align_up(written) - written;
             write_all(fd, zeros, pad, tmp);
             written += pad;
         }
-        if (::fsync(fd) != 0) throw IoError(os_error("cannot flush", tmp));
+        if (sync && ::fsync(fd) != 0) throw IoError(os_error("cannot flush", tmp));
         if (::close(fd) != 0) {
             throw IoError(os_error("cannot close", tmp));
         }
@@ -217,7 +226,7 @@ void FileWriter::write(const std::string& path) {
         ::unlink(tmp.c_str());
         throw IoError(msg);
     }
-    sync_directory_of(path);
+    if (sync) sync_directory_of(path);
 }
 
 // ---------------------------------------------------------------- reading

@@ -149,7 +149,7 @@ void Index::search(size_t nq, const float* queries, size_t k, int64_t* out_ids, 
     search_impl(nq, q, k, out_ids, out_distances, params);
 }
 
-void Index::save(const std::string& path) const {
+void Index::save(const std::string& path, bool sync) const {
     FileHeader header;
     header.kind = kind();
     header.metric = metric_;
@@ -158,7 +158,7 @@ void Index::save(const std::string& path) const {
     FileWriter writer(header);
     writer.add_section(SectionType::Ids, ids_.data(), ids_.size() * sizeof(int64_t));
     save_sections(writer);
-    writer.write(path);
+    writer.write(path, sync);
 }
 
 void Index::load_common(const std::shared_ptr<const IndexFile>& file) {

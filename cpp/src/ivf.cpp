@@ -602,18 +602,15 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
 
 void IvfIndex::save_sections(FileWriter& writer) const {
     // Lists are concatenated (CSR: offsets, labels, codes) so a loaded file is
-    // used in place. The concatenation is a copy; it lives until the write.
-    struct Packed {
-        std::vector<uint64_t> offsets;
-        std::vector<int64_t> labels;
-        std::vector<uint8_t> codes;
-    };
-    auto packed = std::make_shared<Packed>();
-    packed->offsets.push_back(0);
+    // used in place. The writer streams each list from where it lives: no
+    // second copy of the index is built to save it.
+    auto offsets = std::make_shared<std::vector<uint64_t>>(1, 0);
+    std::vector<FileWriter::Part> labels, codes;
     for (const List& list : lists_) {
-        packed->labels.insert(packed->labels.end(), list.labels.data(), list.labels.data() + list.labels.size());
-        packed->codes.insert(packed->codes.end(), list.codes.data(), list.codes.data() + list.codes.size());
-        packed->offsets.push_back(packed->labels.size());
+        offsets->push_back(offsets->back() + list.labels.size());
+        if (list.labels.size() == 0) continue;
+        labels.emplace_back(list.labels.data(), list.labels.size() * sizeof(int64_t));
+        codes.emplace_back(list.codes.data(), list.codes.size());
     }
     // Trained: the lists in the file; untrained: the configured nlist (0 = automatic).
     writer.add_param("nlist", is_trained() ? nlist() : params_.nlist);
@@ -624,12 +621,12 @@ void IvfIndex::save_sections(FileWriter& writer) const {
     writer.add_param("pq_m", params_.pq_m);
     writer.add_param("rerank", params_.rerank);
     writer.add_param("seed", params_.seed);
-    writer.keep_alive(packed);
+    writer.keep_alive(offsets);
     if (is_trained()) {
         writer.add_section(SectionType::IvfCentroids, centroids(), nlist() * dim_ * sizeof(float));
-        writer.add_section(SectionType::IvfListOffsets, packed->offsets.data(), packed->offsets.size() * sizeof(uint64_t));
-        writer.add_section(SectionType::IvfLabels, packed->labels.data(), packed->labels.size() * sizeof(int64_t));
-        writer.add_section(SectionType::IvfCodes, packed->codes.data(), packed->codes.size());
+        writer.add_section(SectionType::IvfListOffsets, offsets->data(), offsets->size() * sizeof(uint64_t));
+        writer.add_section_parts(SectionType::IvfLabels, std::move(labels));
+        writer.add_section_parts(SectionType::IvfCodes, std::move(codes));
         if (params_.storage == IvfStorage::Sq8) {
             writer.add_section(SectionType::IvfSq8Min, sq_min_.data(), dim_ * sizeof(float));
             writer.add_section(SectionType::IvfSq8Step, sq_step_.data(), dim_ * sizeof(float));

@@ -330,9 +330,13 @@ class Index:
             self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr, bool(widen))
         return out_ids, out_dist
 
-    def save(self, path) -> None:
-        """Writes the index to ``path`` atomically (a temporary file, then rename)."""
-        self._index.save(os.fspath(path))
+    def save(self, path, sync: bool = True) -> None:
+        """Writes the index to ``path`` atomically (a temporary file, then rename).
+
+        ``sync`` flushes the file and its directory to disk before returning, so a
+        crash right after cannot lose it; ``False`` skips that for scratch files.
+        """
+        self._index.save(os.fspath(path), bool(sync))
 
 
 def load(path, mmap: bool = True, threads: int = 0, verify: bool = True) -> Index:

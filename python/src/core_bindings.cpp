@@ -185,11 +185,11 @@ NB_MODULE(_core, m) {
             })
         .def(
             "save",
-            [](const sparknn::Index& index, const std::string& path) {
+            [](const sparknn::Index& index, const std::string& path, bool sync) {
                 nb::gil_scoped_release release;
-                index.save(path);
+                index.save(path, sync);
             },
-            "path"_a)
+            "path"_a, "sync"_a = true)
         .def(
             "ids",
             [](nb::handle_t<sparknn::Index> self) {

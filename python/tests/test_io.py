@@ -142,6 +142,15 @@ def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.snn"]
 
 
+def test_save_without_sync_writes_the_same_file(tmp_path):
+    """sync=False (scratch files) skips only the flush to disk: same bytes, same atomic rename."""
+    index = build(n=50)
+    index.save(tmp_path / "synced.snn")
+    index.save(tmp_path / "scratch.snn", sync=False)
+    assert (tmp_path / "synced.snn").read_bytes() == (tmp_path / "scratch.snn").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch.snn", "synced.snn"]
+
+
 def test_save_into_missing_directory_raises_oserror(tmp_path):
     with pytest.raises(OSError, match="cannot create"):
         build(n=5).save(tmp_path / "missing" / "index.snn")

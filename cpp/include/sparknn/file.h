@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sparknn/buffer.h"
@@ -71,15 +72,21 @@ class FileWriter {
   public:
     explicit FileWriter(const FileHeader& header) : header_(header) {}
     void add_section(SectionType type, const void* data, size_t bytes);
+    // A section stored as the concatenation of parts (e.g. one per inverted
+    // list), written and checksummed in order without building it in memory.
+    using Part = std::pair<const void*, size_t>;
+    void add_section_parts(SectionType type, std::vector<Part> parts);
     void add_param(const std::string& name, uint64_t value);
     // Keeps memory built only for this write (e.g. concatenated lists) alive until the writer dies.
     void keep_alive(std::shared_ptr<const void> owner) { owners_.push_back(std::move(owner)); }
-    void write(const std::string& path);
+    // Atomic (temporary file, then rename); durable when `sync` (fsync of the
+    // file and its directory): a scratch file that need not survive a crash skips it.
+    void write(const std::string& path, bool sync = true);
 
   private:
     struct Pending {
         SectionType type;
-        const void* data;
+        std::vector<Part> parts;
         size_t bytes;
     };
     FileHeader header_;

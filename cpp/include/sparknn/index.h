@@ -54,8 +54,9 @@ class Index {
     void search(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                 const SearchParams& params = {}) const;
 
-    // Writes the index to `path` atomically (temporary file + rename).
-    void save(const std::string& path) const;
+    // Writes the index to `path` atomically (temporary file + rename); with
+    // `sync`, flushed to disk before returning (see FileWriter::write).
+    void save(const std::string& path, bool sync = true) const;
 
     // User id of internal label i.
     int64_t id_of(size_t label) const { return ids_[label]; }

@@ -184,8 +184,9 @@ def driver_or_routed(df: DataFrame, features: str, params: dict) -> str:
 
 
 def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
-                    prefix: str) -> Layout:
-    """Collects ids and vectors as Arrow, builds one index with all driver cores, writes it to root."""
+                    prefix: str, durable: bool = True) -> Layout:
+    """Collects ids and vectors as Arrow, builds one index with all driver cores, writes it to root
+    (flushed to disk when ``durable``; a temporary directory does not outlive the driver anyway)."""
     table = collect_arrow(df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v")))
     if table.num_rows == 0:
         raise InvalidArgumentError("the DataFrame to index is empty: fit needs at least one row")
@@ -204,7 +205,7 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, par
         raise
     del vectors
     name = f"{prefix}-shard-0.snn"
-    index.save(os.path.join(root, name))
+    index.save(os.path.join(root, name), sync=durable)
     ids_name = probes_name = None
     if not direct:
         ids_name = f"{prefix}-ids-0.arrow"

@@ -122,7 +122,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
                 layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
                 shared = True
             else:
-                layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix)
+                layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix, durable=not owned)
                 shared = bool(index_path)
         except BaseException:
             # Leave nothing behind that could pass for a built index.
