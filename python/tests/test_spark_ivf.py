@@ -211,8 +211,9 @@ def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimu
     probes = pa.ipc.open_file(model.layout.path(model.layout.shards[0].probes)).read_all().column("lists")
     np.testing.assert_array_equal(probes.combine_chunks().flatten().to_numpy().reshape(-1, 8), lists)
     want_ids, want_dist = reference.search(reference.reconstruct(), 11, lists=lists)
-    # A similarItems task maps the probes file too: it counts in the task's memory.
-    mapped = model.indexSizeBytes + os.path.getsize(model.layout.path(model.layout.shards[0].probes))
+    # A similarItems task maps the probes file too, and holds the list order and label map (16 bytes
+    # per item): they count in the task's memory.
+    mapped = model.indexSizeBytes + os.path.getsize(model.layout.path(model.layout.shards[0].probes)) + 16 * len(BASE)
     assert model.taskMemoryBytes == query_task_bytes(mapped, 16, 10, arrow_batch_rows(spark))
     sim = rows_by_id(model.similarItems().toArrow())
     assert sorted(sim) == sorted(ids.tolist())

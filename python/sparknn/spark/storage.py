@@ -72,7 +72,7 @@ class IndexFiles:
     """A model's index files on the driver, plus their registration for tasks.
 
     ``layout.root`` is the directory holding the files on the driver. With
-    ``shared=True`` executors open them there; otherwise they are shipped.
+    ``shared=True`` (or in local mode) executors open them there; otherwise they are shipped.
     ``owned`` is a temporary directory removed when the driver exits.
     """
 
