@@ -86,6 +86,13 @@ def vectors_to_numpy(column, name: str = "vector", dim: Optional[int] = None) ->
     return flat.reshape(n, width if n else (dim or 0))
 
 
+def fixed_rows(column) -> np.ndarray:
+    """A fixed_size_list<T, width> column (an index file's vectors or nearest lists) as a numpy
+    [n, width] matrix, zero-copy when it is one chunk without nulls."""
+    arr = _combine(column)
+    return arr.flatten().to_numpy().reshape(len(arr), arr.type.list_size)
+
+
 def rows_to_list(x: np.ndarray) -> pa.ListArray:
     """A 2-D matrix [n, width] as an Arrow list<T> column, one list per row (no copy of the values;
     Spark's array<T> needs list, not fixed_size_list)."""

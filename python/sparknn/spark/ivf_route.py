@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import sparknn
-from sparknn.arrow import neighbors_array, rows_to_list, vectors_to_numpy
+from sparknn.arrow import fixed_rows, neighbors_array, rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.ivf_build import _partition_id
 from sparknn.spark.ivf_plan import expand
@@ -159,12 +159,8 @@ def route_items(batches, *, layout: Layout, slices, id_col: str, nprobe: int, ne
             stored = field is not None and field.type.list_size >= want  # else (older models): the quantizer
             for start in range(lo, hi, CHUNK):
                 chunk = items.slice(start, min(hi, start + CHUNK) - start)
-                vec = chunk.column("vector").combine_chunks()
-                x = vec.flatten().to_numpy().reshape(len(vec), layout.dim)
-                nearest = None
-                if stored:
-                    known = chunk.column("lists").combine_chunks()
-                    nearest = known.flatten().to_numpy().reshape(len(known), field.type.list_size)
+                x = fixed_rows(chunk.column("vector"))
+                nearest = fixed_rows(chunk.column("lists")) if stored else None
                 ids = chunk.column("id").combine_chunks()
                 if layout.positional:
                     keys = np.arange(start, start + len(x), dtype=np.int64) | (s << POSITION_BITS)

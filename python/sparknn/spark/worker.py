@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 import sparknn
-from sparknn.arrow import neighbors_array, vectors_to_numpy
+from sparknn.arrow import fixed_rows, neighbors_array, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.ivf_plan import IvfRouting
 
@@ -158,8 +158,7 @@ def probes_column(lists: np.ndarray) -> pa.Array:
 
 def _load_probes(path: str) -> np.ndarray:
     """int32 [n, width], a zero-copy view of the mapped probes file."""
-    column = pa.ipc.open_file(pa.memory_map(path, "r")).read_all().column(0).combine_chunks()
-    return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    return fixed_rows(pa.ipc.open_file(pa.memory_map(path, "r")).read_all().column(0))
 
 
 @dataclass
