@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <thread>
 
@@ -147,6 +148,20 @@ void Index::search(size_t nq, const float* queries, size_t k, int64_t* out_ids, 
         return;
     }
     search_impl(nq, q, k, out_ids, out_distances, params);
+}
+
+void Index::reconstruct_labels(size_t n, const int64_t* labels, float* out) const {
+    for (size_t i = 0; i < n; ++i) {
+        SPARKNN_CHECK_ARG(labels[i] >= 0 && static_cast<size_t>(labels[i]) < size(), "reconstruct: row ", i,
+                          " asks for label ", labels[i], ", outside [0, ", size(), ")");
+    }
+    gather_labels(n, labels, out);
+}
+
+void Index::gather_labels(size_t n, const int64_t* labels, float* out) const {
+    for (size_t i = 0; i < n; ++i) {
+        std::memcpy(out + i * dim_, vector_of(static_cast<size_t>(labels[i])), dim_ * sizeof(float));
+    }
 }
 
 void Index::save(const std::string& path, bool sync) const {

@@ -261,11 +261,7 @@ void IvfIndex::reconstruct(size_t begin, size_t count, float* out) const {
     gather(count, [begin](size_t i) { return begin + i; }, out);
 }
 
-void IvfIndex::reconstruct_labels(size_t n, const int64_t* labels, float* out) const {
-    for (size_t i = 0; i < n; ++i) {
-        SPARKNN_CHECK_ARG(labels[i] >= 0 && static_cast<size_t>(labels[i]) < size(), "reconstruct: row ", i,
-                          " asks for label ", labels[i], ", outside [0, ", size(), ")");
-    }
+void IvfIndex::gather_labels(size_t n, const int64_t* labels, float* out) const {
     gather(n, [labels](size_t i) { return static_cast<size_t>(labels[i]); }, out);
 }
 

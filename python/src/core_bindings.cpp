@@ -234,17 +234,9 @@ NB_MODULE(_core, m) {
                 const int64_t* at = labels.data();
                 auto* out = new float[n * d];
                 nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-                if (auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
+                {
                     nb::gil_scoped_release release;
-                    ivf->reconstruct_labels(n, at, out);
-                } else {
-                    for (size_t i = 0; i < n; ++i) {
-                        if (at[i] < 0 || static_cast<size_t>(at[i]) >= index.size()) {
-                            throw sparknn::InvalidArgument(sparknn::detail::concat(
-                                "reconstruct: row ", i, " asks for label ", at[i], ", outside [0, ", index.size(), ")"));
-                        }
-                        std::memcpy(out + i * d, index.vector_of(static_cast<size_t>(at[i])), d * sizeof(float));
-                    }
+                    index.reconstruct_labels(n, at, out);
                 }
                 return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, d}, owner);
             },

@@ -63,8 +63,13 @@ class Index {
     const int64_t* ids_data() const { return ids_.data(); }
     // The stored (for cosine: normalised) vector of label i.
     virtual const float* vector_of(size_t label) const = 0;
+    // The stored vectors of any n labels, each in [0, size()), into out [n, dim]
+    // (ivf: exact or decoded, as IvfIndex::reconstruct).
+    void reconstruct_labels(size_t n, const int64_t* labels, float* out) const;
 
   protected:
+    // Called with labels in range: copies vector_of(label); ivf decodes its lists.
+    virtual void gather_labels(size_t n, const int64_t* labels, float* out) const;
     // Called with validated, already normalised vectors; labels start at size().
     virtual void add_impl(size_t n, const float* vectors) = 0;
     // Called with validated queries (normalised for cosine) and 1 <= k.

@@ -81,8 +81,6 @@ class IvfIndex final : public Index {
     // copies), decoded otherwise (sq8: within half a step per value; pq: the
     // list centroid plus the decoded residual). Cosine vectors are normalised.
     void reconstruct(size_t begin, size_t count, float* out) const;
-    // The same for any n labels, each in [0, size()).
-    void reconstruct_labels(size_t n, const int64_t* labels, float* out) const;
     // Every stored label, list after list (list_size(l) each): a self-join that
     // takes its queries in this order gives each list all its members at once.
     void list_labels(int64_t* out) const;
@@ -94,6 +92,7 @@ class IvfIndex final : public Index {
     void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                      const SearchParams& params) const override;
     void save_sections(FileWriter& writer) const override;
+    void gather_labels(size_t n, const int64_t* labels, float* out) const override;
 
   private:
     struct List {
