@@ -153,7 +153,7 @@ def write_column(path: str, name: str, values: pa.Array) -> None:
 
 def probes_column(lists: np.ndarray) -> pa.Array:
     """Nearest lists int [n, width] -> fixed_size_list<int32, width>."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(lists.reshape(-1).astype(np.int32)), lists.shape[1])
+    return pa.FixedSizeListArray.from_arrays(pa.array(lists.reshape(-1).astype(np.int32, copy=False)), lists.shape[1])
 
 
 def _load_probes(path: str) -> np.ndarray:
