@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 import sparknn
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark.direct_read import ParquetScan, first_dim, read_scan
 from sparknn.spark.ivf_plan import choose_nlist, sample_size
 from sparknn.spark.schema import collect_arrow, features_as_float_array
 from sparknn.spark.worker import Layout, ShardFiles, probes_column, write_column, write_ids
@@ -147,16 +148,20 @@ def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, para
     return index, lists
 
 
-def collect_bytes(df: DataFrame, features: str) -> tuple[int, int, int]:
+def collect_bytes(df: DataFrame, features: str, scan: ParquetScan | None = None) -> tuple[int, int, int]:
     """(rows, dim, bytes the driver would collect: float32 vectors and 8-byte ids), from a count
-    and the first non-null vector: jobs that read row counts and one row, not the data."""
-    head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
-    dim = len(head[0]) if head is not None else 0
-    rows = df.count()
+    and the first non-null vector: jobs that read row counts and one row, not the data (or, for
+    files read directly, the files' footers and one row group)."""
+    if scan is not None:
+        rows, dim = scan.rows, first_dim(scan)
+    else:
+        head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
+        dim = len(head[0]) if head is not None else 0
+        rows = df.count()
     return rows, dim, rows * (4 * max(dim, 1) + 8)
 
 
-def driver_or_routed(df: DataFrame, features: str, params: dict) -> str:
+def driver_or_routed(df: DataFrame, features: str, params: dict, scan: ParquetScan | None = None) -> str:
     """Where a fit with numShards=1 builds: 'driver' (one index from vectors collected as
     Arrow) or 'routed' (an ivf index built in parts on executors).
 
@@ -169,7 +174,7 @@ def driver_or_routed(df: DataFrame, features: str, params: dict) -> str:
         return "routed"
     from sparknn.spark.ivf_memory import driver_collect_budget, human
 
-    rows, dim, need = collect_bytes(df, features)
+    rows, dim, need = collect_bytes(df, features, scan)
     budget, source = driver_collect_budget(df.sparkSession)
     if need <= budget:
         return "driver"
@@ -183,11 +188,20 @@ def driver_or_routed(df: DataFrame, features: str, params: dict) -> str:
         "(spark.driver.memory, spark.driver.maxResultSize)")
 
 
+def driver_table(df: DataFrame, features: str, id_col: str, id_type: str, scan: ParquetScan | None) -> pa.Table:
+    """Columns ``id`` and ``v`` of every row on the driver as Arrow: read from the files when
+    ``df`` is a plain scan of local Parquet (direct_read), else collected through Spark."""
+    table = read_scan(scan, id_type) if scan is not None else None
+    if table is None:
+        table = collect_arrow(df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v")))
+    return table
+
+
 def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
-                    prefix: str, durable: bool = True) -> Layout:
+                    prefix: str, durable: bool = True, scan: ParquetScan | None = None) -> Layout:
     """Collects ids and vectors as Arrow, builds one index with all driver cores, writes it to root
     (flushed to disk when ``durable``; a temporary directory does not outlive the driver anyway)."""
-    table = collect_arrow(df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v")))
+    table = driver_table(df, features, id_col, id_type, scan)
     if table.num_rows == 0:
         raise InvalidArgumentError("the DataFrame to index is empty: fit needs at least one row")
     ids, vectors = table.column("id").combine_chunks(), table.column("v")

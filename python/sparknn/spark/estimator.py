@@ -11,6 +11,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.build import build_on_driver, driver_or_routed, file_prefix
+from sparknn.spark.direct_read import find_scan
 from sparknn.spark.ivf_build import build_ivf
 from sparknn.spark.model import KNNModel
 from sparknn.spark.params import DEFAULT_PART_BYTES, KNNParams
@@ -118,12 +119,16 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
             if params["numShards"] > 1:
                 layout = build_sharded(dataset, features, id_col, id_type, params, root, prefix)
                 shared = True
-            elif driver_or_routed(dataset, features, params) == "routed":
-                layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
-                shared = True
             else:
-                layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix, durable=not owned)
-                shared = bool(index_path)
+                # A plain scan of local Parquet is read on the driver without a Spark job.
+                scan = find_scan(dataset, id_col, features, id_type)
+                if driver_or_routed(dataset, features, params, scan) == "routed":
+                    layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
+                    shared = True
+                else:
+                    layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix,
+                                             durable=not owned, scan=scan)
+                    shared = bool(index_path)
         except BaseException:
             # Leave nothing behind that could pass for a built index.
             if owned:

@@ -1,0 +1,138 @@
+"""The driver build reads a plain Parquet scan with pyarrow (no Spark job), and only a plain scan:
+same results as Spark's collection, every other plan collected through Spark, same errors."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import clustered, exact_knn
+from test_spark import BAD_DATA
+
+pyspark = pytest.importorskip("pyspark")
+from pyspark.sql import functions as F
+from sparknn.errors import InvalidArgumentError
+from sparknn.spark import KNN
+from sparknn.spark import build as build_module
+from sparknn.spark.direct_read import find_scan
+
+pytestmark = pytest.mark.spark
+
+BASE = clustered(1200, 12, seed=11)
+
+
+def write_files(directory, vectors, ids, parts=3, value_type="double"):
+    """The rows as ``parts`` Parquet files written by pyarrow, with other columns: ``emb2`` holds
+    each vector reversed."""
+    os.makedirs(directory, exist_ok=True)
+    for p, rows in enumerate(np.array_split(np.arange(len(vectors)), parts)):
+        n, dim = len(rows), vectors.shape[1]
+        offsets = pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32))
+        pq.write_table(pa.table({
+            "key": pa.array([ids[r] for r in rows]),
+            "emb": pa.ListArray.from_arrays(offsets, pa.array(vectors[rows].reshape(-1)).cast(value_type)),
+            "emb2": pa.ListArray.from_arrays(offsets, pa.array(vectors[rows, ::-1].reshape(-1)).cast(value_type)),
+            "note": pa.array(["x"] * n),
+        }), os.path.join(directory, f"part-{p}.parquet"))
+    return str(directory)
+
+
+@pytest.fixture
+def no_spark_collection(monkeypatch):
+    """Fails the test if the driver build collects through Spark."""
+    def refuse(df):
+        raise AssertionError("collected through Spark, not read from the files")
+    monkeypatch.setattr(build_module, "collect_arrow", refuse)
+
+
+def neighbours(model, id_col="key"):
+    rows = model.similarItems().select(id_col, "neighbors").collect()
+    return {r[0]: [n["id"] for n in r[1]] for r in rows}
+
+
+@pytest.mark.parametrize("id_kind", ["bigint", "string"])
+def test_parquet_scan_read_directly_equals_exact(spark, tmp_path, no_spark_collection, id_kind):
+    ids = [f"item-{i}" for i in range(len(BASE))] if id_kind == "string" else list(range(5, 5 + len(BASE)))
+    df = spark.read.parquet(write_files(tmp_path / "items", BASE, ids))
+    scan = find_scan(df, "key", "emb", id_kind)
+    assert scan is not None and len(scan.paths) == 3 and scan.rows == len(BASE)
+    model = KNN(k=5, metric="l2", indexType="flat", featuresCol="emb", idCol="key").fit(df)
+    got = neighbours(model)
+    truth, _ = exact_knn(BASE, BASE, 6, "l2")
+    assert len(got) == len(BASE)
+    for row, want in enumerate(truth):
+        want = [ids[j] for j in want if j != row][:5]
+        assert got[ids[row]] == want
+
+
+def test_spark_written_parquet_and_projection_read_directly(spark, tmp_path, no_spark_collection):
+    path = str(tmp_path / "spark-written")
+    source = spark.createDataFrame(pa.table({"key": pa.array(np.arange(len(BASE), dtype=np.int64)),
+                                             "emb": pa.array(list(BASE))}).to_pandas())
+    source.repartition(2).write.parquet(path)
+    df = spark.read.parquet(path).select("emb", "key")
+    assert find_scan(df, "key", "emb", "bigint") is not None
+    model = KNN(k=4, metric="cosine", indexType="ivf", nlist=8, nprobe=8, featuresCol="emb",
+                idCol="key").fit(df)
+    truth, _ = exact_knn(BASE, BASE, 5, "cosine")
+    got = neighbours(model)
+    assert all(got[i] == [j for j in truth[i] if j != i][:4] for i in range(len(BASE)))
+
+
+@pytest.mark.parametrize("name, change", [
+    ("filter", lambda df: df.where(F.col("key") < 700)),
+    ("limit", lambda df: df.limit(700)),
+    ("renamed", lambda df: df.withColumnRenamed("emb", "tmp").withColumnRenamed("emb2", "emb")),
+    ("computed", lambda df: df.withColumn("emb", F.transform("emb", lambda x: x * 2))),
+    ("union", lambda df: df.where(F.col("key") < 300).union(df.where(F.col("key") >= 1000))),
+])
+def test_other_plans_are_collected_through_spark(spark, tmp_path, name, change):
+    df = change(spark.read.parquet(write_files(tmp_path / "items", BASE, list(range(len(BASE))))))
+    assert find_scan(df, "key", "emb", "bigint") is None, name
+    model = KNN(k=3, metric="l2", indexType="flat", featuresCol="emb", idCol="key").fit(df)
+    expected = {r[0] for r in df.select("key").collect()}
+    assert set(neighbours(model)) == expected  # what the plan selects, not the files' rows
+
+
+def test_files_of_different_types_are_collected_through_spark(spark, tmp_path):
+    directory = tmp_path / "mixed"
+    write_files(directory / "a", BASE[:600], list(range(600)), parts=1, value_type="float")
+    write_files(directory / "b", BASE[600:], list(range(600, 1200)), parts=1, value_type="double")
+    for name in ("a", "b"):
+        os.rename(directory / name / "part-0.parquet", directory / f"{name}.parquet")
+        os.rmdir(directory / name)
+    # Spark reads them with one file's schema (it cannot merge float and double lists): how the
+    # other file converts is Spark's rule, so the files are not read directly.
+    assert find_scan(spark.read.parquet(str(directory)), "key", "emb", "bigint") is None
+
+
+def test_partition_column_as_id_is_collected_through_spark(spark, tmp_path):
+    directory = tmp_path / "partitioned"
+    for part in (1, 2):
+        write_files(directory / f"shard={part}", BASE[:3] + part, [10 * part + i for i in range(3)], parts=1)
+    df = spark.read.parquet(str(directory))
+    assert find_scan(df, "shard", "emb", "int") is None  # the column's value is in the directory name
+    assert find_scan(df, "key", "emb", "bigint") is not None
+
+
+@pytest.mark.parametrize("name, params, schema, rows, message", BAD_DATA, ids=[b[0] for b in BAD_DATA])
+def test_bad_data_in_files_gets_the_same_errors(spark, tmp_path, name, params, schema, rows, message):
+    path = str(tmp_path / "bad")
+    spark.createDataFrame(rows, schema).coalesce(1).write.parquet(path)
+    df = spark.read.parquet(path)
+    with pytest.raises(InvalidArgumentError, match=message):
+        KNN(indexType="flat", featuresCol="vector", indexPath=str(tmp_path / "index"), **params).fit(df)
+    assert os.listdir(tmp_path / "index") == [], "a failed fit leaves no index files"
+
+
+def test_unreadable_file_falls_back_to_spark(spark, tmp_path, monkeypatch):
+    df = spark.read.parquet(write_files(tmp_path / "items", BASE, list(range(len(BASE)))))
+    scan = find_scan(df, "key", "emb", "bigint")
+
+    def broken(*args, **kwargs):
+        raise OSError("simulated read failure")
+    monkeypatch.setattr(pq, "read_table", broken)
+    assert build_module.read_scan(scan, "bigint") is None
+    model = KNN(k=3, metric="l2", indexType="flat", featuresCol="emb", idCol="key").fit(df)
+    assert len(neighbours(model)) == len(BASE)
