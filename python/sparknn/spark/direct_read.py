@@ -85,8 +85,8 @@ def _readable_types(schema: pa.Schema, id_col: str, features: str, id_type: str)
     if not (ids == want or (id_type == "string" and ids == pa.large_string())):
         return False
     vec = schema.field(features).type
-    if not (pa.types.is_list(vec) or pa.types.is_large_list(vec)):
-        return False
+    if not (pa.types.is_list(vec) or pa.types.is_large_list(vec) or pa.types.is_fixed_size_list(vec)):
+        return False  # fixed_size_list: a file pyarrow wrote from a numpy matrix
     return pa.types.is_floating(vec.value_type) or pa.types.is_integer(vec.value_type)
 
 
