@@ -30,18 +30,20 @@ def vector_column(x, value_type, fixed_size):
     return pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), values)
 
 
-def write_files(directory, vectors, ids, parts=3, value_type="double", fixed_size=False):
+def write_files(directory, vectors, ids, parts=3, value_type="double", fixed_size=False, ids_last=False):
     """The rows as ``parts`` Parquet files written by pyarrow, with other columns: ``emb2`` holds
     each vector reversed."""
     os.makedirs(directory, exist_ok=True)
     for p, rows in enumerate(np.array_split(np.arange(len(vectors)), parts)):
-        n = len(rows)
-        pq.write_table(pa.table({
+        columns = {
             "key": pa.array([ids[r] for r in rows]),
             "emb": vector_column(vectors[rows], value_type, fixed_size),
             "emb2": vector_column(vectors[rows, ::-1], value_type, fixed_size),
-            "note": pa.array(["x"] * n),
-        }), os.path.join(directory, f"part-{p}.parquet"))
+            "note": pa.array(["x"] * len(rows)),
+        }
+        if ids_last:
+            columns["key"] = columns.pop("key")
+        pq.write_table(pa.table(columns), os.path.join(directory, f"part-{p}.parquet"))
     return str(directory)
 
 
@@ -58,10 +60,12 @@ def neighbours(model, id_col="key"):
     return {r[0]: [n["id"] for n in r[1]] for r in rows}
 
 
-@pytest.mark.parametrize("id_kind, fixed_size", [("bigint", False), ("string", False), ("bigint", True)])
-def test_parquet_scan_read_directly_equals_exact(spark, tmp_path, no_spark_collection, id_kind, fixed_size):
+@pytest.mark.parametrize("id_kind, fixed_size, ids_last", [("bigint", False, False), ("string", False, False),
+                                                      ("bigint", True, False), ("string", False, True)])
+def test_parquet_scan_read_directly_equals_exact(spark, tmp_path, no_spark_collection, id_kind, fixed_size,
+                                                 ids_last):
     ids = [f"item-{i}" for i in range(len(BASE))] if id_kind == "string" else list(range(5, 5 + len(BASE)))
-    df = spark.read.parquet(write_files(tmp_path / "items", BASE, ids, fixed_size=fixed_size))
+    df = spark.read.parquet(write_files(tmp_path / "items", BASE, ids, fixed_size=fixed_size, ids_last=ids_last))
     scan = find_scan(df, "key", "emb", id_kind)
     assert scan is not None and len(scan.paths) == 3 and scan.rows == len(BASE)
     model = KNN(k=5, metric="l2", indexType="flat", featuresCol="emb", idCol="key").fit(df)

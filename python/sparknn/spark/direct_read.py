@@ -104,9 +104,7 @@ def find_scan(df: DataFrame, id_col: str, features: str, id_type: str) -> Parque
     if uris is None:
         return None
     paths = [_local_path(u) for u in uris]
-    if None in paths:
-        return None
-    if not paths:
+    if not paths or None in paths:
         return None
     rows, types = 0, set()
     try:
@@ -145,7 +143,8 @@ def read_scan(scan: ParquetScan, id_type: str) -> pa.Table | None:
     try:
         for path in scan.paths:
             t = pq.read_table(path, columns=[scan.id_col, scan.features], use_threads=True)
-            tables.append(pa.table({"id": t.column(0).cast(ARROW_ID_TYPES[id_type]), "v": t.column(1)}))
+            tables.append(pa.table({"id": t.column(scan.id_col).cast(ARROW_ID_TYPES[id_type]),
+                                    "v": t.column(scan.features)}))
     except (OSError, pa.ArrowException) as e:
         log.warning("sparknn: reading %s with pyarrow failed (%s); collecting through Spark", scan.paths, e)
         return None
