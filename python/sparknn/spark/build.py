@@ -152,16 +152,15 @@ def collect_bytes(df: DataFrame, features: str, scan: ParquetScan | None = None)
     """(rows, dim, bytes the driver would collect: float32 vectors and 8-byte ids), from a count
     and the first non-null vector: jobs that read row counts and one row, not the data (or, for
     files read directly, the files' footers and one row group)."""
-    dim = None
     if scan is not None:
         try:
-            rows, dim = scan.rows, first_dim(scan)
+            dim = first_dim(scan)
+            return scan.rows, dim, scan.rows * (4 * max(dim, 1) + 8)
         except (OSError, pa.ArrowException):
-            dim = None  # the files changed since fit looked at them: ask Spark
-    if dim is None:
-        head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
-        dim = len(head[0]) if head is not None else 0
-        rows = df.count()
+            pass  # the files changed since find_scan read their footers: ask Spark
+    head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
+    dim = len(head[0]) if head is not None else 0
+    rows = df.count()
     return rows, dim, rows * (4 * max(dim, 1) + 8)
 
 

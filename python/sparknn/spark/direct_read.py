@@ -76,10 +76,8 @@ def _local_path(uri: str) -> str | None:
 
 def _readable_types(schema: pa.Schema, id_col: str, features: str, id_type: str) -> bool:
     """The file has both columns by exact name, as types whose read equals Spark's."""
-    if id_col not in schema.names or features not in schema.names:
-        return False
     if schema.get_field_index(id_col) < 0 or schema.get_field_index(features) < 0:
-        return False  # the name appears twice
+        return False  # missing, or the name appears twice
     ids = schema.field(id_col).type
     want = ARROW_ID_TYPES[id_type]
     if not (ids == want or (id_type == "string" and ids == pa.large_string())):
