@@ -21,7 +21,9 @@ SLICES = 8
 
 
 def emit_neighbours(n: int):
-    """A mapInArrow function: slice s of n rows of ids and K made-up neighbours each."""
+    """A mapInArrow function: slice s of n rows of ids and K made-up neighbours each, built with
+    pyarrow alone: with sparknn.arrow.neighbors_array (importing sparknn in the workers) the floor
+    measured 0.9 s higher, sparknn's cost rather than Spark's."""
     import numpy as np
     import pyarrow as pa
 
