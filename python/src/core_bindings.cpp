@@ -65,6 +65,14 @@ NB_MODULE(_core, m) {
     m.def("simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::simd_level())); });
     m.def("cpu_simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::cpu_simd_level())); });
     m.attr("FORMAT_VERSION") = sparknn::kFormatVersion;
+    m.def(
+        "crc32c",
+        [](nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> data, uint32_t seed) {
+            nb::gil_scoped_release release;
+            return sparknn::crc32c(data.data(), data.shape(0), seed);
+        },
+        "data"_a, "seed"_a = 0,
+        "CRC-32C of a uint8 array (the checksum of index file sections), continued from seed");
 
     nb::class_<sparknn::Index>(m, "Index")
         .def_prop_ro("dim", &sparknn::Index::dim)
