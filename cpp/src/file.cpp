@@ -88,6 +88,8 @@ const char* section_name(SectionType type) {
             return "Vectors";
         case SectionType::Ids:
             return "Ids";
+        case SectionType::SideFiles:
+            return "SideFiles";
         case SectionType::HnswLevels:
             return "HnswLevels";
         case SectionType::HnswLinks0:
@@ -155,11 +157,41 @@ void FileWriter::add_param(const std::string& name, uint64_t value) {
     params_.push_back(r);
 }
 
+namespace {
+
+// A role names a side file in messages and in Python: short, printable, no NUL.
+bool valid_role(const char* role, size_t max) {
+    size_t n = 0;
+    for (; n < max && role[n] != '\0'; ++n) {
+        if (role[n] < 0x21 || role[n] > 0x7e) return false;
+    }
+    return n > 0 && n < max;
+}
+
+}  // namespace
+
+void FileWriter::add_side_file(const SideFile& file) {
+    SideFileRecord r{};
+    SPARKNN_CHECK_ARG(file.role.size() < sizeof(r.role) && valid_role(file.role.c_str(), sizeof(r.role)),
+                      "side file role must be 1-31 printable ASCII characters without spaces: '", file.role, "'");
+    for (const SideFileRecord& other : side_files_) {
+        SPARKNN_CHECK_ARG(file.role != other.role, "side file role '", file.role, "' given twice");
+    }
+    std::memcpy(r.role, file.role.data(), file.role.size());
+    r.bytes = file.bytes;
+    r.crc32c = file.crc32c;
+    side_files_.push_back(r);
+}
+
 void FileWriter::write(const std::string& path, bool sync) {
     std::vector<Pending> all = sections_;
     if (!params_.empty()) {
         const size_t bytes = params_.size() * sizeof(ParamRecord);
         all.insert(all.begin(), Pending{SectionType::Params, {Part{params_.data(), bytes}}, bytes});
+    }
+    if (!side_files_.empty()) {
+        const size_t bytes = side_files_.size() * sizeof(SideFileRecord);
+        all.push_back(Pending{SectionType::SideFiles, {Part{side_files_.data(), bytes}}, bytes});
     }
     SPARKNN_CHECK_ARG(all.size() <= kMaxSections, "too many sections");
     for (size_t i = 0; i < all.size(); ++i) {
@@ -412,6 +444,21 @@ void IndexFile::parse(bool verify_checksums) {
         params_.resize(bytes / sizeof(ParamRecord));
         if (bytes > 0) std::memcpy(params_.data(), p, bytes);
         for (ParamRecord& r : params_) r.name[sizeof(r.name) - 1] = '\0';
+    }
+    if (has_section(SectionType::SideFiles)) {
+        size_t bytes = 0;
+        const uint8_t* p = section(SectionType::SideFiles, &bytes);
+        if (bytes % sizeof(SideFileRecord) != 0) fail("side file section has a partial record");
+        for (size_t at = 0; at < bytes; at += sizeof(SideFileRecord)) {
+            SideFileRecord r;
+            std::memcpy(&r, p + at, sizeof(r));
+            if (!valid_role(r.role, sizeof(r.role))) fail("side file record with an invalid role");
+            SideFile f{std::string(r.role), r.bytes, r.crc32c};
+            for (const SideFile& other : side_files_) {
+                if (other.role == f.role) fail("side file role '" + f.role + "' recorded twice");
+            }
+            side_files_.push_back(std::move(f));
+        }
     }
 }
 

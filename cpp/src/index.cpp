@@ -164,7 +164,7 @@ void Index::gather_labels(size_t n, const int64_t* labels, float* out) const {
     }
 }
 
-void Index::save(const std::string& path, bool sync) const {
+void Index::save(const std::string& path, bool sync, const std::vector<SideFile>& side_files) const {
     FileHeader header;
     header.kind = kind();
     header.metric = metric_;
@@ -173,6 +173,7 @@ void Index::save(const std::string& path, bool sync) const {
     FileWriter writer(header);
     writer.add_section(SectionType::Ids, ids_.data(), ids_.size() * sizeof(int64_t));
     save_sections(writer);
+    for (const SideFile& f : side_files) writer.add_side_file(f);
     writer.write(path, sync);
 }
 
@@ -184,6 +185,7 @@ void Index::load_common(const std::shared_ptr<const IndexFile>& file) {
         next_id_ = std::max(next_id_, next_after(ids[i]));
     }
     ids_.set_view(ids, count, file);
+    side_files_ = file->side_files();
 }
 
 std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, const IndexOptions& options) {

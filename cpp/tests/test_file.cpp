@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <string>
@@ -26,7 +27,7 @@ using Bytes = std::vector<uint8_t>;
 // Field offsets as docs/FORMAT.md states them (deliberately not taken from file.cpp).
 constexpr size_t kVersionAt = 8, kKindAt = 12, kMetricAt = 16, kSectionsAt = 20, kDimAt = 24, kCountAt = 32,
                  kFileSizeAt = 40, kTableAt = 48, kHeaderCrcAt = 60;
-constexpr size_t kEntryType = 0, kEntryOffset = 8, kEntrySize = 16;
+constexpr size_t kEntryType = 0, kEntryOffset = 8, kEntrySize = 16, kEntryCrc = 24;
 constexpr Metric kMetrics[] = {Metric::L2, Metric::InnerProduct, Metric::Cosine};
 
 template <class T>
@@ -292,6 +293,55 @@ TEST_F(FileTest, ParamsRoundTrip) {
     EXPECT_THROW(f->param("absent"), FileFormatError);
     EXPECT_THROW(f->section_exact(SectionType::Ids, 8), FileFormatError);
     EXPECT_THROW(f->typed_section<float>(SectionType::Vectors, 1), FileFormatError);
+}
+
+TEST_F(FileTest, SideFilesRoundTripAndAreNotCarriedIntoANewSave) {
+    auto index = make_flat(Metric::L2, 20, 8, 7, 100);
+    EXPECT_TRUE(index->side_files().empty());
+    const fs::path p = dir_ / "sides.snn";
+    index->save(p, true, {{"ids", 123, 0xdeadbeefu}, {"items", 0, 0}});
+    auto loaded = load_index(p.string());
+    ASSERT_EQ(loaded->side_files().size(), 2u);
+    EXPECT_EQ(loaded->side_files()[0].role, "ids");
+    EXPECT_EQ(loaded->side_files()[0].bytes, 123u);
+    EXPECT_EQ(loaded->side_files()[0].crc32c, 0xdeadbeefu);
+    EXPECT_EQ(loaded->side_files()[1].role, "items");
+    // The digests describe files written for that save: saving again without them records none.
+    loaded->save(dir_ / "again.snn");
+    EXPECT_TRUE(load_index((dir_ / "again.snn").string())->side_files().empty());
+    // Bad roles and duplicates are refused before anything is written.
+    for (const std::string& role : {std::string(), std::string("two words"), std::string(32, 'r')}) {
+        EXPECT_THROW(index->save(dir_ / "bad.snn", true, {{role, 1, 1}}), InvalidArgument) << role;
+    }
+    EXPECT_THROW(index->save(dir_ / "bad.snn", true, {{"ids", 1, 1}, {"ids", 2, 2}}), InvalidArgument);
+    EXPECT_FALSE(fs::exists(dir_ / "bad.snn"));
+}
+
+TEST_F(FileTest, DamagedSideFileRecordsAreRejected) {
+    const fs::path p = dir_ / "sides.snn";
+    make_flat(Metric::L2, 20, 8, 7, 100)->save(p, true, {{"ids", 123, 7}, {"probes", 5, 9}});
+    const Bytes good = read_file(p);
+    const size_t e = entry_of(good, SectionType::SideFiles);
+    const auto at = static_cast<size_t>(get<uint64_t>(good, e + kEntryOffset));
+    // Each case rewrites the section and its checksum, so the record check itself is reached.
+    auto damaged = [&](const std::function<void(Bytes&)>& edit) {
+        Bytes b = good;
+        edit(b);
+        const auto size = static_cast<size_t>(get<uint64_t>(b, e + kEntrySize));
+        put<uint32_t>(b, e + kEntryCrc, crc32c(b.data() + at, size));
+        reseal(b);
+        return b;
+    };
+    expect_rejected(damaged([&](Bytes& b) { b[at + 1] = ' '; }), "invalid role");
+    expect_rejected(damaged([&](Bytes& b) { b[at] = 0; }), "invalid role");
+    expect_rejected(damaged([&](Bytes& b) { std::fill(b.begin() + at, b.begin() + at + 32, 'x'); }), "invalid role");
+    expect_rejected(damaged([&](Bytes& b) { std::copy(b.begin() + at, b.begin() + at + 32, b.begin() + at + 48); }),
+                    "recorded twice");
+    expect_rejected(damaged([&](Bytes& b) { put<uint64_t>(b, e + kEntrySize, 47); }), "partial record");
+    // A flipped byte without a new checksum is a checksum mismatch, as in any section.
+    Bytes flipped = good;
+    flipped[at + 40] ^= 1;
+    expect_rejected(flipped, "checksum mismatch");
 }
 
 // The golden fixtures (cpp/tests/data) are checked in test_fixtures.cpp.

@@ -152,7 +152,8 @@ TEST_P(GoldenFixture, LoadsAndAnswersAsRecorded) {
     if (format_version_of(bytes) == kFormatVersion) {
         const fs::path resaved =
             fs::temp_directory_path() / ("sparknn_fixture_" + std::to_string(::getpid()) + "_" + name);
-        load_index(path.string())->save(resaved);
+        const auto loaded = load_index(path.string());
+        loaded->save(resaved, true, loaded->side_files());
         const Bytes again = read_file(resaved);
         fs::remove(resaved);
         EXPECT_EQ(again, bytes) << "the writer no longer produces this version's layout";
@@ -168,6 +169,17 @@ std::string test_name(const ::testing::TestParamInfo<fs::path>& info) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Data, GoldenFixture, ::testing::ValuesIn(fixtures()), test_name);
+
+// Side-file digests (the SideFiles section, optional in version 1) are read back as written.
+TEST(GoldenFixtures, SideFilesAreReadBack) {
+    const auto index = load_index(std::string(SPARKNN_TEST_DATA_DIR) + "/flat_l2_sidefiles_v1.snn");
+    ASSERT_EQ(index->side_files().size(), 2u);
+    EXPECT_EQ(index->side_files()[0].role, "ids");
+    EXPECT_EQ(index->side_files()[0].bytes, 1234u);
+    EXPECT_EQ(index->side_files()[0].crc32c, 0x0badcafeu);
+    EXPECT_EQ(index->side_files()[1].role, "items");
+    EXPECT_TRUE(load_index(std::string(SPARKNN_TEST_DATA_DIR) + "/flat_l2_v1.snn")->side_files().empty());
+}
 
 // A format version is pinned only if its fixtures hold every kind, every ivf
 // storage and re-ranking.

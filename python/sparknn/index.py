@@ -8,11 +8,11 @@ engine adds or searches.
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
-from sparknn import _core
+from sparknn import _core, integrity
 from sparknn.errors import InvalidArgumentError
 
 KINDS = ("flat", "hnsw", "ivf")
@@ -330,13 +330,29 @@ class Index:
             self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr, bool(widen))
         return out_ids, out_dist
 
-    def save(self, path, sync: bool = True) -> None:
+    def save(self, path, sync: bool = True, side_files: Optional[Mapping[str, object]] = None) -> None:
         """Writes the index to ``path`` atomically (a temporary file, then rename).
 
         ``sync`` flushes the file and its directory to disk before returning, so a
         crash right after cannot lose it; ``False`` skips that for scratch files.
+        ``side_files`` maps a role (e.g. ``"ids"``) to a file that belongs beside
+        this index (its path, or a :class:`sparknn.integrity.FileDigest`): its size
+        and CRC-32C are stored in the index file, so its readers can tell a
+        missing, damaged or foreign side file (see :attr:`side_files`). Write the
+        side files first, the index last.
         """
-        self._index.save(os.fspath(path), bool(sync))
+        records = []
+        for role, file in (side_files or {}).items():
+            d = file if isinstance(file, integrity.FileDigest) else integrity.digest(os.fspath(file))
+            records.append((str(role), d.size, d.crc32c))
+        self._index.save(os.fspath(path), bool(sync), records)
+
+    @property
+    def side_files(self) -> dict:
+        """Role -> :class:`sparknn.integrity.FileDigest` of the side files recorded in
+        the file this index was loaded from (empty for a new index or a file without
+        any). Check one with ``sparknn.integrity.verify(path, digest, what)``."""
+        return {role: integrity.FileDigest(size, crc) for role, size, crc in self._index.side_files()}
 
 
 def load(path, mmap: bool = True, threads: int = 0, verify: bool = True) -> Index:

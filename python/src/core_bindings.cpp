@@ -5,7 +5,9 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <cstring>
@@ -193,11 +195,20 @@ NB_MODULE(_core, m) {
             })
         .def(
             "save",
-            [](const sparknn::Index& index, const std::string& path, bool sync) {
+            [](const sparknn::Index& index, const std::string& path, bool sync,
+               const std::vector<std::tuple<std::string, uint64_t, uint32_t>>& side_files) {
+                std::vector<sparknn::SideFile> files;
+                for (const auto& [role, bytes, crc] : side_files) files.push_back({role, bytes, crc});
                 nb::gil_scoped_release release;
-                index.save(path, sync);
+                index.save(path, sync, files);
             },
-            "path"_a, "sync"_a = true)
+            "path"_a, "sync"_a = true, "side_files"_a = std::vector<std::tuple<std::string, uint64_t, uint32_t>>{})
+        .def("side_files",
+             [](const sparknn::Index& index) {
+                 std::vector<std::tuple<std::string, uint64_t, uint32_t>> out;
+                 for (const auto& f : index.side_files()) out.emplace_back(f.role, f.bytes, f.crc32c);
+                 return out;
+             })
         .def(
             "ids",
             [](nb::handle_t<sparknn::Index> self) {

@@ -375,3 +375,23 @@ def test_inconsistent_header_fields(saved, field, fmt, value, match):
     reseal(raw)
     path.write_bytes(raw)
     expect_file_error(path, match)
+
+
+def test_side_file_digests_round_trip(tmp_path):
+    from sparknn import integrity
+
+    index = sparknn.Index(dim=4, metric="l2", kind="flat")
+    index.add(np.random.default_rng(0).standard_normal((10, 4), dtype=np.float32))
+    ids = tmp_path / "x.snn.ids.parquet"
+    ids.write_bytes(b"user ids" * 10)
+    index.save(tmp_path / "x.snn", side_files={"ids": ids, "items": integrity.FileDigest(3, 0xABC)})
+    loaded = sparknn.load(tmp_path / "x.snn")
+    assert loaded.side_files == {"ids": integrity.digest(str(ids)), "items": integrity.FileDigest(3, 0xABC)}
+    integrity.verify(str(ids), loaded.side_files["ids"], "id file")
+    assert index.side_files == {}  # a new index was not loaded from a file
+    with pytest.raises(sparknn.InvalidArgumentError, match="role"):
+        index.save(tmp_path / "y.snn", side_files={"": ids})
+    assert not (tmp_path / "y.snn").exists()
+    fixture = FIXTURES / "flat_l2_sidefiles_v1.snn"
+    assert sparknn.load(fixture).side_files == {"ids": integrity.FileDigest(1234, 0x0BADCAFE),
+                                                "items": integrity.FileDigest(0, 0)}

@@ -36,6 +36,7 @@ enum class SectionType : uint32_t {
     Params = 1,             // named uint64 parameters (ParamRecord[])
     Vectors = 2,            // float32 [count, dim]
     Ids = 3,                // int64 [count], user ids
+    SideFiles = 4,          // digests of files kept beside this one (SideFileRecord[])
     HnswLevels = 10,        // uint8 [count], top level of each node
     HnswLinks0 = 11,        // uint32 [count, 1 + M0]: degree, then neighbours
     HnswUpperOffsets = 12,  // uint64 [count + 1] into HnswUpperLinks
@@ -67,6 +68,23 @@ struct ParamRecord {
 };
 static_assert(sizeof(ParamRecord) == 32, "ParamRecord is part of the file format");
 
+// The digest of a file that belongs beside an index file (e.g. the user's
+// string ids, a partition's items), by role. Written into the index file so a
+// missing, damaged or foreign side file is detected when it is read.
+struct SideFileRecord {
+    char role[32];  // NUL-terminated printable ASCII, e.g. "ids"
+    uint64_t bytes;
+    uint32_t crc32c;
+    uint32_t reserved;
+};
+static_assert(sizeof(SideFileRecord) == 48, "SideFileRecord is part of the file format");
+
+struct SideFile {
+    std::string role;
+    uint64_t bytes = 0;
+    uint32_t crc32c = 0;
+};
+
 // Collects sections (pointers, not copies) and writes the file atomically.
 class FileWriter {
   public:
@@ -77,6 +95,8 @@ class FileWriter {
     using Part = std::pair<const void*, size_t>;
     void add_section_parts(SectionType type, std::vector<Part> parts);
     void add_param(const std::string& name, uint64_t value);
+    // Records a side file's digest (SideFiles section); roles are distinct.
+    void add_side_file(const SideFile& file);
     // Keeps memory built only for this write (e.g. concatenated lists) alive until the writer dies.
     void keep_alive(std::shared_ptr<const void> owner) { owners_.push_back(std::move(owner)); }
     // Atomic (temporary file, then rename); durable when `sync` (fsync of the
@@ -92,6 +112,7 @@ class FileWriter {
     FileHeader header_;
     std::vector<Pending> sections_;
     std::vector<ParamRecord> params_;
+    std::vector<SideFileRecord> side_files_;
     std::vector<std::shared_ptr<const void>> owners_;
 };
 
@@ -125,6 +146,8 @@ class IndexFile {
     // A parameter from the Params section; throws FileFormatError if absent.
     uint64_t param(const std::string& name) const;
     uint64_t param_or(const std::string& name, uint64_t fallback) const;
+    // The SideFiles section's records (empty when the file has none).
+    const std::vector<SideFile>& side_files() const { return side_files_; }
 
     // Overflow-checked a * b for sizes read from a file.
     static size_t checked_mul(uint64_t a, uint64_t b);
@@ -150,6 +173,7 @@ class IndexFile {
     FileHeader header_;
     std::vector<Section> sections_;
     std::vector<ParamRecord> params_;
+    std::vector<SideFile> side_files_;
 };
 
 uint32_t crc32c(const void* data, size_t bytes, uint32_t seed = 0);

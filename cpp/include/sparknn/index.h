@@ -1,4 +1,4 @@
-// The Index interface every kind implements (flat, hnsw), and the factory.
+// The Index interface every kind implements (flat, hnsw, ivf), and the factory.
 #pragma once
 
 #include <cstddef>
@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "sparknn/buffer.h"
 #include "sparknn/distance.h"
@@ -56,7 +57,11 @@ class Index {
 
     // Writes the index to `path` atomically (temporary file + rename); with
     // `sync`, flushed to disk before returning (see FileWriter::write).
-    void save(const std::string& path, bool sync = true) const;
+    // `side_files` records the digests of files that belong beside this one
+    // (written first, e.g. the user's string ids), checked by their readers.
+    void save(const std::string& path, bool sync = true, const std::vector<SideFile>& side_files = {}) const;
+    // The side files recorded in the file this index was loaded from.
+    const std::vector<SideFile>& side_files() const { return side_files_; }
 
     // User id of internal label i.
     int64_t id_of(size_t label) const { return ids_[label]; }
@@ -91,6 +96,7 @@ class Index {
     Metric metric_;
     int threads_ = 0;
     Buffer<int64_t> ids_;
+    std::vector<SideFile> side_files_;
 
   private:
     void check_new_ids(size_t n, const int64_t* ids);

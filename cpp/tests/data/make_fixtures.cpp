@@ -116,7 +116,7 @@ void print_param(FILE* out, const char* name, uint64_t value) {
 // Saves `index` as <dir>/<name>_v<version>.snn with its .expected file.
 // Returns false (after writing) when an answer is a near tie.
 bool write_fixture(const std::string& dir, const std::string& name, const sparknn::Index& index,
-                   const std::vector<float>& queries) {
+                   const std::vector<float>& queries, const std::vector<sparknn::SideFile>& side_files = {}) {
     const std::string stem = dir + "/" + name + "_v" + std::to_string(sparknn::kFormatVersion);
     // A committed fixture is never replaced (built elsewhere, the same index
     // may differ in bytes); to compare, write into an empty directory.
@@ -124,7 +124,7 @@ bool write_fixture(const std::string& dir, const std::string& name, const sparkn
         std::fprintf(stderr, "%s.snn exists: fixtures are never rewritten\n", stem.c_str());
         return false;
     }
-    index.save(stem + ".snn");
+    index.save(stem + ".snn", true, side_files);
 
     // One more neighbour than recorded, to check that rank k is not a near tie.
     const Answers a = search(index, queries, kK + 1);
@@ -163,13 +163,16 @@ bool write_fixture(const std::string& dir, const std::string& name, const sparkn
 }
 
 // flat: 40 vectors in [-3.9, 3.9] (the first fixtures; their content must not change).
-bool write_flat(const std::string& dir, Metric metric) {
+// `side_files`: digests recorded in the file (a SideFiles section), for the
+// fixture of an index whose ids live in a file beside it.
+bool write_flat(const std::string& dir, Metric metric, const std::string& suffix = "",
+                const std::vector<sparknn::SideFile>& side_files = {}) {
     sparknn::FlatIndex index(kDim, metric);
     index.set_threads(1);
     const std::vector<float> base = values(40 * kDim, 1, 1000);
     index.add(40, base.data(), fixture_ids(40).data());
-    return write_fixture(dir, std::string("flat_") + sparknn::metric_name(metric), index,
-                         values(kQueries * kDim, 2, 1000));
+    return write_fixture(dir, std::string("flat_") + sparknn::metric_name(metric) + suffix, index,
+                         values(kQueries * kDim, 2, 1000), side_files);
 }
 
 // hnsw: 60 vectors, M = 4, ef_search = 16 (< count, so search walks the graph
@@ -246,6 +249,7 @@ int main(int argc, char** argv) {
         const std::string dir = argv[1];
         bool ok = true;
         for (Metric m : {Metric::L2, Metric::InnerProduct, Metric::Cosine}) ok = write_flat(dir, m) && ok;
+        ok = write_flat(dir, Metric::L2, "_sidefiles", {{"ids", 1234, 0x0badcafeu}, {"items", 0, 0}}) && ok;
         for (Metric m : {Metric::L2, Metric::InnerProduct, Metric::Cosine}) ok = write_hnsw(dir, m) && ok;
         ok = write_ivf(dir, sparknn::IvfStorage::Float32, Metric::L2, 0) && ok;
         ok = write_ivf(dir, sparknn::IvfStorage::Sq8, Metric::InnerProduct, 0) && ok;
