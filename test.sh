@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: the C++ suite (ctest) in Release and under ASan+UBSan, a
-# bounded fuzz run of the index file loader, and the Python suite (pytest),
-# which includes real local Spark and a loopback standalone cluster.
+# Runs every test: the C++ suite (ctest) in Release and under ASan+UBSan, the
+# concurrency stress tests under TSan, a bounded fuzz run of the index file
+# loader, and the Python suite (pytest), which includes real local Spark and a
+# loopback standalone cluster.
 # Prerequisites: see .ci/run (which installs them and then runs this script).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,6 +29,18 @@ cmake -S . -B build/test-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARKNN_BUILD_
 cmake --build build/test-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/test-asan --output-on-failure -j"$jobs"
+
+echo "== C++ concurrency tests (ThreadSanitizer)"
+# One index shared by threads that add, search, save, load and change settings (the stress
+# tests, which also run in both stages above). Only the test binary is built, only these tests
+# run: TSan is slow. OpenBLAS is not instrumented; sparknn calls it single-threaded (see
+# blas_use_one_thread) and OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting a thread pool of
+# its own, so every thread TSan sees is one it follows, and no suppressions are needed.
+cmake -S . -B build/test-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARKNN_BUILD_TESTS=ON \
+  -DSPARKNN_SANITIZE=thread >/dev/null
+cmake --build build/test-tsan -j"$jobs" --target sparknn_tests
+OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  build/test-tsan/cpp/tests/sparknn_tests --gtest_filter='*Concurren*:PinnedView*:*Tie*'
 
 echo "== Fuzzing the index file loader (libFuzzer, bounded)"
 # A clang build of the library with ASan+UBSan and coverage; the golden

@@ -28,10 +28,10 @@ void FlatIndex::add_impl(size_t n, const float* vectors) {
 }
 
 void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
-                            const SearchParams&) const {
+                            const SearchParams& params) const {
     const size_t n = size();
     const float* base = vectors_.data();
-    const int threads = resolve_threads(threads_);
+    const int threads = resolve_threads(params.threads);
 
     // Work items are (query block, base range). With few queries, the base is
     // split so every thread has work; partial top-k are merged per query.

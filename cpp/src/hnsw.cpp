@@ -62,11 +62,25 @@ HnswIndex::~HnswIndex() = default;
 
 const float* HnswIndex::vector_of(size_t label) const { return vectors_.data() + label * dim_; }
 
-const HnswParams& HnswIndex::params() const { return params_; }
+HnswParams HnswIndex::params() const {
+    auto lock = reading();
+    return params_;
+}
 
 void HnswIndex::set_ef_search(size_t ef) {
     SPARKNN_CHECK_ARG(ef >= 1, "ef_search must be >= 1, got ", ef);
+    auto lock = writing();
     params_.ef_search = ef;
+}
+
+int HnswIndex::max_level() const {
+    auto lock = reading();
+    return max_level_;
+}
+
+size_t HnswIndex::entry_point() const {
+    auto lock = reading();
+    return entry_point_;
 }
 
 GraphView HnswIndex::view() const {
@@ -90,19 +104,19 @@ void HnswIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
         // A candidate list as long as the index visits every node anyway: scan
         // instead, which is exact even if some node were unreachable.
         if (ef >= size()) {
-            search_exact(nq, queries, k, out_ids, out_distances, dist);
+            search_exact(nq, queries, k, out_ids, out_distances, dist, params.threads);
         } else {
-            search_graph(nq, queries, k, ef, out_ids, out_distances, dist);
+            search_graph(nq, queries, k, ef, out_ids, out_distances, dist, params.threads);
         }
     });
 }
 
 template <class Dist>
 void HnswIndex::search_graph(size_t nq, const float* queries, size_t k, size_t ef, int64_t* out_ids,
-                             float* out_distances, const Dist& dist) const {
+                             float* out_distances, const Dist& dist, int threads) const {
     const GraphView g = view();
     const size_t n = size();
-    parallel_for(nq, 4, threads_, [&](size_t begin, size_t end, int) {
+    parallel_for(nq, 4, threads, [&](size_t begin, size_t end, int) {
         std::unique_ptr<ScratchPool::Item> s = scratch_->acquire();
         s->visited.prepare(n);
         s->batch.resize(g.stride0);
@@ -137,10 +151,10 @@ void HnswIndex::search_graph(size_t nq, const float* queries, size_t k, size_t e
 
 template <class Dist>
 void HnswIndex::search_exact(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
-                             const Dist& dist) const {
+                             const Dist& dist, int threads) const {
     const size_t n = size();
     const float* base = vectors_.data();
-    parallel_for(nq, 16, threads_, [&](size_t begin, size_t end, int) {
+    parallel_for(nq, 16, threads, [&](size_t begin, size_t end, int) {
         TopK top(k);
         for (size_t qi = begin; qi < end; ++qi) {
             top.reset(k);

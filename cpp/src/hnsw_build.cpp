@@ -246,7 +246,7 @@ void HnswIndex::build(size_t first, size_t n, const Dist& dist) {
     params.ef_construction = std::min(params.ef_construction, total);
     Builder<Dist> builder(g, dist, params, locks.get(), entry_point_, max_level_);
     constexpr size_t kChunk = 4;
-    const size_t workers = std::min<size_t>(resolve_threads(threads_), (n + kChunk - 1) / kChunk);
+    const size_t workers = std::min<size_t>(resolve_threads(threads()), (n + kChunk - 1) / kChunk);
     std::vector<BuildScratch> scratch(workers);
     for (BuildScratch& s : scratch) {
         s.visited.prepare(total);

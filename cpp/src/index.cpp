@@ -69,7 +69,40 @@ Index::Index(size_t dim, Metric metric) : dim_(dim), metric_(metric) {
 
 void Index::set_threads(int threads) {
     SPARKNN_CHECK_ARG(threads >= 0, "threads must be >= 0 (0 = all cores), got ", threads);
-    threads_ = threads;
+    auto lock = writing();
+    threads_.store(threads, std::memory_order_relaxed);
+}
+
+int Index::call_threads(int requested) const {
+    SPARKNN_CHECK_ARG(requested >= -1, "threads must be >= 0 (0 = all cores) or -1 (the index's setting), got ",
+                      requested);
+    return requested >= 0 ? requested : threads_.load(std::memory_order_relaxed);
+}
+
+std::shared_ptr<const void> Index::pin() const {
+    std::shared_ptr<std::atomic<size_t>> pins = pins_;
+    pins->fetch_add(1, std::memory_order_relaxed);
+    // The deleter holds the counter, not the index: releasing a pin never touches the index.
+    return std::shared_ptr<const void>(pins.get(), [pins](const void*) { pins->fetch_sub(1, std::memory_order_release); });
+}
+
+void Index::check_unpinned(const char* what) const {
+    const size_t pins = pins_->load(std::memory_order_acquire);
+    SPARKNN_CHECK_ARG(pins == 0, what, " would move this index's arrays, but ", pins,
+                      " zero-copy view(s) of them are alive (Python: arrays from Index.ids or vectors()): "
+                      "delete them, or take copies (np.array(view)), before adding");
+}
+
+PinnedView<int64_t> Index::view_ids() const {
+    auto lock = reading();
+    return {ids_.data(), size(), 1, pin()};
+}
+
+PinnedView<float> Index::view_vectors() const {
+    SPARKNN_THROW_IF_NOT(kind() != IndexKind::Ivf, Unsupported,
+                         "an ivf index stores vectors per list (maybe compressed), not as one array: use reconstruct");
+    auto lock = reading();
+    return {size() ? vector_of(0) : nullptr, size(), dim_, pin()};
 }
 
 void Index::check_new_ids(size_t n, const int64_t* ids) {
@@ -94,6 +127,9 @@ void Index::check_new_ids(size_t n, const int64_t* ids) {
 }
 
 void Index::add(size_t n, const float* vectors, const int64_t* ids) {
+    if (n == 0) return;
+    auto lock = writing();
+    check_unpinned("add");
     add_with(n, vectors, ids, [&](const float* stored) { add_impl(n, stored); });
 }
 
@@ -103,7 +139,7 @@ void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
     SPARKNN_CHECK_ARG(vectors != nullptr, "vectors is null");
     AlignedVector<float> normalised;
     if (metric_ == Metric::Cosine) normalised.resize(n * dim_);
-    validate_rows(n, dim_, vectors, metric_, normalised.data(), threads_, "vector");
+    validate_rows(n, dim_, vectors, metric_, normalised.data(), threads(), "vector");
 
     std::vector<int64_t> generated;
     if (ids == nullptr) {
@@ -125,21 +161,26 @@ void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
     AlignedVector<int64_t>& all = ids_.mutate();
     all.insert(all.end(), ids, ids + n);
     for (size_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, next_after(ids[i]));
+    count_.store(all.size(), std::memory_order_release);
 }
 
-const float* Index::prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch) const {
+const float* Index::prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch,
+                                    int threads) const {
     if (metric_ == Metric::Cosine) scratch.resize(nq * dim_);
-    validate_rows(nq, dim_, queries, metric_, scratch.data(), threads_, "query");
+    validate_rows(nq, dim_, queries, metric_, scratch.data(), threads, "query");
     return metric_ == Metric::Cosine ? scratch.data() : queries;
 }
 
 void Index::search(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                    const SearchParams& params) const {
     SPARKNN_CHECK_ARG(k >= 1, "k must be >= 1, got ", k);
+    SearchParams p = params;
+    p.threads = call_threads(params.threads);
     if (nq == 0) return;
     SPARKNN_CHECK_ARG(queries != nullptr, "queries is null");
+    auto lock = reading();
     AlignedVector<float> scratch;
-    const float* q = prepare_queries(nq, queries, scratch);
+    const float* q = prepare_queries(nq, queries, scratch, p.threads);
     if (size() == 0) {
         for (size_t i = 0; i < nq * k; ++i) {
             out_ids[i] = -1;
@@ -147,10 +188,23 @@ void Index::search(size_t nq, const float* queries, size_t k, int64_t* out_ids, 
         }
         return;
     }
-    search_impl(nq, q, k, out_ids, out_distances, params);
+    search_impl(nq, q, k, out_ids, out_distances, p);
+}
+
+void Index::reconstruct(size_t begin, size_t count, float* out) const {
+    auto lock = reading();
+    SPARKNN_CHECK_ARG(begin <= size() && count <= size() - begin, "reconstruct: labels [", begin, ", ",
+                      begin + count, ") outside [0, ", size(), ")");
+    if (count == 0) return;
+    reconstruct_impl(begin, count, out);
+}
+
+void Index::reconstruct_impl(size_t begin, size_t count, float* out) const {
+    std::memcpy(out, vector_of(begin), count * dim_ * sizeof(float));
 }
 
 void Index::reconstruct_labels(size_t n, const int64_t* labels, float* out) const {
+    auto lock = reading();
     for (size_t i = 0; i < n; ++i) {
         SPARKNN_CHECK_ARG(labels[i] >= 0 && static_cast<size_t>(labels[i]) < size(), "reconstruct: row ", i,
                           " asks for label ", labels[i], ", outside [0, ", size(), ")");
@@ -165,6 +219,7 @@ void Index::gather_labels(size_t n, const int64_t* labels, float* out) const {
 }
 
 void Index::save(const std::string& path, bool sync, const std::vector<SideFile>& side_files) const {
+    auto lock = reading();
     FileHeader header;
     header.kind = kind();
     header.metric = metric_;
@@ -185,6 +240,7 @@ void Index::load_common(const std::shared_ptr<const IndexFile>& file) {
         next_id_ = std::max(next_id_, next_after(ids[i]));
     }
     ids_.set_view(ids, count, file);
+    count_.store(count, std::memory_order_release);
     side_files_ = file->side_files();
 }
 

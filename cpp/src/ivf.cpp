@@ -90,7 +90,43 @@ IvfIndex::~IvfIndex() = default;
 
 void IvfIndex::set_nprobe(size_t nprobe) {
     SPARKNN_CHECK_ARG(nprobe >= 1, "nprobe must be >= 1, got ", nprobe);
+    auto lock = writing();
     params_.nprobe = nprobe;
+}
+
+IvfParams IvfIndex::params() const {
+    auto lock = reading();
+    return params_;
+}
+
+bool IvfIndex::is_trained() const {
+    auto lock = reading();
+    return trained();
+}
+
+size_t IvfIndex::nlist() const {
+    auto lock = reading();
+    return lists_.size();
+}
+
+size_t IvfIndex::list_size(size_t list) const {
+    auto lock = reading();
+    SPARKNN_CHECK_ARG(list < lists_.size(), "list ", list, " outside [0, nlist=", lists_.size(), ")");
+    return lists_[list].labels.size();
+}
+
+std::vector<size_t> IvfIndex::list_sizes() const {
+    auto lock = reading();
+    std::vector<size_t> out(lists_.size());
+    for (size_t l = 0; l < lists_.size(); ++l) out[l] = lists_[l].labels.size();
+    return out;
+}
+
+std::vector<float> IvfIndex::centroids() const {
+    auto lock = reading();
+    if (!trained()) return {};
+    const float* c = centroid_data();
+    return std::vector<float>(c, c + lists_.size() * dim_);
 }
 
 size_t IvfIndex::code_size() const {
@@ -107,6 +143,7 @@ size_t IvfIndex::code_size() const {
 // ---------------------------------------------------------------- training
 
 void IvfIndex::train(size_t n, const float* vectors) {
+    auto lock = writing();
     SPARKNN_CHECK_ARG(size() == 0, "train() must come before the first add (the index holds ", size(), " vectors)");
     SPARKNN_CHECK_ARG(n == 0 || vectors != nullptr, "training vectors is null");
     // Sample the raw rows first, then validate and normalise only the sample: k-means
@@ -115,7 +152,7 @@ void IvfIndex::train(size_t n, const float* vectors) {
     std::vector<float> rows = sample_rows(n, vectors, nlist);
     const size_t sample = rows.empty() ? n : rows.size() / dim_;
     AlignedVector<float> scratch;
-    const float* x = prepare_queries(sample, rows.empty() ? vectors : rows.data(), scratch);
+    const float* x = prepare_queries(sample, rows.empty() ? vectors : rows.data(), scratch, threads());
     train_on_sample(sample, x, nlist);
 }
 
@@ -157,7 +194,7 @@ void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist
     KMeansParams kp;
     kp.iterations = params_.kmeans_iterations;
     kp.seed = params_.seed;
-    kp.threads = threads_;
+    kp.threads = threads();
     const KMeansResult km = kmeans(train_x, sample, dim_, nlist, kp);
 
     auto quantizer = std::make_unique<FlatIndex>(dim_, quantizer_metric(metric_));
@@ -181,14 +218,14 @@ void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist
         const size_t pq_n = std::min<size_t>(sample, 65536);
         std::vector<int64_t> assigned(pq_n);
         std::vector<float> unused(pq_n);
-        quantizer->set_threads(threads_);
+        quantizer->set_threads(threads());
         quantizer->search(pq_n, train_x, 1, assigned.data(), unused.data());
         std::vector<float> residuals(pq_n * dim_);
         for (size_t i = 0; i < pq_n; ++i) {
             const float* c = km.centroids.data() + static_cast<size_t>(assigned[i]) * dim_;
             for (size_t j = 0; j < dim_; ++j) residuals[i * dim_ + j] = train_x[i * dim_ + j] - c[j];
         }
-        pq_.train(pq_n, residuals.data(), params_.seed, threads_, params_.kmeans_iterations);
+        pq_.train(pq_n, residuals.data(), params_.seed, threads(), params_.kmeans_iterations);
     }
     params_.nlist = nlist;
     quantizer_ = std::move(quantizer);
@@ -203,7 +240,7 @@ void IvfIndex::encode(const float* x, size_t list, uint8_t* code) const {
         return;
     }
     if (params_.storage == IvfStorage::Pq) {
-        const float* c = centroids() + list * dim_;
+        const float* c = centroid_data() + list * dim_;
         thread_local std::vector<float> residual;
         residual.resize(dim_);
         for (size_t j = 0; j < dim_; ++j) residual[j] = x[j] - c[j];
@@ -217,17 +254,15 @@ void IvfIndex::encode(const float* x, size_t list, uint8_t* code) const {
 }
 
 void IvfIndex::add_impl(size_t n, const float* vectors) {
-    if (!is_trained()) train_prepared(n, vectors);
-    quantizer_->set_threads(threads_);
+    if (!trained()) train_prepared(n, vectors);
     std::vector<int64_t> assigned(n);
-    std::vector<float> unused(n);
-    quantizer_->search(n, vectors, 1, assigned.data(), unused.data());
+    assign(n, vectors, 1, assigned.data(), threads());
     add_assigned(n, vectors, assigned.data());
 }
 
 void IvfIndex::check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const {
     SPARKNN_CHECK_ARG(lists != nullptr, what, " is null");
-    const int64_t nlist_ = static_cast<int64_t>(nlist());
+    const int64_t nlist_ = static_cast<int64_t>(lists_.size());
     std::vector<int64_t> row(width);
     for (size_t i = 0; i < rows; ++i) {
         for (size_t j = 0; j < width; ++j) {
@@ -245,16 +280,15 @@ void IvfIndex::check_lists(size_t rows, size_t width, const int64_t* lists, cons
 }
 
 void IvfIndex::add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists) {
-    SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "add_to_lists needs a trained IVF index: call train() first");
     if (n == 0) return;
+    auto lock = writing();
+    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "add_to_lists needs a trained IVF index: call train() first");
+    check_unpinned("add");
     check_lists(n, 1, lists, "lists");
     add_with(n, vectors, ids, [&](const float* stored) { add_assigned(n, stored, lists); });
 }
 
-void IvfIndex::reconstruct(size_t begin, size_t count, float* out) const {
-    SPARKNN_CHECK_ARG(begin <= size() && count <= size() - begin, "reconstruct: labels [", begin, ", ",
-                      begin + count, ") outside [0, ", size(), ")");
-    if (count == 0) return;
+void IvfIndex::reconstruct_impl(size_t begin, size_t count, float* out) const {
     if (params_.rerank > 0) {  // exact float32 copies in label order
         std::memcpy(out, rerank_vectors_.data() + begin * dim_, count * dim_ * sizeof(float));
         return;
@@ -266,8 +300,12 @@ void IvfIndex::gather_labels(size_t n, const int64_t* labels, float* out) const 
     gather(n, [labels](size_t i) { return static_cast<size_t>(labels[i]); }, out);
 }
 
-void IvfIndex::list_labels(int64_t* out) const {
-    for (const List& list : lists_) out = std::copy(list.labels.data(), list.labels.data() + list.labels.size(), out);
+std::vector<int64_t> IvfIndex::list_labels() const {
+    auto lock = reading();
+    std::vector<int64_t> out;
+    out.reserve(size());
+    for (const List& list : lists_) out.insert(out.end(), list.labels.data(), list.labels.data() + list.labels.size());
+    return out;
 }
 
 template <class LabelAt>
@@ -286,7 +324,7 @@ void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
         }
     }
     const size_t cs = code_size();
-    parallel_for(count, 4096, threads_, [&](size_t b, size_t e, int) {
+    parallel_for(count, 4096, threads(), [&](size_t b, size_t e, int) {
         std::vector<float> residual(params_.storage == IvfStorage::Pq ? dim_ : 0);
         for (size_t i = b; i < e; ++i) {
             const size_t label = label_at(i);
@@ -308,7 +346,7 @@ void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
                     break;
                 case IvfStorage::Pq: {
                     pq_.decode(code, residual.data());
-                    const float* c = centroids() + l * dim_;
+                    const float* c = centroid_data() + l * dim_;
                     for (size_t j = 0; j < dim_; ++j) o[j] = c[j] + residual[j];
                     break;
                 }
@@ -331,7 +369,7 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
     const int64_t first_label = static_cast<int64_t>(size());
     const size_t cs = code_size();
     const bool keep_norms = params_.storage == IvfStorage::Float32 && metric_ == Metric::L2;
-    parallel_for(nlist, 16, threads_, [&](size_t b, size_t e, int) {
+    parallel_for(nlist, 16, threads(), [&](size_t b, size_t e, int) {
         for (size_t l = b; l < e; ++l) {
             const size_t count = start[l + 1] - start[l];
             if (count == 0) continue;
@@ -358,14 +396,23 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
 
 // ---------------------------------------------------------------- searching
 
-void IvfIndex::nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists) const {
-    SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "the IVF index is not trained: call train() or add()");
-    SPARKNN_CHECK_ARG(nprobe >= 1 && nprobe <= nlist(), "nprobe must be in [1, nlist=", nlist(), "], got ", nprobe);
+void IvfIndex::nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const {
+    const int t = call_threads(threads);
+    auto lock = reading();
+    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained: call train() or add()");
+    SPARKNN_CHECK_ARG(nprobe >= 1 && nprobe <= lists_.size(), "nprobe must be in [1, nlist=", lists_.size(), "], got ",
+                      nprobe);
+    if (nq == 0) return;
     AlignedVector<float> scratch;
-    const float* q = prepare_queries(nq, queries, scratch);
+    const float* q = prepare_queries(nq, queries, scratch, t);
+    assign(nq, q, nprobe, out_lists, t);
+}
+
+void IvfIndex::assign(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const {
     std::vector<float> dist(nq * nprobe);
-    quantizer_->set_threads(threads_);
-    quantizer_->search(nq, q, nprobe, out_lists, dist.data());
+    SearchParams p;
+    p.threads = threads;
+    quantizer_->search(nq, queries, nprobe, out_lists, dist.data(), p);
 }
 
 const float* IvfIndex::rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
@@ -390,24 +437,31 @@ const float* IvfIndex::rows(const List& list, size_t begin, size_t count, float*
 }
 
 size_t IvfIndex::ideal_query_batch(size_t nprobe) const {
-    const size_t probes = std::clamp<size_t>(nprobe, 1, std::max<size_t>(nlist(), 1));
-    return 256 * std::max<size_t>(nlist(), 1) / probes;
+    auto lock = reading();
+    return batch_for(nprobe);
+}
+
+size_t IvfIndex::batch_for(size_t nprobe) const {
+    const size_t nlist = std::max<size_t>(lists_.size(), 1);
+    return 256 * nlist / std::clamp<size_t>(nprobe, 1, nlist);
 }
 
 void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                            const SearchParams& params) const {
-    SPARKNN_THROW_IF_NOT(is_trained(), InvalidArgument, "the IVF index is not trained");
-    const size_t nprobe = std::min(nlist(), params.nprobe ? params.nprobe : params_.nprobe);
-    const size_t batch = std::clamp<size_t>(ideal_query_batch(nprobe), kMinQueryBatch, kMaxQueryBatch);
+    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained");
+    const size_t nlist = lists_.size();
+    const size_t nprobe = std::min(nlist, params.nprobe ? params.nprobe : params_.nprobe);
+    const size_t batch = std::clamp<size_t>(batch_for(nprobe), kMinQueryBatch, kMaxQueryBatch);
     if (params.lists != nullptr) {
-        SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist(), "lists given: nprobe must be their width, in [1, nlist=",
-                          nlist(), "], got ", params.nprobe);
+        SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist, "lists given: nprobe must be their width, in [1, nlist=",
+                          nlist, "], got ", params.nprobe);
         check_lists(nq, nprobe, params.lists, "lists");
     }
     for (size_t q0 = 0; q0 < nq; q0 += batch) {
         const size_t m = std::min(batch, nq - q0);
         const int64_t* probes = params.lists ? params.lists + q0 * nprobe : nullptr;
-        search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k);
+        search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k,
+                     params.threads);
     }
     // A query whose probed lists hold fewer than min(k, n) vectors gets twice
     // the lists until it is full: callers are promised min(k, n) neighbours,
@@ -417,8 +471,8 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     for (size_t q = 0; q < nq && params.widen; ++q) {
         if (out_ids[q * k + want - 1] < 0) short_rows.push_back(q);
     }
-    for (size_t wider = nprobe; !short_rows.empty() && wider < nlist();) {
-        wider = std::min(nlist(), wider * 2);
+    for (size_t wider = nprobe; !short_rows.empty() && wider < nlist;) {
+        wider = std::min(nlist, wider * 2);
         const size_t m = short_rows.size();
         AlignedVector<float> gathered(m * dim_);
         for (size_t i = 0; i < m; ++i) {
@@ -426,7 +480,7 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
         }
         std::vector<int64_t> ids(m * k);
         std::vector<float> dist(m * k);
-        search_batch(m, gathered.data(), k, wider, nullptr, ids.data(), dist.data());
+        search_batch(m, gathered.data(), k, wider, nullptr, ids.data(), dist.data(), params.threads);
         std::vector<size_t> still;
         for (size_t i = 0; i < m; ++i) {
             const size_t q = short_rows[i];
@@ -532,16 +586,14 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
 }
 
 void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* given,
-                            int64_t* out_ids, float* out_distances) const {
+                            int64_t* out_ids, float* out_distances, int threads) const {
     std::vector<int64_t> computed;
     if (given == nullptr) {
         computed.resize(nq * nprobe);
-        std::vector<float> dist(nq * nprobe);
-        quantizer_->set_threads(threads_);
-        quantizer_->search(nq, queries, nprobe, computed.data(), dist.data());
+        assign(nq, queries, nprobe, computed.data(), threads);
     }
     const int64_t* probes = given ? given : computed.data();
-    const size_t workers = static_cast<size_t>(resolve_threads(threads_));
+    const size_t workers = static_cast<size_t>(resolve_threads(threads));
     const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
     std::vector<TopK> heaps(workers * nq);
     for (TopK& h : heaps) h.reset(candidates);
@@ -558,7 +610,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         }
         scan_lists(nq, queries, nprobe, probes, 1, nprobe, heaps, workers);
     }
-    parallel_for(nq, 256, threads_, [&](size_t b, size_t e, int) {
+    parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
         for (size_t q = b; q < e; ++q) {
             for (size_t w = 1; w < workers; ++w) heaps[q].merge(heaps[w * nq + q]);
             if (params_.rerank > 0) {
@@ -574,7 +626,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
 void IvfIndex::scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m,
                        TopK* const* heaps) const {
     const size_t pm = pq_.m(), size = list.labels.size();
-    const float* centre = centroids() + list_id * dim_;
+    const float* centre = centroid_data() + list_id * dim_;
     const uint8_t* codes = list.codes.data();
     const int64_t* labels = list.labels.data();
     const DistanceKernels& kern = kernels();
@@ -624,7 +676,7 @@ void IvfIndex::save_sections(FileWriter& writer) const {
         codes.emplace_back(list.codes.data(), list.codes.size());
     }
     // Trained: the lists in the file; untrained: the configured nlist (0 = automatic).
-    writer.add_param("nlist", is_trained() ? nlist() : params_.nlist);
+    writer.add_param("nlist", trained() ? lists_.size() : params_.nlist);
     writer.add_param("nprobe", params_.nprobe);
     writer.add_param("storage", static_cast<uint64_t>(params_.storage));
     writer.add_param("train_size", params_.train_size);
@@ -633,8 +685,8 @@ void IvfIndex::save_sections(FileWriter& writer) const {
     writer.add_param("rerank", params_.rerank);
     writer.add_param("seed", params_.seed);
     writer.keep_alive(offsets);
-    if (is_trained()) {
-        writer.add_section(SectionType::IvfCentroids, centroids(), nlist() * dim_ * sizeof(float));
+    if (trained()) {
+        writer.add_section(SectionType::IvfCentroids, centroid_data(), lists_.size() * dim_ * sizeof(float));
         writer.add_section(SectionType::IvfListOffsets, offsets->data(), offsets->size() * sizeof(uint64_t));
         writer.add_section_parts(SectionType::IvfLabels, std::move(labels));
         writer.add_section_parts(SectionType::IvfCodes, std::move(codes));

@@ -266,8 +266,8 @@ TEST(Ivf, TrainingSampleIsDrawnBeforeNormalising) {
     trained.train(n, base.data());
     added.add(n, base.data(), nullptr);
     ASSERT_EQ(trained.nlist(), nlist);
-    EXPECT_EQ(std::vector<float>(trained.centroids(), trained.centroids() + nlist * dim),
-              std::vector<float>(added.centroids(), added.centroids() + nlist * dim));
+    EXPECT_EQ(trained.centroids(), added.centroids());
+    EXPECT_EQ(trained.centroids().size(), nlist * dim);
     // Rows outside the sample are not read by training (they are validated when added).
     base[0] = std::numeric_limits<float>::quiet_NaN();
     IvfParams whole = p;
@@ -364,8 +364,8 @@ TEST(Ivf, ReconstructStoredVectors) {
             EXPECT_LE(worst, c.tolerance) << storage_name(c.storage) << " rerank " << c.rerank;
             EXPECT_THROW(index->reconstruct(1900, 101, out.data()), InvalidArgument);
             // list_labels: every label once, list after list; reconstruct_labels gathers them.
-            std::vector<int64_t> order(n);
-            index->list_labels(order.data());
+            const std::vector<int64_t> order = index->list_labels();
+            ASSERT_EQ(order.size(), n);
             std::vector<int64_t> sorted = order;
             std::sort(sorted.begin(), sorted.end());
             for (size_t i = 0; i < n; ++i) ASSERT_EQ(sorted[i], static_cast<int64_t>(i));

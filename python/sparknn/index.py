@@ -2,7 +2,7 @@
 
 C-contiguous float32 input is passed to the engine without a copy; other
 numeric dtypes and layouts are converted once. The GIL is released while the
-engine adds or searches.
+engine adds or searches. An Index may be shared by threads (see :class:`Index`).
 """
 
 from __future__ import annotations
@@ -120,6 +120,17 @@ class Index:
         Seed of HNSW levels and IVF k-means.
     threads : int
         Threads for add and search; 0 means all available cores.
+
+    Threads: one Index may be shared by any number of threads. ``search``,
+    ``save``, ``reconstruct``, ``nearest_lists`` and the other readers run
+    concurrently; ``add``, ``train`` and setting ``threads``, ``nprobe`` or
+    ``ef_search`` wait for running calls and run alone (and readers that come
+    later wait for them). Threads that want their own thread count pass
+    ``search(..., threads=n)`` rather than setting the shared attribute.
+    ``ids`` (and the bindings' ``vectors()``) are zero-copy, read-only views of
+    the index's memory: while any such array (or a view of it) is alive,
+    ``add`` raises ``InvalidArgumentError`` rather than move that memory; drop
+    them or take copies (``index.ids.copy()``) before adding.
     """
 
     def __init__(
@@ -212,7 +223,12 @@ class Index:
 
     @property
     def ids(self) -> np.ndarray:
-        """The ids of the stored vectors, in insertion order (read-only view)."""
+        """The ids of the stored vectors, in insertion order: a zero-copy, read-only view.
+
+        While it (or any array made from it without a copy) is alive, ``add`` raises
+        ``InvalidArgumentError`` instead of moving the memory under it; use
+        ``index.ids.copy()`` to keep ids across adds.
+        """
         return self._index.ids()
 
     def __len__(self) -> int:
@@ -227,7 +243,9 @@ class Index:
 
         Without ids, ids continue from the largest id so far + 1 (0..n-1 for a new
         index). Duplicate or negative ids, NaN/inf values and (for cosine) zero
-        vectors raise ValueError and leave the index unchanged.
+        vectors raise ValueError and leave the index unchanged, as does a live
+        zero-copy view of the index (:attr:`ids`). Waits for running searches;
+        searches started meanwhile wait for it.
 
         ``lists`` (ivf, trained): the list of each vector [n], usually column 0 of
         :meth:`nearest_lists`, so a self-join assigns its items once for both add
@@ -275,19 +293,21 @@ class Index:
             return minimum
         return int(np.clip(self._index.ideal_query_batch(nprobe or self.params["nprobe"]), minimum, maximum))
 
-    def nearest_lists(self, vectors, nprobe: int = 1) -> np.ndarray:
+    def nearest_lists(self, vectors, nprobe: int = 1, threads: Optional[int] = None) -> np.ndarray:
         """ivf: the ``nprobe`` lists whose centroids are nearest each vector, int64 [n, nprobe], nearest first.
 
         The lists ``search`` scans for the same queries and ``nprobe`` (routing
-        queries to the machines holding those lists uses this).
+        queries to the machines holding those lists uses this). ``threads`` as in
+        :meth:`search`.
         """
         nprobe = _check_count(nprobe, "nprobe", 1)
+        threads = -1 if threads is None else _check_count(threads, "threads", 0)
         x = _as_matrix(vectors, self.dim, "vectors")
         out = np.empty((x.shape[0], nprobe), dtype=np.int64)
         if x.shape[0]:
-            self._index.nearest_lists(x, nprobe, out)
+            self._index.nearest_lists(x, nprobe, out, threads)
         elif self.kind != "ivf":
-            self._index.nearest_lists(x, nprobe, out)  # the same error as with rows
+            self._index.nearest_lists(x, nprobe, out, threads)  # the same error as with rows
         return out
 
     @property
@@ -302,13 +322,16 @@ class Index:
 
     def search(
         self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None,
-        widen: bool = True,
+        widen: bool = True, threads: Optional[int] = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each query.
 
         Returns ``(ids, distances)``: int64 [nq, k] and float32 [nq, k], nearest
-        first. When the index holds fewer than k vectors, rows are padded with
-        id -1 and distance +inf. ``ef`` (hnsw) widens the search: higher is more
+        first. When the index holds fewer than k
+        vectors, rows are padded with id -1 and distance +inf. ``threads``: the
+        threads for this call (0 = all cores; default: the index's ``threads``);
+        concurrent callers pass it instead of setting the shared attribute.
+        ``ef`` (hnsw) widens the search: higher is more
         accurate and slower; it is raised to k when smaller. ``nprobe`` (ivf)
         is the number of lists scanned per query; a query whose lists hold fewer
         than k vectors probes more lists until it has min(k, n) (``widen=False``
@@ -317,6 +340,7 @@ class Index:
         :meth:`nearest_lists`, instead of computing them again.
         """
         k = _check_count(k, "k", 1)
+        threads = -1 if threads is None else _check_count(threads, "threads", 0)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
         nprobe = 0 if nprobe is None else _check_count(nprobe, "nprobe", 1)
         q = _as_matrix(queries, self.dim, "queries")
@@ -327,7 +351,7 @@ class Index:
         out_ids = np.empty((q.shape[0], k), dtype=np.int64)
         out_dist = np.empty((q.shape[0], k), dtype=np.float32)
         if q.shape[0]:
-            self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr, bool(widen))
+            self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr, bool(widen), threads)
         return out_ids, out_dist
 
     def save(self, path, sync: bool = True, side_files: Optional[Mapping[str, object]] = None) -> None:
@@ -339,7 +363,8 @@ class Index:
         this index (its path, or a :class:`sparknn.integrity.FileDigest`): its size
         and CRC-32C are stored in the index file, so its readers can tell a
         missing, damaged or foreign side file (see :attr:`side_files`). Write the
-        side files first, the index last.
+        side files first, the index last. Runs beside searches; an ``add`` in another
+        thread waits for it, so the file holds one consistent state.
         """
         records = []
         for role, file in (side_files or {}).items():

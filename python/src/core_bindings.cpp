@@ -50,6 +50,29 @@ sparknn::IvfIndex& as_ivf_mut(sparknn::Index& index, const char* what) {
     return const_cast<sparknn::IvfIndex&>(as_ivf(index, what));
 }
 
+// A numpy array that owns `v` (moved to the heap, freed with the array): no copy.
+template <class T>
+nb::ndarray<nb::numpy, T> owned_array(std::vector<T>&& v, std::initializer_list<size_t> shape) {
+    auto* heap = new std::vector<T>(std::move(v));
+    nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+    return nb::ndarray<nb::numpy, T>(heap->data(), shape, owner);
+}
+
+// What keeps a zero-copy view valid: the Python index object (so the memory
+// is not freed) and the pin (so add refuses to move it); see PinnedView.
+struct ViewOwner {
+    nb::object index;
+    std::shared_ptr<const void> pin;
+};
+
+template <class T>
+nb::ndarray<nb::numpy, const T> pinned_array(nb::handle self, sparknn::PinnedView<T>&& view,
+                                             std::initializer_list<size_t> shape) {
+    auto* owner = new ViewOwner{nb::borrow(self), std::move(view.pin)};
+    nb::capsule capsule(owner, [](void* p) noexcept { delete static_cast<ViewOwner*>(p); });
+    return nb::ndarray<nb::numpy, const T>(view.data, shape, capsule);
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -81,7 +104,11 @@ NB_MODULE(_core, m) {
         .def_prop_ro("metric", [](const sparknn::Index& i) { return std::string(sparknn::metric_name(i.metric())); })
         .def_prop_ro("kind", [](const sparknn::Index& i) { return std::string(sparknn::kind_name(i.kind())); })
         .def("__len__", &sparknn::Index::size)
-        .def_prop_rw("threads", &sparknn::Index::threads, &sparknn::Index::set_threads)
+        .def_prop_rw("threads", &sparknn::Index::threads,
+                     [](sparknn::Index& index, int threads) {
+                         nb::gil_scoped_release release;  // waits for running searches
+                         index.set_threads(threads);
+                     })
         .def(
             "add",
             [](sparknn::Index& index, Matrix x, std::optional<IdVector> ids, std::optional<IdVector> lists) {
@@ -108,7 +135,7 @@ NB_MODULE(_core, m) {
         .def(
             "search",
             [](const sparknn::Index& index, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids,
-               OutDist out_dist, std::optional<ListMatrix> lists, bool widen) {
+               OutDist out_dist, std::optional<ListMatrix> lists, bool widen, int threads) {
                 check_dim(index, q, "queries");
                 if (lists) {
                     as_ivf(index, "search(lists=...)");
@@ -125,11 +152,12 @@ NB_MODULE(_core, m) {
                 params.nprobe = nprobe;
                 if (lists) params.lists = lists->data();
                 params.widen = widen;
+                params.threads = threads;
                 nb::gil_scoped_release release;
                 index.search(q.shape(0), q.data(), k, out_ids.data(), out_dist.data(), params);
             },
             "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "lists"_a.none() = nb::none(),
-            "widen"_a = true)
+            "widen"_a = true, "threads"_a = -1)
         .def(
             "train",
             [](sparknn::Index& index, Matrix x) {
@@ -143,54 +171,64 @@ NB_MODULE(_core, m) {
         .def_prop_ro("is_trained",
                      [](const sparknn::Index& index) {
                          auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
+                         nb::gil_scoped_release release;
                          return ivf == nullptr || ivf->is_trained();
                      })
         .def(
             "ideal_query_batch",
             [](const sparknn::Index& index, size_t nprobe) {
-                return as_ivf(index, "ideal_query_batch()").ideal_query_batch(nprobe);
+                const auto& ivf = as_ivf(index, "ideal_query_batch()");
+                nb::gil_scoped_release release;
+                return ivf.ideal_query_batch(nprobe);
             },
             "nprobe"_a)
         .def(
             "nearest_lists",
-            [](const sparknn::Index& index, Matrix q, size_t nprobe, OutIds out) {
+            [](const sparknn::Index& index, Matrix q, size_t nprobe, OutIds out, int threads) {
                 const auto& ivf = as_ivf(index, "nearest_lists()");
                 check_dim(index, q, "queries");
                 if (out.shape(0) != q.shape(0) || out.shape(1) != nprobe) {
                     throw sparknn::InvalidArgument("output array must have shape [nq, nprobe]");
                 }
                 nb::gil_scoped_release release;
-                ivf.nearest_lists(q.shape(0), q.data(), nprobe, out.data());
+                ivf.nearest_lists(q.shape(0), q.data(), nprobe, out.data(), threads);
             },
-            "queries"_a, "nprobe"_a, "out_lists"_a)
+            "queries"_a, "nprobe"_a, "out_lists"_a, "threads"_a = -1)
         .def("centroids",
              [](const sparknn::Index& index) {
-                 // A copy: the centroids may live in a mapped file owned by the index.
+                 // A copy: train may replace them, and they may live in a mapped file owned by the index.
                  const auto& ivf = as_ivf(index, "centroids");
-                 const size_t n = ivf.is_trained() ? ivf.nlist() : 0, d = index.dim();
-                 auto* data = new float[n * d];
-                 if (n) std::copy(ivf.centroids(), ivf.centroids() + n * d, data);
-                 nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-                 return nb::ndarray<nb::numpy, float, nb::ndim<2>>(data, {n, d}, owner);
+                 std::vector<float> c;
+                 {
+                     nb::gil_scoped_release release;
+                     c = ivf.centroids();
+                 }
+                 const size_t d = index.dim(), n = c.size() / d;
+                 return owned_array(std::move(c), {n, d});
              })
         .def("list_sizes",
              [](const sparknn::Index& index) {
                  const auto& ivf = as_ivf(index, "list_sizes");
-                 const size_t n = ivf.is_trained() ? ivf.nlist() : 0;
-                 auto* data = new int64_t[n];
-                 for (size_t l = 0; l < n; ++l) data[l] = static_cast<int64_t>(ivf.list_size(l));
-                 nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<int64_t*>(p); });
-                 return nb::ndarray<nb::numpy, int64_t, nb::ndim<1>>(data, {n}, owner);
+                 std::vector<size_t> sizes;
+                 {
+                     nb::gil_scoped_release release;
+                     sizes = ivf.list_sizes();
+                 }
+                 std::vector<int64_t> out(sizes.begin(), sizes.end());
+                 const size_t n = out.size();
+                 return owned_array(std::move(out), {n});
              })
         .def_prop_rw(
             "nprobe",
             [](const sparknn::Index& index) -> size_t {
                 auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
+                nb::gil_scoped_release release;
                 return ivf ? ivf->params().nprobe : 0;
             },
             [](sparknn::Index& index, size_t nprobe) {
                 auto* ivf = dynamic_cast<sparknn::IvfIndex*>(&index);
                 if (ivf == nullptr) throw sparknn::InvalidArgument("nprobe applies to ivf indexes only");
+                nb::gil_scoped_release release;  // waits for running searches
                 ivf->set_nprobe(nprobe);
             })
         .def(
@@ -212,24 +250,33 @@ NB_MODULE(_core, m) {
         .def(
             "ids",
             [](nb::handle_t<sparknn::Index> self) {
+                // Zero-copy and read-only; while it (or any view of it) lives, add raises.
                 const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
-                const int64_t* data = index.ids_data();
-                // A read-only view kept alive by the index object itself.
-                return nb::ndarray<nb::numpy, const int64_t, nb::ndim<1>>(data, {index.size()}, self);
+                sparknn::PinnedView<int64_t> view;
+                {
+                    nb::gil_scoped_release release;
+                    view = index.view_ids();
+                }
+                const size_t rows = view.rows;
+                return pinned_array(self, std::move(view), {rows});
             })
         .def(
             "vectors",
             [](nb::handle_t<sparknn::Index> self) {
+                // As ids(): zero-copy, read-only, pins the index against add.
                 const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
-                if (index.kind() == sparknn::IndexKind::Ivf) {
-                    throw sparknn::Unsupported("an ivf index stores vectors per list (maybe compressed), not as one array");
+                sparknn::PinnedView<float> view;
+                {
+                    nb::gil_scoped_release release;
+                    view = index.view_vectors();
                 }
-                const float* data = index.size() ? index.vector_of(0) : nullptr;
-                return nb::ndarray<nb::numpy, const float, nb::ndim<2>>(data, {index.size(), index.dim()}, self);
+                const size_t rows = view.rows, cols = view.cols;
+                return pinned_array(self, std::move(view), {rows, cols});
             })
         .def(
             "reconstruct",
             [](const sparknn::Index& index, size_t start, size_t stop) {
+                // Sizes only grow, so a range checked here stays valid; reconstruct checks again under its lock.
                 if (start > stop || stop > index.size()) {
                     throw sparknn::InvalidArgument(sparknn::detail::concat(
                         "reconstruct: rows [", start, ", ", stop, ") outside [0, ", index.size(), ")"));
@@ -237,11 +284,9 @@ NB_MODULE(_core, m) {
                 const size_t n = stop - start, d = index.dim();
                 auto* out = new float[n * d];
                 nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-                if (auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
+                {
                     nb::gil_scoped_release release;
-                    ivf->reconstruct(start, n, out);
-                } else if (n) {
-                    std::memcpy(out, index.vector_of(start), n * d * sizeof(float));
+                    index.reconstruct(start, n, out);
                 }
                 return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, d}, owner);
             },
@@ -263,38 +308,53 @@ NB_MODULE(_core, m) {
         .def("list_labels",
              [](const sparknn::Index& index) {
                  const auto& ivf = as_ivf(index, "list_labels");
-                 auto* data = new int64_t[index.size()];
-                 ivf.list_labels(data);
-                 nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<int64_t*>(p); });
-                 return nb::ndarray<nb::numpy, int64_t, nb::ndim<1>>(data, {index.size()}, owner);
+                 std::vector<int64_t> labels;
+                 {
+                     nb::gil_scoped_release release;
+                     labels = ivf.list_labels();
+                 }
+                 const size_t n = labels.size();
+                 return owned_array(std::move(labels), {n});
              })
         .def_prop_rw(
             "ef_search",
             [](const sparknn::Index& index) -> size_t {
                 auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index);
+                nb::gil_scoped_release release;
                 return h ? h->params().ef_search : 0;
             },
             [](sparknn::Index& index, size_t ef) {
                 auto* h = dynamic_cast<sparknn::HnswIndex*>(&index);
                 if (h == nullptr) throw sparknn::InvalidArgument("ef_search applies to hnsw indexes only");
+                nb::gil_scoped_release release;  // waits for running searches
                 h->set_ef_search(ef);
             })
         .def_prop_ro("params", [](const sparknn::Index& index) {
             nb::dict d;
             if (auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index)) {
-                d["M"] = h->params().M;
-                d["ef_construction"] = h->params().ef_construction;
-                d["ef_search"] = h->params().ef_search;
-                d["seed"] = h->params().seed;
+                sparknn::HnswParams p;
+                {
+                    nb::gil_scoped_release release;
+                    p = h->params();
+                }
+                d["M"] = p.M;
+                d["ef_construction"] = p.ef_construction;
+                d["ef_search"] = p.ef_search;
+                d["seed"] = p.seed;
             }
             if (auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
-                d["nlist"] = ivf->is_trained() ? ivf->nlist() : ivf->params().nlist;
-                d["nprobe"] = ivf->params().nprobe;
-                d["storage"] = std::string(sparknn::storage_name(ivf->params().storage));
-                d["train_size"] = ivf->params().train_size;
-                d["pq_m"] = ivf->params().pq_m;
-                d["rerank"] = ivf->params().rerank;
-                d["seed"] = ivf->params().seed;
+                sparknn::IvfParams p;
+                {
+                    nb::gil_scoped_release release;
+                    p = ivf->params();  // one snapshot (train sets nlist to the lists it made)
+                }
+                d["nlist"] = p.nlist;
+                d["nprobe"] = p.nprobe;
+                d["storage"] = std::string(sparknn::storage_name(p.storage));
+                d["train_size"] = p.train_size;
+                d["pq_m"] = p.pq_m;
+                d["rerank"] = p.rerank;
+                d["seed"] = p.seed;
             }
             return d;
         });

@@ -50,12 +50,12 @@ class HnswIndex final : public Index {
     IndexKind kind() const override { return IndexKind::Hnsw; }
     const float* vector_of(size_t label) const override;
 
-    const HnswParams& params() const;
-    void set_ef_search(size_t ef);
+    HnswParams params() const;  // a copy: set_ef_search may change it
+    void set_ef_search(size_t ef);  // waits for running calls (SearchParams::ef sets it per call)
 
     // Top layer of the graph (-1 when empty) and its entry node's label.
-    int max_level() const { return max_level_; }
-    size_t entry_point() const { return entry_point_; }
+    int max_level() const;
+    size_t entry_point() const;
 
     // Validates the graph structurally before trusting any of it: a crafted
     // file raises FileFormatError, never reads out of bounds.
@@ -74,10 +74,10 @@ class HnswIndex final : public Index {
     void build(size_t first, size_t n, const Dist& dist);
     template <class Dist>
     void search_graph(size_t nq, const float* queries, size_t k, size_t ef, int64_t* out_ids, float* out_distances,
-                      const Dist& dist) const;
+                      const Dist& dist, int threads) const;
     template <class Dist>
     void search_exact(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
-                      const Dist& dist) const;
+                      const Dist& dist, int threads) const;
 
     HnswParams params_;
     double level_mult_;  // 1 / ln(M): expected layer sizes shrink by M per layer

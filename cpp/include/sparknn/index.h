@@ -1,10 +1,23 @@
 // The Index interface every kind implements (flat, hnsw, ivf), and the factory.
+//
+// Thread safety: one Index may be shared by any number of threads. Searches
+// (and save, reconstruct, nearest_lists and the other const calls) run
+// concurrently; add, train and the setters (set_threads, set_nprobe,
+// set_ef_search) wait for them and run alone. A std::shared_mutex in Index,
+// taken by every public entry point, does it (writers first: a waiting add
+// holds back searches that arrive after it). Pointer accessors (ids_data,
+// vector_of, IvfIndex::centroid_data) are not synchronised: their memory moves
+// on add. To read stored arrays in place while other threads may add, take a
+// pinned view (view_ids, view_vectors): while one lives, add refuses to run.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -27,6 +40,22 @@ struct SearchParams {
     // as many until it has them. Off for a search confined on purpose to some
     // lists (one part of a distributed index).
     bool widen = true;
+    // Threads for this call: 0 = all available cores, -1 = the index's
+    // threads(). Concurrent callers that want different counts pass them here
+    // rather than setting the shared index's threads.
+    int threads = -1;
+};
+
+// A zero-copy view of an index's stored array (ids, or flat/hnsw vectors),
+// row-major [rows, cols]. While `pin` (or a copy of it) lives, add() on the
+// index throws InvalidArgument instead of moving the memory: drop the view (or
+// copy the data) before adding. The index itself must outlive `data`.
+template <class T>
+struct PinnedView {
+    const T* data = nullptr;
+    size_t rows = 0;
+    size_t cols = 1;
+    std::shared_ptr<const void> pin;
 };
 
 class Index {
@@ -39,67 +68,114 @@ class Index {
     size_t dim() const { return dim_; }
     Metric metric() const { return metric_; }
     virtual IndexKind kind() const = 0;
-    size_t size() const { return ids_.size(); }
+    // Vectors held; during a concurrent add, the count before it.
+    size_t size() const { return count_.load(std::memory_order_acquire); }
 
-    // Threads used by add and search; 0 = all available cores.
-    int threads() const { return threads_; }
+    // Threads used by add and search; 0 = all available cores. Setting waits
+    // for running calls (SearchParams::threads sets it for one call instead).
+    int threads() const { return threads_.load(std::memory_order_relaxed); }
     void set_threads(int threads);
 
     // Adds n row-major vectors [n, dim]. `ids` may be null: ids then continue
     // from the largest id so far + 1 (0..n-1 for a new index). Rejects NaN/inf,
-    // zero vectors under cosine, negative or duplicate ids, before any change.
+    // zero vectors under cosine, negative or duplicate ids, before any change;
+    // refuses to run while a pinned view (view_ids, view_vectors) lives.
+    // Exclusive: waits for running searches, and they for it.
     void add(size_t n, const float* vectors, const int64_t* ids);
 
     // For each of nq queries, the k nearest ids and distances, nearest first,
     // padded with (-1, +inf) when the index holds fewer than k vectors.
+    // Concurrent searches run in parallel.
     void search(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                 const SearchParams& params = {}) const;
 
     // Writes the index to `path` atomically (temporary file + rename); with
-    // `sync`, flushed to disk before returning (see FileWriter::write).
+    // `sync`, flushed to disk before returning (see FileWriter::write). Runs
+    // beside searches; an add waits for it, so the file is one consistent state.
     // `side_files` records the digests of files that belong beside this one
     // (written first, e.g. the user's string ids), checked by their readers.
     void save(const std::string& path, bool sync = true, const std::vector<SideFile>& side_files = {}) const;
     // The side files recorded in the file this index was loaded from.
     const std::vector<SideFile>& side_files() const { return side_files_; }
 
+    // Not synchronised (see the top of this file): valid until the next add.
     // User id of internal label i.
     int64_t id_of(size_t label) const { return ids_[label]; }
     const int64_t* ids_data() const { return ids_.data(); }
-    // The stored (for cosine: normalised) vector of label i.
+    // The stored (for cosine: normalised) vector of label i; null for ivf.
     virtual const float* vector_of(size_t label) const = 0;
+
+    // The ids [size()] in place, pinned (see PinnedView).
+    PinnedView<int64_t> view_ids() const;
+    // flat, hnsw: the stored vectors [size(), dim] in place, pinned; ivf
+    // throws Unsupported (its vectors live per list, maybe compressed).
+    PinnedView<float> view_vectors() const;
+
+    // The stored vectors of labels [begin, begin + count) into out [count, dim]:
+    // exact for flat, hnsw and ivf float32 (and any ivf with rerank), decoded
+    // otherwise (see IvfIndex). Cosine vectors are normalised.
+    void reconstruct(size_t begin, size_t count, float* out) const;
     // The stored vectors of any n labels, each in [0, size()), into out [n, dim]
-    // (ivf: exact or decoded, as IvfIndex::reconstruct).
+    // (exact or decoded as reconstruct).
     void reconstruct_labels(size_t n, const int64_t* labels, float* out) const;
 
   protected:
+    // Locks: shared for readers, exclusive for writers. Public entry points take
+    // one (never two: not re-entrant); the helpers below assume it is held.
+    // A writer waits at the gate, so readers arriving after it queue behind it:
+    // libstdc++'s shared_mutex (a glibc rwlock) prefers readers, and a steady
+    // stream of searches would otherwise keep an add waiting forever.
+    std::shared_lock<std::shared_mutex> reading() const {
+        std::lock_guard<std::mutex> gate(gate_);
+        return std::shared_lock<std::shared_mutex>(mutex_);
+    }
+    std::unique_lock<std::shared_mutex> writing() const {
+        std::lock_guard<std::mutex> gate(gate_);
+        return std::unique_lock<std::shared_mutex>(mutex_);
+    }
+    // Throws InvalidArgument naming `what` while a pinned view lives (call writing() first).
+    void check_unpinned(const char* what) const;
+
     // Called with labels in range: copies vector_of(label); ivf decodes its lists.
     virtual void gather_labels(size_t n, const int64_t* labels, float* out) const;
+    // Called with [begin, begin + count) in range: copies vector_of rows; ivf decodes.
+    virtual void reconstruct_impl(size_t begin, size_t count, float* out) const;
     // Called with validated, already normalised vectors; labels start at size().
     virtual void add_impl(size_t n, const float* vectors) = 0;
-    // Called with validated queries (normalised for cosine) and 1 <= k.
+    // Called with validated queries (normalised for cosine), 1 <= k and
+    // params.threads resolved (>= 0).
     virtual void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids,
                              float* out_distances, const SearchParams& params) const = 0;
     virtual void save_sections(FileWriter& writer) const = 0;
 
-    // add() with the storing step given: validates vectors and ids, then calls
-    // store(validated vectors, normalised under cosine) and records the ids.
+    // add() with the storing step given (the write lock held): validates
+    // vectors and ids, then calls store(validated vectors, normalised under
+    // cosine) and records the ids.
     void add_with(size_t n, const float* vectors, const int64_t* ids,
                   const std::function<void(const float*)>& store);
     // Loads the common sections (ids) of a validated file.
     void load_common(const std::shared_ptr<const IndexFile>& file);
     // Returns queries ready to search: validated, normalised for cosine (copied
     // only when normalisation is needed).
-    const float* prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch) const;
+    const float* prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch,
+                                 int threads) const;
+    // The threads a call runs on: `requested` (>= 0) or the index's setting (-1).
+    int call_threads(int requested) const;
 
     size_t dim_;
     Metric metric_;
-    int threads_ = 0;
+    std::atomic<int> threads_{0};
     Buffer<int64_t> ids_;
+    std::atomic<size_t> count_{0};  // ids_.size(), readable without the lock
     std::vector<SideFile> side_files_;
 
   private:
     void check_new_ids(size_t n, const int64_t* ids);
+    mutable std::shared_mutex mutex_;
+    mutable std::mutex gate_;  // see reading()
+    // Live pinned views; shared so a pin outliving the index (a misuse) stays harmless.
+    std::shared_ptr<std::atomic<size_t>> pins_ = std::make_shared<std::atomic<size_t>>(0);
+    std::shared_ptr<const void> pin() const;
     mutable std::unordered_set<int64_t> id_set_;  // built lazily, for duplicate checks
     mutable bool id_set_built_ = false;
     int64_t next_id_ = 0;

@@ -56,34 +56,37 @@ class IvfIndex final : public Index {
     IndexKind kind() const override { return IndexKind::Ivf; }
     const float* vector_of(size_t) const override { return nullptr; }  // vectors live in lists, maybe encoded
 
-    const IvfParams& params() const { return params_; }
-    void set_nprobe(size_t nprobe);
-    bool is_trained() const { return quantizer_ != nullptr; }
-    size_t nlist() const { return lists_.size(); }
-    size_t list_size(size_t list) const { return lists_[list].labels.size(); }
-    // Centroids [nlist, dim] (normalised space under cosine); null before training.
-    const float* centroids() const { return quantizer_ ? quantizer_->vector_of(0) : nullptr; }
+    // Every call below takes the index's lock (see index.h) but centroid_data.
+    IvfParams params() const;  // a copy: set_nprobe and train may change it
+    void set_nprobe(size_t nprobe);  // waits for running calls (SearchParams::nprobe sets it per call)
+    bool is_trained() const;
+    size_t nlist() const;  // 0 before training
+    size_t list_size(size_t list) const;
+    std::vector<size_t> list_sizes() const;  // [nlist]
+    // A copy of the centroids [nlist, dim] (normalised space under cosine); empty before training.
+    std::vector<float> centroids() const;
+    // The centroids in place, null before training; not synchronised (train sets them).
+    const float* centroid_data() const { return quantizer_ ? quantizer_->vector_of(0) : nullptr; }
 
     // Trains the quantizer (and SQ8 ranges) on n vectors; validated like add.
-    // Optional: an untrained index trains on a sample of its first add.
+    // Optional: an untrained index trains on a sample of its first add. Exclusive.
     void train(size_t n, const float* vectors);
     // Queries per search batch that give each probed list ~256 of them (its
     // scan is then one efficient sgemm): 256 * nlist / nprobe. search() clamps it
     // to [16k, 256k]; callers that batch queries themselves start from it.
     size_t ideal_query_batch(size_t nprobe) const;
-    // The nprobe nearest lists of each query [nq, nprobe], nearest first.
-    void nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists) const;
+    // The nprobe nearest lists of each query [nq, nprobe], nearest first (ties
+    // by list number); `threads` as SearchParams::threads.
+    void nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads = -1) const;
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
-    // nearest_lists): skips the quantizer pass. Requires a trained index.
+    // nearest_lists): skips the quantizer pass. Requires a trained index. Exclusive, as add.
     void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
-    // The stored vectors of labels [begin, begin + count) into out [count, dim]:
-    // exact for float32 (and for any storage with rerank, from its float32
-    // copies), decoded otherwise (sq8: within half a step per value; pq: the
-    // list centroid plus the decoded residual). Cosine vectors are normalised.
-    void reconstruct(size_t begin, size_t count, float* out) const;
+    // Index::reconstruct: exact for float32 (and for any storage with rerank,
+    // from its float32 copies), decoded otherwise (sq8: within half a step per
+    // value; pq: the list centroid plus the decoded residual).
     // Every stored label, list after list (list_size(l) each): a self-join that
     // takes its queries in this order gives each list all its members at once.
-    void list_labels(int64_t* out) const;
+    std::vector<int64_t> list_labels() const;
 
     static std::unique_ptr<IvfIndex> load(const std::shared_ptr<const IndexFile>& file);
 
@@ -93,6 +96,7 @@ class IvfIndex final : public Index {
                      const SearchParams& params) const override;
     void save_sections(FileWriter& writer) const override;
     void gather_labels(size_t n, const int64_t* labels, float* out) const override;
+    void reconstruct_impl(size_t begin, size_t count, float* out) const override;
 
   private:
     struct List {
@@ -100,6 +104,11 @@ class IvfIndex final : public Index {
         Buffer<uint8_t> codes;       // [size, code_size]
         AlignedVector<float> norms;  // float32 storage under L2: |x|^2, rebuilt on load
     };
+    // The unlocked forms of the public calls, for callers holding the lock.
+    bool trained() const { return quantizer_ != nullptr; }
+    size_t batch_for(size_t nprobe) const;  // ideal_query_batch
+    // The lists of each query: the quantizer's k-nearest centroids.
+    void assign(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const;
     // nlist as set, or the default for n vectors; checks n >= nlist.
     size_t training_nlist(size_t n) const;
     // The k-means sample of rows [n, dim] (train_size, else the default for nlist), copied;
@@ -124,7 +133,7 @@ class IvfIndex final : public Index {
                       float* norm_scratch) const;
     // probes: the batch's lists [nq, nprobe], or null to ask the quantizer.
     void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
-                      int64_t* out_ids, float* out_distances) const;
+                      int64_t* out_ids, float* out_distances, int threads) const;
 
     IvfParams params_;
     std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1

@@ -95,7 +95,7 @@ bool lists_apart(const std::string& name, const sparknn::IvfIndex& index, const 
         std::vector<double> d(nlist, 0.0);
         for (size_t l = 0; l < nlist; ++l) {
             for (size_t j = 0; j < kDim; ++j) {
-                const double c = index.centroids()[l * kDim + j];
+                const double c = index.centroid_data()[l * kDim + j];
                 d[l] += index.metric() == Metric::InnerProduct ? -x[j] * c : (x[j] - c) * (x[j] - c);
             }
         }
