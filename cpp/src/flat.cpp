@@ -56,11 +56,13 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
             TopK* heaps;
             if (parts == 1) {
                 local.resize(m);
-                for (auto& h : local) h.reset(k, kFlatSlack);
                 heaps = local.data();
             } else {
                 heaps = &partial[q0 * parts + part * m];
-                for (size_t i = 0; i < m; ++i) heaps[i].reset(k, kFlatSlack);
+            }
+            for (size_t i = 0; i < m; ++i) {
+                heaps[i].reset(k, kFlatSlack);
+                heaps[i].order_ties_by(ids_.data());  // ties by user id, not position
             }
             if (metric_ == Metric::L2) squared_norms(queries + q0 * dim_, m, dim_, qnorm.data());
             const float* bnorm = metric_ == Metric::L2 ? sq_norms_.data() + b0 : nullptr;

@@ -2,6 +2,7 @@
 // file save/load (with structural validation) in hnsw_io.cpp.
 #include "sparknn/hnsw.h"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <vector>
@@ -34,6 +35,7 @@ struct HnswIndex::ScratchPool {
         VisitedSet visited;
         CandidatePool pool;
         std::vector<uint32_t> batch;
+        std::vector<std::pair<float, int64_t>> ranked;  // (distance, id) of tied results
     };
     std::mutex mutex;
     std::vector<std::unique_ptr<Item>> free;
@@ -136,10 +138,7 @@ void HnswIndex::search_graph(size_t nq, const float* queries, size_t k, size_t e
             int64_t* ids = out_ids + qi * k;
             float* dists = out_distances + qi * k;
             const size_t found = std::min(k, s->pool.size());
-            for (size_t i = 0; i < found; ++i) {
-                ids[i] = ids_[s->pool.id(i)];
-                dists[i] = s->pool.dist(i);
-            }
+            write_results(s->pool, found, s->ranked, ids, dists);
             for (size_t i = found; i < k; ++i) {
                 ids[i] = -1;
                 dists[i] = std::numeric_limits<float>::infinity();
@@ -149,6 +148,33 @@ void HnswIndex::search_graph(size_t nq, const float* queries, size_t k, size_t e
     });
 }
 
+// The pool's first `found` results, ordered by (distance, id): the pool holds
+// equal distances in the order it met them, which depends on the graph. Where
+// the found-th distance is shared by later pool entries, the smaller ids win.
+// Only a pool with equal distances pays for the sort.
+void HnswIndex::write_results(const CandidatePool& pool, size_t found, std::vector<std::pair<float, int64_t>>& ranked,
+                              int64_t* ids, float* dists) const {
+    if (found == 0) return;
+    size_t end = found;
+    while (end < pool.size() && pool.dist(end) == pool.dist(found - 1)) ++end;
+    bool tied = end > found;
+    for (size_t i = 1; i < found && !tied; ++i) tied = pool.dist(i) == pool.dist(i - 1);
+    if (!tied) {
+        for (size_t i = 0; i < found; ++i) {
+            ids[i] = ids_[pool.id(i)];
+            dists[i] = pool.dist(i);
+        }
+        return;
+    }
+    ranked.clear();
+    for (size_t i = 0; i < end; ++i) ranked.emplace_back(pool.dist(i), ids_[pool.id(i)]);
+    std::sort(ranked.begin(), ranked.end());
+    for (size_t i = 0; i < found; ++i) {
+        ids[i] = ranked[i].second;
+        dists[i] = ranked[i].first;
+    }
+}
+
 template <class Dist>
 void HnswIndex::search_exact(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                              const Dist& dist, int threads) const {
@@ -156,6 +182,7 @@ void HnswIndex::search_exact(size_t nq, const float* queries, size_t k, int64_t*
     const float* base = vectors_.data();
     parallel_for(nq, 16, threads, [&](size_t begin, size_t end, int) {
         TopK top(k);
+        top.order_ties_by(ids_.data());
         for (size_t qi = begin; qi < end; ++qi) {
             top.reset(k);
             const float* q = queries + qi * dim_;

@@ -596,7 +596,10 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
     const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
     std::vector<TopK> heaps(workers * nq);
-    for (TopK& h : heaps) h.reset(candidates);
+    for (TopK& h : heaps) {
+        h.reset(candidates);
+        h.order_ties_by(ids_.data());  // ties by user id: the answer does not depend on the order of adds
+    }
     // Two passes: every query's nearest list first, then the others. After the
     // first pass a query's k-th distance bounds what can still enter, so the
     // second pass (nprobe - 1 lists) rejects almost every candidate in the SIMD
@@ -654,6 +657,7 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
                                  float* out_distances) const {
     const DistanceKernels& kern = kernels();
     TopK exact(k);
+    exact.order_ties_by(ids_.data());
     for (const TopK::Entry& e : candidates.entries()) {
         const float* v = rerank_vectors_.data() + static_cast<size_t>(e.second) * dim_;
         exact.push(distance(metric_, kern, query, v, dim_), e.second);

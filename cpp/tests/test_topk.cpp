@@ -35,6 +35,35 @@ TEST(TopK, KeepsKSmallestSortedWithLabelTieBreak) {
     }
 }
 
+// With ids, equal distances are ordered by ids[label], not by label, at the
+// cut (the k-th distance shared) as in the output order.
+TEST(TopK, TiesOrderedByIdsWhenGiven) {
+    std::mt19937 rng(9);
+    std::uniform_int_distribution<int> d(0, 20);
+    std::vector<int64_t> ids(500);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>((i * 7919) % 500);  // a permutation
+    for (auto [k, slack] : {std::pair<size_t, size_t>{1, 2}, {7, 2}, {40, 4}}) {
+        SCOPED_TRACE("k " + std::to_string(k));
+        std::vector<std::pair<float, int64_t>> all;  // (distance, id)
+        TopK top;
+        top.reset(k, slack);
+        top.order_ties_by(ids.data());
+        for (int64_t label = 0; label < 500; ++label) {
+            const float v = static_cast<float>(d(rng));
+            all.emplace_back(v, ids[static_cast<size_t>(label)]);
+            top.push(v, label);
+        }
+        std::sort(all.begin(), all.end());
+        std::vector<int64_t> out(k);
+        std::vector<float> dist(k);
+        top.write_sorted(out.data(), dist.data(), [&](int64_t l) { return ids[static_cast<size_t>(l)]; });
+        for (size_t i = 0; i < k; ++i) {
+            EXPECT_EQ(dist[i], all[i].first);
+            EXPECT_EQ(out[i], all[i].second);
+        }
+    }
+}
+
 TEST(TopK, PadsWhenFewerThanK) {
     TopK top(4);
     top.push(2.0f, 1);

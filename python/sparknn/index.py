@@ -327,7 +327,9 @@ class Index:
         """The k nearest neighbours of each query.
 
         Returns ``(ids, distances)``: int64 [nq, k] and float32 [nq, k], nearest
-        first. When the index holds fewer than k
+        first; equal distances are ordered by id, and where the k-th distance is
+        shared the smaller ids are kept (flat, and ivf trained alike, answer the
+        same whatever order the vectors were added in). When the index holds fewer than k
         vectors, rows are padded with id -1 and distance +inf. ``threads``: the
         threads for this call (0 = all cores; default: the index's ``threads``);
         concurrent callers pass it instead of setting the shared attribute.

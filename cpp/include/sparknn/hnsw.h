@@ -18,12 +18,15 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "sparknn/index.h"
 
 namespace sparknn {
 namespace hnsw {
 struct GraphView;
+class CandidatePool;
 }
 
 // Levels above this are clamped when drawn and rejected when loaded (a node
@@ -75,6 +78,8 @@ class HnswIndex final : public Index {
     template <class Dist>
     void search_graph(size_t nq, const float* queries, size_t k, size_t ef, int64_t* out_ids, float* out_distances,
                       const Dist& dist, int threads) const;
+    void write_results(const hnsw::CandidatePool& pool, size_t found, std::vector<std::pair<float, int64_t>>& ranked,
+                       int64_t* ids, float* dists) const;
     template <class Dist>
     void search_exact(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                       const Dist& dist, int threads) const;

@@ -84,8 +84,11 @@ class Index {
     void add(size_t n, const float* vectors, const int64_t* ids);
 
     // For each of nq queries, the k nearest ids and distances, nearest first,
-    // padded with (-1, +inf) when the index holds fewer than k vectors.
-    // Concurrent searches run in parallel.
+    // padded with (-1, +inf) when the index holds fewer than k vectors. Equal
+    // distances are ordered by id, and where the k-th distance is shared the
+    // smaller ids are kept: the same vectors with the same ids give the same
+    // answer whatever order they were added in (flat; ivf trained alike; hnsw orders what
+    // its graph search found so). Concurrent searches run in parallel.
     void search(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                 const SearchParams& params = {}) const;
 

@@ -1,5 +1,9 @@
 // Top-k selection: keeps the k smallest (distance, label) pairs. Ties are
-// broken by label so results are deterministic whatever the push order.
+// broken by the label's user id (order_ties_by(ids): ids[label]; else by the
+// label itself), so results are deterministic whatever the push order and,
+// given ids, whatever order the vectors were stored in. The id is looked up
+// only when two distances are equal: the common comparisons stay one float
+// compare.
 //
 // A reservoir rather than a heap: a candidate that beats the threshold is
 // appended (a store), and only when the buffer is full (2k entries by default,
@@ -24,6 +28,9 @@ class TopK {
 
     explicit TopK(size_t k = 0) { reset(k); }
 
+    // Equal distances are ordered by ids[label] (null: by label). Kept by reset.
+    void order_ties_by(const int64_t* ids) { ids_ = ids; }
+
     // The buffer holds up to `slack` * k entries before it is cut back to k: a
     // larger slack cuts less often (each cut is an nth_element over the buffer)
     // for a looser threshold in between and more memory per selection. 2 suits
@@ -40,7 +47,7 @@ class TopK {
     size_t k() const { return k_; }
 
     // The distance a candidate must not exceed to enter; +inf until k are
-    // kept. A candidate equal to it may still lose on its label.
+    // kept. A candidate equal to it may still lose on its id.
     float threshold() const { return threshold_; }
 
     void push(float distance, int64_t label) {
@@ -48,7 +55,7 @@ class TopK {
         if (k_ == 1) {  // an argmin (k-means assignment): no buffer to cut
             if (buffer_.empty()) {
                 buffer_.emplace_back(distance, label);
-            } else if (Entry(distance, label) < buffer_[0]) {
+            } else if (before(Entry(distance, label), buffer_[0])) {
                 buffer_[0] = Entry(distance, label);
             }
             threshold_ = buffer_[0].first;
@@ -79,7 +86,7 @@ class TopK {
     template <class LabelToId>
     void write_sorted(int64_t* ids, float* distances, LabelToId&& label_to_id) {
         if (buffer_.size() > k_) shrink();
-        std::sort(buffer_.begin(), buffer_.end());
+        std::sort(buffer_.begin(), buffer_.end(), [this](const Entry& a, const Entry& b) { return before(a, b); });
         size_t i = 0;
         for (; i < buffer_.size(); ++i) {
             ids[i] = label_to_id(buffer_[i].second);
@@ -98,10 +105,17 @@ class TopK {
         return buffer_;
     }
 
+    // Whether a comes before b: nearer, or as near with a smaller id.
+    bool before(const Entry& a, const Entry& b) const {
+        if (a.first != b.first) return a.first < b.first;
+        return ids_ != nullptr ? ids_[a.second] < ids_[b.second] : a.second < b.second;
+    }
+
   private:
     // Keeps the k smallest pairs; the k-th becomes the threshold.
     void shrink() {
-        std::nth_element(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buffer_.end());
+        std::nth_element(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buffer_.end(),
+                         [this](const Entry& a, const Entry& b) { return before(a, b); });
         threshold_ = buffer_[k_ - 1].first;
         buffer_.resize(k_);
     }
@@ -110,6 +124,7 @@ class TopK {
     size_t capacity_ = 0;
     float threshold_ = std::numeric_limits<float>::infinity();
     std::vector<Entry> buffer_;
+    const int64_t* ids_ = nullptr;
 };
 
 }  // namespace sparknn
