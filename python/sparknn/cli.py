@@ -7,9 +7,9 @@
     sparknn info items.snn
 
 Jobs run in this process (pyarrow + the engine on all cores, no JVM) unless
-``--spark MASTER`` is given. Expected problems (bad arguments, bad data) print
-one clear line on stderr and exit with 2 (usage) or 1 (data); ``--debug``
-adds the traceback. See docs/cli.md.
+``--spark MASTER`` is given. Every error prints one line on stderr and exits
+with 2 (usage), 1 (data, files, memory) or 3 (an unexpected error: a bug);
+``--debug`` adds the traceback. See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from sparknn.output import (
     UsageError,
     check_destination,
     check_format,
+    check_separate,
     commit,
     is_delta_table,
+    one_line,
     remove,
     temp_sibling,
     write_batches,
@@ -43,7 +45,7 @@ from sparknn.output import (
 )
 from sparknn.progress import Progress
 
-EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _count(minimum: int):
@@ -182,8 +184,10 @@ def _similar_on_spark(args) -> jobs.Result:
     """
     check_format(args.format)
     check_destination(args.output, args.overwrite)
+    check_separate([("output", args.output)], [("input", args.input)])
     # Schema, types and row count are checked from the files' metadata before a JVM starts.
     inp = jobs.open_input(args.input, args.id_col, args.vector_col)
+    k = max(1, jobs.capped_k(args.k, inp.num_rows, self_join=True))  # the same rows, never sized by a huge k
     try:
         from sparknn.spark import KNN
     except ImportError as exc:
@@ -201,7 +205,7 @@ def _similar_on_spark(args) -> jobs.Result:
         files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
         df = spark.read.parquet(*files).select(args.id_col, args.vector_col)
         ivf = dict(nlist=args.nlist, nprobe=args.nprobe, storage=args.storage, pqM=args.pq_m, rerank=args.rerank)
-        knn = KNN(k=args.k, metric=args.metric, indexType=args.index, featuresCol=args.vector_col,
+        knn = KNN(k=k, metric=args.metric, indexType=args.index, featuresCol=args.vector_col,
                   idCol=args.id_col, M=args.M, efConstruction=args.ef_construction, efSearch=args.ef_search,
                   numThreads=args.threads, **(ivf if args.index == "ivf" else {}))
         try:
@@ -227,7 +231,7 @@ def _similar_on_spark(args) -> jobs.Result:
         remove(tmp)
         if ours:
             spark.stop()
-    return jobs.Result(rows, min(args.k, inp.num_rows - 1), timings, preview)
+    return jobs.Result(rows, jobs.capped_k(args.k, inp.num_rows, self_join=True), timings, preview)
 
 
 def _delta_files(path: str) -> list:
@@ -361,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, exc, EXIT_USAGE)
     except (DataError, InvalidArgumentError, IndexFileError, OSError) as exc:
         return _fail(args, exc, EXIT_DATA)
+    except pa.ArrowException as exc:  # a reading or decoding failure that jobs.py did not word
+        return _fail(args, exc, EXIT_DATA, "cannot read the input: ")
+    except MemoryError as exc:
+        return _fail(args, exc, EXIT_DATA, "out of memory: ", " (use smaller inputs or a machine with more memory)")
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback with --debug
+        return _fail(args, exc, EXIT_BUG, f"unexpected {type(exc).__name__}: ",
+                     " (this is a bug in sparknn: --debug shows the traceback; please report it)")
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -370,10 +381,13 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-def _fail(args, exc: BaseException, code: int) -> int:
+def _fail(args, exc: BaseException, code: int, prefix: str = "", suffix: str = "") -> int:
     if args.debug:
         traceback.print_exc()
-    print(f"sparknn {args.command}: error: {exc}", file=sys.stderr)
+    text = one_line(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # "No space left on device: 'x'", not "[Errno 28] ..."
+        text = exc.strerror + (f": {exc.filename!r}" if exc.filename else "")
+    print(f"sparknn {args.command}: error: {prefix}{text}{suffix}", file=sys.stderr)
     return code
 
 
