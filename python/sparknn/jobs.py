@@ -126,7 +126,11 @@ def _open_dataset(path: str) -> ds.Dataset:
                              "(pip install 'sparknn[delta]')") from None
 
         return DeltaTable(path).to_pyarrow_dataset()
-    dataset = ds.dataset(path, format="parquet")  # skips files starting with "." or "_" (_SUCCESS, .crc)
+    # Skips files starting with "." or "_" (_SUCCESS, .crc). Pages written with a CRC (parquet-mr's
+    # default, pyarrow's write_page_checksum) are checked: a damaged page is an error, not wrong vectors.
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        page_checksum_verification=True))
+    dataset = ds.dataset(path, format=fmt)
     if not dataset.files:
         raise DataError(f"{path!r} contains no Parquet files")
     return dataset

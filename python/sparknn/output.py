@@ -60,6 +60,9 @@ def check_destination(path: str, overwrite: bool, flag: str = "--overwrite") -> 
         raise UsageError(f"cannot write {path!r}: directory {parent!r} does not exist")
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"{path!r} already exists: pass {flag} to replace it")
+    if overwrite and os.path.isdir(path) and not os.path.islink(path) and not _is_table_dir(path):
+        raise UsageError(f"{path!r} is a directory that is not a table written by sparknn or Spark (not a Delta "
+                         "table, not only Parquet files): --overwrite does not delete it; choose another output")
     if not os.access(parent, os.W_OK | os.X_OK):  # also a read-only file system, even for root
         raise UsageError(f"cannot write {path!r}: directory {parent!r} is not writable")
 
@@ -100,6 +103,22 @@ def sync_file(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_table_dir(path: str) -> bool:
+    """A Delta table, or a directory of Parquet part files (Spark's output): what --overwrite may replace.
+
+    A typo such as ``-o ~ --overwrite`` must not delete a directory of other files.
+    """
+    if is_delta_table(path):
+        return True
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith(("_", ".")):  # _SUCCESS, .crc files, our own hidden temporaries
+                continue
+            if not entry.is_file(follow_symlinks=False) or not entry.name.endswith(".parquet"):
+                return False
+    return True
 
 
 def check_format(fmt: str) -> None:
