@@ -129,8 +129,29 @@ def _cmd_query(args) -> int:
     return 0
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to start new work (Linux MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+_EXAMPLE_BYTES_PER_VALUE = 28  # make_items' peak: float64 centres[labels] + noise + sum, then float32
+
+
 def _cmd_example(args) -> int:
     check_destination(args.output, args.overwrite)
+    need = (args.n * _EXAMPLE_BYTES_PER_VALUE + args.clusters * 8) * args.dim  # rows, and float64 centres
+    free = _available_memory()
+    if free is not None and need > free:  # refused with the numbers, not killed half-way
+        raise UsageError(f"--n {args.n:,} rows (and --clusters {args.clusters:,}) of --dim {args.dim:,} need about "
+                         f"{need / 2**30:,.1f} GiB of memory to generate; {free / 2**30:,.1f} GiB is available: "
+                         "use a smaller --n, --dim or --clusters")
     maker = make_queries if args.queries else make_items
     table = maker(args.n, args.dim, clusters=args.clusters, seed=args.seed)
     write_table(args.output, table, "parquet", args.overwrite)
@@ -369,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, exc, EXIT_DATA, "cannot read the input: ")
     except MemoryError as exc:
         return _fail(args, exc, EXIT_DATA, "out of memory: ", " (use smaller inputs or a machine with more memory)")
-    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback with --debug
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bug, or a Rust panic (pyo3's PanicException is a
+        # BaseException): still one line, the traceback with --debug
         return _fail(args, exc, EXIT_BUG, f"unexpected {type(exc).__name__}: ",
                      " (this is a bug in sparknn: --debug shows the traceback; please report it)")
     finally:

@@ -59,6 +59,7 @@ RESULT_BYTES = 256 << 20  # bound on one search call's id + distance matrices (r
 IDS_SUFFIX = ".ids.parquet"
 IDS_ROLE = "ids"  # the ids file's role in the index file's SideFiles section
 _IDS_META = b"sparknn.index"  # the fingerprint of indexes built before SideFiles (still read)
+_LISTED = 10  # files named in one error message
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,48 @@ def reading(path: str, what: str = "input") -> Iterator[None]:
         raise DataError(f"cannot read {what} {path!r}: {one_line(exc)}") from None
 
 
-
-def _open_dataset(path: str) -> ds.Dataset:
-    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "_delta_log")):
-        try:
-            from deltalake import DeltaTable  # the current version's files, not every file in the directory
-        except ImportError:
-            raise UsageError(f"{path!r} is a Delta table: reading it needs the deltalake package "
-                             "(pip install 'sparknn[delta]')") from None
-
+def _open_delta(path: str) -> ds.Dataset:
+    """The current version's files of a Delta table, not every file in the directory."""
+    try:
+        from deltalake import DeltaTable
+    except ImportError:
+        raise UsageError(f"{path!r} is a Delta table: reading it needs the deltalake package "
+                         "(pip install 'sparknn[delta]')") from None
+    try:
         return DeltaTable(path).to_pyarrow_dataset()
+    except Exception as exc:  # noqa: BLE001 - deltalake's errors (a damaged or empty log) share no base class
+        # Its messages end with a Rust backtrace when RUST_BACKTRACE is set: the first line says what is wrong.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = re.split(r"; 0: | 0: ", first)[0]
+        raise DataError(f"cannot read the Delta table {path!r}: {first}") from None
+
+
+def _unreadable_entries(path: str) -> list[str]:
+    """Entries of a directory input that Arrow's listing would skip silently: broken symbolic links.
+
+    A dangling link is a part the user meant to be read; dropping it would give an answer over
+    fewer items with exit 0. Names starting with "." or "_" are skipped, as Arrow skips them.
+    """
+    broken = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for name in files + dirs:
+            full = os.path.join(root, name)
+            if not name.startswith((".", "_")) and os.path.islink(full) and not os.path.exists(full):
+                broken.append(full)
+    return sorted(broken)
+
+
+def _open_dataset(path: str, what: str) -> ds.Dataset:
+    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "_delta_log")):
+        return _open_delta(path)
+    if os.path.isdir(path):
+        broken = _unreadable_entries(path)
+        if broken:
+            named = ", ".join(f"{os.path.relpath(b, path)} -> {os.readlink(b)!r}" for b in broken[:_LISTED])
+            more = f" and {len(broken) - _LISTED} more" if len(broken) > _LISTED else ""
+            raise DataError(f"{what} directory {path!r} has broken symbolic links, files that cannot be read: "
+                            f"{named}{more}; fix or remove them")
     # Skips files starting with "." or "_" (_SUCCESS, .crc). Pages written with a CRC (parquet-mr's
     # default, pyarrow's write_page_checksum) are checked: a damaged page is an error, not wrong vectors.
     fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
@@ -153,7 +186,16 @@ def _check_id_type(typ: pa.DataType, name: str, path: str) -> None:
     raise DataError(f"column {name!r} in {path!r} has type {typ}: ids must be integers or strings")
 
 
-_LISTED = 10  # mismatching files named in one error message
+def _plain(typ: pa.DataType) -> pa.DataType:
+    """A type without its list element's name and nullability, which writers choose differently
+    (Spark: ``element``, not null; older pyarrow: ``item``) for the same data."""
+    if pa.types.is_fixed_size_list(typ):
+        return pa.list_(_plain(typ.value_type), typ.list_size)
+    if pa.types.is_large_list(typ):
+        return pa.large_list(_plain(typ.value_type))
+    if pa.types.is_list(typ):
+        return pa.list_(_plain(typ.value_type))
+    return typ
 
 
 def _check_one_schema(dataset: ds.Dataset, path: str, columns: tuple[str, ...], what: str) -> None:
@@ -167,7 +209,7 @@ def _check_one_schema(dataset: ds.Dataset, path: str, columns: tuple[str, ...], 
         return
 
     def describe(schema: pa.Schema) -> tuple:
-        return tuple(str(schema.field(c).type) if c in schema.names else None for c in columns)
+        return tuple(str(_plain(schema.field(c).type)) if c in schema.names else None for c in columns)
 
     def show(shape: tuple) -> str:
         return ", ".join(f"{c}: {t}" if t is not None else f"no column {c!r}" for c, t in zip(columns, shape))
@@ -198,7 +240,7 @@ def open_input(path: str, id_col: str, vector_col: str, what: str = "input") -> 
     if not os.path.exists(path):
         raise UsageError(f"{what} {path!r} does not exist")
     try:
-        dataset = _open_dataset(path)
+        dataset = _open_dataset(path, what)
         _check_one_schema(dataset, path, (id_col, vector_col), what)
         schema = dataset.schema
         for name, flag in ((id_col, "--id-col"), (vector_col, "--vector-col")):
@@ -284,14 +326,28 @@ def _train_sample(inp: Input, dim: int, rows: int, seed: int = 0) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
 
 
+def usable_threads(threads: int) -> int:
+    """``threads`` capped at the cores this process may run on (0 stays 0: all of them).
+
+    More threads than cores compute nothing faster, and the engine sizes per-thread buffers by
+    the count: ``--threads 1000000`` on an ivf index took 23 GB and was killed.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return min(threads, max(cores, 1))
+
+
 def _new_index(dim: int, opts: IndexOptions, n: int) -> Index:
+    threads = usable_threads(opts.threads)
     if opts.kind != "ivf":
         return Index(dim, opts.metric, opts.kind, M=opts.M, ef_construction=opts.ef_construction,
-                     ef_search=opts.ef_search, threads=opts.threads)
+                     ef_search=opts.ef_search, threads=threads)
     # Lists are chosen for the whole input, not for its first batch.
     nlist = opts.nlist or max(1, min(n, round(4 * n**0.5)))
     return Index(dim, opts.metric, "ivf", nlist=nlist, nprobe=opts.nprobe, storage=opts.storage, pq_m=opts.pq_m,
-                 rerank=opts.rerank, threads=opts.threads)
+                 rerank=opts.rerank, threads=threads)
 
 
 def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress: Progress,
@@ -539,7 +595,7 @@ def load_with_ids(index_path: str, threads: int = 0) -> tuple[Index, pa.Array | 
     """
     if not os.path.exists(index_path):
         raise UsageError(f"index {index_path!r} does not exist")
-    index = load(index_path, mmap=True, threads=threads)
+    index = load(index_path, mmap=True, threads=usable_threads(threads))
     sidecar = index_path + IDS_SUFFIX
     recorded = index.side_files.get(IDS_ROLE)
     if recorded is not None:

@@ -389,3 +389,122 @@ def test_any_error_is_one_line_without_debug(items_file_small, tmp_path, capsys,
     assert words in one_error_line(capsys.readouterr().err, "similar")
     assert main([*args, "--debug"]) == code
     assert "Traceback" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- more of the same, found by probing
+def test_every_bit_flip_of_the_ids_file_is_refused_by_the_check(string_index):
+    """All bits, not a sample, through the check query and info run (the index is loaded once)."""
+    index = string_index[0]
+    sidecar = index + jobs.IDS_SUFFIX
+    recorded = sparknn.load(index).side_files[jobs.IDS_ROLE]
+    with open(sidecar, "rb") as f:
+        original = f.read()
+    assert recorded.size == len(original)
+    right = jobs._read_verified_ids(sidecar, recorded, index, N)
+    assert right.to_pylist() == [f"item-{i}" for i in range(N)]
+    for bit in range(len(original) * 8):
+        damaged = bytearray(original)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with open(sidecar, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(sparknn.IndexFileError, match="fails its checksum") as raised:
+            jobs._read_verified_ids(sidecar, recorded, index, N)
+        assert repr(sidecar) in str(raised.value)
+
+
+def test_a_broken_symbolic_link_in_an_input_directory_is_named(tmp_path, capsys):
+    """Before: Arrow's listing skipped the dangling link and the job ran on the other files, exit 0."""
+    src = tmp_path / "items"
+    src.mkdir()
+    _part(src / "part-0.parquet", pa.array([0, 1, 2, 3], pa.int64()))
+    (src / "part-1.parquet").symlink_to(tmp_path / "moved-away.parquet")
+    out = tmp_path / "out.parquet"
+    assert main(["similar", str(src), "-o", str(out), "--index", "flat"]) == 1
+    line = one_error_line(capsys.readouterr().err, "similar")
+    assert "broken symbolic link" in line and "part-1.parquet" in line and "moved-away.parquet" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_list_element_names_and_nullability_do_not_count_as_another_schema(tmp_path):
+    """Spark writes list<element: float not null>, older pyarrow list<item: float>: the same vectors."""
+    src = tmp_path / "items"
+    src.mkdir()
+    rows = [[1.0, 2.0], [2.0, 1.5]]
+    spark_like = pa.list_(pa.field("element", pa.float32(), nullable=False))
+    pq.write_table(pa.table({"id": pa.array([1, 2]), "vector": pa.array(rows, spark_like)}), src / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array([3, 4]), "vector": pa.array(rows, pa.list_(pa.float32()))}),
+                   src / "b.parquet", use_compliant_nested_type=False)
+    out = tmp_path / "out.parquet"
+    assert main(["similar", str(src), "-o", str(out), "--index", "flat", "-k", "1", "-q"]) == 0
+    assert pq.read_table(out).num_rows == 4
+
+
+def test_a_damaged_delta_input_is_one_line(items_file_small, tmp_path, capsys):
+    """Before: deltalake's error escaped as a traceback (with a Rust backtrace in its message)."""
+    table = tmp_path / "table"
+    assert main(["similar", items_file_small, "-o", str(table), "--format", "delta", "--index", "flat", "-q"]) == 0
+    log = table / "_delta_log" / "00000000000000000000.json"
+    log.write_text("{damaged")
+    out = tmp_path / "out.parquet"
+    assert main(["similar", str(table), "-o", str(out), "--index", "flat"]) == 1
+    line = one_error_line(capsys.readouterr().err, "similar")
+    assert f"cannot read the Delta table {str(table)!r}" in line and not out.exists()
+
+
+def test_threads_are_capped_at_the_cores(items_file_small, tmp_path, monkeypatch):
+    """Before: --threads 1000000 reached the engine, which sizes per-thread buffers by it (ivf: 23 GB,
+    killed). Extra threads compute nothing faster; the answer is the same."""
+    made = []
+    real_index, real_load = jobs.Index, jobs.load
+
+    def index(*args, threads=0, **kwargs):
+        made.append(threads)
+        return real_index(*args, threads=threads, **kwargs)
+
+    def load(path, mmap=True, threads=0, **kwargs):
+        made.append(threads)
+        return real_load(path, mmap=mmap, threads=threads, **kwargs)
+
+    monkeypatch.setattr(jobs, "Index", index)
+    monkeypatch.setattr(jobs, "load", load)
+    snn = str(tmp_path / "items.snn")
+    assert main(["similar", items_file_small, "-o", str(tmp_path / "s.parquet"), "--threads", "1000000",
+                 "--index", "flat", "-q"]) == 0
+    assert main(["build", items_file_small, "-o", snn, "--threads", "1000000", "--index", "flat", "-q"]) == 0
+    assert main(["query", snn, items_file_small, "-o", str(tmp_path / "q.parquet"), "--threads", "1000000",
+                 "-q"]) == 0
+    assert len(made) == 3 and all(1 <= t <= len(os.sched_getaffinity(0)) for t in made), made
+
+
+def test_a_single_item_has_no_neighbours_and_no_error(tmp_path):
+    src = tmp_path / "one.parquet"
+    pq.write_table(vector_table(pa.array(["only"]), np.ones((1, 4), np.float32)), src)
+    out = tmp_path / "out.parquet"
+    assert main(["similar", str(src), "-o", str(out), "--index", "flat", "-k", str(2**40), "-q"]) == 0
+    assert pq.read_table(out).to_pylist() == [{"id": "only", "neighbors": []}]
+
+
+def test_example_refuses_what_memory_cannot_hold(tmp_path, capsys, monkeypatch):
+    """Refused up front with the numbers, instead of being killed half-way through generating."""
+    from sparknn import cli
+
+    monkeypatch.setattr(cli, "_available_memory", lambda: 64 << 20)
+    out = tmp_path / "big.parquet"
+    assert main(["example", "-o", str(out), "--n", "1000000", "--dim", "64"]) == 2
+    line = one_error_line(capsys.readouterr().err, "example")
+    assert "GiB of memory" in line and "0.1 GiB is available" in line and not out.exists()
+    assert main(["example", "-o", str(out), "--n", "100", "--dim", "4", "-q"]) == 0  # small ones still work
+
+
+def test_a_rust_panic_is_one_line(items_file_small, tmp_path, capsys, monkeypatch):
+    """pyo3 raises a Rust panic as PanicException, a BaseException: it must not escape as a traceback."""
+    class PanicException(BaseException):
+        pass
+
+    def fail(*args, **kwargs):
+        raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    monkeypatch.setattr(jobs, "similar", fail)
+    assert main(["similar", items_file_small, "-o", str(tmp_path / "o.parquet")]) == 3
+    assert "unexpected PanicException: called `Option::unwrap()`" in one_error_line(capsys.readouterr().err,
+                                                                                    "similar")
