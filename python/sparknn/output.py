@@ -194,7 +194,7 @@ def _write_parquet(path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatc
     rows = 0
     source = _Capture(batches)  # tells the batches' own errors from the writer's
     try:
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # readers can verify pages
             for batch in source:
                 writer.write_batch(batch)
                 rows += batch.num_rows
