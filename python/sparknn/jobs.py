@@ -521,8 +521,7 @@ def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str =
     progress = progress or Progress(False)
     check_destination(output, overwrite)
     sidecar = output + IDS_SUFFIX
-    if not overwrite:
-        check_destination(sidecar, overwrite)
+    check_destination(sidecar, overwrite)
     check_separate([("index", output), ("ids file", sidecar)], [("input", input_path)])
     timings = Timings()
     inp, ids, direct, index, _ = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)

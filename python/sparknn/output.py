@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import uuid
@@ -60,11 +61,25 @@ def check_destination(path: str, overwrite: bool, flag: str = "--overwrite") -> 
         raise UsageError(f"cannot write {path!r}: directory {parent!r} does not exist")
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"{path!r} already exists: pass {flag} to replace it")
+    if overwrite and os.path.exists(path):
+        kind = _special_kind(os.stat(path).st_mode)  # follows links: /dev/stdout is a link to a terminal
+        if kind:
+            raise UsageError(f"{path!r} is {kind}, not a file or table: sparknn writes a new Parquet file or Delta "
+                             "table and renames it into place, which would replace it; choose another output")
     if overwrite and os.path.isdir(path) and not os.path.islink(path) and not _is_table_dir(path):
         raise UsageError(f"{path!r} is a directory that is not a table written by sparknn or Spark (not a Delta "
                          "table, not only Parquet files): --overwrite does not delete it; choose another output")
     if not os.access(parent, os.W_OK | os.X_OK):  # also a read-only file system, even for root
         raise UsageError(f"cannot write {path!r}: directory {parent!r} is not writable")
+
+
+def _special_kind(mode: int) -> str:
+    """What a path that is neither a regular file nor a directory is ("" for those two)."""
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "" if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "a special file"
 
 
 def _within(path: str, directory: str) -> bool:

@@ -508,3 +508,30 @@ def test_a_rust_panic_is_one_line(items_file_small, tmp_path, capsys, monkeypatc
     assert main(["similar", items_file_small, "-o", str(tmp_path / "o.parquet")]) == 3
     assert "unexpected PanicException: called `Option::unwrap()`" in one_error_line(capsys.readouterr().err,
                                                                                     "similar")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a device", "fifo as the ids file"])
+def test_overwrite_never_replaces_a_device_or_pipe(items_file_small, tmp_path, capsys, kind):
+    """Before: `-o /dev/null --overwrite` renamed a Parquet file over /dev/null (and `-o /dev/stdout`
+    over the link). Tried here only on paths inside tmp_path: a FIFO, and a link to /dev/null,
+    whose replacement would replace the link, never the device."""
+    if kind == "fifo":
+        target = tmp_path / "pipe"
+        os.mkfifo(target)
+        args = ["similar", items_file_small, "-o", str(target)]
+    elif kind == "link to a device":
+        target = tmp_path / "stdout"
+        target.symlink_to("/dev/null")
+        args = ["similar", items_file_small, "-o", str(target)]
+    else:
+        target = tmp_path / "items.snn.ids.parquet"
+        os.mkfifo(target)
+        args = ["build", items_file_small, "-o", str(tmp_path / "items.snn")]
+    assert main([*args, "--overwrite", "--index", "flat"]) == 2
+    line = one_error_line(capsys.readouterr().err, args[0])
+    assert ("a named pipe" if "fifo" in kind else "a character device") in line, line
+    if kind == "link to a device":
+        assert target.is_symlink() and os.readlink(target) == "/dev/null"
+    else:
+        assert target.is_fifo()
+    assert leftovers(tmp_path) == [] and not (tmp_path / "items.snn").exists()
