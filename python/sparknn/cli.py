@@ -378,10 +378,21 @@ def main(argv: list[str] | None = None) -> int:
         args.index = args.default_index
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
+        return _run(args)
+    except KeyboardInterrupt:  # also one arriving while an error is reported (SIGTERM interrupts a
+        # blocking open with EINTR, and its handler then runs inside the except clause)
         print("sparknn: interrupted; no output was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    """Runs the command; every error becomes one line on stderr and an exit code."""
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        raise
     except UsageError as exc:
         return _fail(args, exc, EXIT_USAGE)
     except (DataError, InvalidArgumentError, IndexFileError, OSError) as exc:
@@ -396,8 +407,6 @@ def main(argv: list[str] | None = None) -> int:
         # BaseException): still one line, the traceback with --debug
         return _fail(args, exc, EXIT_BUG, f"unexpected {type(exc).__name__}: ",
                      " (this is a bug in sparknn: --debug shows the traceback; please report it)")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _terminate(signum, frame):

@@ -47,6 +47,7 @@ from sparknn.output import (
     one_line,
     os_reason,
     remove,
+    special_kind,
     sync_file,
     temp_sibling,
     write_batches,
@@ -133,32 +134,46 @@ def _open_delta(path: str) -> ds.Dataset:
         raise DataError(f"cannot read the Delta table {path!r}: {first}") from None
 
 
-def _unreadable_entries(path: str) -> list[str]:
-    """Entries of a directory input that Arrow's listing would skip silently: broken symbolic links.
+def _unreadable_entries(path: str) -> list[tuple[str, str]]:
+    """Entries of a directory input that Arrow's listing would skip silently, with what each is:
+    broken symbolic links, pipes, devices, sockets.
 
-    A dangling link is a part the user meant to be read; dropping it would give an answer over
+    Each is a part the user may have meant to be read; dropping it would give an answer over
     fewer items with exit 0. Names starting with "." or "_" are skipped, as Arrow skips them.
     """
-    broken = []
+    odd = []
     for root, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
         for name in files + dirs:
             full = os.path.join(root, name)
-            if not name.startswith((".", "_")) and os.path.islink(full) and not os.path.exists(full):
-                broken.append(full)
-    return sorted(broken)
+            if name.startswith((".", "_")):
+                continue
+            if not os.path.exists(full):
+                odd.append((full, f"a broken symbolic link to {os.readlink(full)!r}"))
+            elif special_kind(os.stat(full).st_mode):
+                odd.append((full, special_kind(os.stat(full).st_mode)))
+    return sorted(odd)
+
+
+def _check_plain(path: str, what: str, wanted: str = "a Parquet file, a directory or a Delta table") -> None:
+    """A single-file input or index must be a regular file: opening a pipe waits for a writer forever."""
+    kind = special_kind(os.stat(path).st_mode)
+    if kind:
+        raise DataError(f"{what} {path!r} is {kind}, not a file: give {wanted}")
 
 
 def _open_dataset(path: str, what: str) -> ds.Dataset:
     if os.path.isdir(path) and os.path.isdir(os.path.join(path, "_delta_log")):
         return _open_delta(path)
     if os.path.isdir(path):
-        broken = _unreadable_entries(path)
-        if broken:
-            named = ", ".join(f"{os.path.relpath(b, path)} -> {os.readlink(b)!r}" for b in broken[:_LISTED])
-            more = f" and {len(broken) - _LISTED} more" if len(broken) > _LISTED else ""
-            raise DataError(f"{what} directory {path!r} has broken symbolic links, files that cannot be read: "
+        odd = _unreadable_entries(path)
+        if odd:
+            named = "; ".join(f"{os.path.relpath(p, path)} is {kind}" for p, kind in odd[:_LISTED])
+            more = f"; and {len(odd) - _LISTED} more" if len(odd) > _LISTED else ""
+            raise DataError(f"{what} directory {path!r} has entries that cannot be read as files: "
                             f"{named}{more}; fix or remove them")
+    else:
+        _check_plain(path, what)
     # Skips files starting with "." or "_" (_SUCCESS, .crc). Pages written with a CRC (parquet-mr's
     # default, pyarrow's write_page_checksum) are checked: a damaged page is an error, not wrong vectors.
     fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
@@ -594,6 +609,7 @@ def load_with_ids(index_path: str, threads: int = 0) -> tuple[Index, pa.Array | 
     """
     if not os.path.exists(index_path):
         raise UsageError(f"index {index_path!r} does not exist")
+    _check_plain(index_path, "index", "an index file written by `sparknn build`")
     index = load(index_path, mmap=True, threads=usable_threads(threads))
     sidecar = index_path + IDS_SUFFIX
     recorded = index.side_files.get(IDS_ROLE)

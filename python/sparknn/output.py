@@ -62,7 +62,7 @@ def check_destination(path: str, overwrite: bool, flag: str = "--overwrite") -> 
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"{path!r} already exists: pass {flag} to replace it")
     if overwrite and os.path.exists(path):
-        kind = _special_kind(os.stat(path).st_mode)  # follows links: /dev/stdout is a link to a terminal
+        kind = special_kind(os.stat(path).st_mode)  # follows links: /dev/stdout is a link to a terminal
         if kind:
             raise UsageError(f"{path!r} is {kind}, not a file or table: sparknn writes a new Parquet file or Delta "
                              "table and renames it into place, which would replace it; choose another output")
@@ -73,7 +73,7 @@ def check_destination(path: str, overwrite: bool, flag: str = "--overwrite") -> 
         raise UsageError(f"cannot write {path!r}: directory {parent!r} is not writable")
 
 
-def _special_kind(mode: int) -> str:
+def special_kind(mode: int) -> str:
     """What a path that is neither a regular file nor a directory is ("" for those two)."""
     for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):

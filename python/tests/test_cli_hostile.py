@@ -7,6 +7,8 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -535,3 +537,67 @@ def test_overwrite_never_replaces_a_device_or_pipe(items_file_small, tmp_path, c
     else:
         assert target.is_fifo()
     assert leftovers(tmp_path) == [] and not (tmp_path / "items.snn").exists()
+
+
+@pytest.mark.parametrize("where", ["input", "in the input directory", "index", "queries"])
+def test_a_pipe_is_never_opened_or_skipped(items_file_small, tmp_path, capsys, where):
+    """Before: a FIFO given as the index hung in open() until killed (then a KeyboardInterrupt
+    traceback); a FIFO inside an input directory was skipped by Arrow's listing (exit 0 on fewer
+    items); a FIFO as the input gave "cannot read input 'p' as Parquet: p"."""
+    pipe = tmp_path / "pipe.parquet"
+    snn = str(tmp_path / "items.snn")
+    assert main(["build", items_file_small, "-o", snn, "--index", "flat", "-q"]) == 0
+    out = str(tmp_path / "out.parquet")
+    if where == "in the input directory":
+        folder = tmp_path / "items"
+        folder.mkdir()
+        shutil.copyfile(items_file_small, folder / "part-0.parquet")
+        pipe = folder / "part-1.parquet"
+        args = ["similar", str(folder), "-o", out, "--index", "flat"]
+    elif where == "input":
+        args = ["similar", str(pipe), "-o", out, "--index", "flat"]
+    elif where == "index":
+        args = ["query", str(pipe), items_file_small, "-o", out]
+    else:
+        args = ["query", snn, str(pipe), "-o", out]
+    os.mkfifo(pipe)
+    capsys.readouterr()
+    with _writer_waiting_on(pipe):  # code that opens the pipe gets an empty stream, not a hang
+        assert main(args) == 1
+    line = one_error_line(capsys.readouterr().err, args[0])
+    assert "is a named pipe" in line and pipe.name in line, line
+    assert not os.path.exists(out) and pipe.is_fifo()
+
+
+@contextmanager
+def _writer_waiting_on(pipe):
+    """A thread that opens ``pipe`` for writing and closes it at once: a reader that opens the pipe
+    sees end-of-file instead of blocking forever. Released at the end by opening the read side."""
+    thread = threading.Thread(target=lambda: os.close(os.open(pipe, os.O_WRONLY)), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        try:
+            os.close(os.open(pipe, os.O_RDONLY | os.O_NONBLOCK))  # lets a still-waiting writer go
+        except OSError:
+            pass
+        thread.join()
+
+
+def test_an_interrupt_while_an_error_is_reported_is_still_clean(items_file_small, tmp_path, capsys, monkeypatch):
+    """SIGTERM interrupts a blocking open (EINTR, an IndexIOError) and its handler then raises
+    KeyboardInterrupt inside main's except clause: before, that escaped as two tracebacks."""
+    from sparknn import cli
+
+    def fail(*args, **kwargs):
+        raise sparknn.IndexIOError("cannot open 'x': Interrupted system call")
+
+    def interrupted(exc):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "similar", fail)
+    monkeypatch.setattr(cli, "one_line", interrupted)
+    assert main(["similar", items_file_small, "-o", str(tmp_path / "o.parquet")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
