@@ -204,6 +204,7 @@ def _similar_on_spark(args) -> jobs.Result:
     result never has to fit in the driver's memory.
     """
     check_format(args.format)
+    jobs.check_id_col(args.id_col)
     check_destination(args.output, args.overwrite)
     check_separate([("output", args.output)], [("input", args.input)])
     # Schema, types and row count are checked from the files' metadata before a JVM starts.

@@ -61,6 +61,7 @@ IDS_SUFFIX = ".ids.parquet"
 IDS_ROLE = "ids"  # the ids file's role in the index file's SideFiles section
 _IDS_META = b"sparknn.index"  # the fingerprint of indexes built before SideFiles (still read)
 _LISTED = 10  # files named in one error message
+NEIGHBORS = "neighbors"  # the output's neighbour column
 
 
 @dataclass(frozen=True)
@@ -411,7 +412,7 @@ def _map_back(neighbors: pa.Array, id_type: pa.DataType) -> pa.Array:
 
 
 def output_schema(id_field: pa.Field, item_id_type: pa.DataType) -> pa.Schema:
-    return pa.schema([pa.field(id_field.name, id_field.type), pa.field("neighbors", neighbors_type(item_id_type))])
+    return pa.schema([pa.field(id_field.name, id_field.type), pa.field(NEIGHBORS, neighbors_type(item_id_type))])
 
 
 def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: int | None,
@@ -466,6 +467,14 @@ def _check_k(k: int) -> None:
         raise UsageError(f"k must be an integer >= 1, got {k!r}")
 
 
+def check_id_col(id_col: str) -> None:
+    """The output has the id column and ``neighbors``: one name for both wrote a file with two
+    columns called ``neighbors``, which readers refuse ("Multiple matches for FieldRef")."""
+    if id_col == NEIGHBORS:
+        raise UsageError(f"the id column is called {NEIGHBORS!r}, the name of the output's neighbour column: "
+                         "rename it in the input (the output would have two columns of that name)")
+
+
 def capped_k(k: int, items: int, self_join: bool) -> int:
     """The neighbours a row can have: k, at most the other items (a self-join drops the row itself).
 
@@ -496,6 +505,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     """
     progress = progress or Progress(False)
     _check_k(k)
+    check_id_col(id_col)
     check_format(fmt)
     check_destination(output, overwrite)
     check_separate([("output", output)], [("input", input_path)])
@@ -634,6 +644,7 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
     """The ``k`` nearest items of every query row: the query's id column and ``neighbors``."""
     progress = progress or Progress(False)
     _check_k(k)
+    check_id_col(id_col)
     if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or ef < 1):
         raise UsageError(f"ef must be an integer >= 1, got {ef!r}")
     check_format(fmt)

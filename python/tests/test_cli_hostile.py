@@ -601,3 +601,20 @@ def test_an_interrupt_while_an_error_is_reported_is_still_clean(items_file_small
     assert main(["similar", items_file_small, "-o", str(tmp_path / "o.parquet")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["similar", "query"])
+def test_an_id_column_called_neighbors_is_refused(items, tmp_path, capsys, command):
+    """Before: exit 0 and an output with two columns named "neighbors", which pq.read_table refuses."""
+    src = tmp_path / "items.parquet"
+    pq.write_table(items.rename_columns(["neighbors", "vector"]), src)
+    out = tmp_path / "out.parquet"
+    if command == "similar":
+        args = ["similar", str(src), "-o", str(out), "--index", "flat", "--id-col", "neighbors"]
+    else:
+        snn = str(tmp_path / "items.snn")
+        assert main(["build", str(src), "-o", snn, "--index", "flat", "--id-col", "neighbors", "-q"]) == 0
+        args = ["query", snn, str(src), "-o", str(out), "--id-col", "neighbors"]
+    assert main(args) == 2
+    assert "two columns of that name" in one_error_line(capsys.readouterr().err, command)
+    assert not out.exists()
