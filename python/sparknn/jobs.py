@@ -627,6 +627,7 @@ def load_with_ids(index_path: str, threads: int = 0) -> tuple[Index, pa.Array | 
         return index, _read_verified_ids(sidecar, recorded, index_path, len(index))
     if not os.path.exists(sidecar):
         return index, None
+    _check_plain(sidecar, "ids file", f"the ids file `sparknn build` wrote beside {index_path!r}")
     try:
         table = pq.read_table(sidecar)
     except (pa.ArrowException, OSError) as exc:
