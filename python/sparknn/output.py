@@ -56,6 +56,8 @@ def os_reason(exc: OSError) -> str:
 
 def check_destination(path: str, overwrite: bool, flag: str = "--overwrite") -> None:
     """Fails early (before any work) if ``path`` exists without ``overwrite`` or its directory is missing."""
+    if not path:
+        raise UsageError("the output path is empty")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(f"cannot write {path!r}: directory {parent!r} does not exist")
