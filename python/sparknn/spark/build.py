@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 import sparknn
+from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.direct_read import ParquetScan, first_dim, read_scan
@@ -221,17 +222,21 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, par
         validate(df, features, id_col, id_type != "string")
         raise
     del vectors
-    name = f"{prefix}-shard-0.snn"
-    index.save(os.path.join(root, name), sync=durable)
+    # Side files first, then the index recording their digests (readers verify them against it).
     ids_name = probes_name = None
+    digests = {}
     if not direct:
         ids_name = f"{prefix}-ids-0.arrow"
         write_ids(os.path.join(root, ids_name), ids)
+        digests["ids"] = integrity.digest(os.path.join(root, ids_name))
     if lists is not None:
         probes_name = f"{prefix}-probes-0.arrow"
         write_column(os.path.join(root, probes_name), "lists", probes_column(lists))
+        digests["probes"] = integrity.digest(os.path.join(root, probes_name))
+    name = f"{prefix}-shard-0.snn"
+    index.save(os.path.join(root, name), sync=durable, side_files=digests)
     return Layout(index.dim, index.metric, index.kind, id_type, not direct,
-                  (ShardFiles(name, ids_name, len(index), probes_name),), root)
+                  (ShardFiles(name, ids_name, len(index), probes_name, tuple(sorted(digests.items()))),), root)
 
 
 def file_prefix(uid: str) -> str:

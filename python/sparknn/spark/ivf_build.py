@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from functools import partial
 
 import numpy as np
@@ -33,6 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import sparknn
+from sparknn import integrity
 from sparknn.arrow import rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import ivf_memory
@@ -46,16 +46,17 @@ from sparknn.spark.ivf_plan import (
     sample_size,
 )
 from sparknn.spark.schema import collect_arrow, features_as_float_array
-from sparknn.spark.sharding import _partition_keys
+from sparknn.spark.sharding import _partition_keys, shard_files
 from sparknn.spark.storage import _link as link
 from sparknn.spark.storage import _own as own
-from sparknn.spark.storage import temp_dir
+from sparknn.spark.storage import keep_only, temp_dir
 from sparknn.spark.worker import (
     ARROW_ID_TYPES,
     POSITION_BITS,
     Layout,
-    ShardFiles,
     _cached,
+    attempt_id,
+    digests_json,
     probes_column,
     task_threads,
 )
@@ -67,9 +68,11 @@ _BUILT = T.StructType([
     T.StructField("items", T.StringType()),
     T.StructField("lists", T.ArrayType(T.IntegerType())),  # the part's non-empty lists
     T.StructField("sizes", T.ArrayType(T.LongType())),  # and their sizes
+    T.StructField("sideFiles", T.StringType()),  # JSON: role -> digest, as the index records them
 ])
 _BUILT_ARROW = pa.schema([("part", pa.int32()), ("count", pa.int64()), ("index", pa.string()),
-                          ("items", pa.string()), ("lists", pa.list_(pa.int32())), ("sizes", pa.list_(pa.int64()))])
+                          ("items", pa.string()), ("lists", pa.list_(pa.int32())), ("sizes", pa.list_(pa.int64())),
+                          ("sideFiles", pa.string())])
 
 
 def _load_private(path: str) -> sparknn.Index:
@@ -125,7 +128,7 @@ def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_pa
 class _PartWriter:
     """One part being built: its index (a copy of the quantizer) and its items file, written batch by batch."""
 
-    def __init__(self, part, *, root, prefix, qpath, shipped, dim, width, id_type, positional, threads):
+    def __init__(self, part, *, root, prefix, qpath, shipped, dim, width, id_type, positional, threads, attempt):
         self.part, self.root, self.positional, self.dim = part, root, positional, dim
         src = qpath
         if shipped:
@@ -133,9 +136,10 @@ class _PartWriter:
 
             src = SparkFiles.get(qpath)
         self.index = sparknn.load(src, mmap=False, threads=threads)
-        self.name = f"{prefix}-part-{part}.snn"
-        self.items = f"{prefix}-items-{part}.arrow"
-        self._tmp = os.path.join(root, f"{self.items}.tmp-{os.getpid()}")
+        # Named after the task attempt: a speculative or retried copy writes files of its own.
+        self.name = f"{prefix}-part-{part}-a{attempt}.snn"
+        self.items = f"{prefix}-items-{part}-a{attempt}.arrow"
+        self._tmp = os.path.join(root, f"{self.items}.tmp")
         schema = items_schema(id_type, dim, width)
         self._sink = pa.OSFile(self._tmp, "wb")
         self._writer = pa.ipc.new_file(self._sink, schema)
@@ -157,10 +161,11 @@ class _PartWriter:
         self._writer.close()
         self._sink.close()
         os.replace(self._tmp, os.path.join(self.root, self.items))
-        self.index.save(os.path.join(self.root, self.name))
+        digests = {"items": integrity.digest(os.path.join(self.root, self.items))}
+        self.index.save(os.path.join(self.root, self.name), side_files=digests)  # last: it vouches for the items
         sizes = self.index.list_sizes  # the part's own rows: it started as the empty quantizer
         nonempty = np.flatnonzero(sizes)
-        return self.part, self.count, self.name, self.items, nonempty, sizes[nonempty]
+        return self.part, self.count, self.name, self.items, nonempty, sizes[nonempty], digests_json(digests)
 
     def abort(self) -> None:
         self._sink.close()
@@ -168,10 +173,12 @@ class _PartWriter:
             os.remove(self._tmp)
 
 
-def _build_task(batches, **kw):
-    """Streams a partition's rows into the part(s) it holds; writes each part's index and items file."""
+def _build_task(batches, attempt=None, **kw):
+    """Streams a partition's rows into the part(s) it holds; writes each part's index and items file
+    under names of this task attempt (the driver keeps the delivered attempt's, removes the others)."""
     writers = {}
     threads = task_threads(kw.pop("num_threads"))
+    kw["attempt"] = attempt_id() if attempt is None else attempt
     dim = kw["dim"]
     try:
         for batch in batches:
@@ -188,11 +195,12 @@ def _build_task(batches, **kw):
         for w in writers.values():
             w.abort()
         raise
-    for part, count, name, items, lists, sizes in done:
+    for part, count, name, items, lists, sizes, digests in done:
         yield pa.RecordBatch.from_arrays([pa.array([part], pa.int32()), pa.array([count], pa.int64()),
                                           pa.array([name]), pa.array([items]),
                                           pa.array([lists.astype(np.int32)], pa.list_(pa.int32())),
-                                          pa.array([sizes], pa.list_(pa.int64()))], schema=_BUILT_ARROW)
+                                          pa.array([sizes], pa.list_(pa.int64())), pa.array([digests])],
+                                         schema=_BUILT_ARROW)
 
 
 # -- driver --------------------------------------------------------------------------------
@@ -273,7 +281,7 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
                     **common)
     rows = (data.mapInArrow(assign, assigned_schema).withColumn("key", key).repartition(num_parts, "key")
             .drop("key").mapInArrow(build, _BUILT).collect())
-    built = {r["part"]: r for r in rows}
+    built = {r["part"]: r.asDict() for r in rows}
     total = sum(r["count"] for r in rows)
     sizes = np.zeros(nlist, dtype=np.int64)
     for r in rows:
@@ -285,21 +293,16 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
     for p in range(num_parts):
         r = built.get(p)
         if r is None:  # a planned part that got no rows: an empty index keeps part numbers dense
-            name, items = f"{prefix}-part-{p}.snn", f"{prefix}-items-{p}.arrow"
-            shutil.copyfile(qpath, os.path.join(root, name))
-            _empty_items(os.path.join(root, items), id_type, dim, width)
-            r = {"index": name, "items": items, "count": 0}
-        for name in (r["index"], r["items"]):
-            if not os.path.exists(os.path.join(root, name)):
-                raise InvalidArgumentError(
-                    f"part {p} was written by an executor to {root!r} but the driver cannot see it there: set "
-                    "indexPath to a directory shared by the driver and all executors")
-        parts.append(ShardFiles(r["index"], r["items"], int(r["count"])))
+            r = _empty_part(trained, root, f"{prefix}-part-{p}.snn", f"{prefix}-items-{p}.arrow",
+                            items_schema(id_type, dim, width))
+        parts.append(shard_files(r, root, f"part {p}"))
     list_offsets, list_parts = dedupe_parts(piece_offsets, piece_parts)
     routing = IvfRouting(qname, tuple(sizes.tolist()), tuple(list_offsets.tolist()), tuple(list_parts.tolist()),
                          tuple(piece_offsets.tolist()), tuple(piece_parts.tolist()), tuple(keys),
                          tuple(os.path.getsize(os.path.join(root, s.index)) for s in parts))
-    return Layout(dim, params["metric"], "ivf", id_type, positional, tuple(parts), root, ivf=routing)
+    layout = Layout(dim, params["metric"], "ivf", id_type, positional, tuple(parts), root, ivf=routing)
+    keep_only(root, prefix, layout.files())  # other attempts' files
+    return layout
 
 
 def items_schema(id_type: str, dim: int, width: int) -> pa.Schema:
@@ -308,6 +311,10 @@ def items_schema(id_type: str, dim: int, width: int) -> pa.Schema:
                       ("lists", pa.list_(pa.int32(), width))])
 
 
-def _empty_items(path: str, id_type: str, dim: int, width: int) -> None:
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, items_schema(id_type, dim, width)):
+def _empty_part(trained: sparknn.Index, root: str, name: str, items: str, schema: pa.Schema) -> dict:
+    """A part with no rows: an empty items file and the trained, empty quantizer recording it."""
+    with pa.OSFile(os.path.join(root, items), "wb") as sink, pa.ipc.new_file(sink, schema):
         pass
+    digests = {"items": integrity.digest(os.path.join(root, items))}
+    trained.save(os.path.join(root, name), side_files=digests)
+    return {"index": name, "items": items, "count": 0, "sideFiles": digests_json(digests)}

@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import uuid
 from functools import partial
 
 from pyspark.ml import Model
 from pyspark.ml.util import (
     DefaultParamsReader,
-    DefaultParamsWriter,
     MLReadable,
     MLReader,
     MLWritable,
@@ -20,8 +18,8 @@ from pyspark.ml.util import (
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from sparknn.errors import InvalidArgumentError
-from sparknn.spark import ivf_memory, ivf_route, worker
+from sparknn.errors import IndexFileError, InvalidArgumentError
+from sparknn.spark import ivf_memory, ivf_route, persist, worker
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
 from sparknn.spark.storage import IndexFiles, local_dir
@@ -177,38 +175,40 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         return KNNModelReader(cls)
 
 
-def _ml_io_context(reader_or_writer):
-    """What pyspark.ml's metadata helpers take: a SparkSession from Spark 4, a SparkContext in 3.5."""
-    import pyspark
-
-    if int(pyspark.__version__.split(".")[0]) >= 4:
-        return reader_or_writer.sparkSession
-    return reader_or_writer.sparkSession.sparkContext
-
-
 class KNNModelWriter(MLWriter):
-    """Saves params (pyspark.ml metadata) and a copy of the index files under ``path/index``.
+    """Saves params (pyspark.ml metadata, checksummed) and a copy of the index files under ``path/index``.
 
-    Everything is written to a sibling temporary directory renamed into place
-    at the end, so an interrupted save never leaves a directory that loads.
-    ``path`` must be a local or mounted shared directory.
+    Everything is written to a hidden sibling directory, then committed in one step (persist.commit):
+    a kill at any point leaves the old or the new model loadable at ``path``, and an interrupted
+    save leaves nothing there that loads. ``path`` must be a local or mounted shared directory.
     """
 
     def __init__(self, instance: KNNModel):
         super().__init__()
         self.instance = instance
 
+    def save(self, path: str) -> None:
+        # Not MLWriter.save: its overwrite deletes the old model before the new one is written.
+        if not isinstance(path, str):
+            raise TypeError(f"path should be a string, got type {type(path)}")
+        self._save(path, self.shouldOverwrite)
+
     def saveImpl(self, path: str) -> None:
+        self._save(path, False)
+
+    def _save(self, path: str, overwrite: bool) -> None:
         target = local_dir(path, "model path")
-        if os.path.exists(target):
+        persist.recover(target)
+        if os.path.lexists(target) and not overwrite:
             raise FileExistsError(f"model path {target!r} already exists: use model.write().overwrite().save()")
         files = self.instance._index_files()
-        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = persist.sibling(target, "tmp")
         try:
             layout = files.copy_to(os.path.join(tmp, "index"))
-            DefaultParamsWriter.saveMetadata(self.instance, tmp, _ml_io_context(self),
-                                             extraMetadata={"sparknn": layout.to_json()})
-            os.rename(tmp, target)
+            persist._checkpoint("copied")
+            section = {"format": persist.LAYOUT_FORMAT, **layout.to_json()}
+            persist.write_metadata(tmp, persist.metadata_line(self.instance, {"sparknn": section}))
+            persist.commit(tmp, target, overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -221,18 +221,40 @@ class KNNModelReader(MLReader):
 
     def load(self, path: str) -> KNNModel:
         root = local_dir(path, "model path")
+        persist.recover(root)  # a save killed between its two renames
         if not os.path.isdir(os.path.join(root, "metadata")):
             raise FileNotFoundError(f"no saved KNNModel at {root!r} (missing metadata/)")
-        metadata = DefaultParamsReader.loadMetadata(root, _ml_io_context(self))
+        metadata, where = persist.read_metadata(root)
         if "sparknn" not in metadata:
             raise InvalidArgumentError(f"{root!r} holds a {metadata.get('class')}, not a sparknn KNNModel")
         model = self.cls()
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        layout = Layout.from_json(metadata["sparknn"], os.path.join(root, "index"))
-        for name in layout.files():
-            if not os.path.isfile(os.path.join(layout.root, name)):
-                raise FileNotFoundError(f"model at {root!r} is missing its index file index/{name}")
+        try:
+            model._resetUid(metadata["uid"])
+            DefaultParamsReader.getAndSetParams(model, metadata)
+            layout = Layout.from_json(metadata["sparknn"], os.path.join(root, "index"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise IndexFileError(f"model metadata {where!r} is damaged ({type(err).__name__}: {err})") from None
+        check_files(layout, root)
         # ivf parts are opened in place (each task needs only its own): the path must be shared.
         model._files = IndexFiles(layout, shared=layout.ivf is not None)
         return model
+
+
+def check_files(layout: Layout, root: str) -> None:
+    """The driver's cheap check at load: every file is there, and every side file has the size its
+    digest records (tasks check their checksums before first use)."""
+    named = [("index", s.index) for s in layout.shards] + ([("quantizer", layout.ivf.quantizer)] if layout.ivf else [])
+    named += [rn for s in layout.shards for rn in layout.side_files(s)]
+    for role, name in named:
+        if not os.path.isfile(os.path.join(layout.root, name)):
+            raise IndexFileError(f"{role} file {os.path.join(layout.root, name)!r} is missing (model at {root!r})")
+    for shard in layout.shards:
+        for role, name in layout.side_files(shard):
+            expected = shard.digest(role)
+            if expected is None:
+                continue  # a model saved before side files had digests: unverified
+            path = os.path.join(layout.root, name)
+            size = os.path.getsize(path)
+            if size != expected.size:
+                raise IndexFileError(f"{role} file {path!r} has {size} bytes, {expected.size} expected: the file "
+                                     "is truncated, extended or from another model")
