@@ -23,7 +23,7 @@ from sparknn.spark import ivf_memory, ivf_route, persist, worker
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
 from sparknn.spark.storage import IndexFiles, local_dir
-from sparknn.spark.worker import Layout
+from sparknn.spark.worker import Layout, check_files
 
 ITEMS_PER_TASK = 50_000  # similarItems: at least this many queries per task amortise the index load
 
@@ -176,11 +176,13 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
 
 
 class KNNModelWriter(MLWriter):
-    """Saves params (pyspark.ml metadata, checksummed) and a copy of the index files under ``path/index``.
+    """Saves params (pyspark.ml metadata) and a copy of the index files under ``path/index``.
 
-    Everything is written to a hidden sibling directory, then committed in one step (persist.commit):
-    a kill at any point leaves the old or the new model loadable at ``path``, and an interrupted
-    save leaves nothing there that loads. ``path`` must be a local or mounted shared directory.
+    Everything is written to a hidden sibling directory, flushed, sealed with a manifest and
+    then renamed into place; ``overwrite()`` swaps it with the old model and only then removes
+    the old one (saved.commit). A kill at any point leaves the old or the new model loadable at
+    ``path``; an interrupted save never leaves a directory there that loads. ``path`` must be a
+    local or mounted shared directory.
     """
 
     def __init__(self, instance: KNNModel):
@@ -188,27 +190,21 @@ class KNNModelWriter(MLWriter):
         self.instance = instance
 
     def save(self, path: str) -> None:
-        # Not MLWriter.save: its overwrite deletes the old model before the new one is written.
-        if not isinstance(path, str):
-            raise TypeError(f"path should be a string, got type {type(path)}")
-        self._save(path, self.shouldOverwrite)
+        # Not MLWriter.save: with overwrite it deletes the old model before the new one exists.
+        self.saveImpl(path)
 
     def saveImpl(self, path: str) -> None:
-        self._save(path, False)
-
-    def _save(self, path: str, overwrite: bool) -> None:
         target = local_dir(path, "model path")
-        persist.recover(target)
-        if os.path.lexists(target) and not overwrite:
+        if os.path.lexists(target) and not self.shouldOverwrite:
             raise FileExistsError(f"model path {target!r} already exists: use model.write().overwrite().save()")
         files = self.instance._index_files()
-        tmp = persist.sibling(target, "tmp")
+        tmp = saved.staging_dir(target)
         try:
             layout = files.copy_to(os.path.join(tmp, "index"))
-            persist._checkpoint("copied")
-            section = {"format": persist.LAYOUT_FORMAT, **layout.to_json()}
-            persist.write_metadata(tmp, persist.metadata_line(self.instance, {"sparknn": section}))
-            persist.commit(tmp, target, overwrite)
+            DefaultParamsWriter.saveMetadata(self.instance, tmp, _ml_io_context(self),
+                                             extraMetadata={"sparknn": layout.to_json()})
+            saved.seal(tmp)
+            saved.commit(tmp, target, self.shouldOverwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -220,41 +216,21 @@ class KNNModelReader(MLReader):
         self.cls = cls
 
     def load(self, path: str) -> KNNModel:
-        root = local_dir(path, "model path")
-        persist.recover(root)  # a save killed between its two renames
+        root = saved.resolve(local_dir(path, "model path"))
         if not os.path.isdir(os.path.join(root, "metadata")):
             raise FileNotFoundError(f"no saved KNNModel at {root!r} (missing metadata/)")
-        metadata, where = persist.read_metadata(root)
+        metadata = saved.read_metadata(root)
         if "sparknn" not in metadata:
             raise InvalidArgumentError(f"{root!r} holds a {metadata.get('class')}, not a sparknn KNNModel")
         model = self.cls()
+        model._resetUid(metadata["uid"])
         try:
-            model._resetUid(metadata["uid"])
             DefaultParamsReader.getAndSetParams(model, metadata)
             layout = Layout.from_json(metadata["sparknn"], os.path.join(root, "index"))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise IndexFileError(f"model metadata {where!r} is damaged ({type(err).__name__}: {err})") from None
-        check_files(layout, root)
+            raise IndexFileError(f"model metadata under {os.path.join(root, 'metadata')!r} is damaged: "
+                                 f"{type(err).__name__}: {err}") from None
+        check_files(layout, f"model at {root!r}")
         # ivf parts are opened in place (each task needs only its own): the path must be shared.
         model._files = IndexFiles(layout, shared=layout.ivf is not None)
         return model
-
-
-def check_files(layout: Layout, root: str) -> None:
-    """The driver's cheap check at load: every file is there, and every side file has the size its
-    digest records (tasks check their checksums before first use)."""
-    named = [("index", s.index) for s in layout.shards] + ([("quantizer", layout.ivf.quantizer)] if layout.ivf else [])
-    named += [rn for s in layout.shards for rn in layout.side_files(s)]
-    for role, name in named:
-        if not os.path.isfile(os.path.join(layout.root, name)):
-            raise IndexFileError(f"{role} file {os.path.join(layout.root, name)!r} is missing (model at {root!r})")
-    for shard in layout.shards:
-        for role, name in layout.side_files(shard):
-            expected = shard.digest(role)
-            if expected is None:
-                continue  # a model saved before side files had digests: unverified
-            path = os.path.join(layout.root, name)
-            size = os.path.getsize(path)
-            if size != expected.size:
-                raise IndexFileError(f"{role} file {path!r} has {size} bytes, {expected.size} expected: the file "
-                                     "is truncated, extended or from another model")
