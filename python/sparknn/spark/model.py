@@ -10,6 +10,7 @@ from functools import partial
 from pyspark.ml import Model
 from pyspark.ml.util import (
     DefaultParamsReader,
+    DefaultParamsWriter,
     MLReadable,
     MLReader,
     MLWritable,
@@ -19,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.spark import ivf_memory, ivf_route, persist, worker
+from sparknn.spark import ivf_memory, ivf_route, saved, worker
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
 from sparknn.spark.storage import IndexFiles, local_dir
@@ -173,6 +174,15 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
     @classmethod
     def read(cls) -> KNNModelReader:
         return KNNModelReader(cls)
+
+
+def _ml_io_context(writer):
+    """What pyspark.ml's metadata writer takes: a SparkSession from Spark 4, a SparkContext in 3.5."""
+    import pyspark
+
+    if int(pyspark.__version__.split(".")[0]) >= 4:
+        return writer.sparkSession
+    return writer.sparkSession.sparkContext
 
 
 class KNNModelWriter(MLWriter):

@@ -138,6 +138,22 @@ class Layout:
         return replace(self, shards=shards, root=root, shipped=shipped, ivf=ivf)
 
 
+def check_files(layout: Layout, what: str) -> None:
+    """The driver's cheap check of a model's files (a stat each): every file is there and every side
+    file with a recorded digest has its size. Checksums are verified by the tasks that read them."""
+    roles = {name: role for shard in layout.shards for role, name in layout.side_files(shard)}
+    digests = {name: shard.digest(role) for shard in layout.shards for role, name in layout.side_files(shard)}
+    for name in layout.files():
+        path = os.path.join(layout.root, name)
+        kind = f"{roles[name]} file" if name in roles else "index file"
+        if not os.path.isfile(path):
+            raise IndexFileError(f"{what}: {kind} {path!r} is missing")
+        expected = digests.get(name)
+        if expected is not None and os.path.getsize(path) != expected.size:
+            raise IndexFileError(f"{what}: {kind} {path!r} has {os.path.getsize(path)} bytes, {expected.size} "
+                                 "expected: the file is truncated, extended or from another build")
+
+
 # -- cache ------------------------------------------------------------------------------
 _CACHE: OrderedDict[tuple, object] = OrderedDict()
 _CACHE_SIZE = 64
