@@ -27,6 +27,7 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -105,12 +106,12 @@ def _partition_id() -> int:
 
 # -- executor functions ------------------------------------------------------------------
 def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_parts, num_threads):
-    """Prepends each row's part (its nearest list, and for a split list one of its pieces by a row
-    hash) and its ``width`` nearest lists."""
+    """Prepends each row's part (its nearest list, and for a split list one of its pieces by a hash
+    of its id: the same piece however the input is partitioned) and its ``width`` nearest lists;
+    drops the hash column ``h``."""
     q = quantizer(qpath, shipped)
     q.threads = task_threads(num_threads)
     offsets, parts = np.asarray(piece_offsets), np.asarray(piece_parts)
-    row = _partition_id() << POSITION_BITS
     for batch in batches:
         x = vectors_to_numpy(batch.column("v"), "features", dim)
         lists = q.nearest_lists(x, width) if len(x) else np.empty((0, width), dtype=np.int64)
@@ -118,11 +119,13 @@ def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_pa
         pieces = offsets[home + 1] - offsets[home]
         if len(x) and pieces.min() == 0:  # every list is planned a part (sizes >= 1): never store elsewhere
             raise RuntimeError(f"routed IVF build: list {int(home[pieces.argmin()])} has no part in the plan")
-        pick = (_mix(np.arange(row, row + len(x))) % pieces.astype(np.uint64)).astype(np.int64)
-        row += len(x)
+        h = batch.column("h").to_numpy(zero_copy_only=False)
+        pick = (_mix(h.view(np.uint64)) % pieces.astype(np.uint64)).astype(np.int64)
         part = parts[offsets[home] + pick].astype(np.int32)
-        yield pa.RecordBatch.from_arrays([pa.array(part), rows_to_list(lists.astype(np.int32))] + list(batch.columns),
-                                         names=["part", "lists"] + batch.schema.names)
+        keep = [i for i, name in enumerate(batch.schema.names) if name != "h"]
+        yield pa.RecordBatch.from_arrays([pa.array(part), rows_to_list(lists.astype(np.int32))]
+                                         + [batch.column(i) for i in keep],
+                                         names=["part", "lists"] + [batch.schema.names[i] for i in keep])
 
 
 class _PartWriter:
@@ -220,12 +223,15 @@ def _train(data: DataFrame, n: int, dim: int, params: dict, path: str) -> tuple[
         raise InvalidArgumentError(f"nlist={nlist} is more than the {n} items to index: lower nlist (or leave it "
                                    "0 to choose about 4 sqrt(n))")
     want = sample_size(nlist, n)
-    sample = data.select("v")
-    if want < n:  # Bernoulli sampling overshoots a little so that k-means gets about `want` rows
-        sample = sample.sample(False, min(1.0, 1.1 * want / n), params["seed"])
-    x = vectors_to_numpy(collect_arrow(sample).column("v"), "features", dim)
+    # Rows drawn by a hash of their id, in id order: the same sample (and centroids) however the
+    # input is partitioned (DataFrame.sample draws per partition).
+    h = F.xxhash64(F.col("id"), F.lit(params["seed"]))
+    sample = data.select("id", "v")
+    if want < n:  # overshoots a little so that k-means gets about `want` rows
+        sample = sample.where(F.pmod(h, F.lit(1 << 30)) < F.lit(int(min(1.0, 1.1 * want / n) * (1 << 30))))
+    x = _in_id_order(collect_arrow(sample), dim)
     if len(x) < nlist:
-        x = vectors_to_numpy(collect_arrow(data.select("v").limit(max(nlist, want))).column("v"), "features", dim)
+        x = _in_id_order(collect_arrow(data.select("id", "v").orderBy(h).limit(max(nlist, want))), dim)
     index = sparknn.Index(dim, params["metric"], "ivf", nlist=nlist, nprobe=min(params["nprobe"], nlist),
                           storage=params["storage"], pq_m=params["pqM"], rerank=params["rerank"],
                           train_size=len(x), seed=params["seed"], threads=params["numThreads"])
@@ -233,6 +239,11 @@ def _train(data: DataFrame, n: int, dim: int, params: dict, path: str) -> tuple[
     index.save(path)
     seen = np.bincount(index.nearest_lists(x, 1)[:, 0], minlength=nlist)
     return index, np.maximum(1, np.rint(seen * (n / len(x)))).astype(np.int64)
+
+
+def _in_id_order(table: pa.Table, dim: int) -> np.ndarray:
+    order = pc.sort_indices(table.column("id"))
+    return vectors_to_numpy(table.column("v").take(order).combine_chunks(), "features", dim)
 
 
 def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
@@ -279,8 +290,11 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
                                     T.StructField("lists", T.ArrayType(T.IntegerType()))] + data.schema.fields)
     build = partial(_build_task, root=root, prefix=prefix, width=width, id_type=id_type, positional=positional,
                     **common)
-    rows = (data.mapInArrow(assign, assigned_schema).withColumn("key", key).repartition(num_parts, "key")
-            .drop("key").mapInArrow(build, _BUILT).collect())
+    # Each part's rows in id order, not shuffle order: labels (positions for string ids) and so ties
+    # do not depend on how the input was partitioned (Spark sorts, spilling if it must).
+    rows = (data.withColumn("h", F.xxhash64("id")).mapInArrow(assign, assigned_schema)
+            .withColumn("key", key).repartition(num_parts, "key").drop("key")
+            .sortWithinPartitions("part", "id").mapInArrow(build, _BUILT).collect())
     built = {r["part"]: r.asDict() for r in rows}
     total = sum(r["count"] for r in rows)
     sizes = np.zeros(nlist, dtype=np.int64)

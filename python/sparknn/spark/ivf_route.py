@@ -224,7 +224,10 @@ def _merge(table: pa.Table, k: int, output: str) -> pa.RecordBatch:
     values = lists.flatten()
     dist = values.field("distance").to_numpy(zero_copy_only=False)
     cand_group = np.repeat(group, lengths)
-    order = np.lexsort((dist, cand_group))  # by group, then distance (stable: ties keep part order)
+    # By query, distance, then id: ties do not depend on the order the parts' rows arrived in.
+    keys = [(name, "ascending") for name in ("g", "d", "id")]
+    order = pc.sort_indices(pa.table({"g": cand_group, "d": dist, "id": values.field("id")}),
+                            sort_keys=keys).to_numpy().astype(np.int64)
     sorted_group = cand_group[order]
     first = np.searchsorted(sorted_group, np.arange(num_groups))
     rank = np.arange(len(order)) - first[sorted_group]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import sparknn
 from sparknn import integrity
@@ -300,9 +301,26 @@ def search(layout: Layout, shards: list[Shard], queries: np.ndarray, k: int, ef:
         return parts_ids[0], parts_dist[0]
     ids = np.concatenate(parts_ids, axis=1)
     dist = np.concatenate(parts_dist, axis=1)
-    # Padding has distance +inf, so it sorts last; stable keeps shard order on ties.
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    order = _by_distance_then_id(layout, shards, ids, dist)[:, :k]
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(dist, order, axis=1)
+
+
+def _by_distance_then_id(layout: Layout, shards: list[Shard], ids: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Each row's candidates ordered by distance, then by the user's id (padding, id -1 and
+    distance +inf, last): ties do not depend on which shard holds which item."""
+    if not layout.positional:
+        return np.lexsort((ids, dist), axis=1)
+    nq, m = ids.shape
+    flat = ids.reshape(-1)
+    valid = flat >= 0
+    where = np.full(len(flat), -1, dtype=np.int64)
+    where[valid] = np.arange(int(valid.sum()))
+    users = user_ids(layout, shards, flat[valid]).take(pa.array(where, mask=~valid))
+    rows = np.repeat(np.arange(nq, dtype=np.int64), m)
+    keys = [(name, "ascending") for name in ("r", "d", "u")]
+    order = pc.sort_indices(pa.table({"r": rows, "d": dist.reshape(-1), "u": users}),
+                            sort_keys=keys).to_numpy().astype(np.int64)
+    return order.reshape(nq, m) - (rows.reshape(nq, m) * m)
 
 
 def user_ids(layout: Layout, shards: list[Shard], engine_ids: np.ndarray) -> pa.Array:
