@@ -183,3 +183,32 @@ def test_two_attempts_of_a_routed_build_task(tmp_path):
 
 def _read(path):
     return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+
+
+# --------------------------------------------------------------------------- older models
+def test_model_saved_before_digests_still_loads_unverified(spark, tmp_path):
+    """A model whose layout has no side-file digests, whose indexes record none and that has no
+    manifest (as saved before issue 16) loads and answers as before: its side files are unverified."""
+    import json
+
+    from sparknn.spark import KNNModel, saved
+
+    model = KNN(k=3, metric="l2", indexType="ivf", nlist=8, featuresCol="vector").fit(
+        spark_items(spark, BASE, ids=[f"s{i}" for i in range(len(BASE))], id_type="string"))
+    want = model.similarItems().toArrow().sort_by("id")
+    path = str(tmp_path / "m")
+    model.write().save(path)
+    os.remove(os.path.join(path, saved.MANIFEST))
+    (meta,) = saved.metadata_files(path)
+    with open(os.path.join(path, meta)) as f:
+        metadata = json.loads(f.read())
+    for shard in metadata["sparknn"]["shards"]:
+        assert shard.pop("sideFiles")
+        index = os.path.join(path, "index", shard["index"])
+        sparknn.load(index, mmap=False).save(index)  # without side-file records
+    with open(os.path.join(path, meta), "w") as f:
+        f.write(json.dumps(metadata) + "\n")
+    old = KNNModel.load(path)
+    assert not any(s.digests for s in old.layout.shards)
+    assert not sparknn.load(os.path.join(path, "index", "shard-0.snn")).side_files
+    assert old.similarItems().toArrow().sort_by("id").equals(want)
