@@ -62,7 +62,7 @@ def test_flipped_or_foreign_string_ids_are_refused(spark, kind):
         model.similarItems().collect()
     # A foreign ids file of the same size: another model's (other names, same length).
     other = KNN(k=4, metric="l2", indexType=kind, nlist=8, featuresCol="vector").fit(
-        spark_items(spark, BASE, ids=[f"item-{(i + 1) % len(BASE)}" for i in range(len(BASE))], id_type="string"))
+        spark_items(spark, BASE, ids=[f"mete-{i}" for i in range(len(BASE))], id_type="string"))
     shutil.copyfile(side(other, "ids"), path)
     assert os.path.getsize(path) == os.path.getsize(saved)
     with pytest.raises(Exception, match=r"ids file .* fails its checksum.*from another build"):
