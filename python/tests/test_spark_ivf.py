@@ -122,9 +122,8 @@ def test_skewed_cluster_is_split_and_parts_stay_bounded(spark):
     reference = in_process(model, base, np.arange(len(base)))
     ids, dist = reference.search(base, 9, nprobe=2)
     sim = rows_by_id(model.similarItems().toArrow())
-    # The dense cluster sits at |x|^2 ~ 420, where float32 l2 (|q|^2 + |x|^2 - 2 q.x) is exact to a few
-    # ulps of 420 (3e-5 each): measured up to 6 ulps apart, depending on how queries and items are
-    # batched in the two processes. Allow 8.
+    # float32 l2 (|q|^2 + |x|^2 - 2 q.x) is exact to a few ulps of the squared norms: measured up to 6
+    # apart, depending on how queries and items are batched in the two processes. Allow 8.
     atol = max(1e-4, 8 * float(np.spacing(np.float32(np.square(base).sum(1).max()))))
     assert_same_distances(sim, ids, dist, range(len(base)), 8, exclude=np.arange(len(base)), atol=atol)
 
