@@ -7,9 +7,9 @@
     sparknn info items.snn
 
 Jobs run in this process (pyarrow + the engine on all cores, no JVM) unless
-``--spark MASTER`` is given. Expected problems (bad arguments, bad data) print
-one clear line on stderr and exit with 2 (usage) or 1 (data); ``--debug``
-adds the traceback. See docs/cli.md.
+``--spark MASTER`` is given. Every error prints one line on stderr and exits
+with 2 (usage), 1 (data, files, memory) or 3 (an unexpected error: a bug);
+``--debug`` adds the traceback. See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from sparknn.output import (
     UsageError,
     check_destination,
     check_format,
+    check_separate,
     commit,
     is_delta_table,
+    one_line,
     remove,
     temp_sibling,
     write_batches,
@@ -43,7 +45,7 @@ from sparknn.output import (
 )
 from sparknn.progress import Progress
 
-EXIT_DATA, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _count(minimum: int):
@@ -127,8 +129,29 @@ def _cmd_query(args) -> int:
     return 0
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to start new work (Linux MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+_EXAMPLE_BYTES_PER_VALUE = 28  # make_items' peak: float64 centres[labels] + noise + sum, then float32
+
+
 def _cmd_example(args) -> int:
     check_destination(args.output, args.overwrite)
+    need = (args.n * _EXAMPLE_BYTES_PER_VALUE + args.clusters * 8) * args.dim  # rows, and float64 centres
+    free = _available_memory()
+    if free is not None and need > free:  # refused with the numbers, not killed half-way
+        raise UsageError(f"--n {args.n:,} rows (and --clusters {args.clusters:,}) of --dim {args.dim:,} need about "
+                         f"{need / 2**30:,.1f} GiB of memory to generate; {free / 2**30:,.1f} GiB is available: "
+                         "use a smaller --n, --dim or --clusters")
     maker = make_queries if args.queries else make_items
     table = maker(args.n, args.dim, clusters=args.clusters, seed=args.seed)
     write_table(args.output, table, "parquet", args.overwrite)
@@ -181,9 +204,12 @@ def _similar_on_spark(args) -> jobs.Result:
     result never has to fit in the driver's memory.
     """
     check_format(args.format)
+    jobs.check_id_col(args.id_col)
     check_destination(args.output, args.overwrite)
+    check_separate([("output", args.output)], [("input", args.input)])
     # Schema, types and row count are checked from the files' metadata before a JVM starts.
     inp = jobs.open_input(args.input, args.id_col, args.vector_col)
+    k = max(1, jobs.capped_k(args.k, inp.num_rows, self_join=True))  # the same rows, never sized by a huge k
     try:
         from sparknn.spark import KNN
     except ImportError as exc:
@@ -201,7 +227,7 @@ def _similar_on_spark(args) -> jobs.Result:
         files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
         df = spark.read.parquet(*files).select(args.id_col, args.vector_col)
         ivf = dict(nlist=args.nlist, nprobe=args.nprobe, storage=args.storage, pqM=args.pq_m, rerank=args.rerank)
-        knn = KNN(k=args.k, metric=args.metric, indexType=args.index, featuresCol=args.vector_col,
+        knn = KNN(k=k, metric=args.metric, indexType=args.index, featuresCol=args.vector_col,
                   idCol=args.id_col, M=args.M, efConstruction=args.ef_construction, efSearch=args.ef_search,
                   numThreads=args.threads, **(ivf if args.index == "ivf" else {}))
         try:
@@ -227,7 +253,7 @@ def _similar_on_spark(args) -> jobs.Result:
         remove(tmp)
         if ours:
             spark.stop()
-    return jobs.Result(rows, min(args.k, inp.num_rows - 1), timings, preview)
+    return jobs.Result(rows, jobs.capped_k(args.k, inp.num_rows, self_join=True), timings, preview)
 
 
 def _delta_files(path: str) -> list:
@@ -353,16 +379,35 @@ def main(argv: list[str] | None = None) -> int:
         args.index = args.default_index
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
+        return _run(args)
+    except KeyboardInterrupt:  # also one arriving while an error is reported (SIGTERM interrupts a
+        # blocking open with EINTR, and its handler then runs inside the except clause)
         print("sparknn: interrupted; no output was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    """Runs the command; every error becomes one line on stderr and an exit code."""
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        raise
     except UsageError as exc:
         return _fail(args, exc, EXIT_USAGE)
     except (DataError, InvalidArgumentError, IndexFileError, OSError) as exc:
         return _fail(args, exc, EXIT_DATA)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except pa.ArrowException as exc:  # a reading or decoding failure that jobs.py did not word
+        return _fail(args, exc, EXIT_DATA, "cannot read the input: ")
+    except MemoryError as exc:
+        return _fail(args, exc, EXIT_DATA, "out of memory: ", " (use smaller inputs or a machine with more memory)")
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bug, or a Rust panic (pyo3's PanicException is a
+        # BaseException): still one line, the traceback with --debug
+        return _fail(args, exc, EXIT_BUG, f"unexpected {type(exc).__name__}: ",
+                     " (this is a bug in sparknn: --debug shows the traceback; please report it)")
 
 
 def _terminate(signum, frame):
@@ -370,10 +415,13 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-def _fail(args, exc: BaseException, code: int) -> int:
+def _fail(args, exc: BaseException, code: int, prefix: str = "", suffix: str = "") -> int:
     if args.debug:
         traceback.print_exc()
-    print(f"sparknn {args.command}: error: {exc}", file=sys.stderr)
+    text = one_line(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # "No space left on device: 'x'", not "[Errno 28] ..."
+        text = exc.strerror + (f": {exc.filename!r}" if exc.filename else "")
+    print(f"sparknn {args.command}: error: {prefix}{text}{suffix}", file=sys.stderr)
     return code
 
 

@@ -9,11 +9,14 @@ input table: items are read once to build and once more to query.
 Ids: the engine stores int64 ids. Non-negative integer ids are used as they
 are. Any other id (strings, negative or over-large integers) is replaced by the
 row position, and the user's id column maps positions back; ``build`` stores
-that column beside the index file as ``<index>.ids.parquet``.
+that column beside the index file as ``<index>.ids.parquet`` and records that
+file's size and CRC-32C inside the index file (its SideFiles section), so a
+missing, damaged or foreign ids file is an error, never wrong ids.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -30,15 +33,22 @@ import pyarrow.parquet as pq
 
 from sparknn._core import ivf_default_train_size
 from sparknn.arrow import neighbors_array, neighbors_type, vectors_to_numpy
-from sparknn.errors import InvalidArgumentError
+from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn.index import Index, load
+from sparknn.integrity import FileDigest, crc32c
 from sparknn.output import (
     DataError,
+    OutputError,
     UsageError,
     check_destination,
     check_format,
+    check_separate,
     commit,
+    one_line,
+    os_reason,
     remove,
+    special_kind,
+    sync_file,
     temp_sibling,
     write_batches,
 )
@@ -46,8 +56,12 @@ from sparknn.progress import Progress
 
 BUILD_BATCH = 50_000  # rows read and added per step: the progress bar moves, memory stays bounded
 SEARCH_BATCH = 8_192  # rows searched per call: enough to keep every core busy
+RESULT_BYTES = 256 << 20  # bound on one search call's id + distance matrices (rows x k x 12 bytes)
 IDS_SUFFIX = ".ids.parquet"
-_IDS_META = b"sparknn.index"
+IDS_ROLE = "ids"  # the ids file's role in the index file's SideFiles section
+_IDS_META = b"sparknn.index"  # the fingerprint of indexes built before SideFiles (still read)
+_LISTED = 10  # files named in one error message
+NEIGHBORS = "neighbors"  # the output's neighbour column
 
 
 @dataclass(frozen=True)
@@ -89,22 +103,83 @@ class Input:
     def batches(self, columns, batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(first row, batch) over ``columns``, in file order."""
         offset = 0
-        for batch in self.dataset.to_batches(columns=list(columns), batch_size=batch_size):
-            if batch.num_rows:
-                yield offset, batch
-                offset += batch.num_rows
+        with reading(self.path):
+            for batch in self.dataset.to_batches(columns=list(columns), batch_size=batch_size):
+                if batch.num_rows:
+                    yield offset, batch
+                    offset += batch.num_rows
 
 
-def _open_dataset(path: str) -> ds.Dataset:
-    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "_delta_log")):
-        try:
-            from deltalake import DeltaTable  # the current version's files, not every file in the directory
-        except ImportError:
-            raise UsageError(f"{path!r} is a Delta table: reading it needs the deltalake package "
-                             "(pip install 'sparknn[delta]')") from None
+@contextmanager
+def reading(path: str, what: str = "input") -> Iterator[None]:
+    """Reports a failure to read or decode ``path`` (a damaged page, an unreadable file) in one line."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:  # pyarrow's I/O and decoding errors are OSErrors
+        raise DataError(f"cannot read {what} {path!r}: {one_line(exc)}") from None
 
+
+def _open_delta(path: str) -> ds.Dataset:
+    """The current version's files of a Delta table, not every file in the directory."""
+    try:
+        from deltalake import DeltaTable
+    except ImportError:
+        raise UsageError(f"{path!r} is a Delta table: reading it needs the deltalake package "
+                         "(pip install 'sparknn[delta]')") from None
+    try:
         return DeltaTable(path).to_pyarrow_dataset()
-    dataset = ds.dataset(path, format="parquet")  # skips files starting with "." or "_" (_SUCCESS, .crc)
+    except Exception as exc:  # noqa: BLE001 - deltalake's errors (a damaged or empty log) share no base class
+        # Its messages end with a Rust backtrace when RUST_BACKTRACE is set: the first line says what is wrong.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = re.split(r"; 0: | 0: ", first)[0]
+        raise DataError(f"cannot read the Delta table {path!r}: {first}") from None
+
+
+def _unreadable_entries(path: str) -> list[tuple[str, str]]:
+    """Entries of a directory input that Arrow's listing would skip silently, with what each is:
+    broken symbolic links, pipes, devices, sockets.
+
+    Each is a part the user may have meant to be read; dropping it would give an answer over
+    fewer items with exit 0. Names starting with "." or "_" are skipped, as Arrow skips them.
+    """
+    odd = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for name in files + dirs:
+            full = os.path.join(root, name)
+            if name.startswith((".", "_")):
+                continue
+            if not os.path.exists(full):
+                odd.append((full, f"a broken symbolic link to {os.readlink(full)!r}"))
+            elif special_kind(os.stat(full).st_mode):
+                odd.append((full, special_kind(os.stat(full).st_mode)))
+    return sorted(odd)
+
+
+def _check_plain(path: str, what: str, wanted: str = "a Parquet file, a directory or a Delta table") -> None:
+    """A single-file input or index must be a regular file: opening a pipe waits for a writer forever."""
+    kind = special_kind(os.stat(path).st_mode)
+    if kind:
+        raise DataError(f"{what} {path!r} is {kind}, not a file: give {wanted}")
+
+
+def _open_dataset(path: str, what: str) -> ds.Dataset:
+    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "_delta_log")):
+        return _open_delta(path)
+    if os.path.isdir(path):
+        odd = _unreadable_entries(path)
+        if odd:
+            named = "; ".join(f"{os.path.relpath(p, path)} is {kind}" for p, kind in odd[:_LISTED])
+            more = f"; and {len(odd) - _LISTED} more" if len(odd) > _LISTED else ""
+            raise DataError(f"{what} directory {path!r} has entries that cannot be read as files: "
+                            f"{named}{more}; fix or remove them")
+    else:
+        _check_plain(path, what)
+    # Skips files starting with "." or "_" (_SUCCESS, .crc). Pages written with a CRC (parquet-mr's
+    # default, pyarrow's write_page_checksum) are checked: a damaged page is an error, not wrong vectors.
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        page_checksum_verification=True))
+    dataset = ds.dataset(path, format=fmt)
     if not dataset.files:
         raise DataError(f"{path!r} contains no Parquet files")
     return dataset
@@ -127,15 +202,62 @@ def _check_id_type(typ: pa.DataType, name: str, path: str) -> None:
     raise DataError(f"column {name!r} in {path!r} has type {typ}: ids must be integers or strings")
 
 
+def _plain(typ: pa.DataType) -> pa.DataType:
+    """A type without its list element's name and nullability, which writers choose differently
+    (Spark: ``element``, not null; older pyarrow: ``item``) for the same data."""
+    if pa.types.is_fixed_size_list(typ):
+        return pa.list_(_plain(typ.value_type), typ.list_size)
+    if pa.types.is_large_list(typ):
+        return pa.large_list(_plain(typ.value_type))
+    if pa.types.is_list(typ):
+        return pa.list_(_plain(typ.value_type))
+    return typ
+
+
+def _check_one_schema(dataset: ds.Dataset, path: str, columns: tuple[str, ...], what: str) -> None:
+    """Every file of a directory must give the needed columns the same types.
+
+    Arrow would take the first file's schema and cast the others to it: numeric
+    string ids silently become integers, and a file without a column reads as
+    nulls. Reads each file's footer only.
+    """
+    if not isinstance(dataset, ds.FileSystemDataset) or len(dataset.files) < 2:
+        return
+
+    def describe(schema: pa.Schema) -> tuple:
+        return tuple(str(_plain(schema.field(c).type)) if c in schema.names else None for c in columns)
+
+    def show(shape: tuple) -> str:
+        return ", ".join(f"{c}: {t}" if t is not None else f"no column {c!r}" for c, t in zip(columns, shape))
+
+    reference, odd = None, []
+    for fragment in dataset.get_fragments():
+        try:
+            shape = describe(fragment.physical_schema)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read {what} file {fragment.path!r} as Parquet: {one_line(exc)}") from None
+        if reference is None:
+            reference = (fragment.path, shape)
+        elif shape != reference[1]:
+            odd.append((fragment.path, shape))
+    if odd:
+        named = "; ".join(f"{os.path.relpath(p, path)} has {show(shape)}" for p, shape in odd[:_LISTED])
+        more = f"; and {len(odd) - _LISTED} more files" if len(odd) > _LISTED else ""
+        raise DataError(f"the files of {what} {path!r} do not share one schema: "
+                        f"{os.path.relpath(reference[0], path)} has {show(reference[1])}, but {named}{more}. "
+                        "Rewrite them with one schema (or read only the matching files)")
+
+
 def open_input(path: str, id_col: str, vector_col: str, what: str = "input") -> Input:
     """Opens ``path`` and checks the columns exist with usable types and that there are rows.
 
-    Reads only metadata: nothing here costs time on large inputs.
+    Reads only metadata (the footer of each file): nothing here costs time on large inputs.
     """
     if not os.path.exists(path):
         raise UsageError(f"{what} {path!r} does not exist")
     try:
-        dataset = _open_dataset(path)
+        dataset = _open_dataset(path, what)
+        _check_one_schema(dataset, path, (id_col, vector_col), what)
         schema = dataset.schema
         for name, flag in ((id_col, "--id-col"), (vector_col, "--vector-col")):
             if name not in schema.names:
@@ -144,8 +266,8 @@ def open_input(path: str, id_col: str, vector_col: str, what: str = "input") -> 
         _check_id_type(schema.field(id_col).type, id_col, path)
         _check_vector_type(schema.field(vector_col).type, vector_col, path)
         num_rows = dataset.count_rows()
-    except pa.ArrowException as exc:
-        raise DataError(f"cannot read {what} {path!r} as Parquet: {exc}") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot read {what} {path!r} as Parquet: {one_line(exc)}") from None
     if num_rows == 0:
         raise DataError(f"{what} {path!r} has no rows")
     return Input(path, dataset, id_col, vector_col, num_rows)
@@ -153,7 +275,8 @@ def open_input(path: str, id_col: str, vector_col: str, what: str = "input") -> 
 
 def read_ids(inp: Input, unique: bool) -> pa.Array:
     """The id column as one array, checked for nulls (and duplicates when ``unique``)."""
-    ids = inp.dataset.to_table(columns=[inp.id_col]).column(0).combine_chunks()
+    with reading(inp.path):
+        ids = inp.dataset.to_table(columns=[inp.id_col]).column(0).combine_chunks()
     if ids.null_count:
         row = int(pc.index(pc.is_null(ids), True).as_py())
         raise DataError(f"column {inp.id_col!r} has a null id at row {row}")
@@ -219,14 +342,28 @@ def _train_sample(inp: Input, dim: int, rows: int, seed: int = 0) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
 
 
+def usable_threads(threads: int) -> int:
+    """``threads`` capped at the cores this process may run on (0 stays 0: all of them).
+
+    More threads than cores compute nothing faster, and the engine sizes per-thread buffers by
+    the count: ``--threads 1000000`` on an ivf index took 23 GB and was killed.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return min(threads, max(cores, 1))
+
+
 def _new_index(dim: int, opts: IndexOptions, n: int) -> Index:
+    threads = usable_threads(opts.threads)
     if opts.kind != "ivf":
         return Index(dim, opts.metric, opts.kind, M=opts.M, ef_construction=opts.ef_construction,
-                     ef_search=opts.ef_search, threads=opts.threads)
+                     ef_search=opts.ef_search, threads=threads)
     # Lists are chosen for the whole input, not for its first batch.
     nlist = opts.nlist or max(1, min(n, round(4 * n**0.5)))
     return Index(dim, opts.metric, "ivf", nlist=nlist, nprobe=opts.nprobe, storage=opts.storage, pq_m=opts.pq_m,
-                 rerank=opts.rerank, threads=opts.threads)
+                 rerank=opts.rerank, threads=threads)
 
 
 def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress: Progress,
@@ -275,7 +412,7 @@ def _map_back(neighbors: pa.Array, id_type: pa.DataType) -> pa.Array:
 
 
 def output_schema(id_field: pa.Field, item_id_type: pa.DataType) -> pa.Schema:
-    return pa.schema([pa.field(id_field.name, id_field.type), pa.field("neighbors", neighbors_type(item_id_type))])
+    return pa.schema([pa.field(id_field.name, id_field.type), pa.field(NEIGHBORS, neighbors_type(item_id_type))])
 
 
 def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: int | None,
@@ -290,8 +427,11 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
     """
     schema = output_schema(pa.field(inp.id_col, query_ids.type), item_id_type)
     kk = k + 1 if self_ids is not None else k
+    # k is at most the item count here (capped_k), and rows per call shrink as k grows, so one
+    # call's [rows, kk] result matrices stay within RESULT_BYTES whatever k was asked for.
+    rows = max(1, min(index.query_batch(SEARCH_BATCH, 262_144), RESULT_BYTES // (12 * max(kk, 1))))
     with progress.bar(inp.num_rows, desc) as bar:
-        for first, batch in inp.batches([inp.vector_col], index.query_batch(SEARCH_BATCH, 262_144)):
+        for first, batch in inp.batches([inp.vector_col], rows):
             x = _vectors(batch.column(0), inp.vector_col, index.dim, first)
             with _rows_of_input(inp.vector_col, first, len(x)):
                 if lists is not None:
@@ -327,6 +467,22 @@ def _check_k(k: int) -> None:
         raise UsageError(f"k must be an integer >= 1, got {k!r}")
 
 
+def check_id_col(id_col: str) -> None:
+    """The output has the id column and ``neighbors``: one name for both wrote a file with two
+    columns called ``neighbors``, which readers refuse ("Multiple matches for FieldRef")."""
+    if id_col == NEIGHBORS:
+        raise UsageError(f"the id column is called {NEIGHBORS!r}, the name of the output's neighbour column: "
+                         "rename it in the input (the output would have two columns of that name)")
+
+
+def capped_k(k: int, items: int, self_join: bool) -> int:
+    """The neighbours a row can have: k, at most the other items (a self-join drops the row itself).
+
+    Applied before anything is sized by k: asking for k = 2**40 of 200 items allocates for 200.
+    """
+    return max(0, min(k, items - 1 if self_join else items))
+
+
 def _read_and_build(input_path: str, id_col: str, vector_col: str, opts: IndexOptions, progress: Progress,
                     timings: Timings, keep_lists: bool = False
                     ) -> tuple[Input, pa.Array, np.ndarray | None, Index, np.ndarray | None]:
@@ -349,13 +505,16 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     """
     progress = progress or Progress(False)
     _check_k(k)
+    check_id_col(id_col)
     check_format(fmt)
     check_destination(output, overwrite)
+    check_separate([("output", output)], [("input", input_path)])
     timings = Timings()
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, opts, progress, timings,
                                                      keep_lists=True)
 
     t0 = time.perf_counter()
+    k = capped_k(k, inp.num_rows, self_join=True)
     self_ids = direct if direct is not None else np.arange(inp.num_rows, dtype=np.int64)
     schema = output_schema(pa.field(id_col, ids.type), ids.type)
     preview: list = []
@@ -363,11 +522,12 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
                               self_ids, progress, "searching", lists)
     rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
     timings.add("search + write", time.perf_counter() - t0)
-    return Result(rows, min(k, inp.num_rows - 1), timings, pa.Table.from_batches(preview) if preview else None)
+    return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None)
 
 
 def _fingerprint(index_path: str) -> bytes:
-    """Ties an ids file to its index: the header checksum (covering every section's checksum) and size."""
+    """How indexes built before SideFiles tie an ids file to its index: the header checksum
+    (covering every section's checksum) and size, stored in the ids file's metadata."""
     with open(index_path, "rb") as f:
         head = f.read(64)
     return f"{zlib.crc32(head):08x}:{os.path.getsize(index_path)}".encode()
@@ -376,12 +536,18 @@ def _fingerprint(index_path: str) -> bytes:
 def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector",
           opts: IndexOptions = IndexOptions(), overwrite: bool = False,
           progress: Progress | None = None) -> Result:
-    """Builds an index file; ids that are not non-negative integers go to ``<output>.ids.parquet``."""
+    """Builds an index file; ids that are not non-negative integers go to ``<output>.ids.parquet``.
+
+    The ids file is written first and its size and CRC-32C are recorded in the
+    index file (role ``ids``); both are written under temporary names and
+    committed ids first, index last, so a reader never pairs an index with an
+    ids file it did not record.
+    """
     progress = progress or Progress(False)
     check_destination(output, overwrite)
     sidecar = output + IDS_SUFFIX
-    if not overwrite:
-        check_destination(sidecar, overwrite)
+    check_destination(sidecar, overwrite)
+    check_separate([("index", output), ("ids file", sidecar)], [("input", input_path)])
     timings = Timings()
     inp, ids, direct, index, _ = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)
 
@@ -389,14 +555,12 @@ def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str =
     tmp_index = temp_sibling(output)
     tmp_ids = temp_sibling(sidecar)
     try:
-        index.save(tmp_index)
+        _save(index, ids, direct, id_col, tmp_index, tmp_ids, output)
         if direct is None:
-            meta = {_IDS_META: _fingerprint(tmp_index)}
-            pq.write_table(pa.table({id_col: ids}).replace_schema_metadata(meta), tmp_ids)
-            commit(tmp_ids, sidecar)  # first: a new ids file beside an old index fails its fingerprint check
+            commit(tmp_ids, sidecar)  # first: an old index beside a new ids file fails its recorded checksum
         commit(tmp_index, output)
         if direct is not None and os.path.lexists(sidecar):
-            remove(sidecar)  # a stale ids file would fail its check; it is not needed any more
+            remove(sidecar)  # a stale ids file would be refused beside this index; it is not needed any more
     finally:
         remove(tmp_index)
         remove(tmp_ids)
@@ -404,17 +568,72 @@ def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str =
     return Result(len(index), 0, timings)
 
 
+def _save(index: Index, ids: pa.Array, direct: np.ndarray | None, id_col: str, tmp_index: str, tmp_ids: str,
+          output: str) -> None:
+    """Writes the ids file (when needed), then the index recording its digest, both under temporary names."""
+    try:
+        if direct is not None:
+            index.save(tmp_index, sync=True)
+        else:
+            pq.write_table(pa.table({id_col: ids}), tmp_ids)
+            sync_file(tmp_ids)
+            index.save(tmp_index, sync=True, side_files={IDS_ROLE: tmp_ids})
+    except OSError as exc:  # a full disk, an I/O error: named for the file the user asked for
+        raise OutputError(exc.errno or errno.EIO, f"cannot write the index {output!r}: "
+                          f"{os_reason(exc)}; nothing was written") from exc
+
+
+def _read_verified_ids(sidecar: str, expected: FileDigest, index_path: str, count: int) -> pa.Array:
+    """The ids file checked against the digest the index recorded, from one mapping of its bytes
+    (the bytes checked are the bytes read, even if the file is replaced meanwhile)."""
+    what = f"ids file of {index_path!r}"
+    if not os.path.isfile(sidecar):
+        raise IndexFileError(f"{what}, {sidecar!r}, is missing: the index stores row positions and needs it "
+                             "to return the items' ids (copy it beside the index, or rebuild with `sparknn build`)")
+    with pa.memory_map(sidecar) as source:
+        data = source.read_buffer()
+        if data.size != expected.size:
+            raise IndexFileError(f"{what}, {sidecar!r}, has {data.size} bytes, {expected.size} expected: "
+                                 "the file is truncated, extended or from another build")
+        actual = crc32c(data)
+        if actual != expected.crc32c:
+            raise IndexFileError(f"{what}, {sidecar!r}, fails its checksum (CRC-32C {actual:08x}, "
+                                 f"{expected.crc32c:08x} expected): the file is damaged or from another build")
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, OSError) as exc:
+            raise IndexFileError(f"{what}, {sidecar!r}, matches its checksum but cannot be read: "
+                                 f"{one_line(exc)}") from None
+    if table.num_columns != 1 or table.num_rows != count:
+        raise IndexFileError(f"{what}, {sidecar!r}, holds {table.num_rows} rows in {table.num_columns} columns: "
+                             f"expected one column of {count} ids")
+    return table.column(0).combine_chunks()
+
+
 def load_with_ids(index_path: str, threads: int = 0) -> tuple[Index, pa.Array | None]:
-    """The index (memory-mapped) and, if it was built with non-integer ids, the user's ids by position."""
+    """The index (memory-mapped) and, if it was built with non-integer ids, the user's ids by position.
+
+    An index that records an ids file (``build`` since SideFiles) requires it,
+    unchanged: missing or damaged is an IndexFileError naming it. Older indexes
+    keep the fingerprint check of the ids file's metadata.
+    """
     if not os.path.exists(index_path):
         raise UsageError(f"index {index_path!r} does not exist")
-    index = load(index_path, mmap=True, threads=threads)
+    _check_plain(index_path, "index", "an index file written by `sparknn build`")
+    index = load(index_path, mmap=True, threads=usable_threads(threads))
     sidecar = index_path + IDS_SUFFIX
+    recorded = index.side_files.get(IDS_ROLE)
+    if recorded is not None:
+        return index, _read_verified_ids(sidecar, recorded, index_path, len(index))
     if not os.path.exists(sidecar):
         return index, None
-    table = pq.read_table(sidecar)
+    _check_plain(sidecar, "ids file", f"the ids file `sparknn build` wrote beside {index_path!r}")
+    try:
+        table = pq.read_table(sidecar)
+    except (pa.ArrowException, OSError) as exc:
+        raise IndexFileError(f"ids file {sidecar!r} cannot be read: {one_line(exc)}") from None
     stamp = (table.schema.metadata or {}).get(_IDS_META)
-    if stamp != _fingerprint(index_path) or table.num_rows != len(index):
+    if stamp != _fingerprint(index_path) or table.num_rows != len(index) or table.num_columns != 1:
         raise DataError(f"{sidecar!r} does not belong to {index_path!r} (it was written for another build): "
                         "rebuild the index with `sparknn build`")
     return index, table.column(0).combine_chunks()
@@ -426,13 +645,18 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
     """The ``k`` nearest items of every query row: the query's id column and ``neighbors``."""
     progress = progress or Progress(False)
     _check_k(k)
+    check_id_col(id_col)
     if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or ef < 1):
         raise UsageError(f"ef must be an integer >= 1, got {ef!r}")
     check_format(fmt)
     check_destination(output, overwrite)
+    check_separate([("output", output)], [("queries", queries_path), ("index", index_path),
+                                          ("ids file", index_path + IDS_SUFFIX)])
     timings = Timings()
     t0 = time.perf_counter()
     index, item_ids = load_with_ids(index_path, threads)
+    if len(index) == 0:
+        raise DataError(f"index {index_path!r} holds no items: there is nothing to find")
     inp = open_input(queries_path, id_col, vector_col, what="queries")
     query_ids = read_ids(inp, unique=False)
     # Check every query vector before the search starts, so a bad row fails in seconds, not hours.
@@ -444,13 +668,16 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
     timings.add("load + check", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
+    k = capped_k(k, len(index), self_join=False)
+    if ef is not None:
+        ef = min(ef, max(len(index), 1))  # a beam wider than the index visits nothing more
     item_type = item_ids.type if item_ids is not None else pa.int64()
     schema = output_schema(pa.field(id_col, query_ids.type), item_type)
     preview: list = []
     batches = _search_batches(inp, index, query_ids, k, ef, item_ids, item_type, None, progress, "querying")
     rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
     timings.add("search + write", time.perf_counter() - t0)
-    return Result(rows, min(k, len(index)), timings, pa.Table.from_batches(preview) if preview else None)
+    return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None)
 
 
 def info(index_path: str) -> dict:
@@ -458,6 +685,16 @@ def info(index_path: str) -> dict:
     index, item_ids = load_with_ids(index_path)
     with open(index_path, "rb") as f:
         version = int.from_bytes(f.read(12)[8:12], "little")
+    sidecar = index_path + IDS_SUFFIX
+    recorded = index.side_files.get(IDS_ROLE)
+    if item_ids is None:
+        ids = "stored in the index (int64)"
+    elif recorded is not None:
+        ids = (f"row positions; the user's ids ({item_ids.type}) are in {sidecar}, verified "
+               f"({recorded.size:,} bytes, CRC-32C {recorded.crc32c:08x} as recorded in the index)")
+    else:
+        ids = (f"row positions; the user's ids ({item_ids.type}) are in {sidecar} (fingerprint matches; an index "
+               "built before ids files were checksummed: rebuild it to have the whole file verified)")
     return {
         "path": index_path,
         "kind": index.kind,
@@ -467,6 +704,9 @@ def info(index_path: str) -> dict:
         "file_size": os.path.getsize(index_path),
         "format_version": version,
         "params": index.params,
-        "ids": "stored in the index (int64)" if item_ids is None else
-               f"row positions; the user's ids ({item_ids.type}) are in {index_path + IDS_SUFFIX}",
+        "ids": ids,
+        "ids_file": None if item_ids is None else {
+            "path": sidecar, "verified": recorded is not None,
+            **({"bytes": recorded.size, "crc32c": f"{recorded.crc32c:08x}"} if recorded is not None else {}),
+        },
     }

@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 import sparknn
+from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.direct_read import ParquetScan, first_dim, read_scan
@@ -80,6 +81,12 @@ def check_unique(ids: pa.Array, id_col: str) -> None:
                                    f"{dup.field('counts')[0].as_py()} times): ids must be unique")
 
 
+def id_order(ids: pa.Array) -> np.ndarray | None:
+    """The permutation that sorts ``ids`` (strings too), or None when they are sorted already."""
+    order = pc.sort_indices(ids).to_numpy()
+    return None if np.array_equal(order, np.arange(len(order))) else order
+
+
 def use_direct_ids(ids: pa.Array, id_type: str) -> bool:
     """Non-negative integer ids serve as engine ids; strings and negative ints map via positions."""
     if id_type == "string":
@@ -99,8 +106,9 @@ def new_index(dim: int, params: dict, threads: int, n: int = 0) -> sparknn.Index
                          seed=params["seed"], threads=threads, **ivf)
 
 
-def vector_batches(column: pa.ChunkedArray, name: str, rows: int = BUILD_BATCH):
-    """(first row, float32 [m, dim]) over a collected vector column, ``rows`` at a time.
+def vector_batches(column: pa.ChunkedArray, name: str, rows: int = BUILD_BATCH, order: np.ndarray | None = None):
+    """(first row, float32 [m, dim]) over a collected vector column, ``rows`` at a time; with
+    ``order``, the rows ``order[first:first + m]`` (gathered batch by batch).
 
     A batch within one chunk (one per partition) is read in place, zero-copy for float32;
     only a batch across chunks is joined: the column is never copied whole (a second copy
@@ -108,35 +116,40 @@ def vector_batches(column: pa.ChunkedArray, name: str, rows: int = BUILD_BATCH):
     """
     dim = None
     for first in range(0, len(column), rows):
-        part = column.slice(first, rows)
+        if order is not None:
+            part = column.take(pa.array(order[first:first + rows]))
+        else:
+            part = column.slice(first, rows)
         x = vectors_to_numpy(part.chunk(0) if part.num_chunks == 1 else part.combine_chunks(), name, dim)
         dim = x.shape[1]
         yield first, x
 
 
-def _sample(column: pa.ChunkedArray, name: str, size: int, seed: int) -> np.ndarray:
-    """``size`` rows drawn uniformly without replacement, in row order: the k-means sample."""
+def _sample(column: pa.ChunkedArray, name: str, size: int, seed: int, order: np.ndarray | None) -> np.ndarray:
+    """``size`` rows drawn uniformly without replacement, in row order (of ``order``): the k-means sample."""
     n = len(column)
     chosen = np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
     parts = []
-    for first, x in vector_batches(column, name):
+    for first, x in vector_batches(column, name, order=order):
         lo, hi = np.searchsorted(chosen, [first, first + len(x)])
         parts.append(x[chosen[lo:hi] - first])
     return np.concatenate(parts)
 
 
-def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, params: dict):
+def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, params: dict,
+           order: np.ndarray | None = None):
     """The index over the collected vectors, batch by batch; for ivf also each item's nearest
     lists, int32 [n, width] (the first is where it is stored, all are where similarItems
-    searches it: saved beside the index, so no second quantizer pass)."""
+    searches it: saved beside the index, so no second quantizer pass). With ``order`` the rows
+    are added in that order (``ids`` are given in it already)."""
     n = len(vectors)
     index = lists = None
-    for first, x in vector_batches(vectors, features):
+    for first, x in vector_batches(vectors, features, order=order):
         if index is None:
             index = new_index(x.shape[1], params, params["numThreads"], n)
             if index.kind == "ivf":
                 nlist = index.params["nlist"]
-                index.train(_sample(vectors, features, sample_size(nlist, n), params["seed"]))
+                index.train(_sample(vectors, features, sample_size(nlist, n), params["seed"], order))
                 lists = np.empty((n, min(index.nprobe, nlist, MAX_STORED_PROBES)), dtype=np.int32)
         rows = None if ids is None else ids[first:first + len(x)]
         if lists is None:
@@ -214,24 +227,33 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, par
         raise InvalidArgumentError(f"idCol {id_col!r} has {ids.null_count} null values")
     check_unique(ids, id_col)
     direct = use_direct_ids(ids, id_type)
+    # Rows in id order, not collection order: positions (string ids), the sample k-means trains on
+    # and the graph do not depend on how the input was partitioned, so neither do ties.
+    order = id_order(ids)
+    if order is not None:
+        ids = ids.take(pa.array(order))
     try:
-        index, lists = _build(vectors, ids.to_numpy() if direct else None, features, params)
+        index, lists = _build(vectors, ids.to_numpy() if direct else None, features, params, order)
     except InvalidArgumentError:
         # Explain with counts and an example id from a JVM pass; fall back to the first error.
         validate(df, features, id_col, id_type != "string")
         raise
     del vectors
-    name = f"{prefix}-shard-0.snn"
-    index.save(os.path.join(root, name), sync=durable)
+    # Side files first, then the index recording their digests (readers verify them against it).
     ids_name = probes_name = None
+    digests = {}
     if not direct:
         ids_name = f"{prefix}-ids-0.arrow"
         write_ids(os.path.join(root, ids_name), ids)
+        digests["ids"] = integrity.digest(os.path.join(root, ids_name))
     if lists is not None:
         probes_name = f"{prefix}-probes-0.arrow"
         write_column(os.path.join(root, probes_name), "lists", probes_column(lists))
+        digests["probes"] = integrity.digest(os.path.join(root, probes_name))
+    name = f"{prefix}-shard-0.snn"
+    index.save(os.path.join(root, name), sync=durable, side_files=digests)
     return Layout(index.dim, index.metric, index.kind, id_type, not direct,
-                  (ShardFiles(name, ids_name, len(index), probes_name),), root)
+                  (ShardFiles(name, ids_name, len(index), probes_name, tuple(sorted(digests.items()))),), root)
 
 
 def file_prefix(uid: str) -> str:

@@ -23,16 +23,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 from functools import partial
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import sparknn
+from sparknn import integrity
 from sparknn.arrow import rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import ivf_memory
@@ -46,16 +47,17 @@ from sparknn.spark.ivf_plan import (
     sample_size,
 )
 from sparknn.spark.schema import collect_arrow, features_as_float_array
-from sparknn.spark.sharding import _partition_keys
+from sparknn.spark.sharding import _partition_keys, shard_files
 from sparknn.spark.storage import _link as link
 from sparknn.spark.storage import _own as own
-from sparknn.spark.storage import temp_dir
+from sparknn.spark.storage import keep_only, temp_dir
 from sparknn.spark.worker import (
     ARROW_ID_TYPES,
     POSITION_BITS,
     Layout,
-    ShardFiles,
     _cached,
+    attempt_id,
+    digests_json,
     probes_column,
     task_threads,
 )
@@ -67,9 +69,11 @@ _BUILT = T.StructType([
     T.StructField("items", T.StringType()),
     T.StructField("lists", T.ArrayType(T.IntegerType())),  # the part's non-empty lists
     T.StructField("sizes", T.ArrayType(T.LongType())),  # and their sizes
+    T.StructField("sideFiles", T.StringType()),  # JSON: role -> digest, as the index records them
 ])
 _BUILT_ARROW = pa.schema([("part", pa.int32()), ("count", pa.int64()), ("index", pa.string()),
-                          ("items", pa.string()), ("lists", pa.list_(pa.int32())), ("sizes", pa.list_(pa.int64()))])
+                          ("items", pa.string()), ("lists", pa.list_(pa.int32())), ("sizes", pa.list_(pa.int64())),
+                          ("sideFiles", pa.string())])
 
 
 def _load_private(path: str) -> sparknn.Index:
@@ -102,12 +106,12 @@ def _partition_id() -> int:
 
 # -- executor functions ------------------------------------------------------------------
 def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_parts, num_threads):
-    """Prepends each row's part (its nearest list, and for a split list one of its pieces by a row
-    hash) and its ``width`` nearest lists."""
+    """Prepends each row's part (its nearest list, and for a split list one of its pieces by a hash
+    of its id: the same piece however the input is partitioned) and its ``width`` nearest lists;
+    drops the hash column ``h``."""
     q = quantizer(qpath, shipped)
     q.threads = task_threads(num_threads)
     offsets, parts = np.asarray(piece_offsets), np.asarray(piece_parts)
-    row = _partition_id() << POSITION_BITS
     for batch in batches:
         x = vectors_to_numpy(batch.column("v"), "features", dim)
         lists = q.nearest_lists(x, width) if len(x) else np.empty((0, width), dtype=np.int64)
@@ -115,17 +119,19 @@ def _assign_task(batches, *, qpath, shipped, dim, width, piece_offsets, piece_pa
         pieces = offsets[home + 1] - offsets[home]
         if len(x) and pieces.min() == 0:  # every list is planned a part (sizes >= 1): never store elsewhere
             raise RuntimeError(f"routed IVF build: list {int(home[pieces.argmin()])} has no part in the plan")
-        pick = (_mix(np.arange(row, row + len(x))) % pieces.astype(np.uint64)).astype(np.int64)
-        row += len(x)
+        h = batch.column("h").to_numpy(zero_copy_only=False)
+        pick = (_mix(h.view(np.uint64)) % pieces.astype(np.uint64)).astype(np.int64)
         part = parts[offsets[home] + pick].astype(np.int32)
-        yield pa.RecordBatch.from_arrays([pa.array(part), rows_to_list(lists.astype(np.int32))] + list(batch.columns),
-                                         names=["part", "lists"] + batch.schema.names)
+        keep = [i for i, name in enumerate(batch.schema.names) if name != "h"]
+        yield pa.RecordBatch.from_arrays([pa.array(part), rows_to_list(lists.astype(np.int32))]
+                                         + [batch.column(i) for i in keep],
+                                         names=["part", "lists"] + [batch.schema.names[i] for i in keep])
 
 
 class _PartWriter:
     """One part being built: its index (a copy of the quantizer) and its items file, written batch by batch."""
 
-    def __init__(self, part, *, root, prefix, qpath, shipped, dim, width, id_type, positional, threads):
+    def __init__(self, part, *, root, prefix, qpath, shipped, dim, width, id_type, positional, threads, attempt):
         self.part, self.root, self.positional, self.dim = part, root, positional, dim
         src = qpath
         if shipped:
@@ -133,9 +139,10 @@ class _PartWriter:
 
             src = SparkFiles.get(qpath)
         self.index = sparknn.load(src, mmap=False, threads=threads)
-        self.name = f"{prefix}-part-{part}.snn"
-        self.items = f"{prefix}-items-{part}.arrow"
-        self._tmp = os.path.join(root, f"{self.items}.tmp-{os.getpid()}")
+        # Named after the task attempt: a speculative or retried copy writes files of its own.
+        self.name = f"{prefix}-part-{part}-a{attempt}.snn"
+        self.items = f"{prefix}-items-{part}-a{attempt}.arrow"
+        self._tmp = os.path.join(root, f"{self.items}.tmp")
         schema = items_schema(id_type, dim, width)
         self._sink = pa.OSFile(self._tmp, "wb")
         self._writer = pa.ipc.new_file(self._sink, schema)
@@ -157,10 +164,11 @@ class _PartWriter:
         self._writer.close()
         self._sink.close()
         os.replace(self._tmp, os.path.join(self.root, self.items))
-        self.index.save(os.path.join(self.root, self.name))
+        digests = {"items": integrity.digest(os.path.join(self.root, self.items))}
+        self.index.save(os.path.join(self.root, self.name), side_files=digests)  # last: it vouches for the items
         sizes = self.index.list_sizes  # the part's own rows: it started as the empty quantizer
         nonempty = np.flatnonzero(sizes)
-        return self.part, self.count, self.name, self.items, nonempty, sizes[nonempty]
+        return self.part, self.count, self.name, self.items, nonempty, sizes[nonempty], digests_json(digests)
 
     def abort(self) -> None:
         self._sink.close()
@@ -168,10 +176,12 @@ class _PartWriter:
             os.remove(self._tmp)
 
 
-def _build_task(batches, **kw):
-    """Streams a partition's rows into the part(s) it holds; writes each part's index and items file."""
+def _build_task(batches, attempt=None, **kw):
+    """Streams a partition's rows into the part(s) it holds; writes each part's index and items file
+    under names of this task attempt (the driver keeps the delivered attempt's, removes the others)."""
     writers = {}
     threads = task_threads(kw.pop("num_threads"))
+    kw["attempt"] = attempt_id() if attempt is None else attempt
     dim = kw["dim"]
     try:
         for batch in batches:
@@ -188,11 +198,12 @@ def _build_task(batches, **kw):
         for w in writers.values():
             w.abort()
         raise
-    for part, count, name, items, lists, sizes in done:
+    for part, count, name, items, lists, sizes, digests in done:
         yield pa.RecordBatch.from_arrays([pa.array([part], pa.int32()), pa.array([count], pa.int64()),
                                           pa.array([name]), pa.array([items]),
                                           pa.array([lists.astype(np.int32)], pa.list_(pa.int32())),
-                                          pa.array([sizes], pa.list_(pa.int64()))], schema=_BUILT_ARROW)
+                                          pa.array([sizes], pa.list_(pa.int64())), pa.array([digests])],
+                                         schema=_BUILT_ARROW)
 
 
 # -- driver --------------------------------------------------------------------------------
@@ -212,12 +223,15 @@ def _train(data: DataFrame, n: int, dim: int, params: dict, path: str) -> tuple[
         raise InvalidArgumentError(f"nlist={nlist} is more than the {n} items to index: lower nlist (or leave it "
                                    "0 to choose about 4 sqrt(n))")
     want = sample_size(nlist, n)
-    sample = data.select("v")
-    if want < n:  # Bernoulli sampling overshoots a little so that k-means gets about `want` rows
-        sample = sample.sample(False, min(1.0, 1.1 * want / n), params["seed"])
-    x = vectors_to_numpy(collect_arrow(sample).column("v"), "features", dim)
+    # Rows drawn by a hash of their id, in id order: the same sample (and centroids) however the
+    # input is partitioned (DataFrame.sample draws per partition).
+    h = F.xxhash64(F.col("id"), F.lit(params["seed"]))
+    sample = data.select("id", "v")
+    if want < n:  # overshoots a little so that k-means gets about `want` rows
+        sample = sample.where(F.pmod(h, F.lit(1 << 30)) < F.lit(int(min(1.0, 1.1 * want / n) * (1 << 30))))
+    x = _in_id_order(collect_arrow(sample), dim)
     if len(x) < nlist:
-        x = vectors_to_numpy(collect_arrow(data.select("v").limit(max(nlist, want))).column("v"), "features", dim)
+        x = _in_id_order(collect_arrow(data.select("id", "v").orderBy(h).limit(max(nlist, want))), dim)
     index = sparknn.Index(dim, params["metric"], "ivf", nlist=nlist, nprobe=min(params["nprobe"], nlist),
                           storage=params["storage"], pq_m=params["pqM"], rerank=params["rerank"],
                           train_size=len(x), seed=params["seed"], threads=params["numThreads"])
@@ -225,6 +239,11 @@ def _train(data: DataFrame, n: int, dim: int, params: dict, path: str) -> tuple[
     index.save(path)
     seen = np.bincount(index.nearest_lists(x, 1)[:, 0], minlength=nlist)
     return index, np.maximum(1, np.rint(seen * (n / len(x)))).astype(np.int64)
+
+
+def _in_id_order(table: pa.Table, dim: int) -> np.ndarray:
+    order = pc.sort_indices(table.column("id"))
+    return vectors_to_numpy(table.column("v").take(order).combine_chunks(), "features", dim)
 
 
 def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
@@ -271,9 +290,12 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
                                     T.StructField("lists", T.ArrayType(T.IntegerType()))] + data.schema.fields)
     build = partial(_build_task, root=root, prefix=prefix, width=width, id_type=id_type, positional=positional,
                     **common)
-    rows = (data.mapInArrow(assign, assigned_schema).withColumn("key", key).repartition(num_parts, "key")
-            .drop("key").mapInArrow(build, _BUILT).collect())
-    built = {r["part"]: r for r in rows}
+    # Each part's rows in id order, not shuffle order: labels (positions for string ids) and so ties
+    # do not depend on how the input was partitioned (Spark sorts, spilling if it must).
+    rows = (data.withColumn("h", F.xxhash64("id")).mapInArrow(assign, assigned_schema)
+            .withColumn("key", key).repartition(num_parts, "key").drop("key")
+            .sortWithinPartitions("part", "id").mapInArrow(build, _BUILT).collect())
+    built = {r["part"]: r.asDict() for r in rows}
     total = sum(r["count"] for r in rows)
     sizes = np.zeros(nlist, dtype=np.int64)
     for r in rows:
@@ -285,21 +307,16 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
     for p in range(num_parts):
         r = built.get(p)
         if r is None:  # a planned part that got no rows: an empty index keeps part numbers dense
-            name, items = f"{prefix}-part-{p}.snn", f"{prefix}-items-{p}.arrow"
-            shutil.copyfile(qpath, os.path.join(root, name))
-            _empty_items(os.path.join(root, items), id_type, dim, width)
-            r = {"index": name, "items": items, "count": 0}
-        for name in (r["index"], r["items"]):
-            if not os.path.exists(os.path.join(root, name)):
-                raise InvalidArgumentError(
-                    f"part {p} was written by an executor to {root!r} but the driver cannot see it there: set "
-                    "indexPath to a directory shared by the driver and all executors")
-        parts.append(ShardFiles(r["index"], r["items"], int(r["count"])))
+            r = _empty_part(trained, root, f"{prefix}-part-{p}.snn", f"{prefix}-items-{p}.arrow",
+                            items_schema(id_type, dim, width))
+        parts.append(shard_files(r, root, f"part {p}"))
     list_offsets, list_parts = dedupe_parts(piece_offsets, piece_parts)
     routing = IvfRouting(qname, tuple(sizes.tolist()), tuple(list_offsets.tolist()), tuple(list_parts.tolist()),
                          tuple(piece_offsets.tolist()), tuple(piece_parts.tolist()), tuple(keys),
                          tuple(os.path.getsize(os.path.join(root, s.index)) for s in parts))
-    return Layout(dim, params["metric"], "ivf", id_type, positional, tuple(parts), root, ivf=routing)
+    layout = Layout(dim, params["metric"], "ivf", id_type, positional, tuple(parts), root, ivf=routing)
+    keep_only(root, prefix, layout.files())  # other attempts' files
+    return layout
 
 
 def items_schema(id_type: str, dim: int, width: int) -> pa.Schema:
@@ -308,6 +325,10 @@ def items_schema(id_type: str, dim: int, width: int) -> pa.Schema:
                       ("lists", pa.list_(pa.int32(), width))])
 
 
-def _empty_items(path: str, id_type: str, dim: int, width: int) -> None:
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, items_schema(id_type, dim, width)):
+def _empty_part(trained: sparknn.Index, root: str, name: str, items: str, schema: pa.Schema) -> dict:
+    """A part with no rows: an empty items file and the trained, empty quantizer recording it."""
+    with pa.OSFile(os.path.join(root, items), "wb") as sink, pa.ipc.new_file(sink, schema):
         pass
+    digests = {"items": integrity.digest(os.path.join(root, items))}
+    trained.save(os.path.join(root, name), side_files=digests)
+    return {"index": name, "items": items, "count": 0, "sideFiles": digests_json(digests)}

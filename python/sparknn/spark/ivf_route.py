@@ -39,6 +39,8 @@ from sparknn.spark.worker import (
     Layout,
     _cached,
     _load_index,
+    shard_index,
+    side_file,
     task_threads,
 )
 
@@ -154,7 +156,7 @@ def route_items(batches, *, layout: Layout, slices, id_col: str, nprobe: int, ne
     for batch in batches:
         for task in batch.column(0).to_numpy():
             s, lo, hi = slices[int(task)]
-            items = _cached(layout.path(layout.shards[s].ids), _load_items)
+            items = side_file(layout, s, "items", _load_items)
             field = items.schema.field("lists") if "lists" in items.schema.names else None
             stored = field is not None and field.type.list_size >= want  # else (older models): the quantizer
             for start in range(lo, hi, CHUNK):
@@ -181,8 +183,7 @@ def search_parts(batches, *, layout: Layout, k: int, exclude_self: bool, num_thr
         for p in np.unique(part_col):
             sel = np.flatnonzero(part_col == p)
             sub = batch.take(pa.array(sel)) if len(sel) < batch.num_rows else batch
-            files = layout.shards[int(p)]
-            index = _cached(layout.path(files.index), _load_index)
+            index = shard_index(layout, int(p))
             index.threads = threads
             x = vectors_to_numpy(sub.column("v"), "v", layout.dim)
             keys = sub.column("qkey").to_numpy()
@@ -201,7 +202,7 @@ def search_parts(batches, *, layout: Layout, k: int, exclude_self: bool, num_thr
             lst = neighbors_array(ids, dist, exclude=keys if exclude_self else None, k=k)
             found = lst.values.field("id")
             if layout.positional:
-                table = _cached(layout.path(files.ids), _load_items).column("id")
+                table = side_file(layout, int(p), "items", _load_items).column("id")
                 users = table.take(pa.array(found.to_numpy() & POSITION_MASK)).combine_chunks()
             else:
                 users = found
@@ -223,7 +224,10 @@ def _merge(table: pa.Table, k: int, output: str) -> pa.RecordBatch:
     values = lists.flatten()
     dist = values.field("distance").to_numpy(zero_copy_only=False)
     cand_group = np.repeat(group, lengths)
-    order = np.lexsort((dist, cand_group))  # by group, then distance (stable: ties keep part order)
+    # By query, distance, then id: ties do not depend on the order the parts' rows arrived in.
+    keys = [(name, "ascending") for name in ("g", "d", "id")]
+    order = pc.sort_indices(pa.table({"g": cand_group, "d": dist, "id": values.field("id")}),
+                            sort_keys=keys).to_numpy().astype(np.int64)
     sorted_group = cand_group[order]
     first = np.searchsorted(sorted_group, np.arange(num_groups))
     rank = np.arange(len(order)) - first[sorted_group]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import uuid
 from functools import partial
 
 from pyspark.ml import Model
@@ -20,12 +19,12 @@ from pyspark.ml.util import (
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from sparknn.errors import InvalidArgumentError
-from sparknn.spark import ivf_memory, ivf_route, worker
+from sparknn.errors import IndexFileError, InvalidArgumentError
+from sparknn.spark import ivf_memory, ivf_route, saved, worker
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
 from sparknn.spark.storage import IndexFiles, local_dir
-from sparknn.spark.worker import Layout
+from sparknn.spark.worker import Layout, check_files
 
 ITEMS_PER_TASK = 50_000  # similarItems: at least this many queries per task amortise the index load
 
@@ -177,38 +176,45 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         return KNNModelReader(cls)
 
 
-def _ml_io_context(reader_or_writer):
-    """What pyspark.ml's metadata helpers take: a SparkSession from Spark 4, a SparkContext in 3.5."""
+def _ml_io_context(writer):
+    """What pyspark.ml's metadata writer takes: a SparkSession from Spark 4, a SparkContext in 3.5."""
     import pyspark
 
     if int(pyspark.__version__.split(".")[0]) >= 4:
-        return reader_or_writer.sparkSession
-    return reader_or_writer.sparkSession.sparkContext
+        return writer.sparkSession
+    return writer.sparkSession.sparkContext
 
 
 class KNNModelWriter(MLWriter):
     """Saves params (pyspark.ml metadata) and a copy of the index files under ``path/index``.
 
-    Everything is written to a sibling temporary directory renamed into place
-    at the end, so an interrupted save never leaves a directory that loads.
-    ``path`` must be a local or mounted shared directory.
+    Everything is written to a hidden sibling directory, flushed, sealed with a manifest and
+    then renamed into place; ``overwrite()`` swaps it with the old model and only then removes
+    the old one (saved.commit). A kill at any point leaves the old or the new model loadable at
+    ``path``; an interrupted save never leaves a directory there that loads. ``path`` must be a
+    local or mounted shared directory.
     """
 
     def __init__(self, instance: KNNModel):
         super().__init__()
         self.instance = instance
 
+    def save(self, path: str) -> None:
+        # Not MLWriter.save: with overwrite it deletes the old model before the new one exists.
+        self.saveImpl(path)
+
     def saveImpl(self, path: str) -> None:
         target = local_dir(path, "model path")
-        if os.path.exists(target):
+        if os.path.lexists(target) and not self.shouldOverwrite:
             raise FileExistsError(f"model path {target!r} already exists: use model.write().overwrite().save()")
         files = self.instance._index_files()
-        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = saved.staging_dir(target)
         try:
             layout = files.copy_to(os.path.join(tmp, "index"))
             DefaultParamsWriter.saveMetadata(self.instance, tmp, _ml_io_context(self),
                                              extraMetadata={"sparknn": layout.to_json()})
-            os.rename(tmp, target)
+            saved.seal(tmp)
+            saved.commit(tmp, target, self.shouldOverwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -220,19 +226,21 @@ class KNNModelReader(MLReader):
         self.cls = cls
 
     def load(self, path: str) -> KNNModel:
-        root = local_dir(path, "model path")
+        root = saved.resolve(local_dir(path, "model path"))
         if not os.path.isdir(os.path.join(root, "metadata")):
             raise FileNotFoundError(f"no saved KNNModel at {root!r} (missing metadata/)")
-        metadata = DefaultParamsReader.loadMetadata(root, _ml_io_context(self))
+        metadata = saved.read_metadata(root)
         if "sparknn" not in metadata:
             raise InvalidArgumentError(f"{root!r} holds a {metadata.get('class')}, not a sparknn KNNModel")
         model = self.cls()
         model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        layout = Layout.from_json(metadata["sparknn"], os.path.join(root, "index"))
-        for name in layout.files():
-            if not os.path.isfile(os.path.join(layout.root, name)):
-                raise FileNotFoundError(f"model at {root!r} is missing its index file index/{name}")
+        try:
+            DefaultParamsReader.getAndSetParams(model, metadata)
+            layout = Layout.from_json(metadata["sparknn"], os.path.join(root, "index"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise IndexFileError(f"model metadata under {os.path.join(root, 'metadata')!r} is damaged: "
+                                 f"{type(err).__name__}: {err}") from None
+        check_files(layout, f"model at {root!r}")
         # ivf parts are opened in place (each task needs only its own): the path must be shared.
         model._files = IndexFiles(layout, shared=layout.ivf is not None)
         return model

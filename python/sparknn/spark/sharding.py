@@ -14,15 +14,27 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.build import check_unique, new_index, validate
 from sparknn.spark.schema import features_as_float_array
-from sparknn.spark.worker import ARROW_ID_TYPES, Layout, ShardFiles, task_threads, write_ids
+from sparknn.spark.storage import keep_only
+from sparknn.spark.worker import (
+    ARROW_ID_TYPES,
+    Layout,
+    ShardFiles,
+    attempt_id,
+    digests_from_json,
+    digests_json,
+    task_threads,
+    write_ids,
+)
 
 _RESULT = T.StructType([
     T.StructField("shard", T.IntegerType()),
@@ -30,7 +42,10 @@ _RESULT = T.StructType([
     T.StructField("dim", T.IntegerType()),
     T.StructField("index", T.StringType()),
     T.StructField("ids", T.StringType()),
+    T.StructField("sideFiles", T.StringType()),  # JSON: role -> digest, as the index records them
 ])
+_RESULT_ARROW = pa.schema([("shard", pa.int32()), ("count", pa.int64()), ("dim", pa.int32()),
+                           ("index", pa.string()), ("ids", pa.string()), ("sideFiles", pa.string())])
 
 
 def _partition_keys(spark, n: int) -> list:
@@ -47,11 +62,17 @@ def _partition_keys(spark, n: int) -> list:
     return [found.get(s, s) for s in range(n)]  # a missing one only costs parallelism
 
 
-def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, params):
-    """One partition: build and save the index (and id file) of every shard it holds."""
+def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, params, attempt=None):
+    """One partition: build and save the index (and id file) of every shard it holds.
+
+    Files are named after the task attempt, side files first and the index (recording their
+    digests) last; the result row names them. The driver keeps the files of the results Spark
+    delivers, one attempt per shard, and removes the others (storage.keep_only).
+    """
     batches = list(batches)
     if not batches or not sum(b.num_rows for b in batches):
         return
+    attempt = attempt_id() if attempt is None else attempt
     table = pa.Table.from_batches(batches)
     threads = task_threads(params["numThreads"])
     shard_col = table.column("shard").to_numpy()
@@ -59,23 +80,39 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
         part = table.filter(pa.array(shard_col == s)) if len(np.unique(shard_col)) > 1 else table
         ids = part.column("id").combine_chunks().cast(ARROW_ID_TYPES[id_type])
         check_unique(ids, id_col)
-        vectors = vectors_to_numpy(part.column("v"), features, dim)
+        # Rows in id order, not arrival (shuffle) order: positions and the graph do not depend on
+        # how the input was partitioned, so two runs give the same index and the same ties.
+        order = pc.sort_indices(ids)
+        ids = ids.take(order)
+        vectors = vectors_to_numpy(part.column("v").take(order), features, dim)
         index = new_index(dim, params, threads)
         try:
             index.add(vectors, None if positional else ids.to_numpy())
         except InvalidArgumentError as err:
             raise InvalidArgumentError(f"shard {s} (featuresCol {features!r}): {err}") from None
-        name = f"{prefix}-shard-{s}.snn"
-        index.save(os.path.join(root, name))
-        ids_name = None
+        digests, ids_name = {}, None
         if positional:
-            ids_name = f"{prefix}-ids-{s}.arrow"
+            ids_name = f"{prefix}-ids-{s}-a{attempt}.arrow"
             write_ids(os.path.join(root, ids_name), ids)
+            digests["ids"] = integrity.digest(os.path.join(root, ids_name))
+        name = f"{prefix}-shard-{s}-a{attempt}.snn"
+        index.save(os.path.join(root, name), side_files=digests)
         yield pa.RecordBatch.from_arrays(
             [pa.array([s], pa.int32()), pa.array([len(index)], pa.int64()), pa.array([dim], pa.int32()),
-             pa.array([name]), pa.array([ids_name], pa.string())], schema=pa.schema(
-                [("shard", pa.int32()), ("count", pa.int64()), ("dim", pa.int32()), ("index", pa.string()),
-                 ("ids", pa.string())]))
+             pa.array([name]), pa.array([ids_name], pa.string()), pa.array([digests_json(digests)])],
+            schema=_RESULT_ARROW)
+
+
+def shard_files(result: dict, root: str, what: str) -> ShardFiles:
+    """The files of one task result (a dict with index, ids or items, count, sideFiles), checked to be
+    visible from the driver."""
+    ids = result.get("ids", result.get("items"))
+    for name in (result["index"], ids):
+        if name and not os.path.exists(os.path.join(root, name)):
+            raise InvalidArgumentError(
+                f"{what} was written by an executor to {root!r} but the driver cannot see it there: set "
+                "indexPath to a directory shared by the driver and all executors")
+    return ShardFiles(result["index"], ids, int(result["count"]), digests=digests_from_json(result["sideFiles"]))
 
 
 def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
@@ -100,13 +137,7 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, param
         raise InvalidArgumentError(f"the sharded build indexed {built} rows but validation counted "
                                    f"{stats['rows']}: is the input DataFrame non-deterministic? "
                                    "Cache or checkpoint it before fit")
-    shards = []
-    for r in results:
-        for name in (r["index"], r["ids"]):
-            if name and not os.path.exists(os.path.join(root, name)):
-                raise InvalidArgumentError(
-                    f"shard {r['shard']} was written by an executor to {root!r} but the driver cannot see "
-                    f"it there: set indexPath to a directory shared by the driver and all executors")
-        shards.append(ShardFiles(r["index"], r["ids"], int(r["count"])))
-    metric, kind = params["metric"], params["kind"]
-    return Layout(dim, metric, kind, id_type, positional, tuple(shards), root)
+    shards = tuple(shard_files(r.asDict(), root, f"shard {r['shard']}") for r in results)
+    layout = Layout(dim, params["metric"], params["kind"], id_type, positional, shards, root)
+    keep_only(root, prefix, layout.files())  # other attempts' files
+    return layout

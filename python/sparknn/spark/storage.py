@@ -18,6 +18,7 @@ import tempfile
 import uuid
 from urllib.parse import urlparse
 
+from sparknn import integrity
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.worker import Layout
 
@@ -68,6 +69,20 @@ def _same_machine(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
 
+def keep_only(root: str, prefix: str, keep) -> None:
+    """Removes the files of one build (names starting with ``prefix``) that ``keep`` does not name:
+    the files of task attempts whose results Spark did not deliver (a speculative copy, a failed or
+    retried attempt), and their temporary files. A losing attempt still running when its job ends
+    may write a file later: no layout names it, so it is never read."""
+    keep = set(keep)
+    for name in os.listdir(root):
+        if name.startswith(prefix) and name not in keep:
+            try:
+                os.remove(os.path.join(root, name))
+            except OSError:
+                pass  # already gone, or a directory: not one of ours
+
+
 class IndexFiles:
     """A model's index files on the driver, plus their registration for tasks.
 
@@ -116,6 +131,12 @@ class IndexFiles:
                 names[shard.probes] = f"probes-{i}.arrow"
         if self.layout.ivf:
             names[self.layout.ivf.quantizer] = "quantizer.snn"
+        digests = {name: s.digest(role) for s in self.layout.shards for role, name in self.layout.side_files(s)}
         for src, dst in names.items():
-            shutil.copyfile(os.path.join(self.layout.root, src), os.path.join(directory, dst))
+            path = os.path.join(directory, dst)
+            shutil.copyfile(os.path.join(self.layout.root, src), path)
+            if digests.get(src) is not None:  # the copy is what the model's digests vouch for
+                integrity.verify(path, digests[src], "copied side file")
+            with open(path, "rb+") as f:  # on disk before the model is committed
+                os.fsync(f.fileno())
         return self.layout.renamed(names.__getitem__, root=directory, shipped=False)

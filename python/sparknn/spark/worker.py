@@ -13,6 +13,7 @@ merge into one global top-k without collisions.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -20,10 +21,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import sparknn
+from sparknn import integrity
 from sparknn.arrow import fixed_rows, neighbors_array, vectors_to_numpy
-from sparknn.errors import InvalidArgumentError
+from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn.spark.ivf_plan import IvfRouting
 
 POSITION_BITS = 40
@@ -44,9 +47,24 @@ ARROW_ID_TYPES = {
 @dataclass(frozen=True)
 class ShardFiles:
     index: str  # file name of the index
-    ids: str | None  # file name of the Arrow id file (positional ids only)
+    ids: str | None  # file name of the Arrow id file (positional ids only); a routed part: its items file
     count: int
     probes: str | None = None  # ivf built on the driver: Arrow file of each item's nearest lists, by label
+    # (role, digest) of each side file, as the index file records them; empty in models saved before
+    # side files were verified (those load unverified)
+    digests: tuple[tuple[str, integrity.FileDigest], ...] = ()
+
+    def digest(self, role: str) -> integrity.FileDigest | None:
+        return dict(self.digests).get(role)
+
+
+def digests_json(digests: dict) -> str:
+    """A task result's side-file digests (role -> FileDigest) as JSON."""
+    return json.dumps({role: d.to_json() for role, d in sorted(digests.items())})
+
+
+def digests_from_json(text: str | None) -> tuple[tuple[str, integrity.FileDigest], ...]:
+    return tuple((role, integrity.FileDigest.from_json(d)) for role, d in sorted(json.loads(text or "{}").items()))
 
 
 @dataclass(frozen=True)
@@ -78,27 +96,63 @@ class Layout:
         extra = [self.ivf.quantizer] if self.ivf else []
         return [n for s in self.shards for n in (s.index, s.ids, s.probes) if n] + extra
 
+    def side_files(self, shard: ShardFiles) -> list[tuple[str, str]]:
+        """(role, file name) of a shard's side files: "ids" or a routed part's "items", and "probes"."""
+        out = [("items" if self.ivf else "ids", shard.ids)] if shard.ids else []
+        return out + ([("probes", shard.probes)] if shard.probes else [])
+
     def to_json(self) -> dict:
+        def shard(s: ShardFiles) -> dict:
+            d = {"index": s.index, "ids": s.ids, "count": s.count, **({"probes": s.probes} if s.probes else {})}
+            if s.digests:
+                d["sideFiles"] = {role: digest.to_json() for role, digest in s.digests}
+            return d
+
         d = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "idType": self.id_type,
-             "positional": self.positional,
-             "shards": [{"index": s.index, "ids": s.ids, "count": s.count, **({"probes": s.probes} if s.probes else {})}
-                        for s in self.shards]}
+             "positional": self.positional, "shards": [shard(s) for s in self.shards]}
         if self.ivf:
             d["ivf"] = self.ivf.to_json()
         return d
 
     @staticmethod
     def from_json(d: dict, root: str) -> Layout:
-        shards = tuple(ShardFiles(s["index"], s["ids"], int(s["count"]), s.get("probes")) for s in d["shards"])
+        """Raises KeyError, TypeError or ValueError on a malformed dict (the caller names the file)."""
+        shards = tuple(ShardFiles(s["index"], s["ids"], int(s["count"]), s.get("probes"),
+                                  tuple((role, integrity.FileDigest.from_json(v))
+                                        for role, v in sorted(s.get("sideFiles", {}).items())))
+                       for s in d["shards"])
         ivf = IvfRouting.from_json(d["ivf"]) if "ivf" in d else None
-        return Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
-                      ivf=ivf)
+        layout = Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
+                        ivf=ivf)
+        for s in layout.shards:
+            if not all(isinstance(n, str) and n and os.path.basename(n) == n for n in (s.index, s.ids, s.probes)
+                       if n is not None):
+                raise ValueError(f"bad file names in {s}")
+            if s.digests and {r for r, _ in s.digests} != {r for r, _ in layout.side_files(s)}:
+                raise ValueError(f"side file digests {s.digests} do not match the files of {s}")
+        return layout
 
     def renamed(self, rename, root: str, shipped: bool) -> Layout:
-        shards = tuple(ShardFiles(rename(s.index), s.ids and rename(s.ids), s.count, s.probes and rename(s.probes))
-                       for s in self.shards)
+        shards = tuple(replace(s, index=rename(s.index), ids=s.ids and rename(s.ids),
+                               probes=s.probes and rename(s.probes)) for s in self.shards)
         ivf = self.ivf.renamed(rename) if self.ivf else None
         return replace(self, shards=shards, root=root, shipped=shipped, ivf=ivf)
+
+
+def check_files(layout: Layout, what: str) -> None:
+    """The driver's cheap check of a model's files (a stat each): every file is there and every side
+    file with a recorded digest has its size. Checksums are verified by the tasks that read them."""
+    roles = {name: role for shard in layout.shards for role, name in layout.side_files(shard)}
+    digests = {name: shard.digest(role) for shard in layout.shards for role, name in layout.side_files(shard)}
+    for name in layout.files():
+        path = os.path.join(layout.root, name)
+        kind = f"{roles[name]} file" if name in roles else "index file"
+        if not os.path.isfile(path):
+            raise IndexFileError(f"{what}: {kind} {path!r} is missing")
+        expected = digests.get(name)
+        if expected is not None and os.path.getsize(path) != expected.size:
+            raise IndexFileError(f"{what}: {kind} {path!r} has {os.path.getsize(path)} bytes, {expected.size} "
+                                 "expected: the file is truncated, extended or from another build")
 
 
 # -- cache ------------------------------------------------------------------------------
@@ -112,14 +166,25 @@ _CACHE_BYTES = int(os.environ.get("SPARKNN_WORKER_CACHE_BYTES", 512 << 20))
 _LOCK = threading.Lock()
 
 
-def _cached(path: str, load):
-    st = os.stat(path)
-    key = (load.__name__, path, st.st_size, st.st_mtime_ns)
+def _cached(path: str, load, expected: integrity.FileDigest | None = None, what: str = "file"):
+    """``load(path)``, once per (path, size, mtime) and Python worker. With ``expected`` the file is
+    verified (size and CRC-32C) before it is first loaded: once per load, not per task."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise IndexFileError(f"{what} {path!r} is missing") from None
+    # The inode too: a file replaced within one clock tick keeps size and mtime, not its inode.
+    key = (load.__name__, path, st.st_size, st.st_mtime_ns, st.st_ino, expected)
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    value = load(path)
+    if expected is not None:
+        integrity.verify(path, expected, what)
+    try:
+        value = load(path)
+    except pa.ArrowException as err:  # unreadable despite no digest to check (an old model)
+        raise IndexFileError(f"{what} {path!r} cannot be read: {err}") from None
     with _LOCK:
         _CACHE[key] = value
         while len(_CACHE) > 1 and (len(_CACHE) > _CACHE_SIZE or sum(k[2] for k in _CACHE) > _CACHE_BYTES):
@@ -168,12 +233,40 @@ class Shard:
     probes: np.ndarray | None = None
 
 
+def shard_index(layout: Layout, s: int) -> sparknn.Index:
+    """Shard (or part) ``s``'s index, checked to record the same side files as the model: an index
+    from another build or another task attempt than its side files is refused."""
+    files = layout.shards[s]
+    path = layout.path(files.index)
+    index = _cached(path, _load_index, what="index file")
+    if files.digests:
+        recorded = index.side_files
+        for role, _ in layout.side_files(files):
+            if recorded.get(role) != files.digest(role):
+                raise IndexFileError(f"index file {path!r} records {role} file {recorded.get(role)}, but the "
+                                     f"model's is {files.digest(role)}: the index is from another build or "
+                                     "task attempt than its side files")
+    return index
+
+
+def side_file(layout: Layout, s: int, role: str, load):
+    """A side file of shard ``s`` loaded with ``load``, verified against the model's digest first
+    (models saved before digests were recorded: against the index's record, if any)."""
+    files = layout.shards[s]
+    name = dict(layout.side_files(files))[role]
+    expected = files.digest(role)
+    if expected is None:
+        expected = shard_index(layout, s).side_files.get(role)
+    return _cached(layout.path(name), load, expected, f"{role} file")
+
+
 def open_shards(layout: Layout) -> list[Shard]:
     out = []
-    for s in layout.shards:
-        index = _cached(layout.path(s.index), _load_index)
-        ids = _cached(layout.path(s.ids), _load_ids) if s.ids else None
-        probes = _cached(layout.path(s.probes), _load_probes) if s.probes else None
+    for s, files in enumerate(layout.shards):
+        index = shard_index(layout, s)
+        role = "items" if layout.ivf else "ids"
+        ids = side_file(layout, s, role, _load_ids) if files.ids else None
+        probes = side_file(layout, s, "probes", _load_probes) if files.probes else None
         out.append(Shard(index, ids, probes))
     return out
 
@@ -208,9 +301,26 @@ def search(layout: Layout, shards: list[Shard], queries: np.ndarray, k: int, ef:
         return parts_ids[0], parts_dist[0]
     ids = np.concatenate(parts_ids, axis=1)
     dist = np.concatenate(parts_dist, axis=1)
-    # Padding has distance +inf, so it sorts last; stable keeps shard order on ties.
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    order = _by_distance_then_id(layout, shards, ids, dist)[:, :k]
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(dist, order, axis=1)
+
+
+def _by_distance_then_id(layout: Layout, shards: list[Shard], ids: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Each row's candidates ordered by distance, then by the user's id (padding, id -1 and
+    distance +inf, last): ties do not depend on which shard holds which item."""
+    if not layout.positional:
+        return np.lexsort((ids, dist), axis=1)
+    nq, m = ids.shape
+    flat = ids.reshape(-1)
+    valid = flat >= 0
+    where = np.full(len(flat), -1, dtype=np.int64)
+    where[valid] = np.arange(int(valid.sum()))
+    users = user_ids(layout, shards, flat[valid]).take(pa.array(where, mask=~valid))
+    rows = np.repeat(np.arange(nq, dtype=np.int64), m)
+    keys = [(name, "ascending") for name in ("r", "d", "u")]
+    order = pc.sort_indices(pa.table({"r": rows, "d": dist.reshape(-1), "u": users}),
+                            sort_keys=keys).to_numpy().astype(np.int64)
+    return order.reshape(nq, m) - (rows.reshape(nq, m) * m)
 
 
 def user_ids(layout: Layout, shards: list[Shard], engine_ids: np.ndarray) -> pa.Array:
@@ -242,6 +352,16 @@ def neighbors(layout, shards, engine_ids, dist, k, exclude=None) -> pa.Array:
     ids = user_ids(layout, shards, values.field("id").to_numpy(zero_copy_only=False))
     struct = pa.StructArray.from_arrays([ids, values.field("distance")], names=["id", "distance"])
     return pa.ListArray.from_arrays(lst.offsets, struct)
+
+
+def attempt_id() -> int:
+    """This task attempt's id, unique within the application (a speculative or retried copy of a
+    task gets another): build tasks name their files with it, so two attempts never write the
+    same file. Outside a task: the process id."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return ctx.taskAttemptId() if ctx is not None else os.getpid()
 
 
 def _partition() -> int:
