@@ -64,6 +64,18 @@ def _as_ids(ids, n: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _result_arrays(nq: int, k: int, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Empty ids int64 [nq, k] and distances float32 [nq, k]; a k too large for memory is
+    reported with what to ask for instead of numpy's allocation error."""
+    try:
+        return np.empty((nq, k), dtype=np.int64), np.empty((nq, k), dtype=np.float32)
+    except (MemoryError, ValueError):
+        need = nq * k * 12 / 2**30
+        raise MemoryError(f"search results for {nq} queries x k={k} need {need:,.1f} GiB; the index holds {n} "
+                          f"vectors, so k <= {max(n, 1)} already gives every one of them (larger k only pads "
+                          "with id -1)") from None
+
+
 def _as_lists(lists, n: int, width: Optional[int]) -> np.ndarray:
     """IVF list numbers as int64 [n, width] (a 1-D array is one list per row)."""
     arr = np.asarray(lists)
@@ -303,6 +315,9 @@ class Index:
         nprobe = _check_count(nprobe, "nprobe", 1)
         threads = -1 if threads is None else _check_count(threads, "threads", 0)
         x = _as_matrix(vectors, self.dim, "vectors")
+        if self.kind == "ivf" and self._index.is_trained and nprobe > self.params["nlist"]:
+            # the engine's own message, before allocating [n, nprobe]
+            raise InvalidArgumentError(f"nprobe must be in [1, nlist={self.params['nlist']}], got {nprobe}")
         out = np.empty((x.shape[0], nprobe), dtype=np.int64)
         if x.shape[0]:
             self._index.nearest_lists(x, nprobe, out, threads)
@@ -350,8 +365,7 @@ class Index:
         if lists is not None:
             list_arr = _as_lists(lists, q.shape[0], nprobe or None)
             nprobe = list_arr.shape[1]
-        out_ids = np.empty((q.shape[0], k), dtype=np.int64)
-        out_dist = np.empty((q.shape[0], k), dtype=np.float32)
+        out_ids, out_dist = _result_arrays(q.shape[0], k, len(self))
         if q.shape[0]:
             self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr, bool(widen), threads)
         return out_ids, out_dist

@@ -180,6 +180,20 @@ def test_numpy_integer_k_is_accepted():
     np.testing.assert_array_equal(index.search(q, k=np.int32(3))[0], index.search(q, k=3)[0])
 
 
+def test_k_too_large_for_memory_says_what_to_ask_for():
+    index = sparknn.Index(dim=4, metric="l2", kind="flat")
+    index.add(np.eye(4, dtype=np.float32))
+    with pytest.raises(MemoryError, match=r"k=1099511627776 need .* GiB; the index holds 4 vectors, so k <= 4"):
+        index.search(np.ones((100, 4), dtype=np.float32), k=2**40)
+
+
+def test_nprobe_beyond_nlist_is_refused_before_allocating():
+    index = sparknn.Index(dim=4, metric="l2", kind="ivf", nlist=2)
+    index.add(np.random.default_rng(0).standard_normal((50, 4), dtype=np.float32))
+    with pytest.raises(InvalidArgumentError, match=r"nprobe must be in \[1, nlist=2\], got 1099511627776"):
+        index.nearest_lists(np.ones((100, 4), dtype=np.float32), 2**40)
+
+
 def test_k_larger_than_the_index_pads():
     index = make(n=5)
     ids, dist = index.search(np.ones((2, DIM)), k=8)
