@@ -114,7 +114,8 @@ def check_separate(outputs: Iterable[tuple[str, str]], inputs: Iterable[tuple[st
 
 
 def sync_file(path: str) -> None:
-    """Flushes a finished file to disk before it is committed (renamed into place)."""
+    """Flushes a finished file (or a directory's entries) to disk before it is committed (renamed into
+    place) or after a rename in it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

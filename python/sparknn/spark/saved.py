@@ -28,6 +28,7 @@ import uuid
 
 from sparknn import integrity
 from sparknn.errors import IndexFileError
+from sparknn.output import sync_file
 
 MANIFEST = "sparknn-manifest.json"
 _FORMAT = 1
@@ -89,15 +90,15 @@ def seal(root: str) -> None:
     text = json.dumps({"format": _FORMAT, "files": files, "crc32c": _manifest_crc(files)}, sort_keys=True)
     for directory, _, names in os.walk(root):
         for name in names:
-            _fsync(os.path.join(directory, name))
-        _fsync(directory)
+            sync_file(os.path.join(directory, name))
+        sync_file(directory)
     tmp = os.path.join(root, f".{MANIFEST}.tmp")
     with open(tmp, "w") as f:
         f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, os.path.join(root, MANIFEST))
-    _fsync(root)
+    sync_file(root)
 
 
 def read_manifest(root: str) -> dict[str, integrity.FileDigest] | None:
@@ -139,19 +140,19 @@ def commit(staged: str, target: str, overwrite: bool) -> None:
             if os.path.lexists(target):
                 raise FileExistsError(f"model path {target!r} already exists")
             os.rename(staged, target)
-        _fsync(parent)
+        sync_file(parent)
         return
     if not overwrite:
         raise FileExistsError(f"model path {target!r} already exists: use model.write().overwrite().save()")
     if exchange(staged, target):
-        _fsync(parent)
+        sync_file(parent)
         _remove(staged)  # now the old model
         return
     tag = os.path.basename(staged).rsplit("-", 1)[-1]
     aside = _sibling(target, "old", tag)
     os.rename(target, aside)  # from here until the next rename, load() finds the staged model by its tag
     os.rename(staged, target)
-    _fsync(parent)
+    sync_file(parent)
     _remove(aside)
 
 
@@ -216,11 +217,3 @@ def _remove(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
