@@ -115,8 +115,9 @@ class Index:
         ``l2`` is squared Euclidean distance, ``ip`` the negated inner product,
         ``cosine`` is ``1 - cos``; vectors are normalised once when added.
         Distances are always "smaller is closer".
-    kind : {"hnsw", "flat"}
-        ``flat`` is exact search (BLAS); ``hnsw`` is an approximate graph index.
+    kind : {"hnsw", "flat", "ivf"}
+        ``flat`` is exact search (BLAS); ``hnsw`` is an approximate graph index;
+        ``ivf`` partitions the vectors into k-means lists (docs/ivf.md).
     M, ef_construction, ef_search : int
         HNSW parameters (ignored by other kinds).
     nlist, nprobe, storage, train_size, pq_m, rerank

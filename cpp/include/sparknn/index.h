@@ -184,8 +184,9 @@ class Index {
     int64_t next_id_ = 0;
 };
 
-// Creates an empty index. `options` holds kind parameters (M, ef_construction,
-// ef_search, seed for hnsw); unknown names are rejected.
+// Creates an empty index. `options` holds the parameters of every kind; each
+// kind reads its own (hnsw: M, ef_construction, ef_search, seed; ivf: the rest
+// and seed) and ignores the others.
 struct IndexOptions {
     size_t M = 16;
     size_t ef_construction = 200;
@@ -193,7 +194,7 @@ struct IndexOptions {
     uint64_t seed = 42;
     size_t nlist = 0;              // ivf: 0 = chosen from the data when trained
     size_t nprobe = 16;            // ivf
-    std::string storage = "float32";  // ivf: float32 | sq8
+    std::string storage = "float32";  // ivf: float32 | sq8 | pq
     size_t train_size = 0;         // ivf: k-means sample, 0 = automatic
     size_t pq_m = 0;               // ivf pq: bytes per vector, 0 = automatic
     size_t rerank = 0;             // ivf sq8/pq: exact re-ranking factor, 0 = off
