@@ -110,9 +110,9 @@ class IndexFiles:
 
         def ship(name: str) -> str:
             unique = f"{tag}-{name}"
-            link = os.path.join(links, unique)
-            link(os.path.join(self.layout.root, name), link)
-            sc.addFile(link)
+            linked = os.path.join(links, unique)
+            link(os.path.join(self.layout.root, name), linked)
+            sc.addFile(linked)
             return unique
 
         shipped = self.layout.renamed(ship, root=links, shipped=True)
