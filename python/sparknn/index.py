@@ -91,7 +91,7 @@ def _as_lists(lists, n: int, width: Optional[int]) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _normalise_metric(metric: str) -> str:
+def normalise_metric(metric: str) -> str:
     metric = _METRIC_ALIASES.get(str(metric).lower(), str(metric).lower())
     if metric not in METRICS:
         raise InvalidArgumentError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
@@ -175,7 +175,7 @@ class Index:
         self._index = _core.make_index(
             kind,
             dim,
-            _normalise_metric(metric),
+            normalise_metric(metric),
             _check_count(M, "M", 2),
             _check_count(ef_construction, "ef_construction", 1),
             _check_count(ef_search, "ef_search", 1),

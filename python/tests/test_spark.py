@@ -188,7 +188,7 @@ def test_task_threads_follow_spark_task_cpus(spark):
     import pyarrow as pa
 
     def threads(batches):
-        from sparknn.spark.worker import task_threads
+        from sparknn.spark.tasks import task_threads
 
         for _ in batches:
             yield pa.RecordBatch.from_pydict({"auto": [task_threads(0)], "fixed": [task_threads(3)]})

@@ -1,4 +1,4 @@
-"""Building the index on the driver: validation, Arrow collection, id mapping."""
+"""Building the index on the driver: Arrow collection (or a direct Parquet read), id mapping, one index."""
 
 from __future__ import annotations
 
@@ -11,74 +11,16 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-import sparknn
 from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.direct_read import ParquetScan, first_dim, read_scan
-from sparknn.spark.ivf_plan import choose_nlist, sample_size
-from sparknn.spark.schema import collect_arrow, features_as_float_array
-from sparknn.spark.worker import Layout, ShardFiles, probes_column, write_column, write_ids
+from sparknn.spark.ivf_plan import sample_size
+from sparknn.spark.layout import MAX_STORED_PROBES, Layout, ShardFiles, probes_column, write_column, write_ids
+from sparknn.spark.schema import check_unique, collect_arrow, features_as_float_array, validate
+from sparknn.spark.tasks import new_index
 
-# Nearest lists kept per item for similarItems: at most this many (4 bytes each per item).
-MAX_STORED_PROBES = 32
 BUILD_BATCH = 65_536  # vectors validated, assigned and added per step
-
-
-def _example(df: DataFrame, condition, id_col: str) -> str:
-    row = df.filter(condition).select(id_col).limit(1).collect()
-    return f" (e.g. id {row[0][0]!r})" if row else ""
-
-
-def validate(df: DataFrame, features: str, id_col: str, integer_ids: bool) -> dict:
-    """One aggregate pass on the JVM: counts, vector lengths, bad values, id range.
-
-    Raises a clear error naming the column, a count and an example id. Used
-    before a sharded build (hours of executor work), and on the driver path
-    to explain a failure found in the collected Arrow data.
-    """
-    vec = features_as_float_array(df, features)
-    bad = F.exists(vec, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf")))
-    aggs = [
-        F.count(F.lit(1)).alias("rows"),
-        F.count(F.col(id_col)).alias("ids"),
-        F.count(vec).alias("vectors"),
-        F.min(F.size(vec)).alias("min_len"),
-        F.max(F.size(vec)).alias("max_len"),
-        F.sum(F.when(bad, 1).otherwise(0)).alias("bad"),
-    ]
-    if integer_ids:
-        aggs.append(F.min(F.col(id_col)).alias("min_id"))
-    stats = df.agg(*aggs).first().asDict()
-    rows = stats["rows"]
-    if rows == 0:
-        raise InvalidArgumentError("the DataFrame to index is empty: fit needs at least one row")
-    if stats["ids"] < rows:
-        raise InvalidArgumentError(f"idCol {id_col!r} has {rows - stats['ids']} null values of {rows} rows")
-    if stats["vectors"] < rows:
-        raise InvalidArgumentError(f"featuresCol {features!r} has {rows - stats['vectors']} null vectors of "
-                                   f"{rows} rows" + _example(df, vec.isNull(), id_col))
-    if stats["min_len"] != stats["max_len"]:
-        shortest = _example(df, F.size(vec) == stats["min_len"], id_col)
-        raise InvalidArgumentError(f"featuresCol {features!r} has vectors of different lengths, "
-                                   f"{stats['min_len']} to {stats['max_len']}: all must have the same length; "
-                                   f"shortest{shortest}")
-    if stats["min_len"] == 0:
-        raise InvalidArgumentError(f"featuresCol {features!r} has empty vectors" + _example(df, F.size(vec) == 0,
-                                                                                              id_col))
-    if stats["bad"]:
-        raise InvalidArgumentError(f"featuresCol {features!r} has {stats['bad']} vectors with null, NaN or "
-                                   "infinite values: remove or impute them" + _example(df, bad, id_col))
-    return stats
-
-
-def check_unique(ids: pa.Array, id_col: str) -> None:
-    counts = pc.value_counts(ids)
-    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        example = dup.field("values")[0].as_py()
-        raise InvalidArgumentError(f"idCol {id_col!r} has {len(dup)} duplicate ids (e.g. {example!r} appears "
-                                   f"{dup.field('counts')[0].as_py()} times): ids must be unique")
 
 
 def id_order(ids: pa.Array) -> np.ndarray | None:
@@ -92,18 +34,6 @@ def use_direct_ids(ids: pa.Array, id_type: str) -> bool:
     if id_type == "string":
         return False
     return len(ids) == 0 or pc.min(ids).as_py() >= 0
-
-
-def new_index(dim: int, params: dict, threads: int, n: int = 0) -> sparknn.Index:
-    """An empty index; an ivf one gets its nlist from the n items it will hold (not from the
-    sample it trains on)."""
-    ivf = {}
-    if params["kind"] == "ivf":
-        ivf = dict(nlist=choose_nlist(params["nlist"], n) if n else params["nlist"], nprobe=params["nprobe"],
-                   storage=params["storage"], pq_m=params["pqM"], rerank=params["rerank"])
-    return sparknn.Index(dim, params["metric"], params["kind"], M=params["M"],
-                         ef_construction=params["efConstruction"], ef_search=params["efSearch"],
-                         seed=params["seed"], threads=threads, **ivf)
 
 
 def vector_batches(column: pa.ChunkedArray, name: str, rows: int = BUILD_BATCH, order: np.ndarray | None = None):

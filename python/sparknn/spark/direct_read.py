@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 
-from sparknn.spark.worker import ARROW_ID_TYPES
+from sparknn.spark.layout import ARROW_ID_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -37,30 +37,27 @@ from sparknn import integrity
 from sparknn.arrow import rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import ivf_memory
-from sparknn.spark.build import MAX_STORED_PROBES, validate
 from sparknn.spark.ivf_plan import (
-    IvfRouting,
     choose_nlist,
     dedupe_parts,
     item_bytes,
     plan_parts,
     sample_size,
 )
-from sparknn.spark.schema import collect_arrow, features_as_float_array
-from sparknn.spark.sharding import _partition_keys, shard_files
-from sparknn.spark.storage import _link as link
-from sparknn.spark.storage import _own as own
-from sparknn.spark.storage import keep_only, temp_dir
-from sparknn.spark.worker import (
+from sparknn.spark.layout import (
     ARROW_ID_TYPES,
+    MAX_STORED_PROBES,
     POSITION_BITS,
+    IvfRouting,
     Layout,
-    _cached,
-    attempt_id,
     digests_json,
+    items_schema,
     probes_column,
-    task_threads,
+    shard_files,
 )
+from sparknn.spark.schema import collect_arrow, features_as_float_array, validate
+from sparknn.spark.storage import keep_only, link, own, temp_dir
+from sparknn.spark.tasks import attempt_id, cached, partition_keys, task_threads
 
 _BUILT = T.StructType([
     T.StructField("part", T.IntegerType()),
@@ -86,7 +83,7 @@ def quantizer(path: str, shipped: bool) -> sparknn.Index:
         from pyspark import SparkFiles
 
         path = SparkFiles.get(path)
-    return _cached(path, _load_private)
+    return cached(path, _load_private)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -95,13 +92,6 @@ def _mix(x: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
-
-
-def _partition_id() -> int:
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    return ctx.partitionId() if ctx is not None else 0
 
 
 # -- executor functions ------------------------------------------------------------------
@@ -282,7 +272,7 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
                      "Lower targetPartBytes (more, smaller parts), use storage='sq8' or 'pq', or give Python "
                      "workers more memory (spark.executor.pyspark.memory, executor memory).")
 
-    keys = _partition_keys(spark, num_parts)
+    keys = partition_keys(spark, num_parts)
     key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), F.col("part") + 1)
     assign = partial(_assign_task, width=width, piece_offsets=piece_offsets.tolist(),
                      piece_parts=piece_parts.tolist(), **common)
@@ -317,12 +307,6 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
     layout = Layout(dim, params["metric"], "ivf", id_type, positional, tuple(parts), root, ivf=routing)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout
-
-
-def items_schema(id_type: str, dim: int, width: int) -> pa.Schema:
-    """A part's items file: the user's ids, the float32 vectors, each item's nearest lists."""
-    return pa.schema([("id", ARROW_ID_TYPES[id_type]), ("vector", pa.list_(pa.float32(), dim)),
-                      ("lists", pa.list_(pa.int32(), width))])
 
 
 def _empty_part(trained: sparknn.Index, root: str, name: str, items: str, schema: pa.Schema) -> dict:

@@ -4,14 +4,14 @@ A *part* is one executor-built IVF index holding whole lists (or, for a list
 larger than a part, a slice of it). Every part shares the quantizer trained at
 the driver, so a query probes the same lists whichever part it is searched in.
 The plan is small (a few integers per list) and is kept in the model's
-metadata: routing a query needs, per list, its size and the parts holding it.
+metadata: routing a query needs, per list, its size and the parts holding it
+(``layout.IvfRouting``).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,53 +33,6 @@ def item_bytes(dim: int, metric: str, storage: str, pq_m: int, rerank: int) -> i
     code = {"float32": 4 * dim, "sq8": dim, "pq": pq_m}[storage]
     extra = 4 if storage == "float32" and metric == "l2" else 0  # cached squared norms
     return code + 16 + extra + (4 * dim if rerank else 0)
-
-
-@dataclass(frozen=True)
-class IvfRouting:
-    """Where the lists are: everything a task needs to route a query (small, picklable).
-
-    ``list_offsets``/``list_parts`` is a CSR map list -> parts holding it (one
-    part, or several for a split list); ``piece_offsets``/``piece_parts`` is the
-    same map with one entry per equal-sized piece (a part may hold two pieces
-    of one list), which the build uses to spread a split list's rows.
-    """
-
-    quantizer: str  # file name of the trained, empty IVF index
-    list_sizes: tuple[int, ...]
-    list_offsets: tuple[int, ...]
-    list_parts: tuple[int, ...]
-    piece_offsets: tuple[int, ...]
-    piece_parts: tuple[int, ...]
-    part_keys: tuple[int, ...]  # a key per part that Spark's hash partitioner sends to partition == part
-    part_bytes: tuple[int, ...] = ()  # index file size per part, known once built
-
-    @property
-    def nlist(self) -> int:
-        return len(self.list_sizes)
-
-    @property
-    def num_parts(self) -> int:
-        return len(self.part_keys)
-
-    def arrays(self):
-        """(sizes, list_offsets, list_parts) as numpy arrays, for vectorised routing."""
-        return (np.asarray(self.list_sizes, dtype=np.int64), np.asarray(self.list_offsets, dtype=np.int64),
-                np.asarray(self.list_parts, dtype=np.int64))
-
-    def to_json(self) -> dict:
-        return {"quantizer": self.quantizer, "listSizes": list(self.list_sizes),
-                "listOffsets": list(self.list_offsets), "listParts": list(self.list_parts),
-                "pieceOffsets": list(self.piece_offsets), "pieceParts": list(self.piece_parts),
-                "partKeys": list(self.part_keys), "partBytes": list(self.part_bytes)}
-
-    @staticmethod
-    def from_json(d: dict) -> IvfRouting:
-        return IvfRouting(d["quantizer"], *(tuple(int(v) for v in d[k]) for k in (
-            "listSizes", "listOffsets", "listParts", "pieceOffsets", "pieceParts", "partKeys", "partBytes")))
-
-    def renamed(self, rename) -> IvfRouting:
-        return replace(self, quantizer=rename(self.quantizer))
 
 
 def spatial_order(points: np.ndarray, weights: np.ndarray, seed: int = 0) -> np.ndarray:

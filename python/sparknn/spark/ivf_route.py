@@ -29,20 +29,10 @@ from pyspark.sql import types as T
 import sparknn
 from sparknn.arrow import fixed_rows, neighbors_array, rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.ivf_build import _partition_id
 from sparknn.spark.ivf_plan import expand
+from sparknn.spark.layout import ARROW_ID_TYPES, POSITION_BITS, POSITION_MASK, Layout
 from sparknn.spark.schema import neighbors_spark_type, spark_id_type
-from sparknn.spark.worker import (
-    ARROW_ID_TYPES,
-    POSITION_BITS,
-    POSITION_MASK,
-    Layout,
-    _cached,
-    _load_index,
-    shard_index,
-    side_file,
-    task_threads,
-)
+from sparknn.spark.tasks import cached, load_index, partition_id, shard_index, side_file, task_threads
 
 CHUNK = 4096  # queries routed per output batch: bounds the copies of their vectors
 _ROW = "__sparknn_row"  # the payload struct column
@@ -117,7 +107,7 @@ def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need, nea
 
 
 def _quantizer(layout: Layout) -> sparknn.Index:
-    return _cached(layout.path(layout.ivf.quantizer), _load_index)
+    return cached(layout.path(layout.ivf.quantizer), load_index)
 
 
 def route_queries(batches, *, layout: Layout, features: str, nprobe: int, need: int, num_threads: int):
@@ -125,14 +115,14 @@ def route_queries(batches, *, layout: Layout, features: str, nprobe: int, need: 
     q = _quantizer(layout)
     q.threads = task_threads(num_threads)
     arrays = layout.ivf.arrays()
-    next_key = _partition_id() << 33
+    next_key = partition_id() << 33
     for batch in batches:
         for start in range(0, batch.num_rows, CHUNK):
             chunk = batch.slice(start, CHUNK)
             try:
                 x = vectors_to_numpy(chunk.column(features), features, layout.dim)
             except InvalidArgumentError as err:
-                raise InvalidArgumentError(f"{err} (in partition {_partition_id()}; rows are counted from the "
+                raise InvalidArgumentError(f"{err} (in partition {partition_id()}; rows are counted from the "
                                            "start of an Arrow batch)") from None
             keys = np.arange(next_key, next_key + len(x), dtype=np.int64)
             next_key += len(x)

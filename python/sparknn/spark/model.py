@@ -21,10 +21,10 @@ from pyspark.sql import types as T
 
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn.spark import ivf_memory, ivf_route, saved, worker
+from sparknn.spark.layout import Layout, check_files
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
 from sparknn.spark.storage import IndexFiles, local_dir
-from sparknn.spark.worker import Layout, check_files
 
 ITEMS_PER_TASK = 50_000  # similarItems: at least this many queries per task amortise the index load
 

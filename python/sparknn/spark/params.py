@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasOutputCol, HasSeed
 
-from sparknn.index import KINDS, STORAGES, _normalise_metric
+from sparknn.index import KINDS, STORAGES, normalise_metric
 
 IVF_MODES = ("auto", "driver", "routed")
 
@@ -44,7 +44,7 @@ def _size(value):
 
 def _metric(value):
     try:
-        return _normalise_metric(TypeConverters.toString(value))
+        return normalise_metric(TypeConverters.toString(value))
     except ValueError as err:  # InvalidArgumentError is a ValueError; keep pyspark's type
         raise ValueError(str(err)) from None
 

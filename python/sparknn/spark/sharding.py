@@ -2,7 +2,7 @@
 
 Rows go to shard ``pmod(xxhash64(id), N)``: a duplicated id always lands in
 one shard, where it is caught. Each shard is routed to its own partition (see
-``_partition_keys``), the task builds the shard's index with ``spark.task.cpus``
+``tasks.partition_keys``), the task builds the shard's index with ``spark.task.cpus``
 threads and writes it to a directory every executor and the driver can read.
 Queries search all shards and merge the per-shard top-k (worker.search).
 """
@@ -22,19 +22,10 @@ from pyspark.sql import types as T
 from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.build import check_unique, new_index, validate
-from sparknn.spark.schema import features_as_float_array
+from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_ids
+from sparknn.spark.schema import check_unique, features_as_float_array, validate
 from sparknn.spark.storage import keep_only
-from sparknn.spark.worker import (
-    ARROW_ID_TYPES,
-    Layout,
-    ShardFiles,
-    attempt_id,
-    digests_from_json,
-    digests_json,
-    task_threads,
-    write_ids,
-)
+from sparknn.spark.tasks import attempt_id, new_index, partition_keys, task_threads
 
 _RESULT = T.StructType([
     T.StructField("shard", T.IntegerType()),
@@ -46,20 +37,6 @@ _RESULT = T.StructType([
 ])
 _RESULT_ARROW = pa.schema([("shard", pa.int32()), ("count", pa.int64()), ("dim", pa.int32()),
                            ("index", pa.string()), ("ids", pa.string()), ("sideFiles", pa.string())])
-
-
-def _partition_keys(spark, n: int) -> list:
-    """A long key per shard that Spark's hash partitioner sends to partition == shard.
-
-    ``repartition(n, col)`` places a row in ``pmod(murmur3(col), n)``; with the
-    shard number itself as key, two shards may collide in one partition and be
-    built one after the other. Searching small integers for one that hashes to
-    each partition gives one shard per task.
-    """
-    rows = (spark.range(0, 64 * n).select("id", F.expr(f"pmod(hash(id), {n})").alias("p"))
-            .groupBy("p").agg(F.min("id").alias("key")).collect())
-    found = {r["p"]: r["key"] for r in rows}
-    return [found.get(s, s) for s in range(n)]  # a missing one only costs parallelism
 
 
 def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, params, attempt=None):
@@ -103,18 +80,6 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
             schema=_RESULT_ARROW)
 
 
-def shard_files(result: dict, root: str, what: str) -> ShardFiles:
-    """The files of one task result (a dict with index, ids or items, count, sideFiles), checked to be
-    visible from the driver."""
-    ids = result.get("ids", result.get("items"))
-    for name in (result["index"], ids):
-        if name and not os.path.exists(os.path.join(root, name)):
-            raise InvalidArgumentError(
-                f"{what} was written by an executor to {root!r} but the driver cannot see it there: set "
-                "indexPath to a directory shared by the driver and all executors")
-    return ShardFiles(result["index"], ids, int(result["count"]), digests=digests_from_json(result["sideFiles"]))
-
-
 def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
                   prefix: str) -> Layout:
     """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors."""
@@ -123,7 +88,7 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, param
     positional = id_type == "string" or stats["min_id"] < 0
     dim = int(stats["max_len"])
     spark = df.sparkSession
-    keys = _partition_keys(spark, n)
+    keys = partition_keys(spark, n)
     shard = F.pmod(F.xxhash64(F.col(id_col)), F.lit(n)).cast("int")
     key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), shard + 1)
     data = (df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"),

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from sparknn import integrity
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.worker import Layout
+from sparknn.spark.layout import Layout
 
 
 def local_dir(uri: str, param: str) -> str:
@@ -49,7 +49,7 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _link(src: str, dst: str) -> None:
+def link(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
     except OSError:
@@ -59,7 +59,7 @@ def _link(src: str, dst: str) -> None:
 # Temporary directories live until the driver process exits, not until their model is
 # garbage collected: a DataFrame from ``KNN().fit(df).similarItems()`` outlives the model and
 # its tasks may read (or fetch) the files later. Spark keeps added files for as long.
-def _own(path: str) -> None:
+def own(path: str) -> None:
     atexit.register(_remove, path)
 
 
@@ -95,7 +95,7 @@ class IndexFiles:
         self.layout = layout
         self.shared = shared
         if owned:
-            _own(owned)
+            own(owned)
         self._shipped = None  # (applicationId, task layout)
 
     def for_tasks(self, spark) -> Layout:
@@ -105,14 +105,14 @@ class IndexFiles:
         if self._shipped and self._shipped[0] == sc.applicationId:
             return self._shipped[1]
         links = temp_dir(spark, "sparknn-ship-")
-        _own(links)
+        own(links)
         tag = uuid.uuid4().hex[:12]
 
         def ship(name: str) -> str:
             unique = f"{tag}-{name}"
-            link = os.path.join(links, unique)
-            _link(os.path.join(self.layout.root, name), link)
-            sc.addFile(link)
+            linked = os.path.join(links, unique)
+            link(os.path.join(self.layout.root, name), linked)
+            sc.addFile(linked)
             return unique
 
         shipped = self.layout.renamed(ship, root=links, shipped=True)
