@@ -14,7 +14,7 @@ preload_openblas()
 
 from sparknn._core import FORMAT_VERSION, cpu_simd_level, simd_level  # noqa: E402
 from sparknn.errors import IndexFileError, IndexIOError, InvalidArgumentError, UnsupportedError  # noqa: E402
-from sparknn.index import KINDS, METRICS, Index, load  # noqa: E402
+from sparknn.index import KINDS, METRICS, Index, IndexSpec, load  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "KINDS",
     "METRICS",
     "Index",
+    "IndexSpec",
     "IndexFileError",
     "IndexIOError",
     "InvalidArgumentError",

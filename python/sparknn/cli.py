@@ -29,6 +29,7 @@ import pyarrow.dataset as ds
 from sparknn import jobs
 from sparknn.datasets import make_items, make_queries
 from sparknn.errors import IndexFileError, InvalidArgumentError
+from sparknn.index import IndexSpec
 from sparknn.output import (
     DataError,
     UsageError,
@@ -85,10 +86,10 @@ def _preview(args, table: pa.Table | None, id_col: str, shown: int = 5) -> None:
         print(f"{r[id_col]!s:<{width}}  {pairs}{more}")
 
 
-def _options(args) -> jobs.IndexOptions:
-    return jobs.IndexOptions(kind=args.index, metric=args.metric, M=args.M, ef_construction=args.ef_construction,
-                             ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe, storage=args.storage,
-                             pq_m=args.pq_m, rerank=args.rerank, threads=args.threads)
+def _spec(args) -> IndexSpec:
+    return IndexSpec(kind=args.index, metric=args.metric, M=args.M, ef_construction=args.ef_construction,
+                     ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe, storage=args.storage,
+                     pq_m=args.pq_m, rerank=args.rerank, threads=args.threads)
 
 
 # --------------------------------------------------------------------------- commands
@@ -98,7 +99,7 @@ def _cmd_similar(args) -> int:
         result = _similar_on_spark(args)
     else:
         result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
-                              opts=_options(args), fmt=args.format, overwrite=args.overwrite,
+                              spec=_spec(args), fmt=args.format, overwrite=args.overwrite,
                               progress=Progress(not args.quiet))
     where = f"Spark {args.spark}" if args.spark else "in-process"
     _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} items, {result.neighbors} neighbours each "
@@ -109,7 +110,7 @@ def _cmd_similar(args) -> int:
 
 def _cmd_build(args) -> int:
     start = time.perf_counter()
-    result = jobs.build(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, opts=_options(args),
+    result = jobs.build(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, spec=_spec(args),
                         overwrite=args.overwrite, progress=Progress(not args.quiet))
     sidecar = args.output + jobs.IDS_SUFFIX
     extra = f" and its ids in {sidecar}" if os.path.exists(sidecar) else ""
@@ -212,6 +213,7 @@ def _similar_on_spark(args) -> jobs.Result:
     k = max(1, jobs.capped_k(args.k, inp.num_rows, self_join=True))  # the same rows, never sized by a huge k
     try:
         from sparknn.spark import KNN
+        from sparknn.spark.params import knn_params
     except ImportError as exc:
         raise UsageError(f"--spark needs pyspark (pip install 'sparknn[spark]'): {exc}") from None
     timings = jobs.Timings()
@@ -226,10 +228,7 @@ def _similar_on_spark(args) -> jobs.Result:
     try:
         files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
         df = spark.read.parquet(*files).select(args.id_col, args.vector_col)
-        ivf = dict(nlist=args.nlist, nprobe=args.nprobe, storage=args.storage, pqM=args.pq_m, rerank=args.rerank)
-        knn = KNN(k=k, metric=args.metric, indexType=args.index, featuresCol=args.vector_col,
-                  idCol=args.id_col, M=args.M, efConstruction=args.ef_construction, efSearch=args.ef_search,
-                  numThreads=args.threads, **(ivf if args.index == "ivf" else {}))
+        knn = KNN(k=k, featuresCol=args.vector_col, idCol=args.id_col, **knn_params(_spec(args)))
         try:
             model = knn.fit(df)  # kept referenced until the write is done: its index files back the result
             model.similarItems().write.parquet(tmp)

@@ -8,6 +8,7 @@ engine adds or searches. An Index may be shared by threads (see :class:`Index`).
 from __future__ import annotations
 
 import os
+import dataclasses
 from typing import Mapping, Optional, Tuple
 
 import numpy as np
@@ -104,6 +105,69 @@ def _check_count(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class IndexSpec:
+    """What an index is: its kind, metric and parameters, checked and normalised once.
+
+    The one description of an index every layer passes along: :class:`Index`
+    is built from it, the command line and every Spark build make one from
+    their options, and the binding receives its fields by name. The fields are
+    those of :class:`Index` (which documents them). ``for_items(n)`` fixes an
+    ivf ``nlist`` of 0 to the count the engine picks for n vectors, so a build
+    that adds its vectors in batches gets lists chosen for all of them.
+    """
+
+    kind: str = "hnsw"
+    metric: str = "cosine"
+    M: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+    seed: int = 42
+    nlist: int = 0
+    nprobe: int = 16
+    storage: str = "float32"
+    train_size: int = 0
+    pq_m: int = 0
+    rerank: int = 0
+    threads: int = 0
+
+    def __post_init__(self):
+        kind = str(self.kind).lower()
+        if kind not in KINDS:
+            raise InvalidArgumentError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
+        storage = str(self.storage).lower()
+        if storage not in STORAGES:
+            raise InvalidArgumentError(f"unknown storage {storage!r}: use one of {', '.join(STORAGES)}")
+        checked = {"kind": kind, "metric": normalise_metric(self.metric), "storage": storage}
+        for name, minimum in _SPEC_MINIMUMS.items():
+            checked[name] = _check_count(getattr(self, name), name, minimum)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def for_items(self, n: int) -> "IndexSpec":
+        """This spec with an ivf ``nlist`` of 0 replaced by the engine's choice for ``n`` vectors."""
+        if self.kind != "ivf" or self.nlist or n <= 0:
+            return self
+        return dataclasses.replace(self, nlist=_core.ivf_default_nlist(int(n)))
+
+    def replace(self, **changes) -> "IndexSpec":
+        """A copy with ``changes`` (checked like a new spec)."""
+        return dataclasses.replace(self, **changes)
+
+    def create(self, dim: int) -> "Index":
+        """A new, empty index of ``dim`` dimensions."""
+        return Index(dim, spec=self)
+
+    def _native(self, dim: int):
+        return _core.make_index(self.kind, dim, self.metric, self.M, self.ef_construction, self.ef_search,
+                                self.seed, self.nlist, self.nprobe, self.storage, self.train_size, self.pq_m,
+                                self.rerank)
+
+
+_SPEC_MINIMUMS = {"M": 2, "ef_construction": 1, "ef_search": 1, "seed": 0, "nlist": 0, "nprobe": 1,
+                  "train_size": 0, "pq_m": 0, "rerank": 0, "threads": 0}
+
+
 class Index:
     """A k-nearest-neighbour index over float vectors with int64 ids.
 
@@ -163,31 +227,21 @@ class Index:
         pq_m: int = 0,
         rerank: int = 0,
         threads: int = 0,
+        spec: Optional[IndexSpec] = None,
         _native=None,
     ):
         if _native is not None:
             self._index = _native
             return
         dim = _check_count(dim, "dim", 1)
-        kind = str(kind).lower()
-        if kind not in KINDS:
-            raise InvalidArgumentError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
-        self._index = _core.make_index(
-            kind,
-            dim,
-            normalise_metric(metric),
-            _check_count(M, "M", 2),
-            _check_count(ef_construction, "ef_construction", 1),
-            _check_count(ef_search, "ef_search", 1),
-            _check_count(seed, "seed", 0),
-            _check_count(nlist, "nlist", 0),
-            _check_count(nprobe, "nprobe", 1),
-            str(storage).lower(),
-            _check_count(train_size, "train_size", 0),
-            _check_count(pq_m, "pq_m", 0),
-            _check_count(rerank, "rerank", 0),
-        )
-        self.threads = threads
+        if spec is None:
+            spec = IndexSpec(kind=kind, metric=metric, M=M, ef_construction=ef_construction, ef_search=ef_search,
+                             seed=seed, nlist=nlist, nprobe=nprobe, storage=storage, train_size=train_size,
+                             pq_m=pq_m, rerank=rerank, threads=threads)
+        elif not isinstance(spec, IndexSpec):
+            raise InvalidArgumentError(f"spec must be a sparknn.IndexSpec, got {type(spec).__name__}")
+        self._index = spec._native(dim)
+        self.threads = spec.threads
 
     # -- properties -----------------------------------------------------------------
     @property

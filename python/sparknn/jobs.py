@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from sparknn._core import ivf_default_train_size
 from sparknn.arrow import neighbors_array, neighbors_type, vectors_to_numpy
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.index import Index, load
+from sparknn.builder import build_streaming, engine_ids
+from sparknn.index import Index, IndexSpec, load
 from sparknn.integrity import FileDigest, crc32c
 from sparknn.output import (
     DataError,
@@ -62,21 +63,7 @@ IDS_ROLE = "ids"  # the ids file's role in the index file's SideFiles section
 _IDS_META = b"sparknn.index"  # the fingerprint of indexes built before SideFiles (still read)
 _LISTED = 10  # files named in one error message
 NEIGHBORS = "neighbors"  # the output's neighbour column
-
-
-@dataclass(frozen=True)
-class IndexOptions:
-    kind: str = "hnsw"
-    metric: str = "cosine"
-    M: int = 16
-    ef_construction: int = 200
-    ef_search: int = 64
-    nlist: int = 0  # ivf: 0 = about 4 sqrt(n)
-    nprobe: int = 16
-    storage: str = "float32"
-    pq_m: int = 0
-    rerank: int = 0
-    threads: int = 0  # 0: all cores
+DEFAULT_SPEC = IndexSpec()
 
 
 @dataclass
@@ -290,16 +277,6 @@ def read_ids(inp: Input, unique: bool) -> pa.Array:
     return ids
 
 
-def engine_ids(ids: pa.Array) -> np.ndarray | None:
-    """The ids as int64 engine ids if they can be used directly, else None (use row positions)."""
-    if not pa.types.is_integer(ids.type) or len(ids) == 0:
-        return None
-    lo, hi = pc.min_max(ids).values()
-    if lo.as_py() < 0 or hi.as_py() > np.iinfo(np.int64).max:
-        return None
-    return ids.to_numpy().astype(np.int64, copy=False)
-
-
 _ROW = re.compile(r"\brow (\d+)")
 
 
@@ -355,54 +332,31 @@ def usable_threads(threads: int) -> int:
     return min(threads, max(cores, 1))
 
 
-def _new_index(dim: int, opts: IndexOptions, n: int) -> Index:
-    threads = usable_threads(opts.threads)
-    if opts.kind != "ivf":
-        return Index(dim, opts.metric, opts.kind, M=opts.M, ef_construction=opts.ef_construction,
-                     ef_search=opts.ef_search, threads=threads)
-    # Lists are chosen for the whole input, not for its first batch.
-    nlist = opts.nlist or max(1, min(n, round(4 * n**0.5)))
-    return Index(dim, opts.metric, "ivf", nlist=nlist, nprobe=opts.nprobe, storage=opts.storage, pq_m=opts.pq_m,
-                 rerank=opts.rerank, threads=threads)
-
-
-def build_index(inp: Input, ids: np.ndarray | None, opts: IndexOptions, progress: Progress,
+def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: Progress,
                 keep_lists: bool = False) -> tuple[Index, np.ndarray | None]:
-    """Reads the vectors in batches and adds them to a new index; ``ids`` None means row positions.
-
-    An ivf index is first trained on a uniform sample of the whole input, then
-    each batch is assigned to its ``nprobe`` nearest lists in one pass: the
-    first is where the item goes, and with ``keep_lists`` (a self-join) all of
-    them are returned, int32 [n, nprobe], so the search does not compute them
-    again. Otherwise the second value is None.
-    """
-    index = None
-    kept: list[np.ndarray] = []
+    """Reads the vectors in batches into a new index (builder.build_streaming); ``ids`` None means
+    row positions. With ``keep_lists`` (a self-join, ivf) also each item's nprobe nearest lists,
+    int32 [n, nprobe], else None."""
+    spec = spec.replace(threads=usable_threads(spec.threads))
+    dim = None
     with progress.bar(inp.num_rows, "building") as bar:
-        for first, batch in inp.batches([inp.vector_col], BUILD_BATCH):
-            if index is None:
-                dim = len(_vectors(batch.column(0).slice(0, 1), inp.vector_col, None, first)[0])
-                index = _new_index(dim, opts, inp.num_rows)
-                if opts.kind == "ivf":
-                    nlist = index.params["nlist"]
-                    with _rows_of_input(inp.vector_col, 0, inp.num_rows):
-                        index.train(_train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows)))
-            rows = np.arange(first, first + batch.num_rows, dtype=np.int64) if ids is None else \
-                ids[first:first + batch.num_rows]
-            x = _vectors(batch.column(0), inp.vector_col, index.dim, first)
-            with _rows_of_input(inp.vector_col, first, len(x)):
-                if opts.kind == "ivf":
-                    lists = index.nearest_lists(x, min(index.params["nprobe"], index.params["nlist"])
-                                                if keep_lists else 1)
-                    index.add(x, rows, lists=lists)
-                    if keep_lists:
-                        kept.append(lists.astype(np.int32))
-                else:
-                    index.add(x, rows)
-            bar.update(batch.num_rows)
+        def batches():
+            nonlocal dim
+            for first, batch in inp.batches([inp.vector_col], BUILD_BATCH):
+                x = _vectors(batch.column(0), inp.vector_col, dim, first)
+                dim = x.shape[1]
+                yield first, x
+                bar.update(batch.num_rows)
+
+        def sample(nlist: int) -> np.ndarray:
+            return _train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows))
+
+        index, lists = build_streaming(
+            batches(), inp.num_rows, spec, ids=ids, train_sample=sample, keep_lists=inp.num_rows if keep_lists else 0,
+            rows_context=lambda first, rows: _rows_of_input(inp.vector_col, first, rows))
     if index is None or len(index) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
-    return index, (np.concatenate(kept) if kept else None)
+    return index, lists
 
 
 def _map_back(neighbors: pa.Array, id_type: pa.DataType) -> pa.Array:
@@ -483,7 +437,7 @@ def capped_k(k: int, items: int, self_join: bool) -> int:
     return max(0, min(k, items - 1 if self_join else items))
 
 
-def _read_and_build(input_path: str, id_col: str, vector_col: str, opts: IndexOptions, progress: Progress,
+def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSpec, progress: Progress,
                     timings: Timings, keep_lists: bool = False
                     ) -> tuple[Input, pa.Array, np.ndarray | None, Index, np.ndarray | None]:
     """Opens the input, checks its ids are unique and builds the index (engine ids: ``direct``, or positions)."""
@@ -491,13 +445,13 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, opts: IndexOp
     inp = open_input(input_path, id_col, vector_col)
     ids = read_ids(inp, unique=True)
     direct = engine_ids(ids)
-    index, lists = build_index(inp, direct, opts, progress, keep_lists)
+    index, lists = build_index(inp, direct, spec, progress, keep_lists)
     timings.add("read + build", time.perf_counter() - t0)
     return inp, ids, direct, index, lists
 
 
 def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector", k: int = 10,
-            opts: IndexOptions = IndexOptions(), fmt: str = "parquet", overwrite: bool = False,
+            spec: IndexSpec = DEFAULT_SPEC, fmt: str = "parquet", overwrite: bool = False,
             progress: Progress | None = None) -> Result:
     """For every item, its ``k`` nearest other items (itself excluded): one output row per item.
 
@@ -510,7 +464,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     check_destination(output, overwrite)
     check_separate([("output", output)], [("input", input_path)])
     timings = Timings()
-    inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, opts, progress, timings,
+    inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
                                                      keep_lists=True)
 
     t0 = time.perf_counter()
@@ -534,7 +488,7 @@ def _fingerprint(index_path: str) -> bytes:
 
 
 def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector",
-          opts: IndexOptions = IndexOptions(), overwrite: bool = False,
+          spec: IndexSpec = DEFAULT_SPEC, overwrite: bool = False,
           progress: Progress | None = None) -> Result:
     """Builds an index file; ids that are not non-negative integers go to ``<output>.ids.parquet``.
 
@@ -549,7 +503,7 @@ def build(input_path: str, output: str, *, id_col: str = "id", vector_col: str =
     check_destination(sidecar, overwrite)
     check_separate([("index", output), ("ids file", sidecar)], [("input", input_path)])
     timings = Timings()
-    inp, ids, direct, index, _ = _read_and_build(input_path, id_col, vector_col, opts, progress, timings)
+    inp, ids, direct, index, _ = _read_and_build(input_path, id_col, vector_col, spec, progress, timings)
 
     t0 = time.perf_counter()
     tmp_index = temp_sibling(output)

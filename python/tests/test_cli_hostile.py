@@ -457,17 +457,17 @@ def test_threads_are_capped_at_the_cores(items_file_small, tmp_path, monkeypatch
     """Before: --threads 1000000 reached the engine, which sizes per-thread buffers by it (ivf: 23 GB,
     killed). Extra threads compute nothing faster; the answer is the same."""
     made = []
-    real_index, real_load = jobs.Index, jobs.load
+    real_build, real_load = jobs.build_streaming, jobs.load
 
-    def index(*args, threads=0, **kwargs):
-        made.append(threads)
-        return real_index(*args, threads=threads, **kwargs)
+    def build(batches, n, spec, **kwargs):
+        made.append(spec.threads)
+        return real_build(batches, n, spec, **kwargs)
 
     def load(path, mmap=True, threads=0, **kwargs):
         made.append(threads)
         return real_load(path, mmap=mmap, threads=threads, **kwargs)
 
-    monkeypatch.setattr(jobs, "Index", index)
+    monkeypatch.setattr(jobs, "build_streaming", build)
     monkeypatch.setattr(jobs, "load", load)
     snn = str(tmp_path / "items.snn")
     assert main(["similar", items_file_small, "-o", str(tmp_path / "s.parquet"), "--threads", "1000000",

@@ -10,10 +10,11 @@ from conftest import exact_knn, recall
 from sparknn import jobs
 from sparknn.arrow import neighbors_type
 from sparknn.datasets import make_items, make_queries, vector_table
+from sparknn.index import IndexSpec
 from sparknn.output import DataError, UsageError, write_batches
 
 N, DIM = 3000, 24
-FLAT = jobs.IndexOptions(kind="flat")
+FLAT = IndexSpec(kind="flat")
 
 
 # --------------------------------------------------------------------------- helpers shared with test_cli.py
@@ -94,7 +95,7 @@ def leftovers(directory) -> list:
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_similar_flat_is_exact(items, items_file, tmp_path, metric):
     out = str(tmp_path / "similar.parquet")
-    res = jobs.similar(items_file, out, k=10, opts=jobs.IndexOptions(kind="flat", metric=metric))
+    res = jobs.similar(items_file, out, k=10, spec=IndexSpec(kind="flat", metric=metric))
     assert (res.rows, res.neighbors) == (N, 10)
     table = pq.read_table(out)
     assert table.schema.names == ["id", "neighbors"] and table.schema.field("id").type == pa.int64()
@@ -103,13 +104,13 @@ def test_similar_flat_is_exact(items, items_file, tmp_path, metric):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("opts", [jobs.IndexOptions(kind="hnsw"),
-                                  jobs.IndexOptions(kind="ivf", nlist=32, nprobe=8),
-                                  jobs.IndexOptions(kind="ivf", nlist=32, nprobe=8, storage="pq", pq_m=8, rerank=8)],
+@pytest.mark.parametrize("opts", [IndexSpec(kind="hnsw"),
+                                  IndexSpec(kind="ivf", nlist=32, nprobe=8),
+                                  IndexSpec(kind="ivf", nlist=32, nprobe=8, storage="pq", pq_m=8, rerank=8)],
                          ids=["hnsw", "ivf", "ivf-pq"])
 def test_similar_approximate_recall(items, items_file, tmp_path, opts):
     out = str(tmp_path / "similar.parquet")
-    jobs.similar(items_file, out, k=10, opts=opts)
+    jobs.similar(items_file, out, k=10, spec=opts)
     got = neighbor_lists(pq.read_table(out))
     x = items_matrix(items)
     truth, _ = exact_knn(x, x, 11, "cosine")
@@ -132,7 +133,7 @@ def test_ids_keep_their_type_and_values(items, tmp_path):
         src = tmp_path / f"{name}.parquet"
         pq.write_table(vector_table(ids, x, id_col="key", vector_col="emb"), src)
         out = str(tmp_path / f"{name}-out.parquet")
-        jobs.similar(str(src), out, id_col="key", vector_col="emb", k=5, opts=FLAT)
+        jobs.similar(str(src), out, id_col="key", vector_col="emb", k=5, spec=FLAT)
         table = pq.read_table(out)
         assert table.schema.field("key").type == ids.type
         assert table.schema.field("neighbors").type.value_type.field("id").type == ids.type
@@ -148,7 +149,7 @@ def test_k_larger_than_data_gives_every_other_item(items, tmp_path):
     src = tmp_path / "tiny.parquet"
     pq.write_table(items.slice(0, 4), src)
     out = str(tmp_path / "out.parquet")
-    res = jobs.similar(str(src), out, k=10, opts=FLAT)
+    res = jobs.similar(str(src), out, k=10, spec=FLAT)
     assert res.neighbors == 3
     assert_exact_similar(pq.read_table(out), items.slice(0, 4), 10)
 
@@ -163,7 +164,7 @@ def test_batches_and_directories(items, tmp_path, monkeypatch):
         pq.write_table(items.slice(i * 1000, 1000), src / f"part-{i}.parquet")
     (src / "_SUCCESS").write_text("")  # as Spark leaves it: ignored
     out = str(tmp_path / "out.parquet")
-    jobs.similar(str(src), out, k=7, opts=FLAT)
+    jobs.similar(str(src), out, k=7, spec=FLAT)
     assert_exact_similar(pq.read_table(out), items, 7)
 
     vectors = items.column("vector").to_pylist()
@@ -171,14 +172,14 @@ def test_batches_and_directories(items, tmp_path, monkeypatch):
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"id": items.column("id"), "vector": pa.array(vectors, pa.list_(pa.float32()))}), bad)
     with pytest.raises(DataError, match=r"row 2345 has 23 values"):
-        jobs.similar(str(bad), str(tmp_path / "bad-out.parquet"), opts=FLAT)
+        jobs.similar(str(bad), str(tmp_path / "bad-out.parquet"), spec=FLAT)
     assert not (tmp_path / "bad-out.parquet").exists()
 
 
 # --------------------------------------------------------------------------- build / query
 def test_build_query_and_info(items, items_file, tmp_path):
     index = str(tmp_path / "items.snn")
-    jobs.build(items_file, index, opts=FLAT)
+    jobs.build(items_file, index, spec=FLAT)
     assert not os.path.exists(index + jobs.IDS_SUFFIX)  # int64 ids live in the index
     facts = jobs.info(index)
     assert {k: facts[k] for k in ("kind", "metric", "dim", "count")} == \
@@ -201,7 +202,7 @@ def test_string_ids_are_stored_beside_the_index(items, tmp_path):
     src = tmp_path / "items.parquet"
     pq.write_table(vector_table(labels, items_matrix(items)), src)
     index = str(tmp_path / "items.snn")
-    jobs.build(str(src), index, opts=FLAT)
+    jobs.build(str(src), index, spec=FLAT)
     assert os.path.exists(index + jobs.IDS_SUFFIX)
     assert "ids.parquet" in jobs.info(index)["ids"]
 
@@ -215,13 +216,13 @@ def test_string_ids_are_stored_beside_the_index(items, tmp_path):
     # An ids file that belongs to another build is refused, not silently misapplied.
     other = str(tmp_path / "other.snn")
     pq.write_table(items.slice(0, 100), tmp_path / "small.parquet")
-    jobs.build(str(tmp_path / "small.parquet"), other, opts=FLAT)
+    jobs.build(str(tmp_path / "small.parquet"), other, spec=FLAT)
     os.replace(other, index)
     with pytest.raises(DataError, match="does not belong"):
         jobs.query(index, str(qfile), str(tmp_path / "out2.parquet"), k=3)
 
     # Rebuilding with integer ids removes the now meaningless ids file.
-    jobs.build(str(tmp_path / "small.parquet"), index, opts=FLAT, overwrite=True)
+    jobs.build(str(tmp_path / "small.parquet"), index, spec=FLAT, overwrite=True)
     assert not os.path.exists(index + jobs.IDS_SUFFIX)
 
 

@@ -13,6 +13,7 @@ from conftest import clustered, spark_items
 pyspark = pytest.importorskip("pyspark")
 import sparknn
 from sparknn.errors import IndexFileError
+from sparknn.index import IndexSpec
 from sparknn.spark import KNN, ivf_build, sharding, worker
 from sparknn.spark.storage import keep_only
 
@@ -115,10 +116,9 @@ def test_two_attempts_of_a_sharded_build_task(tmp_path):
     from the delivered result pairs only that attempt's files, the others are removed, and an
     index of one attempt beside the other's ids file is refused."""
     root, prefix = str(tmp_path), "m-1234"
-    params = {"numThreads": 1, "metric": "l2", "kind": "flat", "M": 16, "efConstruction": 40, "efSearch": 16,
-              "seed": 1}
+    spec = IndexSpec(kind="flat", metric="l2", ef_construction=40, ef_search=16, seed=1, threads=1)
     kw = dict(root=root, prefix=prefix, dim=8, id_type="string", id_col="id", features="v", positional=True,
-              params=params)
+              spec=spec)
     names = [f"x{i}" for i in range(len(BASE))]
     others = [f"y{i}" for i in range(len(BASE))]
     first = [b.to_pylist()[0] for b in sharding._build_task(_shard_batches(names, BASE), attempt=1, **kw)]

@@ -272,16 +272,18 @@ def test_parts_are_compact_regions():
 def test_driver_build_that_cannot_fit_is_routed_or_refused(spark, tmp_path):
     """'auto' builds on executors what the driver cannot hold; an explicit driver build that cannot
     fit is refused with the numbers before any data moves (it would die in an OutOfMemoryError)."""
-    from sparknn.spark.build import driver_or_routed
+    from sparknn.index import IndexSpec
+    from sparknn.spark.estimator import driver_or_routed
+    from sparknn.spark.params import FitOptions
     from sparknn.spark.ivf_memory import driver_collect_budget
 
     heap = spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
     budget, source = driver_collect_budget(spark)
     assert 0 < budget <= heap // 2 and "driver" in source
     df = spark_items(spark, BASE[:500], partitions=2)  # 500 x (16 x 4 + 8) = 36,000 bytes to collect
-    params = {"kind": "ivf", "ivfMode": "auto"}
-    assert driver_or_routed(df, "vector", params) == "driver"
-    assert driver_or_routed(df, "vector", {**params, "ivfMode": "routed"}) == "routed"
+    options = FitOptions(IndexSpec(kind="ivf"), ivf_mode="auto")
+    assert driver_or_routed(df, "vector", options) == "driver"
+    assert driver_or_routed(df, "vector", FitOptions(IndexSpec(kind="ivf"), ivf_mode="routed")) == "routed"
     with pytest.raises(Exception, match="ivfMode"):
         KNN(indexType="ivf", ivfMode="everywhere")
     conf = spark.sparkContext._conf  # the driver-side copy of the conf, read at each fit

@@ -11,14 +11,14 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from sparknn import integrity
+from sparknn import _core, integrity
 from sparknn.arrow import vectors_to_numpy
+from sparknn.builder import build_streaming, engine_ids
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.direct_read import ParquetScan, first_dim, read_scan
-from sparknn.spark.ivf_plan import sample_size
+from sparknn.index import IndexSpec
+from sparknn.spark.direct_read import ParquetScan, read_scan
 from sparknn.spark.layout import MAX_STORED_PROBES, Layout, ShardFiles, probes_column, write_column, write_ids
 from sparknn.spark.schema import check_unique, collect_arrow, features_as_float_array, validate
-from sparknn.spark.tasks import new_index
 
 BUILD_BATCH = 65_536  # vectors validated, assigned and added per step
 
@@ -27,13 +27,6 @@ def id_order(ids: pa.Array) -> np.ndarray | None:
     """The permutation that sorts ``ids`` (strings too), or None when they are sorted already."""
     order = pc.sort_indices(ids).to_numpy()
     return None if np.array_equal(order, np.arange(len(order))) else order
-
-
-def use_direct_ids(ids: pa.Array, id_type: str) -> bool:
-    """Non-negative integer ids serve as engine ids; strings and negative ints map via positions."""
-    if id_type == "string":
-        return False
-    return len(ids) == 0 or pc.min(ids).as_py() >= 0
 
 
 def vector_batches(column: pa.ChunkedArray, name: str, rows: int = BUILD_BATCH, order: np.ndarray | None = None):
@@ -66,72 +59,19 @@ def _sample(column: pa.ChunkedArray, name: str, size: int, seed: int, order: np.
     return np.concatenate(parts)
 
 
-def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, params: dict,
+def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, spec: IndexSpec,
            order: np.ndarray | None = None):
-    """The index over the collected vectors, batch by batch; for ivf also each item's nearest
-    lists, int32 [n, width] (the first is where it is stored, all are where similarItems
+    """The index over the collected vectors (builder.build_streaming); for ivf also each item's
+    nearest lists, int32 [n, width] (the first is where it is stored, all are where similarItems
     searches it: saved beside the index, so no second quantizer pass). With ``order`` the rows
     are added in that order (``ids`` are given in it already)."""
     n = len(vectors)
-    index = lists = None
-    for first, x in vector_batches(vectors, features, order=order):
-        if index is None:
-            index = new_index(x.shape[1], params, params["numThreads"], n)
-            if index.kind == "ivf":
-                nlist = index.params["nlist"]
-                index.train(_sample(vectors, features, sample_size(nlist, n), params["seed"], order))
-                lists = np.empty((n, min(index.nprobe, nlist, MAX_STORED_PROBES)), dtype=np.int32)
-        rows = None if ids is None else ids[first:first + len(x)]
-        if lists is None:
-            index.add(x, rows)
-            continue
-        nearest = index.nearest_lists(x, lists.shape[1])
-        index.add(x, rows, lists=nearest[:, :1])
-        lists[first:first + len(x)] = nearest
-    return index, lists
 
+    def sample(nlist: int) -> np.ndarray:
+        return _sample(vectors, features, _core.ivf_default_train_size(nlist, n), spec.seed, order)
 
-def collect_bytes(df: DataFrame, features: str, scan: ParquetScan | None = None) -> tuple[int, int, int]:
-    """(rows, dim, bytes the driver would collect: float32 vectors and 8-byte ids), from a count
-    and the first non-null vector: jobs that read row counts and one row, not the data (or, for
-    files read directly, the files' footers and one row group)."""
-    if scan is not None:
-        try:
-            dim = first_dim(scan)
-            return scan.rows, dim, scan.rows * (4 * max(dim, 1) + 8)
-        except (OSError, pa.ArrowException):
-            pass  # the files changed since find_scan read their footers: ask Spark
-    head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
-    dim = len(head[0]) if head is not None else 0
-    rows = df.count()
-    return rows, dim, rows * (4 * max(dim, 1) + 8)
-
-
-def driver_or_routed(df: DataFrame, features: str, params: dict, scan: ParquetScan | None = None) -> str:
-    """Where a fit with numShards=1 builds: 'driver' (one index from vectors collected as
-    Arrow) or 'routed' (an ivf index built in parts on executors).
-
-    ``ivfMode="auto"`` collects only what the driver can hold with room (see
-    ivf_memory.driver_collect_budget); a driver build that cannot fit is refused
-    with the numbers before any data moves, instead of an OutOfMemoryError.
-    """
-    ivf = params["kind"] == "ivf"
-    if ivf and params["ivfMode"] == "routed":
-        return "routed"
-    from sparknn.spark.ivf_memory import driver_collect_budget, human
-
-    rows, dim, need = collect_bytes(df, features, scan)
-    budget, source = driver_collect_budget(df.sparkSession)
-    if need <= budget:
-        return "driver"
-    if ivf and params["ivfMode"] == "auto":
-        return "routed"
-    advice = ("use ivfMode='routed' (or 'auto'), which builds on executors"
-              if ivf else "use indexType='ivf' (built on executors when the data is large) or numShards=N")
-    raise InvalidArgumentError(
-        f"building on the driver collects {rows} vectors of dim {dim}, about {human(need)}, but the driver "
-        f"can take {human(budget)} ({source}): {advice}, or give the driver more memory "
-        "(spark.driver.memory, spark.driver.maxResultSize)")
+    return build_streaming(vector_batches(vectors, features, order=order), n, spec, ids=ids,
+                           train_sample=sample, keep_lists=MAX_STORED_PROBES)
 
 
 def driver_table(df: DataFrame, features: str, id_col: str, id_type: str, scan: ParquetScan | None) -> pa.Table:
@@ -143,7 +83,7 @@ def driver_table(df: DataFrame, features: str, id_col: str, id_type: str, scan: 
     return table
 
 
-def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
+def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, spec: IndexSpec, root: str,
                     prefix: str, durable: bool = True, scan: ParquetScan | None = None) -> Layout:
     """Collects ids and vectors as Arrow, builds one index with all driver cores, writes it to root
     (flushed to disk when ``durable``; a temporary directory does not outlive the driver anyway)."""
@@ -156,14 +96,15 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, par
         validate(df, features, id_col, id_type != "string")  # raises with the counts
         raise InvalidArgumentError(f"idCol {id_col!r} has {ids.null_count} null values")
     check_unique(ids, id_col)
-    direct = use_direct_ids(ids, id_type)
     # Rows in id order, not collection order: positions (string ids), the sample k-means trains on
     # and the graph do not depend on how the input was partitioned, so neither do ties.
     order = id_order(ids)
     if order is not None:
         ids = ids.take(pa.array(order))
+    own_ids = engine_ids(ids)
+    direct = own_ids is not None
     try:
-        index, lists = _build(vectors, ids.to_numpy() if direct else None, features, params, order)
+        index, lists = _build(vectors, own_ids, features, spec, order)
     except InvalidArgumentError:
         # Explain with counts and an example id from a JVM pass; fall back to the first error.
         validate(df, features, id_col, id_type != "string")

@@ -9,15 +9,61 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.build import build_on_driver, driver_or_routed, file_prefix
-from sparknn.spark.direct_read import find_scan
+from sparknn.spark.build import build_on_driver, file_prefix
+from sparknn.spark.direct_read import ParquetScan, find_scan, first_dim
+from sparknn.spark.ivf_memory import driver_collect_budget, human
 from sparknn.spark.ivf_build import build_ivf
 from sparknn.spark.model import KNNModel
-from sparknn.spark.params import DEFAULT_PART_BYTES, KNNParams
-from sparknn.spark.schema import check_features, check_id
+from sparknn.spark.params import DEFAULT_PART_BYTES, FitOptions, KNNParams
+from sparknn.spark.schema import check_features, check_id, features_as_float_array
 from sparknn.spark.sharding import build_sharded
 from sparknn.spark.storage import IndexFiles, local_dir, temp_dir
+
+
+def collect_bytes(df: DataFrame, features: str, scan: ParquetScan | None = None) -> tuple[int, int, int]:
+    """(rows, dim, bytes the driver would collect: float32 vectors and 8-byte ids), from a count
+    and the first non-null vector: jobs that read row counts and one row, not the data (or, for
+    files read directly, the files' footers and one row group)."""
+    if scan is not None:
+        try:
+            dim = first_dim(scan)
+            return scan.rows, dim, scan.rows * (4 * max(dim, 1) + 8)
+        except (OSError, pa.ArrowException):
+            pass  # the files changed since find_scan read their footers: ask Spark
+    head = df.select(features_as_float_array(df, features).alias("v")).where(F.col("v").isNotNull()).first()
+    dim = len(head[0]) if head is not None else 0
+    rows = df.count()
+    return rows, dim, rows * (4 * max(dim, 1) + 8)
+
+
+def driver_or_routed(df: DataFrame, features: str, options: FitOptions, scan: ParquetScan | None = None) -> str:
+    """Where a fit with numShards=1 builds: 'driver' (one index from vectors collected as
+    Arrow) or 'routed' (an ivf index built in parts on executors).
+
+    ``ivfMode="auto"`` collects only what the driver can hold with room (see
+    ivf_memory.driver_collect_budget); a driver build that cannot fit is refused
+    with the numbers before any data moves, instead of an OutOfMemoryError.
+    """
+    ivf = options.spec.kind == "ivf"
+    if ivf and options.ivf_mode == "routed":
+        return "routed"
+    rows, dim, need = collect_bytes(df, features, scan)
+    budget, source = driver_collect_budget(df.sparkSession)
+    if need <= budget:
+        return "driver"
+    if ivf and options.ivf_mode == "auto":
+        return "routed"
+    advice = ("use ivfMode='routed' (or 'auto'), which builds on executors"
+              if ivf else "use indexType='ivf' (built on executors when the data is large) or numShards=N")
+    raise InvalidArgumentError(
+        f"building on the driver collects {rows} vectors of dim {dim}, about {human(need)}, but the driver "
+        f"can take {human(budget)} ({source}): {advice}, or give the driver more memory "
+        "(spark.driver.memory, spark.driver.maxResultSize)")
 
 
 class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -90,21 +136,12 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     def setTargetPartBytes(self, value: int):
         return self._set(targetPartBytes=value)
 
-    def _build_params(self) -> dict:
-        return {"metric": self.getMetric(), "kind": self.getIndexType(), "M": self.getM(),
-                "efConstruction": self.getEfConstruction(), "efSearch": self.getEfSearch(),
-                "seed": self.getOrDefault(self.seed), "numShards": self.getNumShards(),
-                "numThreads": self.getNumThreads(), "ivfMode": self.getIvfMode(), "nlist": self.getNlist(),
-                "nprobe": self.getNprobe(),
-                "storage": self.getStorage(), "pqM": self.getPqM(), "rerank": self.getRerank(),
-                "targetPartBytes": self.getTargetPartBytes(), "taskMemoryLimit": self.getTaskMemoryLimit()}
-
     def _fit(self, dataset):
         features, id_col = self.getFeaturesCol(), self.getIdCol()
         check_features(dataset, features)
         id_type = check_id(dataset, id_col).dataType.simpleString()
-        params = self._build_params()
-        if params["kind"] == "ivf" and params["numShards"] > 1:
+        options = self.fit_options()
+        if options.spec.kind == "ivf" and options.num_shards > 1:
             raise InvalidArgumentError("numShards applies to indexType 'flat' and 'hnsw': an ivf index is split "
                                        "into parts by size (set targetPartBytes instead)")
         spark = dataset.sparkSession
@@ -116,17 +153,17 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         else:
             root = owned = temp_dir(spark)
         try:
-            if params["numShards"] > 1:
-                layout = build_sharded(dataset, features, id_col, id_type, params, root, prefix)
+            if options.num_shards > 1:
+                layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix)
                 shared = True
             else:
                 # A plain scan of local Parquet is read on the driver without a Spark job.
                 scan = find_scan(dataset, id_col, features, id_type)
-                if driver_or_routed(dataset, features, params, scan) == "routed":
-                    layout = build_ivf(dataset, features, id_col, id_type, params, root, prefix)
+                if driver_or_routed(dataset, features, options, scan) == "routed":
+                    layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix)
                     shared = True
                 else:
-                    layout = build_on_driver(dataset, features, id_col, id_type, params, root, prefix,
+                    layout = build_on_driver(dataset, features, id_col, id_type, options.spec, root, prefix,
                                              durable=not owned, scan=scan)
                     shared = bool(index_path)
         except BaseException:

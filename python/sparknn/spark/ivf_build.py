@@ -32,18 +32,13 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-import sparknn
 from sparknn import integrity
 from sparknn.arrow import rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
+from sparknn.index import Index, IndexSpec, load
 from sparknn.spark import ivf_memory
-from sparknn.spark.ivf_plan import (
-    choose_nlist,
-    dedupe_parts,
-    item_bytes,
-    plan_parts,
-    sample_size,
-)
+from sparknn.builder import stores_own_ids
+from sparknn.spark.ivf_plan import dedupe_parts, item_bytes, plan_parts, sample_size
 from sparknn.spark.layout import (
     ARROW_ID_TYPES,
     MAX_STORED_PROBES,
@@ -55,6 +50,7 @@ from sparknn.spark.layout import (
     probes_column,
     shard_files,
 )
+from sparknn.spark.params import FitOptions
 from sparknn.spark.schema import collect_arrow, features_as_float_array, validate
 from sparknn.spark.storage import keep_only, link, own, temp_dir
 from sparknn.spark.tasks import attempt_id, cached, partition_keys, task_threads
@@ -73,11 +69,11 @@ _BUILT_ARROW = pa.schema([("part", pa.int32()), ("count", pa.int64()), ("index",
                           ("sideFiles", pa.string())])
 
 
-def _load_private(path: str) -> sparknn.Index:
-    return sparknn.load(path, mmap=True)
+def _load_private(path: str) -> Index:
+    return load(path, mmap=True)
 
 
-def quantizer(path: str, shipped: bool) -> sparknn.Index:
+def quantizer(path: str, shipped: bool) -> Index:
     """The trained, empty index of a task (loaded once per Python worker)."""
     if shipped:
         from pyspark import SparkFiles
@@ -128,7 +124,7 @@ class _PartWriter:
             from pyspark import SparkFiles
 
             src = SparkFiles.get(qpath)
-        self.index = sparknn.load(src, mmap=False, threads=threads)
+        self.index = load(src, mmap=False, threads=threads)
         # Named after the task attempt: a speculative or retried copy writes files of its own.
         self.name = f"{prefix}-part-{part}-a{attempt}.snn"
         self.items = f"{prefix}-items-{part}-a{attempt}.arrow"
@@ -205,26 +201,24 @@ def _check_unique(data: DataFrame, id_col: str) -> None:
                                    f"appears {first[0]['count']} times): ids must be unique")
 
 
-def _train(data: DataFrame, n: int, dim: int, params: dict, path: str) -> tuple[sparknn.Index, np.ndarray]:
+def _train(data: DataFrame, n: int, dim: int, spec: IndexSpec, path: str) -> tuple[Index, np.ndarray]:
     """The quantizer, trained on a sample and saved to ``path``, and the list sizes the sample
     predicts (at least 1 per list, so that every list has a part even if the sample missed it)."""
-    nlist = choose_nlist(params["nlist"], n)
+    nlist = spec.for_items(n).nlist
     if nlist > n:
         raise InvalidArgumentError(f"nlist={nlist} is more than the {n} items to index: lower nlist (or leave it "
                                    "0 to choose about 4 sqrt(n))")
     want = sample_size(nlist, n)
     # Rows drawn by a hash of their id, in id order: the same sample (and centroids) however the
     # input is partitioned (DataFrame.sample draws per partition).
-    h = F.xxhash64(F.col("id"), F.lit(params["seed"]))
+    h = F.xxhash64(F.col("id"), F.lit(spec.seed))
     sample = data.select("id", "v")
     if want < n:  # overshoots a little so that k-means gets about `want` rows
         sample = sample.where(F.pmod(h, F.lit(1 << 30)) < F.lit(int(min(1.0, 1.1 * want / n) * (1 << 30))))
     x = _in_id_order(collect_arrow(sample), dim)
     if len(x) < nlist:
         x = _in_id_order(collect_arrow(data.select("id", "v").orderBy(h).limit(max(nlist, want))), dim)
-    index = sparknn.Index(dim, params["metric"], "ivf", nlist=nlist, nprobe=min(params["nprobe"], nlist),
-                          storage=params["storage"], pq_m=params["pqM"], rerank=params["rerank"],
-                          train_size=len(x), seed=params["seed"], threads=params["numThreads"])
+    index = spec.replace(nlist=nlist, nprobe=min(spec.nprobe, nlist), train_size=len(x)).create(dim)
     index.train(x)
     index.save(path)
     seen = np.bincount(index.nearest_lists(x, 1)[:, 0], minlength=nlist)
@@ -236,21 +230,22 @@ def _in_id_order(table: pa.Table, dim: int) -> np.ndarray:
     return vectors_to_numpy(table.column("v").take(order).combine_chunks(), "features", dim)
 
 
-def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
+def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
               prefix: str) -> Layout:
     spark = df.sparkSession
     sc = spark.sparkContext
     stats = validate(df, features, id_col, id_type != "string")
     n, dim = int(stats["rows"]), int(stats["max_len"])
-    positional = id_type == "string" or stats["min_id"] < 0
+    positional = not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
+    spec = options.spec
     data = df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"))
     _check_unique(data, id_col)
 
     qname = f"{prefix}-quantizer.snn"
     qpath = os.path.join(root, qname)
-    trained, estimated = _train(data, n, dim, params, qpath)
+    trained, estimated = _train(data, n, dim, spec, qpath)
     nlist = trained.params["nlist"]
-    width = min(params["nprobe"], nlist, MAX_STORED_PROBES)
+    width = min(spec.nprobe, nlist, MAX_STORED_PROBES)
     # Shipped under a unique name (addFile flattens names) from a directory kept until the driver
     # exits: an executor started later fetches every added file.
     ship_dir = temp_dir(spark, "sparknn-ship-")
@@ -258,17 +253,17 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
     shipped_name = f"{prefix}-{qname}"
     link(qpath, os.path.join(ship_dir, shipped_name))
     sc.addFile(os.path.join(ship_dir, shipped_name))
-    common = {"qpath": shipped_name, "shipped": True, "dim": dim, "num_threads": params["numThreads"]}
+    common = {"qpath": shipped_name, "shipped": True, "dim": dim, "num_threads": spec.threads}
 
     # The parts, planned on the estimated list sizes (the sample's share of each list, scaled).
-    per_item = item_bytes(dim, params["metric"], params["storage"], trained.params["pq_m"], params["rerank"])
-    piece_offsets, piece_parts, part_items = plan_parts(estimated, per_item, params["targetPartBytes"],
+    per_item = item_bytes(dim, spec.metric, spec.storage, trained.params["pq_m"], spec.rerank)
+    piece_offsets, piece_parts, part_items = plan_parts(estimated, per_item, options.target_part_bytes,
                                                         sc.defaultParallelism, trained.centroids)
     num_parts = len(part_items)
     need = ivf_memory.build_task_bytes(int(part_items.max()), per_item, os.path.getsize(qpath), dim,
                                        ivf_memory.arrow_batch_rows(spark))
     ivf_memory.check(spark, f"building the IVF index (largest of {num_parts} parts: {int(part_items.max())} "
-                     f"items, {per_item} bytes each)", need, params["taskMemoryLimit"],
+                     f"items, {per_item} bytes each)", need, options.task_memory_limit,
                      "Lower targetPartBytes (more, smaller parts), use storage='sq8' or 'pq', or give Python "
                      "workers more memory (spark.executor.pyspark.memory, executor memory).")
 
@@ -304,12 +299,12 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, params: d
     routing = IvfRouting(qname, tuple(sizes.tolist()), tuple(list_offsets.tolist()), tuple(list_parts.tolist()),
                          tuple(piece_offsets.tolist()), tuple(piece_parts.tolist()), tuple(keys),
                          tuple(os.path.getsize(os.path.join(root, s.index)) for s in parts))
-    layout = Layout(dim, params["metric"], "ivf", id_type, positional, tuple(parts), root, ivf=routing)
+    layout = Layout(dim, spec.metric, "ivf", id_type, positional, tuple(parts), root, ivf=routing)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout
 
 
-def _empty_part(trained: sparknn.Index, root: str, name: str, items: str, schema: pa.Schema) -> dict:
+def _empty_part(trained: Index, root: str, name: str, items: str, schema: pa.Schema) -> dict:
     """A part with no rows: an empty items file and the trained, empty quantizer recording it."""
     with pa.OSFile(os.path.join(root, items), "wb") as sink, pa.ipc.new_file(sink, schema):
         pass

@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-import sparknn
+from sparknn.index import Index
 from sparknn.arrow import fixed_rows, neighbors_array, rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.ivf_plan import expand
@@ -39,7 +39,7 @@ _ROW = "__sparknn_row"  # the payload struct column
 
 
 # -- routing -------------------------------------------------------------------------------
-def probes(q: sparknn.Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int,
+def probes(q: Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int,
            nearest: np.ndarray | None = None):
     """(rows, lists, nprobe per row): the lists each query scans, nearest first.
 
@@ -106,7 +106,7 @@ def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need, nea
         names=["part", "qkey", "nprobe", "v", "lists", _ROW])
 
 
-def _quantizer(layout: Layout) -> sparknn.Index:
+def _quantizer(layout: Layout) -> Index:
     return cached(layout.path(layout.ivf.quantizer), load_index)
 
 

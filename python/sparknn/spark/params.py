@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasOutputCol, HasSeed
 
-from sparknn.index import KINDS, STORAGES, normalise_metric
+from sparknn.index import KINDS, STORAGES, IndexSpec, normalise_metric
 
 IVF_MODES = ("auto", "driver", "routed")
+
+# IndexSpec field -> the KNN Param that sets it (pyspark.ml names are camelCase).
+SPEC_PARAMS = {"kind": "indexType", "metric": "metric", "M": "M", "ef_construction": "efConstruction",
+               "ef_search": "efSearch", "seed": "seed", "nlist": "nlist", "nprobe": "nprobe", "storage": "storage",
+               "pq_m": "pqM", "rerank": "rerank", "threads": "numThreads"}
+
+
+def knn_params(spec: IndexSpec) -> dict:
+    """The KNN Params that give ``spec`` (e.g. for ``KNN(**knn_params(spec))``)."""
+    return {param: getattr(spec, field) for field, param in SPEC_PARAMS.items()}
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What a fit needs besides the index: how the build is distributed. Made once from the Params."""
+
+    spec: IndexSpec
+    num_shards: int = 1
+    ivf_mode: str = "auto"
+    target_part_bytes: int = 128 << 20
+    task_memory_limit: str = "auto"
 
 
 def _positive(name: str, minimum: int = 1):
@@ -49,7 +72,7 @@ def _metric(value):
         raise ValueError(str(err)) from None
 
 
-DEFAULT_PART_BYTES = 128 << 20
+DEFAULT_PART_BYTES = FitOptions.target_part_bytes
 
 
 class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
@@ -110,6 +133,14 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
                          includeSelf=False, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0,
                          rerank=0,
                          targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto")
+
+    def index_spec(self) -> IndexSpec:
+        """The index these Params describe (``numThreads`` as the driver build's threads)."""
+        return IndexSpec(**{field: self.getOrDefault(param) for field, param in SPEC_PARAMS.items()})
+
+    def fit_options(self) -> FitOptions:
+        return FitOptions(self.index_spec(), self.getNumShards(), self.getIvfMode(), self.getTargetPartBytes(),
+                          self.getTaskMemoryLimit())
 
     def getK(self) -> int:
         return self.getOrDefault(self.k)

@@ -21,11 +21,13 @@ from pyspark.sql import types as T
 
 from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
+from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_ids
+from sparknn.spark.params import FitOptions
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
 from sparknn.spark.storage import keep_only
-from sparknn.spark.tasks import attempt_id, new_index, partition_keys, task_threads
+from sparknn.spark.tasks import attempt_id, partition_keys, task_threads
 
 _RESULT = T.StructType([
     T.StructField("shard", T.IntegerType()),
@@ -39,7 +41,7 @@ _RESULT_ARROW = pa.schema([("shard", pa.int32()), ("count", pa.int64()), ("dim",
                            ("index", pa.string()), ("ids", pa.string()), ("sideFiles", pa.string())])
 
 
-def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, params, attempt=None):
+def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, spec, attempt=None):
     """One partition: build and save the index (and id file) of every shard it holds.
 
     Files are named after the task attempt, side files first and the index (recording their
@@ -51,7 +53,7 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
         return
     attempt = attempt_id() if attempt is None else attempt
     table = pa.Table.from_batches(batches)
-    threads = task_threads(params["numThreads"])
+    spec = spec.replace(threads=task_threads(spec.threads))
     shard_col = table.column("shard").to_numpy()
     for s in np.unique(shard_col):
         part = table.filter(pa.array(shard_col == s)) if len(np.unique(shard_col)) > 1 else table
@@ -62,9 +64,9 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
         order = pc.sort_indices(ids)
         ids = ids.take(order)
         vectors = vectors_to_numpy(part.column("v").take(order), features, dim)
-        index = new_index(dim, params, threads)
         try:
-            index.add(vectors, None if positional else ids.to_numpy())
+            index, _ = build_streaming([(0, vectors)], len(vectors), spec,
+                                       ids=None if positional else ids.to_numpy())
         except InvalidArgumentError as err:
             raise InvalidArgumentError(f"shard {s} (featuresCol {features!r}): {err}") from None
         digests, ids_name = {}, None
@@ -80,12 +82,12 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
             schema=_RESULT_ARROW)
 
 
-def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, params: dict, root: str,
+def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
                   prefix: str) -> Layout:
     """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors."""
-    n = params["numShards"]
+    n = options.num_shards
     stats = validate(df, features, id_col, id_type != "string")
-    positional = id_type == "string" or stats["min_id"] < 0
+    positional = not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
     dim = int(stats["max_len"])
     spark = df.sparkSession
     keys = partition_keys(spark, n)
@@ -95,7 +97,7 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, param
                       shard.alias("shard"), key.alias("key"))
             .repartition(n, "key").drop("key"))
     build = partial(_build_task, root=root, prefix=prefix, dim=dim, id_type=id_type, id_col=id_col,
-                    features=features, positional=positional, params=params)
+                    features=features, positional=positional, spec=options.spec)
     results = sorted(data.mapInArrow(build, _RESULT).collect(), key=lambda r: r["shard"])
     built = sum(r["count"] for r in results)
     if built != stats["rows"]:
@@ -103,6 +105,6 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, param
                                    f"{stats['rows']}: is the input DataFrame non-deterministic? "
                                    "Cache or checkpoint it before fit")
     shards = tuple(shard_files(r.asDict(), root, f"shard {r['shard']}") for r in results)
-    layout = Layout(dim, params["metric"], params["kind"], id_type, positional, shards, root)
+    layout = Layout(dim, options.spec.metric, options.spec.kind, id_type, positional, shards, root)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout

@@ -20,11 +20,10 @@ from collections import OrderedDict
 import numpy as np
 import pyarrow as pa
 
-import sparknn
+from sparknn.index import Index, load
 from sparknn import integrity
 from sparknn.arrow import fixed_rows
 from sparknn.errors import IndexFileError
-from sparknn.spark.ivf_plan import choose_nlist
 from sparknn.spark.layout import Layout
 
 # -- cache ------------------------------------------------------------------------------
@@ -64,8 +63,8 @@ def cached(path: str, load, expected: integrity.FileDigest | None = None, what: 
     return value
 
 
-def load_index(path: str) -> sparknn.Index:
-    return sparknn.load(path, mmap=True)
+def load_index(path: str) -> Index:
+    return load(path, mmap=True)
 
 
 def load_ids(path: str) -> pa.Array:
@@ -80,7 +79,7 @@ def load_probes(path: str) -> np.ndarray:
     return fixed_rows(pa.ipc.open_file(pa.memory_map(path, "r")).read_all().column(0))
 
 
-def shard_index(layout: Layout, s: int) -> sparknn.Index:
+def shard_index(layout: Layout, s: int) -> Index:
     """Shard (or part) ``s``'s index, checked to record the same side files as the model: an index
     from another build or another task attempt than its side files is refused."""
     files = layout.shards[s]
@@ -149,15 +148,3 @@ def partition_keys(spark, n: int) -> list:
             .groupBy("p").agg(F.min("id").alias("key")).collect())
     found = {r["p"]: r["key"] for r in rows}
     return [found.get(s, s) for s in range(n)]  # a missing one only costs parallelism
-
-
-def new_index(dim: int, params: dict, threads: int, n: int = 0) -> sparknn.Index:
-    """An empty index; an ivf one gets its nlist from the n items it will hold (not from the
-    sample it trains on)."""
-    ivf = {}
-    if params["kind"] == "ivf":
-        ivf = dict(nlist=choose_nlist(params["nlist"], n) if n else params["nlist"], nprobe=params["nprobe"],
-                   storage=params["storage"], pq_m=params["pqM"], rerank=params["rerank"])
-    return sparknn.Index(dim, params["metric"], params["kind"], M=params["M"],
-                         ef_construction=params["efConstruction"], ef_search=params["efSearch"],
-                         seed=params["seed"], threads=threads, **ivf)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import sparknn
+from sparknn.index import Index
 from sparknn.arrow import neighbors_array, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.layout import ARROW_ID_TYPES, POSITION_BITS, POSITION_MASK, Layout
@@ -25,7 +25,7 @@ QUERY_CHUNK = 8192  # similarItems queries per output batch: bounds the memory o
 
 @dataclass
 class Shard:
-    index: sparknn.Index
+    index: Index
     ids: pa.Array | None
     probes: np.ndarray | None = None
 

@@ -1,0 +1,89 @@
+"""Building an index from vectors that arrive in batches, and which ids the engine stores.
+
+One of each, shared by the command line's jobs (batches read from Parquet) and
+every Spark build (batches of a collected column on the driver, or of one
+shard in an executor task), so that an index built in-process and one built
+on Spark from the same rows are the same index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparknn.errors import InvalidArgumentError
+from sparknn.index import Index, IndexSpec
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def stores_own_ids(id_type: pa.DataType, lowest=None, highest=None) -> bool:
+    """The id policy: does the engine store the user's ids themselves?
+
+    Yes for integers that are all non-negative and fit int64 (``lowest`` /
+    ``highest`` None: no rows, or not known to exceed); anything else (strings,
+    a negative id, uint64 beyond int64) makes the engine store row positions,
+    and the user's ids are kept beside the index to map them back.
+    """
+    if not pa.types.is_integer(id_type):
+        return False
+    return (lowest is None or lowest >= 0) and (highest is None or highest <= INT64_MAX)
+
+
+def engine_ids(ids: pa.Array) -> np.ndarray | None:
+    """``ids`` as the engine's int64 ids when :func:`stores_own_ids` allows, else None (row positions)."""
+    lowest = highest = None
+    if len(ids) and pa.types.is_integer(ids.type):
+        lowest, highest = (v.as_py() for v in pc.min_max(ids).values())
+    if not stores_own_ids(ids.type, lowest, highest):
+        return None
+    return ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: IndexSpec, *,
+                    ids: np.ndarray | None = None, train_sample: Callable[[int], np.ndarray] | None = None,
+                    keep_lists: int = 0,
+                    rows_context: Callable[[int, int], AbstractContextManager] | None = None,
+                    ) -> tuple[Index | None, np.ndarray | None]:
+    """A new index over ``n`` vectors given as (first row, float32 [m, dim]) batches, in row order.
+
+    ``ids`` (int64 [n]) are the engine ids, None for row positions 0..n-1. An ivf
+    index gets its lists from ``spec.for_items(n)`` (chosen for all n, not the
+    first batch), is trained on ``train_sample(nlist)`` and then assigns each
+    batch to its nearest lists in one pass: the first is where the vector is
+    stored; with ``keep_lists`` > 0 the nearest ``min(nprobe, nlist,
+    keep_lists)`` of every vector are also returned, int32 [n, width], so a
+    self-join searches those without computing them again. ``rows_context(first,
+    m)`` wraps the work on each batch (e.g. to name input rows in errors).
+
+    Returns (index, lists): None for an index when there were no batches; lists
+    is None unless kept.
+    """
+    context = rows_context or (lambda first, m: nullcontext())
+    index = lists = None
+    for first, x in batches:
+        if first + len(x) > n:
+            raise InvalidArgumentError(f"the input has more than the {n} rows counted before the build: "
+                                       "did it change while it was read?")
+        if index is None:
+            index = spec.for_items(n).create(x.shape[1])
+            if index.kind == "ivf":
+                nlist = index.params["nlist"]
+                with context(0, n):
+                    index.train(train_sample(nlist))
+                if keep_lists:
+                    lists = np.empty((n, min(index.nprobe, nlist, keep_lists)), dtype=np.int32)
+        rows = None if ids is None else ids[first:first + len(x)]
+        with context(first, len(x)):
+            if index.kind != "ivf":
+                index.add(x, rows)
+                continue
+            nearest = index.nearest_lists(x, lists.shape[1] if lists is not None else 1)
+            index.add(x, rows, lists=nearest[:, :1])
+        if lists is not None:
+            lists[first:first + len(x)] = nearest
+    return index, lists
