@@ -11,12 +11,13 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from sparknn import _core, integrity
+from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.builder import build_streaming, engine_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import IndexSpec
 from sparknn.spark.direct_read import ParquetScan, read_scan
+from sparknn.spark.ivf_plan import sample_size
 from sparknn.spark.layout import MAX_STORED_PROBES, Layout, ShardFiles, probes_column, write_column, write_ids
 from sparknn.spark.schema import check_unique, collect_arrow, features_as_float_array, validate
 
@@ -68,7 +69,7 @@ def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, spec
     n = len(vectors)
 
     def sample(nlist: int) -> np.ndarray:
-        return _sample(vectors, features, _core.ivf_default_train_size(nlist, n), spec.seed, order)
+        return _sample(vectors, features, sample_size(nlist, n), spec.seed, order)
 
     return build_streaming(vector_batches(vectors, features, order=order), n, spec, ids=ids,
                            train_sample=sample, keep_lists=MAX_STORED_PROBES)

@@ -15,17 +15,12 @@ import math
 
 import numpy as np
 
-from sparknn import _core
-
-
-def choose_nlist(nlist: int, n: int) -> int:
-    """``nlist`` as given, or what the in-process index picks when 0 (about 4 sqrt(n))."""
-    return nlist or _core.ivf_default_nlist(n)
+from sparknn._core import ivf_default_train_size
 
 
 def sample_size(nlist: int, n: int) -> int:
     """k-means sample, as the in-process index draws it (16 vectors per list, at least 10,000)."""
-    return _core.ivf_default_train_size(nlist, n)
+    return ivf_default_train_size(nlist, n)
 
 
 def item_bytes(dim: int, metric: str, storage: str, pq_m: int, rerank: int) -> int:
