@@ -212,3 +212,24 @@ def test_model_saved_before_digests_still_loads_unverified(spark, tmp_path):
     assert not any(s.digests for s in old.layout.shards)
     assert not sparknn.load(os.path.join(path, "index", "shard-0.snn")).side_files
     assert old.similarItems().toArrow().sort_by("id").equals(want)
+
+
+def test_layout_names_each_file_for_what_it_holds():
+    """A shard's id file is "ids", a routed part's items file is "items" (in memory); the saved
+    metadata keeps the key models were always saved with, so older models load unchanged."""
+    from sparknn.spark.layout import IvfRouting, Layout, ShardFiles
+
+    routing = IvfRouting("q.snn", (3,), (0, 1), (0,), (0, 1), (0,), (7,), (100,))
+    routed = Layout(4, "l2", "ivf", "string", True, (ShardFiles("p.snn", None, 3, items="i.arrow"),), "/r",
+                    ivf=routing)
+    single = Layout(4, "l2", "flat", "string", True, (ShardFiles("s.snn", "ids.arrow", 3),), "/r")
+    shards = Layout(4, "l2", "hnsw", "bigint", False, (ShardFiles("a.snn", None, 1), ShardFiles("b.snn", None, 2)),
+                    "/r")
+    assert (routed.mode, single.mode, shards.mode) == ("routed", "single", "shards")
+    assert routed.side_files(routed.shards[0]) == [("items", "i.arrow")]
+    assert single.side_files(single.shards[0]) == [("ids", "ids.arrow")]
+    assert routed.to_json()["shards"][0]["ids"] == "i.arrow"  # the saved key, unchanged
+    back = Layout.from_json(routed.to_json(), "/r")
+    assert back == routed and back.shards[0].ids is None and back.shards[0].items == "i.arrow"
+    assert Layout.from_json(single.to_json(), "/r") == single
+    assert sorted(routed.files()) == ["i.arrow", "p.snn", "q.snn"]

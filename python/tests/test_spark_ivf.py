@@ -60,7 +60,7 @@ def test_routed_self_join_equals_in_process(spark, metric):
     # by them); the routing has the exact list sizes, not the sample's estimate.
     layout = model.layout
     for part in layout.shards:
-        items = pa.ipc.open_file(layout.path(part.ids)).read_all()
+        items = pa.ipc.open_file(layout.path(part.items)).read_all()
         x = items.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 16)
         stored = items.column("lists").combine_chunks().flatten().to_numpy().reshape(-1, 3)
         np.testing.assert_array_equal(stored, reference.nearest_lists(x, 3))

@@ -95,12 +95,13 @@ class IvfRouting:
 @dataclass(frozen=True)
 class ShardFiles:
     index: str  # file name of the index
-    ids: str | None  # file name of the Arrow id file (positional ids only); a routed part: its items file
+    ids: str | None  # file name of the Arrow id file (positional ids of a shard only)
     count: int
     probes: str | None = None  # ivf built on the driver: Arrow file of each item's nearest lists, by label
     # (role, digest) of each side file, as the index file records them; empty in models saved before
     # side files were verified (those load unverified)
     digests: tuple[tuple[str, integrity.FileDigest], ...] = ()
+    items: str | None = None  # a routed part: its Arrow items file (user ids, vectors, nearest lists)
 
     def digest(self, role: str) -> integrity.FileDigest | None:
         return dict(self.digests).get(role)
@@ -133,6 +134,12 @@ class Layout:
     def count(self) -> int:
         return sum(s.count for s in self.shards)
 
+    @property
+    def mode(self) -> str:
+        """"single" (one index built on the driver), "shards" (N indexes, every query searches all)
+        or "routed" (ivf parts sharing one quantizer; a query goes to the parts of its lists)."""
+        return "routed" if self.ivf else "shards" if len(self.shards) > 1 else "single"
+
     def path(self, name: str) -> str:
         if self.shipped:
             from pyspark import SparkFiles
@@ -142,16 +149,18 @@ class Layout:
 
     def files(self) -> list[str]:
         extra = [self.ivf.quantizer] if self.ivf else []
-        return [n for s in self.shards for n in (s.index, s.ids, s.probes) if n] + extra
+        return [n for s in self.shards for n in (s.index, s.ids, s.items, s.probes) if n] + extra
 
     def side_files(self, shard: ShardFiles) -> list[tuple[str, str]]:
-        """(role, file name) of a shard's side files: "ids" or a routed part's "items", and "probes"."""
-        out = [("items" if self.ivf else "ids", shard.ids)] if shard.ids else []
-        return out + ([("probes", shard.probes)] if shard.probes else [])
+        """(role, file name) of a shard's side files: "ids", a routed part's "items", "probes"."""
+        return [(role, name) for role, name in (("ids", shard.ids), ("items", shard.items), ("probes", shard.probes))
+                if name]
 
     def to_json(self) -> dict:
         def shard(s: ShardFiles) -> dict:
-            d = {"index": s.index, "ids": s.ids, "count": s.count, **({"probes": s.probes} if s.probes else {})}
+            # A routed part's items file is stored under "ids", as models have always been saved.
+            d = {"index": s.index, "ids": s.items if self.ivf else s.ids, "count": s.count,
+                 **({"probes": s.probes} if s.probes else {})}
             if s.digests:
                 d["sideFiles"] = {role: digest.to_json() for role, digest in s.digests}
             return d
@@ -165,23 +174,25 @@ class Layout:
     @staticmethod
     def from_json(d: dict, root: str) -> Layout:
         """Raises KeyError, TypeError or ValueError on a malformed dict (the caller names the file)."""
-        shards = tuple(ShardFiles(s["index"], s["ids"], int(s["count"]), s.get("probes"),
+        routed = "ivf" in d  # a routed part's "ids" names its items file (see to_json)
+        shards = tuple(ShardFiles(s["index"], None if routed else s["ids"], int(s["count"]), s.get("probes"),
                                   tuple((role, integrity.FileDigest.from_json(v))
-                                        for role, v in sorted(s.get("sideFiles", {}).items())))
+                                        for role, v in sorted(s.get("sideFiles", {}).items())),
+                                  items=s["ids"] if routed else None)
                        for s in d["shards"])
         ivf = IvfRouting.from_json(d["ivf"]) if "ivf" in d else None
         layout = Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
                         ivf=ivf)
         for s in layout.shards:
-            if not all(isinstance(n, str) and n and os.path.basename(n) == n for n in (s.index, s.ids, s.probes)
-                       if n is not None):
+            if not all(isinstance(n, str) and n and os.path.basename(n) == n
+                       for n in (s.index, s.ids, s.items, s.probes) if n is not None):
                 raise ValueError(f"bad file names in {s}")
             if s.digests and {r for r, _ in s.digests} != {r for r, _ in layout.side_files(s)}:
                 raise ValueError(f"side file digests {s.digests} do not match the files of {s}")
         return layout
 
     def renamed(self, rename, root: str, shipped: bool) -> Layout:
-        shards = tuple(replace(s, index=rename(s.index), ids=s.ids and rename(s.ids),
+        shards = tuple(replace(s, index=rename(s.index), ids=s.ids and rename(s.ids), items=s.items and rename(s.items),
                                probes=s.probes and rename(s.probes)) for s in self.shards)
         ivf = self.ivf.renamed(rename) if self.ivf else None
         return replace(self, shards=shards, root=root, shipped=shipped, ivf=ivf)
@@ -207,13 +218,14 @@ def check_files(layout: Layout, what: str) -> None:
 def shard_files(result: dict, root: str, what: str) -> ShardFiles:
     """The files of one task result (a dict with index, ids or items, count, sideFiles), checked to be
     visible from the driver."""
-    ids = result.get("ids", result.get("items"))
-    for name in (result["index"], ids):
+    ids, items = result.get("ids"), result.get("items")
+    for name in (result["index"], ids, items):
         if name and not os.path.exists(os.path.join(root, name)):
             raise InvalidArgumentError(
                 f"{what} was written by an executor to {root!r} but the driver cannot see it there: set "
                 "indexPath to a directory shared by the driver and all executors")
-    return ShardFiles(result["index"], ids, int(result["count"]), digests=digests_from_json(result["sideFiles"]))
+    return ShardFiles(result["index"], ids, int(result["count"]), digests=digests_from_json(result["sideFiles"]),
+                      items=items)
 
 
 # -- side files ---------------------------------------------------------------

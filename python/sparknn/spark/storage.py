@@ -126,7 +126,9 @@ class IndexFiles:
         for i, shard in enumerate(self.layout.shards):
             names[shard.index] = f"shard-{i}.snn"
             if shard.ids:
-                names[shard.ids] = f"{'items' if self.layout.ivf else 'ids'}-{i}.arrow"
+                names[shard.ids] = f"ids-{i}.arrow"
+            if shard.items:
+                names[shard.items] = f"items-{i}.arrow"
             if shard.probes:
                 names[shard.probes] = f"probes-{i}.arrow"
         if self.layout.ivf:

@@ -34,8 +34,9 @@ def open_shards(layout: Layout) -> list[Shard]:
     out = []
     for s, files in enumerate(layout.shards):
         index = shard_index(layout, s)
-        role = "items" if layout.ivf else "ids"
-        ids = side_file(layout, s, role, load_ids) if files.ids else None
+        # The user's ids by position: a shard's id file, or a routed part's items file (its "id" column).
+        role = "items" if files.items else "ids"
+        ids = side_file(layout, s, role, load_ids) if files.ids or files.items else None
         probes = side_file(layout, s, "probes", load_probes) if files.probes else None
         out.append(Shard(index, ids, probes))
     return out
