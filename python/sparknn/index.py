@@ -158,14 +158,18 @@ class IndexSpec:
         """A new, empty index of ``dim`` dimensions."""
         return Index(dim, spec=self)
 
-    def _native(self, dim: int):
-        return _core.make_index(self.kind, dim, self.metric, self.M, self.ef_construction, self.ef_search,
-                                self.seed, self.nlist, self.nprobe, self.storage, self.train_size, self.pq_m,
-                                self.rerank)
+    def _native(self, dim: int) -> _core.Index:
+        options = _core.IndexOptions(M=self.M, ef_construction=self.ef_construction, ef_search=self.ef_search,
+                                     seed=self.seed, nlist=self.nlist, nprobe=self.nprobe, storage=self.storage,
+                                     train_size=self.train_size, pq_m=self.pq_m, rerank=self.rerank)
+        return _core.make_index(self.kind, dim, self.metric, options)
 
 
 _SPEC_MINIMUMS = {"M": 2, "ef_construction": 1, "ef_search": 1, "seed": 0, "nlist": 0, "nprobe": 1,
                   "train_size": 0, "pq_m": 0, "rerank": 0, "threads": 0}
+
+# The native class of each kind with methods of its own (flat has none).
+_NATIVE_CLASSES = {"hnsw": _core.HnswIndex, "ivf": _core.IvfIndex}
 
 
 class Index:
@@ -243,6 +247,14 @@ class Index:
         self._index = spec._native(dim)
         self.threads = spec.threads
 
+    def _native_as(self, kind: str, what: str, say_kind: bool = True):
+        """The native index when it is of ``kind``, whose class alone has ``what``; otherwise
+        InvalidArgumentError "<what> applies to <kind> indexes only (this index is <its kind>)"."""
+        if isinstance(self._index, _NATIVE_CLASSES[kind]):
+            return self._index
+        this = f" (this index is {self.kind})" if say_kind else ""
+        raise InvalidArgumentError(f"{what} applies to {kind} indexes only{this}")
+
     # -- properties -----------------------------------------------------------------
     @property
     def dim(self) -> int:
@@ -266,23 +278,28 @@ class Index:
 
     @property
     def ef_search(self) -> int:
-        return self._index.ef_search
+        """hnsw: the default candidate list size of a search (0 for other kinds)."""
+        return self._index.ef_search if isinstance(self._index, _core.HnswIndex) else 0
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        self._index.ef_search = _check_count(value, "ef_search", 1)
+        value = _check_count(value, "ef_search", 1)
+        self._native_as("hnsw", "ef_search", say_kind=False).ef_search = value
 
     @property
     def nprobe(self) -> int:
-        return self._index.nprobe
+        """ivf: the default number of lists a search scans (0 for other kinds)."""
+        return self._index.nprobe if isinstance(self._index, _core.IvfIndex) else 0
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        self._index.nprobe = _check_count(value, "nprobe", 1)
+        value = _check_count(value, "nprobe", 1)
+        self._native_as("ivf", "nprobe", say_kind=False).nprobe = value
 
     @property
     def is_trained(self) -> bool:
-        return self._index.is_trained
+        """False only for an ivf index that has no lists yet."""
+        return self._index.is_trained if isinstance(self._index, _core.IvfIndex) else True
 
     @property
     def params(self) -> dict:
@@ -323,11 +340,15 @@ class Index:
         list_arr = None if lists is None else np.ascontiguousarray(_as_lists(lists, x.shape[0], None)[:, 0])
         if x.shape[0] == 0:
             return
-        self._index.add(x, id_arr, list_arr)
+        if list_arr is None:
+            self._index.add(x, id_arr)
+        else:
+            self._native_as("ivf", "add(lists=...)").add(x, id_arr, list_arr)
 
     def train(self, vectors) -> None:
         """Trains an IVF index's lists (k-means) on a sample [n, dim], before the first add."""
-        self._index.train(_as_matrix(vectors, self.dim, "training vectors"))
+        x = _as_matrix(vectors, self.dim, "training vectors")
+        self._native_as("ivf", "train()", say_kind=False).train(x)
 
     def reconstruct(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """A copy of the stored vectors of rows ``[start, stop)`` (insertion order), float32 [n, dim].
@@ -350,7 +371,7 @@ class Index:
         """ivf: the positions (insertion order) of the stored vectors, list after list, int64 [n]
         (``list_sizes`` gives the boundaries). A self-join that takes its queries in this order
         gives each list all its members at once: larger, faster scans."""
-        return self._index.list_labels()
+        return self._native_as("ivf", "list_labels").list_labels()
 
     def query_batch(self, minimum: int, maximum: int, nprobe: Optional[int] = None) -> int:
         """Queries to hand one ``search`` call: ``minimum`` for flat and hnsw (they search per
@@ -370,25 +391,24 @@ class Index:
         nprobe = _check_count(nprobe, "nprobe", 1)
         threads = -1 if threads is None else _check_count(threads, "threads", 0)
         x = _as_matrix(vectors, self.dim, "vectors")
-        if self.kind == "ivf" and self._index.is_trained and nprobe > self.params["nlist"]:
+        native = self._native_as("ivf", "nearest_lists()")
+        if native.is_trained and nprobe > self.params["nlist"]:
             # the engine's own message, before allocating [n, nprobe]
             raise InvalidArgumentError(f"nprobe must be in [1, nlist={self.params['nlist']}], got {nprobe}")
         out = np.empty((x.shape[0], nprobe), dtype=np.int64)
         if x.shape[0]:
-            self._index.nearest_lists(x, nprobe, out, threads)
-        elif self.kind != "ivf":
-            self._index.nearest_lists(x, nprobe, out, threads)  # the same error as with rows
+            native.nearest_lists(x, nprobe, out, threads)
         return out
 
     @property
     def centroids(self) -> np.ndarray:
         """ivf: a copy of the centroids, float32 [nlist, dim] (unit vectors under cosine); empty before training."""
-        return self._index.centroids()
+        return self._native_as("ivf", "centroids").centroids()
 
     @property
     def list_sizes(self) -> np.ndarray:
         """ivf: vectors per list, int64 [nlist]; empty before training."""
-        return self._index.list_sizes()
+        return self._native_as("ivf", "list_sizes").list_sizes()
 
     def search(
         self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None,
@@ -421,8 +441,11 @@ class Index:
             list_arr = _as_lists(lists, q.shape[0], nprobe or None)
             nprobe = list_arr.shape[1]
         out_ids, out_dist = _result_arrays(q.shape[0], k, len(self))
-        if q.shape[0]:
-            self._index.search(q, k, ef, nprobe, out_ids, out_dist, list_arr, bool(widen), threads)
+        if q.shape[0] and list_arr is None:
+            self._index.search(q, k, ef, nprobe, out_ids, out_dist, bool(widen), threads)
+        elif q.shape[0]:
+            ivf = self._native_as("ivf", "search(lists=...)")
+            ivf.search(q, k, ef, nprobe, out_ids, out_dist, bool(widen), threads, lists=list_arr)
         return out_ids, out_dist
 
     def save(self, path, sync: bool = True, side_files: Optional[Mapping[str, object]] = None) -> None:

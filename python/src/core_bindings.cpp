@@ -1,10 +1,15 @@
 // Thin nanobind bindings of the C++ core. Argument checking and conversion of
 // numpy inputs live in python/sparknn/index.py; this file only moves pointers,
 // releases the GIL and maps C++ exceptions to Python ones.
+//
+// One Python class per index kind (as voyager does): _core.Index has what every
+// kind has, and FlatIndex, HnswIndex and IvfIndex derive from it, each with only
+// its own methods. nanobind returns the most-derived registered class for a
+// polymorphic sparknn::Index, so make_index and load_index need no casts.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
-#include <nanobind/stl/string.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
@@ -15,6 +20,7 @@
 #include "sparknn/distance.h"
 #include "sparknn/error.h"
 #include "sparknn/file.h"
+#include "sparknn/flat.h"
 #include "sparknn/hnsw.h"
 #include "sparknn/index.h"
 #include "sparknn/ivf.h"
@@ -27,27 +33,42 @@ using IdVector = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::devic
 using OutIds = nb::ndarray<int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using ListMatrix = nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using OutDist = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using SideFileRecords = std::vector<std::tuple<std::string, uint64_t, uint32_t>>;
 
 namespace {
 
 void check_dim(const sparknn::Index& index, const Matrix& x, const char* what) {
     if (x.shape(1) != index.dim()) {
-        throw sparknn::InvalidArgument(sparknn::detail::concat(what, " have dimension ", x.shape(1),
-                                                               " but the index has dim=", index.dim()));
+        throw sparknn::InvalidArgument(
+            sparknn::detail::concat(what, " have dimension ", x.shape(1), " but the index has dim=", index.dim()));
     }
 }
 
-const sparknn::IvfIndex& as_ivf(const sparknn::Index& index, const char* what) {
-    auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
-    if (ivf == nullptr) {
-        throw sparknn::InvalidArgument(sparknn::detail::concat(what, " applies to ivf indexes only (this index is ",
-                                                               sparknn::kind_name(index.kind()), ")"));
+// The checks of every add: dimension, and one id per row.
+void check_add(const sparknn::Index& index, const Matrix& x, const std::optional<IdVector>& ids) {
+    check_dim(index, x, "vectors");
+    if (ids && ids->shape(0) != x.shape(0)) {
+        throw sparknn::InvalidArgument(
+            sparknn::detail::concat("ids has ", ids->shape(0), " entries but vectors has ", x.shape(0), " rows"));
     }
-    return *ivf;
 }
 
-sparknn::IvfIndex& as_ivf_mut(sparknn::Index& index, const char* what) {
-    return const_cast<sparknn::IvfIndex&>(as_ivf(index, what));
+// Every kind's search; `lists` is ivf's (null elsewhere), its shape checked by the caller.
+void search_into(const sparknn::Index& index, const Matrix& q, size_t k, size_t ef, size_t nprobe, OutIds& out_ids,
+                 OutDist& out_dist, const int64_t* lists, bool widen, int threads) {
+    check_dim(index, q, "queries");
+    if (out_ids.shape(0) != q.shape(0) || out_ids.shape(1) != k || out_dist.shape(0) != q.shape(0) ||
+        out_dist.shape(1) != k) {
+        throw sparknn::InvalidArgument("output arrays must have shape [nq, k]");
+    }
+    sparknn::SearchParams params;
+    params.ef = ef;
+    params.nprobe = nprobe;
+    params.lists = lists;
+    params.widen = widen;
+    params.threads = threads;
+    nb::gil_scoped_release release;
+    index.search(q.shape(0), q.data(), k, out_ids.data(), out_dist.data(), params);
 }
 
 // A numpy array that owns `v` (moved to the heap, freed with the array): no copy.
@@ -56,6 +77,18 @@ nb::ndarray<nb::numpy, T> owned_array(std::vector<T>&& v, std::initializer_list<
     auto* heap = new std::vector<T>(std::move(v));
     nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
     return nb::ndarray<nb::numpy, T>(heap->data(), shape, owner);
+}
+
+// A float32 [n, dim] numpy array filled by `fill(out)` with the GIL released.
+template <class Fill>
+nb::ndarray<nb::numpy, float, nb::ndim<2>> filled_rows(size_t n, size_t dim, Fill&& fill) {
+    auto* out = new float[n * dim];
+    nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    {
+        nb::gil_scoped_release release;
+        fill(out);
+    }
+    return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, dim}, owner);
 }
 
 // What keeps a zero-copy view valid: the Python index object (so the memory
@@ -71,6 +104,294 @@ nb::ndarray<nb::numpy, const T> pinned_array(nb::handle self, sparknn::PinnedVie
     auto* owner = new ViewOwner{nb::borrow(self), std::move(view.pin)};
     nb::capsule capsule(owner, [](void* p) noexcept { delete static_cast<ViewOwner*>(p); });
     return nb::ndarray<nb::numpy, const T>(view.data, shape, capsule);
+}
+
+void bind_options(nb::module_& m) {
+    using sparknn::IndexOptions;
+    const IndexOptions d;  // the C++ defaults are the only ones
+    nb::class_<IndexOptions>(m, "IndexOptions",
+                             "Parameters of make_index: hnsw reads M, ef_construction, ef_search and seed; "
+                             "ivf reads nlist, nprobe, storage, train_size, pq_m, rerank and seed")
+        .def(
+            "__init__",
+            [](IndexOptions* o, size_t M, size_t ef_construction, size_t ef_search, uint64_t seed, size_t nlist,
+               size_t nprobe, const std::string& storage, size_t train_size, size_t pq_m, size_t rerank) {
+                auto* options = new (o) IndexOptions();
+                options->M = M;
+                options->ef_construction = ef_construction;
+                options->ef_search = ef_search;
+                options->seed = seed;
+                options->nlist = nlist;
+                options->nprobe = nprobe;
+                options->storage = storage;
+                options->train_size = train_size;
+                options->pq_m = pq_m;
+                options->rerank = rerank;
+            },
+            nb::kw_only(), "M"_a = d.M, "ef_construction"_a = d.ef_construction, "ef_search"_a = d.ef_search,
+            "seed"_a = d.seed, "nlist"_a = d.nlist, "nprobe"_a = d.nprobe, "storage"_a = d.storage,
+            "train_size"_a = d.train_size, "pq_m"_a = d.pq_m, "rerank"_a = d.rerank)
+        .def_rw("M", &IndexOptions::M)
+        .def_rw("ef_construction", &IndexOptions::ef_construction)
+        .def_rw("ef_search", &IndexOptions::ef_search)
+        .def_rw("seed", &IndexOptions::seed)
+        .def_rw("nlist", &IndexOptions::nlist)
+        .def_rw("nprobe", &IndexOptions::nprobe)
+        .def_rw("storage", &IndexOptions::storage)
+        .def_rw("train_size", &IndexOptions::train_size)
+        .def_rw("pq_m", &IndexOptions::pq_m)
+        .def_rw("rerank", &IndexOptions::rerank)
+        .def("__repr__", [](const IndexOptions& o) {
+            return sparknn::detail::concat(
+                "IndexOptions(M=", o.M, ", ef_construction=", o.ef_construction, ", ef_search=", o.ef_search,
+                ", seed=", o.seed, ", nlist=", o.nlist, ", nprobe=", o.nprobe, ", storage='", o.storage,
+                "', train_size=", o.train_size, ", pq_m=", o.pq_m, ", rerank=", o.rerank, ")");
+        });
+}
+
+// What every kind has.
+void bind_index(nb::module_& m) {
+    using sparknn::Index;
+    nb::class_<Index>(m, "Index", "An index of any kind (the classes below add what their kind has)")
+        .def_prop_ro("dim", &Index::dim)
+        .def_prop_ro("metric", [](const Index& i) { return std::string(sparknn::metric_name(i.metric())); })
+        .def_prop_ro("kind", [](const Index& i) { return std::string(sparknn::kind_name(i.kind())); })
+        .def("__len__", &Index::size)
+        .def_prop_rw("threads", &Index::threads,
+                     [](Index& index, int threads) {
+                         nb::gil_scoped_release release;  // waits for running searches
+                         index.set_threads(threads);
+                     })
+        .def(
+            "add",
+            [](Index& index, Matrix x, std::optional<IdVector> ids) {
+                check_add(index, x, ids);
+                nb::gil_scoped_release release;
+                index.add(x.shape(0), x.data(), ids ? ids->data() : nullptr);
+            },
+            "vectors"_a, "ids"_a.none())
+        .def(
+            "search",
+            [](const Index& index, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids, OutDist out_dist,
+               bool widen,
+               int threads) { search_into(index, q, k, ef, nprobe, out_ids, out_dist, nullptr, widen, threads); },
+            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "widen"_a = true, "threads"_a = -1)
+        .def(
+            "save",
+            [](const Index& index, const std::string& path, bool sync, const SideFileRecords& side_files) {
+                std::vector<sparknn::SideFile> files;
+                for (const auto& [role, bytes, crc] : side_files) files.push_back({role, bytes, crc});
+                nb::gil_scoped_release release;
+                index.save(path, sync, files);
+            },
+            "path"_a, "sync"_a = true, "side_files"_a = SideFileRecords{})
+        .def("side_files",
+             [](const Index& index) {
+                 SideFileRecords out;
+                 for (const auto& f : index.side_files()) out.emplace_back(f.role, f.bytes, f.crc32c);
+                 return out;
+             })
+        .def("ids",
+             [](nb::handle_t<Index> self) {
+                 // Zero-copy and read-only; while it (or any view of it) lives, add raises.
+                 const Index& index = nb::cast<const Index&>(self);
+                 sparknn::PinnedView<int64_t> view;
+                 {
+                     nb::gil_scoped_release release;
+                     view = index.view_ids();
+                 }
+                 const size_t rows = view.rows;
+                 return pinned_array(self, std::move(view), {rows});
+             })
+        .def("vectors",
+             [](nb::handle_t<Index> self) {
+                 // As ids(): zero-copy, read-only, pins the index against add.
+                 const Index& index = nb::cast<const Index&>(self);
+                 sparknn::PinnedView<float> view;
+                 {
+                     nb::gil_scoped_release release;
+                     view = index.view_vectors();
+                 }
+                 const size_t rows = view.rows, cols = view.cols;
+                 return pinned_array(self, std::move(view), {rows, cols});
+             })
+        .def(
+            "reconstruct",
+            [](const Index& index, size_t start, size_t stop) {
+                // Sizes only grow, so a range checked here stays valid; reconstruct checks again under its lock.
+                if (start > stop || stop > index.size()) {
+                    throw sparknn::InvalidArgument(sparknn::detail::concat("reconstruct: rows [", start, ", ", stop,
+                                                                           ") outside [0, ", index.size(), ")"));
+                }
+                return filled_rows(stop - start, index.dim(),
+                                   [&](float* out) { index.reconstruct(start, stop - start, out); });
+            },
+            "start"_a, "stop"_a)
+        .def(
+            "reconstruct_labels",
+            [](const Index& index, nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig> labels) {
+                const size_t n = labels.shape(0);
+                const int64_t* at = labels.data();
+                return filled_rows(n, index.dim(), [&](float* out) { index.reconstruct_labels(n, at, out); });
+            },
+            "labels"_a)
+        // The kinds with parameters replace this.
+        .def_prop_ro("params", [](const Index&) { return nb::dict(); });
+}
+
+void bind_flat(nb::module_& m) {
+    nb::class_<sparknn::FlatIndex, sparknn::Index>(m, "FlatIndex", "Exact search (BLAS)");
+}
+
+void bind_hnsw(nb::module_& m) {
+    using sparknn::HnswIndex;
+    nb::class_<HnswIndex, sparknn::Index>(m, "HnswIndex", "An approximate graph index (HNSW)")
+        .def_prop_rw(
+            "ef_search",
+            [](const HnswIndex& h) {
+                nb::gil_scoped_release release;
+                return h.params().ef_search;
+            },
+            [](HnswIndex& h, size_t ef) {
+                nb::gil_scoped_release release;  // waits for running searches
+                h.set_ef_search(ef);
+            })
+        .def_prop_ro("params", [](const HnswIndex& h) {
+            sparknn::HnswParams p;
+            {
+                nb::gil_scoped_release release;
+                p = h.params();
+            }
+            nb::dict d;
+            d["M"] = p.M;
+            d["ef_construction"] = p.ef_construction;
+            d["ef_search"] = p.ef_search;
+            d["seed"] = p.seed;
+            return d;
+        });
+}
+
+void bind_ivf(nb::module_& m) {
+    using sparknn::IvfIndex;
+    nb::class_<IvfIndex, sparknn::Index>(m, "IvfIndex", "An inverted-file index of k-means lists")
+        .def(
+            "add",
+            [](IvfIndex& ivf, Matrix x, std::optional<IdVector> ids, std::optional<IdVector> lists) {
+                check_add(ivf, x, ids);
+                const int64_t* id_ptr = ids ? ids->data() : nullptr;
+                if (!lists) {
+                    nb::gil_scoped_release release;
+                    ivf.add(x.shape(0), x.data(), id_ptr);
+                    return;
+                }
+                if (lists->shape(0) != x.shape(0)) {
+                    throw sparknn::InvalidArgument(sparknn::detail::concat(
+                        "lists has ", lists->shape(0), " entries but vectors has ", x.shape(0), " rows"));
+                }
+                nb::gil_scoped_release release;
+                ivf.add_to_lists(x.shape(0), x.data(), id_ptr, lists->data());
+            },
+            "vectors"_a, "ids"_a.none(), "lists"_a.none() = nb::none())
+        .def(
+            "search",
+            [](const IvfIndex& ivf, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids, OutDist out_dist,
+               bool widen, int threads, std::optional<ListMatrix> lists) {
+                if (lists && (lists->shape(0) != q.shape(0) || lists->shape(1) != nprobe)) {
+                    throw sparknn::InvalidArgument("lists must have shape [nq, nprobe]");
+                }
+                search_into(ivf, q, k, ef, nprobe, out_ids, out_dist, lists ? lists->data() : nullptr, widen, threads);
+            },
+            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "widen"_a = true, "threads"_a = -1,
+            "lists"_a.none() = nb::none())
+        .def(
+            "train",
+            [](IvfIndex& ivf, Matrix x) {
+                check_dim(ivf, x, "training vectors");
+                nb::gil_scoped_release release;
+                ivf.train(x.shape(0), x.data());
+            },
+            "vectors"_a)
+        .def_prop_ro("is_trained",
+                     [](const IvfIndex& ivf) {
+                         nb::gil_scoped_release release;
+                         return ivf.is_trained();
+                     })
+        .def(
+            "ideal_query_batch",
+            [](const IvfIndex& ivf, size_t nprobe) {
+                nb::gil_scoped_release release;
+                return ivf.ideal_query_batch(nprobe);
+            },
+            "nprobe"_a)
+        .def(
+            "nearest_lists",
+            [](const IvfIndex& ivf, Matrix q, size_t nprobe, OutIds out, int threads) {
+                check_dim(ivf, q, "queries");
+                if (out.shape(0) != q.shape(0) || out.shape(1) != nprobe) {
+                    throw sparknn::InvalidArgument("output array must have shape [nq, nprobe]");
+                }
+                nb::gil_scoped_release release;
+                ivf.nearest_lists(q.shape(0), q.data(), nprobe, out.data(), threads);
+            },
+            "queries"_a, "nprobe"_a, "out_lists"_a, "threads"_a = -1)
+        .def("centroids",
+             [](const IvfIndex& ivf) {
+                 // A copy: train may replace them, and they may live in a mapped file owned by the index.
+                 std::vector<float> c;
+                 {
+                     nb::gil_scoped_release release;
+                     c = ivf.centroids();
+                 }
+                 const size_t d = ivf.dim(), n = c.size() / d;
+                 return owned_array(std::move(c), {n, d});
+             })
+        .def("list_sizes",
+             [](const IvfIndex& ivf) {
+                 std::vector<size_t> sizes;
+                 {
+                     nb::gil_scoped_release release;
+                     sizes = ivf.list_sizes();
+                 }
+                 std::vector<int64_t> out(sizes.begin(), sizes.end());
+                 const size_t n = out.size();
+                 return owned_array(std::move(out), {n});
+             })
+        .def("list_labels",
+             [](const IvfIndex& ivf) {
+                 std::vector<int64_t> labels;
+                 {
+                     nb::gil_scoped_release release;
+                     labels = ivf.list_labels();
+                 }
+                 const size_t n = labels.size();
+                 return owned_array(std::move(labels), {n});
+             })
+        .def_prop_rw(
+            "nprobe",
+            [](const IvfIndex& ivf) {
+                nb::gil_scoped_release release;
+                return ivf.params().nprobe;
+            },
+            [](IvfIndex& ivf, size_t nprobe) {
+                nb::gil_scoped_release release;  // waits for running searches
+                ivf.set_nprobe(nprobe);
+            })
+        .def_prop_ro("params", [](const IvfIndex& ivf) {
+            sparknn::IvfParams p;
+            {
+                nb::gil_scoped_release release;
+                p = ivf.params();  // one snapshot (train sets nlist to the lists it made)
+            }
+            nb::dict d;
+            d["nlist"] = p.nlist;
+            d["nprobe"] = p.nprobe;
+            d["storage"] = std::string(sparknn::storage_name(p.storage));
+            d["train_size"] = p.train_size;
+            d["pq_m"] = p.pq_m;
+            d["rerank"] = p.rerank;
+            d["seed"] = p.seed;
+            return d;
+        });
 }
 
 }  // namespace
@@ -96,290 +417,22 @@ NB_MODULE(_core, m) {
             nb::gil_scoped_release release;
             return sparknn::crc32c(data.data(), data.shape(0), seed);
         },
-        "data"_a, "seed"_a = 0,
-        "CRC-32C of a uint8 array (the checksum of index file sections), continued from seed");
+        "data"_a, "seed"_a = 0, "CRC-32C of a uint8 array (the checksum of index file sections), continued from seed");
 
-    nb::class_<sparknn::Index>(m, "Index")
-        .def_prop_ro("dim", &sparknn::Index::dim)
-        .def_prop_ro("metric", [](const sparknn::Index& i) { return std::string(sparknn::metric_name(i.metric())); })
-        .def_prop_ro("kind", [](const sparknn::Index& i) { return std::string(sparknn::kind_name(i.kind())); })
-        .def("__len__", &sparknn::Index::size)
-        .def_prop_rw("threads", &sparknn::Index::threads,
-                     [](sparknn::Index& index, int threads) {
-                         nb::gil_scoped_release release;  // waits for running searches
-                         index.set_threads(threads);
-                     })
-        .def(
-            "add",
-            [](sparknn::Index& index, Matrix x, std::optional<IdVector> ids, std::optional<IdVector> lists) {
-                check_dim(index, x, "vectors");
-                if (ids && ids->shape(0) != x.shape(0)) {
-                    throw sparknn::InvalidArgument(sparknn::detail::concat(
-                        "ids has ", ids->shape(0), " entries but vectors has ", x.shape(0), " rows"));
-                }
-                if (lists && lists->shape(0) != x.shape(0)) {
-                    throw sparknn::InvalidArgument(sparknn::detail::concat(
-                        "lists has ", lists->shape(0), " entries but vectors has ", x.shape(0), " rows"));
-                }
-                const int64_t* id_ptr = ids ? ids->data() : nullptr;
-                if (lists) {
-                    auto& ivf = as_ivf_mut(index, "add(lists=...)");
-                    nb::gil_scoped_release release;
-                    ivf.add_to_lists(x.shape(0), x.data(), id_ptr, lists->data());
-                    return;
-                }
-                nb::gil_scoped_release release;
-                index.add(x.shape(0), x.data(), id_ptr);
-            },
-            "vectors"_a, "ids"_a.none(), "lists"_a.none() = nb::none())
-        .def(
-            "search",
-            [](const sparknn::Index& index, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids,
-               OutDist out_dist, std::optional<ListMatrix> lists, bool widen, int threads) {
-                check_dim(index, q, "queries");
-                if (lists) {
-                    as_ivf(index, "search(lists=...)");
-                    if (lists->shape(0) != q.shape(0) || lists->shape(1) != nprobe) {
-                        throw sparknn::InvalidArgument("lists must have shape [nq, nprobe]");
-                    }
-                }
-                if (out_ids.shape(0) != q.shape(0) || out_ids.shape(1) != k || out_dist.shape(0) != q.shape(0) ||
-                    out_dist.shape(1) != k) {
-                    throw sparknn::InvalidArgument("output arrays must have shape [nq, k]");
-                }
-                sparknn::SearchParams params;
-                params.ef = ef;
-                params.nprobe = nprobe;
-                if (lists) params.lists = lists->data();
-                params.widen = widen;
-                params.threads = threads;
-                nb::gil_scoped_release release;
-                index.search(q.shape(0), q.data(), k, out_ids.data(), out_dist.data(), params);
-            },
-            "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "lists"_a.none() = nb::none(),
-            "widen"_a = true, "threads"_a = -1)
-        .def(
-            "train",
-            [](sparknn::Index& index, Matrix x) {
-                auto* ivf = dynamic_cast<sparknn::IvfIndex*>(&index);
-                if (ivf == nullptr) throw sparknn::InvalidArgument("train() applies to ivf indexes only");
-                check_dim(index, x, "training vectors");
-                nb::gil_scoped_release release;
-                ivf->train(x.shape(0), x.data());
-            },
-            "vectors"_a)
-        .def_prop_ro("is_trained",
-                     [](const sparknn::Index& index) {
-                         auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
-                         nb::gil_scoped_release release;
-                         return ivf == nullptr || ivf->is_trained();
-                     })
-        .def(
-            "ideal_query_batch",
-            [](const sparknn::Index& index, size_t nprobe) {
-                const auto& ivf = as_ivf(index, "ideal_query_batch()");
-                nb::gil_scoped_release release;
-                return ivf.ideal_query_batch(nprobe);
-            },
-            "nprobe"_a)
-        .def(
-            "nearest_lists",
-            [](const sparknn::Index& index, Matrix q, size_t nprobe, OutIds out, int threads) {
-                const auto& ivf = as_ivf(index, "nearest_lists()");
-                check_dim(index, q, "queries");
-                if (out.shape(0) != q.shape(0) || out.shape(1) != nprobe) {
-                    throw sparknn::InvalidArgument("output array must have shape [nq, nprobe]");
-                }
-                nb::gil_scoped_release release;
-                ivf.nearest_lists(q.shape(0), q.data(), nprobe, out.data(), threads);
-            },
-            "queries"_a, "nprobe"_a, "out_lists"_a, "threads"_a = -1)
-        .def("centroids",
-             [](const sparknn::Index& index) {
-                 // A copy: train may replace them, and they may live in a mapped file owned by the index.
-                 const auto& ivf = as_ivf(index, "centroids");
-                 std::vector<float> c;
-                 {
-                     nb::gil_scoped_release release;
-                     c = ivf.centroids();
-                 }
-                 const size_t d = index.dim(), n = c.size() / d;
-                 return owned_array(std::move(c), {n, d});
-             })
-        .def("list_sizes",
-             [](const sparknn::Index& index) {
-                 const auto& ivf = as_ivf(index, "list_sizes");
-                 std::vector<size_t> sizes;
-                 {
-                     nb::gil_scoped_release release;
-                     sizes = ivf.list_sizes();
-                 }
-                 std::vector<int64_t> out(sizes.begin(), sizes.end());
-                 const size_t n = out.size();
-                 return owned_array(std::move(out), {n});
-             })
-        .def_prop_rw(
-            "nprobe",
-            [](const sparknn::Index& index) -> size_t {
-                auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index);
-                nb::gil_scoped_release release;
-                return ivf ? ivf->params().nprobe : 0;
-            },
-            [](sparknn::Index& index, size_t nprobe) {
-                auto* ivf = dynamic_cast<sparknn::IvfIndex*>(&index);
-                if (ivf == nullptr) throw sparknn::InvalidArgument("nprobe applies to ivf indexes only");
-                nb::gil_scoped_release release;  // waits for running searches
-                ivf->set_nprobe(nprobe);
-            })
-        .def(
-            "save",
-            [](const sparknn::Index& index, const std::string& path, bool sync,
-               const std::vector<std::tuple<std::string, uint64_t, uint32_t>>& side_files) {
-                std::vector<sparknn::SideFile> files;
-                for (const auto& [role, bytes, crc] : side_files) files.push_back({role, bytes, crc});
-                nb::gil_scoped_release release;
-                index.save(path, sync, files);
-            },
-            "path"_a, "sync"_a = true, "side_files"_a = std::vector<std::tuple<std::string, uint64_t, uint32_t>>{})
-        .def("side_files",
-             [](const sparknn::Index& index) {
-                 std::vector<std::tuple<std::string, uint64_t, uint32_t>> out;
-                 for (const auto& f : index.side_files()) out.emplace_back(f.role, f.bytes, f.crc32c);
-                 return out;
-             })
-        .def(
-            "ids",
-            [](nb::handle_t<sparknn::Index> self) {
-                // Zero-copy and read-only; while it (or any view of it) lives, add raises.
-                const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
-                sparknn::PinnedView<int64_t> view;
-                {
-                    nb::gil_scoped_release release;
-                    view = index.view_ids();
-                }
-                const size_t rows = view.rows;
-                return pinned_array(self, std::move(view), {rows});
-            })
-        .def(
-            "vectors",
-            [](nb::handle_t<sparknn::Index> self) {
-                // As ids(): zero-copy, read-only, pins the index against add.
-                const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
-                sparknn::PinnedView<float> view;
-                {
-                    nb::gil_scoped_release release;
-                    view = index.view_vectors();
-                }
-                const size_t rows = view.rows, cols = view.cols;
-                return pinned_array(self, std::move(view), {rows, cols});
-            })
-        .def(
-            "reconstruct",
-            [](const sparknn::Index& index, size_t start, size_t stop) {
-                // Sizes only grow, so a range checked here stays valid; reconstruct checks again under its lock.
-                if (start > stop || stop > index.size()) {
-                    throw sparknn::InvalidArgument(sparknn::detail::concat(
-                        "reconstruct: rows [", start, ", ", stop, ") outside [0, ", index.size(), ")"));
-                }
-                const size_t n = stop - start, d = index.dim();
-                auto* out = new float[n * d];
-                nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-                {
-                    nb::gil_scoped_release release;
-                    index.reconstruct(start, n, out);
-                }
-                return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, d}, owner);
-            },
-            "start"_a, "stop"_a)
-        .def(
-            "reconstruct_labels",
-            [](const sparknn::Index& index, nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig> labels) {
-                const size_t n = labels.shape(0), d = index.dim();
-                const int64_t* at = labels.data();
-                auto* out = new float[n * d];
-                nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-                {
-                    nb::gil_scoped_release release;
-                    index.reconstruct_labels(n, at, out);
-                }
-                return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {n, d}, owner);
-            },
-            "labels"_a)
-        .def("list_labels",
-             [](const sparknn::Index& index) {
-                 const auto& ivf = as_ivf(index, "list_labels");
-                 std::vector<int64_t> labels;
-                 {
-                     nb::gil_scoped_release release;
-                     labels = ivf.list_labels();
-                 }
-                 const size_t n = labels.size();
-                 return owned_array(std::move(labels), {n});
-             })
-        .def_prop_rw(
-            "ef_search",
-            [](const sparknn::Index& index) -> size_t {
-                auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index);
-                nb::gil_scoped_release release;
-                return h ? h->params().ef_search : 0;
-            },
-            [](sparknn::Index& index, size_t ef) {
-                auto* h = dynamic_cast<sparknn::HnswIndex*>(&index);
-                if (h == nullptr) throw sparknn::InvalidArgument("ef_search applies to hnsw indexes only");
-                nb::gil_scoped_release release;  // waits for running searches
-                h->set_ef_search(ef);
-            })
-        .def_prop_ro("params", [](const sparknn::Index& index) {
-            nb::dict d;
-            if (auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index)) {
-                sparknn::HnswParams p;
-                {
-                    nb::gil_scoped_release release;
-                    p = h->params();
-                }
-                d["M"] = p.M;
-                d["ef_construction"] = p.ef_construction;
-                d["ef_search"] = p.ef_search;
-                d["seed"] = p.seed;
-            }
-            if (auto* ivf = dynamic_cast<const sparknn::IvfIndex*>(&index)) {
-                sparknn::IvfParams p;
-                {
-                    nb::gil_scoped_release release;
-                    p = ivf->params();  // one snapshot (train sets nlist to the lists it made)
-                }
-                d["nlist"] = p.nlist;
-                d["nprobe"] = p.nprobe;
-                d["storage"] = std::string(sparknn::storage_name(p.storage));
-                d["train_size"] = p.train_size;
-                d["pq_m"] = p.pq_m;
-                d["rerank"] = p.rerank;
-                d["seed"] = p.seed;
-            }
-            return d;
-        });
+    bind_options(m);
+    bind_index(m);
+    bind_flat(m);
+    bind_hnsw(m);
+    bind_ivf(m);
 
     m.def(
         "make_index",
-        [](const std::string& kind, size_t dim, const std::string& metric, size_t M, size_t ef_construction,
-           size_t ef_search, uint64_t seed, size_t nlist, size_t nprobe, const std::string& storage,
-           size_t train_size, size_t pq_m, size_t rerank) {
-            sparknn::IndexOptions o;
-            o.M = M;
-            o.ef_construction = ef_construction;
-            o.ef_search = ef_search;
-            o.seed = seed;
-            o.nlist = nlist;
-            o.nprobe = nprobe;
-            o.storage = storage;
-            o.train_size = train_size;
-            o.pq_m = pq_m;
-            o.rerank = rerank;
-            return sparknn::make_index(sparknn::kind_from_string(kind), dim, sparknn::metric_from_string(metric), o);
+        [](const std::string& kind, size_t dim, const std::string& metric, const sparknn::IndexOptions& options) {
+            return sparknn::make_index(sparknn::kind_from_string(kind), dim, sparknn::metric_from_string(metric),
+                                       options);
         },
-        "kind"_a, "dim"_a, "metric"_a, "M"_a, "ef_construction"_a, "ef_search"_a, "seed"_a, "nlist"_a = 0,
-        "nprobe"_a = 16, "storage"_a = "float32", "train_size"_a = 0,
-        "pq_m"_a = 0, "rerank"_a = 0);
+        "kind"_a, "dim"_a, "metric"_a, "options"_a = sparknn::IndexOptions{},
+        "A new, empty index of the given kind (an instance of its class: FlatIndex, HnswIndex or IvfIndex)");
 
     m.def(
         "load_index",
@@ -387,5 +440,5 @@ NB_MODULE(_core, m) {
             nb::gil_scoped_release release;
             return sparknn::load_index(path, mmap, verify);
         },
-        "path"_a, "mmap"_a, "verify"_a);
+        "path"_a, "mmap"_a, "verify"_a, "Loads an index file of any kind (an instance of its kind's class)");
 }
