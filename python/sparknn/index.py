@@ -315,6 +315,14 @@ class Index:
         """
         return self._index.ids()
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """flat, hnsw: the stored vectors (normalised under cosine), float32 [n, dim], a zero-copy,
+        read-only view that pins the index against ``add`` as :attr:`ids` does. An ivf index
+        stores vectors per list (maybe compressed): use :meth:`reconstruct` (raises
+        ``UnsupportedError``)."""
+        return self._index.vectors()
+
     def __len__(self) -> int:
         return len(self._index)
 

@@ -150,7 +150,7 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
             s, lo, hi = slices[int(task)]
             index = shards[s].index
             index.threads = threads
-            stored = None if index.kind == "ivf" else index._index.vectors()
+            stored = None if index.kind == "ivf" else index.vectors
             probes = shards[s].probes
             if probes is not None:
                 width = min(nprobe or index.nprobe, index.params["nlist"])
