@@ -109,6 +109,8 @@ class IvfIndex final : public Index {
     size_t batch_for(size_t nprobe) const;  // ideal_query_batch
     // The lists of each query: the quantizer's k-nearest centroids.
     void assign(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const;
+    // The coarse quantizer over nlist centroids [nlist, dim] (train and load).
+    static std::unique_ptr<FlatIndex> make_quantizer(size_t dim, Metric metric, size_t nlist, const float* centroids);
     // nlist as set, or the default for n vectors; checks n >= nlist.
     size_t training_nlist(size_t n) const;
     // The k-means sample of rows [n, dim] (train_size, else the default for nlist), copied;
