@@ -8,6 +8,7 @@
 #include <random>
 
 #include "gemm_scan.h"
+#include "ivf_codec.h"
 #include "sparknn/error.h"
 #include "sparknn/kmeans.h"
 #include "sparknn/parallel.h"
@@ -22,24 +23,6 @@ constexpr size_t kMinQueryBatch = 16384;
 constexpr size_t kMaxQueryBatch = 262144;
 
 }  // namespace
-
-IvfStorage storage_from_string(const std::string& name) {
-    if (name == "float32" || name == "flat" || name == "float") return IvfStorage::Float32;
-    if (name == "sq8") return IvfStorage::Sq8;
-    if (name == "pq") return IvfStorage::Pq;
-    throw InvalidArgument("unknown storage '" + name + "': use 'float32', 'sq8' or 'pq'");
-}
-
-const char* storage_name(IvfStorage storage) {
-    switch (storage) {
-        case IvfStorage::Sq8:
-            return "sq8";
-        case IvfStorage::Pq:
-            return "pq";
-        default:
-            return "float32";
-    }
-}
 
 IvfParams IvfParams::from(const IndexOptions& o) {
     IvfParams p;
@@ -62,22 +45,9 @@ void IvfParams::validate() const {
                       "rerank applies to compressed storage (sq8, pq): float32 distances are already exact");
 }
 
-namespace {
-// The default PQ size: about 4 dimensions per byte, on a divisor of dim.
-size_t default_pq_m(size_t dim) {
-    for (size_t m = std::max<size_t>(1, dim / 4); m > 1; --m) {
-        if (dim % m == 0) return m;
-    }
-    return 1;
-}
-}  // namespace
-
 IvfIndex::IvfIndex(size_t dim, Metric metric, const IvfParams& params) : Index(dim, metric), params_(params) {
     params_.validate();
-    if (params_.storage == IvfStorage::Pq) {
-        if (params_.pq_m == 0) params_.pq_m = default_pq_m(dim);
-        pq_ = ProductQuantizer(dim, params_.pq_m);
-    }
+    codec_ = make_ivf_codec(params_, dim, metric);
 }
 
 IvfIndex::~IvfIndex() = default;
@@ -121,17 +91,6 @@ std::vector<float> IvfIndex::centroids() const {
     if (!trained()) return {};
     const float* c = centroid_data();
     return std::vector<float>(c, c + lists_.size() * dim_);
-}
-
-size_t IvfIndex::code_size() const {
-    switch (params_.storage) {
-        case IvfStorage::Sq8:
-            return dim_;
-        case IvfStorage::Pq:
-            return pq_.code_size();
-        default:
-            return dim_ * sizeof(float);
-    }
 }
 
 // ---------------------------------------------------------------- training
@@ -200,59 +159,13 @@ void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist
     const KMeansResult km = kmeans(train_x, sample, dim_, nlist, kp);
 
     auto quantizer = make_quantizer(dim_, metric_, nlist, km.centroids.data());
-    if (params_.storage == IvfStorage::Sq8) {
-        std::vector<float> lo(dim_, std::numeric_limits<float>::infinity());
-        std::vector<float> hi(dim_, -std::numeric_limits<float>::infinity());
-        for (size_t i = 0; i < sample; ++i) {
-            for (size_t j = 0; j < dim_; ++j) {
-                lo[j] = std::min(lo[j], train_x[i * dim_ + j]);
-                hi[j] = std::max(hi[j], train_x[i * dim_ + j]);
-            }
-        }
-        sq_min_ = lo;
-        sq_step_.resize(dim_);
-        for (size_t j = 0; j < dim_; ++j) sq_step_[j] = hi[j] > lo[j] ? (hi[j] - lo[j]) / 255.0f : 1.0f;
-    }
-    if (params_.storage == IvfStorage::Pq) {
-        // PQ encodes residuals to the list centroid: they are smaller and
-        // more alike across lists than the vectors themselves.
-        const size_t pq_n = std::min<size_t>(sample, 65536);
-        std::vector<int64_t> assigned(pq_n);
-        std::vector<float> unused(pq_n);
-        quantizer->set_threads(threads());
-        quantizer->search(pq_n, train_x, 1, assigned.data(), unused.data());
-        std::vector<float> residuals(pq_n * dim_);
-        for (size_t i = 0; i < pq_n; ++i) {
-            const float* c = km.centroids.data() + static_cast<size_t>(assigned[i]) * dim_;
-            for (size_t j = 0; j < dim_; ++j) residuals[i * dim_ + j] = train_x[i * dim_ + j] - c[j];
-        }
-        pq_.train(pq_n, residuals.data(), params_.seed, threads(), params_.kmeans_iterations);
-    }
+    codec_->train(sample, train_x, *quantizer, km.centroids.data(), params_.seed, params_.kmeans_iterations, threads());
     params_.nlist = nlist;
     quantizer_ = std::move(quantizer);
     lists_.assign(nlist, List{});
 }
 
 // ---------------------------------------------------------------- adding
-
-void IvfIndex::encode(const float* x, size_t list, uint8_t* code) const {
-    if (params_.storage == IvfStorage::Float32) {
-        std::memcpy(code, x, dim_ * sizeof(float));
-        return;
-    }
-    if (params_.storage == IvfStorage::Pq) {
-        const float* c = centroid_data() + list * dim_;
-        thread_local std::vector<float> residual;
-        residual.resize(dim_);
-        for (size_t j = 0; j < dim_; ++j) residual[j] = x[j] - c[j];
-        pq_.encode(residual.data(), code);
-        return;
-    }
-    for (size_t j = 0; j < dim_; ++j) {
-        const float q = std::nearbyint((x[j] - sq_min_[j]) / sq_step_[j]);
-        code[j] = static_cast<uint8_t>(std::clamp(q, 0.0f, 255.0f));  // values outside the trained range saturate
-    }
-}
 
 void IvfIndex::add_impl(size_t n, const float* vectors) {
     if (!trained()) train_prepared(n, vectors);
@@ -324,9 +237,9 @@ void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
             }
         }
     }
-    const size_t cs = code_size();
+    const size_t cs = codec_->code_size();
+    const float* centroids = centroid_data();
     parallel_for(count, 4096, threads(), [&](size_t b, size_t e, int) {
-        std::vector<float> residual(params_.storage == IvfStorage::Pq ? dim_ : 0);
         for (size_t i = b; i < e; ++i) {
             const size_t label = label_at(i);
             float* o = out + i * dim_;
@@ -337,21 +250,7 @@ void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
             const uint64_t w = where_[label];
             SPARKNN_THROW_IF_NOT(w != ~uint64_t{0}, FileFormatError, "label ", label, " is in no list (corrupt lists)");
             const size_t l = static_cast<size_t>(w >> 42), r = static_cast<size_t>(w & ((uint64_t{1} << 42) - 1));
-            const uint8_t* code = lists_[l].codes.data() + r * cs;
-            switch (params_.storage) {
-                case IvfStorage::Float32:
-                    std::memcpy(o, code, dim_ * sizeof(float));
-                    break;
-                case IvfStorage::Sq8:
-                    for (size_t j = 0; j < dim_; ++j) o[j] = sq_min_[j] + sq_step_[j] * static_cast<float>(code[j]);
-                    break;
-                case IvfStorage::Pq: {
-                    pq_.decode(code, residual.data());
-                    const float* c = centroid_data() + l * dim_;
-                    for (size_t j = 0; j < dim_; ++j) o[j] = c[j] + residual[j];
-                    break;
-                }
-            }
+            codec_->decode(lists_[l].codes.data() + r * cs, centroids + l * dim_, o);
         }
     });
 }
@@ -368,8 +267,9 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
         for (size_t i = 0; i < n; ++i) order[fill[static_cast<size_t>(assigned[i])]++] = i;
     }
     const int64_t first_label = static_cast<int64_t>(size());
-    const size_t cs = code_size();
-    const bool keep_norms = params_.storage == IvfStorage::Float32 && metric_ == Metric::L2;
+    const size_t cs = codec_->code_size();
+    const bool keep_norms = codec_->keeps_norms();
+    const float* centroids = centroid_data();
     parallel_for(nlist, 16, threads(), [&](size_t b, size_t e, int) {
         for (size_t l = b; l < e; ++l) {
             const size_t count = start[l + 1] - start[l];
@@ -384,7 +284,7 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
             for (size_t t = 0; t < count; ++t) {
                 const size_t row = order[start[l] + t];
                 labels[old + t] = first_label + static_cast<int64_t>(row);
-                encode(vectors + row * dim_, l, codes.data() + (old + t) * cs);
+                codec_->encode(vectors + row * dim_, centroids + l * dim_, codes.data() + (old + t) * cs);
                 if (keep_norms) squared_norms(vectors + row * dim_, 1, dim_, &list.norms[old + t]);
             }
         }
@@ -414,27 +314,6 @@ void IvfIndex::assign(size_t nq, const float* queries, size_t nprobe, int64_t* o
     SearchParams p;
     p.threads = threads;
     quantizer_->search(nq, queries, nprobe, out_lists, dist.data(), p);
-}
-
-const float* IvfIndex::rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
-                            float* norm_scratch) const {
-    if (params_.storage == IvfStorage::Float32) {
-        *norms = list.norms.empty() ? nullptr : list.norms.data() + begin;
-        return reinterpret_cast<const float*>(list.codes.data()) + begin * dim_;
-    }
-    const uint8_t* codes = list.codes.data() + begin * dim_;
-    for (size_t i = 0; i < count; ++i) {
-        float* out = scratch + i * dim_;
-        const uint8_t* c = codes + i * dim_;
-        for (size_t j = 0; j < dim_; ++j) out[j] = sq_min_[j] + sq_step_[j] * static_cast<float>(c[j]);
-    }
-    if (metric_ == Metric::L2) {
-        squared_norms(scratch, count, dim_, norm_scratch);
-        *norms = norm_scratch;
-    } else {
-        *norms = nullptr;
-    }
-    return scratch;
 }
 
 size_t IvfIndex::ideal_query_batch(size_t nprobe) const {
@@ -535,53 +414,29 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     }
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 
-    // Scratch per worker, not per work item: a scanner's tile is 512 KiB, and
-    // zero-filling one per item cost ~10% of a self-join's search.
-    struct Scratch {
-        Scratch(Metric metric, size_t dim, bool sq8)
-            : scanner(metric, dim), qbuf(kScanQueryBlock * dim), qnorm(kScanQueryBlock), heap_of(kScanQueryBlock),
-              query_of(kScanQueryBlock), decoded(sq8 ? kScanBaseBlock * dim : 0), decoded_norms(kScanBaseBlock) {}
-        GemmScanner scanner;
-        std::vector<float> qbuf, qnorm;
+    // A scanner per worker, not per work item: a scanner's tile is 512 KiB,
+    // and zero-filling one per item cost ~10% of a self-join's search.
+    struct Worker {
+        std::unique_ptr<IvfListScanner> scanner;
         std::vector<TopK*> heap_of;
-        std::vector<const float*> query_of;
-        std::vector<float> decoded, decoded_norms;
     };
-    std::vector<std::unique_ptr<Scratch>> scratch(workers);
+    std::vector<Worker> scratch(workers);
+    const float* centroids = centroid_data();
     parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
-        if (!scratch[worker]) {
-            scratch[worker] = std::make_unique<Scratch>(metric_, dim_, params_.storage == IvfStorage::Sq8);
+        Worker& w = scratch[worker];
+        if (!w.scanner) {
+            w.scanner = codec_->scanner();
+            w.heap_of.resize(kScanQueryBlock);
         }
-        Scratch& s = *scratch[worker];
         TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq;
         for (size_t it = b; it < e; ++it) {
             const Item& item = items[it];
             const List& list = lists_[item.list];
             const uint32_t* qs = members.data() + start[item.list] + item.first;
-            for (size_t i = 0; i < item.count; ++i) s.heap_of[i] = &my_heaps[qs[i]];
-            if (params_.storage == IvfStorage::Pq) {
-                for (size_t i = 0; i < item.count; ++i) s.query_of[i] = queries + size_t{qs[i]} * dim_;
-                scan_pq(list, item.list, s.query_of.data(), item.count, s.heap_of.data());
-                continue;
-            }
-            // Queries taken list after list (a self-join) probe their own list as
-            // consecutive rows of the batch: they are read in place, not gathered.
-            const float* block = queries + size_t{qs[0]} * dim_;
-            if (qs[item.count - 1] - qs[0] + 1 != item.count) {
-                for (size_t i = 0; i < item.count; ++i) {
-                    std::memcpy(&s.qbuf[i * dim_], queries + size_t{qs[i]} * dim_, dim_ * sizeof(float));
-                }
-                block = s.qbuf.data();
-            }
-            if (metric_ == Metric::L2) squared_norms(block, item.count, dim_, s.qnorm.data());
-            const size_t size = list.labels.size();
-            for (size_t r0 = 0; r0 < size; r0 += kScanBaseBlock) {
-                const size_t count = std::min(kScanBaseBlock, size - r0);
-                const float* norms = nullptr;
-                const float* base = rows(list, r0, count, s.decoded.data(), &norms, s.decoded_norms.data());
-                s.scanner.scan(block, s.qnorm.data(), item.count, base, norms, count, list.labels.data() + r0, 0,
-                               s.heap_of.data());
-            }
+            for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[qs[i]];
+            const IvfListView view{list.labels.data(), list.codes.data(), list.norms.empty() ? nullptr : list.norms.data(),
+                                   list.labels.size(), centroids + size_t{item.list} * dim_};
+            w.scanner->scan(view, queries, qs, item.count, w.heap_of.data());
         }
     });
 }
@@ -625,33 +480,6 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
             }
         }
     });
-}
-
-void IvfIndex::scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m,
-                       TopK* const* heaps) const {
-    const size_t pm = pq_.m(), size = list.labels.size();
-    const float* centre = centroid_data() + list_id * dim_;
-    const uint8_t* codes = list.codes.data();
-    const int64_t* labels = list.labels.data();
-    const DistanceKernels& kern = kernels();
-    std::vector<float> table(pm * ProductQuantizer::kCentroids), residual(dim_), dist(kScanBaseBlock);
-    for (size_t i = 0; i < m; ++i) {
-        const float* q = queries[i];
-        float offset = 0.0f;
-        if (metric_ == Metric::L2) {
-            for (size_t j = 0; j < dim_; ++j) residual[j] = q[j] - centre[j];
-            pq_.l2_table(residual.data(), table.data());
-        } else {
-            // q . x = q . centre + q . residual; the table holds -q . residual
-            pq_.ip_table(q, table.data());
-            offset = (metric_ == Metric::Cosine ? 1.0f : 0.0f) - kern.dot(q, centre, dim_);
-        }
-        for (size_t r0 = 0; r0 < size; r0 += kScanBaseBlock) {
-            const size_t count = std::min(kScanBaseBlock, size - r0);
-            kern.pq_scan(table.data(), codes + r0 * pm, count, pm, offset, dist.data());
-            select_row(*heaps[i], dist.data(), count, labels + r0, 0);
-        }
-    }
 }
 
 void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,

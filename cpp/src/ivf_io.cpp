@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gemm_scan.h"
+#include "ivf_codec.h"
 #include "sparknn/error.h"
 #include "sparknn/ivf.h"
 
@@ -40,13 +41,7 @@ void IvfIndex::save_sections(FileWriter& writer) const {
         writer.add_section(SectionType::IvfListOffsets, offsets->data(), offsets->size() * sizeof(uint64_t));
         writer.add_section_parts(SectionType::IvfLabels, std::move(labels));
         writer.add_section_parts(SectionType::IvfCodes, std::move(codes));
-        if (params_.storage == IvfStorage::Sq8) {
-            writer.add_section(SectionType::IvfSq8Min, sq_min_.data(), dim_ * sizeof(float));
-            writer.add_section(SectionType::IvfSq8Step, sq_step_.data(), dim_ * sizeof(float));
-        }
-        if (params_.storage == IvfStorage::Pq) {
-            writer.add_section(SectionType::IvfPqCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
-        }
+        codec_->save(writer);  // its own sections (sq8 ranges, pq code books)
         if (params_.rerank > 0) {
             writer.add_section(SectionType::IvfRerankVectors, rerank_vectors_.data(), rerank_vectors_.size() * sizeof(float));
         }
@@ -100,21 +95,9 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
             seen[static_cast<size_t>(labels[i])] = true;
         }
     }
-    const size_t cs = index->code_size();
+    const size_t cs = index->codec_->code_size();
     const uint8_t* codes = file->section_exact(SectionType::IvfCodes, IndexFile::checked_mul(n, cs));
-    if (p.storage == IvfStorage::Sq8) {
-        const float* lo = file->typed_section<float>(SectionType::IvfSq8Min, dim);
-        const float* step = file->typed_section<float>(SectionType::IvfSq8Step, dim);
-        for (size_t j = 0; j < dim; ++j) {
-            if (!std::isfinite(lo[j]) || !std::isfinite(step[j]) || step[j] <= 0) fail("invalid SQ8 ranges");
-        }
-        index->sq_min_.assign(lo, lo + dim);
-        index->sq_step_.assign(step, step + dim);
-    }
-    if (p.storage == IvfStorage::Pq) {
-        const size_t values = IndexFile::checked_mul(IndexFile::checked_mul(p.pq_m, ProductQuantizer::kCentroids), dim / p.pq_m);
-        index->pq_.set_codebooks(file->typed_section<float>(SectionType::IvfPqCodebooks, values));
-    }
+    index->codec_->load(*file);
     if (p.rerank > 0) {
         const size_t values = IndexFile::checked_mul(n, dim);
         index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values, file);
@@ -127,7 +110,7 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     }
     index->quantizer_ = std::move(quantizer);
     index->lists_.assign(nlist, List{});
-    const bool keep_norms = p.storage == IvfStorage::Float32 && h.metric == Metric::L2;
+    const bool keep_norms = index->codec_->keeps_norms();
     for (size_t l = 0; l < nlist; ++l) {
         List& list = index->lists_[l];
         const size_t b = offsets[l], count = offsets[l + 1] - offsets[l];

@@ -6,9 +6,10 @@
 // its queries with a BLAS sgemm (the same tile scan as exact search). Vectors
 // are stored per list as float32, SQ8 (8-bit scalar quantisation, 4x smaller,
 // decoded block by block into the scan) or PQ (pq_m bytes per vector: residuals
-// to the list centroid, product-quantised; scanned with lookup tables). With
-// rerank = r > 0, the r * k best candidates are re-ranked by exact distance to
-// float32 copies kept in their own (memory-mapped) file section.
+// to the list centroid, product-quantised; scanned with lookup tables), each
+// a codec class of its own (cpp/src/ivf_codec.h). With rerank = r > 0, the
+// r * k best candidates are re-ranked by exact distance to float32 copies kept
+// in their own (memory-mapped) file section.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,8 @@
 #include "sparknn/topk.h"
 
 namespace sparknn {
+
+class IvfCodec;  // cpp/src/ivf_codec.h: one implementation per storage
 
 enum class IvfStorage : uint32_t { Float32 = 0, Sq8 = 1, Pq = 2 };
 IvfStorage storage_from_string(const std::string& name);
@@ -102,7 +105,7 @@ class IvfIndex final : public Index {
     struct List {
         Buffer<int64_t> labels;      // internal labels (positions in ids_)
         Buffer<uint8_t> codes;       // [size, code_size]
-        AlignedVector<float> norms;  // float32 storage under L2: |x|^2, rebuilt on load
+        AlignedVector<float> norms;  // [size] |x|^2 when the codec keeps_norms (float32 under L2), rebuilt on load
     };
     // The unlocked forms of the public calls, for callers holding the lock.
     bool trained() const { return quantizer_ != nullptr; }
@@ -121,18 +124,11 @@ class IvfIndex final : public Index {
     void add_assigned(size_t n, const float* vectors, const int64_t* assigned);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
-    size_t code_size() const;
     template <class LabelAt>
     void gather(size_t count, LabelAt&& label_at, float* out) const;  // reconstruct's rows: label_at(i)
-    void encode(const float* x, size_t list, uint8_t* code) const;
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
                     size_t rank_end, std::vector<TopK>& heaps, size_t workers) const;
-    void scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m, TopK* const* heaps) const;
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances) const;
-    // Float rows [count, dim] of list rows [begin, begin+count): a pointer into
-    // the list (float32) or decoded into `scratch` (sq8); norms likewise under L2.
-    const float* rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
-                      float* norm_scratch) const;
     // probes: the batch's lists [nq, nprobe], or null to ask the quantizer.
     void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                       int64_t* out_ids, float* out_distances, int threads) const;
@@ -140,8 +136,7 @@ class IvfIndex final : public Index {
     IvfParams params_;
     std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1
     std::vector<List> lists_;
-    std::vector<float> sq_min_, sq_step_;  // SQ8 per-dimension range
-    ProductQuantizer pq_;
+    std::unique_ptr<IvfCodec> codec_;  // the storage: trains, encodes, decodes and scans the lists' codes
     Buffer<float> rerank_vectors_;  // [n, dim] in label order, when rerank > 0
     // label -> (list << 42 | row), built on the first reconstruct after a change.
     mutable std::vector<uint64_t> where_;
