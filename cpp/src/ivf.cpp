@@ -297,25 +297,6 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
 
 // ---------------------------------------------------------------- searching
 
-void IvfIndex::nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const {
-    const int t = call_threads(threads);
-    auto lock = reading();
-    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained: call train() or add()");
-    SPARKNN_CHECK_ARG(nprobe >= 1 && nprobe <= lists_.size(), "nprobe must be in [1, nlist=", lists_.size(), "], got ",
-                      nprobe);
-    if (nq == 0) return;
-    AlignedVector<float> scratch;
-    const float* q = prepare_queries(nq, queries, scratch, t);
-    assign(nq, q, nprobe, out_lists, t);
-}
-
-void IvfIndex::assign(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const {
-    std::vector<float> dist(nq * nprobe);
-    SearchParams p;
-    p.threads = threads;
-    quantizer_->search(nq, queries, nprobe, out_lists, dist.data(), p);
-}
-
 size_t IvfIndex::ideal_query_batch(size_t nprobe) const {
     auto lock = reading();
     return batch_for(nprobe);
@@ -337,38 +318,50 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
                           nlist, "], got ", params.nprobe);
         check_lists(nq, nprobe, params.lists, "lists");
     }
+    // A query whose probed lists hold fewer than min(k, n) vectors scans
+    // wider lists (widen: probe_lists' policy, keeping the whole width reached):
+    // callers are promised min(k, n) neighbours, never a silently short row
+    // (small or skewed lists, k near n). Its batch answer is then replaced.
+    const size_t need = params.widen && nprobe < nlist ? std::min(k, size()) : 0;
+    std::vector<int64_t> computed;
+    std::vector<size_t> short_rows_all;
     for (size_t q0 = 0; q0 < nq; q0 += batch) {
         const size_t m = std::min(batch, nq - q0);
         const int64_t* probes = params.lists ? params.lists + q0 * nprobe : nullptr;
+        if (probes == nullptr) {
+            computed.resize(m * nprobe);
+            assign(m, queries + q0 * dim_, nprobe, computed.data(), params.threads);
+            probes = computed.data();
+        }
         search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k,
                      params.threads);
+        for (size_t q : short_rows(m, nprobe, probes, need, nullptr)) short_rows_all.push_back(q0 + q);
     }
-    // A query whose probed lists hold fewer than min(k, n) vectors gets twice
-    // the lists until it is full: callers are promised min(k, n) neighbours,
-    // never a silently short row (small or skewed lists, k near n).
-    const size_t want = std::min(k, size());
-    std::vector<size_t> short_rows;
-    for (size_t q = 0; q < nq && params.widen; ++q) {
-        if (out_ids[q * k + want - 1] < 0) short_rows.push_back(q);
-    }
-    for (size_t wider = nprobe; !short_rows.empty() && wider < nlist;) {
-        wider = std::min(nlist, wider * 2);
-        const size_t m = short_rows.size();
+    if (short_rows_all.empty()) return;
+    const ProbePlan wide = widen(short_rows_all, queries, nprobe, need, nullptr, /*trim=*/false, params.threads);
+    // Rows widened to the same width are searched together, with their planned lists.
+    std::vector<size_t> order(short_rows_all.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    auto width_of = [&](size_t i) { return static_cast<size_t>(wide.offsets[i + 1] - wide.offsets[i]); };
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return width_of(a) < width_of(b); });
+    for (size_t g0 = 0, g1; g0 < order.size(); g0 = g1) {
+        const size_t width = width_of(order[g0]);
+        for (g1 = g0 + 1; g1 < order.size() && width_of(order[g1]) == width;) ++g1;
+        const size_t m = g1 - g0;
         AlignedVector<float> gathered(m * dim_);
-        for (size_t i = 0; i < m; ++i) {
-            std::memcpy(&gathered[i * dim_], queries + short_rows[i] * dim_, dim_ * sizeof(float));
-        }
-        std::vector<int64_t> ids(m * k);
+        std::vector<int64_t> lists(m * width), ids(m * k);
         std::vector<float> dist(m * k);
-        search_batch(m, gathered.data(), k, wider, nullptr, ids.data(), dist.data(), params.threads);
-        std::vector<size_t> still;
         for (size_t i = 0; i < m; ++i) {
-            const size_t q = short_rows[i];
-            std::copy(ids.begin() + i * k, ids.begin() + (i + 1) * k, out_ids + q * k);
-            std::copy(dist.begin() + i * k, dist.begin() + (i + 1) * k, out_distances + q * k);
-            if (out_ids[q * k + want - 1] < 0) still.push_back(q);
+            const size_t row = order[g0 + i];
+            std::memcpy(&gathered[i * dim_], queries + short_rows_all[row] * dim_, dim_ * sizeof(float));
+            std::copy_n(wide.lists.data() + wide.offsets[row], width, lists.data() + i * width);
         }
-        short_rows.swap(still);
+        search_batch(m, gathered.data(), k, width, lists.data(), ids.data(), dist.data(), params.threads);
+        for (size_t i = 0; i < m; ++i) {
+            const size_t q = short_rows_all[order[g0 + i]];
+            std::copy_n(ids.data() + i * k, k, out_ids + q * k);
+            std::copy_n(dist.data() + i * k, k, out_distances + q * k);
+        }
     }
 }
 
@@ -441,14 +434,8 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     });
 }
 
-void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* given,
+void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                             int64_t* out_ids, float* out_distances, int threads) const {
-    std::vector<int64_t> computed;
-    if (given == nullptr) {
-        computed.resize(nq * nprobe);
-        assign(nq, queries, nprobe, computed.data(), threads);
-    }
-    const int64_t* probes = given ? given : computed.data();
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
     const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
     std::vector<TopK> heaps(workers * nq);

@@ -38,6 +38,13 @@ const char* storage_name(IvfStorage storage);
 size_t ivf_default_nlist(size_t n);
 size_t ivf_default_train_size(size_t nlist, size_t n);
 
+// The lists each query scans, nearest first, as CSR: query q scans
+// lists[offsets[q] .. offsets[q + 1]).
+struct ProbePlan {
+    std::vector<int64_t> offsets;  // [nq + 1], offsets[0] = 0
+    std::vector<int64_t> lists;    // [offsets[nq]], each in [0, nlist)
+};
+
 struct IvfParams {
     size_t nlist = 0;     // lists; 0 = chosen when trained: about 4 * sqrt(n)
     size_t nprobe = 16;   // lists scanned per query by default
@@ -81,6 +88,26 @@ class IvfIndex final : public Index {
     // The nprobe nearest lists of each query [nq, nprobe], nearest first (ties
     // by list number); `threads` as SearchParams::threads.
     void nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads = -1) const;
+    // The lists each query scans to find `need` vectors: the probing policy
+    // of search (SearchParams::widen), for callers that scan lists themselves
+    // (a routed query, whose lists live in many part files). Per query: its
+    // nprobe nearest lists (nprobe is clamped to nlist); when those hold fewer
+    // than `need` vectors, the quantizer's nearest lists at twice the width,
+    // then four times ... (at most nlist) until they hold `need`, trimmed to
+    // the shortest prefix that does (all nlist lists when even they do not).
+    //   need: vectors wanted per query, e.g. min(k, n) (one more for a
+    //     self-join whose query finds itself); 0 never widens.
+    //   list_sizes: [nlist] vectors per list (>= 0), or null for this index's
+    //     own (a routed index's quantizer holds no vectors: its sizes come from
+    //     the routing table).
+    //   nearest: [nq, nearest_width] each query's nearest lists, nearest first,
+    //     when already known (nearest_width >= nprobe; the first nprobe are
+    //     used), or null to ask the quantizer. Widened queries always ask it.
+    //   threads: as SearchParams::threads.
+    // Validates queries like search; requires a trained index.
+    ProbePlan probe_lists(size_t nq, const float* queries, size_t nprobe, size_t need,
+                          const int64_t* list_sizes = nullptr, const int64_t* nearest = nullptr,
+                          size_t nearest_width = 0, int threads = -1) const;
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
     // nearest_lists): skips the quantizer pass. Requires a trained index. Exclusive, as add.
     void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
@@ -112,6 +139,15 @@ class IvfIndex final : public Index {
     size_t batch_for(size_t nprobe) const;  // ideal_query_batch
     // The lists of each query: the quantizer's k-nearest centroids.
     void assign(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const;
+    // Rows of probes [nq, nprobe] whose lists hold fewer than `need` vectors
+    // (sizes: [nlist], or null for the lists' own), ascending.
+    std::vector<size_t> short_rows(size_t nq, size_t nprobe, const int64_t* probes, size_t need,
+                                   const int64_t* sizes) const;
+    // The lists of `rows` of queries (prepared) widened as probe_lists says, as
+    // CSR in the order of rows. trim = false keeps the whole width reached
+    // instead of the shortest prefix that holds `need`.
+    ProbePlan widen(const std::vector<size_t>& rows, const float* queries, size_t nprobe, size_t need,
+                    const int64_t* sizes, bool trim, int threads) const;
     // The coarse quantizer over nlist centroids [nlist, dim] (train and load).
     static std::unique_ptr<FlatIndex> make_quantizer(size_t dim, Metric metric, size_t nlist, const float* centroids);
     // nlist as set, or the default for n vectors; checks n >= nlist.
@@ -129,7 +165,7 @@ class IvfIndex final : public Index {
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
                     size_t rank_end, std::vector<TopK>& heaps, size_t workers) const;
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances) const;
-    // probes: the batch's lists [nq, nprobe], or null to ask the quantizer.
+    // probes: the batch's lists [nq, nprobe].
     void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                       int64_t* out_ids, float* out_distances, int threads) const;
 
