@@ -1,3 +1,7 @@
+// IvfIndex: training (the k-means quantizer, then the codec), adding vectors
+// to their lists, and the batched search: queries grouped by list, each list
+// scanned once by the codec's scanner (ivf_codec.h), short rows widened as
+// ivf_probe.cpp plans. The file sections: ivf_io.cpp.
 #include "sparknn/ivf.h"
 
 #include <algorithm>
