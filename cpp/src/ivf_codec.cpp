@@ -45,8 +45,13 @@ namespace {
 class BlockScanner final : public IvfListScanner {
   public:
     BlockScanner(const BlockCodec& codec, size_t dim, Metric metric)
-        : codec_(codec), dim_(dim), metric_(metric), scanner_(metric, dim), qbuf_(kScanQueryBlock * dim),
-          qnorm_(kScanQueryBlock), decoded_(codec.needs_scratch() ? kScanBaseBlock * dim : 0),
+        : codec_(codec),
+          dim_(dim),
+          metric_(metric),
+          scanner_(metric, dim),
+          qbuf_(kScanQueryBlock * dim),
+          qnorm_(kScanQueryBlock),
+          decoded_(codec.needs_scratch() ? kScanBaseBlock * dim : 0),
           decoded_norms_(kScanBaseBlock) {}
 
     void scan(const IvfListView& list, const float* queries, const uint32_t* qs, size_t m,

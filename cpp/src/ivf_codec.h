@@ -21,11 +21,11 @@ namespace sparknn {
 
 // One inverted list as a codec reads it.
 struct IvfListView {
-    const int64_t* labels;   // [size]
-    const uint8_t* codes;    // [size, code_size]
-    const float* norms;      // [size]: |x|^2 when the codec keeps_norms, else null
+    const int64_t* labels;  // [size]
+    const uint8_t* codes;   // [size, code_size]
+    const float* norms;     // [size]: |x|^2 when the codec keeps_norms, else null
     size_t size;
-    const float* centroid;   // [dim]: the list's centroid
+    const float* centroid;  // [dim]: the list's centroid
 };
 
 // Scans lists for blocks of queries. One per worker thread: it holds that
@@ -73,8 +73,8 @@ class BlockCodec : public IvfCodec {
     // kScanBaseBlock: a pointer into the list, or decoded into scratch
     // [kScanBaseBlock, dim]. *norms: their |x|^2 under L2 (the list's or
     // computed into norm_scratch [kScanBaseBlock]), else null.
-    virtual const float* rows(const IvfListView& list, size_t begin, size_t count, float* scratch,
-                              const float** norms, float* norm_scratch) const = 0;
+    virtual const float* rows(const IvfListView& list, size_t begin, size_t count, float* scratch, const float** norms,
+                              float* norm_scratch) const = 0;
     virtual bool needs_scratch() const = 0;  // whether rows() decodes
     std::unique_ptr<IvfListScanner> scanner() const override;
 };

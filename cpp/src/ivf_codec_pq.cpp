@@ -78,7 +78,9 @@ class PqCodec final : public IvfCodec {
 class PqScanner final : public IvfListScanner {
   public:
     explicit PqScanner(const PqCodec& codec)
-        : codec_(codec), table_(codec.pq().m() * ProductQuantizer::kCentroids), residual_(codec.dim()),
+        : codec_(codec),
+          table_(codec.pq().m() * ProductQuantizer::kCentroids),
+          residual_(codec.dim()),
           dist_(kScanBaseBlock) {}
 
     void scan(const IvfListView& list, const float* queries, const uint32_t* qs, size_t m,

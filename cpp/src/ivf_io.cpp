@@ -43,7 +43,8 @@ void IvfIndex::save_sections(FileWriter& writer) const {
         writer.add_section_parts(SectionType::IvfCodes, std::move(codes));
         codec_->save(writer);  // its own sections (sq8 ranges, pq code books)
         if (params_.rerank > 0) {
-            writer.add_section(SectionType::IvfRerankVectors, rerank_vectors_.data(), rerank_vectors_.size() * sizeof(float));
+            writer.add_section(SectionType::IvfRerankVectors, rerank_vectors_.data(),
+                               rerank_vectors_.size() * sizeof(float));
         }
     }
 }
@@ -100,7 +101,8 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     index->codec_->load(*file);
     if (p.rerank > 0) {
         const size_t values = IndexFile::checked_mul(n, dim);
-        index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values, file);
+        index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values,
+                                        file);
     }
     std::unique_ptr<FlatIndex> quantizer;
     try {

@@ -99,9 +99,8 @@ ProbePlan IvfIndex::widen(const std::vector<size_t>& rows, const float* queries,
     return plan;
 }
 
-ProbePlan IvfIndex::probe_lists(size_t nq, const float* queries, size_t nprobe, size_t need,
-                                const int64_t* list_sizes, const int64_t* nearest, size_t nearest_width,
-                                int threads) const {
+ProbePlan IvfIndex::probe_lists(size_t nq, const float* queries, size_t nprobe, size_t need, const int64_t* list_sizes,
+                                const int64_t* nearest, size_t nearest_width, int threads) const {
     const int t = call_threads(threads);
     auto lock = reading();
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained: call train() or add()");
@@ -117,8 +116,8 @@ ProbePlan IvfIndex::probe_lists(size_t nq, const float* queries, size_t nprobe, 
     SPARKNN_CHECK_ARG(queries != nullptr, "queries is null");
     std::vector<int64_t> probes(nq * nprobe);
     if (nearest != nullptr) {
-        SPARKNN_CHECK_ARG(nearest_width >= nprobe, "nearest holds ", nearest_width, " lists per query, fewer than nprobe=",
-                          nprobe);
+        SPARKNN_CHECK_ARG(nearest_width >= nprobe, "nearest holds ", nearest_width,
+                          " lists per query, fewer than nprobe=", nprobe);
         for (size_t q = 0; q < nq; ++q) std::copy_n(nearest + q * nearest_width, nprobe, probes.data() + q * nprobe);
         check_lists(nq, nprobe, probes.data(), "nearest");
     }
