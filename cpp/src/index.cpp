@@ -1,4 +1,5 @@
-// Input validation, id bookkeeping and save/load shared by every index kind.
+// The Index base class: input validation, id bookkeeping and the save/load
+// steps shared by every index kind (the kinds themselves: index_factory.cpp).
 #include "sparknn/index.h"
 
 #include <sched.h>
@@ -9,9 +10,6 @@
 #include <thread>
 
 #include "sparknn/error.h"
-#include "sparknn/flat.h"
-#include "sparknn/hnsw.h"
-#include "sparknn/ivf.h"
 #include "sparknn/parallel.h"
 
 namespace sparknn {
@@ -242,37 +240,6 @@ void Index::load_common(const std::shared_ptr<const IndexFile>& file) {
     ids_.set_view(ids, count, file);
     count_.store(count, std::memory_order_release);
     side_files_ = file->side_files();
-}
-
-std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, const IndexOptions& options) {
-    switch (kind) {
-        case IndexKind::Flat:
-            return std::make_unique<FlatIndex>(dim, metric);
-        case IndexKind::Hnsw:
-            return std::make_unique<HnswIndex>(dim, metric, HnswParams::from(options));
-        case IndexKind::Ivf:
-            return std::make_unique<IvfIndex>(dim, metric, IvfParams::from(options));
-        default:
-            throw Unsupported(std::string("index kind '") + kind_name(kind) + "' is not available in this build");
-    }
-}
-
-std::unique_ptr<Index> load_index(const std::shared_ptr<const IndexFile>& file) {
-    switch (file->header().kind) {
-        case IndexKind::Flat:
-            return FlatIndex::load(file);
-        case IndexKind::Hnsw:
-            return HnswIndex::load(file);
-        case IndexKind::Ivf:
-            return IvfIndex::load(file);
-        default:
-            throw Unsupported(std::string("index kind '") + kind_name(file->header().kind) +
-                              "' is not available in this build");
-    }
-}
-
-std::unique_ptr<Index> load_index(const std::string& path, bool mmap, bool verify_checksums) {
-    return load_index(IndexFile::open(path, mmap, verify_checksums));
 }
 
 }  // namespace sparknn

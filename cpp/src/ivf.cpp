@@ -1,3 +1,7 @@
+// IvfIndex: training (the k-means quantizer, then the codec), adding vectors
+// to their lists, and the batched search: queries grouped by list, each list
+// scanned once by the codec's scanner (ivf_codec.h), short rows widened as
+// ivf_probe.cpp plans. The file sections: ivf_io.cpp.
 #include "sparknn/ivf.h"
 
 #include <algorithm>
@@ -8,6 +12,7 @@
 #include <random>
 
 #include "gemm_scan.h"
+#include "ivf_codec.h"
 #include "sparknn/error.h"
 #include "sparknn/kmeans.h"
 #include "sparknn/parallel.h"
@@ -21,31 +26,7 @@ namespace {
 constexpr size_t kMinQueryBatch = 16384;
 constexpr size_t kMaxQueryBatch = 262144;
 
-Metric quantizer_metric(Metric metric) {
-    // Unit vectors (cosine) are clustered and assigned by L2, which on the
-    // sphere orders like the dot product; inner product keeps its own metric.
-    return metric == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2;
-}
-
 }  // namespace
-
-IvfStorage storage_from_string(const std::string& name) {
-    if (name == "float32" || name == "flat" || name == "float") return IvfStorage::Float32;
-    if (name == "sq8") return IvfStorage::Sq8;
-    if (name == "pq") return IvfStorage::Pq;
-    throw InvalidArgument("unknown storage '" + name + "': use 'float32', 'sq8' or 'pq'");
-}
-
-const char* storage_name(IvfStorage storage) {
-    switch (storage) {
-        case IvfStorage::Sq8:
-            return "sq8";
-        case IvfStorage::Pq:
-            return "pq";
-        default:
-            return "float32";
-    }
-}
 
 IvfParams IvfParams::from(const IndexOptions& o) {
     IvfParams p;
@@ -68,22 +49,9 @@ void IvfParams::validate() const {
                       "rerank applies to compressed storage (sq8, pq): float32 distances are already exact");
 }
 
-namespace {
-// The default PQ size: about 4 dimensions per byte, on a divisor of dim.
-size_t default_pq_m(size_t dim) {
-    for (size_t m = std::max<size_t>(1, dim / 4); m > 1; --m) {
-        if (dim % m == 0) return m;
-    }
-    return 1;
-}
-}  // namespace
-
 IvfIndex::IvfIndex(size_t dim, Metric metric, const IvfParams& params) : Index(dim, metric), params_(params) {
     params_.validate();
-    if (params_.storage == IvfStorage::Pq) {
-        if (params_.pq_m == 0) params_.pq_m = default_pq_m(dim);
-        pq_ = ProductQuantizer(dim, params_.pq_m);
-    }
+    codec_ = make_ivf_codec(params_, dim, metric);
 }
 
 IvfIndex::~IvfIndex() = default;
@@ -129,18 +97,15 @@ std::vector<float> IvfIndex::centroids() const {
     return std::vector<float>(c, c + lists_.size() * dim_);
 }
 
-size_t IvfIndex::code_size() const {
-    switch (params_.storage) {
-        case IvfStorage::Sq8:
-            return dim_;
-        case IvfStorage::Pq:
-            return pq_.code_size();
-        default:
-            return dim_ * sizeof(float);
-    }
-}
-
 // ---------------------------------------------------------------- training
+
+std::unique_ptr<FlatIndex> IvfIndex::make_quantizer(size_t dim, Metric metric, size_t nlist, const float* centroids) {
+    // Unit vectors (cosine) are clustered and assigned by L2, which on the
+    // sphere orders like the dot product; inner product keeps its own metric.
+    auto quantizer = std::make_unique<FlatIndex>(dim, metric == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2);
+    quantizer->add(nlist, centroids, nullptr);
+    return quantizer;
+}
 
 void IvfIndex::train(size_t n, const float* vectors) {
     auto lock = writing();
@@ -197,61 +162,14 @@ void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist
     kp.threads = threads();
     const KMeansResult km = kmeans(train_x, sample, dim_, nlist, kp);
 
-    auto quantizer = std::make_unique<FlatIndex>(dim_, quantizer_metric(metric_));
-    quantizer->add(nlist, km.centroids.data(), nullptr);
-    if (params_.storage == IvfStorage::Sq8) {
-        std::vector<float> lo(dim_, std::numeric_limits<float>::infinity());
-        std::vector<float> hi(dim_, -std::numeric_limits<float>::infinity());
-        for (size_t i = 0; i < sample; ++i) {
-            for (size_t j = 0; j < dim_; ++j) {
-                lo[j] = std::min(lo[j], train_x[i * dim_ + j]);
-                hi[j] = std::max(hi[j], train_x[i * dim_ + j]);
-            }
-        }
-        sq_min_ = lo;
-        sq_step_.resize(dim_);
-        for (size_t j = 0; j < dim_; ++j) sq_step_[j] = hi[j] > lo[j] ? (hi[j] - lo[j]) / 255.0f : 1.0f;
-    }
-    if (params_.storage == IvfStorage::Pq) {
-        // PQ encodes residuals to the list centroid: they are smaller and
-        // more alike across lists than the vectors themselves.
-        const size_t pq_n = std::min<size_t>(sample, 65536);
-        std::vector<int64_t> assigned(pq_n);
-        std::vector<float> unused(pq_n);
-        quantizer->set_threads(threads());
-        quantizer->search(pq_n, train_x, 1, assigned.data(), unused.data());
-        std::vector<float> residuals(pq_n * dim_);
-        for (size_t i = 0; i < pq_n; ++i) {
-            const float* c = km.centroids.data() + static_cast<size_t>(assigned[i]) * dim_;
-            for (size_t j = 0; j < dim_; ++j) residuals[i * dim_ + j] = train_x[i * dim_ + j] - c[j];
-        }
-        pq_.train(pq_n, residuals.data(), params_.seed, threads(), params_.kmeans_iterations);
-    }
+    auto quantizer = make_quantizer(dim_, metric_, nlist, km.centroids.data());
+    codec_->train(sample, train_x, *quantizer, km.centroids.data(), params_.seed, params_.kmeans_iterations, threads());
     params_.nlist = nlist;
     quantizer_ = std::move(quantizer);
     lists_.assign(nlist, List{});
 }
 
 // ---------------------------------------------------------------- adding
-
-void IvfIndex::encode(const float* x, size_t list, uint8_t* code) const {
-    if (params_.storage == IvfStorage::Float32) {
-        std::memcpy(code, x, dim_ * sizeof(float));
-        return;
-    }
-    if (params_.storage == IvfStorage::Pq) {
-        const float* c = centroid_data() + list * dim_;
-        thread_local std::vector<float> residual;
-        residual.resize(dim_);
-        for (size_t j = 0; j < dim_; ++j) residual[j] = x[j] - c[j];
-        pq_.encode(residual.data(), code);
-        return;
-    }
-    for (size_t j = 0; j < dim_; ++j) {
-        const float q = std::nearbyint((x[j] - sq_min_[j]) / sq_step_[j]);
-        code[j] = static_cast<uint8_t>(std::clamp(q, 0.0f, 255.0f));  // values outside the trained range saturate
-    }
-}
 
 void IvfIndex::add_impl(size_t n, const float* vectors) {
     if (!trained()) train_prepared(n, vectors);
@@ -323,9 +241,9 @@ void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
             }
         }
     }
-    const size_t cs = code_size();
+    const size_t cs = codec_->code_size();
+    const float* centroids = centroid_data();
     parallel_for(count, 4096, threads(), [&](size_t b, size_t e, int) {
-        std::vector<float> residual(params_.storage == IvfStorage::Pq ? dim_ : 0);
         for (size_t i = b; i < e; ++i) {
             const size_t label = label_at(i);
             float* o = out + i * dim_;
@@ -336,21 +254,7 @@ void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
             const uint64_t w = where_[label];
             SPARKNN_THROW_IF_NOT(w != ~uint64_t{0}, FileFormatError, "label ", label, " is in no list (corrupt lists)");
             const size_t l = static_cast<size_t>(w >> 42), r = static_cast<size_t>(w & ((uint64_t{1} << 42) - 1));
-            const uint8_t* code = lists_[l].codes.data() + r * cs;
-            switch (params_.storage) {
-                case IvfStorage::Float32:
-                    std::memcpy(o, code, dim_ * sizeof(float));
-                    break;
-                case IvfStorage::Sq8:
-                    for (size_t j = 0; j < dim_; ++j) o[j] = sq_min_[j] + sq_step_[j] * static_cast<float>(code[j]);
-                    break;
-                case IvfStorage::Pq: {
-                    pq_.decode(code, residual.data());
-                    const float* c = centroid_data() + l * dim_;
-                    for (size_t j = 0; j < dim_; ++j) o[j] = c[j] + residual[j];
-                    break;
-                }
-            }
+            codec_->decode(lists_[l].codes.data() + r * cs, centroids + l * dim_, o);
         }
     });
 }
@@ -367,8 +271,9 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
         for (size_t i = 0; i < n; ++i) order[fill[static_cast<size_t>(assigned[i])]++] = i;
     }
     const int64_t first_label = static_cast<int64_t>(size());
-    const size_t cs = code_size();
-    const bool keep_norms = params_.storage == IvfStorage::Float32 && metric_ == Metric::L2;
+    const size_t cs = codec_->code_size();
+    const bool keep_norms = codec_->keeps_norms();
+    const float* centroids = centroid_data();
     parallel_for(nlist, 16, threads(), [&](size_t b, size_t e, int) {
         for (size_t l = b; l < e; ++l) {
             const size_t count = start[l + 1] - start[l];
@@ -383,7 +288,7 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
             for (size_t t = 0; t < count; ++t) {
                 const size_t row = order[start[l] + t];
                 labels[old + t] = first_label + static_cast<int64_t>(row);
-                encode(vectors + row * dim_, l, codes.data() + (old + t) * cs);
+                codec_->encode(vectors + row * dim_, centroids + l * dim_, codes.data() + (old + t) * cs);
                 if (keep_norms) squared_norms(vectors + row * dim_, 1, dim_, &list.norms[old + t]);
             }
         }
@@ -395,46 +300,6 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
 }
 
 // ---------------------------------------------------------------- searching
-
-void IvfIndex::nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const {
-    const int t = call_threads(threads);
-    auto lock = reading();
-    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained: call train() or add()");
-    SPARKNN_CHECK_ARG(nprobe >= 1 && nprobe <= lists_.size(), "nprobe must be in [1, nlist=", lists_.size(), "], got ",
-                      nprobe);
-    if (nq == 0) return;
-    AlignedVector<float> scratch;
-    const float* q = prepare_queries(nq, queries, scratch, t);
-    assign(nq, q, nprobe, out_lists, t);
-}
-
-void IvfIndex::assign(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const {
-    std::vector<float> dist(nq * nprobe);
-    SearchParams p;
-    p.threads = threads;
-    quantizer_->search(nq, queries, nprobe, out_lists, dist.data(), p);
-}
-
-const float* IvfIndex::rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
-                            float* norm_scratch) const {
-    if (params_.storage == IvfStorage::Float32) {
-        *norms = list.norms.empty() ? nullptr : list.norms.data() + begin;
-        return reinterpret_cast<const float*>(list.codes.data()) + begin * dim_;
-    }
-    const uint8_t* codes = list.codes.data() + begin * dim_;
-    for (size_t i = 0; i < count; ++i) {
-        float* out = scratch + i * dim_;
-        const uint8_t* c = codes + i * dim_;
-        for (size_t j = 0; j < dim_; ++j) out[j] = sq_min_[j] + sq_step_[j] * static_cast<float>(c[j]);
-    }
-    if (metric_ == Metric::L2) {
-        squared_norms(scratch, count, dim_, norm_scratch);
-        *norms = norm_scratch;
-    } else {
-        *norms = nullptr;
-    }
-    return scratch;
-}
 
 size_t IvfIndex::ideal_query_batch(size_t nprobe) const {
     auto lock = reading();
@@ -457,38 +322,50 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
                           nlist, "], got ", params.nprobe);
         check_lists(nq, nprobe, params.lists, "lists");
     }
+    // A query whose probed lists hold fewer than min(k, n) vectors scans
+    // wider lists (widen: probe_lists' policy, keeping the whole width reached):
+    // callers are promised min(k, n) neighbours, never a silently short row
+    // (small or skewed lists, k near n). Its batch answer is then replaced.
+    const size_t need = params.widen && nprobe < nlist ? std::min(k, size()) : 0;
+    std::vector<int64_t> computed;
+    std::vector<size_t> short_rows_all;
     for (size_t q0 = 0; q0 < nq; q0 += batch) {
         const size_t m = std::min(batch, nq - q0);
         const int64_t* probes = params.lists ? params.lists + q0 * nprobe : nullptr;
+        if (probes == nullptr) {
+            computed.resize(m * nprobe);
+            assign(m, queries + q0 * dim_, nprobe, computed.data(), params.threads);
+            probes = computed.data();
+        }
         search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k,
                      params.threads);
+        for (size_t q : short_rows(m, nprobe, probes, need, nullptr)) short_rows_all.push_back(q0 + q);
     }
-    // A query whose probed lists hold fewer than min(k, n) vectors gets twice
-    // the lists until it is full: callers are promised min(k, n) neighbours,
-    // never a silently short row (small or skewed lists, k near n).
-    const size_t want = std::min(k, size());
-    std::vector<size_t> short_rows;
-    for (size_t q = 0; q < nq && params.widen; ++q) {
-        if (out_ids[q * k + want - 1] < 0) short_rows.push_back(q);
-    }
-    for (size_t wider = nprobe; !short_rows.empty() && wider < nlist;) {
-        wider = std::min(nlist, wider * 2);
-        const size_t m = short_rows.size();
+    if (short_rows_all.empty()) return;
+    const ProbePlan wide = widen(short_rows_all, queries, nprobe, need, nullptr, /*trim=*/false, params.threads);
+    // Rows widened to the same width are searched together, with their planned lists.
+    std::vector<size_t> order(short_rows_all.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    auto width_of = [&](size_t i) { return static_cast<size_t>(wide.offsets[i + 1] - wide.offsets[i]); };
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return width_of(a) < width_of(b); });
+    for (size_t g0 = 0, g1; g0 < order.size(); g0 = g1) {
+        const size_t width = width_of(order[g0]);
+        for (g1 = g0 + 1; g1 < order.size() && width_of(order[g1]) == width;) ++g1;
+        const size_t m = g1 - g0;
         AlignedVector<float> gathered(m * dim_);
-        for (size_t i = 0; i < m; ++i) {
-            std::memcpy(&gathered[i * dim_], queries + short_rows[i] * dim_, dim_ * sizeof(float));
-        }
-        std::vector<int64_t> ids(m * k);
+        std::vector<int64_t> lists(m * width), ids(m * k);
         std::vector<float> dist(m * k);
-        search_batch(m, gathered.data(), k, wider, nullptr, ids.data(), dist.data(), params.threads);
-        std::vector<size_t> still;
         for (size_t i = 0; i < m; ++i) {
-            const size_t q = short_rows[i];
-            std::copy(ids.begin() + i * k, ids.begin() + (i + 1) * k, out_ids + q * k);
-            std::copy(dist.begin() + i * k, dist.begin() + (i + 1) * k, out_distances + q * k);
-            if (out_ids[q * k + want - 1] < 0) still.push_back(q);
+            const size_t row = order[g0 + i];
+            std::memcpy(&gathered[i * dim_], queries + short_rows_all[row] * dim_, dim_ * sizeof(float));
+            std::copy_n(wide.lists.data() + wide.offsets[row], width, lists.data() + i * width);
         }
-        short_rows.swap(still);
+        search_batch(m, gathered.data(), k, width, lists.data(), ids.data(), dist.data(), params.threads);
+        for (size_t i = 0; i < m; ++i) {
+            const size_t q = short_rows_all[order[g0 + i]];
+            std::copy_n(ids.data() + i * k, k, out_ids + q * k);
+            std::copy_n(dist.data() + i * k, k, out_distances + q * k);
+        }
     }
 }
 
@@ -534,65 +411,35 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     }
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 
-    // Scratch per worker, not per work item: a scanner's tile is 512 KiB, and
-    // zero-filling one per item cost ~10% of a self-join's search.
-    struct Scratch {
-        Scratch(Metric metric, size_t dim, bool sq8)
-            : scanner(metric, dim), qbuf(kScanQueryBlock * dim), qnorm(kScanQueryBlock), heap_of(kScanQueryBlock),
-              query_of(kScanQueryBlock), decoded(sq8 ? kScanBaseBlock * dim : 0), decoded_norms(kScanBaseBlock) {}
-        GemmScanner scanner;
-        std::vector<float> qbuf, qnorm;
+    // A scanner per worker, not per work item: a scanner's tile is 512 KiB,
+    // and zero-filling one per item cost ~10% of a self-join's search.
+    struct Worker {
+        std::unique_ptr<IvfListScanner> scanner;
         std::vector<TopK*> heap_of;
-        std::vector<const float*> query_of;
-        std::vector<float> decoded, decoded_norms;
     };
-    std::vector<std::unique_ptr<Scratch>> scratch(workers);
+    std::vector<Worker> scratch(workers);
+    const float* centroids = centroid_data();
     parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
-        if (!scratch[worker]) {
-            scratch[worker] = std::make_unique<Scratch>(metric_, dim_, params_.storage == IvfStorage::Sq8);
+        Worker& w = scratch[worker];
+        if (!w.scanner) {
+            w.scanner = codec_->scanner();
+            w.heap_of.resize(kScanQueryBlock);
         }
-        Scratch& s = *scratch[worker];
         TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq;
         for (size_t it = b; it < e; ++it) {
             const Item& item = items[it];
             const List& list = lists_[item.list];
             const uint32_t* qs = members.data() + start[item.list] + item.first;
-            for (size_t i = 0; i < item.count; ++i) s.heap_of[i] = &my_heaps[qs[i]];
-            if (params_.storage == IvfStorage::Pq) {
-                for (size_t i = 0; i < item.count; ++i) s.query_of[i] = queries + size_t{qs[i]} * dim_;
-                scan_pq(list, item.list, s.query_of.data(), item.count, s.heap_of.data());
-                continue;
-            }
-            // Queries taken list after list (a self-join) probe their own list as
-            // consecutive rows of the batch: they are read in place, not gathered.
-            const float* block = queries + size_t{qs[0]} * dim_;
-            if (qs[item.count - 1] - qs[0] + 1 != item.count) {
-                for (size_t i = 0; i < item.count; ++i) {
-                    std::memcpy(&s.qbuf[i * dim_], queries + size_t{qs[i]} * dim_, dim_ * sizeof(float));
-                }
-                block = s.qbuf.data();
-            }
-            if (metric_ == Metric::L2) squared_norms(block, item.count, dim_, s.qnorm.data());
-            const size_t size = list.labels.size();
-            for (size_t r0 = 0; r0 < size; r0 += kScanBaseBlock) {
-                const size_t count = std::min(kScanBaseBlock, size - r0);
-                const float* norms = nullptr;
-                const float* base = rows(list, r0, count, s.decoded.data(), &norms, s.decoded_norms.data());
-                s.scanner.scan(block, s.qnorm.data(), item.count, base, norms, count, list.labels.data() + r0, 0,
-                               s.heap_of.data());
-            }
+            for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[qs[i]];
+            const IvfListView view{list.labels.data(), list.codes.data(), list.norms.empty() ? nullptr : list.norms.data(),
+                                   list.labels.size(), centroids + size_t{item.list} * dim_};
+            w.scanner->scan(view, queries, qs, item.count, w.heap_of.data());
         }
     });
 }
 
-void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* given,
+void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                             int64_t* out_ids, float* out_distances, int threads) const {
-    std::vector<int64_t> computed;
-    if (given == nullptr) {
-        computed.resize(nq * nprobe);
-        assign(nq, queries, nprobe, computed.data(), threads);
-    }
-    const int64_t* probes = given ? given : computed.data();
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
     const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
     std::vector<TopK> heaps(workers * nq);
@@ -626,33 +473,6 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     });
 }
 
-void IvfIndex::scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m,
-                       TopK* const* heaps) const {
-    const size_t pm = pq_.m(), size = list.labels.size();
-    const float* centre = centroid_data() + list_id * dim_;
-    const uint8_t* codes = list.codes.data();
-    const int64_t* labels = list.labels.data();
-    const DistanceKernels& kern = kernels();
-    std::vector<float> table(pm * ProductQuantizer::kCentroids), residual(dim_), dist(kScanBaseBlock);
-    for (size_t i = 0; i < m; ++i) {
-        const float* q = queries[i];
-        float offset = 0.0f;
-        if (metric_ == Metric::L2) {
-            for (size_t j = 0; j < dim_; ++j) residual[j] = q[j] - centre[j];
-            pq_.l2_table(residual.data(), table.data());
-        } else {
-            // q . x = q . centre + q . residual; the table holds -q . residual
-            pq_.ip_table(q, table.data());
-            offset = (metric_ == Metric::Cosine ? 1.0f : 0.0f) - kern.dot(q, centre, dim_);
-        }
-        for (size_t r0 = 0; r0 < size; r0 += kScanBaseBlock) {
-            const size_t count = std::min(kScanBaseBlock, size - r0);
-            kern.pq_scan(table.data(), codes + r0 * pm, count, pm, offset, dist.data());
-            select_row(*heaps[i], dist.data(), count, labels + r0, 0);
-        }
-    }
-}
-
 void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,
                                  float* out_distances) const {
     const DistanceKernels& kern = kernels();
@@ -663,136 +483,6 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
         exact.push(distance(metric_, kern, query, v, dim_), e.second);
     }
     exact.write_sorted(out_ids, out_distances, [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
-}
-
-// ---------------------------------------------------------------- files
-
-void IvfIndex::save_sections(FileWriter& writer) const {
-    // Lists are concatenated (CSR: offsets, labels, codes) so a loaded file is
-    // used in place. The writer streams each list from where it lives: no
-    // second copy of the index is built to save it.
-    auto offsets = std::make_shared<std::vector<uint64_t>>(1, 0);
-    std::vector<FileWriter::Part> labels, codes;
-    for (const List& list : lists_) {
-        offsets->push_back(offsets->back() + list.labels.size());
-        if (list.labels.size() == 0) continue;
-        labels.emplace_back(list.labels.data(), list.labels.size() * sizeof(int64_t));
-        codes.emplace_back(list.codes.data(), list.codes.size());
-    }
-    // Trained: the lists in the file; untrained: the configured nlist (0 = automatic).
-    writer.add_param("nlist", trained() ? lists_.size() : params_.nlist);
-    writer.add_param("nprobe", params_.nprobe);
-    writer.add_param("storage", static_cast<uint64_t>(params_.storage));
-    writer.add_param("train_size", params_.train_size);
-    writer.add_param("kmeans_iterations", params_.kmeans_iterations);
-    writer.add_param("pq_m", params_.pq_m);
-    writer.add_param("rerank", params_.rerank);
-    writer.add_param("seed", params_.seed);
-    writer.keep_alive(offsets);
-    if (trained()) {
-        writer.add_section(SectionType::IvfCentroids, centroid_data(), lists_.size() * dim_ * sizeof(float));
-        writer.add_section(SectionType::IvfListOffsets, offsets->data(), offsets->size() * sizeof(uint64_t));
-        writer.add_section_parts(SectionType::IvfLabels, std::move(labels));
-        writer.add_section_parts(SectionType::IvfCodes, std::move(codes));
-        if (params_.storage == IvfStorage::Sq8) {
-            writer.add_section(SectionType::IvfSq8Min, sq_min_.data(), dim_ * sizeof(float));
-            writer.add_section(SectionType::IvfSq8Step, sq_step_.data(), dim_ * sizeof(float));
-        }
-        if (params_.storage == IvfStorage::Pq) {
-            writer.add_section(SectionType::IvfPqCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
-        }
-        if (params_.rerank > 0) {
-            writer.add_section(SectionType::IvfRerankVectors, rerank_vectors_.data(), rerank_vectors_.size() * sizeof(float));
-        }
-    }
-}
-
-std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>& file) {
-    const FileHeader& h = file->header();
-    auto fail = [&](const std::string& what) { file->fail("ivf: " + what); };
-    IvfParams p;
-    p.nlist = file->param("nlist");
-    p.nprobe = file->param("nprobe");
-    const uint64_t storage = file->param("storage");
-    if (storage > 2) fail("unknown storage " + std::to_string(storage));
-    p.storage = static_cast<IvfStorage>(storage);
-    p.train_size = file->param("train_size");
-    p.kmeans_iterations = file->param("kmeans_iterations");
-    p.pq_m = file->param("pq_m");
-    p.rerank = file->param("rerank");
-    p.seed = file->param("seed");
-    if (p.nprobe == 0 || p.nlist > (size_t{1} << 22) || p.kmeans_iterations > 1000 || p.rerank > 1000 ||
-        (p.rerank > 0 && p.storage == IvfStorage::Float32) ||
-        (p.storage == IvfStorage::Pq && (p.pq_m == 0 || p.pq_m > h.dim || h.dim % p.pq_m != 0))) {
-        fail("parameters out of range");
-    }
-    auto index = std::make_unique<IvfIndex>(h.dim, h.metric, p);
-    index->load_common(file);
-    // A trained index has centroids; an untrained one has neither centroids nor vectors.
-    if (!file->has_section(SectionType::IvfCentroids)) {
-        if (h.count != 0) fail("vectors without a trained quantizer");
-        return index;
-    }
-    if (p.nlist == 0) fail("a trained index with nlist = 0");
-    const size_t nlist = p.nlist, dim = h.dim, n = h.count;
-    const float* centroids = file->typed_section<float>(SectionType::IvfCentroids, IndexFile::checked_mul(nlist, dim));
-    for (size_t i = 0; i < nlist * dim; ++i) {
-        if (!std::isfinite(centroids[i])) fail("non-finite centroid value");
-    }
-    const uint64_t* offsets = file->typed_section<uint64_t>(SectionType::IvfListOffsets, nlist + 1);
-    if (offsets[0] != 0 || offsets[nlist] != n) fail("list offsets do not cover the vectors");
-    for (size_t l = 0; l < nlist; ++l) {
-        if (offsets[l + 1] < offsets[l]) fail("list offsets are not increasing");
-    }
-    const int64_t* labels = file->typed_section<int64_t>(SectionType::IvfLabels, n);
-    {
-        std::vector<bool> seen(n, false);
-        for (size_t i = 0; i < n; ++i) {
-            if (labels[i] < 0 || static_cast<uint64_t>(labels[i]) >= n || seen[static_cast<size_t>(labels[i])]) {
-                fail("list labels are out of range or repeated");
-            }
-            seen[static_cast<size_t>(labels[i])] = true;
-        }
-    }
-    const size_t cs = index->code_size();
-    const uint8_t* codes = file->section_exact(SectionType::IvfCodes, IndexFile::checked_mul(n, cs));
-    if (p.storage == IvfStorage::Sq8) {
-        const float* lo = file->typed_section<float>(SectionType::IvfSq8Min, dim);
-        const float* step = file->typed_section<float>(SectionType::IvfSq8Step, dim);
-        for (size_t j = 0; j < dim; ++j) {
-            if (!std::isfinite(lo[j]) || !std::isfinite(step[j]) || step[j] <= 0) fail("invalid SQ8 ranges");
-        }
-        index->sq_min_.assign(lo, lo + dim);
-        index->sq_step_.assign(step, step + dim);
-    }
-    if (p.storage == IvfStorage::Pq) {
-        const size_t values = IndexFile::checked_mul(IndexFile::checked_mul(p.pq_m, ProductQuantizer::kCentroids), dim / p.pq_m);
-        index->pq_.set_codebooks(file->typed_section<float>(SectionType::IvfPqCodebooks, values));
-    }
-    if (p.rerank > 0) {
-        const size_t values = IndexFile::checked_mul(n, dim);
-        index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values, file);
-    }
-    auto quantizer = std::make_unique<FlatIndex>(dim, quantizer_metric(h.metric));
-    try {
-        quantizer->add(nlist, centroids, nullptr);
-    } catch (const InvalidArgument& e) {  // finite but unusable, e.g. a squared norm that overflows
-        fail(std::string("invalid centroids: ") + e.what());
-    }
-    index->quantizer_ = std::move(quantizer);
-    index->lists_.assign(nlist, List{});
-    const bool keep_norms = p.storage == IvfStorage::Float32 && h.metric == Metric::L2;
-    for (size_t l = 0; l < nlist; ++l) {
-        List& list = index->lists_[l];
-        const size_t b = offsets[l], count = offsets[l + 1] - offsets[l];
-        list.labels.set_view(labels + b, count, file);
-        list.codes.set_view(codes + b * cs, count * cs, file);
-        if (keep_norms) {
-            list.norms.resize(count);
-            squared_norms(reinterpret_cast<const float*>(codes + b * cs), count, dim, list.norms.data());
-        }
-    }
-    return index;
 }
 
 }  // namespace sparknn

@@ -37,7 +37,8 @@ struct SearchParams {
     // for both add and search.
     const int64_t* lists = nullptr;
     // ivf: a query whose lists hold fewer than min(k, n) vectors probes twice
-    // as many until it has them. Off for a search confined on purpose to some
+    // as many until it has them (IvfIndex::probe_lists' policy; search scans
+    // the whole width reached). Off for a search confined on purpose to some
     // lists (one part of a distributed index).
     bool widen = true;
     // Threads for this call: 0 = all available cores, -1 = the index's

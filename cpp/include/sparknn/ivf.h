@@ -6,9 +6,10 @@
 // its queries with a BLAS sgemm (the same tile scan as exact search). Vectors
 // are stored per list as float32, SQ8 (8-bit scalar quantisation, 4x smaller,
 // decoded block by block into the scan) or PQ (pq_m bytes per vector: residuals
-// to the list centroid, product-quantised; scanned with lookup tables). With
-// rerank = r > 0, the r * k best candidates are re-ranked by exact distance to
-// float32 copies kept in their own (memory-mapped) file section.
+// to the list centroid, product-quantised; scanned with lookup tables), each
+// a codec class of its own (cpp/src/ivf_codec.h). With rerank = r > 0, the
+// r * k best candidates are re-ranked by exact distance to float32 copies kept
+// in their own (memory-mapped) file section.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,8 @@
 
 namespace sparknn {
 
+class IvfCodec;  // cpp/src/ivf_codec.h: one implementation per storage
+
 enum class IvfStorage : uint32_t { Float32 = 0, Sq8 = 1, Pq = 2 };
 IvfStorage storage_from_string(const std::string& name);
 const char* storage_name(IvfStorage storage);
@@ -34,6 +37,13 @@ const char* storage_name(IvfStorage storage);
 // (Fashion-MNIST, clustered 500k x 100) for twice the k-means time.
 size_t ivf_default_nlist(size_t n);
 size_t ivf_default_train_size(size_t nlist, size_t n);
+
+// The lists each query scans, nearest first, as CSR: query q scans
+// lists[offsets[q] .. offsets[q + 1]).
+struct ProbePlan {
+    std::vector<int64_t> offsets;  // [nq + 1], offsets[0] = 0
+    std::vector<int64_t> lists;    // [offsets[nq]], each in [0, nlist)
+};
 
 struct IvfParams {
     size_t nlist = 0;     // lists; 0 = chosen when trained: about 4 * sqrt(n)
@@ -78,6 +88,26 @@ class IvfIndex final : public Index {
     // The nprobe nearest lists of each query [nq, nprobe], nearest first (ties
     // by list number); `threads` as SearchParams::threads.
     void nearest_lists(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads = -1) const;
+    // The lists each query scans to find `need` vectors: the probing policy
+    // of search (SearchParams::widen), for callers that scan lists themselves
+    // (a routed query, whose lists live in many part files). Per query: its
+    // nprobe nearest lists (nprobe is clamped to nlist); when those hold fewer
+    // than `need` vectors, the quantizer's nearest lists at twice the width,
+    // then four times ... (at most nlist) until they hold `need`, trimmed to
+    // the shortest prefix that does (all nlist lists when even they do not).
+    //   need: vectors wanted per query, e.g. min(k, n) (one more for a
+    //     self-join whose query finds itself); 0 never widens.
+    //   list_sizes: [nlist] vectors per list (>= 0), or null for this index's
+    //     own (a routed index's quantizer holds no vectors: its sizes come from
+    //     the routing table).
+    //   nearest: [nq, nearest_width] each query's nearest lists, nearest first,
+    //     when already known (nearest_width >= nprobe; the first nprobe are
+    //     used), or null to ask the quantizer. Widened queries always ask it.
+    //   threads: as SearchParams::threads.
+    // Validates queries like search; requires a trained index.
+    ProbePlan probe_lists(size_t nq, const float* queries, size_t nprobe, size_t need,
+                          const int64_t* list_sizes = nullptr, const int64_t* nearest = nullptr,
+                          size_t nearest_width = 0, int threads = -1) const;
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
     // nearest_lists): skips the quantizer pass. Requires a trained index. Exclusive, as add.
     void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
@@ -102,13 +132,24 @@ class IvfIndex final : public Index {
     struct List {
         Buffer<int64_t> labels;      // internal labels (positions in ids_)
         Buffer<uint8_t> codes;       // [size, code_size]
-        AlignedVector<float> norms;  // float32 storage under L2: |x|^2, rebuilt on load
+        AlignedVector<float> norms;  // [size] |x|^2 when the codec keeps_norms (float32 under L2), rebuilt on load
     };
     // The unlocked forms of the public calls, for callers holding the lock.
     bool trained() const { return quantizer_ != nullptr; }
     size_t batch_for(size_t nprobe) const;  // ideal_query_batch
     // The lists of each query: the quantizer's k-nearest centroids.
     void assign(size_t nq, const float* queries, size_t nprobe, int64_t* out_lists, int threads) const;
+    // Rows of probes [nq, nprobe] whose lists hold fewer than `need` vectors
+    // (sizes: [nlist], or null for the lists' own), ascending.
+    std::vector<size_t> short_rows(size_t nq, size_t nprobe, const int64_t* probes, size_t need,
+                                   const int64_t* sizes) const;
+    // The lists of `rows` of queries (prepared) widened as probe_lists says, as
+    // CSR in the order of rows. trim = false keeps the whole width reached
+    // instead of the shortest prefix that holds `need`.
+    ProbePlan widen(const std::vector<size_t>& rows, const float* queries, size_t nprobe, size_t need,
+                    const int64_t* sizes, bool trim, int threads) const;
+    // The coarse quantizer over nlist centroids [nlist, dim] (train and load).
+    static std::unique_ptr<FlatIndex> make_quantizer(size_t dim, Metric metric, size_t nlist, const float* centroids);
     // nlist as set, or the default for n vectors; checks n >= nlist.
     size_t training_nlist(size_t n) const;
     // The k-means sample of rows [n, dim] (train_size, else the default for nlist), copied;
@@ -119,27 +160,19 @@ class IvfIndex final : public Index {
     void add_assigned(size_t n, const float* vectors, const int64_t* assigned);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
-    size_t code_size() const;
     template <class LabelAt>
     void gather(size_t count, LabelAt&& label_at, float* out) const;  // reconstruct's rows: label_at(i)
-    void encode(const float* x, size_t list, uint8_t* code) const;
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
                     size_t rank_end, std::vector<TopK>& heaps, size_t workers) const;
-    void scan_pq(const List& list, size_t list_id, const float* const* queries, size_t m, TopK* const* heaps) const;
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances) const;
-    // Float rows [count, dim] of list rows [begin, begin+count): a pointer into
-    // the list (float32) or decoded into `scratch` (sq8); norms likewise under L2.
-    const float* rows(const List& list, size_t begin, size_t count, float* scratch, const float** norms,
-                      float* norm_scratch) const;
-    // probes: the batch's lists [nq, nprobe], or null to ask the quantizer.
+    // probes: the batch's lists [nq, nprobe].
     void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                       int64_t* out_ids, float* out_distances, int threads) const;
 
     IvfParams params_;
     std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1
     std::vector<List> lists_;
-    std::vector<float> sq_min_, sq_step_;  // SQ8 per-dimension range
-    ProductQuantizer pq_;
+    std::unique_ptr<IvfCodec> codec_;  // the storage: trains, encodes, decodes and scans the lists' codes
     Buffer<float> rerank_vectors_;  // [n, dim] in label order, when rerank > 0
     // label -> (list << 42 | row), built on the first reconstruct after a change.
     mutable std::vector<uint64_t> where_;

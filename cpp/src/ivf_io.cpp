@@ -1,0 +1,129 @@
+// IVF sections in the index file (docs/FORMAT.md): the parameters, then for a
+// trained index the centroids and the lists as CSR (offsets, labels, codes),
+// the storage's own sections and the re-ranking copies. Load validates every
+// size and label before the lists are used in place (mapped, not copied).
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gemm_scan.h"
+#include "ivf_codec.h"
+#include "sparknn/error.h"
+#include "sparknn/ivf.h"
+
+namespace sparknn {
+
+void IvfIndex::save_sections(FileWriter& writer) const {
+    // Lists are concatenated (CSR: offsets, labels, codes) so a loaded file is
+    // used in place. The writer streams each list from where it lives: no
+    // second copy of the index is built to save it.
+    auto offsets = std::make_shared<std::vector<uint64_t>>(1, 0);
+    std::vector<FileWriter::Part> labels, codes;
+    for (const List& list : lists_) {
+        offsets->push_back(offsets->back() + list.labels.size());
+        if (list.labels.size() == 0) continue;
+        labels.emplace_back(list.labels.data(), list.labels.size() * sizeof(int64_t));
+        codes.emplace_back(list.codes.data(), list.codes.size());
+    }
+    // Trained: the lists in the file; untrained: the configured nlist (0 = automatic).
+    writer.add_param("nlist", trained() ? lists_.size() : params_.nlist);
+    writer.add_param("nprobe", params_.nprobe);
+    writer.add_param("storage", static_cast<uint64_t>(params_.storage));
+    writer.add_param("train_size", params_.train_size);
+    writer.add_param("kmeans_iterations", params_.kmeans_iterations);
+    writer.add_param("pq_m", params_.pq_m);
+    writer.add_param("rerank", params_.rerank);
+    writer.add_param("seed", params_.seed);
+    writer.keep_alive(offsets);
+    if (trained()) {
+        writer.add_section(SectionType::IvfCentroids, centroid_data(), lists_.size() * dim_ * sizeof(float));
+        writer.add_section(SectionType::IvfListOffsets, offsets->data(), offsets->size() * sizeof(uint64_t));
+        writer.add_section_parts(SectionType::IvfLabels, std::move(labels));
+        writer.add_section_parts(SectionType::IvfCodes, std::move(codes));
+        codec_->save(writer);  // its own sections (sq8 ranges, pq code books)
+        if (params_.rerank > 0) {
+            writer.add_section(SectionType::IvfRerankVectors, rerank_vectors_.data(),
+                               rerank_vectors_.size() * sizeof(float));
+        }
+    }
+}
+
+std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>& file) {
+    const FileHeader& h = file->header();
+    auto fail = [&](const std::string& what) { file->fail("ivf: " + what); };
+    IvfParams p;
+    p.nlist = file->param("nlist");
+    p.nprobe = file->param("nprobe");
+    const uint64_t storage = file->param("storage");
+    if (storage > 2) fail("unknown storage " + std::to_string(storage));
+    p.storage = static_cast<IvfStorage>(storage);
+    p.train_size = file->param("train_size");
+    p.kmeans_iterations = file->param("kmeans_iterations");
+    p.pq_m = file->param("pq_m");
+    p.rerank = file->param("rerank");
+    p.seed = file->param("seed");
+    if (p.nprobe == 0 || p.nlist > (size_t{1} << 22) || p.kmeans_iterations > 1000 || p.rerank > 1000 ||
+        (p.rerank > 0 && p.storage == IvfStorage::Float32) ||
+        (p.storage == IvfStorage::Pq && (p.pq_m == 0 || p.pq_m > h.dim || h.dim % p.pq_m != 0))) {
+        fail("parameters out of range");
+    }
+    auto index = std::make_unique<IvfIndex>(h.dim, h.metric, p);
+    index->load_common(file);
+    // A trained index has centroids; an untrained one has neither centroids nor vectors.
+    if (!file->has_section(SectionType::IvfCentroids)) {
+        if (h.count != 0) fail("vectors without a trained quantizer");
+        return index;
+    }
+    if (p.nlist == 0) fail("a trained index with nlist = 0");
+    const size_t nlist = p.nlist, dim = h.dim, n = h.count;
+    const float* centroids = file->typed_section<float>(SectionType::IvfCentroids, IndexFile::checked_mul(nlist, dim));
+    for (size_t i = 0; i < nlist * dim; ++i) {
+        if (!std::isfinite(centroids[i])) fail("non-finite centroid value");
+    }
+    const uint64_t* offsets = file->typed_section<uint64_t>(SectionType::IvfListOffsets, nlist + 1);
+    if (offsets[0] != 0 || offsets[nlist] != n) fail("list offsets do not cover the vectors");
+    for (size_t l = 0; l < nlist; ++l) {
+        if (offsets[l + 1] < offsets[l]) fail("list offsets are not increasing");
+    }
+    const int64_t* labels = file->typed_section<int64_t>(SectionType::IvfLabels, n);
+    {
+        std::vector<bool> seen(n, false);
+        for (size_t i = 0; i < n; ++i) {
+            if (labels[i] < 0 || static_cast<uint64_t>(labels[i]) >= n || seen[static_cast<size_t>(labels[i])]) {
+                fail("list labels are out of range or repeated");
+            }
+            seen[static_cast<size_t>(labels[i])] = true;
+        }
+    }
+    const size_t cs = index->codec_->code_size();
+    const uint8_t* codes = file->section_exact(SectionType::IvfCodes, IndexFile::checked_mul(n, cs));
+    index->codec_->load(*file);
+    if (p.rerank > 0) {
+        const size_t values = IndexFile::checked_mul(n, dim);
+        index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values,
+                                        file);
+    }
+    std::unique_ptr<FlatIndex> quantizer;
+    try {
+        quantizer = make_quantizer(dim, h.metric, nlist, centroids);
+    } catch (const InvalidArgument& e) {  // finite but unusable, e.g. a squared norm that overflows
+        fail(std::string("invalid centroids: ") + e.what());
+    }
+    index->quantizer_ = std::move(quantizer);
+    index->lists_.assign(nlist, List{});
+    const bool keep_norms = index->codec_->keeps_norms();
+    for (size_t l = 0; l < nlist; ++l) {
+        List& list = index->lists_[l];
+        const size_t b = offsets[l], count = offsets[l + 1] - offsets[l];
+        list.labels.set_view(labels + b, count, file);
+        list.codes.set_view(codes + b * cs, count * cs, file);
+        if (keep_norms) {
+            list.norms.resize(count);
+            squared_norms(reinterpret_cast<const float*>(codes + b * cs), count, dim, list.norms.data());
+        }
+    }
+    return index;
+}
+
+}  // namespace sparknn
