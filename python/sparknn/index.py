@@ -408,6 +408,27 @@ class Index:
             native.nearest_lists(x, nprobe, out, threads)
         return out
 
+    def probe_lists(self, vectors, nprobe: int, need: int, list_sizes=None, nearest=None,
+                    threads: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """ivf: the lists each query scans so that they hold at least ``need`` vectors, nearest first.
+
+        Returns CSR ``(offsets, lists)``: query i scans ``lists[offsets[i]:offsets[i + 1]]``. That
+        is its ``nprobe`` nearest lists (the first ``nprobe`` columns of ``nearest``, int [n, >=
+        nprobe], when already known), or, for a query whose lists hold fewer than ``need``, the
+        nearest lists at twice, four times ... the width until they do, trimmed to the shortest
+        prefix that does (all lists if even they do not). ``list_sizes`` (int [nlist]) counts the
+        vectors per list, default this index's own: a routed query passes the sizes of all its
+        parts. ``search`` widens by the same policy.
+        """
+        nprobe = _check_count(nprobe, "nprobe", 1)
+        need = _check_count(need, "need", 0)
+        threads = -1 if threads is None else _check_count(threads, "threads", 0)
+        x = _as_matrix(vectors, self.dim, "vectors")
+        native = self._native_as("ivf", "probe_lists()")
+        sizes = None if list_sizes is None else np.ascontiguousarray(list_sizes, dtype=np.int64).reshape(-1)
+        given = None if nearest is None else _as_lists(nearest, x.shape[0], None)
+        return native.probe_lists(x, nprobe, need, sizes, given, threads)
+
     @property
     def centroids(self) -> np.ndarray:
         """ivf: a copy of the centroids, float32 [nlist, dim] (unit vectors under cosine); empty before training."""

@@ -9,6 +9,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/unique_ptr.h>
@@ -334,6 +335,28 @@ void bind_ivf(nb::module_& m) {
                 ivf.nearest_lists(q.shape(0), q.data(), nprobe, out.data(), threads);
             },
             "queries"_a, "nprobe"_a, "out_lists"_a, "threads"_a = -1)
+        .def(
+            "probe_lists",
+            [](const IvfIndex& ivf, Matrix q, size_t nprobe, size_t need, std::optional<IdVector> list_sizes,
+               std::optional<ListMatrix> nearest, int threads) {
+                check_dim(ivf, q, "queries");
+                if (nearest && nearest->shape(0) != q.shape(0)) {
+                    throw sparknn::InvalidArgument("nearest must have one row per query");
+                }
+                sparknn::ProbePlan plan;
+                {
+                    nb::gil_scoped_release release;
+                    plan = ivf.probe_lists(q.shape(0), q.data(), nprobe, need,
+                                           list_sizes ? list_sizes->data() : nullptr,
+                                           nearest ? nearest->data() : nullptr, nearest ? nearest->shape(1) : 0,
+                                           threads);
+                }
+                const size_t rows = plan.offsets.size(), total = plan.lists.size();
+                return std::make_pair(owned_array(std::move(plan.offsets), {rows}),
+                                      owned_array(std::move(plan.lists), {total}));
+            },
+            "queries"_a, "nprobe"_a, "need"_a, "list_sizes"_a.none() = nb::none(), "nearest"_a.none() = nb::none(),
+            "threads"_a = -1)
         .def("centroids",
              [](const IvfIndex& ivf) {
                  // A copy: train may replace them, and they may live in a mapped file owned by the index.

@@ -197,3 +197,43 @@ def test_lists_too_small_for_k_are_widened():
     assert all(len(set(row)) == 50 for row in ids)
     ids, _ = index.search(x[:5], k=250)
     assert (ids[:, :200] >= 0).all() and (ids[:, 200:] == -1).all()
+
+
+def _widened_reference(index, x, sizes, nprobe, need, nearest=None):
+    """The probing policy written out in numpy (as the routed query had it before the engine
+    exposed it): nprobe nearest lists; a row holding fewer than need items doubles the width until
+    its lists do, then keeps the shortest prefix that does."""
+    nlist = len(sizes)
+    nprobe = min(nprobe, nlist)
+    first = index.nearest_lists(x, nprobe) if nearest is None else nearest[:, :nprobe]
+    out = []
+    for i in range(len(x)):
+        lists, width = first[i], nprobe
+        while sizes[lists].sum() < need and width < nlist:
+            width = min(nlist, 2 * width)
+            lists = index.nearest_lists(x[i:i + 1], width)[0]
+            held = np.cumsum(sizes[lists])
+            if held[-1] >= need:
+                lists = lists[:int(np.argmax(held >= need)) + 1]
+        out.append(np.asarray(lists, dtype=np.int64))
+    return out
+
+
+@pytest.mark.parametrize("nprobe,need", [(1, 0), (1, 40), (2, 400), (4, 5000), (64, 10)])
+@pytest.mark.parametrize("given_sizes", [False, True])
+@pytest.mark.parametrize("given_nearest", [False, True])
+def test_probe_lists_is_the_widening_policy(nprobe, need, given_sizes, given_nearest):
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal((1500, 8)), 6 + rng.standard_normal((30, 8))]).astype(np.float32)
+    index = sparknn.Index(8, "l2", "ivf", nlist=24, seed=1)
+    index.add(x)
+    sizes = rng.integers(0, 300, 24) if given_sizes else index.list_sizes
+    queries = x[::37]
+    nearest = index.nearest_lists(queries, min(nprobe, 24)).astype(np.int32) if given_nearest else None
+    offsets, lists = index.probe_lists(queries, nprobe, need, sizes if given_sizes else None, nearest)
+    expected = _widened_reference(index, queries, np.asarray(sizes), nprobe, need, nearest)
+    assert offsets[0] == 0 and len(offsets) == len(queries) + 1
+    for i, want in enumerate(expected):
+        np.testing.assert_array_equal(lists[offsets[i]:offsets[i + 1]], want)
+    with pytest.raises(sparknn.InvalidArgumentError, match="ivf indexes only"):
+        sparknn.Index(8, "l2", "flat").probe_lists(queries, 1, 1)

@@ -41,42 +41,18 @@ _ROW = "__sparknn_row"  # the payload struct column
 # -- routing -------------------------------------------------------------------------------
 def probes(q: Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int,
            nearest: np.ndarray | None = None):
-    """(rows, lists, nprobe per row): the lists each query scans, nearest first.
+    """(rows, lists, nprobe per row): the lists each query scans, nearest first, one (row, list)
+    pair each, rows ascending.
 
-    ``nearest`` [n, >= nprobe]: the queries' nearest lists when already known
-    (an item's, found when it was stored); else the quantizer finds them.
-
-    A query whose nprobe lists hold fewer than ``need`` items (= min(k, n), one
-    more for a self-join) scans more lists, doubling until they do, so that
-    every row gets its full neighbour count.
+    The engine's probing policy (``Index.probe_lists``) over the routed index's list sizes
+    (``sizes``: all parts, not the quantizer's empty lists): a query's nprobe nearest lists
+    (``nearest`` [n, >= nprobe] when already known: an item's, found when it was stored), widened
+    for a query whose lists hold fewer than ``need`` items (= min(k, n), one more for a
+    self-join), so that every row gets its full neighbour count.
     """
-    n, nlist = len(x), len(sizes)
-    nprobe = min(nprobe, nlist)
-    lists = q.nearest_lists(x, nprobe) if nearest is None else np.ascontiguousarray(nearest[:, :nprobe], dtype=np.int64)
-    per_row = np.full(n, nprobe, dtype=np.int32)
-    short = np.flatnonzero(sizes[lists].sum(axis=1) < need)
-    rows = np.repeat(np.arange(n), nprobe)
-    flat = lists.reshape(-1)
-    if short.size:
-        keep = np.ones(n, dtype=bool)
-        keep[short] = False
-        rows, flat = rows[np.repeat(keep, nprobe)], flat[np.repeat(keep, nprobe)]
-        extra_rows, extra_lists = [], []
-        width = nprobe
-        while short.size:
-            width = min(nlist, 2 * width)
-            wide = q.nearest_lists(x[short], width)
-            enough = np.cumsum(sizes[wide], axis=1) >= need
-            done = enough.any(axis=1) | (width == nlist)
-            m = np.where(enough.any(axis=1), enough.argmax(axis=1) + 1, width)
-            for r, row_lists, used in zip(short[done], wide[done], m[done]):
-                extra_rows.append(np.full(used, r))
-                extra_lists.append(row_lists[:used])
-                per_row[r] = used
-            short = short[~done]
-        rows = np.concatenate([rows] + extra_rows)
-        flat = np.concatenate([flat] + extra_lists)
-    return rows, flat, per_row
+    offsets, lists = q.probe_lists(x, min(nprobe, len(sizes)), need, sizes, nearest)
+    per_row = np.diff(offsets).astype(np.int32)
+    return np.repeat(np.arange(len(x)), per_row), lists, per_row
 
 
 def route(q, routing_arrays, x, nprobe, need, nearest=None):
@@ -84,8 +60,7 @@ def route(q, routing_arrays, x, nprobe, need, nearest=None):
     then part; ``lists`` is each query's probed lists (CSR: row offsets, list numbers)."""
     sizes, offsets, parts = routing_arrays
     rows, lists, per_row = probes(q, x, sizes, nprobe, need, nearest)
-    order = np.argsort(rows, kind="stable")  # widened rows were appended at the end
-    row_lists = (np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(x)))]), lists[order])
+    row_lists = (np.concatenate([[0], np.cumsum(per_row, dtype=np.int64)]), lists)
     r, p = expand(rows, lists, offsets, parts)
     num_parts = int(parts.max()) + 1 if parts.size else 1
     pairs = np.unique(r * num_parts + p)
