@@ -11,22 +11,31 @@
 
 namespace sparknn {
 
+namespace {
+struct StorageName {
+    const char* name;
+    IvfStorage storage;
+};
+// The first name of each storage is the one params and files report; the later ones are aliases.
+constexpr StorageName kStorageNames[] = {{"float32", IvfStorage::Float32},
+                                         {"sq8", IvfStorage::Sq8},
+                                         {"pq", IvfStorage::Pq},
+                                         {"flat", IvfStorage::Float32},
+                                         {"float", IvfStorage::Float32}};
+}  // namespace
+
 IvfStorage storage_from_string(const std::string& name) {
-    if (name == "float32" || name == "flat" || name == "float") return IvfStorage::Float32;
-    if (name == "sq8") return IvfStorage::Sq8;
-    if (name == "pq") return IvfStorage::Pq;
+    for (const auto& entry : kStorageNames) {
+        if (name == entry.name) return entry.storage;
+    }
     throw InvalidArgument("unknown storage '" + name + "': use 'float32', 'sq8' or 'pq'");
 }
 
 const char* storage_name(IvfStorage storage) {
-    switch (storage) {
-        case IvfStorage::Sq8:
-            return "sq8";
-        case IvfStorage::Pq:
-            return "pq";
-        default:
-            return "float32";
+    for (const auto& entry : kStorageNames) {
+        if (entry.storage == storage) return entry.name;
     }
+    return "float32";
 }
 
 std::unique_ptr<IvfCodec> make_ivf_codec(IvfParams& params, size_t dim, Metric metric) {

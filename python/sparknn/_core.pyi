@@ -61,15 +61,8 @@ class Index:
     def __len__(self) -> int: ...
     def add(self, vectors: npt.NDArray[np.float32], ids: Optional[npt.NDArray[np.int64]]) -> None: ...
     def search(
-        self,
-        queries: npt.NDArray[np.float32],
-        k: int,
-        ef: int,
-        nprobe: int,
-        out_ids: npt.NDArray[np.int64],
-        out_distances: npt.NDArray[np.float32],
-        widen: bool = True,
-        threads: int = -1,
+        self, queries: npt.NDArray[np.float32], k: int, ef: int, nprobe: int, out_ids: npt.NDArray[np.int64],
+        out_distances: npt.NDArray[np.float32], widen: bool = True, threads: int = -1,
     ) -> None: ...
     def save(self, path: str, sync: bool = True, side_files: list[tuple[str, int, int]] = ...) -> None: ...
     def side_files(self) -> list[tuple[str, int, int]]: ...
@@ -94,16 +87,9 @@ class IvfIndex(Index):
         ids: Optional[npt.NDArray[np.int64]],
         lists: Optional[npt.NDArray[np.int64]] = None,
     ) -> None: ...
-    def search(
-        self,
-        queries: npt.NDArray[np.float32],
-        k: int,
-        ef: int,
-        nprobe: int,
-        out_ids: npt.NDArray[np.int64],
-        out_distances: npt.NDArray[np.float32],
-        widen: bool = True,
-        threads: int = -1,
+    def search(  # the base class's, plus the lists to scan per query
+        self, queries: npt.NDArray[np.float32], k: int, ef: int, nprobe: int, out_ids: npt.NDArray[np.int64],
+        out_distances: npt.NDArray[np.float32], widen: bool = True, threads: int = -1,
         lists: Optional[npt.NDArray[np.int64]] = None,
     ) -> None: ...
     def train(self, vectors: npt.NDArray[np.float32]) -> None: ...

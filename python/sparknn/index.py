@@ -186,6 +186,8 @@ class Index:
     kind : {"hnsw", "flat", "ivf"}
         ``flat`` is exact search (BLAS); ``hnsw`` is an approximate graph index;
         ``ivf`` partitions the vectors into k-means lists (docs/ivf.md).
+    **params
+        The other fields of :class:`IndexSpec` (defaults there), by keyword:
     M, ef_construction, ef_search : int
         HNSW parameters (ignored by other kinds).
     nlist, nprobe, storage, train_size, pq_m, rerank
@@ -201,6 +203,8 @@ class Index:
         Seed of HNSW levels and IVF k-means.
     threads : int
         Threads for add and search; 0 means all available cores.
+    spec : IndexSpec, optional
+        Instead of ``metric``, ``kind`` and ``params``: the whole description at once.
 
     Threads: one Index may be shared by any number of threads. ``search``,
     ``save``, ``reconstruct``, ``nearest_lists`` and the other readers run
@@ -208,42 +212,24 @@ class Index:
     ``ef_search`` wait for running calls and run alone (and readers that come
     later wait for them). Threads that want their own thread count pass
     ``search(..., threads=n)`` rather than setting the shared attribute.
-    ``ids`` (and the bindings' ``vectors()``) are zero-copy, read-only views of
+    ``ids`` and ``vectors`` are zero-copy, read-only views of
     the index's memory: while any such array (or a view of it) is alive,
     ``add`` raises ``InvalidArgumentError`` rather than move that memory; drop
     them or take copies (``index.ids.copy()``) before adding.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        metric: str = "cosine",
-        kind: str = "hnsw",
-        *,
-        M: int = 16,
-        ef_construction: int = 200,
-        ef_search: int = 64,
-        seed: int = 42,
-        nlist: int = 0,
-        nprobe: int = 16,
-        storage: str = "float32",
-        train_size: int = 0,
-        pq_m: int = 0,
-        rerank: int = 0,
-        threads: int = 0,
-        spec: Optional[IndexSpec] = None,
-        _native=None,
-    ):
+    def __init__(self, dim: int, metric: str = "cosine", kind: str = "hnsw", *, spec: Optional[IndexSpec] = None,
+                 _native=None, **params):
         if _native is not None:
             self._index = _native
             return
         dim = _check_count(dim, "dim", 1)
         if spec is None:
-            spec = IndexSpec(kind=kind, metric=metric, M=M, ef_construction=ef_construction, ef_search=ef_search,
-                             seed=seed, nlist=nlist, nprobe=nprobe, storage=storage, train_size=train_size,
-                             pq_m=pq_m, rerank=rerank, threads=threads)
+            spec = IndexSpec(kind=kind, metric=metric, **params)  # a misspelt parameter is a TypeError
         elif not isinstance(spec, IndexSpec):
             raise InvalidArgumentError(f"spec must be a sparknn.IndexSpec, got {type(spec).__name__}")
+        elif params:
+            raise InvalidArgumentError(f"give the parameters in spec, not also as keywords ({', '.join(params)})")
         self._index = spec._native(dim)
         self.threads = spec.threads
 

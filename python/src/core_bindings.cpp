@@ -151,6 +151,43 @@ void bind_options(nb::module_& m) {
 }
 
 // What every kind has.
+// ids() / vectors(): zero-copy and read-only; while the array (or any view of it) lives, add raises.
+template <class T, bool matrix>
+auto pinned_view(sparknn::PinnedView<T> (sparknn::Index::*view_of)() const) {
+    return [view_of](nb::handle_t<sparknn::Index> self) {
+        const sparknn::Index& index = nb::cast<const sparknn::Index&>(self);
+        sparknn::PinnedView<T> view;
+        {
+            nb::gil_scoped_release release;
+            view = (index.*view_of)();
+        }
+        const size_t rows = view.rows, cols = view.cols;
+        if constexpr (matrix) {
+            return pinned_array(self, std::move(view), {rows, cols});
+        } else {
+            return pinned_array(self, std::move(view), {rows});
+        }
+    };
+}
+
+// A search setting (ef_search, nprobe) read and set with the GIL released: both take the
+// index's lock, and the setter waits for running searches.
+template <class Kind, class Get>
+auto search_setting(Get get) {
+    return [get](const Kind& index) {
+        nb::gil_scoped_release release;
+        return get(index);
+    };
+}
+
+template <class Kind>
+auto setting_setter(void (Kind::*set)(size_t)) {
+    return [set](Kind& index, size_t value) {
+        nb::gil_scoped_release release;
+        (index.*set)(value);
+    };
+}
+
 void bind_index(nb::module_& m) {
     using sparknn::Index;
     nb::class_<Index>(m, "Index", "An index of any kind (the classes below add what their kind has)")
@@ -192,30 +229,8 @@ void bind_index(nb::module_& m) {
                  for (const auto& f : index.side_files()) out.emplace_back(f.role, f.bytes, f.crc32c);
                  return out;
              })
-        .def("ids",
-             [](nb::handle_t<Index> self) {
-                 // Zero-copy and read-only; while it (or any view of it) lives, add raises.
-                 const Index& index = nb::cast<const Index&>(self);
-                 sparknn::PinnedView<int64_t> view;
-                 {
-                     nb::gil_scoped_release release;
-                     view = index.view_ids();
-                 }
-                 const size_t rows = view.rows;
-                 return pinned_array(self, std::move(view), {rows});
-             })
-        .def("vectors",
-             [](nb::handle_t<Index> self) {
-                 // As ids(): zero-copy, read-only, pins the index against add.
-                 const Index& index = nb::cast<const Index&>(self);
-                 sparknn::PinnedView<float> view;
-                 {
-                     nb::gil_scoped_release release;
-                     view = index.view_vectors();
-                 }
-                 const size_t rows = view.rows, cols = view.cols;
-                 return pinned_array(self, std::move(view), {rows, cols});
-             })
+        .def("ids", pinned_view<int64_t, false>(&Index::view_ids))  // 1-D
+        .def("vectors", pinned_view<float, true>(&Index::view_vectors))  // [n, dim]
         .def(
             "reconstruct",
             [](const Index& index, size_t start, size_t stop) {
@@ -247,16 +262,8 @@ void bind_flat(nb::module_& m) {
 void bind_hnsw(nb::module_& m) {
     using sparknn::HnswIndex;
     nb::class_<HnswIndex, sparknn::Index>(m, "HnswIndex", "An approximate graph index (HNSW)")
-        .def_prop_rw(
-            "ef_search",
-            [](const HnswIndex& h) {
-                nb::gil_scoped_release release;
-                return h.params().ef_search;
-            },
-            [](HnswIndex& h, size_t ef) {
-                nb::gil_scoped_release release;  // waits for running searches
-                h.set_ef_search(ef);
-            })
+        .def_prop_rw("ef_search", search_setting<HnswIndex>([](const HnswIndex& h) { return h.params().ef_search; }),
+                     setting_setter<HnswIndex>(&HnswIndex::set_ef_search))
         .def_prop_ro("params", [](const HnswIndex& h) {
             sparknn::HnswParams p;
             {
@@ -389,16 +396,8 @@ void bind_ivf(nb::module_& m) {
                  const size_t n = labels.size();
                  return owned_array(std::move(labels), {n});
              })
-        .def_prop_rw(
-            "nprobe",
-            [](const IvfIndex& ivf) {
-                nb::gil_scoped_release release;
-                return ivf.params().nprobe;
-            },
-            [](IvfIndex& ivf, size_t nprobe) {
-                nb::gil_scoped_release release;  // waits for running searches
-                ivf.set_nprobe(nprobe);
-            })
+        .def_prop_rw("nprobe", search_setting<IvfIndex>([](const IvfIndex& ivf) { return ivf.params().nprobe; }),
+                     setting_setter<IvfIndex>(&IvfIndex::set_nprobe))
         .def_prop_ro("params", [](const IvfIndex& ivf) {
             sparknn::IvfParams p;
             {
