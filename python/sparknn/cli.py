@@ -194,6 +194,8 @@ def _spark_session(master: str):
         return local_session(master, "sparknn similar")
     from pyspark.sql import SparkSession
 
+    if master.startswith("sc://"):  # a Spark Connect server
+        return SparkSession.builder.remote(master).getOrCreate()
     return SparkSession.builder.master(master).appName("sparknn similar").getOrCreate()
 
 
@@ -223,7 +225,9 @@ def _similar_on_spark(args) -> jobs.Result:
     ours = SparkSession.getActiveSession() is None  # a session we did not start is not ours to stop
     spark = _spark_session(args.spark)
     if args.quiet and ours:
-        spark.sparkContext.setLogLevel("ERROR")
+        from sparknn.spark.runtime import set_quiet
+
+        set_quiet(spark)
     tmp = temp_sibling(args.output, "spark")
     try:
         files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
@@ -330,7 +334,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similar", parents=[common, columns, table_out, index, threads, out],
                        help="for every item, its k nearest other items")
     p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
-    p.add_argument("--spark", metavar="MASTER", help="run on Spark, e.g. local[*] or spark://host:7077")
+    p.add_argument("--spark", metavar="MASTER",
+                   help="run on Spark, e.g. local[*], spark://host:7077 or sc://host:15002 (Spark Connect)")
     p.set_defaults(run=_cmd_similar, default_index="ivf")
 
     p = sub.add_parser("build", parents=[common, columns, index, threads, out], help="build an index file")

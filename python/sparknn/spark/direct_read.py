@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 
+from sparknn.spark import runtime
 from sparknn.spark.layout import ARROW_ID_TYPES
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def _plain_columns(plan, names: set[str]) -> bool:
 
 
 def _relation_files(df: DataFrame, names: set[str]) -> list[str] | None:
-    """The files of a DataFrame that is a Parquet file scan (perhaps projected), else None."""
+    """The files of a DataFrame that is a Parquet file scan (perhaps projected), else None (also on
+    Spark Connect: its plan is not at hand, and the client need not see the driver's files)."""
+    if runtime.is_connect(df.sparkSession):
+        return None
     plan = df._jdf.queryExecution().optimizedPlan()
     if plan.getClass().getSimpleName() == "Project":
         if not _plain_columns(plan, names):

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.build import build_on_driver, file_prefix
+from sparknn.spark import runtime
 from sparknn.spark.direct_read import ParquetScan, find_scan, first_dim
 from sparknn.spark.ivf_memory import driver_collect_budget, human
 from sparknn.spark.ivf_build import build_ivf
@@ -64,6 +65,16 @@ def driver_or_routed(df: DataFrame, features: str, options: FitOptions, scan: Pa
         f"building on the driver collects {rows} vectors of dim {dim}, about {human(need)}, but the driver "
         f"can take {human(budget)} ({source}): {advice}, or give the driver more memory "
         "(spark.driver.memory, spark.driver.maxResultSize)")
+
+
+def _check_executor_build(spark, index_path: str | None, what: str) -> None:
+    """Executors write the files of sharded and routed builds: on a Spark Connect session they
+    cannot reach the client's temporary directory, so these builds need indexPath."""
+    if runtime.is_connect(spark) and not index_path:
+        raise InvalidArgumentError(
+            f"{what} builds on executors, which write the index files: on a Spark Connect session set "
+            "indexPath to a directory this client and every executor share (a build on the client, "
+            "numShards=1 with vectors that fit it, needs none)")
 
 
 class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -154,12 +165,14 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
             root = owned = temp_dir(spark)
         try:
             if options.num_shards > 1:
+                _check_executor_build(spark, index_path, f"numShards={options.num_shards}")
                 layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix)
                 shared = True
             else:
                 # A plain scan of local Parquet is read on the driver without a Spark job.
                 scan = find_scan(dataset, id_col, features, id_type)
                 if driver_or_routed(dataset, features, options, scan) == "routed":
+                    _check_executor_build(spark, index_path, "the routed ivf build")
                     layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix)
                     shared = True
                 else:

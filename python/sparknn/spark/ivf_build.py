@@ -36,7 +36,7 @@ from sparknn import integrity
 from sparknn.arrow import rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import Index, IndexSpec, load
-from sparknn.spark import ivf_memory
+from sparknn.spark import ivf_memory, runtime
 from sparknn.builder import stores_own_ids
 from sparknn.spark.ivf_plan import dedupe_parts, item_bytes, plan_parts, sample_size
 from sparknn.spark.layout import (
@@ -233,7 +233,6 @@ def _in_id_order(table: pa.Table, dim: int) -> np.ndarray:
 def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
               prefix: str) -> Layout:
     spark = df.sparkSession
-    sc = spark.sparkContext
     stats = validate(df, features, id_col, id_type != "string")
     n, dim = int(stats["rows"]), int(stats["max_len"])
     positional = not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
@@ -252,13 +251,13 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
     own(ship_dir)
     shipped_name = f"{prefix}-{qname}"
     link(qpath, os.path.join(ship_dir, shipped_name))
-    sc.addFile(os.path.join(ship_dir, shipped_name))
+    runtime.ship(spark, os.path.join(ship_dir, shipped_name))
     common = {"qpath": shipped_name, "shipped": True, "dim": dim, "num_threads": spec.threads}
 
     # The parts, planned on the estimated list sizes (the sample's share of each list, scaled).
     per_item = item_bytes(dim, spec.metric, spec.storage, trained.params["pq_m"], spec.rerank)
     piece_offsets, piece_parts, part_items = plan_parts(estimated, per_item, options.target_part_bytes,
-                                                        sc.defaultParallelism, trained.centroids)
+                                                        runtime.default_parallelism(spark), trained.centroids)
     num_parts = len(part_items)
     need = ivf_memory.build_task_bytes(int(part_items.max()), per_item, os.path.getsize(qpath), dim,
                                        ivf_memory.arrow_batch_rows(spark))

@@ -22,6 +22,7 @@ import os
 import re
 
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark import runtime
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30,
           "t": 1 << 40, "tb": 1 << 40}
@@ -61,22 +62,20 @@ def task_budget(spark, limit: str = "auto") -> tuple[int, str]:
     """(bytes one task's Python worker may use, where that number comes from)."""
     if limit and str(limit).lower() != "auto":
         return parse_size(limit), f"taskMemoryLimit={limit}"
-    sc = spark.sparkContext
-    conf = sc.getConf()
-    task_cpus = int(conf.get("spark.task.cpus", "1"))
-    local = _local_threads(sc.master)
+    task_cpus = runtime.task_cpus(spark)
+    local = _local_threads(runtime.master(spark))
     if local is not None:
         concurrent = max(1, local // task_cpus)
     else:
-        concurrent = max(1, int(conf.get("spark.executor.cores", "1")) // task_cpus)
-    pyspark_memory = conf.get("spark.executor.pyspark.memory", None)
+        concurrent = max(1, int(runtime.conf(spark, "spark.executor.cores", "1")) // task_cpus)
+    pyspark_memory = runtime.conf(spark, "spark.executor.pyspark.memory")
     if pyspark_memory:
         return (parse_size(pyspark_memory, "m") // concurrent,
                 f"spark.executor.pyspark.memory={pyspark_memory} / {concurrent} concurrent tasks")
     if local is not None:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return physical // concurrent, f"the machine's {human(physical)} / {concurrent} local tasks"
-    executor = conf.get("spark.executor.memory", "1g")
+    executor = runtime.conf(spark, "spark.executor.memory", "1g")
     return (parse_size(executor, "m") // concurrent,
             f"spark.executor.memory={executor} / {concurrent} concurrent tasks")
 
@@ -111,11 +110,12 @@ def driver_collect_budget(spark) -> tuple[int, str]:
     collect) and the driver JVM's heap (the collected Arrow batches pass through
     it: a larger collect dies in an OutOfMemoryError and takes the session along).
     """
-    conf = spark.sparkContext.getConf()
-    result = conf.get("spark.driver.maxResultSize", "1g")
+    result = runtime.conf(spark, "spark.driver.maxResultSize", "1g")
     result_bytes = parse_size(result, "b") or 1 << 62  # 0 = unlimited
-    heap = int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
+    heap, measured = runtime.driver_heap(spark)
     if heap < result_bytes:
-        return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
+        if measured:
+            return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
+        return heap // 2, f"half of spark.driver.memory={human(heap)}"
     return result_bytes // 2, f"half of spark.driver.maxResultSize={result}"
 

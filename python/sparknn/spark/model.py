@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.spark import ivf_memory, ivf_route, saved, worker
+from sparknn.spark import ivf_memory, ivf_route, runtime, saved, worker
 from sparknn.spark.layout import Layout, check_files
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
@@ -141,7 +141,7 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         spark = _session()
         self._check_memory(spark, "similarItems")
         layout = self._task_layout(spark)
-        slices = self._slices(spark.sparkContext.defaultParallelism)
+        slices = self._slices(runtime.default_parallelism(spark))
         if layout.ivf:
             return ivf_route.similar_items(spark, layout, slices, self.getIdCol(), self.getOutputCol(),
                                              self.getK(), self.getNprobe(), self.getIncludeSelf(),

@@ -1,9 +1,10 @@
 """Driver side of the index files: where they live, who deletes them, how tasks reach them.
 
 Files either sit in a directory every executor can read (``indexPath``, the
-shard directory of a sharded build, or any driver directory in local mode), or
-they are shipped with ``SparkContext.addFile``. Shipped files get a unique name
-per registration (Spark flattens added files into one directory by base name),
+shard directory of a sharded build, or any driver directory in classic local
+mode), or they are shipped (``SparkContext.addFile``, or a file artifact on a
+Spark Connect session: runtime.ship). Shipped files get a unique name per
+registration (Spark flattens added files into one directory by base name),
 made as a hard link (Spark skips symbolic links); Spark itself copies each
 added file into its file directory, on the driver too. Registration is redone
 when the model is used under a new SparkContext.
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 
 from sparknn import integrity
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark import runtime
 from sparknn.spark.layout import Layout
 
 
@@ -37,8 +39,9 @@ def local_dir(uri: str, param: str) -> str:
 
 
 def temp_dir(spark, prefix: str = "sparknn-") -> str:
-    """A fresh directory under the first spark.local.dir (else the system temp dir)."""
-    base = spark.sparkContext.getConf().get("spark.local.dir", None)
+    """A fresh directory under the first spark.local.dir (else the system temp dir); on a Spark
+    Connect client, under the client's temp dir (spark.local.dir names the driver's disks)."""
+    base = None if runtime.is_connect(spark) else runtime.conf(spark, "spark.local.dir")
     base = base.split(",")[0] if base else None
     if base:
         os.makedirs(base, exist_ok=True)
@@ -61,12 +64,6 @@ def link(src: str, dst: str) -> None:
 # its tasks may read (or fetch) the files later. Spark keeps added files for as long.
 def own(path: str) -> None:
     atexit.register(_remove, path)
-
-
-def _same_machine(master: str) -> bool:
-    """Local mode: tasks run on the driver's machine and open the files in place. (addFile
-    would copy each file into Spark's file directory first: a second copy in the page cache.)"""
-    return master == "local" or master.startswith("local[")
 
 
 def keep_only(root: str, prefix: str, keep) -> None:
@@ -99,10 +96,12 @@ class IndexFiles:
         self._shipped = None  # (applicationId, task layout)
 
     def for_tasks(self, spark) -> Layout:
-        sc = spark.sparkContext
-        if self.shared or _same_machine(sc.master):
+        # Classic local mode opens the files in place (shipping would copy each file into Spark's
+        # file directory first: a second copy in the page cache).
+        if self.shared or runtime.local_files_visible(spark):
             return self.layout
-        if self._shipped and self._shipped[0] == sc.applicationId:
+        key = runtime.application_key(spark)
+        if self._shipped and self._shipped[0] == key:
             return self._shipped[1]
         links = temp_dir(spark, "sparknn-ship-")
         own(links)
@@ -112,11 +111,11 @@ class IndexFiles:
             unique = f"{tag}-{name}"
             linked = os.path.join(links, unique)
             link(os.path.join(self.layout.root, name), linked)
-            sc.addFile(linked)
+            runtime.ship(spark, linked)
             return unique
 
         shipped = self.layout.renamed(ship, root=links, shipped=True)
-        self._shipped = (sc.applicationId, shipped)
+        self._shipped = (key, shipped)
         return shipped
 
     def copy_to(self, directory: str) -> Layout:
