@@ -44,8 +44,13 @@ def _alive_workers(ui_port: int) -> int:
 
 
 class Cluster:
-    def __init__(self, work: str):
+    """``private_tmp``: each worker (and so its executors and their Python workers) runs in its own
+    mount namespace with a private tmpfs over /tmp, holding its work and local dirs: a node that
+    shares no disk with the driver or the other worker (needs root, as CI has)."""
+
+    def __init__(self, work: str, private_tmp: bool = False):
         self.work = work
+        self.private_tmp = private_tmp
         self.procs = []
         self.port, self.ui_port = _free_port(), _free_port()
         conf_dir = os.path.join(work, "conf")  # empty: no site spark-defaults/spark-env leak in
@@ -54,19 +59,24 @@ class Cluster:
                         SPARK_LOG_DIR=os.path.join(work, "logs"), PYSPARK_PYTHON=sys.executable,
                         SPARK_NO_DAEMONIZE="1")
 
-    def _start(self, name: str, *args):
+    def _start(self, name: str, *args, private_dir: str | None = None):
+        command = [os.path.join(SPARK_HOME, "bin", "spark-class"), *args]
+        if private_dir:  # mounted in the new namespace only; the daemon starts inside it
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount -t tmpfs -o size=4g tmpfs /tmp && mkdir -p "$0" && exec "$@"', private_dir, *command]
         with open(os.path.join(self.work, f"{name}.log"), "wb") as log:  # the child keeps its own copy
-            proc = subprocess.Popen([os.path.join(SPARK_HOME, "bin", "spark-class"), *args], env=self.env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         self.procs.append((name, proc))
 
     def start(self):
         self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                     "--port", str(self.port), "--webui-port", str(self.ui_port))
         for i in range(2):
+            work = f"/tmp/sparknn-node{i}" if self.private_tmp else os.path.join(self.work, f"worker{i}")
             self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
                         "--cores", "1", "--memory", "1g", "--webui-port", str(_free_port()),
-                        "--work-dir", os.path.join(self.work, f"worker{i}"), self.url)
+                        "--work-dir", work, self.url, private_dir=work if self.private_tmp else None)
         deadline = time.monotonic() + STARTUP_SECONDS
         while _alive_workers(self.ui_port) < 2:
             self._check_running()

@@ -23,7 +23,7 @@ from sparknn.spark.model import KNNModel
 from sparknn.spark.params import DEFAULT_PART_BYTES, FitOptions, KNNParams
 from sparknn.spark.schema import check_features, check_id, features_as_float_array
 from sparknn.spark.sharding import build_sharded
-from sparknn.spark.storage import IndexFiles, local_dir, temp_dir
+from sparknn.spark.storage import IndexFiles, check_shared, local_dir, temp_dir
 
 
 def collect_bytes(df: DataFrame, features: str, scan: ParquetScan | None = None) -> tuple[int, int, int]:
@@ -67,14 +67,15 @@ def driver_or_routed(df: DataFrame, features: str, options: FitOptions, scan: Pa
         "(spark.driver.memory, spark.driver.maxResultSize)")
 
 
-def _check_executor_build(spark, index_path: str | None, what: str) -> None:
-    """Executors write the files of sharded and routed builds: on a Spark Connect session they
-    cannot reach the client's temporary directory, so these builds need indexPath."""
+def _check_executor_build(spark, index_path: str | None, root: str, what: str) -> None:
+    """Executors write the files of sharded and routed builds: the directory must be one they see.
+    On a Spark Connect session they never see the client's temporary directory: indexPath it is."""
     if runtime.is_connect(spark) and not index_path:
         raise InvalidArgumentError(
             f"{what} builds on executors, which write the index files: on a Spark Connect session set "
             "indexPath to a directory this client and every executor share (a build on the client, "
             "numShards=1 with vectors that fit it, needs none)")
+    check_shared(spark, root, what)
 
 
 class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -165,14 +166,14 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
             root = owned = temp_dir(spark)
         try:
             if options.num_shards > 1:
-                _check_executor_build(spark, index_path, f"numShards={options.num_shards}")
+                _check_executor_build(spark, index_path, root, f"numShards={options.num_shards}")
                 layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix)
                 shared = True
             else:
                 # A plain scan of local Parquet is read on the driver without a Spark job.
                 scan = find_scan(dataset, id_col, features, id_type)
                 if driver_or_routed(dataset, features, options, scan) == "routed":
-                    _check_executor_build(spark, index_path, "the routed ivf build")
+                    _check_executor_build(spark, index_path, root, "the routed ivf build")
                     layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix)
                     shared = True
                 else:

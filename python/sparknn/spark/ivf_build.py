@@ -52,7 +52,7 @@ from sparknn.spark.layout import (
 )
 from sparknn.spark.params import FitOptions
 from sparknn.spark.schema import collect_arrow, features_as_float_array, validate
-from sparknn.spark.storage import keep_only, link, own, temp_dir
+from sparknn.spark.storage import check_task_sees, keep_only, link, own, temp_dir
 from sparknn.spark.tasks import attempt_id, cached, partition_keys, task_threads
 
 _BUILT = T.StructType([
@@ -166,6 +166,7 @@ def _build_task(batches, attempt=None, **kw):
     """Streams a partition's rows into the part(s) it holds; writes each part's index and items file
     under names of this task attempt (the driver keeps the delivered attempt's, removes the others)."""
     writers = {}
+    check_task_sees(kw["root"], "the routed ivf build")
     threads = task_threads(kw.pop("num_threads"))
     kw["attempt"] = attempt_id() if attempt is None else attempt
     dim = kw["dim"]

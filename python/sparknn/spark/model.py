@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from functools import partial
 
 from pyspark.ml import Model
 from pyspark.ml.util import (
     DefaultParamsReader,
-    DefaultParamsWriter,
     MLReadable,
     MLReader,
     MLWritable,
@@ -176,13 +176,17 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         return KNNModelReader(cls)
 
 
-def _ml_io_context(writer):
-    """What pyspark.ml's metadata writer takes: a SparkSession from Spark 4, a SparkContext in 3.5."""
+def _metadata(model: KNNModel, layout: Layout) -> dict:
+    """What pyspark.ml's DefaultParamsWriter records (class, timestamp, versions, uid, the Params
+    set and their defaults) plus the model's manifest under "sparknn"."""
     import pyspark
 
-    if int(pyspark.__version__.split(".")[0]) >= 4:
-        return writer.sparkSession
-    return writer.sparkSession.sparkContext
+    fresh = type(model)()
+    return {"class": f"{type(model).__module__}.{type(model).__name__}", "timestamp": int(time.time() * 1000),
+            "sparkVersion": pyspark.__version__, "uid": model.uid,
+            "paramMap": {p.name: model.getOrDefault(p) for p in model.params if model.isSet(p)},
+            "defaultParamMap": {p.name: fresh.getOrDefault(p.name) for p in fresh.params if fresh.hasDefault(p)},
+            "sparknn": layout.to_json()}
 
 
 class KNNModelWriter(MLWriter):
@@ -211,8 +215,7 @@ class KNNModelWriter(MLWriter):
         tmp = saved.staging_dir(target)
         try:
             layout = files.copy_to(os.path.join(tmp, "index"))
-            DefaultParamsWriter.saveMetadata(self.instance, tmp, _ml_io_context(self),
-                                             extraMetadata={"sparknn": layout.to_json()})
+            saved.write_metadata(tmp, _metadata(self.instance, layout))
             saved.seal(tmp)
             saved.commit(tmp, target, self.shouldOverwrite)
         except BaseException:

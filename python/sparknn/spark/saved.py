@@ -77,6 +77,19 @@ def read_metadata(root: str) -> dict:
     return metadata
 
 
+def write_metadata(root: str, metadata: dict) -> None:
+    """Writes the pyspark.ml metadata of a model being saved at ``root`` as Spark's text writer
+    lays it out (``metadata/part-00000``: one JSON line; ``metadata/_SUCCESS``), with local file
+    I/O on the driver: through Spark's writer, an executor would write it to its own disk, which
+    on nodes that share no disk the driver never sees."""
+    directory = os.path.join(root, "metadata")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "part-00000"), "w") as f:
+        f.write(json.dumps(metadata, separators=(",", ":")) + "\n")
+    with open(os.path.join(directory, "_SUCCESS"), "w"):
+        pass
+
+
 # -- manifest (the seal) ------------------------------------------------------------------------
 def _manifest_crc(files: dict) -> str:
     body = json.dumps({"format": _FORMAT, "files": files}, sort_keys=True).encode()

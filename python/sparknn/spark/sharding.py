@@ -26,7 +26,7 @@ from sparknn.errors import InvalidArgumentError
 from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_ids
 from sparknn.spark.params import FitOptions
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
-from sparknn.spark.storage import keep_only
+from sparknn.spark.storage import check_task_sees, keep_only
 from sparknn.spark.tasks import attempt_id, partition_keys, task_threads
 
 _RESULT = T.StructType([
@@ -52,6 +52,7 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
     if not batches or not sum(b.num_rows for b in batches):
         return
     attempt = attempt_id() if attempt is None else attempt
+    check_task_sees(root, "a sharded build")
     table = pa.Table.from_batches(batches)
     spec = spec.replace(threads=task_threads(spec.threads))
     shard_col = table.column("shard").to_numpy()

@@ -80,6 +80,43 @@ def keep_only(root: str, prefix: str, keep) -> None:
                 pass  # already gone, or a directory: not one of ours
 
 
+def unshared_message(root: str, what: str) -> str:
+    return (f"{what} builds on executors, which write the index files to {root!r}, but the executors do not "
+            "see that directory (nodes that share no disk): set indexPath to a directory the driver and every "
+            "executor share (NFS, a mounted bucket), or build on the driver (numShards=1, ivfMode='driver', with "
+            "the memory for it)")
+
+
+def check_shared(spark, root: str, what: str) -> None:
+    """Refuses, before any data moves, a directory the executors do not see: a marker file the
+    driver writes there is looked for by a task on each executor slot (classic local mode: the
+    executors are the driver's threads, nothing to check). The build tasks check again."""
+    if runtime.local_files_visible(spark):
+        return
+    import pyarrow as pa
+
+    marker = os.path.join(root, f".sparknn-shared-{uuid.uuid4().hex}")
+    with open(marker, "w"):
+        pass
+    try:
+        def probe(batches):
+            for batch in batches:
+                yield pa.RecordBatch.from_pydict({"seen": [os.path.exists(marker)] * batch.num_rows})
+
+        slots = runtime.default_parallelism(spark)
+        seen = spark.range(0, slots, 1, slots).mapInArrow(probe, "seen boolean").collect()
+    finally:
+        os.remove(marker)
+    if not all(r["seen"] for r in seen):
+        raise InvalidArgumentError(unshared_message(root, what))
+
+
+def check_task_sees(root: str, what: str) -> None:
+    """In a build task: the directory it is to write to exists here (else the reason, not an I/O error)."""
+    if not os.path.isdir(root):
+        raise InvalidArgumentError(unshared_message(root, what))
+
+
 class IndexFiles:
     """A model's index files on the driver, plus their registration for tasks.
 
