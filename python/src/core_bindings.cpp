@@ -350,6 +350,10 @@ void bind_ivf(nb::module_& m) {
                 if (nearest && nearest->shape(0) != q.shape(0)) {
                     throw sparknn::InvalidArgument("nearest must have one row per query");
                 }
+                if (list_sizes && list_sizes->shape(0) != ivf.nlist()) {  // the engine reads nlist of them
+                    throw sparknn::InvalidArgument(sparknn::detail::concat(
+                        "list_sizes has ", list_sizes->shape(0), " entries but the index has nlist=", ivf.nlist()));
+                }
                 sparknn::ProbePlan plan;
                 {
                     nb::gil_scoped_release release;

@@ -237,3 +237,5 @@ def test_probe_lists_is_the_widening_policy(nprobe, need, given_sizes, given_nea
         np.testing.assert_array_equal(lists[offsets[i]:offsets[i + 1]], want)
     with pytest.raises(sparknn.InvalidArgumentError, match="ivf indexes only"):
         sparknn.Index(8, "l2", "flat").probe_lists(queries, 1, 1)
+    with pytest.raises(sparknn.InvalidArgumentError, match="list_sizes has 23 entries but the index has nlist=24"):
+        index.probe_lists(queries, 1, 1, list_sizes=np.ones(23, dtype=np.int64))
