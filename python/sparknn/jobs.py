@@ -352,7 +352,7 @@ def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: P
             return _train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows))
 
         index, lists = build_streaming(
-            batches(), inp.num_rows, spec, ids=ids, train_sample=sample, keep_lists=inp.num_rows if keep_lists else 0,
+            batches(), inp.num_rows, spec, ids=ids, train_sample=sample, keep_lists=spec.nprobe if keep_lists else 0,
             rows_context=lambda first, rows: _rows_of_input(inp.vector_col, first, rows))
     if index is None or len(index) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")

@@ -41,8 +41,8 @@ _ROW = "__sparknn_row"  # the payload struct column
 # -- routing -------------------------------------------------------------------------------
 def probes(q: Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int,
            nearest: np.ndarray | None = None):
-    """(rows, lists, nprobe per row): the lists each query scans, nearest first, one (row, list)
-    pair each, rows ascending.
+    """(row offsets, lists): the lists each query scans, nearest first, as CSR (query i scans
+    ``lists[offsets[i]:offsets[i + 1]]``).
 
     The engine's probing policy (``Index.probe_lists``) over the routed index's list sizes
     (``sizes``: all parts, not the quantizer's empty lists): a query's nprobe nearest lists
@@ -50,24 +50,22 @@ def probes(q: Index, x: np.ndarray, sizes: np.ndarray, nprobe: int, need: int,
     for a query whose lists hold fewer than ``need`` items (= min(k, n), one more for a
     self-join), so that every row gets its full neighbour count.
     """
-    offsets, lists = q.probe_lists(x, min(nprobe, len(sizes)), need, sizes, nearest)
-    per_row = np.diff(offsets).astype(np.int32)
-    return np.repeat(np.arange(len(x)), per_row), lists, per_row
+    return q.probe_lists(x, min(nprobe, len(sizes)), need, sizes, nearest)
 
 
 def route(q, routing_arrays, x, nprobe, need, nearest=None):
     """(rows, parts, nprobe per pair, home mask, lists): one pair per (query, part), sorted by query
     then part; ``lists`` is each query's probed lists (CSR: row offsets, list numbers)."""
     sizes, offsets, parts = routing_arrays
-    rows, lists, per_row = probes(q, x, sizes, nprobe, need, nearest)
-    row_lists = (np.concatenate([[0], np.cumsum(per_row, dtype=np.int64)]), lists)
-    r, p = expand(rows, lists, offsets, parts)
+    row_offsets, lists = probes(q, x, sizes, nprobe, need, nearest)
+    per_row = np.diff(row_offsets).astype(np.int32)
+    r, p = expand(np.repeat(np.arange(len(x)), per_row), lists, offsets, parts)
     num_parts = int(parts.max()) + 1 if parts.size else 1
     pairs = np.unique(r * num_parts + p)
     r, p = pairs // num_parts, pairs % num_parts
     home = np.ones(len(r), dtype=bool)
     home[1:] = r[1:] != r[:-1]
-    return r, p.astype(np.int32), per_row[r], home, row_lists
+    return r, p.astype(np.int32), per_row[r], home, (row_offsets, lists)
 
 
 def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need, nearest=None) -> pa.RecordBatch:
