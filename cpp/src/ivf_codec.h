@@ -14,7 +14,7 @@
 #include "sparknn/distance.h"
 #include "sparknn/file.h"
 #include "sparknn/flat.h"
-#include "sparknn/ivf.h"
+#include "sparknn/ivf_params.h"
 #include "sparknn/topk.h"
 
 namespace sparknn {

@@ -112,10 +112,12 @@ def driver_collect_budget(spark) -> tuple[int, str]:
     """
     result = runtime.conf(spark, "spark.driver.maxResultSize", "1g")
     result_bytes = parse_size(result, "b") or 1 << 62  # 0 = unlimited
-    heap, measured = runtime.driver_heap(spark)
-    if heap < result_bytes:
-        if measured:
-            return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
-        return heap // 2, f"half of spark.driver.memory={human(heap)}"
+    heap = runtime.driver_heap(spark)
+    if heap is None:  # Spark Connect: the heap is what spark.driver.memory asks for
+        heap = parse_size(runtime.conf(spark, "spark.driver.memory", "1g"), "m")
+        if heap < result_bytes:
+            return heap // 2, f"half of spark.driver.memory={human(heap)}"
+    elif heap < result_bytes:
+        return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
     return result_bytes // 2, f"half of spark.driver.maxResultSize={result}"
 

@@ -67,14 +67,11 @@ def ship(spark, path: str) -> None:
         spark.sparkContext.addFile(path)
 
 
-def driver_heap(spark) -> tuple[int, bool]:
-    """(bytes of the driver JVM's heap, whether measured): asked of the JVM on a classic session,
-    read from spark.driver.memory (default 1g) on Connect."""
-    if not is_connect(spark):
-        return int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()), True
-    from sparknn.spark.ivf_memory import parse_size
-
-    return parse_size(conf(spark, "spark.driver.memory", "1g"), "m"), False
+def driver_heap(spark) -> int | None:
+    """Bytes of the driver JVM's heap, asked of the JVM; None on Connect, which cannot ask."""
+    if is_connect(spark):
+        return None
+    return int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
 
 
 def task_cpus(spark) -> int:
