@@ -107,6 +107,21 @@ class Cluster:
                 proc.wait()
 
 
+def cluster_session(url: str, app_name: str, **conf):
+    """A loopback session on the standalone cluster at ``url`` (two 1-core executors), returned once
+    both executors have registered."""
+    session = local_session(url, app_name, **{
+        "spark.executor.cores": "1", "spark.executor.memory": "512m", "spark.cores.max": "2",
+        "spark.default.parallelism": "4", "spark.sql.shuffle.partitions": "4", **conf})
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while session.sparkContext._jsc.sc().getExecutorMemoryStatus().size() < 3:  # driver + 2 executors
+        if time.monotonic() > deadline:
+            session.stop()
+            raise RuntimeError("two executors did not register")
+        time.sleep(0.5)
+    return session
+
+
 @pytest.fixture(scope="module")
 def cluster_spark(tmp_path_factory, _spark_holder):
     from pyspark.sql import SparkSession
@@ -119,14 +134,7 @@ def cluster_spark(tmp_path_factory, _spark_holder):
     session = None
     try:
         cluster.start()
-        session = local_session(cluster.url, "sparknn-cluster-test", **{
-            "spark.executor.cores": "1", "spark.executor.memory": "512m", "spark.cores.max": "2",
-            "spark.default.parallelism": "4", "spark.sql.shuffle.partitions": "4"})
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while session.sparkContext._jsc.sc().getExecutorMemoryStatus().size() < 3:  # driver + 2 executors
-            if time.monotonic() > deadline:
-                raise RuntimeError("two executors did not register")
-            time.sleep(0.5)
+        session = cluster_session(cluster.url, "sparknn-cluster-test")
         yield session
     finally:
         if session is not None:

@@ -11,17 +11,15 @@ before any data moves, instead of an executor's I/O error (issue 13 makes them r
 import os
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import pytest
 from conftest import clustered, exact_knn, spark_items
-from test_spark_cluster import STARTUP_SECONDS, Cluster
+from test_spark_cluster import Cluster, cluster_session
 
 pyspark = pytest.importorskip("pyspark")
 import sparknn
 from sparknn.spark import KNN, KNNModel
-from sparknn.spark.session import local_session
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark]
 
@@ -41,17 +39,8 @@ K = 8
 
 
 def _session(url: str):
-    session = local_session(url, "sparknn-noshare-test", **{
-        "spark.executor.cores": "1", "spark.executor.memory": "512m", "spark.cores.max": "2",
-        "spark.default.parallelism": "4", "spark.sql.shuffle.partitions": "4",
-        # Two "hosts" on one address would read each other's shuffle files from disk.
-        "spark.shuffle.readHostLocalDisk": "false"})
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while session.sparkContext._jsc.sc().getExecutorMemoryStatus().size() < 3:  # driver + 2 executors
-        if time.monotonic() > deadline:
-            raise RuntimeError("two executors did not register")
-        time.sleep(0.5)
-    return session
+    # Two "hosts" on one address would read each other's shuffle files from disk.
+    return cluster_session(url, "sparknn-noshare-test", **{"spark.shuffle.readHostLocalDisk": "false"})
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 
+import pyarrow as pa
 from pyspark import keyword_only
 from pyspark.ml import Estimator
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-
-import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark.build import build_on_driver, file_prefix
 from sparknn.spark import runtime
+from sparknn.spark.build import build_on_driver, file_prefix
 from sparknn.spark.direct_read import ParquetScan, find_scan, first_dim
 from sparknn.spark.ivf_memory import driver_collect_budget, human
 from sparknn.spark.ivf_build import build_ivf

@@ -34,10 +34,10 @@ from pyspark.sql import types as T
 
 from sparknn import integrity
 from sparknn.arrow import rows_to_list, vectors_to_numpy
+from sparknn.builder import stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import Index, IndexSpec, load
 from sparknn.spark import ivf_memory, runtime
-from sparknn.builder import stores_own_ids
 from sparknn.spark.ivf_plan import dedupe_parts, item_bytes, plan_parts, sample_size
 from sparknn.spark.layout import (
     ARROW_ID_TYPES,
