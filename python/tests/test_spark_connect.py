@@ -59,7 +59,9 @@ for name, params in cases.items():
         os.path.join(out, name + "-transform.parquet"))
     path = os.path.join(out, name + "-model")
     model.write().overwrite().save(path)
-    report[name] = {"mode": model.layout.mode, "path": path}
+    uri = "viewfs://sparknn/store/" + name  # reached through the server's Hadoop FileSystem only
+    model.write().save(uri)
+    report[name] = {"mode": model.layout.mode, "path": path, "uri": uri}
 spark.stop()
 # A fresh session loads every saved model and answers the same.
 spark = SparkSession.builder.remote(url).getOrCreate()
@@ -68,6 +70,8 @@ for name, r in report.items():
         loaded = KNNModel.load(r["path"])
         loaded.similarItems().toArrow().sort_by("id").to_pandas().to_parquet(
             os.path.join(out, name + "-loaded.parquet"))
+        KNNModel.load(r["uri"]).similarItems().toArrow().sort_by("id").to_pandas().to_parquet(
+            os.path.join(out, name + "-loaded-uri.parquet"))
 spark.stop()
 print(json.dumps(report))
 """ % {"k": K}
@@ -90,7 +94,9 @@ def connect_server(tmp_path_factory):
            "SPARK_IDENT_STRING": f"sparknn-test-{port}"}
     conf = {"spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(port),
             "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.ui.enabled": "false",
-            "spark.sql.shuffle.partitions": "4", "spark.local.dir": str(work / "local")}
+            "spark.sql.shuffle.partitions": "4", "spark.local.dir": str(work / "local"),
+            # Storage only the server's Hadoop FileSystem resolves (the client cannot open it).
+            "spark.hadoop.fs.viewfs.mounttable.sparknn.link./store": f"file://{work / 'store'}"}
     args = [os.path.join(home, "sbin", "start-connect-server.sh"), "--master", "local[2]"]
     for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
@@ -162,6 +168,7 @@ def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     assert hits == 1.0 if case in ("flat", "sharded", "ivf", "routed") else hits >= 0.98, hits
     loaded = _table(os.path.join(out, f"{case}-loaded.parquet"))
     assert loaded == similar, "a model saved by one Connect session answers the same in another"
+    assert _table(os.path.join(out, f"{case}-loaded-uri.parquet")) == similar, "saved at a Hadoop URI"
     q_truth, _ = exact_knn(DATA, QUERIES, K, "l2")
     transformed = _neighbour_ids(_table(os.path.join(out, f"{case}-transform.parquet")))
     q_hits = np.mean([len(set(a) & set(b)) / K for a, b in zip(transformed, ids[q_truth])])

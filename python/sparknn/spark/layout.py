@@ -151,6 +151,19 @@ class Layout:
         extra = [self.ivf.quantizer] if self.ivf else []
         return [n for s in self.shards for n in (s.index, s.ids, s.items, s.probes) if n] + extra
 
+    def saved_names(self) -> dict[str, str]:
+        """File name -> the name it has in a saved model (shard-i.snn, ids-i.arrow, items-i.arrow,
+        probes-i.arrow, quantizer.snn): a saved model does not depend on how it was built."""
+        names = {}
+        for i, shard in enumerate(self.shards):
+            for name, saved in ((shard.index, f"shard-{i}.snn"), (shard.ids, f"ids-{i}.arrow"),
+                                (shard.items, f"items-{i}.arrow"), (shard.probes, f"probes-{i}.arrow")):
+                if name:
+                    names[name] = saved
+        if self.ivf:
+            names[self.ivf.quantizer] = "quantizer.snn"
+        return names
+
     def side_files(self, shard: ShardFiles) -> list[tuple[str, str]]:
         """(role, file name) of a shard's side files: "ids", a routed part's "items", "probes"."""
         return [(role, name) for role, name in (("ids", shard.ids), ("items", shard.items), ("probes", shard.probes))

@@ -20,11 +20,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.spark import ivf_memory, ivf_route, runtime, saved, worker
+from sparknn.spark import hadoop_store, ivf_memory, ivf_route, runtime, saved, worker
 from sparknn.spark.layout import Layout, check_files
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
-from sparknn.spark.storage import IndexFiles, local_dir
+from sparknn.spark.storage import IndexFiles, local_dir, temp_dir
 
 ITEMS_PER_TASK = 50_000  # similarItems: at least this many queries per task amortise the index load
 
@@ -195,8 +195,11 @@ class KNNModelWriter(MLWriter):
     Everything is written to a hidden sibling directory, flushed, sealed with a manifest and
     then renamed into place; ``overwrite()`` swaps it with the old model and only then removes
     the old one (saved.commit). A kill at any point leaves the old or the new model loadable at
-    ``path``; an interrupted save never leaves a directory there that loads. ``path`` must be a
-    local or mounted shared directory.
+    ``path``; an interrupted save never leaves a directory there that loads.
+
+    ``path`` is a local directory (or file: URI) written with file I/O on the driver, or any URI
+    of the session's Hadoop FileSystem (hdfs:, s3a:, gs:, abfss:, dbfs:, ...), written through
+    Spark with the same guarantees (hadoop_store).
     """
 
     def __init__(self, instance: KNNModel):
@@ -208,6 +211,12 @@ class KNNModelWriter(MLWriter):
         self.saveImpl(path)
 
     def saveImpl(self, path: str) -> None:
+        if hadoop_store.is_uri(path):
+            spark = _session()
+            files = self.instance._index_files()
+            hadoop_store.save(spark, path, files.layout, files.for_tasks(spark), files.layout.saved_names(),
+                              partial(_metadata, self.instance), self.shouldOverwrite)
+            return
         target = local_dir(path, "model path")
         if os.path.lexists(target) and not self.shouldOverwrite:
             raise FileExistsError(f"model path {target!r} already exists: use model.write().overwrite().save()")
@@ -229,6 +238,8 @@ class KNNModelReader(MLReader):
         self.cls = cls
 
     def load(self, path: str) -> KNNModel:
+        if hadoop_store.is_uri(path):
+            return self._load_uri(path)
         root = saved.resolve(local_dir(path, "model path"))
         if not os.path.isdir(os.path.join(root, "metadata")):
             raise FileNotFoundError(f"no saved KNNModel at {root!r} (missing metadata/)")
@@ -246,4 +257,25 @@ class KNNModelReader(MLReader):
         check_files(layout, f"model at {root!r}")
         # ivf parts are opened in place (each task needs only its own): the path must be shared.
         model._files = IndexFiles(layout, shared=layout.ivf is not None)
+        return model
+
+    def _load_uri(self, uri: str) -> KNNModel:
+        """A model saved at a Hadoop FileSystem URI: its files are copied to a driver directory,
+        from where they are shipped to executors like those of a model built on the driver."""
+        spark = _session()
+        local = temp_dir(spark, "sparknn-load-")
+        try:
+            metadata, layout = hadoop_store.load(spark, uri, local)
+            model = self.cls()
+            try:
+                model._resetUid(metadata["uid"])
+                DefaultParamsReader.getAndSetParams(model, metadata)
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise IndexFileError(f"the model record at {uri!r} is damaged: {type(err).__name__}: "
+                                     f"{err}") from None
+        except BaseException:
+            shutil.rmtree(local, ignore_errors=True)
+            raise
+        check_files(layout, f"model at {uri!r}")
+        model._files = IndexFiles(layout, shared=False, owned=local)
         return model

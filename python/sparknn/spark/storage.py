@@ -158,17 +158,7 @@ class IndexFiles:
     def copy_to(self, directory: str) -> Layout:
         """Copies the files under canonical names; returns the layout for that directory."""
         os.makedirs(directory, exist_ok=True)
-        names = {}
-        for i, shard in enumerate(self.layout.shards):
-            names[shard.index] = f"shard-{i}.snn"
-            if shard.ids:
-                names[shard.ids] = f"ids-{i}.arrow"
-            if shard.items:
-                names[shard.items] = f"items-{i}.arrow"
-            if shard.probes:
-                names[shard.probes] = f"probes-{i}.arrow"
-        if self.layout.ivf:
-            names[self.layout.ivf.quantizer] = "quantizer.snn"
+        names = self.layout.saved_names()
         digests = {name: s.digest(role) for s in self.layout.shards for role, name in self.layout.side_files(s)}
         for src, dst in names.items():
             path = os.path.join(directory, dst)

@@ -1,0 +1,238 @@
+"""A saved model at any URI the session's Hadoop FileSystem handles (hdfs:, s3a:, gs:, abfss:,
+dbfs:, viewfs:, ...), reached only through Spark's own readers and writers: no Python file I/O
+on the URI, no SparkContext (so it works on Spark Connect), no path two machines must share.
+
+    URI/metadata/                    pyspark.ml metadata (class, uid, params): PipelineModel.load reads it
+    URI/sparknn/<version>/files/     Parquet: the model's files in chunks (name, offset, data)
+    URI/sparknn/<version>/record/    text, one JSON line: the pyspark.ml metadata with the model's
+                                     layout, and the size and CRC-32C of every file (the commit)
+
+A save writes a new version: its files, then its record, then the metadata. A version without a
+record does not exist for the loader, which takes the newest version with one; with overwrite,
+the older versions are removed only after the new record is written. So a save killed at any
+point leaves the model saved before loadable and answering the same, and nothing partial that
+loads. Versions sort by time (``<ns since epoch>-<random>``); Spark's output commit protocol
+makes each directory appear whole (on object stores: with the committer the user configures).
+
+Loading copies the files, chunk by chunk (``toLocalIterator``: one partition in memory at a
+time), into a directory of the driver (the client, on Connect), checks every file against its
+digest, and from there they reach the executors like the files of a model built on the driver
+(``addFile`` / file artifacts): each node keeps one copy on its local disk and maps it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from functools import partial
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+from sparknn import integrity
+from sparknn.errors import IndexFileError, InvalidArgumentError
+from sparknn.spark import runtime
+from sparknn.spark.layout import Layout
+
+CHUNK_BYTES = 8 << 20  # one Parquet value per chunk: small enough for any reader, large enough to stream
+_FORMAT = 1
+_CHUNK_ARROW = pa.schema([("name", pa.string()), ("offset", pa.int64()), ("data", pa.binary())])
+_CHUNK_SPARK = "name string, offset bigint, data binary"
+
+
+def is_uri(path: str) -> bool:
+    """True for a URI with a scheme other than file: (a Windows drive letter is not a scheme)."""
+    scheme = urlparse(path).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+def _join(uri: str, *names: str) -> str:
+    return "/".join([uri.rstrip("/"), *names])
+
+
+def _new_version() -> str:
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+# -- reading small text through Spark -----------------------------------------------------------
+def _lines(spark, path: str) -> list[str] | None:
+    """The lines of the text files at ``path`` (a directory or a glob), read by Spark; None when
+    nothing is there."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        return [r[0] for r in spark.read.text(path).collect()]
+    except AnalysisException as err:
+        if "PATH_NOT_FOUND" in str(err) or "Path does not exist" in str(err):
+            return None
+        raise
+
+
+def _write_line(spark, path: str, line: str, overwrite: bool = False) -> None:
+    df = spark.createDataFrame([(line,)], "value string").coalesce(1)
+    df.write.mode("overwrite" if overwrite else "error").text(path)
+
+
+def _record_crc(body: dict) -> str:
+    return f"{integrity.crc32c(json.dumps(body, sort_keys=True).encode()):08x}"
+
+
+def _parse_record(line: str, uri: str) -> dict:
+    try:
+        record = json.loads(line)
+        body = {k: v for k, v in record.items() if k != "crc32c"}
+        if record["format"] != _FORMAT or record["crc32c"] != _record_crc(body):
+            raise ValueError("format or checksum mismatch")
+        for d in record["files"].values():
+            integrity.FileDigest.from_json(d)
+        if not isinstance(record["metadata"], dict) or not isinstance(record["version"], str):
+            raise ValueError("no metadata or version")
+        return record
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise IndexFileError(f"a version record of the model at {uri!r} is damaged ({err}): save the model "
+                             "again") from None
+
+
+def _records(spark, uri: str) -> list[dict]:
+    """Every committed version of the model at ``uri``, oldest first."""
+    lines = _lines(spark, _join(uri, "sparknn", "*", "record")) or []
+    return sorted((_parse_record(line, uri) for line in lines if line.strip()), key=lambda r: r["version"])
+
+
+def _metadata_class(spark, uri: str) -> str | None:
+    """The class named by the pyspark.ml metadata at ``uri``; None when there is none."""
+    lines = [line for line in (_lines(spark, _join(uri, "metadata")) or []) if line.strip()]
+    if not lines:
+        return None
+    try:
+        return str(json.loads(lines[0])["class"])
+    except (ValueError, KeyError, TypeError):
+        return "unreadable metadata"
+
+
+# -- save ----------------------------------------------------------------------------------------
+def _read_chunks(batches, *, layout: Layout):
+    """Executor side of a save: the chunks a plan names, read from the files the tasks see."""
+    for batch in batches:
+        plan = batch.to_pydict()
+        for name, src, offset, length in zip(plan["name"], plan["src"], plan["offset"], plan["length"]):
+            path = layout.path(src)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+            if len(data) != length:
+                raise IndexFileError(f"index file {path!r} ended at {offset + len(data)} bytes while saving its "
+                                     f"chunk at {offset} of {length} bytes: it changed during the save")
+            yield pa.RecordBatch.from_arrays([pa.array([name]), pa.array([offset], pa.int64()),
+                                              pa.array([data], pa.binary())], schema=_CHUNK_ARROW)
+
+
+def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, metadata_for, overwrite: bool) -> None:
+    """Saves the model whose files are ``layout`` (on the driver) and ``task_layout`` (as tasks
+    reach them) at ``uri``, the files under ``names`` (layout name -> saved name).
+    ``metadata_for(saved_layout)`` gives the pyspark.ml metadata to record."""
+    existing = _records(spark, uri)
+    if not overwrite and (existing or _metadata_class(spark, uri) is not None):
+        raise FileExistsError(f"model path {uri!r} already exists: use model.write().overwrite().save()")
+    version = _new_version()
+    where = _join(uri, "sparknn", version)
+    task_names = dict(zip(layout.files(), task_layout.files()))
+    digests, plan = {}, []
+    for src in layout.files():
+        digest = integrity.digest(os.path.join(layout.root, src))
+        digests[names[src]] = digest.to_json()
+        for offset in range(0, max(digest.size, 1), CHUNK_BYTES):
+            plan.append((names[src], task_names[src], offset, min(CHUNK_BYTES, digest.size - offset)))
+    saved_layout = layout.renamed(names.__getitem__, root=where, shipped=False)
+    metadata = metadata_for(saved_layout)
+    parallelism = max(1, min(len(plan), runtime.default_parallelism(spark)))
+    chunks = (spark.createDataFrame(plan, "name string, src string, offset bigint, length bigint")
+              .repartition(parallelism)
+              .mapInArrow(partial(_read_chunks, layout=task_layout), _CHUNK_SPARK))
+    chunks.write.option("compression", "none").parquet(_join(where, "files"))
+    body = {"format": _FORMAT, "version": version, "chunkBytes": CHUNK_BYTES, "files": digests,
+            "metadata": metadata}
+    _write_line(spark, _join(where, "record"), json.dumps({**body, "crc32c": _record_crc(body)}, sort_keys=True))
+    # The model is committed. The metadata is what pyspark.ml's readers look for (PipelineModel.load
+    # reads its class); the loader itself reads the record.
+    _write_line(spark, _join(uri, "metadata"), json.dumps({k: v for k, v in metadata.items() if k != "sparknn"},
+                                                          separators=(",", ":")), overwrite=True)
+    for old in existing:
+        _remove_version(spark, uri, old["version"])
+
+
+def _remove_version(spark, uri: str, version: str) -> None:
+    """Removes an older version: its record first (from then on it does not exist), then its files.
+    Classic sessions delete through Hadoop's FileSystem; on Spark Connect, which has no file
+    operations, each directory is overwritten with an empty one."""
+    where = _join(uri, "sparknn", version)
+    if not runtime.is_connect(spark):
+        jvm = spark.sparkContext._jvm
+        path = jvm.org.apache.hadoop.fs.Path(where)
+        path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+        return
+    spark.createDataFrame([], "value string").write.mode("overwrite").text(_join(where, "record"))
+    spark.createDataFrame([], _CHUNK_SPARK).write.mode("overwrite").parquet(_join(where, "files"))
+
+
+# -- load ----------------------------------------------------------------------------------------
+def load(spark, uri: str, local: str) -> tuple[dict, Layout]:
+    """The pyspark.ml metadata and the layout of the newest model saved at ``uri``, its files
+    copied into the driver directory ``local`` and checked against their digests."""
+    records = _records(spark, uri)
+    if not records:
+        found = _metadata_class(spark, uri)
+        if found is None:
+            raise FileNotFoundError(f"no saved KNNModel at {uri!r}")
+        if not found.endswith("KNNModel"):
+            raise InvalidArgumentError(f"{uri!r} holds a {found}, not a sparknn KNNModel")
+        raise IndexFileError(f"the KNNModel at {uri!r} has metadata but no committed version: it was saved by "
+                             "an older sparknn to a local path, or its save did not finish (save it again)")
+    record = records[-1]
+    where = _join(uri, "sparknn", record["version"])
+    expected = {name: integrity.FileDigest.from_json(d) for name, d in record["files"].items()}
+    _fetch(spark, _join(where, "files"), local, expected, uri)
+    try:
+        layout = Layout.from_json(record["metadata"]["sparknn"], local)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise IndexFileError(f"the model record at {where!r} is damaged: {type(err).__name__}: {err}") from None
+    if set(layout.files()) != set(expected):
+        raise IndexFileError(f"the model record at {where!r} lists files {sorted(expected)} but its layout "
+                             f"names {sorted(layout.files())}")
+    return record["metadata"], layout
+
+
+def _fetch(spark, files_uri: str, local: str, expected: dict, uri: str) -> None:
+    """Writes every chunk at ``files_uri`` into its file under ``local``, then verifies each file."""
+    fds = {}
+    try:
+        for name, digest in expected.items():
+            if os.path.basename(name) != name or name.startswith("."):
+                raise IndexFileError(f"the model at {uri!r} names a file {name!r} outside its directory")
+            fds[name] = os.open(os.path.join(local, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.ftruncate(fds[name], digest.size)
+        written = dict.fromkeys(expected, 0)
+        try:
+            rows = spark.read.parquet(files_uri).toLocalIterator()
+            for row in rows:
+                name, offset, data = row["name"], row["offset"], row["data"]
+                if name not in fds or offset < 0 or offset + len(data) > expected[name].size:
+                    raise IndexFileError(f"the model at {uri!r} holds a chunk of {name!r} at {offset} "
+                                         f"({len(data)} bytes) that its record does not describe: damaged or mixed")
+                os.pwrite(fds[name], data, offset)
+                written[name] += len(data)
+        except Exception as err:
+            if type(err).__name__ == "AnalysisException":
+                raise IndexFileError(f"the files of the model at {uri!r} cannot be read ({err}): the model is "
+                                     "damaged") from None
+            raise
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for name, digest in expected.items():
+        if written[name] != digest.size:
+            raise IndexFileError(f"the model at {uri!r} holds {written[name]} bytes of {name!r}, {digest.size} "
+                                 "expected: chunks are missing or repeated (the model is damaged)")
+        integrity.verify(os.path.join(local, name), digest, f"file of the model at {uri!r}:")
