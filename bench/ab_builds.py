@@ -12,7 +12,9 @@ checkout's copies, so both sides run the same benchmark code):
 
 - ``selfjoin``: bench/bench_selfjoin.py, sparknn ivf at 1M x 128 (nprobe 16): build and total s;
 - ``spark``: bench/bench_spark.py, the sparknn pipeline on 500k x 100 with KNN's defaults on
-  local[2]: wall s (read Parquet to written Parquet), build and query phases.
+  local[2]: wall s (read Parquet to written Parquet), build and query phases;
+- ``routed``: bench/bench_scale.py, the routed ivf self-join at 1M x 100 on local[2] (nprobe 8,
+  1 GiB JVM): wall s.
 
 Prints a Markdown table of medians over rounds and the ratio after / before.
 """
@@ -57,7 +59,21 @@ def _spark(out: str) -> tuple[list[str], callable]:
     return cmd, read
 
 
-BENCHES = {"selfjoin": _selfjoin, "spark": _spark}
+def _routed(out: str) -> tuple[list[str], callable]:
+    cmd = [sys.executable, os.path.join(HERE, "bench_scale.py"), "--sizes", "1000000", "--dim", "100", "--modes",
+           "routed", "--sample", "1000", "--out", out, "--workdir", "/tmp/sparknn-bench-scale-100"]
+
+    def read() -> dict:
+        with open(out) as f:
+            row = json.load(f)[0]
+        if row["status"] != "ok":
+            raise RuntimeError(f"bench_scale failed: {row.get('cause')}")
+        return {"wall s": row["wall_s"], "recall@10": row["recall"]}
+
+    return cmd, read
+
+
+BENCHES = {"selfjoin": _selfjoin, "spark": _spark, "routed": _routed}
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,8 @@ The Connect client runs in a subprocess: once a process has made a remote sessio
 treats the whole process as a Connect client (``is_remote()``), which the classic session of
 the other tests must not see. A client on a Connect session has no SparkContext: index files
 built on the client reach executors as file artifacts (``addArtifacts``), and builds on
-executors (numShards > 1, routed ivf) write to ``indexPath``.
+executors (numShards > 1, routed ivf) write to ``indexPath``, or without one where the executors see
+the client's directory (this local server does), else return their files through Spark.
 """
 
 import json
@@ -153,11 +154,12 @@ def connect_run(connect_server, tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1]), out, items
 
 
-@pytest.mark.parametrize("case", ["flat", "hnsw", "ivf", "sharded", "routed"])
+@pytest.mark.parametrize("case", ["flat", "hnsw", "ivf", "sharded", "routed", "routed_no_path"])
 def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     report, out, _ = connect_run
     assert "error" not in report[case], report[case]
-    assert report[case]["mode"] == {"sharded": "shards", "routed": "routed"}.get(case, "single")
+    assert report[case]["mode"] == {"sharded": "shards", "routed": "routed", "routed_no_path": "routed"}.get(
+        case, "single")
     ids = np.arange(N) * 3 + 5
     truth, _ = exact_knn(DATA, DATA, K + 1, "l2")
     expected = ids[truth[:, 1:]]  # itself excluded (clustered data: no exact ties)
@@ -165,7 +167,7 @@ def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     assert [r["id"] for r in similar] == ids.tolist()
     found = _neighbour_ids(similar)
     hits = np.mean([len(set(a) & set(b)) / K for a, b in zip(found, expected)])
-    assert hits == 1.0 if case in ("flat", "sharded", "ivf", "routed") else hits >= 0.98, hits
+    assert hits == 1.0 if case != "hnsw" else hits >= 0.98, hits
     loaded = _table(os.path.join(out, f"{case}-loaded.parquet"))
     assert loaded == similar, "a model saved by one Connect session answers the same in another"
     assert _table(os.path.join(out, f"{case}-loaded-uri.parquet")) == similar, "saved at a Hadoop URI"
@@ -173,12 +175,6 @@ def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     transformed = _neighbour_ids(_table(os.path.join(out, f"{case}-transform.parquet")))
     q_hits = np.mean([len(set(a) & set(b)) / K for a, b in zip(transformed, ids[q_truth])])
     assert q_hits >= (1.0 if case != "hnsw" else 0.98), q_hits
-
-
-def test_connect_build_on_executors_without_index_path_is_refused_clearly(connect_run):
-    report, _, _ = connect_run
-    error = report["routed_no_path"]["error"]
-    assert "InvalidArgumentError" in error and "Spark Connect" in error and "indexPath" in error
 
 
 def test_connect_results_equal_the_classic_sessions(connect_run, spark):

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -172,7 +173,8 @@ _SAVER = textwrap.dedent("""
 
     spark = local_session("local[2]", "saver", **{{{mount!r}: {backing!r}}})
     x = clustered(900, {dim}, 10, seed=4)
-    model = KNN(k={k}, metric="l2", indexType="flat", featuresCol="vector").fit(spark_items(spark, x))
+    print("fitting", flush=True)
+    model = KNN(k={k}, metric="l2", featuresCol="vector", **{params!r}).fit(spark_items(spark, x, partitions=4))
     print("saving", flush=True)
     model.write().overwrite().save({uri!r})
     print("saved", flush=True)
@@ -206,7 +208,7 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(spark, store
     old_answers = _answers(old)
     (old_version,) = _versions(backing, "m")
     script = _SAVER.format(tests=os.path.dirname(__file__), mount=MOUNT, backing=f"file://{backing}", dim=DIM, k=K,
-                           uri=f"{uri}/m")
+                           uri=f"{uri}/m", params={"indexType": "flat"})
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     root = backing / "m" / "sparknn"
     new_dirs = lambda: [v for v in os.listdir(root) if v != old_version]  # noqa: E731
@@ -219,6 +221,7 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(spark, store
     for point, reached in points.items():
         with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, cwd=tmp_path, start_new_session=True) as saver:
+            assert saver.stdout.readline().strip() == "fitting"
             assert saver.stdout.readline().strip() == "saving"
             if reached is not None:
                 _wait_for(reached, saver)
@@ -236,3 +239,56 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(spark, store
             shutil.rmtree(backing / "m")
             old.write().save(f"{uri}/m")
             (old_version,) = _versions(backing, "m")
+
+
+@pytest.mark.parametrize("case", ["sharded", "routed"])
+def test_builds_on_executors_return_their_files_through_spark(spark, tmp_path, monkeypatch, case):
+    """As on nodes that share no disk (test_spark_noshare), here in local mode: the build tasks
+    write into scratch directories of their own and the files come back as rows; the model
+    answers as one built in place, and no scratch directory is left behind."""
+    from sparknn.spark import estimator
+
+    df, _ = _items(spark, string_ids=case != "routed")
+    in_place = KNN(k=K, metric="l2", featuresCol="vector", **CASES[case]).fit(df)
+    scratch = lambda: {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("sparknn-build-")}  # noqa: E731
+    before = scratch()
+    monkeypatch.setattr(estimator, "executors_see", lambda spark, root: False)
+    returned = KNN(k=K, metric="l2", featuresCol="vector", **CASES[case]).fit(df)
+    assert not returned._index_files().shared
+    assert set(returned.layout.files()) <= set(os.listdir(returned.layout.root))
+    assert _answers(returned) == _answers(in_place)
+    assert scratch() == before
+
+
+@pytest.mark.slow
+def test_a_routed_fit_killed_part_way_leaves_nothing_that_loads(spark, store, tmp_path):
+    """SIGKILL a routed fit (with indexPath) while its parts are written, and once it is fitted
+    (before its save): the model saved before at the URI still loads and answers the same, and
+    the fit's files in indexPath are nothing that loads as a model."""
+    uri, backing = store
+    df, _ = _items(spark, n=300)
+    old = KNN(k=K, metric="l2", indexType="flat", featuresCol="vector").fit(df)
+    old.write().save(f"{uri}/m")
+    old_answers = _answers(old)
+    index_path = tmp_path / "index"
+    params = {"indexType": "ivf", "ivfMode": "routed", "nlist": 8, "targetPartBytes": 8000,
+              "indexPath": str(index_path)}
+    script = _SAVER.format(tests=os.path.dirname(__file__), mount=MOUNT, backing=f"file://{backing}", dim=DIM, k=K,
+                           uri=f"{uri}/m", params=params)
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    parts_written = lambda: index_path.exists() and any("-part-" in n for n in os.listdir(index_path))  # noqa: E731
+    for point in ("parts written", "fitted"):
+        with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, cwd=tmp_path, start_new_session=True) as fitter:
+            assert fitter.stdout.readline().strip() == "fitting"
+            if point == "parts written":
+                _wait_for(parts_written, fitter)
+            else:
+                assert fitter.stdout.readline().strip() == "saving"
+            os.killpg(fitter.pid, signal.SIGKILL)
+            fitter.wait(timeout=300)
+        assert parts_written() or point == "parts written"
+        loaded = KNNModel.load(f"{uri}/m")
+        assert loaded.numItems == 300 and _answers(loaded) == old_answers, point
+        with pytest.raises(FileNotFoundError):
+            KNNModel.load(str(index_path))

@@ -13,7 +13,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import runtime
 from sparknn.spark.build import build_on_driver, file_prefix
 from sparknn.spark.direct_read import ParquetScan, find_scan, first_dim
 from sparknn.spark.ivf_memory import driver_collect_budget, human
@@ -22,7 +21,7 @@ from sparknn.spark.model import KNNModel
 from sparknn.spark.params import DEFAULT_PART_BYTES, FitOptions, KNNParams
 from sparknn.spark.schema import check_features, check_id, features_as_float_array
 from sparknn.spark.sharding import build_sharded
-from sparknn.spark.storage import IndexFiles, check_shared, local_dir, temp_dir
+from sparknn.spark.storage import IndexFiles, check_shared, executors_see, local_dir, temp_dir
 
 
 def collect_bytes(df: DataFrame, features: str, scan: ParquetScan | None = None) -> tuple[int, int, int]:
@@ -66,15 +65,16 @@ def driver_or_routed(df: DataFrame, features: str, options: FitOptions, scan: Pa
         "(spark.driver.memory, spark.driver.maxResultSize)")
 
 
-def _check_executor_build(spark, index_path: str | None, root: str, what: str) -> None:
-    """Executors write the files of sharded and routed builds: the directory must be one they see.
-    On a Spark Connect session they never see the client's temporary directory: indexPath it is."""
-    if runtime.is_connect(spark) and not index_path:
-        raise InvalidArgumentError(
-            f"{what} builds on executors, which write the index files: on a Spark Connect session set "
-            "indexPath to a directory this client and every executor share (a build on the client, "
-            "numShards=1 with vectors that fit it, needs none)")
-    check_shared(spark, root, what)
+def _files_return_through_spark(spark, index_path: str | None, root: str, what: str) -> bool:
+    """Where executors write the files of sharded and routed builds: into ``indexPath``, which
+    they must see (refused otherwise); without it into the driver directory ``root`` when they
+    see it (classic local mode, one machine), else into their own scratch space, from where the
+    files come back to the driver through Spark (True: nodes that share no disk, a Spark Connect
+    server elsewhere than its client)."""
+    if index_path:
+        check_shared(spark, root, what)
+        return False
+    return not executors_see(spark, root)
 
 
 class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -165,16 +165,16 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
             root = owned = temp_dir(spark)
         try:
             if options.num_shards > 1:
-                _check_executor_build(spark, index_path, root, f"numShards={options.num_shards}")
-                layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix)
-                shared = True
+                returned = _files_return_through_spark(spark, index_path, root, f"numShards={options.num_shards}")
+                layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned)
+                shared = not returned
             else:
                 # A plain scan of local Parquet is read on the driver without a Spark job.
                 scan = find_scan(dataset, id_col, features, id_type)
                 if driver_or_routed(dataset, features, options, scan) == "routed":
-                    _check_executor_build(spark, index_path, root, "the routed ivf build")
-                    layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix)
-                    shared = True
+                    returned = _files_return_through_spark(spark, index_path, root, "the routed ivf build")
+                    layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix, returned)
+                    shared = not returned
                 else:
                     layout = build_on_driver(dataset, features, id_col, id_type, options.spec, root, prefix,
                                              durable=not owned, scan=scan)

@@ -51,6 +51,7 @@ from sparknn.spark.layout import (
     shard_files,
 )
 from sparknn.spark.params import FitOptions
+from sparknn.spark.returned_files import gather, run_returning, with_chunks
 from sparknn.spark.schema import collect_arrow, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only, link, own, temp_dir
 from sparknn.spark.tasks import attempt_id, cached, partition_keys, task_threads
@@ -232,7 +233,9 @@ def _in_id_order(table: pa.Table, dim: int) -> np.ndarray:
 
 
 def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
-              prefix: str) -> Layout:
+              prefix: str, returned: bool = False) -> Layout:
+    """The routed build; its parts are written to ``root``, or with ``returned`` (executors do not
+    see ``root``) returned through Spark (returned_files)."""
     spark = df.sparkSession
     stats = validate(df, features, id_col, id_type != "string")
     n, dim = int(stats["rows"]), int(stats["max_len"])
@@ -273,14 +276,19 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
                      piece_parts=piece_parts.tolist(), **common)
     assigned_schema = T.StructType([T.StructField("part", T.IntegerType()),
                                     T.StructField("lists", T.ArrayType(T.IntegerType()))] + data.schema.fields)
-    build = partial(_build_task, root=root, prefix=prefix, width=width, id_type=id_type, positional=positional,
-                    **common)
+    kw = dict(prefix=prefix, width=width, id_type=id_type, positional=positional, **common)
     # Each part's rows in id order, not shuffle order: labels (positions for string ids) and so ties
     # do not depend on how the input was partitioned (Spark sorts, spilling if it must).
-    rows = (data.withColumn("h", F.xxhash64("id")).mapInArrow(assign, assigned_schema)
-            .withColumn("key", key).repartition(num_parts, "key").drop("key")
-            .sortWithinPartitions("part", "id").mapInArrow(build, _BUILT).collect())
-    built = {r["part"]: r.asDict() for r in rows}
+    grouped = (data.withColumn("h", F.xxhash64("id")).mapInArrow(assign, assigned_schema)
+               .withColumn("key", key).repartition(num_parts, "key").drop("key")
+               .sortWithinPartitions("part", "id"))
+    if returned:
+        arrow, schema = with_chunks(_BUILT_ARROW, _BUILT)
+        build = partial(run_returning, task=_build_task, file_columns=("index", "items"), schema=arrow, **kw)
+        rows = gather(grouped.mapInArrow(build, schema), root)
+    else:
+        rows = [r.asDict() for r in grouped.mapInArrow(partial(_build_task, root=root, **kw), _BUILT).collect()]
+    built = {r["part"]: r for r in rows}
     total = sum(r["count"] for r in rows)
     sizes = np.zeros(nlist, dtype=np.int64)
     for r in rows:

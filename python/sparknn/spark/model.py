@@ -24,7 +24,7 @@ from sparknn.spark import hadoop_store, ivf_memory, ivf_route, runtime, saved, w
 from sparknn.spark.layout import Layout, check_files
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
-from sparknn.spark.storage import IndexFiles, local_dir, temp_dir
+from sparknn.spark.storage import IndexFiles, executors_see, local_dir, temp_dir
 
 ITEMS_PER_TASK = 50_000  # similarItems: at least this many queries per task amortise the index load
 
@@ -255,8 +255,10 @@ class KNNModelReader(MLReader):
             raise IndexFileError(f"model metadata under {os.path.join(root, 'metadata')!r} is damaged: "
                                  f"{type(err).__name__}: {err}") from None
         check_files(layout, f"model at {root!r}")
-        # ivf parts are opened in place (each task needs only its own): the path must be shared.
-        model._files = IndexFiles(layout, shared=layout.ivf is not None)
+        # ivf parts are opened in place (each task needs only its own) where the executors see them.
+        spark = SparkSession.getActiveSession()
+        in_place = layout.ivf is not None and spark is not None and executors_see(spark, root)
+        model._files = IndexFiles(layout, shared=in_place)
         return model
 
     def _load_uri(self, uri: str) -> KNNModel:

@@ -25,6 +25,7 @@ from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_ids
 from sparknn.spark.params import FitOptions
+from sparknn.spark.returned_files import gather, run_returning, with_chunks
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only
 from sparknn.spark.tasks import attempt_id, partition_keys, task_threads
@@ -84,8 +85,10 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
 
 
 def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
-                  prefix: str) -> Layout:
-    """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors."""
+                  prefix: str, returned: bool = False) -> Layout:
+    """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors: written to
+    ``root``, or with ``returned`` (executors do not see ``root``) returned through Spark
+    (returned_files)."""
     n = options.num_shards
     stats = validate(df, features, id_col, id_type != "string")
     positional = not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
@@ -97,15 +100,21 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
     data = (df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"),
                       shard.alias("shard"), key.alias("key"))
             .repartition(n, "key").drop("key"))
-    build = partial(_build_task, root=root, prefix=prefix, dim=dim, id_type=id_type, id_col=id_col,
-                    features=features, positional=positional, spec=options.spec)
-    results = sorted(data.mapInArrow(build, _RESULT).collect(), key=lambda r: r["shard"])
+    kw = dict(prefix=prefix, dim=dim, id_type=id_type, id_col=id_col, features=features, positional=positional,
+              spec=options.spec)
+    if returned:
+        arrow, schema = with_chunks(_RESULT_ARROW, _RESULT)
+        build = partial(run_returning, task=_build_task, file_columns=("index", "ids"), schema=arrow, **kw)
+        results = gather(data.mapInArrow(build, schema), root)
+    else:
+        results = [r.asDict() for r in data.mapInArrow(partial(_build_task, root=root, **kw), _RESULT).collect()]
+    results.sort(key=lambda r: r["shard"])
     built = sum(r["count"] for r in results)
     if built != stats["rows"]:
         raise InvalidArgumentError(f"the sharded build indexed {built} rows but validation counted "
                                    f"{stats['rows']}: is the input DataFrame non-deterministic? "
                                    "Cache or checkpoint it before fit")
-    shards = tuple(shard_files(r.asDict(), root, f"shard {r['shard']}") for r in results)
+    shards = tuple(shard_files(r, root, f"shard {r['shard']}") for r in results)
     layout = Layout(dim, options.spec.metric, options.spec.kind, id_type, positional, shards, root)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout

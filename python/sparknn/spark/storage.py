@@ -88,11 +88,18 @@ def unshared_message(root: str, what: str) -> str:
 
 
 def check_shared(spark, root: str, what: str) -> None:
-    """Refuses, before any data moves, a directory the executors do not see: a marker file the
-    driver writes there is looked for by a task on each executor slot (classic local mode: the
-    executors are the driver's threads, nothing to check). The build tasks check again."""
+    """Refuses, before any data moves, a directory the executors do not see (executors_see). The
+    build tasks check again."""
+    if not executors_see(spark, root):
+        raise InvalidArgumentError(unshared_message(root, what))
+
+
+def executors_see(spark, root: str) -> bool:
+    """Whether every executor sees the driver directory ``root``: a marker file the driver writes
+    there is looked for by a task on each executor slot (classic local mode: the executors are the
+    driver's threads, nothing to check)."""
     if runtime.local_files_visible(spark):
-        return
+        return True
     import pyarrow as pa
 
     marker = os.path.join(root, f".sparknn-shared-{uuid.uuid4().hex}")
@@ -107,8 +114,7 @@ def check_shared(spark, root: str, what: str) -> None:
         seen = spark.range(0, slots, 1, slots).mapInArrow(probe, "seen boolean").collect()
     finally:
         os.remove(marker)
-    if not all(r["seen"] for r in seen):
-        raise InvalidArgumentError(unshared_message(root, what))
+    return all(r["seen"] for r in seen)
 
 
 def check_task_sees(root: str, what: str) -> None:
