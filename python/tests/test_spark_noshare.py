@@ -2,15 +2,16 @@
 127.0.0.1, each worker in its own mount namespace with a private tmpfs over /tmp (its work and
 local dirs), the driver outside. No executor sees the driver's files or the other's.
 
-What runs there today: every build on the driver (flat, hnsw, ivf; files shipped with addFile),
-transform, similarItems, save and load in a new session. Builds on executors (numShards > 1,
-routed ivf) need a directory every node shares: without one, fit refuses with the reason
-before any data moves, instead of an executor's I/O error (issue 13 makes them run there).
+Every mode runs there: builds on the driver (flat, hnsw, ivf; files shipped with addFile), builds
+on executors (numShards > 1, routed ivf) whose files come back through Spark, transform,
+similarItems, save and load in a new session, at a driver path or a Hadoop URI, and Pipelines.
 """
 
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -38,9 +39,9 @@ BASE = clustered(2000, 16, seed=21)
 K = 8
 
 
-def _session(url: str):
+def _session(url: str, **conf):
     # Two "hosts" on one address would read each other's shuffle files from disk.
-    return cluster_session(url, "sparknn-noshare-test", **{"spark.shuffle.readHostLocalDisk": "false"})
+    return cluster_session(url, "sparknn-noshare-test", **{"spark.shuffle.readHostLocalDisk": "false", **conf})
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +99,57 @@ def test_driver_builds_save_and_load_on_nodes_that_share_no_disk(noshare, tmp_pa
         spark.stop()
 
 
+@pytest.fixture(scope="module")
+def store():
+    """A Hadoop URI every process reaches through Spark (a viewfs mount on a directory outside the
+    workers' private /tmp): the stand-in for HDFS or an object store."""
+    backing = tempfile.mkdtemp(prefix="sparknn-noshare-store-", dir="/var/tmp")
+    yield "viewfs://sparknn/store", backing
+    shutil.rmtree(backing, ignore_errors=True)
+
+
 @pytest.mark.parametrize("params", [{"indexType": "flat", "numShards": 2},
-                                    {"indexType": "ivf", "ivfMode": "routed", "nlist": 16}],
+                                    {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16,
+                                     "targetPartBytes": 40_000}],
                          ids=["sharded", "routed"])
-def test_builds_on_executors_without_a_shared_directory_are_refused_with_the_reason(noshare, tmp_path, params):
-    spark = _session(noshare.url)
+def test_builds_on_executors_return_their_files_through_spark(noshare, store, tmp_path, params):
+    """No indexPath: each build task writes on its own node and its files come back through Spark;
+    the model answers exactly, saves to a driver path and to a Hadoop URI, a Pipeline too, and a
+    fresh session loads each. An indexPath the executors do not see is refused with the reason."""
+    from pyspark.ml import Pipeline, PipelineModel
+
+    uri, backing = store
+    name = "sharded" if "numShards" in params else "routed"
+    mount = {"spark.hadoop.fs.viewfs.mounttable.sparknn.link./store": f"file://{backing}"}
+    spark = _session(noshare.url, **mount)
+    truth, _ = exact_knn(BASE, BASE, K + 1, "cosine")
+    expected = {i: truth[i][truth[i] != i][:K].tolist() for i in range(len(BASE))}
     try:
         df = spark_items(spark, BASE, partitions=4)
-        for index_path in (None, str(tmp_path / "driver-only")):
-            kw = {"indexPath": index_path} if index_path else {}
-            with pytest.raises(sparknn.InvalidArgumentError, match=r"executors do not see that directory.*indexPath"):
-                KNN(k=K, featuresCol="vector", **params, **kw).fit(df)
+        with pytest.raises(sparknn.InvalidArgumentError, match=r"executors do not see that directory.*indexPath"):
+            KNN(k=K, featuresCol="vector", indexPath=str(tmp_path / "driver-only"), **params).fit(df)
         assert not os.listdir(tmp_path / "driver-only"), "a refused fit leaves no files"
+
+        model = KNN(k=K, featuresCol="vector", **params).fit(df)
+        assert model.layout.mode == ("shards" if name == "sharded" else "routed")
+        assert len(model.layout.shards) >= 2
+        got = _rows(model.similarItems())
+        hits = np.mean([len(set(got[i]) & set(expected[i])) / K for i in expected])
+        assert hits >= 0.999, hits
+        transformed = _rows(model.transform(spark_items(spark, BASE[:50], partitions=2)))
+        assert all(transformed[i][0] == i for i in range(50))
+        model.write().save(str(tmp_path / "model"))
+        model.write().save(f"{uri}/{name}")
+        Pipeline(stages=[KNN(k=K, featuresCol="vector", **params)]).fit(df).write().save(f"{uri}/{name}-pipeline")
     finally:
         spark.stop()
+
+    spark = _session(noshare.url, **mount)  # a fresh session (and fresh executors)
+    try:
+        assert _rows(KNNModel.load(str(tmp_path / "model")).similarItems()) == got
+        assert _rows(KNNModel.load(f"{uri}/{name}").similarItems()) == got
+        (stage,) = PipelineModel.load(f"{uri}/{name}-pipeline").stages
+        assert _rows(stage.similarItems()) == got
+    finally:
+        spark.stop()
+
