@@ -153,3 +153,130 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
     finally:
         spark.stop()
 
+
+# -- faults: a routed self-join survives lost executors, crashed Python workers and speculation ----
+FAULT_DATA = clustered(60_000, 32, 64, seed=5)
+FAULT_PARAMS = {"indexType": "ivf", "ivfMode": "routed", "nlist": 64, "nprobe": 6, "targetPartBytes": 2_000_000,
+                "k": K, "featuresCol": "vector", "metric": "l2"}
+
+
+def _procs():
+    """pid -> (parent pid, command line) of every process."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out[int(pid)] = (ppid, cmd)
+    return out
+
+
+def _executors(procs, app_id):
+    return [pid for pid, (_, cmd) in procs.items() if "CoarseGrainedExecutorBackend" in cmd and app_id in cmd]
+
+
+def _python_workers(procs, app_id):
+    """Python workers forked by the executors' pyspark daemons (not the daemons themselves)."""
+    daemons = {pid for pid, (ppid, cmd) in procs.items() if "pyspark.daemon" in cmd
+               and ppid in _executors(procs, app_id)}
+    return [pid for pid, (ppid, _) in procs.items() if ppid in daemons]
+
+
+def _executor_of(procs, worker):
+    daemon = procs.get(worker, (None,))[0]
+    return procs.get(daemon, (None,))[0]
+
+
+def _building(pid) -> bool:
+    """An executor whose node holds a build task's scratch directory (seen through its own mounts)."""
+    import glob
+
+    return bool(glob.glob(f"/proc/{pid}/root/tmp/**/sparknn-build-*", recursive=True))
+
+
+def _searching(pid) -> bool:
+    """A Python worker that has a routed part's index file mapped (the search stage)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any("-part-" in line and line.rstrip().endswith(".snn") for line in f)
+    except OSError:
+        return False
+
+
+def _run_with_fault(url, fault):
+    """Fits the routed model and collects its self-join while ``fault`` (None, or (stage, target))
+    strikes once; returns (rows, what was killed, failed task count, model layout files, root)."""
+    import threading
+
+    conf = {"spark.task.maxFailures": "8"}
+    if fault == "speculation":
+        conf.update({"spark.speculation": "true", "spark.speculation.interval": "20ms",
+                     "spark.speculation.multiplier": "1.01", "spark.speculation.quantile": "0.1",
+                     "spark.speculation.minTaskRuntime": "0ms"})
+    spark = _session(url, **conf)
+    sc = spark.sparkContext
+    app_id, killed, done = sc.applicationId, [], threading.Event()
+
+    def strike():
+        stage, target = fault
+        while not done.is_set():
+            procs = _procs()
+            execs = _executors(procs, app_id)
+            if stage == "build":
+                hit = [e for e in execs if _building(e)]
+                victims = hit if target == "executor" else [w for w in _python_workers(procs, app_id)
+                                                          if _executor_of(procs, w) in hit]
+            else:
+                workers = [w for w in _python_workers(procs, app_id) if _searching(w)]
+                victims = workers if target == "python" else list({_executor_of(procs, w) for w in workers} - {None})
+            if victims:
+                os.kill(victims[0], 9)
+                killed.append((stage, target, victims[0]))
+                return
+            time.sleep(0.005)
+
+    try:
+        sc.setJobGroup("faults", "routed self-join under faults")
+        df = spark_items(spark, FAULT_DATA, partitions=4)
+        striker = threading.Thread(target=strike, daemon=True) if fault and fault != "speculation" else None
+        if striker:
+            striker.start()
+        model = KNN(**FAULT_PARAMS).fit(df)
+        rows = model.similarItems().toArrow().to_pylist()
+        done.set()
+        failed = sum(sc.statusTracker().getStageInfo(s).numFailedTasks
+                     for j in sc.statusTracker().getJobIdsForGroup("faults")
+                     for s in (sc.statusTracker().getJobInfo(j).stageIds if sc.statusTracker().getJobInfo(j) else [])
+                     if sc.statusTracker().getStageInfo(s))
+        layout = model.layout
+        return rows, killed, failed, layout, sorted(os.listdir(layout.root))
+    finally:
+        done.set()
+        spark.stop()
+
+
+@pytest.fixture(scope="module")
+def clean_run(noshare):
+    rows, _, _, layout, names = _run_with_fault(noshare.url, None)
+    return {r["id"]: [n["id"] for n in r["neighbors"]] for r in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", [("build", "executor"), ("build", "python"), ("search", "executor"),
+                                   ("search", "python"), "speculation"],
+                         ids=lambda f: f if isinstance(f, str) else "-".join(f))
+def test_routed_self_join_survives_faults(noshare, clean_run, fault):
+    rows, killed, failed, layout, names = _run_with_fault(noshare.url, fault)
+    if fault != "speculation":
+        assert killed, f"the fault {fault} never found its target"
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == len(FAULT_DATA), "exactly one row per item"
+    got = {r["id"]: [n["id"] for n in r["neighbors"]] for r in rows}
+    assert got == clean_run, "the same neighbours as a clean run"
+    assert names == sorted(layout.files()), "no stray or half-written file beside the model's"
+    if fault != "speculation" and fault[1] == "python":
+        assert failed >= 1, "the killed Python worker's task failed and was retried"
