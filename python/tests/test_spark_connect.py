@@ -49,7 +49,11 @@ spark = SparkSession.builder.remote(url).getOrCreate()
 assert type(spark).__module__.startswith("pyspark.sql.connect"), type(spark)
 df, q = spark.read.parquet(items), spark.read.parquet(queries)
 report = {}
+import sparknn.spark.estimator as estimator
+sees = estimator.executors_see
 for name, params in cases.items():
+    # "_returned": as where the server's executors do not see this client's directory
+    estimator.executors_see = (lambda spark, root: False) if params.pop("_returned", False) else sees
     try:
         model = KNN(k=%(k)d, metric="l2", featuresCol="vector", **params).fit(df)
     except Exception as exc:
@@ -62,7 +66,9 @@ for name, params in cases.items():
     model.write().overwrite().save(path)
     uri = "viewfs://sparknn/store/" + name  # reached through the server's Hadoop FileSystem only
     model.write().save(uri)
-    report[name] = {"mode": model.layout.mode, "path": path, "uri": uri}
+    if name == "flat":  # a second version replaces the first (removed with Connect's own means)
+        model.write().overwrite().save(uri)
+    report[name] = {"mode": model.layout.mode, "path": path, "uri": uri, "shared": model._index_files().shared}
 spark.stop()
 # A fresh session loads every saved model and answers the same.
 spark = SparkSession.builder.remote(url).getOrCreate()
@@ -144,6 +150,7 @@ def connect_run(connect_server, tmp_path_factory):
         "routed": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16,
                    "indexPath": shared + "/routed"},
         "routed_no_path": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16},
+        "routed_returned": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "_returned": True},
     }
     out = str(work / "out")
     os.makedirs(out)
@@ -154,12 +161,12 @@ def connect_run(connect_server, tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1]), out, items
 
 
-@pytest.mark.parametrize("case", ["flat", "hnsw", "ivf", "sharded", "routed", "routed_no_path"])
+@pytest.mark.parametrize("case", ["flat", "hnsw", "ivf", "sharded", "routed", "routed_no_path", "routed_returned"])
 def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     report, out, _ = connect_run
     assert "error" not in report[case], report[case]
-    assert report[case]["mode"] == {"sharded": "shards", "routed": "routed", "routed_no_path": "routed"}.get(
-        case, "single")
+    assert report[case]["mode"] == {"sharded": "shards"}.get(case, "routed" if case.startswith("routed") else "single")
+    assert report[case]["shared"] == (case in ("sharded", "routed", "routed_no_path")), "where the files are opened"
     ids = np.arange(N) * 3 + 5
     truth, _ = exact_knn(DATA, DATA, K + 1, "l2")
     expected = ids[truth[:, 1:]]  # itself excluded (clustered data: no exact ties)
@@ -175,6 +182,14 @@ def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     transformed = _neighbour_ids(_table(os.path.join(out, f"{case}-transform.parquet")))
     q_hits = np.mean([len(set(a) & set(b)) / K for a, b in zip(transformed, ids[q_truth])])
     assert q_hits >= (1.0 if case != "hnsw" else 0.98), q_hits
+
+
+def test_connect_overwrite_at_a_uri_keeps_one_committed_version(connect_server, connect_run):
+    _, work = connect_server
+    root = work / "store" / "flat" / "sparknn"
+    committed = [v for v in os.listdir(root) if any(n.startswith("part-") and (root / v / "record" / n).stat().st_size
+                                                    for n in os.listdir(root / v / "record"))]
+    assert len(committed) == 1, os.listdir(root)
 
 
 def test_connect_results_equal_the_classic_sessions(connect_run, spark):

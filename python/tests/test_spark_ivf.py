@@ -324,3 +324,17 @@ def test_driver_build_reads_collected_chunks_in_batches():
     ragged = pa.chunked_array(chunks[:3] + [pa.array([[1.0] * 7], type=pa.list_(pa.float32()))])
     with pytest.raises(sparknn.InvalidArgumentError, match="row 44 has 7 values but row 0 has 8"):
         list(vector_batches(ragged, "vector", rows=256))
+
+
+def test_a_connect_client_builds_only_what_fits_its_own_memory(spark, monkeypatch):
+    """On Spark Connect the driver build runs on the client: its available memory bounds the budget."""
+    from sparknn.spark import ivf_memory, runtime
+
+    assert 0 < ivf_memory.available_memory() < 1 << 50
+    monkeypatch.setattr(runtime, "driver_heap", lambda s: None)  # what a Connect session reports
+    monkeypatch.setattr(ivf_memory, "available_memory", lambda: 10 << 20)
+    budget, source = ivf_memory.driver_collect_budget(spark)
+    assert budget == 5 << 20 and "Spark Connect client" in source
+    monkeypatch.setattr(ivf_memory, "available_memory", lambda: 1 << 40)
+    budget, source = ivf_memory.driver_collect_budget(spark)
+    assert budget < 1 << 39 and "spark.driver" in source

@@ -66,8 +66,12 @@ def _rows(df):
     return {r["id"]: [n["id"] for n in r["neighbors"]] for r in df.toArrow().to_pylist()}
 
 
-def test_driver_builds_save_and_load_on_nodes_that_share_no_disk(noshare, tmp_path):
-    spark = _session(noshare.url)
+def test_driver_builds_save_and_load_on_nodes_that_share_no_disk(noshare, store, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+
+    uri, backing = store
+    mount = {"spark.hadoop.fs.viewfs.mounttable.noshare.link./store": f"file://{backing}"}
+    spark = _session(noshare.url, **mount)
     marker = tmp_path / "driver-only"
     marker.write_text("x")
     seen = spark.sparkContext.parallelize(range(4), 4).map(lambda _: os.path.exists(str(marker))).collect()
@@ -88,13 +92,18 @@ def test_driver_builds_save_and_load_on_nodes_that_share_no_disk(noshare, tmp_pa
         transformed = _rows(model.transform(queries))
         assert all(transformed[i][0] == i for i in range(50)), kind  # each query's nearest is itself
         model.write().save(str(tmp_path / kind))
+        model.write().save(f"{uri}/driver-{kind}")
         results[kind] = got
+    Pipeline(stages=[KNN(k=K, indexType="flat", featuresCol="vector")]).fit(df).write().save(f"{uri}/driver-pipeline")
     spark.stop()
 
-    spark = _session(noshare.url)  # a fresh session (and fresh executors) loads the saved models
+    spark = _session(noshare.url, **mount)  # a fresh session (and fresh executors) loads the saved models
     try:
         for kind, got in results.items():
             assert _rows(KNNModel.load(str(tmp_path / kind)).similarItems()) == got, kind
+            assert _rows(KNNModel.load(f"{uri}/driver-{kind}").similarItems()) == got, kind
+        (stage,) = PipelineModel.load(f"{uri}/driver-pipeline").stages
+        assert _rows(stage.similarItems()) == results["flat"]
     finally:
         spark.stop()
 
@@ -104,35 +113,40 @@ def store():
     """A Hadoop URI every process reaches through Spark (a viewfs mount on a directory outside the
     workers' private /tmp): the stand-in for HDFS or an object store."""
     backing = tempfile.mkdtemp(prefix="sparknn-noshare-store-", dir="/var/tmp")
-    yield "viewfs://sparknn/store", backing
+    yield "viewfs://noshare/store", backing
     shutil.rmtree(backing, ignore_errors=True)
 
 
+@pytest.mark.parametrize("shared_path", [False, True], ids=["no-indexPath", "shared-indexPath"])
 @pytest.mark.parametrize("params", [{"indexType": "flat", "numShards": 2},
                                     {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16,
                                      "targetPartBytes": 40_000}],
                          ids=["sharded", "routed"])
-def test_builds_on_executors_return_their_files_through_spark(noshare, store, tmp_path, params):
-    """No indexPath: each build task writes on its own node and its files come back through Spark;
-    the model answers exactly, saves to a driver path and to a Hadoop URI, a Pipeline too, and a
-    fresh session loads each. An indexPath the executors do not see is refused with the reason."""
+def test_builds_on_executors_return_their_files_through_spark(noshare, store, tmp_path, params, shared_path):
+    """No indexPath: each build task writes on its own node and its files come back through Spark
+    (with an indexPath every node mounts, here /var/tmp, they are written and opened there); the
+    model answers exactly, saves to a driver path and to a Hadoop URI, a Pipeline too, and a fresh
+    session loads each. An indexPath the executors do not see is refused with the reason."""
     from pyspark.ml import Pipeline, PipelineModel
 
     uri, backing = store
-    name = "sharded" if "numShards" in params else "routed"
-    mount = {"spark.hadoop.fs.viewfs.mounttable.sparknn.link./store": f"file://{backing}"}
+    name = ("sharded" if "numShards" in params else "routed") + ("-shared" if shared_path else "")
+    if shared_path:
+        params = {**params, "indexPath": tempfile.mkdtemp(prefix="sparknn-noshare-index-", dir="/var/tmp")}
+    mount = {"spark.hadoop.fs.viewfs.mounttable.noshare.link./store": f"file://{backing}"}
     spark = _session(noshare.url, **mount)
     truth, _ = exact_knn(BASE, BASE, K + 1, "cosine")
     expected = {i: truth[i][truth[i] != i][:K].tolist() for i in range(len(BASE))}
     try:
         df = spark_items(spark, BASE, partitions=4)
         with pytest.raises(sparknn.InvalidArgumentError, match=r"executors do not see that directory.*indexPath"):
-            KNN(k=K, featuresCol="vector", indexPath=str(tmp_path / "driver-only"), **params).fit(df)
+            KNN(k=K, featuresCol="vector", **{**params, "indexPath": str(tmp_path / "driver-only")}).fit(df)
         assert not os.listdir(tmp_path / "driver-only"), "a refused fit leaves no files"
 
         model = KNN(k=K, featuresCol="vector", **params).fit(df)
-        assert model.layout.mode == ("shards" if name == "sharded" else "routed")
+        assert model.layout.mode == ("shards" if name.startswith("sharded") else "routed")
         assert len(model.layout.shards) >= 2
+        assert model._index_files().shared == shared_path
         got = _rows(model.similarItems())
         hits = np.mean([len(set(got[i]) & set(expected[i])) / K for i in expected])
         assert hits >= 0.999, hits
@@ -152,6 +166,8 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
         assert _rows(stage.similarItems()) == got
     finally:
         spark.stop()
+        if shared_path:
+            shutil.rmtree(params["indexPath"], ignore_errors=True)
 
 
 # -- faults: a routed self-join survives lost executors, crashed Python workers and speculation ----

@@ -292,3 +292,23 @@ def test_a_routed_fit_killed_part_way_leaves_nothing_that_loads(spark, store, tm
         assert loaded.numItems == 300 and _answers(loaded) == old_answers, point
         with pytest.raises(FileNotFoundError):
             KNNModel.load(str(index_path))
+
+
+def test_an_index_path_uri_is_refused_with_the_way_to_store_there(spark):
+    df, _ = _items(spark, n=100)
+    with pytest.raises(InvalidArgumentError, match=r"not a s3a:// URI.*save the model to the s3a:// URI"):
+        KNN(k=K, featuresCol="vector", indexType="flat", numShards=2, indexPath="s3a://bucket/index").fit(df)
+
+
+def test_gathered_output_of_two_attempts_is_detected():
+    """What the driver sees when an executor was lost while it read a build's output: a part named
+    by two attempts, or a file missing chunks. Either makes it read the output again."""
+    from sparknn.spark.returned_files import _check
+
+    files = ("index", "items")
+    whole = [{"part": 0, "index": "p0-a1.snn", "items": "i0-a1.arrow"}]
+    sizes = {"p0-a1.snn": 10, "i0-a1.arrow": 4}
+    assert _check(whole, sizes, dict(sizes), "part", files) is None
+    assert "two task attempts" in _check(whole * 2, sizes, dict(sizes), "part", files)
+    assert "6 of 10 bytes" in _check(whole, sizes, {**sizes, "p0-a1.snn": 6}, "part", files)
+    assert "0 of ? bytes" in _check(whole, {"p0-a1.snn": 10}, {"p0-a1.snn": 10}, "part", files)

@@ -109,15 +109,33 @@ def driver_collect_budget(spark) -> tuple[int, str]:
     Half of the smaller of ``spark.driver.maxResultSize`` (Spark fails a larger
     collect) and the driver JVM's heap (the collected Arrow batches pass through
     it: a larger collect dies in an OutOfMemoryError and takes the session along).
+    On a Spark Connect session the rows are built into an index on the client, so also half of
+    the memory the client has available: what does not fit there is built on executors.
     """
     result = runtime.conf(spark, "spark.driver.maxResultSize", "1g")
     result_bytes = parse_size(result, "b") or 1 << 62  # 0 = unlimited
     heap = runtime.driver_heap(spark)
     if heap is None:  # Spark Connect: the heap is what spark.driver.memory asks for
         heap = parse_size(runtime.conf(spark, "spark.driver.memory", "1g"), "m")
-        if heap < result_bytes:
-            return heap // 2, f"half of spark.driver.memory={human(heap)}"
-    elif heap < result_bytes:
+        budget = (heap // 2, f"half of spark.driver.memory={human(heap)}") if heap < result_bytes else \
+            (result_bytes // 2, f"half of spark.driver.maxResultSize={result}")
+        client = available_memory()
+        if client is not None and client // 2 < budget[0]:
+            return client // 2, f"half of this Spark Connect client's {human(client)} of available memory"
+        return budget
+    if heap < result_bytes:
         return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
     return result_bytes // 2, f"half of spark.driver.maxResultSize={result}"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine has available (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 

@@ -104,8 +104,10 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     includeSelf = Param(Params._dummy(), "includeSelf", "similarItems: keep each item among its own "
                         "neighbours", typeConverter=TypeConverters.toBoolean)
     indexPath = Param(Params._dummy(), "indexPath", "optional directory on a filesystem shared by the "
-                      "driver and executors to write index files to (required for numShards > 1 on a "
-                      "multi-node cluster); without it files are shipped with SparkContext.addFile",
+                      "driver and executors (a local path or mount, not a URI) to write index files to and "
+                      "open them in place; without it files built on the driver are shipped to executors "
+                      "and files built on executors come back through Spark where executors do not see "
+                      "the driver's directory",
                       typeConverter=TypeConverters.toString)
     nlist = Param(Params._dummy(), "nlist", "ivf: lists (k-means cells); 0 = about 4 sqrt(n)",
                   typeConverter=_positive("nlist", 0))

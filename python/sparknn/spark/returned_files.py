@@ -2,29 +2,38 @@
 
 A build task that cannot write where the driver reads (no shared ``indexPath``; a cluster's
 driver directory) writes its files into a private scratch directory of its node, then emits them
-as rows (``name``, ``offset``, ``data``: 8 MiB chunks) after its result rows, and removes them.
-The driver persists the build's output on the executors' disks, counts it (every task runs, in
-parallel), then reads it back one partition at a time (``toLocalIterator``) and writes each chunk
-into its file. A result row and the chunks of the files it names always come from the same task
-attempt (Spark delivers one attempt's output per partition; a partition rebuilt after an
-executor loss renames its files consistently). Works alike on classic and Spark Connect sessions.
+as rows (``name``, ``offset``, ``size``, ``data``: 8 MiB chunks) after its result rows, and
+removes them. The driver hash-partitions that output into small partitions (a shuffle: every
+build task runs in parallel and streams its rows to its node's disk, nothing is held whole in a
+JVM) and reads them back one at a time (``toLocalIterator``), writing each chunk into its file.
+
+A result row and the chunks of the files it names come from one task attempt: Spark registers
+one attempt's output per map task. If an executor is lost while the driver reads, Spark rebuilds
+its tasks' output (under new attempt names), so a file may then be incomplete and a part may be
+named twice: the driver sees it (every chunk carries its file's size) and reads the whole
+output again, now from one attempt per task. Works alike on classic and Spark Connect sessions.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 
 import pyarrow as pa
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparknn.errors import InvalidArgumentError
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 2 << 20
+PARTITION_BYTES = 16 << 20  # what the driver holds at a time, about
 _CHUNK_FIELDS = (("name", pa.string(), T.StringType()), ("offset", pa.int64(), T.LongType()),
-                 ("data", pa.binary(), T.BinaryType()))
+                 ("size", pa.int64(), T.LongType()), ("data", pa.binary(), T.BinaryType()))
+_CHUNK_NAMES = {n for n, _, _ in _CHUNK_FIELDS}
+_ATTEMPTS = 3
 
 
 def with_chunks(arrow: pa.Schema, spark: T.StructType) -> tuple[pa.Schema, T.StructType]:
@@ -41,7 +50,7 @@ def result_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 def chunk_batches(directory: str, names, schema: pa.Schema):
     """The files ``names`` under ``directory`` as chunk rows (result columns null)."""
-    results = [f for f in schema if f.name not in {n for n, _, _ in _CHUNK_FIELDS}]
+    results = [f for f in schema if f.name not in _CHUNK_NAMES]
     for name in names:
         path = os.path.join(directory, name)
         size = os.path.getsize(path)
@@ -50,7 +59,8 @@ def chunk_batches(directory: str, names, schema: pa.Schema):
                 data = f.read(CHUNK_BYTES)
                 yield pa.RecordBatch.from_arrays(
                     [pa.nulls(1, r.type) for r in results]
-                    + [pa.array([name]), pa.array([offset], pa.int64()), pa.array([data], pa.binary())],
+                    + [pa.array([name]), pa.array([offset], pa.int64()), pa.array([size], pa.int64()),
+                       pa.array([data], pa.binary())],
                     schema=schema)
 
 
@@ -77,36 +87,52 @@ def run_returning(batches, *, task, file_columns, schema: pa.Schema, **kw):
             yield from chunk_batches(scratch, names, schema)
 
 
-def gather(df, root: str) -> list:
-    """Runs the build ``df`` (result and chunk rows), writes the returned files into the driver
-    directory ``root`` and returns the result rows (as dicts, without the chunk columns)."""
-    from pyspark import StorageLevel
+def gather(df, root: str, key: str, file_columns, expected_bytes: int) -> list[dict]:
+    """Runs the build ``df`` (result and chunk rows), writes the files it returns into the driver
+    directory ``root`` and returns the result rows (dicts without the chunk columns): one per
+    ``key`` value, each naming complete files (``file_columns``). ``expected_bytes`` (about the
+    files' total size) sets how many partitions the output is read in."""
+    partitions = max(2, min(4096, math.ceil(expected_bytes / PARTITION_BYTES)))
+    shuffled = df.repartition(partitions, F.col("name"), F.col("offset"))
+    problem = None
+    for _ in range(_ATTEMPTS):
+        results, sizes, written = _read_once(shuffled, root)
+        problem = _check(results, sizes, written, key, file_columns)
+        if problem is None:
+            return results
+    raise RuntimeError(f"the files of a build on executors could not be gathered whole in {_ATTEMPTS} reads "
+                       f"({problem}): were executors lost repeatedly? Fit again")
 
-    df = df.persist(StorageLevel.DISK_ONLY)
-    results, fds, written, ends = [], {}, {}, {}
+
+def _read_once(df, root: str):
+    results, fds, sizes, written = [], {}, {}, {}
     try:
-        df.count()  # every build task, in parallel; their output stays on the executors' disks
         for row in df.toLocalIterator():
             row = row.asDict()
-            name = row.pop("name")
-            offset, data = row.pop("offset"), row.pop("data")
+            name, offset, size, data = (row.pop(n) for n in ("name", "offset", "size", "data"))
             if name is None:
                 results.append(row)
                 continue
-            if os.path.basename(name) != name or name.startswith("."):
-                raise InvalidArgumentError(f"a build task returned a file named {name!r}")
+            if os.path.basename(name) != name or name.startswith(".") or offset + len(data) > size:
+                raise InvalidArgumentError(f"a build task returned a chunk of {name!r} at {offset} that does not fit")
             if name not in fds:
                 fds[name] = os.open(os.path.join(root, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                written[name] = 0
+                sizes[name], written[name] = size, 0
             os.pwrite(fds[name], data, offset)
             written[name] += len(data)
-            ends[name] = max(ends.get(name, 0), offset + len(data))
     finally:
         for fd in fds.values():
             os.close(fd)
-        df.unpersist()
-    for name, end in ends.items():
-        if written[name] != end:
-            raise InvalidArgumentError(f"the build returned {written[name]} bytes of {name!r} for a file of {end}: "
-                                       "chunks are missing or repeated")
-    return results
+    return results, sizes, written
+
+
+def _check(results, sizes, written, key, file_columns) -> str | None:
+    """Why the gathered output is not one whole attempt per task; None when it is."""
+    keys = [r[key] for r in results]
+    if len(keys) != len(set(keys)):
+        return f"{key} returned by two task attempts"
+    for r in results:
+        for name in (r[c] for c in file_columns if r[c]):
+            if name not in sizes or written[name] != sizes[name]:
+                return f"{name} has {written.get(name, 0)} of {sizes.get(name, '?')} bytes"
+    return None
