@@ -4,7 +4,9 @@ Usage:
     python bench/ab_builds.py BEFORE_ROOT AFTER_ROOT [--rounds 3] [--only selfjoin spark]
 
 Each ROOT is a checkout whose ``python/sparknn`` holds a built ``_core`` extension (e.g. a
-``git worktree`` with the ``_core*.so`` of a Release build of that commit copied in). Each
+``git worktree`` with the ``_core*.so`` of a Release build of that commit copied in). Run it
+with a Python that has no sparknn installed: an editable install's import hook comes before
+``PYTHONPATH``, and both sides would run the installed package. Each
 round runs every benchmark once per side, before and after alternating (a shared machine's
 load hits both alike), with ``PYTHONPATH=ROOT/python`` so that the process, its children and
 Spark's Python workers all import that side's package. Benchmarks (their own scripts, this

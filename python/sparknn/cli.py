@@ -30,6 +30,7 @@ from sparknn import jobs
 from sparknn.datasets import make_items, make_queries
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn.index import IndexSpec
+from sparknn.machine import available_memory
 from sparknn.output import (
     DataError,
     UsageError,
@@ -130,17 +131,6 @@ def _cmd_query(args) -> int:
     return 0
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to start new work (Linux MemAvailable), None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
 
 _EXAMPLE_BYTES_PER_VALUE = 28  # make_items' peak: float64 centres[labels] + noise + sum, then float32
 
@@ -148,7 +138,7 @@ _EXAMPLE_BYTES_PER_VALUE = 28  # make_items' peak: float64 centres[labels] + noi
 def _cmd_example(args) -> int:
     check_destination(args.output, args.overwrite)
     need = (args.n * _EXAMPLE_BYTES_PER_VALUE + args.clusters * 8) * args.dim  # rows, and float64 centres
-    free = _available_memory()
+    free = available_memory()
     if free is not None and need > free:  # refused with the numbers, not killed half-way
         raise UsageError(f"--n {args.n:,} rows (and --clusters {args.clusters:,}) of --dim {args.dim:,} need about "
                          f"{need / 2**30:,.1f} GiB of memory to generate; {free / 2**30:,.1f} GiB is available: "

@@ -490,7 +490,7 @@ def test_example_refuses_what_memory_cannot_hold(tmp_path, capsys, monkeypatch):
     """Refused up front with the numbers, instead of being killed half-way through generating."""
     from sparknn import cli
 
-    monkeypatch.setattr(cli, "_available_memory", lambda: 64 << 20)
+    monkeypatch.setattr(cli, "available_memory", lambda: 64 << 20)
     out = tmp_path / "big.parquet"
     assert main(["example", "-o", str(out), "--n", "1000000", "--dim", "64"]) == 2
     line = one_error_line(capsys.readouterr().err, "example")

@@ -22,6 +22,7 @@ import os
 import re
 
 from sparknn.errors import InvalidArgumentError
+from sparknn.machine import available_memory
 from sparknn.spark import runtime
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30,
@@ -127,15 +128,4 @@ def driver_collect_budget(spark) -> tuple[int, str]:
         return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
     return result_bytes // 2, f"half of spark.driver.maxResultSize={result}"
 
-
-def available_memory() -> int | None:
-    """Bytes of memory this machine has available (Linux MemAvailable); None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
