@@ -312,3 +312,15 @@ def test_gathered_output_of_two_attempts_is_detected():
     assert "two task attempts" in _check(whole * 2, sizes, dict(sizes), "part", files)
     assert "6 of 10 bytes" in _check(whole, sizes, {**sizes, "p0-a1.snn": 6}, "part", files)
     assert "0 of ? bytes" in _check(whole, {"p0-a1.snn": 10}, {"p0-a1.snn": 10}, "part", files)
+
+
+def test_returned_files_larger_than_the_driver_heap_are_refused_with_the_remedy(spark, monkeypatch):
+    from sparknn.spark import estimator, runtime
+
+    df, _ = _items(spark, string_ids=False)
+    monkeypatch.setattr(estimator, "executors_see", lambda spark, root: False)
+    monkeypatch.setattr(runtime, "driver_heap", lambda spark: 10_000)
+    with pytest.raises(InvalidArgumentError, match=r"routed ivf build brings about .* back to the driver.*indexPath"):
+        KNN(k=K, metric="l2", featuresCol="vector", **CASES["routed"]).fit(df)
+    with pytest.raises(InvalidArgumentError, match=r"sharded build \(2 shards\) brings about"):
+        KNN(k=K, metric="l2", featuresCol="vector", **CASES["sharded"]).fit(df)

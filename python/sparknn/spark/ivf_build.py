@@ -286,7 +286,7 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
         arrow, schema = with_chunks(_BUILT_ARROW, _BUILT)
         build = partial(run_returning, task=_build_task, file_columns=("index", "items"), schema=arrow, **kw)
         rows = gather(grouped.mapInArrow(build, schema), root, "part", ("index", "items"),
-                      expected_bytes=n * (per_item + 4 * dim + 16 + 4 * width))
+                      expected_bytes=n * (per_item + 4 * dim + 16 + 4 * width), what="the routed ivf build")
     else:
         rows = [r.asDict() for r in grouped.mapInArrow(partial(_build_task, root=root, **kw), _BUILT).collect()]
     built = {r["part"]: r for r in rows}

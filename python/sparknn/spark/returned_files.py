@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark.ivf_memory import check_driver_heap_for
 
 CHUNK_BYTES = 2 << 20
 PARTITION_BYTES = 16 << 20  # what the driver holds at a time, about
@@ -87,11 +88,13 @@ def run_returning(batches, *, task, file_columns, schema: pa.Schema, **kw):
             yield from chunk_batches(scratch, names, schema)
 
 
-def gather(df, root: str, key: str, file_columns, expected_bytes: int) -> list[dict]:
+def gather(df, root: str, key: str, file_columns, expected_bytes: int, what: str) -> list[dict]:
     """Runs the build ``df`` (result and chunk rows), writes the files it returns into the driver
     directory ``root`` and returns the result rows (dicts without the chunk columns): one per
     ``key`` value, each naming complete files (``file_columns``). ``expected_bytes`` (about the
-    files' total size) sets how many partitions the output is read in."""
+    files' total size) sets how many partitions the output is read in; a driver whose heap is too
+    small for it is refused first (ivf_memory.check_driver_heap_for), naming ``what``."""
+    check_driver_heap_for(df.sparkSession, what, expected_bytes)
     partitions = max(2, min(4096, math.ceil(expected_bytes / PARTITION_BYTES)))
     shuffled = df.repartition(partitions, F.col("name"), F.col("offset"))
     problem = None

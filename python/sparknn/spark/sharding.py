@@ -106,7 +106,7 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
         arrow, schema = with_chunks(_RESULT_ARROW, _RESULT)
         build = partial(run_returning, task=_build_task, file_columns=("index", "ids"), schema=arrow, **kw)
         results = gather(data.mapInArrow(build, schema), root, "shard", ("index", "ids"),
-                         expected_bytes=int(stats["rows"]) * (4 * dim + 128))
+                         expected_bytes=int(stats["rows"]) * (4 * dim + 128), what=f"the sharded build ({n} shards)")
     else:
         results = [r.asDict() for r in data.mapInArrow(partial(_build_task, root=root, **kw), _RESULT).collect()]
     results.sort(key=lambda r: r["shard"])
