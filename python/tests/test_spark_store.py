@@ -324,3 +324,25 @@ def test_returned_files_larger_than_the_driver_heap_are_refused_with_the_remedy(
         KNN(k=K, metric="l2", featuresCol="vector", **CASES["routed"]).fit(df)
     with pytest.raises(InvalidArgumentError, match=r"sharded build \(2 shards\) brings about"):
         KNN(k=K, metric="l2", featuresCol="vector", **CASES["sharded"]).fit(df)
+
+
+def test_overwrite_replaces_a_damaged_model_and_clears_killed_saves(spark, store):
+    uri, backing = store
+    df, _ = _items(spark, n=300)
+    model = KNN(k=K, metric="l2", indexType="flat", featuresCol="vector").fit(df)
+    model.write().save(f"{uri}/m")
+    root = backing / "m" / "sparknn"
+    (version,) = _versions(backing, "m")
+    shutil.copytree(root / version, root / "00000000000000000001-dead")  # a killed save's files
+    shutil.rmtree(root / "00000000000000000001-dead" / "record")
+    record = root / version / "record"
+    (part,) = [p for p in os.listdir(record) if p.startswith("part-")]
+    (record / part).write_text('{"format": 1, "damaged\n')
+    os.remove(record / f".{part}.crc")  # as storage would hand back a damaged object
+    with pytest.raises(IndexFileError, match="damaged"):
+        KNNModel.load(f"{uri}/m")
+    with pytest.raises(FileExistsError):
+        model.write().save(f"{uri}/m")
+    model.write().overwrite().save(f"{uri}/m")
+    assert len(_versions(backing, "m")) == 1, "the damaged version and the killed save's files are gone"
+    assert _answers(KNNModel.load(f"{uri}/m")) == _answers(model)

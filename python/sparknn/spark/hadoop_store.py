@@ -95,10 +95,19 @@ def _parse_record(line: str, uri: str) -> dict:
                              "again") from None
 
 
-def _records(spark, uri: str) -> list[dict]:
-    """Every committed version of the model at ``uri``, oldest first."""
-    lines = _lines(spark, _join(uri, "sparknn", "*", "record")) or []
-    return sorted((_parse_record(line, uri) for line in lines if line.strip()), key=lambda r: r["version"])
+def _records(spark, uri: str, strict: bool = True) -> tuple[list[dict], bool]:
+    """Every committed version of the model at ``uri``, oldest first, and whether any record line
+    was found at all. ``strict``: a damaged record raises IndexFileError (else it is skipped: an
+    overwrite replaces it)."""
+    lines = [line for line in (_lines(spark, _join(uri, "sparknn", "*", "record")) or []) if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(_parse_record(line, uri))
+        except IndexFileError:
+            if strict:
+                raise
+    return sorted(records, key=lambda r: r["version"]), bool(lines)
 
 
 def _metadata_class(spark, uri: str) -> str | None:
@@ -133,8 +142,8 @@ def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, meta
     """Saves the model whose files are ``layout`` (on the driver) and ``task_layout`` (as tasks
     reach them) at ``uri``, the files under ``names`` (layout name -> saved name).
     ``metadata_for(saved_layout)`` gives the pyspark.ml metadata to record."""
-    existing = _records(spark, uri)
-    if not overwrite and (existing or _metadata_class(spark, uri) is not None):
+    existing, found = _records(spark, uri, strict=False)
+    if not overwrite and (found or _metadata_class(spark, uri) is not None):
         raise FileExistsError(f"model path {uri!r} already exists: use model.write().overwrite().save()")
     version = _new_version()
     where = _join(uri, "sparknn", version)
@@ -159,29 +168,35 @@ def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, meta
     # reads its class); the loader itself reads the record.
     _write_line(spark, _join(uri, "metadata"), json.dumps({k: v for k, v in metadata.items() if k != "sparknn"},
                                                           separators=(",", ":")), overwrite=True)
-    for old in existing:
-        _remove_version(spark, uri, old["version"])
+    _remove_others(spark, uri, version, [r["version"] for r in existing])
 
 
-def _remove_version(spark, uri: str, version: str) -> None:
-    """Removes an older version: its record first (from then on it does not exist), then its files.
-    Classic sessions delete through Hadoop's FileSystem; on Spark Connect, which has no file
-    operations, each directory is overwritten with an empty one."""
-    where = _join(uri, "sparknn", version)
+def _remove_others(spark, uri: str, keep: str, known: list[str]) -> None:
+    """Removes every version but ``keep``: on classic sessions every other directory under
+    ``URI/sparknn`` through Hadoop's FileSystem (older versions, and those of saves that were
+    killed or whose record is damaged); on Spark Connect, which has no file operations, each
+    ``known`` version's record (from then on it does not exist), then its files, overwritten
+    with empty ones."""
     if not runtime.is_connect(spark):
         jvm = spark.sparkContext._jvm
-        path = jvm.org.apache.hadoop.fs.Path(where)
-        path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+        root = jvm.org.apache.hadoop.fs.Path(_join(uri, "sparknn"))
+        fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        for status in fs.listStatus(root):
+            if status.getPath().getName() != keep:
+                fs.delete(status.getPath(), True)
         return
-    spark.createDataFrame([], "value string").write.mode("overwrite").text(_join(where, "record"))
-    spark.createDataFrame([], _CHUNK_SPARK).write.mode("overwrite").parquet(_join(where, "files"))
+    for version in known:
+        if version != keep:
+            where = _join(uri, "sparknn", version)
+            spark.createDataFrame([], "value string").write.mode("overwrite").text(_join(where, "record"))
+            spark.createDataFrame([], _CHUNK_SPARK).write.mode("overwrite").parquet(_join(where, "files"))
 
 
 # -- load ----------------------------------------------------------------------------------------
 def load(spark, uri: str, local: str) -> tuple[dict, Layout]:
     """The pyspark.ml metadata and the layout of the newest model saved at ``uri``, its files
     copied into the driver directory ``local`` and checked against their digests."""
-    records = _records(spark, uri)
+    records, _ = _records(spark, uri)
     if not records:
         found = _metadata_class(spark, uri)
         if found is None:
