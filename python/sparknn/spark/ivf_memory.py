@@ -104,14 +104,21 @@ def check(spark, what: str, need: int, limit: str, advice: str) -> None:
             f"({source}). {advice}")
 
 
+def _driver_heap(spark) -> tuple[int, bool]:
+    """(bytes of the driver JVM's heap, whether measured): asked of the JVM, or on Spark Connect,
+    which cannot ask, what spark.driver.memory asks for."""
+    heap = runtime.driver_heap(spark)
+    if heap is None:
+        return parse_size(runtime.conf(spark, "spark.driver.memory", "1g"), "m"), False
+    return heap, True
+
+
 def check_driver_heap_for(spark, what: str, need: int) -> None:
     """Refuses, with the numbers, work whose bytes pass through the driver JVM (``need``) when its
     heap is not about 1.7x as large: measured, the read-back of returned build files (1M x 100, 856
     MB) ran out of a 1 GiB heap after about 620 MB and completed in 3 GiB."""
-    heap = runtime.driver_heap(spark)
-    source = "the driver JVM's heap"
-    if heap is None:  # Spark Connect: what spark.driver.memory asks for
-        heap, source = parse_size(runtime.conf(spark, "spark.driver.memory", "1g"), "m"), "spark.driver.memory"
+    heap, measured = _driver_heap(spark)
+    source = "the driver JVM's heap" if measured else "spark.driver.memory"
     if need > 0.6 * heap:
         raise InvalidArgumentError(
             f"{what} brings about {human(need)} of index files back to the driver through Spark (the executors "
@@ -131,9 +138,8 @@ def driver_collect_budget(spark) -> tuple[int, str]:
     """
     result = runtime.conf(spark, "spark.driver.maxResultSize", "1g")
     result_bytes = parse_size(result, "b") or 1 << 62  # 0 = unlimited
-    heap = runtime.driver_heap(spark)
-    if heap is None:  # Spark Connect: the heap is what spark.driver.memory asks for
-        heap = parse_size(runtime.conf(spark, "spark.driver.memory", "1g"), "m")
+    heap, measured = _driver_heap(spark)
+    if not measured:
         budget = (heap // 2, f"half of spark.driver.memory={human(heap)}") if heap < result_bytes else \
             (result_bytes // 2, f"half of spark.driver.maxResultSize={result}")
         client = available_memory()
@@ -143,5 +149,3 @@ def driver_collect_budget(spark) -> tuple[int, str]:
     if heap < result_bytes:
         return heap // 2, f"half of the driver JVM's {human(heap)} heap, spark.driver.memory"
     return result_bytes // 2, f"half of spark.driver.maxResultSize={result}"
-
-
