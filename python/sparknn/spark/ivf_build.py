@@ -51,7 +51,7 @@ from sparknn.spark.layout import (
     shard_files,
 )
 from sparknn.spark.params import FitOptions
-from sparknn.spark.returned_files import gather, run_returning, with_chunks
+from sparknn.spark.returned_files import build_and_gather
 from sparknn.spark.schema import collect_arrow, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only, link, own, temp_dir
 from sparknn.spark.tasks import attempt_id, cached, partition_keys, task_threads
@@ -283,10 +283,10 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
                .withColumn("key", key).repartition(num_parts, "key").drop("key")
                .sortWithinPartitions("part", "id"))
     if returned:
-        arrow, schema = with_chunks(_BUILT_ARROW, _BUILT)
-        build = partial(run_returning, task=_build_task, file_columns=("index", "items"), schema=arrow, **kw)
-        rows = gather(grouped.mapInArrow(build, schema), root, "part", ("index", "items"),
-                      expected_bytes=n * (per_item + 4 * dim + 16 + 4 * width), what="the routed ivf build")
+        rows = build_and_gather(grouped, _build_task, _BUILT_ARROW, _BUILT, root=root, key="part",
+                                file_columns=("index", "items"),
+                                expected_bytes=n * (per_item + 4 * dim + 16 + 4 * width),
+                                what="the routed ivf build", **kw)
     else:
         rows = [r.asDict() for r in grouped.mapInArrow(partial(_build_task, root=root, **kw), _BUILT).collect()]
     built = {r["part"]: r for r in rows}

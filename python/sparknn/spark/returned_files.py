@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from functools import partial
 
 import pyarrow as pa
 from pyspark.sql import functions as F
@@ -86,6 +87,16 @@ def run_returning(batches, *, task, file_columns, schema: pa.Schema, **kw):
         for batch in results:
             names = [n for c in file_columns for n in batch.column(c).to_pylist() if n]
             yield from chunk_batches(scratch, names, schema)
+
+
+def build_and_gather(data, task, result_arrow: pa.Schema, result_spark: T.StructType, *, root: str, key: str,
+                     file_columns, expected_bytes: int, what: str, **kw) -> list[dict]:
+    """Runs the build task ``task(batches, root=..., **kw)`` (results typed ``result_arrow`` /
+    ``result_spark``) over ``data`` in the executors' scratch space and gathers its files into
+    ``root`` (see gather)."""
+    arrow, schema = with_chunks(result_arrow, result_spark)
+    build = partial(run_returning, task=task, file_columns=file_columns, schema=arrow, **kw)
+    return gather(data.mapInArrow(build, schema), root, key, file_columns, expected_bytes, what)
 
 
 def gather(df, root: str, key: str, file_columns, expected_bytes: int, what: str) -> list[dict]:

@@ -25,7 +25,7 @@ from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_ids
 from sparknn.spark.params import FitOptions
-from sparknn.spark.returned_files import gather, run_returning, with_chunks
+from sparknn.spark.returned_files import build_and_gather
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only
 from sparknn.spark.tasks import attempt_id, partition_keys, task_threads
@@ -103,10 +103,9 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
     kw = dict(prefix=prefix, dim=dim, id_type=id_type, id_col=id_col, features=features, positional=positional,
               spec=options.spec)
     if returned:
-        arrow, schema = with_chunks(_RESULT_ARROW, _RESULT)
-        build = partial(run_returning, task=_build_task, file_columns=("index", "ids"), schema=arrow, **kw)
-        results = gather(data.mapInArrow(build, schema), root, "shard", ("index", "ids"),
-                         expected_bytes=int(stats["rows"]) * (4 * dim + 128), what=f"the sharded build ({n} shards)")
+        results = build_and_gather(data, _build_task, _RESULT_ARROW, _RESULT, root=root, key="shard",
+                                   file_columns=("index", "ids"), expected_bytes=int(stats["rows"]) * (4 * dim + 128),
+                                   what=f"the sharded build ({n} shards)", **kw)
     else:
         results = [r.asDict() for r in data.mapInArrow(partial(_build_task, root=root, **kw), _RESULT).collect()]
     results.sort(key=lambda r: r["shard"])
