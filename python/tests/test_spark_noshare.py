@@ -161,7 +161,11 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
     spark = _session(noshare.url, **mount)  # a fresh session (and fresh executors)
     try:
         assert _rows(KNNModel.load(str(tmp_path / "model")).similarItems()) == got
-        assert _rows(KNNModel.load(f"{uri}/{name}").similarItems()) == got
+        at_uri = KNNModel.load(f"{uri}/{name}")
+        # A routed model's parts stay at the URI and reach only the executors that search them.
+        assert (at_uri.layout.chunks is not None) == name.startswith("routed")
+        assert _rows(at_uri.similarItems()) == got
+        assert _rows(at_uri.transform(spark_items(spark, BASE[:50], partitions=2))) == transformed
         (stage,) = PipelineModel.load(f"{uri}/{name}-pipeline").stages
         assert _rows(stage.similarItems()) == got
     finally:

@@ -66,6 +66,7 @@ CASES = {
     "sharded": {"indexType": "flat", "numShards": 2},
     "routed": {"indexType": "ivf", "ivfMode": "routed", "nlist": 8, "nprobe": 8, "targetPartBytes": 8000},
 }
+CASES["routed-string-ids"] = CASES["routed"]  # positional ids: a part's search reads its items file too
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -73,18 +74,31 @@ def test_every_mode_saves_and_loads_through_spark_alone(spark, store, case):
     uri, backing = store
     df, x = _items(spark, string_ids=case != "routed")
     model = KNN(k=K, metric="l2", featuresCol="vector", **CASES[case]).fit(df)
+    if case.startswith("routed"):
+        assert model.layout.positional == (case == "routed-string-ids")
     expected = _answers(model)
     model.write().save(f"{uri}/{case}")
     names = {n for _, _, files in os.walk(backing / case) for n in files}
     assert not any(n.endswith((".snn", ".arrow")) for n in names), "index files are kept as Parquet chunks"
     loaded = KNNModel.load(f"{uri}/{case}")
     assert loaded.layout.mode == model.layout.mode and loaded.numItems == N
-    assert not loaded.layout.root.startswith("viewfs"), "files are served from a driver copy"
+    assert not loaded.layout.root.startswith("viewfs")
+    if case.startswith("routed"):  # parts stay at the URI; the driver fetched only the quantizer
+        assert loaded.layout.chunks is not None and loaded.layout.chunks.uri.startswith(uri)
+        assert os.listdir(loaded.layout.root) == [loaded.layout.ivf.quantizer]
     assert _answers(loaded) == expected
     queries = spark_items(spark, clustered(30, DIM, 10, seed=9))
     got = sorted(loaded.transform(queries).select("id", "neighbors").collect())
     want = sorted(model.transform(queries).select("id", "neighbors").collect())
     assert got == want
+    # Saved again, elsewhere and over itself: the copies answer the same.
+    loaded.write().save(f"{uri}/{case}-copy")
+    loaded.write().overwrite().save(f"{uri}/{case}")
+    assert len(_versions(backing, case)) == 1
+    assert _answers(loaded) == expected, "a model saved over the version it was loaded from still answers"
+    assert _answers(KNNModel.load(f"{uri}/{case}-copy")) == expected
+    loaded.write().save(str(backing / f"{case}-local"))
+    assert _answers(KNNModel.load(str(backing / f"{case}-local"))) == expected
 
 
 def test_overwrite_replaces_only_when_asked_and_keeps_one_version(spark, store):
@@ -118,7 +132,7 @@ def test_an_uncommitted_version_is_invisible_and_damage_is_named(spark, store):
     files = backing / "m" / "sparknn" / committed / "files"
     parts = sorted((p for p in os.listdir(files) if p.endswith(".parquet")), key=lambda p: os.path.getsize(files / p))
     os.remove(files / parts[-1])
-    with pytest.raises(IndexFileError, match="bytes of"):
+    with pytest.raises(IndexFileError, match="is damaged: .* has .* of .* bytes"):
         KNNModel.load(f"{uri}/m")
     # Nothing committed at all: not a model.
     shutil.rmtree(backing / "m" / "sparknn" / committed / "record")
@@ -300,18 +314,32 @@ def test_an_index_path_uri_is_refused_with_the_way_to_store_there(spark):
         KNN(k=K, featuresCol="vector", indexType="flat", numShards=2, indexPath="s3a://bucket/index").fit(df)
 
 
-def test_gathered_output_of_two_attempts_is_detected():
+def test_gathered_output_of_two_attempts_is_detected(tmp_path):
     """What the driver sees when an executor was lost while it read a build's output: a part named
     by two attempts, or a file missing chunks. Either makes it read the output again."""
+    from sparknn.spark.chunk_files import Assembler
     from sparknn.spark.returned_files import _check
 
-    files = ("index", "items")
+    columns = ("index", "items")
     whole = [{"part": 0, "index": "p0-a1.snn", "items": "i0-a1.arrow"}]
-    sizes = {"p0-a1.snn": 10, "i0-a1.arrow": 4}
-    assert _check(whole, sizes, dict(sizes), "part", files) is None
-    assert "two task attempts" in _check(whole * 2, sizes, dict(sizes), "part", files)
-    assert "6 of 10 bytes" in _check(whole, sizes, {**sizes, "p0-a1.snn": 6}, "part", files)
-    assert "0 of ? bytes" in _check(whole, {"p0-a1.snn": 10}, {"p0-a1.snn": 10}, "part", files)
+
+    def gathered(chunks):
+        with Assembler(str(tmp_path)) as files:
+            for name, offset, data, size in chunks:
+                files.add(name, offset, data, size)
+        return files
+
+    files = gathered([("p0-a1.snn", 0, b"0123456789", 10), ("i0-a1.arrow", 0, b"abcd", 4)])
+    assert _check(whole, files, "part", columns) is None
+    assert (tmp_path / "p0-a1.snn").read_bytes() == b"0123456789"
+    assert "two task attempts" in _check(whole * 2, files, "part", columns)
+    files = gathered([("p0-a1.snn", 4, b"456789", 10), ("i0-a1.arrow", 0, b"abcd", 4)])
+    assert "6 of 10 bytes" in _check(whole, files, "part", columns)
+    files = gathered([("p0-a1.snn", 0, b"0123456789", 10)])
+    assert "0 of ? bytes" in _check(whole, files, "part", columns)
+    # A chunk repeated (two attempts' copies of one offset) does not count twice.
+    files = gathered([("p0-a1.snn", 0, b"01234", 10), ("p0-a1.snn", 0, b"01234", 10), ("i0-a1.arrow", 0, b"abcd", 4)])
+    assert "5 of 10 bytes" in _check(whole, files, "part", columns)
 
 
 def test_returned_files_larger_than_the_driver_heap_are_refused_with_the_remedy(spark, monkeypatch):

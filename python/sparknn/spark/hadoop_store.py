@@ -26,17 +26,18 @@ import json
 import os
 import time
 import uuid
+from dataclasses import replace
 from functools import partial
 from urllib.parse import urlparse
 
 import pyarrow as pa
+from pyspark.sql import functions as F
 
 from sparknn import integrity
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.spark import runtime
-from sparknn.spark.layout import Layout
+from sparknn.spark import chunk_files, runtime
+from sparknn.spark.layout import ChunkSource, Layout
 
-CHUNK_BYTES = 8 << 20  # one Parquet value per chunk: small enough for any reader, large enough to stream
 _FORMAT = 1
 _CHUNK_ARROW = pa.schema([("name", pa.string()), ("offset", pa.int64()), ("data", pa.binary())])
 _CHUNK_SPARK = "name string, offset bigint, data binary"
@@ -46,6 +47,11 @@ def is_uri(path: str) -> bool:
     """True for a URI with a scheme other than file: (a Windows drive letter is not a scheme)."""
     scheme = urlparse(path).scheme
     return len(scheme) > 1 and scheme != "file"
+
+
+def is_under(path: str, uri: str) -> bool:
+    """Whether ``path`` lies under the model directory ``uri``."""
+    return path.startswith(uri.rstrip("/") + "/")
 
 
 def _join(uri: str, *names: str) -> str:
@@ -127,41 +133,44 @@ def _read_chunks(batches, *, layout: Layout):
     for batch in batches:
         plan = batch.to_pydict()
         for name, src, offset, length in zip(plan["name"], plan["src"], plan["offset"], plan["length"]):
-            path = layout.path(src)
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(length)
-            if len(data) != length:
-                raise IndexFileError(f"index file {path!r} ended at {offset + len(data)} bytes while saving its "
-                                     f"chunk at {offset} of {length} bytes: it changed during the save")
+            data = chunk_files.read_range(layout.path(src), offset, length)
             yield pa.RecordBatch.from_arrays([pa.array([name]), pa.array([offset], pa.int64()),
                                               pa.array([data], pa.binary())], schema=_CHUNK_ARROW)
 
 
-def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, metadata_for, overwrite: bool) -> None:
-    """Saves the model whose files are ``layout`` (on the driver) and ``task_layout`` (as tasks
-    reach them) at ``uri``, the files under ``names`` (layout name -> saved name).
-    ``metadata_for(saved_layout)`` gives the pyspark.ml metadata to record."""
+def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, metadata_for, overwrite: bool) -> str:
+    """Saves the model whose files are ``layout`` (on the driver, or kept at the URI it was loaded
+    from) and ``task_layout`` (as tasks reach them) at ``uri``, the files under ``names`` (layout
+    name -> saved name). ``metadata_for(saved_layout)`` gives the pyspark.ml metadata to record.
+    Returns the URI of the saved files."""
     existing, found = _records(spark, uri, strict=False)
     if not overwrite and (found or _metadata_class(spark, uri) is not None):
         raise FileExistsError(f"model path {uri!r} already exists: use model.write().overwrite().save()")
     version = _new_version()
     where = _join(uri, "sparknn", version)
     task_names = dict(zip(layout.files(), task_layout.files()))
+    remote = layout.chunks.names if layout.chunks else frozenset()
     digests, plan = {}, []
     for src in layout.files():
+        if src in remote:  # kept at the model's URI: copied from there below
+            digests[names[src]] = layout.chunks.digest(src).to_json()
+            continue
         digest = integrity.digest(os.path.join(layout.root, src))
         digests[names[src]] = digest.to_json()
-        for offset in range(0, max(digest.size, 1), CHUNK_BYTES):
-            plan.append((names[src], task_names[src], offset, min(CHUNK_BYTES, digest.size - offset)))
-    saved_layout = layout.renamed(names.__getitem__, root=where, shipped=False)
+        plan += [(names[src], task_names[src], offset, length) for offset, length in chunk_files.ranges(digest.size)]
+    saved_layout = replace(layout, chunks=None).renamed(names.__getitem__, root=where, shipped=False)
     metadata = metadata_for(saved_layout)
     parallelism = max(1, min(len(plan), runtime.default_parallelism(spark)))
     chunks = (spark.createDataFrame(plan, "name string, src string, offset bigint, length bigint")
               .repartition(parallelism)
               .mapInArrow(partial(_read_chunks, layout=task_layout), _CHUNK_SPARK))
+    if remote:
+        pairs = [F.lit(c) for src in sorted(remote) for c in (src, names[src])]
+        copied = (spark.read.parquet(layout.chunks.uri).where(F.col("name").isin(sorted(remote)))
+                  .select(F.element_at(F.create_map(*pairs), F.col("name")).alias("name"), "offset", "data"))
+        chunks = chunks.unionByName(copied)
     chunks.write.option("compression", "none").parquet(_join(where, "files"))
-    body = {"format": _FORMAT, "version": version, "chunkBytes": CHUNK_BYTES, "files": digests,
+    body = {"format": _FORMAT, "version": version, "chunkBytes": chunk_files.CHUNK_BYTES, "files": digests,
             "metadata": metadata}
     _write_line(spark, _join(where, "record"), json.dumps({**body, "crc32c": _record_crc(body)}, sort_keys=True))
     # The model is committed. The metadata is what pyspark.ml's readers look for (PipelineModel.load
@@ -169,6 +178,7 @@ def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, meta
     _write_line(spark, _join(uri, "metadata"), json.dumps({k: v for k, v in metadata.items() if k != "sparknn"},
                                                           separators=(",", ":")), overwrite=True)
     _remove_others(spark, uri, version, [r["version"] for r in existing])
+    return _join(where, "files")
 
 
 def _remove_others(spark, uri: str, keep: str, known: list[str]) -> None:
@@ -208,7 +218,6 @@ def load(spark, uri: str, local: str) -> tuple[dict, Layout]:
     record = records[-1]
     where = _join(uri, "sparknn", record["version"])
     expected = {name: integrity.FileDigest.from_json(d) for name, d in record["files"].items()}
-    _fetch(spark, _join(where, "files"), local, expected, uri)
     try:
         layout = Layout.from_json(record["metadata"]["sparknn"], local)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -216,38 +225,35 @@ def load(spark, uri: str, local: str) -> tuple[dict, Layout]:
     if set(layout.files()) != set(expected):
         raise IndexFileError(f"the model record at {where!r} lists files {sorted(expected)} but its layout "
                              f"names {sorted(layout.files())}")
+    if layout.ivf is not None:  # a routed model: each part reaches only the tasks that search it
+        remote = tuple(sorted((n, expected[n]) for n in layout.files() if n != layout.ivf.quantizer))
+        layout = replace(layout, chunks=ChunkSource(_join(where, "files"), remote))
+    fetch(spark, _join(where, "files"), local, {n: expected[n] for n in layout.local_files()}, uri)
     return record["metadata"], layout
 
 
-def _fetch(spark, files_uri: str, local: str, expected: dict, uri: str) -> None:
-    """Writes every chunk at ``files_uri`` into its file under ``local``, then verifies each file."""
-    fds = {}
-    try:
-        for name, digest in expected.items():
-            if os.path.basename(name) != name or name.startswith("."):
-                raise IndexFileError(f"the model at {uri!r} names a file {name!r} outside its directory")
-            fds[name] = os.open(os.path.join(local, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.ftruncate(fds[name], digest.size)
-        written = dict.fromkeys(expected, 0)
+def fetch(spark, files_uri: str, local: str, expected: dict, uri: str) -> None:
+    """Writes the chunks at ``files_uri`` of the files ``expected`` (name -> digest) into their files
+    under ``local``, then verifies each file. ``uri`` names the model in errors."""
+    for name in expected:
+        if os.path.basename(name) != name or name.startswith("."):
+            raise IndexFileError(f"the model at {uri!r} names a file {name!r} outside its directory")
+    with chunk_files.Assembler(local, {name: d.size for name, d in expected.items()}) as files:
         try:
-            rows = spark.read.parquet(files_uri).toLocalIterator()
-            for row in rows:
-                name, offset, data = row["name"], row["offset"], row["data"]
-                if name not in fds or offset < 0 or offset + len(data) > expected[name].size:
-                    raise IndexFileError(f"the model at {uri!r} holds a chunk of {name!r} at {offset} "
-                                         f"({len(data)} bytes) that its record does not describe: damaged or mixed")
-                os.pwrite(fds[name], data, offset)
-                written[name] += len(data)
+            chunks = spark.read.parquet(files_uri).where(F.col("name").isin(list(expected)))
+            for row in chunks.toLocalIterator():
+                if row["name"] not in expected:
+                    raise IndexFileError(f"the model at {uri!r} holds a chunk of {row['name']!r} that its record "
+                                         "does not describe: damaged or mixed")
+                files.add(row["name"], row["offset"], row["data"])
         except Exception as err:
             if type(err).__name__ == "AnalysisException":
                 raise IndexFileError(f"the files of the model at {uri!r} cannot be read ({err}): the model is "
                                      "damaged") from None
             raise
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    problem = files.problem()
+    if problem is not None:
+        raise IndexFileError(f"the model at {uri!r} is damaged: {problem} (chunks are missing, repeated or "
+                             "misplaced); save it again")
     for name, digest in expected.items():
-        if written[name] != digest.size:
-            raise IndexFileError(f"the model at {uri!r} holds {written[name]} bytes of {name!r}, {digest.size} "
-                                 "expected: chunks are missing or repeated (the model is damaged)")
         integrity.verify(os.path.join(local, name), digest, f"file of the model at {uri!r}:")

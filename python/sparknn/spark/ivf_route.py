@@ -29,6 +29,7 @@ from pyspark.sql import types as T
 from sparknn.index import Index
 from sparknn.arrow import fixed_rows, neighbors_array, rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark import part_chunks
 from sparknn.spark.ivf_plan import expand
 from sparknn.spark.layout import ARROW_ID_TYPES, POSITION_BITS, POSITION_MASK, Layout
 from sparknn.spark.schema import neighbors_spark_type, spark_id_type
@@ -108,72 +109,96 @@ def _load_items(path: str) -> pa.Table:
 
 
 def route_items(batches, *, layout: Layout, slices, id_col: str, nprobe: int, need: int, num_threads: int):
-    """similarItems: the stored items of the given (part, lo, hi) slices, keyed by their engine ids.
-
-    Items are routed to the nearest lists stored with them at fit (when at least ``nprobe`` were
-    kept), so the quantizer runs only for the rare item whose lists are widened."""
+    """similarItems: the stored items of the given (part, lo, hi) slices, keyed by their engine ids."""
     q = _quantizer(layout)
     q.threads = task_threads(num_threads)
-    arrays = layout.ivf.arrays()
-    want = min(nprobe, layout.ivf.nlist)
     for batch in batches:
         for task in batch.column(0).to_numpy():
             s, lo, hi = slices[int(task)]
-            items = side_file(layout, s, "items", _load_items)
-            field = items.schema.field("lists") if "lists" in items.schema.names else None
-            stored = field is not None and field.type.list_size >= want  # else (older models): the quantizer
-            for start in range(lo, hi, CHUNK):
-                chunk = items.slice(start, min(hi, start + CHUNK) - start)
-                x = fixed_rows(chunk.column("vector"))
-                nearest = fixed_rows(chunk.column("lists")) if stored else None
-                ids = chunk.column("id").combine_chunks()
-                if layout.positional:
-                    keys = np.arange(start, start + len(x), dtype=np.int64) | (s << POSITION_BITS)
-                else:
-                    keys = ids.cast(pa.int64()).to_numpy()
-                payload = pa.StructArray.from_arrays([ids], names=[id_col])
-                yield _routed_batch(q, arrays, x, keys, payload, nprobe, need, nearest)
+            yield from _route_slice(q, layout, s, lo, hi, id_col, nprobe, need)
+
+
+def route_received_items(batches, *, layout: Layout, id_col: str, nprobe: int, need: int, num_threads: int):
+    """similarItems on a model whose items files arrive as chunk rows (part_chunks): every part
+    named by a marker row is routed whole once its items file is."""
+    q = _quantizer(layout)
+    q.threads = task_threads(num_threads)
+    with part_chunks.PartArrivals(layout, ("items",)) as arrivals:
+        for batch in batches:
+            for part, _ in arrivals.feed(batch):
+                yield from _route_slice(q, layout, part, 0, layout.shards[part].count, id_col, nprobe, need)
+        arrivals.finish()
+
+
+def _route_slice(q: Index, layout: Layout, s: int, lo: int, hi: int, id_col: str, nprobe: int, need: int):
+    """Items ``lo:hi`` of part ``s``, routed to the nearest lists stored with them at fit (when at
+    least ``nprobe`` were kept), so the quantizer runs only for the rare item whose lists are widened."""
+    arrays = layout.ivf.arrays()
+    items = side_file(layout, s, "items", _load_items)
+    field = items.schema.field("lists") if "lists" in items.schema.names else None
+    stored = field is not None and field.type.list_size >= min(nprobe, layout.ivf.nlist)  # else: the quantizer
+    for start in range(lo, hi, CHUNK):
+        chunk = items.slice(start, min(hi, start + CHUNK) - start)
+        x = fixed_rows(chunk.column("vector"))
+        nearest = fixed_rows(chunk.column("lists")) if stored else None
+        ids = chunk.column("id").combine_chunks()
+        if layout.positional:
+            keys = np.arange(start, start + len(x), dtype=np.int64) | (s << POSITION_BITS)
+        else:
+            keys = ids.cast(pa.int64()).to_numpy()
+        payload = pa.StructArray.from_arrays([ids], names=[id_col])
+        yield _routed_batch(q, arrays, x, keys, payload, nprobe, need, nearest)
 
 
 # -- searching the parts ---------------------------------------------------------------------
 def search_parts(batches, *, layout: Layout, k: int, exclude_self: bool, num_threads: int):
-    """Each routed query searched in its part: (qkey, neighbours list<struct<id, distance>>, payload)."""
-    threads = task_threads(num_threads)
+    """Each routed query searched in its part: (qkey, neighbours list<struct<id, distance>>, payload).
+    A model whose parts arrive as chunk rows (part_chunks) searches a part once its files are whole."""
+    search = partial(_search_part, layout, k, exclude_self, task_threads(num_threads))
+    if layout.chunks is None:
+        for batch in batches:
+            part_col = batch.column("part").to_numpy()
+            for p in np.unique(part_col):
+                sel = np.flatnonzero(part_col == p)
+                yield search(int(p), batch.take(pa.array(sel)) if len(sel) < batch.num_rows else batch)
+        return
+    with part_chunks.PartArrivals(layout, part_chunks.search_roles(layout)) as arrivals:
+        for batch in batches:
+            for part, sub in arrivals.feed(batch):
+                yield search(part, sub)
+        arrivals.finish()
+
+
+def _search_part(layout: Layout, k: int, exclude_self: bool, threads: int, p: int, sub: pa.RecordBatch):
     kk = k + 1 if exclude_self else k
-    id_type = ARROW_ID_TYPES[layout.id_type]
-    for batch in batches:
-        part_col = batch.column("part").to_numpy()
-        for p in np.unique(part_col):
-            sel = np.flatnonzero(part_col == p)
-            sub = batch.take(pa.array(sel)) if len(sel) < batch.num_rows else batch
-            index = shard_index(layout, int(p))
-            index.threads = threads
-            x = vectors_to_numpy(sub.column("v"), "v", layout.dim)
-            keys = sub.column("qkey").to_numpy()
-            per_row = sub.column("nprobe").to_numpy()
-            ids = np.full((len(x), kk), -1, dtype=np.int64)
-            dist = np.full((len(x), kk), np.inf, dtype=np.float32)
-            if len(index):
-                lists = sub.column("lists").flatten().to_numpy().astype(np.int64)
-                starts = np.concatenate([[0], np.cumsum(per_row)])
-                for m in np.unique(per_row):
-                    rows = np.flatnonzero(per_row == m)
-                    given = lists[(starts[rows][:, None] + np.arange(m)).reshape(-1)].reshape(len(rows), m)
-                    # Lists of other parts are empty here; widening would scan lists the query was not
-                    # routed for, so it is off: the union over parts is exactly the in-process search.
-                    ids[rows], dist[rows] = index.search(x[rows], kk, lists=given, widen=False)
-            lst = neighbors_array(ids, dist, exclude=keys if exclude_self else None, k=k)
-            found = lst.values.field("id")
-            if layout.positional:
-                table = side_file(layout, int(p), "items", _load_items).column("id")
-                users = table.take(pa.array(found.to_numpy() & POSITION_MASK)).combine_chunks()
-            else:
-                users = found
-            struct = pa.StructArray.from_arrays([users.cast(id_type), lst.values.field("distance")],
-                                                names=["id", "distance"])
-            yield pa.RecordBatch.from_arrays(
-                [sub.column("qkey"), pa.ListArray.from_arrays(lst.offsets, struct), sub.column(_ROW)],
-                names=["qkey", "neighbors", _ROW])
+    index = shard_index(layout, p)
+    index.threads = threads
+    x = vectors_to_numpy(sub.column("v"), "v", layout.dim)
+    keys = sub.column("qkey").to_numpy()
+    per_row = sub.column("nprobe").to_numpy()
+    ids = np.full((len(x), kk), -1, dtype=np.int64)
+    dist = np.full((len(x), kk), np.inf, dtype=np.float32)
+    if len(index):
+        lists = sub.column("lists").flatten().to_numpy().astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(per_row)])
+        for m in np.unique(per_row):
+            rows = np.flatnonzero(per_row == m)
+            given = lists[(starts[rows][:, None] + np.arange(m)).reshape(-1)].reshape(len(rows), m)
+            # Lists of other parts are empty here; widening would scan lists the query was not
+            # routed for, so it is off: the union over parts is exactly the in-process search.
+            ids[rows], dist[rows] = index.search(x[rows], kk, lists=given, widen=False)
+    lst = neighbors_array(ids, dist, exclude=keys if exclude_self else None, k=k)
+    found = lst.values.field("id")
+    if layout.positional:
+        table = side_file(layout, p, "items", _load_items).column("id")
+        users = table.take(pa.array(found.to_numpy() & POSITION_MASK)).combine_chunks()
+    else:
+        users = found
+    struct = pa.StructArray.from_arrays([users.cast(ARROW_ID_TYPES[layout.id_type]), lst.values.field("distance")],
+                                        names=["id", "distance"])
+    return pa.RecordBatch.from_arrays(
+        [sub.column("qkey"), pa.ListArray.from_arrays(lst.offsets, struct), sub.column(_ROW)],
+        names=["qkey", "neighbors", _ROW])
 
 
 # -- merging -------------------------------------------------------------------------------
@@ -226,18 +251,24 @@ def merge_batches(batches, *, k: int, output: str):
 
 
 # -- the DataFrame plan -------------------------------------------------------------------------
+def by_part(df: DataFrame, layout: Layout) -> DataFrame:
+    """Rows of ``df`` (column "part") shuffled so part p's rows make partition p."""
+    keys = layout.ivf.part_keys
+    key = F.element_at(F.array(*[F.lit(v).cast("long") for v in keys]), F.col("part") + 1)
+    return df.withColumn("__sparknn_key", key).repartition(len(keys), "__sparknn_key").drop("__sparknn_key")
+
+
 def routed_frame(routed: DataFrame, layout: Layout, payload: T.StructType, k: int, exclude_self: bool,
                  output: str, num_threads: int) -> DataFrame:
     """Search and merge stages after routing; the result has the payload's columns plus ``output``."""
-    routing = layout.ivf
-    key = F.element_at(F.array(*[F.lit(v).cast("long") for v in routing.part_keys]), F.col("part") + 1)
     candidates = T.StructType([
         T.StructField("qkey", T.LongType()),
         T.StructField("neighbors", neighbors_spark_type(layout.id_type)),
         T.StructField(_ROW, payload),
     ])
-    searched = (routed.withColumn("__sparknn_key", key).repartition(routing.num_parts, "__sparknn_key")
-                .drop("__sparknn_key")
+    if layout.chunks is not None:
+        routed = part_chunks.with_files(routed, layout)
+    searched = (by_part(routed, layout)
                 .mapInArrow(partial(search_parts, layout=layout, k=k, exclude_self=exclude_self,
                                     num_threads=num_threads), candidates))
     result = T.StructType(payload.fields + [T.StructField(output, neighbors_spark_type(layout.id_type))])
@@ -272,7 +303,14 @@ def similar_items(spark, layout: Layout, slices, id_col: str, output: str, k: in
     """Every stored item (read back from the parts' items files) and its k nearest other items."""
     payload = T.StructType([T.StructField(id_col, spark_id_type(layout.id_type))])
     need = min(k if include_self else k + 1, layout.count)
-    route_fn = partial(route_items, layout=layout, slices=slices, id_col=id_col, nprobe=nprobe, need=need,
-                       num_threads=num_threads)
-    routed = spark.range(0, len(slices), 1, len(slices)).mapInArrow(route_fn, routed_schema(payload))
+    if layout.chunks is None:
+        route_fn = partial(route_items, layout=layout, slices=slices, id_col=id_col, nprobe=nprobe, need=need,
+                           num_threads=num_threads)
+        routed = spark.range(0, len(slices), 1, len(slices)).mapInArrow(route_fn, routed_schema(payload))
+    else:  # each part's items file comes to one task, with a marker row naming the part
+        markers = spark.range(0, layout.ivf.num_parts, 1, 1).select(F.col("id").cast("int").alias("part"))
+        frame = part_chunks.chunk_frame(spark, layout, ("items",)).unionByName(markers, allowMissingColumns=True)
+        route_fn = partial(route_received_items, layout=layout, id_col=id_col, nprobe=nprobe, need=need,
+                           num_threads=num_threads)
+        routed = by_part(frame, layout).mapInArrow(route_fn, routed_schema(payload))
     return routed_frame(routed, layout, payload, k, not include_self, output, num_threads)

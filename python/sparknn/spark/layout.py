@@ -13,7 +13,8 @@ positions into per-shard id files ("positional"). Positional ids are tagged
 with their shard, ``shard << 40 | position``, so results from several shards
 merge into one global top-k without collisions.
 
-Driver and executor code both import this module; it imports neither.
+Driver and executor code both import this module; of them it imports only node_cache, where a
+task finds the files a model keeps at its URI (``ChunkSource``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -93,6 +95,23 @@ class IvfRouting:
 
 
 @dataclass(frozen=True)
+class ChunkSource:
+    """Files a model keeps at its storage URI (a routed model's parts and items files): tasks get
+    them as chunk rows of their own input (part_chunks) into their node's cache (node_cache),
+    found there by content, never through the driver."""
+
+    uri: str  # the Parquet chunk files (name, offset, data)
+    digests: tuple[tuple[str, integrity.FileDigest], ...]
+
+    def digest(self, name: str) -> integrity.FileDigest | None:
+        return dict(self.digests).get(name)
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(n for n, _ in self.digests)
+
+
+@dataclass(frozen=True)
 class ShardFiles:
     index: str  # file name of the index
     ids: str | None  # file name of the Arrow id file (positional ids of a shard only)
@@ -129,6 +148,7 @@ class Layout:
     root: str  # directory holding the files on the driver (and on executors when not shipped)
     shipped: bool = False  # True: files were registered with SparkContext.addFile
     ivf: IvfRouting | None = None  # kind "ivf": the quantizer and which part holds which list (shards = parts)
+    chunks: ChunkSource | None = None  # files kept at the model's URI, not under root
 
     @property
     def count(self) -> int:
@@ -141,6 +161,10 @@ class Layout:
         return "routed" if self.ivf else "shards" if len(self.shards) > 1 else "single"
 
     def path(self, name: str) -> str:
+        if self.chunks is not None and name in self.chunks.names:
+            from sparknn.spark import node_cache
+
+            return node_cache.path_of(name, self.chunks.digest(name))
         if self.shipped:
             from pyspark import SparkFiles
 
@@ -150,6 +174,17 @@ class Layout:
     def files(self) -> list[str]:
         extra = [self.ivf.quantizer] if self.ivf else []
         return [n for s in self.shards for n in (s.index, s.ids, s.items, s.probes) if n] + extra
+
+    def local_files(self) -> list[str]:
+        """The files under ``root`` (all but those kept at the model's URI)."""
+        remote = self.chunks.names if self.chunks else frozenset()
+        return [n for n in self.files() if n not in remote]
+
+    def part_files(self, part: int, roles=("index", "items")) -> list[str]:
+        """File names of shard (part) ``part`` with the given roles."""
+        s = self.shards[part]
+        return [n for role, n in (("index", s.index), ("ids", s.ids), ("items", s.items), ("probes", s.probes))
+                if n and role in roles]
 
     def saved_names(self) -> dict[str, str]:
         """File name -> the name it has in a saved model (shard-i.snn, ids-i.arrow, items-i.arrow,
@@ -205,10 +240,18 @@ class Layout:
         return layout
 
     def renamed(self, rename, root: str, shipped: bool) -> Layout:
+        """The layout with every file name mapped through ``rename`` (files kept at the model's URI
+        keep their names)."""
+        if self.chunks is not None:
+            rename = partial(_keep_remote, rename, self.chunks.names)
         shards = tuple(replace(s, index=rename(s.index), ids=s.ids and rename(s.ids), items=s.items and rename(s.items),
                                probes=s.probes and rename(s.probes)) for s in self.shards)
         ivf = self.ivf.renamed(rename) if self.ivf else None
         return replace(self, shards=shards, root=root, shipped=shipped, ivf=ivf)
+
+
+def _keep_remote(rename, remote, name: str) -> str:
+    return name if name in remote else rename(name)
 
 
 def check_files(layout: Layout, what: str) -> None:
@@ -216,7 +259,7 @@ def check_files(layout: Layout, what: str) -> None:
     file with a recorded digest has its size. Checksums are verified by the tasks that read them."""
     roles = {name: role for shard in layout.shards for role, name in layout.side_files(shard)}
     digests = {name: shard.digest(role) for shard in layout.shards for role, name in layout.side_files(shard)}
-    for name in layout.files():
+    for name in layout.local_files():
         path = os.path.join(layout.root, name)
         kind = f"{roles[name]} file" if name in roles else "index file"
         if not os.path.isfile(path):

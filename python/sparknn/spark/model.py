@@ -214,8 +214,10 @@ class KNNModelWriter(MLWriter):
         if hadoop_store.is_uri(path):
             spark = _session()
             files = self.instance._index_files()
-            hadoop_store.save(spark, path, files.layout, files.for_tasks(spark), files.layout.saved_names(),
-                              partial(_metadata, self.instance), self.shouldOverwrite)
+            stored = hadoop_store.save(spark, path, files.layout, files.for_tasks(spark), files.layout.saved_names(),
+                                       partial(_metadata, self.instance), self.shouldOverwrite)
+            if files.layout.chunks and hadoop_store.is_under(files.layout.chunks.uri, path):
+                files.move_chunks(stored)  # the version it was loaded from is gone: read the new one
             return
         target = local_dir(path, "model path")
         if os.path.lexists(target) and not self.shouldOverwrite:

@@ -2,7 +2,7 @@
 
 A build task that cannot write where the driver reads (no shared ``indexPath``; a cluster's
 driver directory) writes its files into a private scratch directory of its node, then emits them
-as rows (``name``, ``offset``, ``size``, ``data``: 8 MiB chunks) after its result rows, and
+as chunk rows (``name``, ``offset``, ``size``, ``data``: chunk_files) after its result rows, and
 removes them. The driver hash-partitions that output into small partitions (a shuffle: every
 build task runs in parallel and streams its rows to its node's disk, nothing is held whole in a
 JVM) and reads them back one at a time (``toLocalIterator``), writing each chunk into its file.
@@ -27,10 +27,9 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparknn.errors import InvalidArgumentError
+from sparknn.spark import chunk_files
 from sparknn.spark.ivf_memory import check_driver_heap_for
 
-CHUNK_BYTES = 2 << 20
 PARTITION_BYTES = 16 << 20  # what the driver holds at a time, about
 _CHUNK_FIELDS = (("name", pa.string(), T.StringType()), ("offset", pa.int64(), T.LongType()),
                  ("size", pa.int64(), T.LongType()), ("data", pa.binary(), T.BinaryType()))
@@ -54,16 +53,12 @@ def chunk_batches(directory: str, names, schema: pa.Schema):
     """The files ``names`` under ``directory`` as chunk rows (result columns null)."""
     results = [f for f in schema if f.name not in _CHUNK_NAMES]
     for name in names:
-        path = os.path.join(directory, name)
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            for offset in range(0, max(size, 1), CHUNK_BYTES):
-                data = f.read(CHUNK_BYTES)
-                yield pa.RecordBatch.from_arrays(
-                    [pa.nulls(1, r.type) for r in results]
-                    + [pa.array([name]), pa.array([offset], pa.int64()), pa.array([size], pa.int64()),
-                       pa.array([data], pa.binary())],
-                    schema=schema)
+        for offset, size, data in chunk_files.file_chunks(os.path.join(directory, name)):
+            yield pa.RecordBatch.from_arrays(
+                [pa.nulls(1, r.type) for r in results]
+                + [pa.array([name]), pa.array([offset], pa.int64()), pa.array([size], pa.int64()),
+                   pa.array([data], pa.binary())],
+                schema=schema)
 
 
 @contextmanager
@@ -110,8 +105,8 @@ def gather(df, root: str, key: str, file_columns, expected_bytes: int, what: str
     shuffled = df.repartition(partitions, F.col("name"), F.col("offset"))
     problem = None
     for _ in range(_ATTEMPTS):
-        results, sizes, written = _read_once(shuffled, root)
-        problem = _check(results, sizes, written, key, file_columns)
+        results, files = _read_once(shuffled, root)
+        problem = _check(results, files, key, file_columns)
         if problem is None:
             return results
     raise RuntimeError(f"the files of a build on executors could not be gathered whole in {_ATTEMPTS} reads "
@@ -119,34 +114,26 @@ def gather(df, root: str, key: str, file_columns, expected_bytes: int, what: str
 
 
 def _read_once(df, root: str):
-    results, fds, sizes, written = [], {}, {}, {}
-    try:
+    """(result rows, the assembled files) of one read of the shuffled build output."""
+    results = []
+    with chunk_files.Assembler(root) as files:
         for row in df.toLocalIterator():
             row = row.asDict()
             name, offset, size, data = (row.pop(n) for n in ("name", "offset", "size", "data"))
             if name is None:
                 results.append(row)
-                continue
-            if os.path.basename(name) != name or name.startswith(".") or offset + len(data) > size:
-                raise InvalidArgumentError(f"a build task returned a chunk of {name!r} at {offset} that does not fit")
-            if name not in fds:
-                fds[name] = os.open(os.path.join(root, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                sizes[name], written[name] = size, 0
-            os.pwrite(fds[name], data, offset)
-            written[name] += len(data)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    return results, sizes, written
+            else:
+                files.add(name, offset, data, size)
+    return results, files
 
 
-def _check(results, sizes, written, key, file_columns) -> str | None:
+def _check(results, files: chunk_files.Assembler, key, file_columns) -> str | None:
     """Why the gathered output is not one whole attempt per task; None when it is."""
     keys = [r[key] for r in results]
     if len(keys) != len(set(keys)):
         return f"{key} returned by two task attempts"
     for r in results:
         for name in (r[c] for c in file_columns if r[c]):
-            if name not in sizes or written[name] != sizes[name]:
-                return f"{name} has {written.get(name, 0)} of {sizes.get(name, '?')} bytes"
+            if not files.whole(name):
+                return f"{name} has {files.written.get(name, 0)} of {files.sizes.get(name, '?')} bytes"
     return None

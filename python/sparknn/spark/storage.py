@@ -17,11 +17,14 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import replace
 from urllib.parse import urlparse
+
+from pyspark.sql import SparkSession
 
 from sparknn import integrity
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import runtime
+from sparknn.spark import hadoop_store, runtime
 from sparknn.spark.layout import Layout
 
 
@@ -163,16 +166,30 @@ class IndexFiles:
         self._shipped = (key, shipped)
         return shipped
 
+    def move_chunks(self, uri: str) -> None:
+        """The files kept at the model's URI are now read from ``uri`` (a save replaced the version
+        the model was loaded from with a copy)."""
+        self.layout = replace(self.layout, chunks=replace(self.layout.chunks, uri=uri))
+        self._shipped = None
+
     def copy_to(self, directory: str) -> Layout:
-        """Copies the files under canonical names; returns the layout for that directory."""
+        """Copies the files under canonical names; returns the layout for that directory. Files
+        kept at the model's URI are read from there through Spark."""
         os.makedirs(directory, exist_ok=True)
         names = self.layout.saved_names()
+        remote = self.layout.chunks.names if self.layout.chunks else frozenset()
         digests = {name: s.digest(role) for s in self.layout.shards for role, name in self.layout.side_files(s)}
+        if remote:
+            hadoop_store.fetch(SparkSession.getActiveSession(), self.layout.chunks.uri, directory,
+                               {name: self.layout.chunks.digest(name) for name in remote}, self.layout.chunks.uri)
         for src, dst in names.items():
             path = os.path.join(directory, dst)
-            shutil.copyfile(os.path.join(self.layout.root, src), path)
+            if src in remote:
+                os.replace(os.path.join(directory, src), path)
+            else:
+                shutil.copyfile(os.path.join(self.layout.root, src), path)
             if digests.get(src) is not None:  # the copy is what the model's digests vouch for
                 integrity.verify(path, digests[src], "copied side file")
             with open(path, "rb+") as f:  # on disk before the model is committed
                 os.fsync(f.fileno())
-        return self.layout.renamed(names.__getitem__, root=directory, shipped=False)
+        return replace(self.layout, chunks=None).renamed(names.__getitem__, root=directory, shipped=False)
