@@ -256,8 +256,10 @@ def table(rows: list) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 2_000_000, 5_000_000, 10_000_000])
-    ap.add_argument("--modes", nargs="+", default=["routed"], choices=["routed", "routed-returned", "routed-uri", "driver", "annoy"],
-                    help="routed / driver: sparknn KNN(indexType='ivf', ivfMode=...); annoy: the seed's recipe")
+    ap.add_argument("--modes", nargs="+", default=["routed"],
+                    choices=["routed", "routed-returned", "routed-uri", "driver", "annoy"],
+                    help="routed / driver: sparknn KNN(indexType='ivf', ivfMode=...); routed-uri: routed, then the "
+                         "self-join again from the model saved at a URI; annoy: the seed's recipe")
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--metric", default="l2")
     ap.add_argument("--nprobe", type=int, default=8)
