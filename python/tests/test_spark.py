@@ -292,8 +292,6 @@ def test_bad_params_and_queries(spark):
         KNN(metric="hamming")
     with pytest.raises(ValueError, match="indexType must be one of flat, hnsw, ivf, got 'annoy'"):
         KNN(indexType="annoy")
-    with pytest.raises(ValueError, match="local path or a filesystem mounted on the driver and every executor"):
-        KNN(indexPath="hdfs://nn/knn", featuresCol="vector").fit(items(spark))
     model = KNN(k=3, indexType="flat", featuresCol="vector").fit(items(spark))
     with pytest.raises(ValueError, match="outputCol 'vector' already exists"):
         model.setOutputCol("vector").transform(queries_df(spark))

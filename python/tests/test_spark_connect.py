@@ -151,6 +151,9 @@ def connect_run(connect_server, tmp_path_factory):
                    "indexPath": shared + "/routed"},
         "routed_no_path": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16},
         "routed_returned": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "_returned": True},
+        # files written at a URI only the server resolves; the parts stay there
+        "routed_uri": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16,
+                       "indexPath": "viewfs://sparknn/store/index-routed"},
     }
     out = str(work / "out")
     os.makedirs(out)
@@ -161,7 +164,8 @@ def connect_run(connect_server, tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1]), out, items
 
 
-@pytest.mark.parametrize("case", ["flat", "hnsw", "ivf", "sharded", "routed", "routed_no_path", "routed_returned"])
+@pytest.mark.parametrize("case", ["flat", "hnsw", "ivf", "sharded", "routed", "routed_no_path", "routed_returned",
+                                  "routed_uri"])
 def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     report, out, _ = connect_run
     assert "error" not in report[case], report[case]

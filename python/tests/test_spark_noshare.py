@@ -117,22 +117,25 @@ def store():
     shutil.rmtree(backing, ignore_errors=True)
 
 
-@pytest.mark.parametrize("shared_path", [False, True], ids=["no-indexPath", "shared-indexPath"])
+@pytest.mark.parametrize("where", ["none", "shared", "uri"], ids=["no-indexPath", "shared-indexPath", "uri-indexPath"])
 @pytest.mark.parametrize("params", [{"indexType": "flat", "numShards": 2},
                                     {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16,
                                      "targetPartBytes": 40_000}],
                          ids=["sharded", "routed"])
-def test_builds_on_executors_return_their_files_through_spark(noshare, store, tmp_path, params, shared_path):
+def test_builds_on_executors_return_their_files_through_spark(noshare, store, tmp_path, params, where):
     """No indexPath: each build task writes on its own node and its files come back through Spark
-    (with an indexPath every node mounts, here /var/tmp, they are written and opened there); the
+    (with an indexPath every node mounts, here /var/tmp, they are written and opened there; with an
+    indexPath URI they are written there through Spark, and a routed model's parts stay there); the
     model answers exactly, saves to a driver path and to a Hadoop URI, a Pipeline too, and a fresh
     session loads each. An indexPath the executors do not see is refused with the reason."""
     from pyspark.ml import Pipeline, PipelineModel
 
     uri, backing = store
-    name = ("sharded" if "numShards" in params else "routed") + ("-shared" if shared_path else "")
-    if shared_path:
+    name = ("sharded" if "numShards" in params else "routed") + ("" if where == "none" else f"-{where}")
+    if where == "shared":
         params = {**params, "indexPath": tempfile.mkdtemp(prefix="sparknn-noshare-index-", dir="/var/tmp")}
+    elif where == "uri":
+        params = {**params, "indexPath": f"{uri}/index-{name}"}
     mount = {"spark.hadoop.fs.viewfs.mounttable.noshare.link./store": f"file://{backing}"}
     spark = _session(noshare.url, **mount)
     truth, _ = exact_knn(BASE, BASE, K + 1, "cosine")
@@ -146,7 +149,8 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
         model = KNN(k=K, featuresCol="vector", **params).fit(df)
         assert model.layout.mode == ("shards" if name.startswith("sharded") else "routed")
         assert len(model.layout.shards) >= 2
-        assert model._index_files().shared == shared_path
+        assert model._index_files().shared == (where == "shared")
+        assert (model.layout.chunks is not None) == (where == "uri" and name.startswith("routed"))
         got = _rows(model.similarItems())
         hits = np.mean([len(set(got[i]) & set(expected[i])) / K for i in expected])
         assert hits >= 0.999, hits
@@ -170,7 +174,7 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
         assert _rows(stage.similarItems()) == got
     finally:
         spark.stop()
-        if shared_path:
+        if where == "shared":
             shutil.rmtree(params["indexPath"], ignore_errors=True)
 
 

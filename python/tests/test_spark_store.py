@@ -308,10 +308,31 @@ def test_a_routed_fit_killed_part_way_leaves_nothing_that_loads(spark, store, tm
             KNNModel.load(str(index_path))
 
 
-def test_an_index_path_uri_is_refused_with_the_way_to_store_there(spark):
-    df, _ = _items(spark, n=100)
-    with pytest.raises(InvalidArgumentError, match=r"not a s3a:// URI.*save the model to the s3a:// URI"):
-        KNN(k=K, featuresCol="vector", indexType="flat", numShards=2, indexPath="s3a://bucket/index").fit(df)
+@pytest.mark.parametrize("case", ["sharded", "routed", "routed-string-ids"])
+def test_an_index_path_uri_keeps_the_built_files_there(spark, store, case):
+    """indexPath at a URI: build tasks write their files there through Spark. A routed model's parts
+    stay there (the driver holds the quantizer only) and reach the tasks that search them; a
+    sharded model's shards are fetched to the driver (every query searches all)."""
+    uri, backing = store
+    df, _ = _items(spark, string_ids=case != "routed")
+    params = {"k": K, "metric": "l2", "featuresCol": "vector", **CASES[case]}
+    in_place = KNN(**params).fit(df)
+    model = KNN(indexPath=f"{uri}/index", **params).fit(df)
+    assert model.layout.mode == in_place.layout.mode
+    (build,) = os.listdir(backing / "index")
+    assert any(n.endswith(".parquet") for n in os.listdir(backing / "index" / build))
+    if case.startswith("routed"):
+        assert model.layout.chunks is not None and model.layout.chunks.uri == f"{uri}/index/{build}"
+        assert os.listdir(model.layout.root) == [model.layout.ivf.quantizer]
+        assert model.partSizeBytes == in_place.partSizeBytes
+    else:
+        assert model.layout.chunks is None
+    assert _answers(model) == _answers(in_place)
+    queries = spark_items(spark, clustered(30, DIM, 10, seed=9))
+    assert (sorted(model.transform(queries).select("id", "neighbors").collect())
+            == sorted(in_place.transform(queries).select("id", "neighbors").collect()))
+    model.write().save(f"{uri}/m")
+    assert _answers(KNNModel.load(f"{uri}/m")) == _answers(in_place)
 
 
 def test_gathered_output_of_two_attempts_is_detected(tmp_path):

@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark import hadoop_store
 from sparknn.spark.build import build_on_driver, file_prefix
 from sparknn.spark.direct_read import ParquetScan, find_scan, first_dim
 from sparknn.spark.ivf_memory import driver_collect_budget, human
@@ -158,29 +159,37 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         spark = dataset.sparkSession
         prefix = file_prefix(self.uid)
         index_path = self.getIndexPath()
-        if index_path:
+        # An indexPath URI: builds on executors keep their files there (as chunk rows); the driver's
+        # own files (a driver build, the quantizer) go to a temporary directory.
+        store = hadoop_store.join(index_path, prefix) if index_path and hadoop_store.is_uri(index_path) else None
+        if index_path and not store:
             root, owned = local_dir(index_path, "indexPath"), None
             os.makedirs(root, exist_ok=True)
         else:
             root = owned = temp_dir(spark)
+        index_path = None if store else index_path
         try:
             if options.num_shards > 1:
-                returned = _files_return_through_spark(spark, index_path, root, f"numShards={options.num_shards}")
-                layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned)
-                shared = not returned
+                returned = not store and _files_return_through_spark(spark, index_path, root,
+                                                                     f"numShards={options.num_shards}")
+                layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned, store)
+                shared = not returned and not store
             else:
                 # A plain scan of local Parquet is read on the driver without a Spark job.
                 scan = find_scan(dataset, id_col, features, id_type)
                 if driver_or_routed(dataset, features, options, scan) == "routed":
-                    returned = _files_return_through_spark(spark, index_path, root, "the routed ivf build")
-                    layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix, returned)
-                    shared = not returned
+                    returned = not store and _files_return_through_spark(spark, index_path, root,
+                                                                         "the routed ivf build")
+                    layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix, returned, store)
+                    shared = not returned and not store
                 else:
                     layout = build_on_driver(dataset, features, id_col, id_type, options.spec, root, prefix,
                                              durable=not owned, scan=scan)
                     shared = bool(index_path)
         except BaseException:
             # Leave nothing behind that could pass for a built index.
+            if store:
+                hadoop_store.remove_tree(spark, store)
             if owned:
                 shutil.rmtree(owned, ignore_errors=True)
             else:

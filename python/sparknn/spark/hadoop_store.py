@@ -54,8 +54,23 @@ def is_under(path: str, uri: str) -> bool:
     return path.startswith(uri.rstrip("/") + "/")
 
 
-def _join(uri: str, *names: str) -> str:
+def join(uri: str, *names: str) -> str:
     return "/".join([uri.rstrip("/"), *names])
+
+
+
+def remove_tree(spark, uri: str) -> None:
+    """Deletes ``uri`` recursively through Hadoop's FileSystem (classic sessions; Spark Connect has
+    no file operations, so there it stays: it holds nothing that loads as a model)."""
+    if not runtime.is_connect(spark):
+        fs, path = _filesystem(spark, uri)
+        fs.delete(path, True)
+
+
+def _filesystem(spark, uri: str):
+    """(Hadoop FileSystem, Path) of ``uri`` on a classic session."""
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
 
 
 def _new_version() -> str:
@@ -105,7 +120,7 @@ def _records(spark, uri: str, strict: bool = True) -> tuple[list[dict], bool]:
     """Every committed version of the model at ``uri``, oldest first, and whether any record line
     was found at all. ``strict``: a damaged record raises IndexFileError (else it is skipped: an
     overwrite replaces it)."""
-    lines = [line for line in (_lines(spark, _join(uri, "sparknn", "*", "record")) or []) if line.strip()]
+    lines = [line for line in (_lines(spark, join(uri, "sparknn", "*", "record")) or []) if line.strip()]
     records = []
     for line in lines:
         try:
@@ -118,7 +133,7 @@ def _records(spark, uri: str, strict: bool = True) -> tuple[list[dict], bool]:
 
 def _metadata_class(spark, uri: str) -> str | None:
     """The class named by the pyspark.ml metadata at ``uri``; None when there is none."""
-    lines = [line for line in (_lines(spark, _join(uri, "metadata")) or []) if line.strip()]
+    lines = [line for line in (_lines(spark, join(uri, "metadata")) or []) if line.strip()]
     if not lines:
         return None
     try:
@@ -147,7 +162,7 @@ def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, meta
     if not overwrite and (found or _metadata_class(spark, uri) is not None):
         raise FileExistsError(f"model path {uri!r} already exists: use model.write().overwrite().save()")
     version = _new_version()
-    where = _join(uri, "sparknn", version)
+    where = join(uri, "sparknn", version)
     task_names = dict(zip(layout.files(), task_layout.files()))
     remote = layout.chunks.names if layout.chunks else frozenset()
     digests, plan = {}, []
@@ -169,16 +184,16 @@ def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, meta
         copied = (spark.read.parquet(layout.chunks.uri).where(F.col("name").isin(sorted(remote)))
                   .select(F.element_at(F.create_map(*pairs), F.col("name")).alias("name"), "offset", "data"))
         chunks = chunks.unionByName(copied)
-    chunks.write.option("compression", "none").parquet(_join(where, "files"))
+    chunks.write.option("compression", "none").parquet(join(where, "files"))
     body = {"format": _FORMAT, "version": version, "chunkBytes": chunk_files.CHUNK_BYTES, "files": digests,
             "metadata": metadata}
-    _write_line(spark, _join(where, "record"), json.dumps({**body, "crc32c": _record_crc(body)}, sort_keys=True))
+    _write_line(spark, join(where, "record"), json.dumps({**body, "crc32c": _record_crc(body)}, sort_keys=True))
     # The model is committed. The metadata is what pyspark.ml's readers look for (PipelineModel.load
     # reads its class); the loader itself reads the record.
-    _write_line(spark, _join(uri, "metadata"), json.dumps({k: v for k, v in metadata.items() if k != "sparknn"},
+    _write_line(spark, join(uri, "metadata"), json.dumps({k: v for k, v in metadata.items() if k != "sparknn"},
                                                           separators=(",", ":")), overwrite=True)
     _remove_others(spark, uri, version, [r["version"] for r in existing])
-    return _join(where, "files")
+    return join(where, "files")
 
 
 def _remove_others(spark, uri: str, keep: str, known: list[str]) -> None:
@@ -188,18 +203,16 @@ def _remove_others(spark, uri: str, keep: str, known: list[str]) -> None:
     ``known`` version's record (from then on it does not exist), then its files, overwritten
     with empty ones."""
     if not runtime.is_connect(spark):
-        jvm = spark.sparkContext._jvm
-        root = jvm.org.apache.hadoop.fs.Path(_join(uri, "sparknn"))
-        fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        fs, root = _filesystem(spark, join(uri, "sparknn"))
         for status in fs.listStatus(root):
             if status.getPath().getName() != keep:
                 fs.delete(status.getPath(), True)
         return
     for version in known:
         if version != keep:
-            where = _join(uri, "sparknn", version)
-            spark.createDataFrame([], "value string").write.mode("overwrite").text(_join(where, "record"))
-            spark.createDataFrame([], _CHUNK_SPARK).write.mode("overwrite").parquet(_join(where, "files"))
+            where = join(uri, "sparknn", version)
+            spark.createDataFrame([], "value string").write.mode("overwrite").text(join(where, "record"))
+            spark.createDataFrame([], _CHUNK_SPARK).write.mode("overwrite").parquet(join(where, "files"))
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -216,7 +229,7 @@ def load(spark, uri: str, local: str) -> tuple[dict, Layout]:
         raise IndexFileError(f"the KNNModel at {uri!r} has metadata but no committed version: it was saved by "
                              "an older sparknn to a local path, or its save did not finish (save it again)")
     record = records[-1]
-    where = _join(uri, "sparknn", record["version"])
+    where = join(uri, "sparknn", record["version"])
     expected = {name: integrity.FileDigest.from_json(d) for name, d in record["files"].items()}
     try:
         layout = Layout.from_json(record["metadata"]["sparknn"], local)
@@ -227,8 +240,8 @@ def load(spark, uri: str, local: str) -> tuple[dict, Layout]:
                              f"names {sorted(layout.files())}")
     if layout.ivf is not None:  # a routed model: each part reaches only the tasks that search it
         remote = tuple(sorted((n, expected[n]) for n in layout.files() if n != layout.ivf.quantizer))
-        layout = replace(layout, chunks=ChunkSource(_join(where, "files"), remote))
-    fetch(spark, _join(where, "files"), local, {n: expected[n] for n in layout.local_files()}, uri)
+        layout = replace(layout, chunks=ChunkSource(join(where, "files"), remote))
+    fetch(spark, join(where, "files"), local, {n: expected[n] for n in layout.local_files()}, uri)
     return record["metadata"], layout
 
 

@@ -41,6 +41,7 @@ from sparknn.spark import ivf_memory, runtime
 from sparknn.spark.ivf_plan import dedupe_parts, item_bytes, plan_parts, sample_size
 from sparknn.spark.layout import (
     ARROW_ID_TYPES,
+    ChunkSource,
     MAX_STORED_PROBES,
     POSITION_BITS,
     IvfRouting,
@@ -51,7 +52,7 @@ from sparknn.spark.layout import (
     shard_files,
 )
 from sparknn.spark.params import FitOptions
-from sparknn.spark.returned_files import build_and_gather
+from sparknn.spark.returned_files import build_and_gather, build_and_store
 from sparknn.spark.schema import collect_arrow, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only, link, own, temp_dir
 from sparknn.spark.tasks import attempt_id, cached, partition_keys, task_threads
@@ -233,9 +234,10 @@ def _in_id_order(table: pa.Table, dim: int) -> np.ndarray:
 
 
 def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
-              prefix: str, returned: bool = False) -> Layout:
+              prefix: str, returned: bool = False, store: str | None = None) -> Layout:
     """The routed build; its parts are written to ``root``, or with ``returned`` (executors do not
-    see ``root``) returned through Spark (returned_files)."""
+    see ``root``) returned through Spark, or with ``store`` (a URI) kept there as chunk rows that
+    reach the query tasks of each part (returned_files). The quantizer is in ``root``."""
     spark = df.sparkSession
     stats = validate(df, features, id_col, id_type != "string")
     n, dim = int(stats["rows"]), int(stats["max_len"])
@@ -282,7 +284,11 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
     grouped = (data.withColumn("h", F.xxhash64("id")).mapInArrow(assign, assigned_schema)
                .withColumn("key", key).repartition(num_parts, "key").drop("key")
                .sortWithinPartitions("part", "id"))
-    if returned:
+    stored = {}
+    if store:
+        rows, stored = build_and_store(grouped, _build_task, _BUILT_ARROW, _BUILT, uri=store, key="part",
+                                       file_columns=("index", "items"), what="the routed ivf build", **kw)
+    elif returned:
         rows = build_and_gather(grouped, _build_task, _BUILT_ARROW, _BUILT, root=root, key="part",
                                 file_columns=("index", "items"),
                                 expected_bytes=n * (per_item + 4 * dim + 16 + 4 * width),
@@ -303,12 +309,14 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
         if r is None:  # a planned part that got no rows: an empty index keeps part numbers dense
             r = _empty_part(trained, root, f"{prefix}-part-{p}.snn", f"{prefix}-items-{p}.arrow",
                             items_schema(id_type, dim, width))
-        parts.append(shard_files(r, root, f"part {p}"))
+        parts.append(shard_files(r, None if r["index"] in stored else root, f"part {p}"))
     list_offsets, list_parts = dedupe_parts(piece_offsets, piece_parts)
+    part_bytes = [stored[s.index].size if s.index in stored else os.path.getsize(os.path.join(root, s.index))
+                  for s in parts]
     routing = IvfRouting(qname, tuple(sizes.tolist()), tuple(list_offsets.tolist()), tuple(list_parts.tolist()),
-                         tuple(piece_offsets.tolist()), tuple(piece_parts.tolist()), tuple(keys),
-                         tuple(os.path.getsize(os.path.join(root, s.index)) for s in parts))
-    layout = Layout(dim, spec.metric, "ivf", id_type, positional, tuple(parts), root, ivf=routing)
+                         tuple(piece_offsets.tolist()), tuple(piece_parts.tolist()), tuple(keys), tuple(part_bytes))
+    chunks = ChunkSource(store, tuple(sorted(stored.items()))) if store else None
+    layout = Layout(dim, spec.metric, "ivf", id_type, positional, tuple(parts), root, ivf=routing, chunks=chunks)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout
 

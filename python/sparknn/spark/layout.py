@@ -271,11 +271,11 @@ def check_files(layout: Layout, what: str) -> None:
 
 
 
-def shard_files(result: dict, root: str, what: str) -> ShardFiles:
+def shard_files(result: dict, root: str | None, what: str) -> ShardFiles:
     """The files of one task result (a dict with index, ids or items, count, sideFiles), checked to be
-    visible from the driver."""
+    visible from the driver under ``root`` (None: they are kept at an indexPath URI)."""
     ids, items = result.get("ids"), result.get("items")
-    for name in (result["index"], ids, items):
+    for name in (result["index"], ids, items) if root else ():
         if name and not os.path.exists(os.path.join(root, name)):
             raise InvalidArgumentError(
                 f"{what} was written by an executor to {root!r} but the driver cannot see it there: set "

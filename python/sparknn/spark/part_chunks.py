@@ -35,9 +35,15 @@ def search_roles(layout: Layout) -> tuple[str, ...]:
     return ("index", "items") if layout.positional else ("index",)
 
 
+def remote_files(layout: Layout, part: int, roles) -> list[str]:
+    """Part ``part``'s files with ``roles`` that are kept at the URI (an empty part built on the
+    driver is a local file, shipped)."""
+    return [n for n in layout.part_files(part, roles) if n in layout.chunks.names]
+
+
 def chunk_frame(spark, layout: Layout, roles) -> DataFrame:
     """Chunk rows (part, name, offset, data) of every part's files with ``roles``."""
-    by_name = {name: p for p in range(len(layout.shards)) for name in layout.part_files(p, roles)}
+    by_name = {name: p for p in range(len(layout.shards)) for name in remote_files(layout, p, roles)}
     pairs = [c for name, p in sorted(by_name.items()) for c in (F.lit(name), F.lit(p))]
     return (spark.read.parquet(layout.chunks.uri).where(F.col("name").isin(list(by_name)))
             .select(F.element_at(F.create_map(*pairs), F.col("name")).cast("int").alias("part"),
@@ -61,7 +67,7 @@ class PartArrivals:
 
     def _receiver(self, part: int) -> Receiver:
         if part not in self._receivers:
-            names = self.layout.part_files(part, self.roles)
+            names = remote_files(self.layout, part, self.roles)
             self._receivers[part] = Receiver({n: self.layout.chunks.digest(n) for n in names})
         return self._receivers[part]
 

@@ -12,6 +12,10 @@ one attempt's output per map task. If an executor is lost while the driver reads
 its tasks' output (under new attempt names), so a file may then be incomplete and a part may be
 named twice: the driver sees it (every chunk carries its file's size) and reads the whole
 output again, now from one attempt per task. Works alike on classic and Spark Connect sessions.
+
+With an ``indexPath`` URI (``build_and_store``) the same rows are written there by Spark's Parquet
+writer instead, and the files stay there: a routed model's parts then reach the tasks that
+search them as chunk rows (part_chunks), never the driver.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from sparknn import integrity
 from sparknn.spark import chunk_files
 from sparknn.spark.ivf_memory import check_driver_heap_for
 
 PARTITION_BYTES = 16 << 20  # what the driver holds at a time, about
 _CHUNK_FIELDS = (("name", pa.string(), T.StringType()), ("offset", pa.int64(), T.LongType()),
-                 ("size", pa.int64(), T.LongType()), ("data", pa.binary(), T.BinaryType()))
+                 ("size", pa.int64(), T.LongType()), ("crc32c", pa.int64(), T.LongType()),
+                 ("data", pa.binary(), T.BinaryType()))
 _CHUNK_NAMES = {n for n, _, _ in _CHUNK_FIELDS}
 _ATTEMPTS = 3
 
@@ -50,14 +56,17 @@ def result_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
 
 def chunk_batches(directory: str, names, schema: pa.Schema):
-    """The files ``names`` under ``directory`` as chunk rows (result columns null)."""
+    """The files ``names`` under ``directory`` as chunk rows (result columns null); each row carries
+    its file's size and CRC-32C."""
     results = [f for f in schema if f.name not in _CHUNK_NAMES]
     for name in names:
-        for offset, size, data in chunk_files.file_chunks(os.path.join(directory, name)):
+        path = os.path.join(directory, name)
+        crc = integrity.digest(path).crc32c
+        for offset, size, data in chunk_files.file_chunks(path):
             yield pa.RecordBatch.from_arrays(
                 [pa.nulls(1, r.type) for r in results]
                 + [pa.array([name]), pa.array([offset], pa.int64()), pa.array([size], pa.int64()),
-                   pa.array([data], pa.binary())],
+                   pa.array([crc], pa.int64()), pa.array([data], pa.binary())],
                 schema=schema)
 
 
@@ -89,9 +98,45 @@ def build_and_gather(data, task, result_arrow: pa.Schema, result_spark: T.Struct
     """Runs the build task ``task(batches, root=..., **kw)`` (results typed ``result_arrow`` /
     ``result_spark``) over ``data`` in the executors' scratch space and gathers its files into
     ``root`` (see gather)."""
+    return gather(_built(data, task, result_arrow, result_spark, file_columns, **kw), root, key, file_columns,
+                  expected_bytes, what)
+
+
+def _built(data, task, result_arrow: pa.Schema, result_spark: T.StructType, file_columns, **kw):
+    """The build's output: result rows, then the chunk rows of the files they name."""
     arrow, schema = with_chunks(result_arrow, result_spark)
     build = partial(run_returning, task=task, file_columns=file_columns, schema=arrow, **kw)
-    return gather(data.mapInArrow(build, schema), root, key, file_columns, expected_bytes, what)
+    return data.mapInArrow(build, schema)
+
+
+def build_and_store(data, task, result_arrow: pa.Schema, result_spark: T.StructType, *, uri: str, key: str,
+                    file_columns, what: str, **kw) -> tuple[list[dict], dict[str, integrity.FileDigest]]:
+    """Runs the build task as build_and_gather does, but its output (result and chunk rows) is
+    written with Spark's Parquet writer to ``uri`` (an ``indexPath`` URI): nothing comes back to the
+    driver but the result rows and every file's digest. Spark's output commit keeps one attempt per
+    task, so a result and the chunks of its files are one attempt's; each named file is checked to
+    be there whole (its chunk count, one size and CRC)."""
+    _built(data, task, result_arrow, result_spark, file_columns, **kw).write.option("compression", "none").parquet(uri)
+    stored = data.sparkSession.read.parquet(uri)
+    chunk_names = [n for n, _, _ in _CHUNK_FIELDS]
+    results = [r.asDict() for r in stored.where(F.col("name").isNull()).drop(*chunk_names).collect()]
+    stats = {r["name"]: r for r in stored.where(F.col("name").isNotNull()).groupBy("name").agg(
+        F.count(F.lit(1)).alias("chunks"), F.countDistinct("offset").alias("offsets"),
+        F.min("size").alias("size"), F.max("size").alias("max_size"),
+        F.min("crc32c").alias("crc"), F.max("crc32c").alias("max_crc")).collect()}
+    keys = [r[key] for r in results]
+    if len(keys) != len(set(keys)):
+        raise RuntimeError(f"{what} stored at {uri!r} holds two results for one {key}: fit again")
+    digests = {}
+    for r in results:
+        for name in (r[c] for c in file_columns if r[c]):
+            s = stats.get(name)
+            if (s is None or s["size"] != s["max_size"] or s["crc"] != s["max_crc"]
+                    or not s["chunks"] == s["offsets"] == len(chunk_files.ranges(s["size"]))):
+                raise RuntimeError(f"{what} stored at {uri!r} holds {name} incomplete ({s and s.asDict()}): is "
+                                   "the storage's output committer configured? Fit again")
+            digests[name] = integrity.FileDigest(int(s["size"]), int(s["crc"]))
+    return results, digests
 
 
 def gather(df, root: str, key: str, file_columns, expected_bytes: int, what: str) -> list[dict]:
@@ -120,6 +165,7 @@ def _read_once(df, root: str):
         for row in df.toLocalIterator():
             row = row.asDict()
             name, offset, size, data = (row.pop(n) for n in ("name", "offset", "size", "data"))
+            row.pop("crc32c")
             if name is None:
                 results.append(row)
             else:

@@ -23,9 +23,10 @@ from sparknn import integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
+from sparknn.spark import hadoop_store
 from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_ids
 from sparknn.spark.params import FitOptions
-from sparknn.spark.returned_files import build_and_gather
+from sparknn.spark.returned_files import build_and_gather, build_and_store
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only
 from sparknn.spark.tasks import attempt_id, partition_keys, task_threads
@@ -85,10 +86,11 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
 
 
 def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
-                  prefix: str, returned: bool = False) -> Layout:
+                  prefix: str, returned: bool = False, store: str | None = None) -> Layout:
     """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors: written to
-    ``root``, or with ``returned`` (executors do not see ``root``) returned through Spark
-    (returned_files)."""
+    ``root``, or with ``returned`` (executors do not see ``root``) returned through Spark, or with
+    ``store`` (a URI) written there and fetched into ``root`` (returned_files): every query
+    searches every shard, so each executor needs them all."""
     n = options.num_shards
     stats = validate(df, features, id_col, id_type != "string")
     positional = not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
@@ -102,7 +104,11 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
             .repartition(n, "key").drop("key"))
     kw = dict(prefix=prefix, dim=dim, id_type=id_type, id_col=id_col, features=features, positional=positional,
               spec=options.spec)
-    if returned:
+    if store:
+        results, stored = build_and_store(data, _build_task, _RESULT_ARROW, _RESULT, uri=store, key="shard",
+                                          file_columns=("index", "ids"), what=f"the sharded build ({n} shards)", **kw)
+        hadoop_store.fetch(spark, store, root, stored, store)
+    elif returned:
         results = build_and_gather(data, _build_task, _RESULT_ARROW, _RESULT, root=root, key="shard",
                                    file_columns=("index", "ids"), expected_bytes=int(stats["rows"]) * (4 * dim + 128),
                                    what=f"the sharded build ({n} shards)", **kw)

@@ -36,11 +36,8 @@ def local_dir(uri: str, param: str) -> str:
         return os.path.abspath(os.path.expanduser(path))
     if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
         return os.path.abspath(uri)
-    raise InvalidArgumentError(f"{param} {uri!r}: the index files of a fit are opened with local file I/O, so "
-                               "indexPath is a local path or a filesystem mounted on the driver and every "
-                               f"executor (file:// or a plain path), not a {parsed.scheme}:// URI. Leave indexPath "
-                               "unset (builds on executors then return their files through Spark) and save the "
-                               f"model to the {parsed.scheme}:// URI with model.write().save(uri)")
+    raise InvalidArgumentError(f"{param} {uri!r} is a {parsed.scheme}:// URI where a local directory (or a file:// "
+                               "URI) is expected")
 
 
 def temp_dir(spark, prefix: str = "sparknn-") -> str:
