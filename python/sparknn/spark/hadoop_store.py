@@ -184,7 +184,7 @@ def save(spark, uri: str, layout: Layout, task_layout: Layout, names: dict, meta
         copied = (spark.read.parquet(layout.chunks.uri).where(F.col("name").isin(sorted(remote)))
                   .select(F.element_at(F.create_map(*pairs), F.col("name")).alias("name"), "offset", "data"))
         chunks = chunks.unionByName(copied)
-    chunks.write.option("compression", "none").parquet(join(where, "files"))
+    chunk_files.write_parquet(chunks, join(where, "files"))
     body = {"format": _FORMAT, "version": version, "chunkBytes": chunk_files.CHUNK_BYTES, "files": digests,
             "metadata": metadata}
     _write_line(spark, join(where, "record"), json.dumps({**body, "crc32c": _record_crc(body)}, sort_keys=True))

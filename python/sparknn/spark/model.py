@@ -86,12 +86,14 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
     @property
     def taskMemoryBytes(self) -> int:
         """Estimated memory of one query task: the index it maps (an ivf model: its largest part and
-        the quantizer; otherwise every shard, and for an ivf index its stored probe lists, and the
-        list order and label map of similarItems, 16 bytes per item) plus a batch of queries and
-        candidates."""
+        the quantizer, and that part again when it arrives as chunk rows; otherwise every shard, and
+        for an ivf index its stored probe lists, and the list order and label map of similarItems,
+        16 bytes per item) plus a batch of queries and candidates."""
         layout = self.layout
         if layout.ivf:
             mapped = max(self.partSizeBytes) + self.indexSizeBytes - sum(self.partSizeBytes)
+            if layout.chunks:  # parts kept at a URI arrive as Arrow batches of chunk rows: up to a part at once
+                mapped += max(self.partSizeBytes)
         else:
             mapped = self.indexSizeBytes + sum(os.path.getsize(os.path.join(layout.root, s.probes)) + 16 * s.count
                                                for s in layout.shards if s.probes)

@@ -116,7 +116,7 @@ def build_and_store(data, task, result_arrow: pa.Schema, result_spark: T.StructT
     driver but the result rows and every file's digest. Spark's output commit keeps one attempt per
     task, so a result and the chunks of its files are one attempt's; each named file is checked to
     be there whole (its chunk count, one size and CRC)."""
-    _built(data, task, result_arrow, result_spark, file_columns, **kw).write.option("compression", "none").parquet(uri)
+    chunk_files.write_parquet(_built(data, task, result_arrow, result_spark, file_columns, **kw), uri)
     stored = data.sparkSession.read.parquet(uri)
     chunk_names = [n for n, _, _ in _CHUNK_FIELDS]
     results = [r.asDict() for r in stored.where(F.col("name").isNull()).drop(*chunk_names).collect()]
