@@ -97,11 +97,13 @@ def _spec(args) -> IndexSpec:
 def _cmd_similar(args) -> int:
     start = time.perf_counter()
     if args.spark:
+        if args.group_col:
+            raise UsageError("--group-col runs in-process for now: drop --spark (on Spark it is not available yet)")
         result = _similar_on_spark(args)
     else:
         result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
                               spec=_spec(args), fmt=args.format, overwrite=args.overwrite,
-                              progress=Progress(not args.quiet))
+                              progress=Progress(not args.quiet), group_col=args.group_col)
     where = f"Spark {args.spark}" if args.spark else "in-process"
     _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} items, {result.neighbors} neighbours each "
                f"({args.index}, {args.metric}, {where}) {_timing(time.perf_counter() - start, result)}")
@@ -326,6 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
     p.add_argument("--spark", metavar="MASTER",
                    help="run on Spark, e.g. local[*], spark://host:7077 or sc://host:15002 (Spark Connect)")
+    p.add_argument("--group-col", default=None, metavar="COLUMN",
+                   help="neighbours only within each item's group (integers or strings): small groups are "
+                        "searched exactly, large ones with an index of their own")
     p.set_defaults(run=_cmd_similar, default_index="ivf")
 
     p = sub.add_parser("build", parents=[common, columns, index, threads, out], help="build an index file")

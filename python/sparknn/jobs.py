@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from sparknn._core import ivf_default_train_size
 from sparknn.arrow import neighbors_array, neighbors_type, vectors_to_numpy
 from sparknn.errors import IndexFileError, InvalidArgumentError
+from sparknn import grouped
 from sparknn.builder import build_streaming, engine_ids
 from sparknn.index import Index, IndexSpec, load
 from sparknn.integrity import FileDigest, crc32c
@@ -452,10 +453,12 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
 
 def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector", k: int = 10,
             spec: IndexSpec = DEFAULT_SPEC, fmt: str = "parquet", overwrite: bool = False,
-            progress: Progress | None = None) -> Result:
+            progress: Progress | None = None, group_col: str | None = None) -> Result:
     """For every item, its ``k`` nearest other items (itself excluded): one output row per item.
 
-    With fewer than k+1 items, each row has every other item (n - 1 neighbours).
+    With fewer than k+1 items, each row has every other item (n - 1 neighbours). With
+    ``group_col``, an item's neighbours are items of its own group (sparknn.grouped): a row whose
+    group has fewer than k + 1 items gets all the others (none for a group of one).
     """
     progress = progress or Progress(False)
     _check_k(k)
@@ -464,6 +467,9 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     check_destination(output, overwrite)
     check_separate([("output", output)], [("input", input_path)])
     timings = Timings()
+    if group_col is not None:
+        return _similar_in_groups(input_path, output, id_col, vector_col, group_col, k, spec, fmt, overwrite,
+                                  progress, timings)
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
                                                      keep_lists=True)
 
@@ -477,6 +483,54 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
     timings.add("search + write", time.perf_counter() - t0)
     return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None)
+
+
+def _similar_in_groups(input_path: str, output: str, id_col: str, vector_col: str, group_col: str, k: int,
+                       spec: IndexSpec, fmt: str, overwrite: bool, progress: Progress, timings: Timings) -> Result:
+    t0 = time.perf_counter()
+    inp = open_input(input_path, id_col, vector_col)
+    if group_col not in inp.dataset.schema.names:
+        raise UsageError(f"input {input_path!r} has no column {group_col!r} (--group-col); its columns are: "
+                         f"{', '.join(inp.dataset.schema.names)}")
+    if group_col in (id_col, vector_col, NEIGHBORS):
+        raise UsageError(f"--group-col {group_col!r} names the id, vector or output column: group by another column")
+    ids = read_ids(inp, unique=True)
+    with reading(inp.path):
+        groups = inp.dataset.to_table(columns=[group_col]).column(0)
+    try:
+        codes = grouped.group_codes(groups, group_col)
+    except InvalidArgumentError as exc:
+        raise DataError(str(exc)) from None
+    parts, dim = [], None
+    for first, batch in inp.batches([vector_col], BUILD_BATCH):
+        parts.append(_vectors(batch.column(0), vector_col, dim, first))
+        dim = parts[-1].shape[1]
+    x = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    del parts
+    timings.add("read", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    largest = int(np.bincount(codes).max())
+    k = capped_k(k, largest, self_join=True)
+    spec = spec.replace(threads=usable_threads(spec.threads))
+    if k:
+        with progress.bar(len(x), "searching groups") as bar:
+            rows, dist = grouped.within_groups(x, codes, k, spec, progress=bar.update)
+    else:  # every group has one item: no neighbours anywhere
+        rows, dist = np.full((len(x), 1), -1, dtype=np.int64), np.full((len(x), 1), np.inf, dtype=np.float32)
+    schema = output_schema(pa.field(id_col, ids.type), ids.type)
+    step = max(1, RESULT_BYTES // (12 * max(k, 1)))
+
+    def batches():
+        for lo in range(0, len(x), step):
+            hi = min(len(x), lo + step)
+            neighbors = neighbors_array(rows[lo:hi], dist[lo:hi], id_values=ids, k=k)
+            yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), neighbors], schema=schema)
+
+    preview: list = []
+    written = write_batches(output, schema, _keep_preview(batches(), preview), fmt, overwrite)
+    timings.add("search + write", time.perf_counter() - t0)
+    return Result(written, k, timings, pa.Table.from_batches(preview) if preview else None)
 
 
 def _fingerprint(index_path: str) -> bytes:

@@ -1,0 +1,128 @@
+"""Neighbours within groups (sparknn.grouped, `sparknn similar --group-col`): against per-group
+brute force, for groups of every shape in one call."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import clustered, exact_knn
+from sparknn.cli import main
+from sparknn.errors import InvalidArgumentError
+from sparknn.grouped import group_codes, within_groups
+from sparknn.index import IndexSpec
+
+K = 5
+
+
+def _mixed_groups(n: int, seed: int = 0) -> np.ndarray:
+    """Group codes of every shape at once: singletons, pairs, tens, Zipf-sized, and two groups larger
+    than the small-group limit used below (300)."""
+    rng = np.random.default_rng(seed)
+    sizes = [1] * 40 + [2] * 60 + [7] * 30 + list(np.minimum(rng.zipf(1.8, 200), 250)) + [900, 1400]
+    codes = np.repeat(np.arange(len(sizes)), sizes)
+    codes = np.concatenate([codes, rng.integers(0, len(sizes), max(0, n - len(codes)))])[:n]
+    rng.shuffle(codes)
+    return codes
+
+
+def _truth(x, codes, k, metric):
+    """Per-group brute force in float64: row -> (neighbour rows, distances), itself excluded."""
+    out = {}
+    for g in np.unique(codes):
+        members = np.flatnonzero(codes == g)
+        kk = min(k, len(members) - 1)
+        if kk == 0:
+            for r in members:
+                out[r] = (np.array([], dtype=np.int64), np.array([]))
+            continue
+        idx, dist = exact_knn(x[members], x[members], kk + 1, metric)
+        for i, r in enumerate(members):
+            keep = idx[i] != i
+            out[r] = (members[idx[i][keep][:kk]], dist[i][keep][:kk])
+    return out
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_every_group_shape_equals_per_group_brute_force(metric):
+    x = clustered(6000, 12, 30, seed=2)
+    codes = _mixed_groups(len(x))
+    rows, dist = within_groups(x, codes, K, IndexSpec(kind="flat", metric=metric), small=300)
+    truth = _truth(x, codes, K, metric)
+    for r in range(len(x)):
+        want, want_d = truth[r]
+        got = rows[r][rows[r] >= 0]
+        assert set(got) == set(want), (r, got, want)
+        assert np.allclose(dist[r][: len(got)], want_d, atol=1e-3)
+        assert np.all(rows[r][len(got):] == -1) and np.all(np.isinf(dist[r][len(got):]))
+        assert np.all(codes[got] == codes[r]) and r not in got
+        assert np.all(np.diff(dist[r][: len(got)]) >= 0), "nearest first"
+
+
+def test_large_groups_get_an_index_of_their_own_with_high_recall():
+    x = clustered(8000, 16, 40, seed=4)
+    codes = np.repeat([0, 1, 2], [5000, 2500, 500])
+    rows, _ = within_groups(x, codes, 10, IndexSpec(kind="ivf", metric="l2", nprobe=16), small=1000)
+    truth = _truth(x, codes, 10, "l2")
+    for g, size in ((0, 5000), (1, 2500)):
+        members = np.flatnonzero(codes == g)
+        hits = np.mean([len(set(rows[r]) & set(truth[r][0])) / 10 for r in members])
+        assert hits >= 0.95, (g, size, hits)
+    small = np.flatnonzero(codes == 2)
+    assert all(set(rows[r]) == set(truth[r][0]) for r in small), "small groups are exact"
+
+
+def test_group_codes_of_strings_and_integers_and_bad_groups():
+    assert group_codes(pa.array(["b", "a", "b", "c"])).tolist() == [0, 1, 0, 2]
+    assert group_codes(pa.chunked_array([[7, 3], [7]])).tolist() == [0, 1, 0]
+    with pytest.raises(InvalidArgumentError, match="group column 'city' has a null group at row 2"):
+        group_codes(pa.array(["x", "y", None]), "city")
+    with pytest.raises(InvalidArgumentError, match="groups are integers or strings"):
+        group_codes(pa.array([1.5, 2.5]), "score")
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        within_groups(np.array([[np.nan, 1.0], [0.0, 1.0]], dtype=np.float32), np.array([0, 0]), 1,
+                      IndexSpec(kind="flat", metric="l2"))
+
+
+def _items_file(tmp_path, x, ids, groups, name="items.parquet"):
+    table = pa.table({"id": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1]),
+                      "category": groups})
+    path = str(tmp_path / name)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_cli_similar_with_group_col_is_exact_per_group(tmp_path, capsys, string_ids):
+    x = clustered(3000, 8, 20, seed=6)
+    codes = _mixed_groups(len(x), seed=1)
+    ids = [f"item-{i}" for i in range(len(x))] if string_ids else (np.arange(len(x)) * 3 + 1).tolist()
+    groups = [f"cat-{c}" for c in codes]
+    path = _items_file(tmp_path, x, ids, groups)
+    out = str(tmp_path / "similar.parquet")
+    assert main(["similar", path, "-o", out, "-k", str(K), "--index", "flat", "--metric", "l2",
+                 "--group-col", "category"]) == 0
+    assert "3,000 items" in capsys.readouterr().out
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == ids, "one row per item, in input order"
+    truth = _truth(x, codes, K, "l2")
+    position = {v: i for i, v in enumerate(ids)}
+    for r, neighbors in enumerate(table.column("neighbors").to_pylist()):
+        got = {position[n["id"]] for n in neighbors}
+        assert got == set(truth[r][0]), r
+
+
+def test_cli_group_col_errors(tmp_path, capsys):
+    x = clustered(50, 4, 3, seed=1)
+    good = _items_file(tmp_path, x, list(range(50)), [i % 3 for i in range(50)])
+    out = str(tmp_path / "out.parquet")
+    assert main(["similar", good, "-o", out, "--group-col", "nope"]) == 2
+    assert "has no column 'nope' (--group-col)" in capsys.readouterr().err
+    nulls = _items_file(tmp_path, x, list(range(50)), [None if i == 7 else "a" for i in range(50)], "nulls.parquet")
+    assert main(["similar", nulls, "-o", out, "--group-col", "category"]) == 1
+    assert "null group at row 7" in capsys.readouterr().err
+    assert main(["similar", good, "-o", out, "--group-col", "category", "--spark", "local[1]"]) == 2
+    assert "--group-col runs in-process" in capsys.readouterr().err
+    # Every group of one item: one row each, no neighbours.
+    singles = _items_file(tmp_path, x, list(range(50)), list(range(50)), "singles.parquet")
+    assert main(["similar", singles, "-o", out, "--group-col", "category", "--overwrite"]) == 0
+    assert all(n == [] for n in pq.read_table(out).column("neighbors").to_pylist())
