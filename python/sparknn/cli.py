@@ -97,8 +97,6 @@ def _spec(args) -> IndexSpec:
 def _cmd_similar(args) -> int:
     start = time.perf_counter()
     if args.spark:
-        if args.group_col:
-            raise UsageError("--group-col runs in-process for now: drop --spark (on Spark it is not available yet)")
         result = _similar_on_spark(args)
     else:
         result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
@@ -223,8 +221,10 @@ def _similar_on_spark(args) -> jobs.Result:
     tmp = temp_sibling(args.output, "spark")
     try:
         files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
-        df = spark.read.parquet(*files).select(args.id_col, args.vector_col)
-        knn = KNN(k=k, featuresCol=args.vector_col, idCol=args.id_col, **knn_params(_spec(args)))
+        grouping = [args.group_col] if args.group_col else []
+        df = spark.read.parquet(*files).select(args.id_col, args.vector_col, *grouping)
+        knn = KNN(k=k, featuresCol=args.vector_col, idCol=args.id_col, **knn_params(_spec(args)),
+                  **({"groupCol": args.group_col} if args.group_col else {}))
         try:
             model = knn.fit(df)  # kept referenced until the write is done: its index files back the result
             model.similarItems().write.parquet(tmp)

@@ -120,8 +120,6 @@ def test_cli_group_col_errors(tmp_path, capsys):
     nulls = _items_file(tmp_path, x, list(range(50)), [None if i == 7 else "a" for i in range(50)], "nulls.parquet")
     assert main(["similar", nulls, "-o", out, "--group-col", "category"]) == 1
     assert "null group at row 7" in capsys.readouterr().err
-    assert main(["similar", good, "-o", out, "--group-col", "category", "--spark", "local[1]"]) == 2
-    assert "--group-col runs in-process" in capsys.readouterr().err
     # Every group of one item: one row each, no neighbours.
     singles = _items_file(tmp_path, x, list(range(50)), list(range(50)), "singles.parquet")
     assert main(["similar", singles, "-o", out, "--group-col", "category", "--overwrite"]) == 0

@@ -13,7 +13,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import hadoop_store
+from sparknn.spark import hadoop_store, runtime
+from sparknn.spark.grouped_search import check_groups
 from sparknn.spark.build import build_on_driver, file_prefix
 from sparknn.spark.direct_read import ParquetScan, find_scan, first_dim
 from sparknn.spark.ivf_memory import driver_collect_budget, human
@@ -97,7 +98,8 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     def __init__(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                  includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
-                 storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
+                 storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
+                 groupCol=None):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
@@ -105,8 +107,9 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     def setParams(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                   includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
-                  storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto"):
-        # indexPath=None means "not set" (ship files with addFile), as if it were omitted.
+                  storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
+                 groupCol=None):
+        # indexPath=None and groupCol=None mean "not set", as if omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
     def setMetric(self, value: str):
@@ -126,6 +129,9 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
 
     def setNumShards(self, value: int):
         return self._set(numShards=value)
+
+    def setGroupCol(self, value: str):
+        return self._set(groupCol=value)
 
     def setIndexPath(self, value: str):
         return self._set(indexPath=value)
@@ -153,7 +159,10 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         check_features(dataset, features)
         id_type = check_id(dataset, id_col).dataType.simpleString()
         options = self.fit_options()
-        if options.spec.kind == "ivf" and options.num_shards > 1:
+        group_col = self.getGroupCol()
+        if group_col:
+            check_groups(dataset, group_col, "items")
+        elif options.spec.kind == "ivf" and options.num_shards > 1:
             raise InvalidArgumentError("numShards applies to indexType 'flat' and 'hnsw': an ivf index is split "
                                        "into parts by size (set targetPartBytes instead)")
         spark = dataset.sparkSession
@@ -169,7 +178,13 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
             root = owned = temp_dir(spark)
         index_path = None if store else index_path
         try:
-            if options.num_shards > 1:
+            if group_col:  # sharded by group; see grouped_search
+                shards = options.num_shards if options.num_shards > 1 else 2 * runtime.default_parallelism(spark)
+                returned = not store and _files_return_through_spark(spark, index_path, root, "the grouped build")
+                layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned, store,
+                                       group_col=group_col, num_shards=shards)
+                shared = not returned and not store
+            elif options.num_shards > 1:
                 returned = not store and _files_return_through_spark(spark, index_path, root,
                                                                      f"numShards={options.num_shards}")
                 layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned, store)

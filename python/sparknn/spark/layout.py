@@ -121,6 +121,7 @@ class ShardFiles:
     # side files were verified (those load unverified)
     digests: tuple[tuple[str, integrity.FileDigest], ...] = ()
     items: str | None = None  # a routed part: its Arrow items file (user ids, vectors, nearest lists)
+    groups: str | None = None  # a grouped model's shard: each item's group (Arrow column, by position)
 
     def digest(self, role: str) -> integrity.FileDigest | None:
         return dict(self.digests).get(role)
@@ -149,6 +150,7 @@ class Layout:
     shipped: bool = False  # True: files were registered with SparkContext.addFile
     ivf: IvfRouting | None = None  # kind "ivf": the quantizer and which part holds which list (shards = parts)
     chunks: ChunkSource | None = None  # files kept at the model's URI, not under root
+    group_type: str | None = None  # a grouped model (groupCol): the group column's Spark type; shards hold whole groups
 
     @property
     def count(self) -> int:
@@ -173,7 +175,7 @@ class Layout:
 
     def files(self) -> list[str]:
         extra = [self.ivf.quantizer] if self.ivf else []
-        return [n for s in self.shards for n in (s.index, s.ids, s.items, s.probes) if n] + extra
+        return [n for s in self.shards for n in (s.index, s.ids, s.items, s.probes, s.groups) if n] + extra
 
     def local_files(self) -> list[str]:
         """The files under ``root`` (all but those kept at the model's URI)."""
@@ -183,8 +185,8 @@ class Layout:
     def part_files(self, part: int, roles=("index", "items")) -> list[str]:
         """File names of shard (part) ``part`` with the given roles."""
         s = self.shards[part]
-        return [n for role, n in (("index", s.index), ("ids", s.ids), ("items", s.items), ("probes", s.probes))
-                if n and role in roles]
+        return [n for role, n in (("index", s.index), ("ids", s.ids), ("items", s.items), ("probes", s.probes),
+                                  ("groups", s.groups)) if n and role in roles]
 
     def saved_names(self) -> dict[str, str]:
         """File name -> the name it has in a saved model (shard-i.snn, ids-i.arrow, items-i.arrow,
@@ -192,7 +194,8 @@ class Layout:
         names = {}
         for i, shard in enumerate(self.shards):
             for name, saved in ((shard.index, f"shard-{i}.snn"), (shard.ids, f"ids-{i}.arrow"),
-                                (shard.items, f"items-{i}.arrow"), (shard.probes, f"probes-{i}.arrow")):
+                                (shard.items, f"items-{i}.arrow"), (shard.probes, f"probes-{i}.arrow"),
+                                (shard.groups, f"groups-{i}.arrow")):
                 if name:
                     names[name] = saved
         if self.ivf:
@@ -200,15 +203,16 @@ class Layout:
         return names
 
     def side_files(self, shard: ShardFiles) -> list[tuple[str, str]]:
-        """(role, file name) of a shard's side files: "ids", a routed part's "items", "probes"."""
-        return [(role, name) for role, name in (("ids", shard.ids), ("items", shard.items), ("probes", shard.probes))
-                if name]
+        """(role, file name) of a shard's side files: "ids", a routed part's "items", "probes", a
+        grouped shard's "groups"."""
+        return [(role, name) for role, name in (("ids", shard.ids), ("items", shard.items), ("probes", shard.probes),
+                                                ("groups", shard.groups)) if name]
 
     def to_json(self) -> dict:
         def shard(s: ShardFiles) -> dict:
             # A routed part's items file is stored under "ids", as models have always been saved.
             d = {"index": s.index, "ids": s.items if self.ivf else s.ids, "count": s.count,
-                 **({"probes": s.probes} if s.probes else {})}
+                 **({"probes": s.probes} if s.probes else {}), **({"groups": s.groups} if s.groups else {})}
             if s.digests:
                 d["sideFiles"] = {role: digest.to_json() for role, digest in s.digests}
             return d
@@ -217,6 +221,8 @@ class Layout:
              "positional": self.positional, "shards": [shard(s) for s in self.shards]}
         if self.ivf:
             d["ivf"] = self.ivf.to_json()
+        if self.group_type:
+            d["groupType"] = self.group_type
         return d
 
     @staticmethod
@@ -226,14 +232,14 @@ class Layout:
         shards = tuple(ShardFiles(s["index"], None if routed else s["ids"], int(s["count"]), s.get("probes"),
                                   tuple((role, integrity.FileDigest.from_json(v))
                                         for role, v in sorted(s.get("sideFiles", {}).items())),
-                                  items=s["ids"] if routed else None)
+                                  items=s["ids"] if routed else None, groups=s.get("groups"))
                        for s in d["shards"])
         ivf = IvfRouting.from_json(d["ivf"]) if "ivf" in d else None
         layout = Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
-                        ivf=ivf)
+                        ivf=ivf, group_type=d.get("groupType"))
         for s in layout.shards:
             if not all(isinstance(n, str) and n and os.path.basename(n) == n
-                       for n in (s.index, s.ids, s.items, s.probes) if n is not None):
+                       for n in (s.index, s.ids, s.items, s.probes, s.groups) if n is not None):
                 raise ValueError(f"bad file names in {s}")
             if s.digests and {r for r, _ in s.digests} != {r for r, _ in layout.side_files(s)}:
                 raise ValueError(f"side file digests {s.digests} do not match the files of {s}")
@@ -245,7 +251,8 @@ class Layout:
         if self.chunks is not None:
             rename = partial(_keep_remote, rename, self.chunks.names)
         shards = tuple(replace(s, index=rename(s.index), ids=s.ids and rename(s.ids), items=s.items and rename(s.items),
-                               probes=s.probes and rename(s.probes)) for s in self.shards)
+                               probes=s.probes and rename(s.probes), groups=s.groups and rename(s.groups))
+                       for s in self.shards)
         ivf = self.ivf.renamed(rename) if self.ivf else None
         return replace(self, shards=shards, root=root, shipped=shipped, ivf=ivf)
 
@@ -272,16 +279,16 @@ def check_files(layout: Layout, what: str) -> None:
 
 
 def shard_files(result: dict, root: str | None, what: str) -> ShardFiles:
-    """The files of one task result (a dict with index, ids or items, count, sideFiles), checked to be
-    visible from the driver under ``root`` (None: they are kept at an indexPath URI)."""
-    ids, items = result.get("ids"), result.get("items")
-    for name in (result["index"], ids, items) if root else ():
+    """The files of one task result (a dict with index, ids or items, groups, count, sideFiles),
+    checked to be visible from the driver under ``root`` (None: they are kept at an indexPath URI)."""
+    ids, items, groups = result.get("ids"), result.get("items"), result.get("groups")
+    for name in (result["index"], ids, items, groups) if root else ():
         if name and not os.path.exists(os.path.join(root, name)):
             raise InvalidArgumentError(
                 f"{what} was written by an executor to {root!r} but the driver cannot see it there: set "
                 "indexPath to a directory shared by the driver and all executors")
     return ShardFiles(result["index"], ids, int(result["count"]), digests=digests_from_json(result["sideFiles"]),
-                      items=items)
+                      items=items, groups=groups)
 
 
 # -- side files ---------------------------------------------------------------

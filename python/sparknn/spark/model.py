@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.spark import hadoop_store, ivf_memory, ivf_route, runtime, saved, worker
+from sparknn.spark import grouped_search, hadoop_store, ivf_memory, ivf_route, runtime, saved, worker
 from sparknn.spark.layout import Layout, check_files
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
@@ -125,6 +125,9 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
                                        "name with setOutputCol")
         self._check_memory(dataset.sparkSession, "transform")
         layout = self._task_layout(dataset.sparkSession)
+        if layout.group_type:
+            return grouped_search.transform(dataset, layout, self.getGroupCol(), features, output, self.getK(),
+                                            self.getNprobe(), self._ef(), self.getNumThreads())
         if layout.ivf:
             return ivf_route.transform(dataset, layout, features, output, self.getK(), self.getNprobe(),
                                          self.getNumThreads())
@@ -143,6 +146,12 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         spark = _session()
         self._check_memory(spark, "similarItems")
         layout = self._task_layout(spark)
+        if layout.group_type:
+            if self.getIncludeSelf():
+                raise InvalidArgumentError("includeSelf is not supported with groupCol: each item's neighbours are "
+                                           "the other items of its group")
+            return grouped_search.similar_items(spark, layout, self.getIdCol(), self.getOutputCol(), self.getK(),
+                                                self.getNprobe(), self._ef(), self.getNumThreads())
         slices = self._slices(runtime.default_parallelism(spark))
         if layout.ivf:
             return ivf_route.similar_items(spark, layout, slices, self.getIdCol(), self.getOutputCol(),

@@ -125,6 +125,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     taskMemoryLimit = Param(Params._dummy(), "taskMemoryLimit", "memory one task's Python worker may use, e.g. "
                             "'4g'; 'auto' = from spark.executor.pyspark.memory, the machine (local mode) or "
                             "spark.executor.memory", typeConverter=_size)
+    groupCol = Param(Params._dummy(), "groupCol", "neighbours only within each item's group: the name of a column "
+                     "of integers or strings (similarItems: the items' group; transform: the group named in each "
+                     "query row's column of that name)", typeConverter=TypeConverters.toString)
     numThreads = Param(Params._dummy(), "numThreads", "engine threads: 0 = all cores for the driver build "
                        "and spark.task.cpus inside tasks", typeConverter=_positive("numThreads", 0))
 
@@ -176,6 +179,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
 
     def getIndexPath(self):
         return self.getOrDefault(self.indexPath) if self.isDefined(self.indexPath) else None
+
+    def getGroupCol(self):
+        return self.getOrDefault(self.groupCol) if self.isDefined(self.groupCol) else None
 
     def getNumThreads(self) -> int:
         return self.getOrDefault(self.numThreads)

@@ -24,7 +24,7 @@ from sparknn.arrow import vectors_to_numpy
 from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import hadoop_store
-from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_ids
+from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_column, write_ids
 from sparknn.spark.params import FitOptions
 from sparknn.spark.returned_files import build_and_gather, build_and_store
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
@@ -37,13 +37,16 @@ _RESULT = T.StructType([
     T.StructField("dim", T.IntegerType()),
     T.StructField("index", T.StringType()),
     T.StructField("ids", T.StringType()),
+    T.StructField("groups", T.StringType()),
     T.StructField("sideFiles", T.StringType()),  # JSON: role -> digest, as the index records them
 ])
 _RESULT_ARROW = pa.schema([("shard", pa.int32()), ("count", pa.int64()), ("dim", pa.int32()),
-                           ("index", pa.string()), ("ids", pa.string()), ("sideFiles", pa.string())])
+                           ("index", pa.string()), ("ids", pa.string()), ("groups", pa.string()),
+                           ("sideFiles", pa.string())])
 
 
-def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, spec, attempt=None):
+def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, spec, group_col=None,
+                attempt=None):
     """One partition: build and save the index (and id file) of every shard it holds.
 
     Files are named after the task attempt, side files first and the index (recording their
@@ -72,48 +75,84 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
                                        ids=None if positional else ids.to_numpy())
         except InvalidArgumentError as err:
             raise InvalidArgumentError(f"shard {s} (featuresCol {features!r}): {err}") from None
-        digests, ids_name = {}, None
+        digests, ids_name, groups_name = {}, None, None
         if positional:
             ids_name = f"{prefix}-ids-{s}-a{attempt}.arrow"
             write_ids(os.path.join(root, ids_name), ids)
             digests["ids"] = integrity.digest(os.path.join(root, ids_name))
+        if group_col is not None:  # each item's group, by position
+            groups = part.column("g").take(order).combine_chunks()
+            if groups.null_count:
+                row = pc.index(groups.is_null(), True).as_py()
+                raise InvalidArgumentError(f"groupCol {group_col!r} is null for the item of id {ids[row].as_py()!r}: "
+                                           "give every item a group")
+            groups_name = f"{prefix}-groups-{s}-a{attempt}.arrow"
+            write_column(os.path.join(root, groups_name), "group", groups)
+            digests["groups"] = integrity.digest(os.path.join(root, groups_name))
         name = f"{prefix}-shard-{s}-a{attempt}.snn"
         index.save(os.path.join(root, name), side_files=digests)
         yield pa.RecordBatch.from_arrays(
             [pa.array([s], pa.int32()), pa.array([len(index)], pa.int64()), pa.array([dim], pa.int32()),
-             pa.array([name]), pa.array([ids_name], pa.string()), pa.array([digests_json(digests)])],
+             pa.array([name]), pa.array([ids_name], pa.string()), pa.array([groups_name], pa.string()),
+             pa.array([digests_json(digests)])],
             schema=_RESULT_ARROW)
 
 
+def _empty_shard(root: str, prefix: str, s: int, dim: int, spec, id_type: pa.DataType,
+                 group_type: pa.DataType) -> dict:
+    """A grouped model's shard that no group hashed to: empty files, so shard numbers stay dense."""
+    ids_name, groups_name = f"{prefix}-ids-{s}-empty.arrow", f"{prefix}-groups-{s}-empty.arrow"
+    write_ids(os.path.join(root, ids_name), pa.array([], id_type))
+    write_column(os.path.join(root, groups_name), "group", pa.array([], group_type))
+    digests = {"ids": integrity.digest(os.path.join(root, ids_name)),
+               "groups": integrity.digest(os.path.join(root, groups_name))}
+    name = f"{prefix}-shard-{s}-empty.snn"
+    spec.create(dim).save(os.path.join(root, name), side_files=digests)
+    return {"shard": s, "count": 0, "dim": dim, "index": name, "ids": ids_name, "groups": groups_name,
+            "sideFiles": digests_json(digests)}
+
+
 def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
-                  prefix: str, returned: bool = False, store: str | None = None) -> Layout:
+                  prefix: str, returned: bool = False, store: str | None = None, group_col: str | None = None,
+                  num_shards: int | None = None) -> Layout:
     """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors: written to
     ``root``, or with ``returned`` (executors do not see ``root``) returned through Spark, or with
     ``store`` (a URI) written there and fetched into ``root`` (returned_files): every query
-    searches every shard, so each executor needs them all."""
-    n = options.num_shards
+    searches every shard, so each executor needs them all.
+
+    With ``group_col`` (grouped_search) rows go to shards by their group, so a shard holds whole
+    groups; each shard keeps its vectors (a flat index), ids and groups by position."""
+    n = num_shards or options.num_shards
     stats = validate(df, features, id_col, id_type != "string")
-    positional = not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
+    positional = group_col is not None or not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
     dim = int(stats["max_len"])
     spark = df.sparkSession
     keys = partition_keys(spark, n)
-    shard = F.pmod(F.xxhash64(F.col(id_col)), F.lit(n)).cast("int")
+    shard = F.pmod(F.xxhash64(F.col(group_col or id_col)), F.lit(n)).cast("int")
     key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), shard + 1)
+    grouping = [F.col(group_col).alias("g")] if group_col else []
     data = (df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"),
-                      shard.alias("shard"), key.alias("key"))
+                      shard.alias("shard"), key.alias("key"), *grouping)
             .repartition(n, "key").drop("key"))
+    spec = options.spec.replace(kind="flat") if group_col else options.spec  # grouped: the shard's vectors
     kw = dict(prefix=prefix, dim=dim, id_type=id_type, id_col=id_col, features=features, positional=positional,
-              spec=options.spec)
+              spec=spec, group_col=group_col)
+    files = ("index", "ids", "groups")
     if store:
         results, stored = build_and_store(data, _build_task, _RESULT_ARROW, _RESULT, uri=store, key="shard",
-                                          file_columns=("index", "ids"), what=f"the sharded build ({n} shards)", **kw)
+                                          file_columns=files, what=f"the sharded build ({n} shards)", **kw)
         hadoop_store.fetch(spark, store, root, stored, store)
     elif returned:
         results = build_and_gather(data, _build_task, _RESULT_ARROW, _RESULT, root=root, key="shard",
-                                   file_columns=("index", "ids"), expected_bytes=int(stats["rows"]) * (4 * dim + 128),
+                                   file_columns=files, expected_bytes=int(stats["rows"]) * (4 * dim + 128),
                                    what=f"the sharded build ({n} shards)", **kw)
     else:
         results = [r.asDict() for r in data.mapInArrow(partial(_build_task, root=root, **kw), _RESULT).collect()]
+    if group_col:  # a query goes to the shard its group hashes to: every shard number must exist
+        have = {r["shard"] for r in results}
+        group_arrow = ARROW_ID_TYPES[df.schema[group_col].dataType.simpleString()]
+        results += [_empty_shard(root, prefix, s, dim, spec, ARROW_ID_TYPES[id_type], group_arrow)
+                    for s in range(n) if s not in have]
     results.sort(key=lambda r: r["shard"])
     built = sum(r["count"] for r in results)
     if built != stats["rows"]:
@@ -121,6 +160,8 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
                                    f"{stats['rows']}: is the input DataFrame non-deterministic? "
                                    "Cache or checkpoint it before fit")
     shards = tuple(shard_files(r, root, f"shard {r['shard']}") for r in results)
-    layout = Layout(dim, options.spec.metric, options.spec.kind, id_type, positional, shards, root)
+    group_type = df.schema[group_col].dataType.simpleString() if group_col else None
+    layout = Layout(dim, options.spec.metric, options.spec.kind, id_type, positional, shards, root,
+                    group_type=group_type)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout

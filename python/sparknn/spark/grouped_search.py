@@ -1,0 +1,197 @@
+"""Searches of a grouped model (``groupCol``): every item and query against the items of its own
+group only.
+
+A grouped model is sharded by group (sharding.build_sharded with ``group_col``): each shard holds
+whole groups, with its vectors (a flat index), ids and groups by position. ``similarItems`` runs
+one task per shard through ``sparknn.grouped.within_groups`` (tiny groups batched, small ones
+exact, large ones with an index of the model's kind). ``transform`` sends each query to the
+shard of its group (the same hash of the group value) and searches that group's items: exactly
+up to ``grouped.SMALL`` items, otherwise with an index of the model's kind built on the group
+once per Python worker (kept for the next batches and tasks).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sparknn import grouped
+from sparknn.arrow import neighbors_array, vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+from sparknn.index import IndexSpec
+from sparknn.spark.layout import Layout
+from sparknn.spark.schema import neighbors_spark_type, spark_id_type
+from sparknn.spark.tasks import cached, load_ids, shard_index, side_file, task_threads
+
+QUERY_CHUNK = 8192  # similarItems rows per output batch
+_SHARD = "__sparknn_shard"
+_GROUP_INDEXES: OrderedDict = OrderedDict()  # (index file, group) -> Index of a large group, per worker
+_GROUP_INDEXES_MAX = 8
+_LOCK = threading.Lock()
+
+
+def check_groups(df: DataFrame, group_col: str, what: str, expected: str | None = None) -> str:
+    """The Spark type of ``group_col`` in ``df``: integers or strings (and of one kind with the
+    items' ``expected`` type); else an InvalidArgumentError before any job runs."""
+    if group_col not in df.columns:
+        raise InvalidArgumentError(f"groupCol {group_col!r} is not a column of the {what} (columns: "
+                                   f"{', '.join(df.columns)})")
+    dtype = df.schema[group_col].dataType
+    if not isinstance(dtype, (T.StringType, T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+        raise InvalidArgumentError(f"groupCol {group_col!r} of the {what} is {dtype.simpleString()}: groups are "
+                                   "integers or strings")
+    kind = dtype.simpleString()
+    if expected is not None and (kind == "string") != (expected == "string"):
+        raise InvalidArgumentError(f"groupCol {group_col!r} of the {what} is {kind} but the items' groups are "
+                                   f"{expected}: cast it to {expected}")
+    return kind
+
+
+def _shard_files(layout: Layout, s: int):
+    index = shard_index(layout, s)
+    ids = side_file(layout, s, "ids", load_ids)
+    groups = side_file(layout, s, "groups", load_ids)
+    return index, ids, groups
+
+
+def _spec(layout: Layout, nprobe: int, ef: int, threads: int) -> IndexSpec:
+    """The index built for a large group: the model's kind and metric."""
+    return IndexSpec(kind=layout.kind, metric=layout.metric, nprobe=nprobe, ef_search=ef, threads=threads)
+
+
+# -- similarItems --------------------------------------------------------------------------------
+def similar_batches(batches, *, layout: Layout, id_col: str, output: str, k: int, nprobe: int, ef: int,
+                    num_threads: int):
+    """Each shard's items -> their k nearest items of the same group."""
+    threads = task_threads(num_threads)
+    for batch in batches:
+        for s in batch.column(0).to_numpy():
+            index, ids, groups = _shard_files(layout, int(s))
+            if len(index) == 0:
+                continue
+            rows, dist = grouped.within_groups(index.vectors, grouped.group_codes(groups), k,
+                                               _spec(layout, nprobe, ef, threads))
+            for lo in range(0, len(index), QUERY_CHUNK):
+                hi = min(len(index), lo + QUERY_CHUNK)
+                neighbors = neighbors_array(rows[lo:hi], dist[lo:hi], id_values=ids, k=k)
+                yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), neighbors], names=[id_col, output])
+
+
+def similar_items(spark, layout: Layout, id_col: str, output: str, k: int, nprobe: int, ef: int,
+                  num_threads: int) -> DataFrame:
+    schema = T.StructType([T.StructField(id_col, spark_id_type(layout.id_type)),
+                           T.StructField(output, neighbors_spark_type(layout.id_type))])
+    n = len(layout.shards)
+    fn = partial(similar_batches, layout=layout, id_col=id_col, output=output, k=k, nprobe=nprobe, ef=ef,
+                 num_threads=num_threads)
+    return spark.range(0, n, 1, n).mapInArrow(fn, schema)
+
+
+# -- transform -----------------------------------------------------------------------------------
+def _by_value(values: pa.Array) -> list[tuple[object, np.ndarray]]:
+    """(value, positions holding it, ascending) for every distinct value of ``values``."""
+    encoded = values.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    return [(encoded.dictionary[int(codes[part[0]])].as_py(), part) for part in np.split(order, cuts) if len(part)]
+
+
+def load_members(path: str) -> dict:
+    """A groups file -> {group value: positions of its items}."""
+    return dict(_by_value(load_ids(path)))
+
+
+def _group_index(key, vectors: np.ndarray, spec: IndexSpec):
+    with _LOCK:
+        if key in _GROUP_INDEXES:
+            _GROUP_INDEXES.move_to_end(key)
+            return _GROUP_INDEXES[key]
+    index = spec.for_items(len(vectors)).create(vectors.shape[1])
+    index.threads = spec.threads
+    index.add(vectors)
+    with _LOCK:
+        _GROUP_INDEXES[key] = index
+        while len(_GROUP_INDEXES) > _GROUP_INDEXES_MAX:
+            _GROUP_INDEXES.popitem(last=False)
+    return index
+
+
+def _exact(q: np.ndarray, x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into x, distances) of each query's k nearest, ties by position."""
+    if metric == "cosine":
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        q = q / np.where(norms > 0, norms, 1)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1)
+    dots = q @ x.T
+    if metric == "ip":
+        d = -dots
+    elif metric == "cosine":
+        d = 1.0 - dots
+    else:
+        d = np.maximum((q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * dots, 0.0)
+    kk = min(k, x.shape[0])
+    part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < x.shape[0] else np.tile(np.arange(kk), (len(q), 1))
+    pd = np.take_along_axis(d, part, axis=1)
+    order = np.lexsort((part, pd), axis=1)
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(pd, order, axis=1).astype(np.float32)
+
+
+def search_queries(batches, *, layout: Layout, group_col: str, features: str, output: str, k: int, nprobe: int,
+                   ef: int, num_threads: int):
+    """Query rows (shuffled to their group's shard) -> the same rows plus their neighbours."""
+    threads = task_threads(num_threads)
+    for batch in batches:
+        shard_col = batch.column(_SHARD).to_numpy()
+        keep = [i for i, name in enumerate(batch.schema.names) if name != _SHARD]
+        for s in np.unique(shard_col):
+            sub = batch.filter(pa.array(shard_col == s))
+            index, ids, groups = _shard_files(layout, int(s))
+            # Already verified against its digest by side_file: the positions of each group's items.
+            members = cached(layout.path(layout.shards[int(s)].groups), load_members, what="groups file")
+            qgroups = sub.column(group_col)
+            if qgroups.null_count:
+                raise InvalidArgumentError(f"groupCol {group_col!r} is null in a query row: give every query a group")
+            x_all = index.vectors if len(index) else None
+            q = vectors_to_numpy(sub.column(features), features, layout.dim)
+            found = np.full((len(q), k), -1, dtype=np.int64)
+            dist = np.full((len(q), k), np.inf, dtype=np.float32)
+            for value, at in _by_value(qgroups.cast(groups.type)):
+                rows = members.get(value)
+                if rows is None:
+                    continue  # a group with no items: an empty list
+                kk = min(k, len(rows))
+                if len(rows) <= grouped.SMALL:
+                    pos, d = _exact(q[at], x_all[rows], kk, layout.metric)
+                else:
+                    gindex = _group_index((layout.path(layout.shards[int(s)].index), value), x_all[rows],
+                                          _spec(layout, nprobe, ef, threads))
+                    pos, d = gindex.search(q[at], kk)
+                found[at[:, None], np.arange(kk)[None, :]] = np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
+                dist[at[:, None], np.arange(kk)[None, :]] = d
+            neighbors = neighbors_array(found, dist, id_values=ids, k=k)
+            yield pa.RecordBatch.from_arrays([sub.column(i) for i in keep] + [neighbors],
+                                             names=[batch.schema.names[i] for i in keep] + [output])
+
+
+def transform(dataset: DataFrame, layout: Layout, group_col: str, features: str, output: str, k: int,
+              nprobe: int, ef: int, num_threads: int) -> DataFrame:
+    """Every query row plus its k nearest items of the group its ``group_col`` names (min(k, group
+    size); none for a group without items): one output row per input row."""
+    check_groups(dataset, group_col, "queries", layout.group_type)
+    n = len(layout.shards)
+    value = F.col(group_col).cast(layout.group_type)
+    shard = F.pmod(F.xxhash64(value), F.lit(n)).cast("int")
+    schema = T.StructType(dataset.schema.fields + [T.StructField(output, neighbors_spark_type(layout.id_type))])
+    fn = partial(search_queries, layout=layout, group_col=group_col, features=features, output=output, k=k,
+                 nprobe=nprobe, ef=ef, num_threads=num_threads)
+    return dataset.withColumn(_SHARD, shard).repartition(n, _SHARD).mapInArrow(fn, schema)
+
