@@ -28,6 +28,18 @@ def exact_knn(base: np.ndarray, queries: np.ndarray, k: int, metric: str):
     return idx, np.take_along_axis(d, idx, axis=1)
 
 
+def mixed_groups(n: int, seed: int = 0, scale: int = 1, large=(900, 1400)) -> np.ndarray:
+    """Group codes of every shape at once, shuffled: singletons, pairs, groups of 7, Zipf-sized ones
+    (up to 250), and ``large`` groups; ``scale`` multiplies the counts of the small ones."""
+    rng = np.random.default_rng(seed)
+    sizes = ([1] * 20 * scale + [2] * 30 * scale + [7] * 15 * scale
+             + list(np.minimum(rng.zipf(1.8, 100 * scale), 250)) + list(large))
+    codes = np.repeat(np.arange(len(sizes)), sizes)
+    codes = np.concatenate([codes, rng.integers(0, len(sizes), max(0, n - len(codes)))])[:n]
+    rng.shuffle(codes)
+    return codes
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth))
     return hits / truth.size

@@ -5,24 +5,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import clustered, exact_knn
+from conftest import clustered, exact_knn, mixed_groups
 from sparknn.cli import main
 from sparknn.errors import InvalidArgumentError
 from sparknn.grouped import group_codes, within_groups
 from sparknn.index import IndexSpec
 
 K = 5
-
-
-def _mixed_groups(n: int, seed: int = 0) -> np.ndarray:
-    """Group codes of every shape at once: singletons, pairs, tens, Zipf-sized, and two groups larger
-    than the small-group limit used below (300)."""
-    rng = np.random.default_rng(seed)
-    sizes = [1] * 40 + [2] * 60 + [7] * 30 + list(np.minimum(rng.zipf(1.8, 200), 250)) + [900, 1400]
-    codes = np.repeat(np.arange(len(sizes)), sizes)
-    codes = np.concatenate([codes, rng.integers(0, len(sizes), max(0, n - len(codes)))])[:n]
-    rng.shuffle(codes)
-    return codes
 
 
 def _truth(x, codes, k, metric):
@@ -45,7 +34,7 @@ def _truth(x, codes, k, metric):
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 def test_every_group_shape_equals_per_group_brute_force(metric):
     x = clustered(6000, 12, 30, seed=2)
-    codes = _mixed_groups(len(x))
+    codes = mixed_groups(len(x), scale=2)
     rows, dist = within_groups(x, codes, K, IndexSpec(kind="flat", metric=metric), small=300)
     truth = _truth(x, codes, K, metric)
     for r in range(len(x)):
@@ -94,7 +83,7 @@ def _items_file(tmp_path, x, ids, groups, name="items.parquet"):
 @pytest.mark.parametrize("string_ids", [False, True])
 def test_cli_similar_with_group_col_is_exact_per_group(tmp_path, capsys, string_ids):
     x = clustered(3000, 8, 20, seed=6)
-    codes = _mixed_groups(len(x), seed=1)
+    codes = mixed_groups(len(x), seed=1, scale=2)
     ids = [f"item-{i}" for i in range(len(x))] if string_ids else (np.arange(len(x)) * 3 + 1).tolist()
     groups = [f"cat-{c}" for c in codes]
     path = _items_file(tmp_path, x, ids, groups)

@@ -3,7 +3,7 @@ brute force, groups of every shape, int and string groups and ids, save/load, ba
 
 import numpy as np
 import pytest
-from conftest import clustered, exact_knn, spark_items
+from conftest import clustered, exact_knn, mixed_groups, spark_items
 
 pyspark = pytest.importorskip("pyspark")
 from pyspark.sql import functions as F
@@ -13,16 +13,6 @@ from sparknn.spark import KNN, KNNModel
 pytestmark = pytest.mark.spark
 
 K = 5
-
-
-def _groups(n: int, seed: int = 0) -> np.ndarray:
-    """Singletons, pairs, small, Zipf-sized and two groups above the exact limit used here."""
-    rng = np.random.default_rng(seed)
-    sizes = [1] * 20 + [2] * 30 + [6] * 20 + list(np.minimum(rng.zipf(1.8, 100), 150)) + [500, 700]
-    codes = np.repeat(np.arange(len(sizes)), sizes)
-    codes = np.concatenate([codes, rng.integers(0, len(sizes), max(0, n - len(codes)))])[:n]
-    rng.shuffle(codes)
-    return codes
 
 
 def _frame(spark, x, codes, string_groups, string_ids):
@@ -52,7 +42,7 @@ def _truth(x, codes, queries, qcodes, k, metric, exclude_self):
 def test_grouped_similar_items_and_transform_equal_per_group_brute_force(spark, tmp_path, string_groups,
                                                                           string_ids):
     x = clustered(3000, 8, 20, seed=3)
-    codes = _groups(len(x))
+    codes = mixed_groups(len(x), large=(500, 700))
     df, ids = _frame(spark, x, codes, string_groups, string_ids)
     model = KNN(k=K, metric="l2", indexType="flat", featuresCol="vector", groupCol="category").fit(df)
     assert model.layout.group_type == ("string" if string_groups else "bigint")
@@ -121,7 +111,7 @@ def test_cli_group_col_on_spark_equals_in_process(spark, tmp_path):
     from sparknn.cli import main
 
     x = clustered(800, 8, 10, seed=8)
-    codes = _groups(len(x), seed=2)
+    codes = mixed_groups(len(x), seed=2, large=(500, 700))
     table = pa.table({"id": np.arange(len(x)), "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 8),
                       "category": [f"c{c}" for c in codes]})
     path = str(tmp_path / "items.parquet")

@@ -103,11 +103,11 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
                       typeConverter=_positive("numShards"))
     includeSelf = Param(Params._dummy(), "includeSelf", "similarItems: keep each item among its own "
                         "neighbours", typeConverter=TypeConverters.toBoolean)
-    indexPath = Param(Params._dummy(), "indexPath", "optional directory on a filesystem shared by the "
-                      "driver and executors (a local path or mount, not a URI) to write index files to and "
-                      "open them in place; without it files built on the driver are shipped to executors "
-                      "and files built on executors come back through Spark where executors do not see "
-                      "the driver's directory",
+    indexPath = Param(Params._dummy(), "indexPath", "optional place for the files of builds on executors: a "
+                      "directory the driver and executors share (a local path or mount: files opened in place) or "
+                      "a Hadoop FileSystem URI (files written there through Spark; a routed model's parts stay "
+                      "there); without it files built on the driver are shipped to executors and files built on "
+                      "executors come back through Spark where executors do not see the driver's directory",
                       typeConverter=TypeConverters.toString)
     nlist = Param(Params._dummy(), "nlist", "ivf: lists (k-means cells); 0 = about 4 sqrt(n)",
                   typeConverter=_positive("nlist", 0))
