@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 N, DIM, K = 1500, 12, 6
 DATA = clustered(N, DIM, 12, seed=11)
 QUERIES = clustered(40, DIM, 12, seed=12)
+GROUPS = 5
 
 CLIENT = r"""
 import json, os, sys
@@ -139,8 +140,11 @@ def connect_run(connect_server, tmp_path_factory):
     items, queries = str(work / "items.parquet"), str(work / "queries.parquet")
     vec = lambda x: pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), DIM).cast(  # noqa: E731
         pa.list_(pa.float32()))
-    pq.write_table(pa.table({"id": pa.array(np.arange(N) * 3 + 5), "vector": vec(DATA)}), items)
-    pq.write_table(pa.table({"id": pa.array(np.arange(len(QUERIES))), "vector": vec(QUERIES)}), queries)
+    # "g": the group of groupCol (the other cases ignore it)
+    pq.write_table(pa.table({"id": pa.array(np.arange(N) * 3 + 5), "vector": vec(DATA),
+                             "g": pa.array((np.arange(N) * 3 + 5) % GROUPS)}), items)
+    pq.write_table(pa.table({"id": pa.array(np.arange(len(QUERIES))), "vector": vec(QUERIES),
+                             "g": pa.array(np.arange(len(QUERIES)) % GROUPS)}), queries)
     shared = str(work / "shared")
     cases = {
         "flat": {"indexType": "flat"},
@@ -154,6 +158,7 @@ def connect_run(connect_server, tmp_path_factory):
         # files written at a URI only the server resolves; the parts stay there
         "routed_uri": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16,
                        "indexPath": "viewfs://sparknn/store/index-routed"},
+        "grouped": {"indexType": "flat", "groupCol": "g"},  # neighbours within each item's group
     }
     out = str(work / "out")
     os.makedirs(out)
@@ -186,6 +191,25 @@ def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     transformed = _neighbour_ids(_table(os.path.join(out, f"{case}-transform.parquet")))
     q_hits = np.mean([len(set(a) & set(b)) / K for a, b in zip(transformed, ids[q_truth])])
     assert q_hits >= (1.0 if case != "hnsw" else 0.98), q_hits
+
+
+def test_connect_grouped_similar_transform_save_load_exact_per_group(connect_run):
+    report, out, _ = connect_run
+    assert "error" not in report["grouped"], report["grouped"]
+    ids = np.arange(N) * 3 + 5
+    groups = ids % GROUPS
+    similar = _table(os.path.join(out, "grouped-similar.parquet"))
+    assert [r["id"] for r in similar] == ids.tolist()
+    for i, row in enumerate(similar):
+        members = np.flatnonzero((groups == groups[i]) & (np.arange(N) != i))
+        truth, _ = exact_knn(DATA[members], DATA[i:i + 1], K, "l2")
+        assert sorted(n["id"] for n in row["neighbors"]) == sorted(ids[members[truth[0]]].tolist()), i
+    assert _table(os.path.join(out, "grouped-loaded.parquet")) == similar
+    assert _table(os.path.join(out, "grouped-loaded-uri.parquet")) == similar
+    for j, row in enumerate(_table(os.path.join(out, "grouped-transform.parquet"))):
+        members = np.flatnonzero(groups == j % GROUPS)
+        truth, _ = exact_knn(DATA[members], QUERIES[j:j + 1], K, "l2")
+        assert sorted(n["id"] for n in row["neighbors"]) == sorted(ids[members[truth[0]]].tolist()), j
 
 
 def test_connect_overwrite_at_a_uri_keeps_one_committed_version(connect_server, connect_run):
