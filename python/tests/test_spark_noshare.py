@@ -178,6 +178,33 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
             shutil.rmtree(params["indexPath"], ignore_errors=True)
 
 
+def test_grouped_model_on_nodes_that_share_no_disk(noshare, store):
+    """groupCol on the two-worker cluster: the shards come back through Spark, the answers are exact
+    per group, and the model saved at a URI answers the same in a fresh session."""
+    from pyspark.sql import functions as F
+
+    uri, backing = store
+    mount = {"spark.hadoop.fs.viewfs.mounttable.noshare.link./store": f"file://{backing}"}
+    groups = np.arange(len(BASE)) % 7
+    spark = _session(noshare.url, **mount)
+    try:
+        df = spark_items(spark, BASE, partitions=4).withColumn("g", (F.col("id") % 7).cast("int"))
+        model = KNN(k=K, featuresCol="vector", indexType="flat", groupCol="g").fit(df)
+        got = _rows(model.similarItems())
+        model.write().save(f"{uri}/grouped")
+    finally:
+        spark.stop()
+    for i in range(0, len(BASE), 97):
+        members = np.flatnonzero((groups == groups[i]) & (np.arange(len(BASE)) != i))
+        truth, _ = exact_knn(BASE[members], BASE[i:i + 1], K, "cosine")
+        assert sorted(got[i]) == sorted(members[truth[0]].tolist()), i
+    spark = _session(noshare.url, **mount)
+    try:
+        assert _rows(KNNModel.load(f"{uri}/grouped").similarItems()) == got
+    finally:
+        spark.stop()
+
+
 # -- faults: a routed self-join survives lost executors, crashed Python workers and speculation ----
 FAULT_DATA = clustered(60_000, 32, 64, seed=5)
 FAULT_PARAMS = {"indexType": "ivf", "ivfMode": "routed", "nlist": 64, "nprobe": 6, "targetPartBytes": 2_000_000,
