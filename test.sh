@@ -68,4 +68,5 @@ venv=build/venv-spark35
 "$venv/bin/python" -m pytest -q -W ignore -p no:unraisableexception python/tests/test_spark.py \
   python/tests/test_spark_direct_read.py python/tests/test_spark_ivf.py python/tests/test_spark_cluster.py \
   python/tests/test_spark_saved.py python/tests/test_spark_integrity.py python/tests/test_spark_fuzz.py \
-  python/tests/test_spark_determinism.py python/tests/test_spark_store.py python/tests/test_cli.py
+  python/tests/test_spark_determinism.py python/tests/test_spark_store.py python/tests/test_spark_grouped.py \
+  python/tests/test_cli.py
