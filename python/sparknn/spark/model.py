@@ -86,11 +86,14 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
     @property
     def taskMemoryBytes(self) -> int:
         """Estimated memory of one query task: the index it maps (an ivf model: its largest part and
-        the quantizer, and that part again when it arrives as chunk rows; otherwise every shard, and
+        the quantizer, and that part again when it arrives as chunk rows; a grouped model: its
+        largest shard twice and that shard's results; otherwise every shard, and
         for an ivf index its stored probe lists, and the list order and label map of similarItems,
         16 bytes per item) plus a batch of queries and candidates."""
         layout = self.layout
-        if layout.ivf:
+        if layout.group_type:  # a task searches one shard: its vectors, a working copy, its results
+            mapped = 2 * max(self.partSizeBytes) + 12 * self.getK() * max(s.count for s in layout.shards)
+        elif layout.ivf:
             mapped = max(self.partSizeBytes) + self.indexSizeBytes - sum(self.partSizeBytes)
             if layout.chunks:  # parts kept at a URI arrive as Arrow batches of chunk rows: up to a part at once
                 mapped += max(self.partSizeBytes)
