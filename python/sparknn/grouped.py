@@ -63,8 +63,7 @@ def within_groups(x: np.ndarray, codes: np.ndarray, k: int, spec: IndexSpec, sma
         raise InvalidArgumentError("vectors must be a 2-d array of finite values (no NaN or inf)")
     metric = normalise_metric(spec.metric)
     if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms > 0, norms, 1)
+        x = unit_rows(x)
     rows = np.full((n, k), -1, dtype=np.int64)
     dist = np.full((n, k), np.inf, dtype=np.float32)
     order = np.argsort(codes, kind="stable")
@@ -96,7 +95,7 @@ def _tiny_groups(x, order, starts, sizes, k, metric, rows, dist, progress) -> No
             valid = offsets[None, :] < g_sizes[:, None]  # [G, m]
             where = order[np.where(valid, g_starts[:, None] + offsets[None, :], g_starts[:, None])]  # rows of x
             a = x[where]  # [G, m, d]
-            d = _distances(a, metric)
+            d = distances(a, a, metric)
             d[~np.broadcast_to(valid[:, None, :], d.shape)] = np.inf  # padding columns
             d[:, offsets, offsets] = np.inf  # the item itself
             nearest = np.argpartition(d, kk - 1, axis=2)[:, :, :kk]
@@ -115,23 +114,36 @@ def _tiny_groups(x, order, starts, sizes, k, metric, rows, dist, progress) -> No
                 progress(int(g_sizes.sum()))
 
 
-def _distances(a: np.ndarray, metric: str) -> np.ndarray:
-    """[G, m, m] distances between the rows of each stacked group (the engine's distances)."""
-    dots = np.matmul(a, a.transpose(0, 2, 1))
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` with every non-zero row scaled to length 1 (what cosine compares)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1)
+
+
+def distances(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
+    """The engine's distances between the rows of ``q`` [..., a, d] and ``x`` [..., b, d] -> [..., a, b]
+    (stacked groups batch alike); under cosine the rows are unit length already (unit_rows)."""
+    dots = np.matmul(q, np.swapaxes(x, -1, -2))
     if metric == "ip":
         return -dots
     if metric == "cosine":
         return 1.0 - dots
-    sq = np.einsum("gmd,gmd->gm", a, a)
-    return np.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * dots, 0.0)
+    q_sq, x_sq = np.einsum("...d,...d->...", q, q), np.einsum("...d,...d->...", x, x)
+    return np.maximum(q_sq[..., :, None] + x_sq[..., None, :] - 2.0 * dots, 0.0)
+
+
+def index_of(vectors: np.ndarray, spec: IndexSpec):
+    """A new index of ``spec`` (nlist chosen for the group's size) holding ``vectors``, positions as ids."""
+    index = spec.for_items(len(vectors)).create(vectors.shape[1])
+    index.threads = spec.threads
+    index.add(vectors)
+    return index
 
 
 def _indexed_group(x, members, k, spec: IndexSpec, rows, dist) -> None:
     """One group: an index of ``spec`` on its own rows (``members``, ascending), searched with them."""
     sub = x[members]
-    index = spec.for_items(len(sub)).create(x.shape[1])
-    index.threads = spec.threads
-    index.add(sub)
+    index = index_of(sub, spec)
     kk = min(k + 1, len(sub))
     found, d = index.search(sub, kk)
     self_pos = np.arange(len(sub))[:, None]

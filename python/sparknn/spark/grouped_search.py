@@ -114,9 +114,7 @@ def _group_index(key, vectors: np.ndarray, spec: IndexSpec):
         if key in _GROUP_INDEXES:
             _GROUP_INDEXES.move_to_end(key)
             return _GROUP_INDEXES[key]
-    index = spec.for_items(len(vectors)).create(vectors.shape[1])
-    index.threads = spec.threads
-    index.add(vectors)
+    index = grouped.index_of(vectors, spec)
     with _LOCK:
         _GROUP_INDEXES[key] = index
         while len(_GROUP_INDEXES) > _GROUP_INDEXES_MAX:
@@ -127,17 +125,8 @@ def _group_index(key, vectors: np.ndarray, spec: IndexSpec):
 def _exact(q: np.ndarray, x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """(positions into x, distances) of each query's k nearest, ties by position."""
     if metric == "cosine":
-        norms = np.linalg.norm(q, axis=1, keepdims=True)
-        q = q / np.where(norms > 0, norms, 1)
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms > 0, norms, 1)
-    dots = q @ x.T
-    if metric == "ip":
-        d = -dots
-    elif metric == "cosine":
-        d = 1.0 - dots
-    else:
-        d = np.maximum((q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * dots, 0.0)
+        q, x = grouped.unit_rows(q), grouped.unit_rows(x)
+    d = grouped.distances(q, x, metric)
     kk = min(k, x.shape[0])
     part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < x.shape[0] else np.tile(np.arange(kk), (len(q), 1))
     pd = np.take_along_axis(d, part, axis=1)

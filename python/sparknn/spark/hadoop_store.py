@@ -58,7 +58,6 @@ def join(uri: str, *names: str) -> str:
     return "/".join([uri.rstrip("/"), *names])
 
 
-
 def remove_tree(spark, uri: str) -> None:
     """Deletes ``uri`` recursively through Hadoop's FileSystem (classic sessions; Spark Connect has
     no file operations, so there it stays: it holds nothing that loads as a model)."""
