@@ -67,12 +67,15 @@ def driver_or_routed(df: DataFrame, features: str, options: FitOptions, scan: Pa
         "(spark.driver.memory, spark.driver.maxResultSize)")
 
 
-def _files_return_through_spark(spark, index_path: str | None, root: str, what: str) -> bool:
-    """Where executors write the files of sharded and routed builds: into ``indexPath``, which
-    they must see (refused otherwise); without it into the driver directory ``root`` when they
-    see it (classic local mode, one machine), else into their own scratch space, from where the
-    files come back to the driver through Spark (True: nodes that share no disk, a Spark Connect
-    server elsewhere than its client)."""
+def _files_return_through_spark(spark, index_path: str | None, store: str | None, root: str, what: str) -> bool:
+    """Where executors write the files of sharded and routed builds: to an indexPath URI
+    (``store``), through Spark; into a local ``indexPath``, which they must see (refused
+    otherwise); without it into the driver directory ``root`` when they see it (classic local
+    mode, one machine), else into their own scratch space, from where the files come back to the
+    driver through Spark (True: nodes that share no disk, a Spark Connect server elsewhere than
+    its client)."""
+    if store:
+        return False
     if index_path:
         check_shared(spark, root, what)
         return False
@@ -108,7 +111,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                   includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
                   storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
-                 groupCol=None):
+                  groupCol=None):
         # indexPath=None and groupCol=None mean "not set", as if omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
@@ -180,21 +183,20 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         try:
             if group_col:  # sharded by group; see grouped_search
                 shards = options.num_shards if options.num_shards > 1 else 2 * runtime.default_parallelism(spark)
-                returned = not store and _files_return_through_spark(spark, index_path, root, "the grouped build")
+                returned = _files_return_through_spark(spark, index_path, store, root, "the grouped build")
                 layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned, store,
                                        group_col=group_col, num_shards=shards)
                 shared = not returned and not store
             elif options.num_shards > 1:
-                returned = not store and _files_return_through_spark(spark, index_path, root,
-                                                                     f"numShards={options.num_shards}")
+                returned = _files_return_through_spark(spark, index_path, store, root,
+                                                       f"numShards={options.num_shards}")
                 layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned, store)
                 shared = not returned and not store
             else:
                 # A plain scan of local Parquet is read on the driver without a Spark job.
                 scan = find_scan(dataset, id_col, features, id_type)
                 if driver_or_routed(dataset, features, options, scan) == "routed":
-                    returned = not store and _files_return_through_spark(spark, index_path, root,
-                                                                         "the routed ivf build")
+                    returned = _files_return_through_spark(spark, index_path, store, root, "the routed ivf build")
                     layout = build_ivf(dataset, features, id_col, id_type, options, root, prefix, returned, store)
                     shared = not returned and not store
                 else:

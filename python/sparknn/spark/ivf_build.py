@@ -55,7 +55,7 @@ from sparknn.spark.params import FitOptions
 from sparknn.spark.returned_files import build_and_gather, build_and_store
 from sparknn.spark.schema import collect_arrow, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only, link, own, temp_dir
-from sparknn.spark.tasks import attempt_id, cached, partition_keys, task_threads
+from sparknn.spark.tasks import attempt_id, cached, key_column, partition_keys, task_threads
 
 _BUILT = T.StructType([
     T.StructField("part", T.IntegerType()),
@@ -273,7 +273,7 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
                      "workers more memory (spark.executor.pyspark.memory, executor memory).")
 
     keys = partition_keys(spark, num_parts)
-    key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), F.col("part") + 1)
+    key = key_column(keys, F.col("part"))
     assign = partial(_assign_task, width=width, piece_offsets=piece_offsets.tolist(),
                      piece_parts=piece_parts.tolist(), **common)
     assigned_schema = T.StructType([T.StructField("part", T.IntegerType()),

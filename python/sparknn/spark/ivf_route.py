@@ -33,7 +33,7 @@ from sparknn.spark import part_chunks
 from sparknn.spark.ivf_plan import expand
 from sparknn.spark.layout import ARROW_ID_TYPES, POSITION_BITS, POSITION_MASK, Layout
 from sparknn.spark.schema import neighbors_spark_type, spark_id_type
-from sparknn.spark.tasks import cached, load_index, partition_id, shard_index, side_file, task_threads
+from sparknn.spark.tasks import cached, key_column, load_index, partition_id, shard_index, side_file, task_threads
 
 CHUNK = 4096  # queries routed per output batch: bounds the copies of their vectors
 _ROW = "__sparknn_row"  # the payload struct column
@@ -253,9 +253,9 @@ def merge_batches(batches, *, k: int, output: str):
 # -- the DataFrame plan -------------------------------------------------------------------------
 def by_part(df: DataFrame, layout: Layout) -> DataFrame:
     """Rows of ``df`` (column "part") shuffled so part p's rows make partition p."""
-    keys = layout.ivf.part_keys
-    key = F.element_at(F.array(*[F.lit(v).cast("long") for v in keys]), F.col("part") + 1)
-    return df.withColumn("__sparknn_key", key).repartition(len(keys), "__sparknn_key").drop("__sparknn_key")
+    key = key_column(layout.ivf.part_keys, F.col("part"))
+    return (df.withColumn("__sparknn_key", key).repartition(layout.ivf.num_parts, "__sparknn_key")
+            .drop("__sparknn_key"))
 
 
 def routed_frame(routed: DataFrame, layout: Layout, payload: T.StructType, k: int, exclude_self: bool,

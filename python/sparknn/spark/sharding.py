@@ -29,7 +29,7 @@ from sparknn.spark.params import FitOptions
 from sparknn.spark.returned_files import build_and_gather, build_and_store
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
 from sparknn.spark.storage import check_task_sees, keep_only
-from sparknn.spark.tasks import attempt_id, partition_keys, task_threads
+from sparknn.spark.tasks import attempt_id, key_column, partition_keys, task_threads
 
 _RESULT = T.StructType([
     T.StructField("shard", T.IntegerType()),
@@ -129,7 +129,7 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
     spark = df.sparkSession
     keys = partition_keys(spark, n)
     shard = F.pmod(F.xxhash64(F.col(group_col or id_col)), F.lit(n)).cast("int")
-    key = F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), shard + 1)
+    key = key_column(keys, shard)
     grouping = [F.col(group_col).alias("g")] if group_col else []
     data = (df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"),
                       shard.alias("shard"), key.alias("key"), *grouping)

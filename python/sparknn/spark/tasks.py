@@ -148,3 +148,10 @@ def partition_keys(spark, n: int) -> list:
             .groupBy("p").agg(F.min("id").alias("key")).collect())
     found = {r["p"]: r["key"] for r in rows}
     return [found.get(s, s) for s in range(n)]  # a missing one only costs parallelism
+
+
+def key_column(keys: list, number):
+    """The partition key (from ``partition_keys``) of the shard or part in column ``number``."""
+    from pyspark.sql import functions as F
+
+    return F.element_at(F.array(*[F.lit(k).cast("long") for k in keys]), number + 1)
