@@ -51,10 +51,13 @@ assert type(spark).__module__.startswith("pyspark.sql.connect"), type(spark)
 df, q = spark.read.parquet(items), spark.read.parquet(queries)
 report = {}
 import sparknn.spark.estimator as estimator
+import sparknn.spark.group_plan as group_plan
 sees = estimator.executors_see
 for name, params in cases.items():
     # "_returned": as where the server's executors do not see this client's directory
     estimator.executors_see = (lambda spark, root: False) if params.pop("_returned", False) else sees
+    # "_small": groupCol thresholds scaled down to the data (large groups on shards of their own, in pieces)
+    group_plan.SMALL = params.pop("_small", 4096)
     try:
         model = KNN(k=%(k)d, metric="l2", featuresCol="vector", **params).fit(df)
     except Exception as exc:
@@ -69,7 +72,8 @@ for name, params in cases.items():
     model.write().save(uri)
     if name == "flat":  # a second version replaces the first (removed with Connect's own means)
         model.write().overwrite().save(uri)
-    report[name] = {"mode": model.layout.mode, "path": path, "uri": uri, "shared": model._index_files().shared}
+    report[name] = {"mode": model.layout.mode, "path": path, "uri": uri, "shared": model._index_files().shared,
+                    "pieces": [list(p) for p in model.layout.group_pieces]}
 spark.stop()
 # A fresh session loads every saved model and answers the same.
 spark = SparkSession.builder.remote(url).getOrCreate()
@@ -159,6 +163,8 @@ def connect_run(connect_server, tmp_path_factory):
         "routed_uri": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16,
                        "indexPath": "viewfs://sparknn/store/index-routed"},
         "grouped": {"indexType": "flat", "groupCol": "g"},  # neighbours within each item's group
+        # every group (300 items) larger than a shard's share (1500 / 8): split into two pieces
+        "grouped_pieces": {"indexType": "flat", "groupCol": "g", "numShards": 8, "_small": 100},
     }
     out = str(work / "out")
     os.makedirs(out)
@@ -193,20 +199,22 @@ def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     assert q_hits >= (1.0 if case != "hnsw" else 0.98), q_hits
 
 
-def test_connect_grouped_similar_transform_save_load_exact_per_group(connect_run):
+@pytest.mark.parametrize("case", ["grouped", "grouped_pieces"])
+def test_connect_grouped_similar_transform_save_load_exact_per_group(connect_run, case):
     report, out, _ = connect_run
-    assert "error" not in report["grouped"], report["grouped"]
+    assert "error" not in report[case], report[case]
+    assert report[case]["pieces"] == ([[g, 8 + 2 * g, 2] for g in range(GROUPS)] if case == "grouped_pieces" else [])
     ids = np.arange(N) * 3 + 5
     groups = ids % GROUPS
-    similar = _table(os.path.join(out, "grouped-similar.parquet"))
+    similar = _table(os.path.join(out, f"{case}-similar.parquet"))
     assert [r["id"] for r in similar] == ids.tolist()
     for i, row in enumerate(similar):
         members = np.flatnonzero((groups == groups[i]) & (np.arange(N) != i))
         truth, _ = exact_knn(DATA[members], DATA[i:i + 1], K, "l2")
         assert sorted(n["id"] for n in row["neighbors"]) == sorted(ids[members[truth[0]]].tolist()), i
-    assert _table(os.path.join(out, "grouped-loaded.parquet")) == similar
-    assert _table(os.path.join(out, "grouped-loaded-uri.parquet")) == similar
-    for j, row in enumerate(_table(os.path.join(out, "grouped-transform.parquet"))):
+    assert _table(os.path.join(out, f"{case}-loaded.parquet")) == similar
+    assert _table(os.path.join(out, f"{case}-loaded-uri.parquet")) == similar
+    for j, row in enumerate(_table(os.path.join(out, f"{case}-transform.parquet"))):
         members = np.flatnonzero(groups == j % GROUPS)
         truth, _ = exact_knn(DATA[members], QUERIES[j:j + 1], K, "l2")
         assert sorted(n["id"] for n in row["neighbors"]) == sorted(ids[members[truth[0]]].tolist()), j

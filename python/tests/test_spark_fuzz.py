@@ -16,7 +16,7 @@ from conftest import clustered, spark_items
 
 pyspark = pytest.importorskip("pyspark")
 from sparknn.errors import IndexFileError
-from sparknn.spark import KNN, KNNModel, ivf_route, saved, worker
+from sparknn.spark import KNN, KNNModel, candidate_merge, ivf_route, saved, worker
 
 pytestmark = pytest.mark.spark
 
@@ -54,7 +54,7 @@ def answer(path: str) -> list:
                                        need=min(K + 1, layout.count), num_threads=1)
         searched = ivf_route.search_parts(list(routed), layout=layout, k=K, exclude_self=True, num_threads=1)
         table = pa.Table.from_batches(list(searched)).sort_by("qkey")
-        out = ivf_route.merge_batches(table.to_batches(), k=K, output="neighbors")
+        out = candidate_merge.merge_batches(table.to_batches(), k=K, output="neighbors")
     else:
         out = worker.similar_batches([tasks], layout=layout, slices=slices, id_col="id", output="neighbors", k=K,
                                      ef=32, include_self=False, num_threads=1, nprobe=2)

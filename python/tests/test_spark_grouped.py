@@ -8,7 +8,7 @@ from conftest import clustered, exact_knn, mixed_groups, spark_items
 pyspark = pytest.importorskip("pyspark")
 from pyspark.sql import functions as F
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import KNN, KNNModel
+from sparknn.spark import KNN, KNNModel, group_plan
 
 pytestmark = pytest.mark.spark
 
@@ -72,17 +72,70 @@ def test_grouped_similar_items_and_transform_equal_per_group_brute_force(spark, 
     assert again == got
 
 
-def test_large_groups_use_the_models_index_with_high_recall(spark):
+@pytest.mark.parametrize("string_groups", [False, True])
+def test_large_groups_own_shards_and_pieces_equal_per_group_brute_force(spark, tmp_path, monkeypatch,
+                                                                        string_groups):
+    # Thresholds scaled down so small data has every shape: hashed small groups, large groups on a
+    # shard of their own, and groups split into pieces (each searched in every piece, merged).
+    monkeypatch.setattr(group_plan, "SMALL", 200)
+    x = clustered(3000, 8, 20, seed=11)
+    codes = mixed_groups(len(x), seed=4, large=(450, 1200))
+    df, ids = _frame(spark, x, codes, string_groups, True)
+    model = KNN(k=K, metric="cosine", indexType="flat", featuresCol="vector", groupCol="category",
+                numShards=8).fit(df)
+    pieces = model.layout.group_pieces
+    assert any(count == 1 for _, _, count in pieces) and any(count >= 3 for _, _, count in pieces), pieces
+    position = {v: j for j, v in enumerate(ids)}
+    rows = model.similarItems().collect()
+    assert len(rows) == len(x)
+    got = {position[r["id"]]: {position[n["id"]] for n in r["neighbors"]} for r in rows}
+    truth = _truth(x, codes, x, codes, K, "cosine", exclude_self=True)
+    assert [j for j in range(len(x)) if got[j] != truth[j]] == []
+    # Queries of every kind of group, one of none, each row kept once.
+    q = clustered(80, 8, 20, seed=12)
+    sizes = np.bincount(codes)
+    qcodes = np.concatenate([[np.argmax(sizes)] * 30, [np.flatnonzero(sizes == 450)[0]] * 20, codes[:20],
+                             [10_000] * 10])
+    mapping = spark.createDataFrame([(j, f"g{qcodes[j]}" if string_groups else int(qcodes[j]))
+                                     for j in range(len(q))], ["id", "category"])
+    qdf = spark_items(spark, q, ids=list(range(len(q)))).join(mapping, "id")
+    out = {r["id"]: [position[n["id"]] for n in r["neighbors"]] for r in model.transform(qdf).collect()}
+    assert sorted(out) == list(range(len(q)))
+    want = _truth(x, codes, q, qcodes, K, "cosine", exclude_self=False)
+    assert all(set(out[j]) == want[j] and len(out[j]) == len(want[j]) for j in range(len(q)))
+    # Saved and loaded with its pieces; a null query group is named.
+    model.write().save(str(tmp_path / "m"))
+    loaded = KNNModel.load(str(tmp_path / "m"))
+    assert loaded.layout.group_pieces == pieces
+    again = {position[r["id"]]: {position[n["id"]] for n in r["neighbors"]} for r in loaded.similarItems().collect()}
+    assert again == got
+    with pytest.raises(Exception, match="groupCol 'category' is null in a query row"):
+        loaded.transform(qdf.withColumn("category", F.when(F.col("id") == 3, None).otherwise(F.col("category"))))\
+            .collect()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_large_groups_use_the_models_index_with_high_recall(spark, kind):
+    # A 6000-item group is larger than a hashed shard's share (9000 / 4): split into two pieces of
+    # the model's kind; the others (up to 1000 items) are exact in their hashed shards.
     x = clustered(9000, 16, 40, seed=5)
-    codes = np.repeat([0, 1, 2], [6000, 2000, 1000])
+    rest = mixed_groups(3000, seed=6, large=(1000,)) + 1
+    codes = np.concatenate([np.zeros(6000, dtype=np.int64), rest])
     df, ids = _frame(spark, x, codes, False, False)
-    model = KNN(k=10, metric="l2", featuresCol="vector", groupCol="category", nprobe=16).fit(df)
+    model = KNN(k=10, metric="l2", featuresCol="vector", groupCol="category", indexType=kind, nprobe=16,
+                efSearch=64, numShards=4).fit(df)
+    assert [(v, c) for v, _, c in model.layout.group_pieces] == [(0, 2)]
     position = {v: j for j, v in enumerate(ids)}
     got = {position[r["id"]]: [position[n["id"]] for n in r["neighbors"]] for r in model.similarItems().collect()}
     truth = _truth(x, codes, x, codes, 10, "l2", exclude_self=True)
     big = np.flatnonzero(codes == 0)
     assert np.mean([len(set(got[j]) & truth[j]) / 10 for j in big]) >= 0.95
     assert all(set(got[j]) == truth[j] for j in np.flatnonzero(codes != 0)), "groups up to grouped.SMALL are exact"
+    q = clustered(200, 16, 40, seed=7)
+    qdf = spark_items(spark, q, ids=list(range(200))).withColumn("category", F.lit(0).cast("bigint"))
+    out = {r["id"]: [position[n["id"]] for n in r["neighbors"]] for r in model.transform(qdf).collect()}
+    want = _truth(x, codes, q, np.zeros(200, dtype=np.int64), 10, "l2", exclude_self=False)
+    assert np.mean([len(set(out[j]) & want[j]) / 10 for j in range(200)]) >= 0.95
 
 
 def test_grouped_bad_input_is_named_before_any_job(spark):

@@ -20,7 +20,7 @@ from test_spark_cluster import Cluster, cluster_session
 
 pyspark = pytest.importorskip("pyspark")
 import sparknn
-from sparknn.spark import KNN, KNNModel
+from sparknn.spark import KNN, KNNModel, group_plan
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark]
 
@@ -178,26 +178,39 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
             shutil.rmtree(params["indexPath"], ignore_errors=True)
 
 
-def test_grouped_model_on_nodes_that_share_no_disk(noshare, store):
-    """groupCol on the two-worker cluster: the shards come back through Spark, the answers are exact
-    per group, and the model saved at a URI answers the same in a fresh session."""
+def test_grouped_model_on_nodes_that_share_no_disk(noshare, store, monkeypatch):
+    """groupCol on the two-worker cluster, every shape of group (thresholds scaled down to the
+    data): small groups in hashed shards (exact), a large group on a shard of its own and one split
+    into pieces (ivf, recall >= 0.95). The shards come back through Spark, and the model saved at
+    a URI answers the same in a fresh session."""
     from pyspark.sql import functions as F
 
+    monkeypatch.setattr(group_plan, "SMALL", 100)
     uri, backing = store
     mount = {"spark.hadoop.fs.viewfs.mounttable.noshare.link./store": f"file://{backing}"}
-    groups = np.arange(len(BASE)) % 7
+    groups = np.where(np.arange(len(BASE)) < 1200, 0, np.where(np.arange(len(BASE)) < 1500, 1,
+                                                               2 + np.arange(len(BASE)) % 7))
     spark = _session(noshare.url, **mount)
     try:
-        df = spark_items(spark, BASE, partitions=4).withColumn("g", (F.col("id") % 7).cast("int"))
-        model = KNN(k=K, featuresCol="vector", indexType="flat", groupCol="g").fit(df)
+        df = spark_items(spark, BASE, partitions=4).withColumn(
+            "g", F.when(F.col("id") < 1200, 0).when(F.col("id") < 1500, 1).otherwise(2 + F.col("id") % 7))
+        model = KNN(k=K, featuresCol="vector", indexType="ivf", nprobe=8, groupCol="g", numShards=2).fit(df)
+        assert [(v, c) for v, _, c in model.layout.group_pieces] == [(0, 2), (1, 1)]
         got = _rows(model.similarItems())
+        queries = spark_items(spark, BASE[:1500:10], ids=list(range(0, 1500, 10)), partitions=2).withColumn(
+            "g", F.when(F.col("id") < 1200, 0).otherwise(1))
+        transformed = _rows(model.transform(queries))
         model.write().save(f"{uri}/grouped")
     finally:
         spark.stop()
-    for i in range(0, len(BASE), 97):
+    hits = {"small": [], "large": []}
+    for i in range(len(BASE)):
         members = np.flatnonzero((groups == groups[i]) & (np.arange(len(BASE)) != i))
         truth, _ = exact_knn(BASE[members], BASE[i:i + 1], K, "cosine")
-        assert sorted(got[i]) == sorted(members[truth[0]].tolist()), i
+        hits["small" if groups[i] >= 2 else "large"].append(len(set(got[i]) & set(members[truth[0]].tolist())) / K)
+    assert min(hits["small"]) == 1.0 and np.mean(hits["large"]) >= 0.95, {c: np.mean(h) for c, h in hits.items()}
+    assert sorted(transformed) == list(range(0, 1500, 10))
+    assert np.mean([transformed[i][0] == i for i in transformed]) >= 0.95  # each query is an item of its group
     spark = _session(noshare.url, **mount)
     try:
         assert _rows(KNNModel.load(f"{uri}/grouped").similarItems()) == got

@@ -182,7 +182,8 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         index_path = None if store else index_path
         try:
             if group_col:  # sharded by group; see grouped_search
-                shards = options.num_shards if options.num_shards > 1 else 2 * runtime.default_parallelism(spark)
+                # numShards, else at least twice the default parallelism (more for large data)
+                shards = 2 * runtime.default_parallelism(spark)
                 returned = _files_return_through_spark(spark, index_path, store, root, "the grouped build")
                 layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned, store,
                                        group_col=group_col, num_shards=shards)

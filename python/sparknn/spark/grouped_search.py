@@ -1,13 +1,16 @@
 """Searches of a grouped model (``groupCol``): every item and query against the items of its own
 group only.
 
-A grouped model is sharded by group (sharding.build_sharded with ``group_col``): each shard holds
-whole groups, with its vectors (a flat index), ids and groups by position. ``similarItems`` runs
-one task per shard through ``sparknn.grouped.within_groups`` (tiny groups batched, small ones
-exact, large ones with an index of the model's kind). ``transform`` sends each query to the
-shard of its group (the same hash of the group value) and searches that group's items: exactly
-up to ``grouped.SMALL`` items, otherwise with an index of the model's kind built on the group
-once per Python worker (kept for the next batches and tasks).
+A grouped model is sharded by group (group_plan): a hashed shard holds whole groups, with its
+vectors (a flat index), ids and groups by position; a large group has a shard of its own (an
+index of the model's kind), or several pieces when larger than a shard (group_pieces).
+``similarItems`` runs one task per hashed shard through ``sparknn.grouped.within_groups`` (tiny
+groups batched, small ones exact, larger ones with an index of the model's kind) and one per
+large group's shard. ``transform`` sends each query to the shard of its group (the same hash, or
+the group's own shard) and searches that group's items: exactly up to ``grouped.SMALL`` items,
+otherwise with an index of the model's kind built on the group once per Python worker (kept for
+the next batches and tasks), or the large group's own index. Queries and items of a group split
+into pieces are searched in every piece and merged (group_pieces).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sparknn import grouped
 from sparknn.arrow import neighbors_array, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import IndexSpec
+from sparknn.spark import group_pieces, group_plan
 from sparknn.spark.layout import Layout
 from sparknn.spark.schema import neighbors_spark_type, spark_id_type
 from sparknn.spark.tasks import cached, load_ids, shard_index, side_file, task_threads
@@ -73,8 +77,15 @@ def similar_batches(batches, *, layout: Layout, id_col: str, output: str, k: int
     threads = task_threads(num_threads)
     for batch in batches:
         for s in batch.column(0).to_numpy():
-            index, ids, groups = _shard_files(layout, int(s))
+            s = int(layout_shard(layout, s))
+            index, ids, groups = _shard_files(layout, s)
             if len(index) == 0:
+                continue
+            if s >= layout.hashed_shards:  # one large group: its own index, built at fit
+                for lo in range(0, len(index), QUERY_CHUNK):
+                    hi = min(len(index), lo + QUERY_CHUNK)
+                    neighbors = group_pieces.own_neighbors(layout, s, s, lo, hi, k, nprobe, ef, threads)
+                    yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), neighbors], names=[id_col, output])
                 continue
             rows, dist = grouped.within_groups(index.vectors, grouped.group_codes(groups), k,
                                                _spec(layout, nprobe, ef, threads))
@@ -84,14 +95,24 @@ def similar_batches(batches, *, layout: Layout, id_col: str, output: str, k: int
                 yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), neighbors], names=[id_col, output])
 
 
+def layout_shard(layout: Layout, task: int) -> int:
+    """Task ``task`` of similarItems -> its shard: the hashed shards, then each unsplit large group's."""
+    hashed = layout.hashed_shards
+    if task < hashed:
+        return task
+    return [first for _, first, count in layout.group_pieces if count == 1][task - hashed]
+
+
 def similar_items(spark, layout: Layout, id_col: str, output: str, k: int, nprobe: int, ef: int,
                   num_threads: int) -> DataFrame:
     schema = T.StructType([T.StructField(id_col, spark_id_type(layout.id_type)),
                            T.StructField(output, neighbors_spark_type(layout.id_type))])
-    n = len(layout.shards)
+    n = layout.hashed_shards + sum(1 for _, _, count in layout.group_pieces if count == 1)
     fn = partial(similar_batches, layout=layout, id_col=id_col, output=output, k=k, nprobe=nprobe, ef=ef,
                  num_threads=num_threads)
-    return spark.range(0, n, 1, n).mapInArrow(fn, schema)
+    result = spark.range(0, n, 1, n).mapInArrow(fn, schema)
+    split = group_pieces.similar_items(spark, layout, id_col, output, k, nprobe, ef, num_threads)
+    return result if split is None else result.unionByName(split)
 
 
 # -- transform -----------------------------------------------------------------------------------
@@ -144,13 +165,20 @@ def search_queries(batches, *, layout: Layout, group_col: str, features: str, ou
         for s in np.unique(shard_col):
             sub = batch.filter(pa.array(shard_col == s))
             index, ids, groups = _shard_files(layout, int(s))
-            # Already verified against its digest by side_file: the positions of each group's items.
-            members = cached(layout.path(layout.shards[int(s)].groups), load_members, what="groups file")
             qgroups = sub.column(group_col)
             if qgroups.null_count:
                 raise InvalidArgumentError(f"groupCol {group_col!r} is null in a query row: give every query a group")
-            x_all = index.vectors if len(index) else None
             q = vectors_to_numpy(sub.column(features), features, layout.dim)
+            if s >= layout.hashed_shards:  # one large group's own index: every query here is of that group
+                kk = min(k, len(index))
+                found, dist = index.search(q, kk, ef=max(ef, kk), nprobe=nprobe, threads=threads)
+                neighbors = neighbors_array(found, dist, id_values=ids, k=k)
+                yield pa.RecordBatch.from_arrays([sub.column(i) for i in keep] + [neighbors],
+                                                 names=[batch.schema.names[i] for i in keep] + [output])
+                continue
+            # Already verified against its digest by side_file: the positions of each group's items.
+            members = cached(layout.path(layout.shards[int(s)].groups), load_members, what="groups file")
+            x_all = index.vectors if len(index) else None
             found = np.full((len(q), k), -1, dtype=np.int64)
             dist = np.full((len(q), k), np.inf, dtype=np.float32)
             for value, at in _by_value(qgroups.cast(groups.type)):
@@ -178,9 +206,15 @@ def transform(dataset: DataFrame, layout: Layout, group_col: str, features: str,
     check_groups(dataset, group_col, "queries", layout.group_type)
     n = len(layout.shards)
     value = F.col(group_col).cast(layout.group_type)
-    shard = F.pmod(F.xxhash64(value), F.lit(n)).cast("int")
+    shard = group_plan.shard_column(value, None, layout.hashed_shards, layout.group_pieces, layout.group_type)
     schema = T.StructType(dataset.schema.fields + [T.StructField(output, neighbors_spark_type(layout.id_type))])
     fn = partial(search_queries, layout=layout, group_col=group_col, features=features, output=output, k=k,
                  nprobe=nprobe, ef=ef, num_threads=num_threads)
-    return dataset.withColumn(_SHARD, shard).repartition(n, _SHARD).mapInArrow(fn, schema)
+    if not group_plan.split_values(layout.group_pieces):
+        return dataset.withColumn(_SHARD, shard).repartition(n, _SHARD).mapInArrow(fn, schema)
+    # Queries of groups split into pieces are searched in every piece and merged; the others as above.
+    split, rest = group_pieces.split_filter(layout, group_col)
+    result = dataset.where(rest).withColumn(_SHARD, shard).repartition(n, _SHARD).mapInArrow(fn, schema)
+    return result.unionByName(group_pieces.transform(dataset.where(split), layout, group_col, features, output, k,
+                                                     nprobe, ef, num_threads))
 

@@ -21,7 +21,6 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -30,13 +29,13 @@ from sparknn.index import Index
 from sparknn.arrow import fixed_rows, neighbors_array, rows_to_list, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import part_chunks
+from sparknn.spark.candidate_merge import PAYLOAD, candidates_schema, merged
 from sparknn.spark.ivf_plan import expand
 from sparknn.spark.layout import ARROW_ID_TYPES, POSITION_BITS, POSITION_MASK, Layout
-from sparknn.spark.schema import neighbors_spark_type, spark_id_type
+from sparknn.spark.schema import spark_id_type
 from sparknn.spark.tasks import cached, key_column, load_index, partition_id, shard_index, side_file, task_threads
 
 CHUNK = 4096  # queries routed per output batch: bounds the copies of their vectors
-_ROW = "__sparknn_row"  # the payload struct column
 
 
 # -- routing -------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ def _routed_batch(q, arrays, x, keys, payload: pa.StructArray, nprobe, need, nea
     return pa.RecordBatch.from_arrays(
         [pa.array(p), pa.array(keys[r]), pa.array(per_pair), rows_to_list(x[r]), lists.take(pa.array(r)),
          payload.take(take)],
-        names=["part", "qkey", "nprobe", "v", "lists", _ROW])
+        names=["part", "qkey", "nprobe", "v", "lists", PAYLOAD])
 
 
 def _quantizer(layout: Layout) -> Index:
@@ -197,57 +196,8 @@ def _search_part(layout: Layout, k: int, exclude_self: bool, threads: int, p: in
     struct = pa.StructArray.from_arrays([users.cast(ARROW_ID_TYPES[layout.id_type]), lst.values.field("distance")],
                                         names=["id", "distance"])
     return pa.RecordBatch.from_arrays(
-        [sub.column("qkey"), pa.ListArray.from_arrays(lst.offsets, struct), sub.column(_ROW)],
-        names=["qkey", "neighbors", _ROW])
-
-
-# -- merging -------------------------------------------------------------------------------
-def _merge(table: pa.Table, k: int, output: str) -> pa.RecordBatch:
-    """Rows sorted by qkey -> one row per qkey: its payload and the k nearest of all its candidates."""
-    keys = table.column("qkey").to_numpy()
-    group = np.concatenate([[0], np.cumsum(keys[1:] != keys[:-1])])
-    num_groups = int(group[-1]) + 1
-    lists = table.column("neighbors").combine_chunks()
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
-    values = lists.flatten()
-    dist = values.field("distance").to_numpy(zero_copy_only=False)
-    cand_group = np.repeat(group, lengths)
-    # By query, distance, then id: ties do not depend on the order the parts' rows arrived in.
-    keys = [(name, "ascending") for name in ("g", "d", "id")]
-    order = pc.sort_indices(pa.table({"g": cand_group, "d": dist, "id": values.field("id")}),
-                            sort_keys=keys).to_numpy().astype(np.int64)
-    sorted_group = cand_group[order]
-    first = np.searchsorted(sorted_group, np.arange(num_groups))
-    rank = np.arange(len(order)) - first[sorted_group]
-    keep = order[rank < k]
-    counts = np.bincount(cand_group[keep], minlength=num_groups)
-    offsets = np.zeros(num_groups + 1, dtype=np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    neighbors = pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(keep)))
-    payload = table.column(_ROW).combine_chunks()
-    home = np.flatnonzero(payload.is_valid().to_numpy(zero_copy_only=False))
-    if len(home) != num_groups:
-        raise RuntimeError(f"routed IVF merge: {num_groups} queries but {len(home)} payload rows")
-    rows = payload.take(pa.array(home))
-    fields = [rows.type.field(i).name for i in range(rows.type.num_fields)]
-    return pa.RecordBatch.from_arrays(rows.flatten() + [neighbors], names=fields + [output])
-
-
-def merge_batches(batches, *, k: int, output: str):
-    """Batches sorted by qkey; a query's rows may straddle two batches, so the last key waits for the next."""
-    pending = None
-    for batch in batches:
-        table = pa.Table.from_batches([batch]) if pending is None else pa.concat_tables(
-            [pending, pa.Table.from_batches([batch])])
-        if table.num_rows == 0:
-            continue
-        keys = table.column("qkey").to_numpy()
-        cut = int(np.searchsorted(keys, keys[-1], side="left"))
-        pending = table.slice(cut)
-        if cut:
-            yield _merge(table.slice(0, cut), k, output)
-    if pending is not None and pending.num_rows:
-        yield _merge(pending, k, output)
+        [sub.column("qkey"), pa.ListArray.from_arrays(lst.offsets, struct), sub.column(PAYLOAD)],
+        names=["qkey", "neighbors", PAYLOAD])
 
 
 # -- the DataFrame plan -------------------------------------------------------------------------
@@ -261,19 +211,12 @@ def by_part(df: DataFrame, layout: Layout) -> DataFrame:
 def routed_frame(routed: DataFrame, layout: Layout, payload: T.StructType, k: int, exclude_self: bool,
                  output: str, num_threads: int) -> DataFrame:
     """Search and merge stages after routing; the result has the payload's columns plus ``output``."""
-    candidates = T.StructType([
-        T.StructField("qkey", T.LongType()),
-        T.StructField("neighbors", neighbors_spark_type(layout.id_type)),
-        T.StructField(_ROW, payload),
-    ])
     if layout.chunks is not None:
         routed = part_chunks.with_files(routed, layout)
     searched = (by_part(routed, layout)
                 .mapInArrow(partial(search_parts, layout=layout, k=k, exclude_self=exclude_self,
-                                    num_threads=num_threads), candidates))
-    result = T.StructType(payload.fields + [T.StructField(output, neighbors_spark_type(layout.id_type))])
-    return (searched.repartition("qkey").sortWithinPartitions("qkey")
-            .mapInArrow(partial(merge_batches, k=k, output=output), result))
+                                    num_threads=num_threads), candidates_schema(payload, layout.id_type)))
+    return merged(searched, payload, layout.id_type, k, output)
 
 
 def routed_schema(payload: T.StructType) -> T.StructType:
@@ -283,7 +226,7 @@ def routed_schema(payload: T.StructType) -> T.StructType:
         T.StructField("nprobe", T.IntegerType()),
         T.StructField("v", T.ArrayType(T.FloatType())),
         T.StructField("lists", T.ArrayType(T.IntegerType())),
-        T.StructField(_ROW, payload),
+        T.StructField(PAYLOAD, payload),
     ])
 
 

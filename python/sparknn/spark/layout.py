@@ -151,6 +151,13 @@ class Layout:
     ivf: IvfRouting | None = None  # kind "ivf": the quantizer and which part holds which list (shards = parts)
     chunks: ChunkSource | None = None  # files kept at the model's URI, not under root
     group_type: str | None = None  # a grouped model (groupCol): the group column's Spark type; shards hold whole groups
+    # a grouped model's large groups (group_plan): (value, first shard, pieces), on shards after the hashed ones
+    group_pieces: tuple[tuple[object, int, int], ...] = ()
+
+    @property
+    def hashed_shards(self) -> int:
+        """A grouped model's shards of whole small groups (by hash), before the large groups' own."""
+        return len(self.shards) - sum(count for _, _, count in self.group_pieces)
 
     @property
     def count(self) -> int:
@@ -223,6 +230,8 @@ class Layout:
             d["ivf"] = self.ivf.to_json()
         if self.group_type:
             d["groupType"] = self.group_type
+        if self.group_pieces:
+            d["groupPieces"] = [list(p) for p in self.group_pieces]
         return d
 
     @staticmethod
@@ -236,7 +245,11 @@ class Layout:
                        for s in d["shards"])
         ivf = IvfRouting.from_json(d["ivf"]) if "ivf" in d else None
         layout = Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
-                        ivf=ivf, group_type=d.get("groupType"))
+                        ivf=ivf, group_type=d.get("groupType"),
+                        group_pieces=tuple((v, int(s), int(c)) for v, s, c in d.get("groupPieces", ())))
+        if layout.group_pieces and not (0 < layout.hashed_shards and all(
+                layout.hashed_shards <= s and c >= 1 and s + c <= len(shards) for _, s, c in layout.group_pieces)):
+            raise ValueError(f"group pieces {layout.group_pieces} do not fit {len(shards)} shards")
         for s in layout.shards:
             if not all(isinstance(n, str) and n and os.path.basename(n) == n
                        for n in (s.index, s.ids, s.items, s.probes, s.groups) if n is not None):

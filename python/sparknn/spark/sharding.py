@@ -19,11 +19,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparknn import integrity
+from sparknn import grouped, integrity
 from sparknn.arrow import vectors_to_numpy
 from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import hadoop_store
+from sparknn.spark import group_plan, hadoop_store
 from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_column, write_ids
 from sparknn.spark.params import FitOptions
 from sparknn.spark.returned_files import build_and_gather, build_and_store
@@ -46,8 +46,9 @@ _RESULT_ARROW = pa.schema([("shard", pa.int32()), ("count", pa.int64()), ("dim",
 
 
 def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, spec, group_col=None,
-                attempt=None):
-    """One partition: build and save the index (and id file) of every shard it holds.
+                large_spec=None, hashed=None, attempt=None):
+    """One partition: build and save the index (and id file) of every shard it holds (a grouped
+    model's shards from ``hashed`` on hold one large group each: an index of ``large_spec``).
 
     Files are named after the task attempt, side files first and the index (recording their
     digests) last; the result row names them. The driver keeps the files of the results Spark
@@ -71,8 +72,11 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
         ids = ids.take(order)
         vectors = vectors_to_numpy(part.column("v").take(order), features, dim)
         try:
-            index, _ = build_streaming([(0, vectors)], len(vectors), spec,
-                                       ids=None if positional else ids.to_numpy())
+            if large_spec is not None and s >= hashed:  # one large group (a piece of it): a real index
+                index = grouped.index_of(vectors, large_spec)
+            else:
+                index, _ = build_streaming([(0, vectors)], len(vectors), spec,
+                                           ids=None if positional else ids.to_numpy())
         except InvalidArgumentError as err:
             raise InvalidArgumentError(f"shard {s} (featuresCol {features!r}): {err}") from None
         digests, ids_name, groups_name = {}, None, None
@@ -120,39 +124,49 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
     ``store`` (a URI) written there and fetched into ``root`` (returned_files): every query
     searches every shard, so each executor needs them all.
 
-    With ``group_col`` (grouped_search) rows go to shards by their group, so a shard holds whole
-    groups; each shard keeps its vectors (a flat index), ids and groups by position."""
-    n = num_shards or options.num_shards
+    With ``group_col`` (grouped_search) rows go to shards by their group (group_plan): a hashed
+    shard holds whole small groups, its vectors (a flat index), ids and groups by position; a
+    large group has shards of its own, an index of the model's kind each. ``num_shards`` is then
+    the least number of hashed shards (more for large data) unless ``options`` set numShards."""
     stats = validate(df, features, id_col, id_type != "string")
     positional = group_col is not None or not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
     dim = int(stats["max_len"])
     spark = df.sparkSession
-    keys = partition_keys(spark, n)
-    shard = F.pmod(F.xxhash64(F.col(group_col or id_col)), F.lit(n)).cast("int")
+    pieces, group_type = (), None
+    if group_col:
+        group_type = df.schema[group_col].dataType.simpleString()
+        n = options.num_shards if options.num_shards > 1 else group_plan.num_shards(stats["rows"], dim, num_shards)
+        pieces = group_plan.plan(df, group_col, stats["rows"], dim, n)
+        shard = group_plan.shard_column(F.col(group_col), F.col(id_col), n, pieces, group_type)
+        total = n + sum(count for _, _, count in pieces)
+    else:
+        n = total = num_shards or options.num_shards
+        shard = F.pmod(F.xxhash64(F.col(id_col)), F.lit(n)).cast("int")
+    keys = partition_keys(spark, total)
     key = key_column(keys, shard)
     grouping = [F.col(group_col).alias("g")] if group_col else []
     data = (df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"),
                       shard.alias("shard"), key.alias("key"), *grouping)
-            .repartition(n, "key").drop("key"))
+            .repartition(total, "key").drop("key"))
     spec = options.spec.replace(kind="flat") if group_col else options.spec  # grouped: the shard's vectors
     kw = dict(prefix=prefix, dim=dim, id_type=id_type, id_col=id_col, features=features, positional=positional,
-              spec=spec, group_col=group_col)
+              spec=spec, group_col=group_col, large_spec=options.spec if group_col else None, hashed=n)
     files = ("index", "ids", "groups")
     if store:
         results, stored = build_and_store(data, _build_task, _RESULT_ARROW, _RESULT, uri=store, key="shard",
-                                          file_columns=files, what=f"the sharded build ({n} shards)", **kw)
+                                          file_columns=files, what=f"the sharded build ({total} shards)", **kw)
         hadoop_store.fetch(spark, store, root, stored, store)
     elif returned:
         results = build_and_gather(data, _build_task, _RESULT_ARROW, _RESULT, root=root, key="shard",
                                    file_columns=files, expected_bytes=int(stats["rows"]) * (4 * dim + 128),
-                                   what=f"the sharded build ({n} shards)", **kw)
+                                   what=f"the sharded build ({total} shards)", **kw)
     else:
         results = [r.asDict() for r in data.mapInArrow(partial(_build_task, root=root, **kw), _RESULT).collect()]
     if group_col:  # a query goes to the shard its group hashes to: every shard number must exist
         have = {r["shard"] for r in results}
-        group_arrow = ARROW_ID_TYPES[df.schema[group_col].dataType.simpleString()]
+        group_arrow = ARROW_ID_TYPES[group_type]
         results += [_empty_shard(root, prefix, s, dim, spec, ARROW_ID_TYPES[id_type], group_arrow)
-                    for s in range(n) if s not in have]
+                    for s in range(total) if s not in have]
     results.sort(key=lambda r: r["shard"])
     built = sum(r["count"] for r in results)
     if built != stats["rows"]:
@@ -160,8 +174,7 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
                                    f"{stats['rows']}: is the input DataFrame non-deterministic? "
                                    "Cache or checkpoint it before fit")
     shards = tuple(shard_files(r, root, f"shard {r['shard']}") for r in results)
-    group_type = df.schema[group_col].dataType.simpleString() if group_col else None
     layout = Layout(dim, options.spec.metric, options.spec.kind, id_type, positional, shards, root,
-                    group_type=group_type)
+                    group_type=group_type, group_pieces=pieces)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout
