@@ -55,7 +55,7 @@ build/fuzz/cpp/fuzz/sparknn_fuzz_load -max_total_time="${SPARKNN_FUZZ_SECONDS:-6
 
 echo "== Python tests"
 export SPARK_LOCAL_IP=127.0.0.1
-python3 -m pytest -q python/tests
+python3 -m pytest -q --durations=25 python/tests
 
 echo "== Spark and CLI tests again on pyspark 3.5"
 # The Spark layer supports 3.5 and 4.x. A venv that sees this environment's packages (sparknn
@@ -65,7 +65,7 @@ echo "== Spark and CLI tests again on pyspark 3.5"
 venv=build/venv-spark35
 [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "pyspark>=3.5,<3.6"
-"$venv/bin/python" -m pytest -q -W ignore -p no:unraisableexception python/tests/test_spark.py \
+"$venv/bin/python" -m pytest -q --durations=15 -W ignore -p no:unraisableexception python/tests/test_spark.py \
   python/tests/test_spark_direct_read.py python/tests/test_spark_ivf.py python/tests/test_spark_cluster.py \
   python/tests/test_spark_saved.py python/tests/test_spark_integrity.py python/tests/test_spark_fuzz.py \
   python/tests/test_spark_determinism.py python/tests/test_spark_store.py python/tests/test_spark_grouped.py \

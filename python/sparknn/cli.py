@@ -96,15 +96,20 @@ def _spec(args) -> IndexSpec:
 # --------------------------------------------------------------------------- commands
 def _cmd_similar(args) -> int:
     start = time.perf_counter()
+    if args.recall is not None and (args.spark or args.group_col):
+        raise UsageError("--recall is not supported with " + ("--spark" if args.spark else "--group-col")
+                         + " yet: give --nprobe / --ef-search instead")
     if args.spark:
         result = _similar_on_spark(args)
     else:
         result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
                               spec=_spec(args), fmt=args.format, overwrite=args.overwrite,
-                              progress=Progress(not args.quiet), group_col=args.group_col)
+                              progress=Progress(not args.quiet), group_col=args.group_col, recall=args.recall)
     where = f"Spark {args.spark}" if args.spark else "in-process"
     _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} items, {result.neighbors} neighbours each "
                f"({args.index}, {args.metric}, {where}) {_timing(time.perf_counter() - start, result)}")
+    if result.tuning is not None:
+        _say(args, f"recall target: {result.tuning.describe()}")
     _preview(args, result.preview, args.id_col)
     return 0
 
@@ -326,6 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similar", parents=[common, columns, table_out, index, threads, out],
                        help="for every item, its k nearest other items")
     p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
+    p.add_argument("--recall", type=float, default=None, metavar="R",
+                   help="ivf/hnsw: instead of --nprobe/--ef-search, the least that reaches recall@k R (0 < R <= 1), "
+                   "measured against exact search on 1000 sampled items after the build; the choice is reported")
     p.add_argument("--spark", metavar="MASTER",
                    help="run on Spark, e.g. local[*], spark://host:7077 or sc://host:15002 (Spark Connect)")
     p.add_argument("--group-col", default=None, metavar="COLUMN",

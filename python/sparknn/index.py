@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
-from sparknn import _core, integrity
+from sparknn import _core, integrity, tuning
 from sparknn.errors import InvalidArgumentError
 
 KINDS = ("flat", "hnsw", "ivf")
@@ -425,9 +425,77 @@ class Index:
         """ivf: vectors per list, int64 [nlist]; empty before training."""
         return self._native_as("ivf", "list_sizes").list_sizes()
 
+    def tune(self, recall: float, k: int = 10, queries=None, sample: int = tuning.SAMPLE, seed: int = 0,
+             threads: Optional[int] = None) -> tuning.Tuning:
+        """Sets ``nprobe`` (ivf) or ``ef_search`` (hnsw) to the least value whose recall@k reaches
+        ``recall``, measured against exact search on ``sample`` queries (drawn with ``seed``) from
+        ``queries``, or else from the stored vectors (each then excluding itself, as in a
+        self-join). Returns the :class:`sparknn.tuning.Tuning`: the value and the recall measured
+        (if no value reaches the target, the most work tried; ``reached`` is then False). A flat
+        index is exact: nothing to tune. The exact pass reads the stored vectors (decoded, for a
+        compressed ivf) in blocks."""
+        chosen = self._tuning(recall, k, queries, sample, seed, threads)
+        if chosen.param == "nprobe":
+            self.nprobe = chosen.value
+        elif chosen.param == "ef":
+            self.ef_search = chosen.value
+        return chosen
+
+    @property
+    def tunings(self) -> dict:
+        """(k, recall target) -> :class:`sparknn.tuning.Tuning` chosen by ``search(..., recall=)``."""
+        return dict(getattr(self, "_tunings", {}))
+
+    def _tuned(self, recall, k, queries, threads) -> tuning.Tuning:
+        key = (k, tuning.check_target(recall))
+        # Tunings hold for the vectors they were measured on: an add (a new count) drops them.
+        tunings = getattr(self, "_tunings", {}) if getattr(self, "_tuned_count", None) == len(self) else {}
+        found = tunings.get(key)
+        if found is None:
+            found = self._tuning(recall, k, queries, tuning.SAMPLE, 0, threads)
+            self._tunings, self._tuned_count = {**tunings, key: found}, len(self)  # replaced whole, never mutated
+        return found
+
+    def _tuning(self, recall, k, queries, sample, seed, threads) -> tuning.Tuning:
+        target = tuning.check_target(recall)
+        k = _check_count(k, "k", 1)
+        n = len(self)
+        if self.kind == "flat" or n == 0:
+            return tuning.Tuning("", 0, 1.0, target, k, 0)
+        rng = np.random.default_rng(seed)
+        own = queries is None
+        if own:
+            rows = np.sort(rng.choice(n, min(_check_count(sample, "sample", 1), n), replace=False))
+            q = self.reconstruct_rows(rows)
+        else:
+            q = _as_matrix(queries, self.dim, "queries")
+            q = q[np.sort(rng.choice(len(q), min(_check_count(sample, "sample", 1), len(q)), replace=False))]
+        kk = min(k, n - 1 if own else n)
+        if kk < 1:
+            return tuning.Tuning("", 0, 1.0, target, k, 0)
+        step = max(1, tuning.BLOCK_BYTES // (4 * self.dim))
+        blocks = (self.reconstruct(lo, min(n, lo + step)) for lo in range(0, n, step))
+        truth_rows = tuning.exact_neighbours(blocks, q, kk, self.metric, exclude=rows if own else None,
+                                             threads=self.threads if threads is None else threads)
+        ids = self.ids
+        truth = np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1)
+        own_ids = ids[rows] if own else None
+        del ids
+
+        def found(value: int) -> np.ndarray:
+            knob = {"nprobe": value} if self.kind == "ivf" else {"ef": max(value, kk + own)}
+            got, _ = self.search(q, kk + own, threads=threads, **knob)
+            if own:  # drop each query's own id, keep kk
+                got = np.array([r[r != i][:kk] for r, i in zip(got, own_ids)])
+            return got
+
+        if self.kind == "ivf":
+            return tuning.tune(found, truth, target, "nprobe", int(self.params["nlist"]), k)
+        return tuning.tune(found, truth, target, "ef", max(kk + 1, min(4096, n)), k)
+
     def search(
         self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None,
-        widen: bool = True, threads: Optional[int] = None,
+        widen: bool = True, threads: Optional[int] = None, recall: Optional[float] = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """The k nearest neighbours of each query.
 
@@ -445,8 +513,15 @@ class Index:
         scans exactly the given lists and pads instead). ``lists`` (ivf): the
         lists to scan per query, int64 [nq, nprobe] as returned by
         :meth:`nearest_lists`, instead of computing them again.
+        ``recall`` (ivf, hnsw; instead of ``nprobe`` / ``ef``): the least nprobe or ef whose
+        recall@k reaches it, chosen on the first such call by :meth:`tune` on a sample of its
+        queries (without changing the index's own settings) and kept for later calls with the
+        same k and target until the next ``add``; :attr:`tunings` shows what was chosen.
         """
         k = _check_count(k, "k", 1)
+        if recall is not None and lists is None and ef is None and nprobe is None and self.kind != "flat":
+            chosen = self._tuned(recall, k, queries, threads)
+            ef, nprobe = (chosen.value, None) if chosen.param == "ef" else (None, chosen.value or None)
         threads = -1 if threads is None else _check_count(threads, "threads", 0)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
         nprobe = 0 if nprobe is None else _check_count(nprobe, "nprobe", 1)

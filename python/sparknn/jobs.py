@@ -55,6 +55,7 @@ from sparknn.output import (
     write_batches,
 )
 from sparknn.progress import Progress
+from sparknn.tuning import Tuning, check_target
 
 BUILD_BATCH = 50_000  # rows read and added per step: the progress bar moves, memory stays bounded
 SEARCH_BATCH = 8_192  # rows searched per call: enough to keep every core busy
@@ -408,6 +409,7 @@ class Result:
     neighbors: int  # neighbours per row (fewer only when the data has fewer items)
     timings: Timings
     preview: pa.Table | None = None
+    tuning: Tuning | None = None  # what a recall target chose (similar with recall=)
 
 
 def _keep_preview(batches: Iterator[pa.RecordBatch], holder: list, rows: int = 3) -> Iterator[pa.RecordBatch]:
@@ -453,13 +455,17 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
 
 def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector", k: int = 10,
             spec: IndexSpec = DEFAULT_SPEC, fmt: str = "parquet", overwrite: bool = False,
-            progress: Progress | None = None, group_col: str | None = None) -> Result:
+            progress: Progress | None = None, group_col: str | None = None, recall: float | None = None) -> Result:
     """For every item, its ``k`` nearest other items (itself excluded): one output row per item.
 
     With fewer than k+1 items, each row has every other item (n - 1 neighbours). With
     ``group_col``, an item's neighbours are items of its own group (sparknn.grouped): a row whose
-    group has fewer than k + 1 items gets all the others (none for a group of one).
+    group has fewer than k + 1 items gets all the others (none for a group of one). ``recall``
+    (ivf, hnsw): instead of ``spec``'s nprobe / ef_search, the least that reaches this recall@k,
+    measured on a sample of the items after the build (``Index.tune``; ``Result.tuning``).
     """
+    if recall is not None:
+        check_target(recall)
     progress = progress or Progress(False)
     _check_k(k)
     check_id_col(id_col)
@@ -473,8 +479,17 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
                                                      keep_lists=True)
 
-    t0 = time.perf_counter()
     k = capped_k(k, inp.num_rows, self_join=True)
+    tuned = None
+    if recall is not None and index.kind != "flat" and k > 0:
+        t0 = time.perf_counter()
+        tuned = index.tune(recall, k=k)  # sets index.nprobe / ef_search
+        if lists is not None and tuned.value > lists.shape[1]:
+            lists = None  # more lists than kept at the build: the search finds them again
+        elif lists is not None:
+            lists = lists[:, :tuned.value]
+        timings.add("recall tuning", time.perf_counter() - t0)
+    t0 = time.perf_counter()
     self_ids = direct if direct is not None else np.arange(inp.num_rows, dtype=np.int64)
     schema = output_schema(pa.field(id_col, ids.type), ids.type)
     preview: list = []
@@ -482,7 +497,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
                               self_ids, progress, "searching", lists)
     rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
     timings.add("search + write", time.perf_counter() - t0)
-    return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None)
+    return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None, tuned)
 
 
 def _similar_in_groups(input_path: str, output: str, id_col: str, vector_col: str, group_col: str, k: int,

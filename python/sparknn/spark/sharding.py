@@ -61,6 +61,7 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
     check_task_sees(root, "a sharded build")
     table = pa.Table.from_batches(batches)
     spec = spec.replace(threads=task_threads(spec.threads))
+    large_spec = large_spec and large_spec.replace(threads=spec.threads)
     shard_col = table.column("shard").to_numpy()
     for s in np.unique(shard_col):
         part = table.filter(pa.array(shard_col == s)) if len(np.unique(shard_col)) > 1 else table

@@ -1,0 +1,123 @@
+"""Recall targets (sparknn.tuning, Index.tune, search(recall=), `sparknn similar --recall`): the
+chosen nprobe / ef reaches the target on held-out queries, is reported, and is the least that does."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import clustered, exact_knn, recall
+
+import sparknn
+from sparknn import tuning
+from sparknn.errors import InvalidArgumentError
+
+TOLERANCE = 0.02  # a 1000-query sample estimates recall@10 to about +-0.01
+
+
+def _data_sets():
+    """Three shapes: tight clusters (l2), many loose clusters (cosine), plain Gaussian noise (ip)."""
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((12_000, 24)).astype(np.float32)
+    return {
+        "clustered-l2": (clustered(12_000, 32, 40, seed=1), "l2"),
+        "loose-cosine": (clustered(12_000, 48, 400, seed=2) * 0.3 + rng.standard_normal((12_000, 48)).astype(
+            np.float32), "cosine"),
+        "noise-ip": (noise, "ip"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_data_sets()))
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_tuned_index_reaches_the_target_on_held_out_queries(name, kind):
+    x, metric = _data_sets()[name]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    # Tuned on 1000 queries, measured on 1000 others: none of them stored in the index.
+    base, tune_q, held_out = x[order[:10_000]], x[order[10_000:11_000]], x[order[11_000:]]
+    index = sparknn.Index(base.shape[1], metric, kind, M=8, ef_construction=60)
+    index.add(base)
+    chosen = index.tune(0.9, k=10, queries=tune_q)
+    truth, _ = exact_knn(base, held_out, 10, metric)
+    found, _ = index.search(held_out, 10)
+    assert chosen.param == ("nprobe" if kind == "ivf" else "ef")
+    assert (index.nprobe if kind == "ivf" else index.ef_search) == chosen.value
+    assert chosen.reached and chosen.sample == 1000 and chosen.k == 10
+    assert recall(found, truth) >= 0.9 - TOLERANCE, (chosen, recall(found, truth))
+    # The least that reaches it: one step down the ladder misses it (on the same sample).
+    lower = [v for v in tuning.LADDER if v < chosen.value]
+    if lower and (kind == "ivf" or lower[-1] >= 10):
+        knob = {"nprobe": lower[-1]} if kind == "ivf" else {"ef": lower[-1]}
+        t_sample, _ = exact_knn(base, tune_q, 10, metric)
+        got, _ = index.search(tune_q, 10, **knob)
+        assert recall(got, t_sample) < 0.9 + 1e-9
+
+
+def test_self_join_tuning_excludes_each_item_and_search_recall_keeps_settings():
+    x = clustered(6000, 16, 30, seed=5)
+    index = sparknn.Index(16, "l2", "ivf", nprobe=16)
+    index.add(x)
+    chosen = index.tune(0.95, k=5)  # the stored items, each excluding itself
+    assert chosen.reached and index.nprobe == chosen.value
+    index.nprobe = 16
+    found, _ = index.search(x[:500], 6, recall=0.99)
+    assert index.nprobe == 16, "search(recall=) leaves the index's own setting alone"
+    assert list(index.tunings) == [(6, 0.99)] and index.tunings[(6, 0.99)].reached
+    truth, _ = exact_knn(x, x[:500], 6, "l2")
+    assert recall(found, truth) >= 0.99 - TOLERANCE
+    again = index.tunings[(6, 0.99)]
+    index.search(x[:10], 6, recall=0.99)
+    assert index.tunings[(6, 0.99)] is again, "kept for later calls"
+    index.add(clustered(100, 16, 30, seed=6))
+    index.search(x[:10], 6, recall=0.99)
+    assert index.tunings[(6, 0.99)] is not again, "an add measures again"
+
+
+def test_flat_is_exact_and_an_unreachable_target_says_so():
+    x = clustered(3000, 16, 20, seed=7)
+    flat = sparknn.Index(16, "l2", "flat")
+    flat.add(x)
+    assert flat.tune(0.99).param == "" and flat.tune(0.99).recall == 1.0
+    # 8-bit codes without re-ranking lose some neighbours however many lists are scanned.
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal((3000, 64)).astype(np.float32)
+    sq8 = sparknn.Index(64, "l2", "ivf", storage="sq8", nlist=8)
+    sq8.add(noise)
+    chosen = sq8.tune(1.0, k=10, queries=noise[:300] + 0.01)
+    if not chosen.reached:
+        assert chosen.value == 8 and "not reached" in chosen.describe()
+    for bad in (0, 1.5, "0.9", True):
+        with pytest.raises(InvalidArgumentError, match="recall must be a number in"):
+            flat.tune(bad)
+
+
+def test_exact_neighbours_across_blocks_equal_brute_force():
+    x = clustered(2500, 12, 10, seed=9)
+    q_rows = np.arange(0, 2500, 25)
+    blocks = [x[:700], x[700:701], x[701:2500]]
+    for metric in ("l2", "cosine", "ip"):
+        got = tuning.exact_neighbours(iter(blocks), x[q_rows], 7, metric, exclude=q_rows)
+        truth, _ = exact_knn(x, x[q_rows], 8, metric)
+        want = np.array([t[t != r][:7] for t, r in zip(truth, q_rows)])
+        assert recall(got, want) == 1.0, metric
+
+
+def test_cli_similar_recall_target(tmp_path, capsys):
+    from sparknn.cli import main
+
+    x = clustered(8000, 16, 40, seed=11)
+    path = str(tmp_path / "items.parquet")
+    pq.write_table(pa.table({"id": np.arange(len(x)) * 3,
+                             "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 16)}), path)
+    out = str(tmp_path / "out.parquet")
+    assert main(["similar", path, "-o", out, "--metric", "l2", "--recall", "0.97", "--index", "ivf"]) == 0
+    said = capsys.readouterr().out
+    assert "recall target: nprobe" in said and "recall tuning" in said
+    table = pq.read_table(out).sort_by("id")
+    found = np.array([[n["id"] // 3 for n in ns] for ns in table.column("neighbors").to_pylist()])
+    truth, _ = exact_knn(x, x, 11, "l2")
+    want = np.array([t[t != i][:10] for i, t in enumerate(truth)])
+    assert recall(found, want) >= 0.97 - TOLERANCE
+    for extra, message in ((["--recall", "2"], "recall must be a number"),
+                           (["--recall", "0.9", "--group-col", "id"], "not supported with --group-col")):
+        assert main(["similar", path, "-o", str(tmp_path / "bad.parquet")] + extra) != 0
+        assert message in capsys.readouterr().err
