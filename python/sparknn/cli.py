@@ -46,6 +46,7 @@ from sparknn.output import (
     write_table,
 )
 from sparknn.progress import Progress
+from sparknn.tuning import DEFAULT_TARGET
 
 EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -89,22 +90,32 @@ def _preview(args, table: pa.Table | None, id_col: str, shown: int = 5) -> None:
 
 def _spec(args) -> IndexSpec:
     return IndexSpec(kind=args.index, metric=args.metric, M=args.M, ef_construction=args.ef_construction,
-                     ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe, storage=args.storage,
+                     ef_search=args.ef_search or 64, nlist=args.nlist, nprobe=args.nprobe or 16, storage=args.storage,
                      pq_m=args.pq_m, rerank=args.rerank, threads=args.threads)
+
+
+def _recall_target(args) -> float | None:
+    """--recall, else the self-join's default target unless --nprobe / --ef-search were given
+    (or --group-col, not tuned yet)."""
+    if args.recall is not None:
+        return args.recall
+    if args.nprobe is None and args.ef_search is None and not args.group_col:
+        return DEFAULT_TARGET
+    return None
 
 
 # --------------------------------------------------------------------------- commands
 def _cmd_similar(args) -> int:
     start = time.perf_counter()
-    if args.recall is not None and (args.spark or args.group_col):
-        raise UsageError("--recall is not supported with " + ("--spark" if args.spark else "--group-col")
-                         + " yet: give --nprobe / --ef-search instead")
+    if args.recall is not None and args.group_col:
+        raise UsageError("--recall is not supported with --group-col yet: give --nprobe / --ef-search instead")
     if args.spark:
         result = _similar_on_spark(args)
     else:
         result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
                               spec=_spec(args), fmt=args.format, overwrite=args.overwrite,
-                              progress=Progress(not args.quiet), group_col=args.group_col, recall=args.recall)
+                              progress=Progress(not args.quiet), group_col=args.group_col,
+                              recall=_recall_target(args))
     where = f"Spark {args.spark}" if args.spark else "in-process"
     _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} items, {result.neighbors} neighbours each "
                f"({args.index}, {args.metric}, {where}) {_timing(time.perf_counter() - start, result)}")
@@ -228,8 +239,14 @@ def _similar_on_spark(args) -> jobs.Result:
         files = _delta_files(args.input) if is_delta_table(args.input) else [args.input]
         grouping = [args.group_col] if args.group_col else []
         df = spark.read.parquet(*files).select(args.id_col, args.vector_col, *grouping)
-        knn = KNN(k=k, featuresCol=args.vector_col, idCol=args.id_col, **knn_params(_spec(args)),
-                  **({"groupCol": args.group_col} if args.group_col else {}))
+        params = knn_params(_spec(args))
+        target = _recall_target(args)
+        if target is not None and args.index != "flat":  # the recall target decides them
+            params.pop("nprobe")
+            params.pop("efSearch")
+        knn = KNN(k=k, featuresCol=args.vector_col, idCol=args.id_col, **params,
+                  **({"groupCol": args.group_col} if args.group_col else {}),
+                  **({"targetRecall": target} if target is not None and args.index != "flat" else {}))
         try:
             model = knn.fit(df)  # kept referenced until the write is done: its index files back the result
             model.similarItems().write.parquet(tmp)
@@ -253,7 +270,7 @@ def _similar_on_spark(args) -> jobs.Result:
         remove(tmp)
         if ours:
             spark.stop()
-    return jobs.Result(rows, jobs.capped_k(args.k, inp.num_rows, self_join=True), timings, preview)
+    return jobs.Result(rows, jobs.capped_k(args.k, inp.num_rows, self_join=True), timings, preview, model.tuning)
 
 
 def _delta_files(path: str) -> list:
@@ -300,9 +317,11 @@ def _parser() -> argparse.ArgumentParser:
                        "list-batched IVF scan is fastest), hnsw for `build` (later queries come few at a time)")
     index.add_argument("--M", type=_count(2), default=16, help="HNSW links per node (default: 16)")
     index.add_argument("--ef-construction", type=_count(1), default=200, help="HNSW build beam (default: 200)")
-    index.add_argument("--ef-search", type=_count(1), default=64, help="HNSW search beam (default: 64)")
+    index.add_argument("--ef-search", type=_count(1), default=None,
+                       help="HNSW search beam (default: 64; `similar`: chosen for --recall)")
     index.add_argument("--nlist", type=_count(0), default=0, help="IVF lists; 0 = about 4 sqrt(n) (default)")
-    index.add_argument("--nprobe", type=_count(1), default=16, help="IVF lists scanned per query (default: 16)")
+    index.add_argument("--nprobe", type=_count(1), default=None,
+                       help="IVF lists scanned per query (default: 16; `similar`: chosen for --recall)")
     index.add_argument("--storage", default="float32", choices=["float32", "sq8", "pq"],
                        help="IVF vector storage: float32, sq8 (4x smaller) or pq (--pq-m bytes per vector)")
     index.add_argument("--pq-m", type=_count(0), default=0, help="IVF-PQ bytes per vector; 0 = about dim/4")
@@ -333,7 +352,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="items: a Parquet file, a directory of Parquet files, or a Delta table")
     p.add_argument("--recall", type=float, default=None, metavar="R",
                    help="ivf/hnsw: instead of --nprobe/--ef-search, the least that reaches recall@k R (0 < R <= 1), "
-                   "measured against exact search on 1000 sampled items after the build; the choice is reported")
+                   "measured against exact search on 1000 sampled items after the build; the choice is reported "
+                   "(default: 0.95 unless --nprobe or --ef-search is given)")
     p.add_argument("--spark", metavar="MASTER",
                    help="run on Spark, e.g. local[*], spark://host:7077 or sc://host:15002 (Spark Connect)")
     p.add_argument("--group-col", default=None, metavar="COLUMN",

@@ -73,7 +73,9 @@ for name, params in cases.items():
     if name == "flat":  # a second version replaces the first (removed with Connect's own means)
         model.write().overwrite().save(uri)
     report[name] = {"mode": model.layout.mode, "path": path, "uri": uri, "shared": model._index_files().shared,
-                    "pieces": [list(p) for p in model.layout.group_pieces]}
+                    "pieces": [list(p) for p in model.layout.group_pieces],
+                    "tuning": model.tuning and [model.tuning.param, model.tuning.value, model.tuning.recall],
+                    "nprobe": model.getNprobe()}
 spark.stop()
 # A fresh session loads every saved model and answers the same.
 spark = SparkSession.builder.remote(url).getOrCreate()
@@ -157,10 +159,13 @@ def connect_run(connect_server, tmp_path_factory):
         "sharded": {"indexType": "flat", "numShards": 2, "indexPath": shared + "/sharded"},
         "routed": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16,
                    "indexPath": shared + "/routed"},
-        "routed_no_path": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16},
-        "routed_returned": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "_returned": True},
+        "routed_no_path": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16},
+        "routed_returned": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16, "_returned": True},
+        # nprobe chosen for a recall target, the quantizer shipped to the truth job's tasks
+        "routed_tuned": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "targetRecall": 0.95,
+                         "_returned": True},
         # files written at a URI only the server resolves; the parts stay there
-        "routed_uri": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16,
+        "routed_uri": {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16,
                        "indexPath": "viewfs://sparknn/store/index-routed"},
         "grouped": {"indexType": "flat", "groupCol": "g"},  # neighbours within each item's group
         # every group (300 items) larger than a shard's share (1500 / 8): split into two pieces
@@ -197,6 +202,18 @@ def test_connect_fit_transform_similar_save_load_equal_exact(connect_run, case):
     transformed = _neighbour_ids(_table(os.path.join(out, f"{case}-transform.parquet")))
     q_hits = np.mean([len(set(a) & set(b)) / K for a, b in zip(transformed, ids[q_truth])])
     assert q_hits >= (1.0 if case != "hnsw" else 0.98), q_hits
+
+
+def test_connect_recall_target_chooses_nprobe(connect_run):
+    report, out, _ = connect_run
+    assert "error" not in report["routed_tuned"], report["routed_tuned"]
+    param, value, measured = report["routed_tuned"]["tuning"]
+    assert param == "nprobe" and value == report["routed_tuned"]["nprobe"] and measured >= 0.95
+    ids = np.arange(N) * 3 + 5
+    truth, _ = exact_knn(DATA, DATA, K + 1, "l2")
+    found = _neighbour_ids(_table(os.path.join(out, "routed_tuned-similar.parquet")))
+    hits = np.mean([len(set(a) & set(b)) / K for a, b in zip(found, ids[truth[:, 1:]])])
+    assert hits >= 0.93, hits
 
 
 @pytest.mark.parametrize("case", ["grouped", "grouped_pieces"])

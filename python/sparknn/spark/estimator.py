@@ -13,7 +13,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import hadoop_store, runtime
+from sparknn.spark import hadoop_store, recall_target, runtime
+from sparknn.tuning import DEFAULT_TARGET
 from sparknn.spark.grouped_search import check_groups
 from sparknn.spark.build import build_on_driver, file_prefix
 from sparknn.spark.direct_read import ParquetScan, find_scan, first_dim
@@ -102,7 +103,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                  includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
                  storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
-                 groupCol=None):
+                 groupCol=None, targetRecall=None):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
@@ -111,8 +112,8 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                   includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
                   storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
-                  groupCol=None):
-        # indexPath=None and groupCol=None mean "not set", as if omitted.
+                  groupCol=None, targetRecall=None):
+        # indexPath=None, groupCol=None and targetRecall=None mean "not set", as if omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
     def setMetric(self, value: str):
@@ -135,6 +136,9 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
 
     def setGroupCol(self, value: str):
         return self._set(groupCol=value)
+
+    def setTargetRecall(self, value: float):
+        return self._set(targetRecall=value)
 
     def setIndexPath(self, value: str):
         return self._set(indexPath=value)
@@ -163,6 +167,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         id_type = check_id(dataset, id_col).dataType.simpleString()
         options = self.fit_options()
         group_col = self.getGroupCol()
+        target = self._recall_target(options, group_col)
         if group_col:
             check_groups(dataset, group_col, "items")
         elif options.spec.kind == "ivf" and options.num_shards > 1:
@@ -219,4 +224,21 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         model._resetUid(self.uid)
         self._copyValues(model)
         model._files = IndexFiles(layout, shared=shared, owned=owned)
+        if target is not None and layout.kind != "flat":
+            model._tune(target, dataset)
         return model
+
+    def _recall_target(self, options: FitOptions, group_col) -> float | None:
+        """targetRecall; else, for ivf, the default target when nprobe was not set and the build
+        supports tuning. An explicit target the build cannot tune is refused. (hnsw keeps efSearch
+        by default: its recall measured from stored items overstates that of other queries.)"""
+        if self.getTargetRecall() is not None:
+            recall_target.check_supported(options, bool(group_col))
+            return self.getTargetRecall()
+        if self.isSet(self.nprobe) or options.spec.kind != "ivf":
+            return None
+        try:
+            recall_target.check_supported(options, bool(group_col))
+        except InvalidArgumentError:
+            return None
+        return DEFAULT_TARGET

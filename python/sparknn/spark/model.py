@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.spark import grouped_search, hadoop_store, ivf_memory, ivf_route, runtime, saved, worker
+from sparknn.spark import grouped_search, hadoop_store, ivf_memory, ivf_route, recall_target, runtime, saved, worker
 from sparknn.spark.layout import Layout, check_files
 from sparknn.spark.params import KNNParams
 from sparknn.spark.schema import check_features, neighbors_spark_type, spark_id_type
@@ -49,6 +49,31 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
     def __init__(self):
         super().__init__()
         self._files = None
+        self._tuning = None
+
+    @property
+    def tuning(self):
+        """What ``targetRecall`` chose at fit (:class:`sparknn.tuning.Tuning`: the nprobe or ef
+        set on this model and the recall@k measured), or None (not set, or a loaded model: its
+        nprobe / efSearch were saved)."""
+        return self._tuning
+
+    def _tune(self, target: float, dataset: DataFrame) -> None:
+        """Sets nprobe (ivf) or efSearch (hnsw) for ``target`` (recall_target)."""
+        spark = dataset.sparkSession
+        layout = self.layout
+        if layout.ivf:
+            chosen = recall_target.tune_routed(dataset, self.getFeaturesCol(), self.getIdCol(), layout,
+                                               self._task_layout(spark), target, self.getK(), layout.count,
+                                               self.getOrDefault(self.seed), self.getNumThreads())
+        else:
+            chosen = recall_target.tune_driver_index(layout, target, self.getK(), self.getNumThreads())
+        if chosen.param == "nprobe":
+            self._set(nprobe=chosen.value)
+        elif chosen.param == "ef":
+            self._set(efSearch=chosen.value)
+        self._tuning = chosen
+        recall_target.report(chosen)
 
     # -- introspection ----------------------------------------------------------------
     def _index_files(self) -> IndexFiles:

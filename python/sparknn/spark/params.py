@@ -53,6 +53,12 @@ def _choice(name: str, choices):
     return convert
 
 
+def _recall(value):
+    from sparknn.tuning import check_target
+
+    return check_target(TypeConverters.toFloat(value))
+
+
 def _size(value):
     from sparknn.spark.ivf_memory import parse_size
 
@@ -128,6 +134,10 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     groupCol = Param(Params._dummy(), "groupCol", "neighbours only within each item's group: the name of a column "
                      "of integers or strings (similarItems: the items' group; transform: the group named in each "
                      "query row's column of that name)", typeConverter=TypeConverters.toString)
+    targetRecall = Param(Params._dummy(), "targetRecall", "instead of nprobe / efSearch: the least of them whose "
+                         "recall@k on a sample of the items reaches this (0 < R <= 1), chosen at fit and set on the "
+                         "model (model.tuning says what was chosen and measured); unset: nprobe / efSearch as given",
+                         typeConverter=_recall)
     numThreads = Param(Params._dummy(), "numThreads", "engine threads: 0 = all cores for the driver build "
                        "and spark.task.cpus inside tasks", typeConverter=_positive("numThreads", 0))
 
@@ -182,6 +192,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
 
     def getGroupCol(self):
         return self.getOrDefault(self.groupCol) if self.isDefined(self.groupCol) else None
+
+    def getTargetRecall(self):
+        return self.getOrDefault(self.targetRecall) if self.isDefined(self.targetRecall) else None
 
     def getNumThreads(self) -> int:
         return self.getOrDefault(self.numThreads)
