@@ -15,9 +15,29 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from sparknn.arrow import vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
 from sparknn.spark.schema import neighbors_spark_type
+from sparknn.spark.tasks import partition_id
 
 PAYLOAD = "__sparknn_row"  # the payload struct column: on one candidate row per query, null on the others
+
+
+def keyed_queries(batches, features: str, dim: int, chunk: int | None = None):
+    """(rows, float32 vectors, keys) for each query batch of a task (cut into ``chunk`` rows): the
+    keys are unique per row across the job (partition << 33 | row), so candidate rows of one
+    query from several parts merge into one row."""
+    next_key = partition_id() << 33
+    for batch in batches:
+        for start in range(0, batch.num_rows, chunk or max(1, batch.num_rows)):
+            rows = batch.slice(start, chunk) if chunk else batch
+            try:
+                x = vectors_to_numpy(rows.column(features), features, dim)
+            except InvalidArgumentError as err:
+                raise InvalidArgumentError(f"{err} (in partition {partition_id()}; rows are counted from the "
+                                           "start of an Arrow batch)") from None
+            yield rows, x, np.arange(next_key, next_key + len(x), dtype=np.int64)
+            next_key += len(x)
 
 
 def candidates_schema(payload: T.StructType, id_type: str) -> T.StructType:

@@ -24,12 +24,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparknn.arrow import neighbors_array, rows_to_list, vectors_to_numpy
-from sparknn.errors import InvalidArgumentError
 from sparknn.spark import group_plan
-from sparknn.spark.candidate_merge import PAYLOAD, candidates_schema, merged
+from sparknn.spark.candidate_merge import PAYLOAD, candidates_schema, keyed_queries, merged
 from sparknn.spark.layout import POSITION_BITS, Layout
 from sparknn.spark.schema import spark_id_type
-from sparknn.spark.tasks import key_column, load_ids, partition_id, partition_keys, shard_index, side_file, task_threads
+from sparknn.spark.tasks import key_column, load_ids, partition_keys, shard_index, side_file, task_threads
 
 CHUNK = 8192  # query rows searched (and output) per batch
 
@@ -92,15 +91,7 @@ def _route(batches, *, layout: Layout, group_col: str, features: str):
     """Each query row -> one row per piece of its group; its payload on the first."""
     split = {value: (first, count) for value, first, count in layout.group_pieces if count > 1}
     group_type = pa.string() if layout.group_type == "string" else pa.int64()
-    next_key = partition_id() << 33
-    for batch in batches:
-        try:
-            x = vectors_to_numpy(batch.column(features), features, layout.dim)
-        except InvalidArgumentError as err:
-            raise InvalidArgumentError(f"{err} (in partition {partition_id()}; rows are counted from the "
-                                       "start of an Arrow batch)") from None
-        keys = np.arange(next_key, next_key + len(x), dtype=np.int64)
-        next_key += len(x)
+    for batch, x, keys in keyed_queries(batches, features, layout.dim):
         groups = batch.column(group_col).cast(group_type).to_pylist()
         first = np.array([split[g][0] for g in groups], dtype=np.int64)
         count = np.array([split[g][1] for g in groups], dtype=np.int64)

@@ -27,13 +27,12 @@ from pyspark.sql import types as T
 
 from sparknn.index import Index
 from sparknn.arrow import fixed_rows, neighbors_array, rows_to_list, vectors_to_numpy
-from sparknn.errors import InvalidArgumentError
 from sparknn.spark import part_chunks
-from sparknn.spark.candidate_merge import PAYLOAD, candidates_schema, merged
+from sparknn.spark.candidate_merge import PAYLOAD, candidates_schema, keyed_queries, merged
 from sparknn.spark.ivf_plan import expand
 from sparknn.spark.layout import ARROW_ID_TYPES, POSITION_BITS, POSITION_MASK, Layout
 from sparknn.spark.schema import spark_id_type
-from sparknn.spark.tasks import cached, key_column, load_index, partition_id, shard_index, side_file, task_threads
+from sparknn.spark.tasks import cached, key_column, load_index, shard_index, side_file, task_threads
 
 CHUNK = 4096  # queries routed per output batch: bounds the copies of their vectors
 
@@ -88,19 +87,9 @@ def route_queries(batches, *, layout: Layout, features: str, nprobe: int, need: 
     q = _quantizer(layout)
     q.threads = task_threads(num_threads)
     arrays = layout.ivf.arrays()
-    next_key = partition_id() << 33
-    for batch in batches:
-        for start in range(0, batch.num_rows, CHUNK):
-            chunk = batch.slice(start, CHUNK)
-            try:
-                x = vectors_to_numpy(chunk.column(features), features, layout.dim)
-            except InvalidArgumentError as err:
-                raise InvalidArgumentError(f"{err} (in partition {partition_id()}; rows are counted from the "
-                                           "start of an Arrow batch)") from None
-            keys = np.arange(next_key, next_key + len(x), dtype=np.int64)
-            next_key += len(x)
-            payload = pa.StructArray.from_arrays(chunk.columns, names=chunk.schema.names)
-            yield _routed_batch(q, arrays, x, keys, payload, nprobe, need)
+    for chunk, x, keys in keyed_queries(batches, features, layout.dim, CHUNK):
+        payload = pa.StructArray.from_arrays(chunk.columns, names=chunk.schema.names)
+        yield _routed_batch(q, arrays, x, keys, payload, nprobe, need)
 
 
 def _load_items(path: str) -> pa.Table:
