@@ -475,8 +475,8 @@ class Index:
             return tuning.Tuning("", 0, 1.0, target, k, 0)
         step = max(1, tuning.BLOCK_BYTES // (4 * self.dim))
         blocks = (self.reconstruct(lo, min(n, lo + step)) for lo in range(0, n, step))
-        truth_rows = tuning.exact_neighbours(blocks, q, kk, self.metric, exclude=rows if own else None,
-                                             threads=self.threads if threads is None else threads)
+        truth_rows = tuning.exact_neighbours(blocks, q, kk, flat_search(self.metric, self.threads if threads is None
+                                                                      else threads), exclude=rows if own else None)
         ids = self.ids
         truth = np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1)
         own_ids = ids[rows] if own else None
@@ -562,6 +562,17 @@ class Index:
         the file this index was loaded from (empty for a new index or a file without
         any). Check one with ``sparknn.integrity.verify(path, digest, what)``."""
         return {role: integrity.FileDigest(size, crc) for role, size, crc in self._index.side_files()}
+
+
+def flat_search(metric: str, threads: int = 0):
+    """``search(block, queries, k) -> (positions, distances)``: exact search of ``queries`` in a
+    block of vectors, the engine's fused product and selection (tuning.exact_neighbours)."""
+    def search(block: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        flat = Index(block.shape[1], metric, "flat", threads=threads)
+        flat.add(block)
+        return flat.search(queries, k)
+
+    return search
 
 
 def load(path, mmap: bool = True, threads: int = 0, verify: bool = True) -> Index:

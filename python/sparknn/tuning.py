@@ -60,14 +60,13 @@ def check_target(recall) -> float:
     return float(recall)
 
 
-def exact_neighbours(blocks: Iterable[np.ndarray], queries: np.ndarray, k: int, metric: str,
-                     exclude: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:
+def exact_neighbours(blocks: Iterable[np.ndarray], queries: np.ndarray, k: int,
+                     exact_search: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+                     exclude: Optional[np.ndarray] = None) -> np.ndarray:
     """Row positions [m, k] of each query's k nearest vectors over ``blocks`` (float32 [rows, dim]
-    in row order), nearest first, -1 where fewer: the engine's exact search (fused matrix product
-    and selection) block by block, merged; ``exclude`` [m]: a row position each query must not
-    return (itself, in a self-join)."""
-    from sparknn.index import Index
-
+    in row order), nearest first, -1 where fewer: ``exact_search(block, queries, kk)`` (positions
+    in the block, distances; ``sparknn.index.flat_search``) block by block, merged; ``exclude``
+    [m]: a row position each query must not return (itself, in a self-join)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     best_d = np.full((len(q), k), np.inf, dtype=np.float32)
     best_i = np.full((len(q), k), -1, dtype=np.int64)
@@ -75,10 +74,7 @@ def exact_neighbours(blocks: Iterable[np.ndarray], queries: np.ndarray, k: int, 
     for block in blocks:
         if not len(block):
             continue
-        flat = Index(q.shape[1], metric, "flat", threads=threads)
-        flat.add(block)
-        kk = min(k + (exclude is not None), len(block))
-        found, dist = flat.search(q, kk)
+        found, dist = exact_search(block, q, min(k + (exclude is not None), len(block)))
         found = np.where(found >= 0, found + first, -1)
         if exclude is not None:
             dist = np.where(found == exclude[:, None], np.inf, dist)

@@ -10,6 +10,7 @@ from conftest import clustered, exact_knn, recall
 import sparknn
 from sparknn import tuning
 from sparknn.errors import InvalidArgumentError
+from sparknn.index import flat_search
 
 TOLERANCE = 0.02  # a 1000-query sample estimates recall@10 to about +-0.01
 
@@ -95,7 +96,7 @@ def test_exact_neighbours_across_blocks_equal_brute_force():
     q_rows = np.arange(0, 2500, 25)
     blocks = [x[:700], x[700:701], x[701:2500]]
     for metric in ("l2", "cosine", "ip"):
-        got = tuning.exact_neighbours(iter(blocks), x[q_rows], 7, metric, exclude=q_rows)
+        got = tuning.exact_neighbours(iter(blocks), x[q_rows], 7, flat_search(metric), exclude=q_rows)
         truth, _ = exact_knn(x, x[q_rows], 8, metric)
         want = np.array([t[t != r][:7] for t, r in zip(truth, q_rows)])
         assert recall(got, want) == 1.0, metric
