@@ -78,12 +78,17 @@ def exact_neighbours(blocks: Iterable[np.ndarray], queries: np.ndarray, k: int,
         found = np.where(found >= 0, found + first, -1)
         if exclude is not None:
             dist = np.where(found == exclude[:, None], np.inf, dist)
-        all_d = np.concatenate([best_d, dist], axis=1)
-        all_i = np.concatenate([best_i, found], axis=1)
-        keep = np.argsort(all_d, axis=1, kind="stable")[:, :k]
-        best_d, best_i = np.take_along_axis(all_d, keep, axis=1), np.take_along_axis(all_i, keep, axis=1)
+        best_d, best_i = keep_nearest((best_d, best_i), (dist, found), k)
         first += len(block)
     return np.where(np.isfinite(best_d), best_i, -1)
+
+
+def keep_nearest(best: tuple, candidates: tuple, k: int) -> tuple:
+    """Running top-k: ``best`` and ``candidates`` are (distances [m, a], *columns [m, a]); returns
+    the k nearest of both per row, (distances, *columns), nearest first, earlier ones first on ties."""
+    joined = [np.concatenate([b, c], axis=1) for b, c in zip(best, candidates)]
+    keep = np.argsort(joined[0], axis=1, kind="stable")[:, :k]
+    return tuple(np.take_along_axis(column, keep, axis=1) for column in joined)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from pyspark.sql import types as T
 from sparknn import tuning
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
-from sparknn.index import Index, load
+from sparknn.index import flat_search, load
 from sparknn.spark.layout import Layout
 from sparknn.spark.schema import features_as_float_array
 from sparknn.spark.tasks import cached, load_index
@@ -65,31 +65,21 @@ def _sample(df: DataFrame, features: str, id_col: str, rows: int, seed: int):
 def _nearest_in_task(batches, *, queries: np.ndarray, kk: int, layout: Layout):
     """A task's rows -> for each query its kk nearest among them: (query, id, distance, list)."""
     q_index = cached(layout.path(layout.ivf.quantizer), load_index)
-    metric, dim = layout.metric, layout.dim
-    best_d = np.full((len(queries), kk), np.inf, dtype=np.float32)
-    best_id = best_list = None
+    exact_search = flat_search(layout.metric, threads=1)
+    best = None
     for batch in batches:
         if not batch.num_rows:
             continue
-        x = vectors_to_numpy(batch.column("v"), "v", dim)
-        flat = Index(dim, metric, "flat", threads=1)
-        flat.add(x)
-        found, dist = flat.search(queries, min(kk, len(x)))
-        valid = found >= 0
-        ids = batch.column("id").take(pa.array(np.maximum(found, 0).reshape(-1))).to_numpy(zero_copy_only=False)
-        lists = q_index.nearest_lists(x[np.maximum(found, 0).reshape(-1)], 1, threads=1)[:, 0]
-        dist = np.where(valid, dist, np.inf)
-        ids, lists = ids.reshape(found.shape), lists.reshape(found.shape)
-        if best_id is None:
-            best_id = np.empty((len(queries), kk), dtype=ids.dtype)
-            best_list = np.full((len(queries), kk), -1, dtype=np.int64)
-        all_d = np.concatenate([best_d, dist], axis=1)
-        keep = np.argsort(all_d, axis=1, kind="stable")[:, :kk]
-        best_d = np.take_along_axis(all_d, keep, axis=1)
-        best_id = np.take_along_axis(np.concatenate([best_id, ids], axis=1), keep, axis=1)
-        best_list = np.take_along_axis(np.concatenate([best_list, lists], axis=1), keep, axis=1)
-    if best_id is None:
+        x = vectors_to_numpy(batch.column("v"), "v", layout.dim)
+        found, dist = exact_search(x, queries, min(kk, len(x)))
+        rows = np.maximum(found, 0).reshape(-1)
+        ids = batch.column("id").take(pa.array(rows)).to_numpy(zero_copy_only=False).reshape(found.shape)
+        lists = q_index.nearest_lists(x[rows], 1, threads=1)[:, 0].reshape(found.shape)
+        candidates = (np.where(found >= 0, dist, np.inf), ids, lists)
+        best = candidates if best is None else tuning.keep_nearest(best, candidates, kk)
+    if best is None:
         return
+    best_d, best_id, best_list = best
     q, j = np.nonzero(np.isfinite(best_d))
     yield pa.RecordBatch.from_arrays([pa.array(q.astype(np.int32)), pa.array(best_id[q, j]),
                                       pa.array(best_d[q, j]), pa.array(best_list[q, j].astype(np.int32))],
