@@ -2,6 +2,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
 
 #include "distance_kernels.h"
 #include "sparknn/distance.h"
@@ -10,20 +13,38 @@
 namespace sparknn {
 namespace {
 
-const DistanceKernels kScalar{kernels_scalar::l2sq, kernels_scalar::dot, kernels_scalar::pq_scan};
+#define SPARKNN_HALF_KERNELS(ns)                                                               \
+    HalfKernels{ns::l2sq_fp16, ns::dot_fp16, ns::decode_fp16, ns::encode_fp16},               \
+        HalfKernels { ns::l2sq_bf16, ns::dot_bf16, ns::decode_bf16, ns::encode_bf16 }
+const DistanceKernels kScalar{kernels_scalar::l2sq, kernels_scalar::dot, kernels_scalar::pq_scan,
+                              SPARKNN_HALF_KERNELS(kernels_scalar)};
 #if defined(__x86_64__) || defined(_M_X64)
-const DistanceKernels kAvx2{kernels_avx2::l2sq, kernels_avx2::dot, kernels_avx2::pq_scan};
-const DistanceKernels kAvx512{kernels_avx512::l2sq, kernels_avx512::dot, kernels_avx512::pq_scan};
+const DistanceKernels kAvx2{kernels_avx2::l2sq, kernels_avx2::dot, kernels_avx2::pq_scan,
+                            SPARKNN_HALF_KERNELS(kernels_avx2)};
+const DistanceKernels kAvx512{kernels_avx512::l2sq, kernels_avx512::dot, kernels_avx512::pq_scan,
+                              SPARKNN_HALF_KERNELS(kernels_avx512)};
 #endif
 #if defined(__aarch64__)
-const DistanceKernels kNeon{kernels_neon::l2sq, kernels_neon::dot, kernels_neon::pq_scan};
+const DistanceKernels kNeon{kernels_neon::l2sq, kernels_neon::dot, kernels_neon::pq_scan,
+                            SPARKNN_HALF_KERNELS(kernels_scalar)};
+#endif
+#undef SPARKNN_HALF_KERNELS
+
+#if defined(__x86_64__) || defined(_M_X64)
+// F16C (half conversions, used by the avx2 16-bit kernels) came before AVX2 on
+// every x86 CPU; checked all the same. CPUID leaf 1, ECX bit 29 (clang has no
+// __builtin_cpu_supports name for it).
+bool has_f16c() {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+}
 #endif
 
 SimdLevel detect_cpu() {
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return SimdLevel::Avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::Avx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c()) return SimdLevel::Avx2;
     return SimdLevel::Scalar;
 #elif defined(__aarch64__)
     return SimdLevel::Neon;

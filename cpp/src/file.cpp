@@ -86,6 +86,8 @@ const char* section_name(SectionType type) {
             return "Params";
         case SectionType::Vectors:
             return "Vectors";
+        case SectionType::Vectors16:
+            return "Vectors16";
         case SectionType::Ids:
             return "Ids";
         case SectionType::SideFiles:

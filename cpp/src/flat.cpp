@@ -18,19 +18,34 @@ constexpr size_t kFlatSlack = 4;
 }  // namespace
 
 void FlatIndex::add_impl(size_t n, const float* vectors) {
-    AlignedVector<float>& all = vectors_.mutate();
-    all.insert(all.end(), vectors, vectors + n * dim_);
+    const size_t old = store_.rows();
+    store_.append(n, vectors);
     if (metric_ == Metric::L2) {
-        const size_t old = sq_norms_.size();
-        sq_norms_.resize(old + n);
-        squared_norms(vectors, n, dim_, sq_norms_.data() + old);
+        try {
+            sq_norms_.resize(old + n);
+        } catch (...) {
+            store_.truncate(old);
+            throw;
+        }
+        compute_norms(old, old + n, threads());
     }
+}
+
+// Norms of the stored rows (decoded under 16-bit storage), so that the
+// distances sgemm turns them into are those of the stored vectors.
+void FlatIndex::compute_norms(size_t begin, size_t end, int threads) {
+    parallel_for(end - begin, 8192, threads, [&](size_t b, size_t e, int) {
+        std::vector<float> scratch(store_.f32() ? 0 : kScanBaseBlock * dim_);
+        for (size_t r = begin + b; r < begin + e; r += kScanBaseBlock) {
+            const size_t count = std::min(kScanBaseBlock, begin + e - r);
+            squared_norms(store_.rows(r, count, scratch.data()), count, dim_, sq_norms_.data() + r);
+        }
+    });
 }
 
 void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                             const SearchParams& params) const {
     const size_t n = size();
-    const float* base = vectors_.data();
     const int threads = resolve_threads(params.threads);
 
     // Work items are (query block, base range). With few queries, the base is
@@ -48,6 +63,9 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
     parallel_for(qblocks * parts, 1, threads, [&](size_t begin, size_t end, int) {
         GemmScanner scanner(metric_, dim_);
         std::vector<float> qnorm(kScanQueryBlock);
+        // 16-bit rows are widened a block at a time; float32 ones are scanned in place.
+        std::vector<float> decoded(store_.f32() ? 0 : kScanBaseBlock * dim_);
+        const size_t chunk = store_.f32() ? n : kScanBaseBlock;
         std::vector<TopK> local;
         for (size_t item = begin; item < end; ++item) {
             const size_t qb = item / parts, part = item % parts;
@@ -65,9 +83,12 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
                 heaps[i].order_ties_by(ids_.data());  // ties by user id, not position
             }
             if (metric_ == Metric::L2) squared_norms(queries + q0 * dim_, m, dim_, qnorm.data());
-            const float* bnorm = metric_ == Metric::L2 ? sq_norms_.data() + b0 : nullptr;
-            scanner.scan(queries + q0 * dim_, qnorm.data(), m, base + b0 * dim_, bnorm, b1 - b0, nullptr,
-                         static_cast<int64_t>(b0), heaps);
+            for (size_t c0 = b0; c0 < b1; c0 += chunk) {
+                const size_t count = std::min(chunk, b1 - c0);
+                const float* bnorm = metric_ == Metric::L2 ? sq_norms_.data() + c0 : nullptr;
+                scanner.scan(queries + q0 * dim_, qnorm.data(), m, store_.rows(c0, count, decoded.data()), bnorm,
+                             count, nullptr, static_cast<int64_t>(c0), heaps);
+            }
             if (parts == 1) {
                 for (size_t i = 0; i < m; ++i) {
                     local[i].write_sorted(out_ids + (q0 + i) * k, out_distances + (q0 + i) * k,
@@ -90,22 +111,16 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
     }
 }
 
-void FlatIndex::save_sections(FileWriter& writer) const {
-    writer.add_section(SectionType::Vectors, vectors_.data(), vectors_.size() * sizeof(float));
-}
+void FlatIndex::save_sections(FileWriter& writer) const { store_.save(writer); }
 
 std::unique_ptr<FlatIndex> FlatIndex::load(const std::shared_ptr<const IndexFile>& file) {
     const FileHeader& h = file->header();
-    auto index = std::make_unique<FlatIndex>(h.dim, h.metric);
+    auto index = std::make_unique<FlatIndex>(h.dim, h.metric, VectorStore::storage_in(*file));
     index->load_common(file);
-    const size_t values = IndexFile::checked_mul(h.count, h.dim);
-    index->vectors_.set_view(file->typed_section<float>(SectionType::Vectors, values), values, file);
+    index->store_.load(file, h.count);
     if (h.metric == Metric::L2) {
         index->sq_norms_.resize(h.count);
-        const float* v = index->vectors_.data();
-        parallel_for(h.count, 8192, 0, [&](size_t b, size_t e, int) {
-            squared_norms(v + b * h.dim, e - b, h.dim, index->sq_norms_.data() + b);
-        });
+        index->compute_norms(0, h.count, 0);
     }
     return index;
 }

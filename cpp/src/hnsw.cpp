@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "hnsw_graph.h"
@@ -53,8 +54,8 @@ struct HnswIndex::ScratchPool {
     }
 };
 
-HnswIndex::HnswIndex(size_t dim, Metric metric, const HnswParams& params)
-    : Index(dim, metric), params_(params), scratch_(std::make_unique<ScratchPool>()) {
+HnswIndex::HnswIndex(size_t dim, Metric metric, const HnswParams& params, Storage storage)
+    : Index(dim, metric), params_(params), store_(dim, storage), scratch_(std::make_unique<ScratchPool>()) {
     params_.validate();
     level_mult_ = 1.0 / std::log(static_cast<double>(params_.M));
     upper_offsets_.mutate().push_back(0);
@@ -62,7 +63,9 @@ HnswIndex::HnswIndex(size_t dim, Metric metric, const HnswParams& params)
 
 HnswIndex::~HnswIndex() = default;
 
-const float* HnswIndex::vector_of(size_t label) const { return vectors_.data() + label * dim_; }
+const float* HnswIndex::vector_of(size_t label) const {
+    return store_.f32() ? store_.f32() + label * dim_ : nullptr;
+}
 
 HnswParams HnswIndex::params() const {
     auto lock = reading();
@@ -85,11 +88,16 @@ size_t HnswIndex::entry_point() const {
     return entry_point_;
 }
 
-GraphView HnswIndex::view() const {
-    GraphView g;
-    g.vectors = vectors_.data();
+template <class T>
+GraphView<T> HnswIndex::view() const {
+    GraphView<T> g;
+    if constexpr (std::is_same_v<T, float>) {
+        g.vectors = store_.f32();
+    } else {
+        g.vectors = store_.u16();
+    }
     g.dim = dim_;
-    g.vector_lines = (dim_ * sizeof(float) + 63) / 64;
+    g.vector_lines = (dim_ * sizeof(T) + 63) / 64;
     g.levels = levels_.data();
     g.links0 = links0_.data();
     g.stride0 = 1 + 2 * params_.M;
@@ -99,10 +107,14 @@ GraphView HnswIndex::view() const {
     return g;
 }
 
+// hnsw_build.cpp builds through these views too.
+template GraphView<float> HnswIndex::view<float>() const;
+template GraphView<uint16_t> HnswIndex::view<uint16_t>() const;
+
 void HnswIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                             const SearchParams& params) const {
     const size_t ef = std::max(params.ef != 0 ? params.ef : params_.ef_search, k);
-    hnsw::with_distance(metric_, [&](const auto& dist) {
+    hnsw::with_distance(metric_, store_.storage(), [&](const auto& dist) {
         // A candidate list as long as the index visits every node anyway: scan
         // instead, which is exact even if some node were unreachable.
         if (ef >= size()) {
@@ -116,7 +128,7 @@ void HnswIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
 template <class Dist>
 void HnswIndex::search_graph(size_t nq, const float* queries, size_t k, size_t ef, int64_t* out_ids,
                              float* out_distances, const Dist& dist, int threads) const {
-    const GraphView g = view();
+    const GraphView<typename Dist::Elem> g = view<typename Dist::Elem>();
     const size_t n = size();
     parallel_for(nq, 4, threads, [&](size_t begin, size_t end, int) {
         std::unique_ptr<ScratchPool::Item> s = scratch_->acquire();
@@ -179,14 +191,14 @@ template <class Dist>
 void HnswIndex::search_exact(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                              const Dist& dist, int threads) const {
     const size_t n = size();
-    const float* base = vectors_.data();
+    const GraphView<typename Dist::Elem> g = view<typename Dist::Elem>();
     parallel_for(nq, 16, threads, [&](size_t begin, size_t end, int) {
         TopK top(k);
         top.order_ties_by(ids_.data());
         for (size_t qi = begin; qi < end; ++qi) {
             top.reset(k);
             const float* q = queries + qi * dim_;
-            for (size_t i = 0; i < n; ++i) top.push(dist(q, base + i * dim_, dim_), static_cast<int64_t>(i));
+            for (size_t i = 0; i < n; ++i) top.push(dist(q, g.vec(static_cast<uint32_t>(i)), dim_), static_cast<int64_t>(i));
             top.write_sorted(out_ids + qi * k, out_distances + qi * k,
                              [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
         }

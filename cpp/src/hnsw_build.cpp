@@ -12,6 +12,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "hnsw_graph.h"
@@ -53,12 +54,16 @@ struct BuildScratch {
     std::vector<uint32_t> batch;
     std::vector<Candidate> candidates;
     std::vector<uint32_t> selected;
+    // 16-bit rows decoded as queries [dim] each: the node being inserted, the
+    // node whose row is rewritten (set_links, connect), a candidate (select).
+    std::vector<float> inserted, rewritten, candidate;
 };
 
 template <class Dist>
 class Builder {
   public:
-    Builder(const GraphView& g, const Dist& dist, const HnswParams& p, SpinLock* locks, size_t& entry_point,
+    using Graph = GraphView<typename Dist::Elem>;
+    Builder(const Graph& g, const Dist& dist, const HnswParams& p, SpinLock* locks, size_t& entry_point,
             int& max_level)
         : g_(g),
           dist_(dist),
@@ -71,7 +76,7 @@ class Builder {
     size_t ef() const { return ef_; }
 
     void insert(uint32_t q, BuildScratch& s) {
-        const float* qv = g_.vec(q);
+        const float* qv = dist_.as_float(g_.vec(q), s.inserted.data(), g_.dim);
         const int level = g_.levels[q];
         std::unique_lock<std::mutex> top(top_);
         const int top_level = max_level_;
@@ -99,7 +104,7 @@ class Builder {
             // the nearest node found is the next layer's entry point
             cur = s.candidates[0].id;
             dcur = s.candidates[0].dist;
-            const size_t kept = select(s.candidates.data(), found, M_, s.selected.data());
+            const size_t kept = select(s.candidates.data(), found, M_, s.selected.data(), s);
             set_links(q, l, s.selected.data(), kept, s);
             for (size_t i = 0; i < kept; ++i) connect(s.selected[i], q, l, s);
         }
@@ -117,14 +122,14 @@ class Builder {
     // the nearest, keep one only if it is nearer to the base node than to every
     // kept one, so links spread in different directions instead of into one
     // cluster. `cands` is sorted nearest first.
-    uint32_t select(const Candidate* cands, size_t n, uint32_t m, uint32_t* out) const {
+    uint32_t select(const Candidate* cands, size_t n, uint32_t m, uint32_t* out, BuildScratch& s) const {
         if (n <= m) {
             for (size_t i = 0; i < n; ++i) out[i] = cands[i].id;
             return static_cast<uint32_t>(n);
         }
         uint32_t kept = 0;
         for (size_t i = 0; i < n && kept < m; ++i) {
-            const float* v = g_.vec(cands[i].id);
+            const float* v = dist_.as_float(g_.vec(cands[i].id), s.candidate.data(), g_.dim);
             bool good = true;
             for (uint32_t j = 0; j < kept; ++j) {
                 if (dist_(v, g_.vec(out[j]), g_.dim) < cands[i].dist) {
@@ -140,7 +145,7 @@ class Builder {
     // Rewrites `node`'s row at `level` with `cands` (sorted), pruned to capacity.
     void write_pruned(uint32_t node, int level, Candidate* cands, size_t n, BuildScratch& s) {
         uint32_t* row = mutable_row(node, level);
-        const uint32_t kept = select(cands, n, g_.capacity(level), s.selected.data() + g_.stride0);
+        const uint32_t kept = select(cands, n, g_.capacity(level), s.selected.data() + g_.stride0, s);
         const uint32_t* chosen = s.selected.data() + g_.stride0;
         for (uint32_t j = 0; j < kept; ++j) hnsw::store_link(row + 1 + j, chosen[j]);
         hnsw::store_degree(row, kept);
@@ -159,7 +164,7 @@ class Builder {
         }
         Candidate* cands = s.candidates.data();
         size_t n = 0;
-        const float* qv = g_.vec(q);
+        const float* qv = dist_.as_float(g_.vec(q), s.rewritten.data(), g_.dim);
         for (uint32_t j = 0; j < deg; ++j) cands[n++] = {dist_(qv, g_.vec(row[1 + j]), g_.dim), row[1 + j]};
         for (size_t j = 0; j < k; ++j) {
             if (std::find(row + 1, row + 1 + deg, sel[j]) == row + 1 + deg) {
@@ -182,14 +187,14 @@ class Builder {
             return;
         }
         Candidate* cands = s.candidates.data();
-        const float* ev = g_.vec(e);
+        const float* ev = dist_.as_float(g_.vec(e), s.rewritten.data(), g_.dim);
         for (uint32_t j = 0; j < deg; ++j) cands[j] = {dist_(ev, g_.vec(row[1 + j]), g_.dim), row[1 + j]};
         cands[deg] = {dist_(ev, g_.vec(q), g_.dim), q};
         std::sort(cands, cands + deg + 1, closer);
         write_pruned(e, level, cands, deg + 1, s);
     }
 
-    const GraphView& g_;
+    const Graph& g_;
     const Dist& dist_;
     const uint32_t M_;
     const size_t ef_;
@@ -210,8 +215,7 @@ void HnswIndex::add_impl(size_t n, const float* vectors) {
     // Grow every array before any thread starts; if an allocation fails, shrink
     // back so the index is unchanged.
     try {
-        AlignedVector<float>& v = vectors_.mutate();
-        v.insert(v.end(), vectors, vectors + n * dim_);
+        store_.append(n, vectors);
         AlignedVector<uint8_t>& levels = levels_.mutate();
         AlignedVector<uint64_t>& offsets = upper_offsets_.mutate();
         levels.reserve(total);
@@ -223,9 +227,9 @@ void HnswIndex::add_impl(size_t n, const float* vectors) {
         }
         upper_links_.mutate().resize(offsets.back(), 0);
         links0_.mutate().resize(total * stride0, 0);
-        hnsw::with_distance(metric_, [&](const auto& dist) { build(first, n, dist); });
+        hnsw::with_distance(metric_, store_.storage(), [&](const auto& dist) { build(first, n, dist); });
     } catch (...) {
-        vectors_.mutate().resize(first * dim_);
+        store_.truncate(first);
         levels_.mutate().resize(first);
         upper_offsets_.mutate().resize(first + 1);
         upper_links_.mutate().resize(upper_offsets_[first]);
@@ -237,7 +241,7 @@ void HnswIndex::add_impl(size_t n, const float* vectors) {
 template <class Dist>
 void HnswIndex::build(size_t first, size_t n, const Dist& dist) {
     const size_t total = first + n;
-    const GraphView g = view();
+    const GraphView<typename Dist::Elem> g = view<typename Dist::Elem>();
     std::unique_ptr<SpinLock[]> locks(new SpinLock[total]);
     // A candidate list longer than the graph never fills: capping it changes
     // nothing but keeps a huge ef_construction (say, read from a file) from
@@ -254,6 +258,11 @@ void HnswIndex::build(size_t first, size_t n, const Dist& dist) {
         s.batch.resize(g.stride0);
         s.candidates.resize(builder.ef() + 2 * g.stride0);
         s.selected.resize(2 * g.stride0);
+        if (!std::is_same_v<typename Dist::Elem, float>) {
+            s.inserted.resize(dim_);
+            s.rewritten.resize(dim_);
+            s.candidate.resize(dim_);
+        }
     }
     // Inserting allocates nothing, so no node is left half linked. (`workers`
     // is passed on, so worker indexes stay within `scratch`.)

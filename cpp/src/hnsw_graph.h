@@ -9,17 +9,21 @@
 #include <cstring>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "sparknn/distance.h"
+#include "sparknn/storage.h"
 
 namespace sparknn::hnsw {
 
 inline void prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
 
-// Pointers into the graph arrays. All rows are [degree, slot...].
+// Pointers into the graph arrays. All rows are [degree, slot...]. T is the
+// stored value type: float, or uint16_t for fp16 / bf16 rows.
+template <class T>
 struct GraphView {
-    const float* vectors = nullptr;
+    const T* vectors = nullptr;
     size_t dim = 0;
     size_t vector_lines = 0;  // cache lines per vector, prefetched before a distance
     const uint8_t* levels = nullptr;
@@ -29,7 +33,7 @@ struct GraphView {
     const uint32_t* upper_links = nullptr;
     size_t stride_up = 0;  // 1 + M
 
-    const float* vec(uint32_t i) const { return vectors + size_t{i} * dim; }
+    const T* vec(uint32_t i) const { return vectors + size_t{i} * dim; }
     const uint32_t* row(uint32_t node, int level) const {
         return level == 0 ? links0 + size_t{node} * stride0
                           : upper_links + upper_offsets[node] + size_t(level - 1) * stride_up;
@@ -58,32 +62,64 @@ inline uint32_t load_link(const uint32_t* p) {
 inline void store_link(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline void store_degree(uint32_t* row, uint32_t v) { __atomic_store_n(row, v, __ATOMIC_RELEASE); }
 
-// Per-metric distance with the kernel pointer hoisted out of the loops.
-struct L2Distance {
-    DistanceFn fn;
-    float operator()(const float* a, const float* b, size_t dim) const { return fn(a, b, dim); }
+// Per-metric distance from a float32 query to a stored row of T, with the
+// kernel pointers hoisted out of the loops. as_float gives a stored row as a
+// query (for distances between two stored nodes while building): in place for
+// float rows, decoded into `scratch` [dim] for 16-bit ones.
+template <class T>
+struct StoredRows {
+    using Elem = T;
+    using Fn = float (*)(const float*, const T*, size_t);
+    Fn fn;
+    HalfDecodeFn decode;  // null for float rows
+    const float* as_float(const T* x, float* scratch, size_t dim) const {
+        if constexpr (std::is_same_v<T, float>) {
+            return x;
+        } else {
+            decode(x, dim, scratch);
+            return scratch;
+        }
+    }
 };
-struct IpDistance {
-    DistanceFn fn;
-    float operator()(const float* a, const float* b, size_t dim) const { return -fn(a, b, dim); }
+template <class T>
+struct L2Distance : StoredRows<T> {
+    float operator()(const float* a, const T* b, size_t dim) const { return this->fn(a, b, dim); }
 };
-struct CosineDistance {
-    DistanceFn fn;
-    float operator()(const float* a, const float* b, size_t dim) const { return 1.0f - fn(a, b, dim); }
+template <class T>
+struct IpDistance : StoredRows<T> {
+    float operator()(const float* a, const T* b, size_t dim) const { return -this->fn(a, b, dim); }
+};
+template <class T>
+struct CosineDistance : StoredRows<T> {
+    float operator()(const float* a, const T* b, size_t dim) const { return 1.0f - this->fn(a, b, dim); }
 };
 
-// Calls f(distance functor) for `metric`, so loops are compiled per metric.
-template <class F>
-decltype(auto) with_distance(Metric metric, F&& f) {
-    const DistanceKernels& k = kernels();
+template <class T, class F>
+decltype(auto) with_metric(Metric metric, typename StoredRows<T>::Fn l2sq, typename StoredRows<T>::Fn dot,
+                           HalfDecodeFn decode, F&& f) {
     switch (metric) {
         case Metric::InnerProduct:
-            return f(IpDistance{k.dot});
+            return f(IpDistance<T>{{dot, decode}});
         case Metric::Cosine:
-            return f(CosineDistance{k.dot});
+            return f(CosineDistance<T>{{dot, decode}});
         case Metric::L2:
         default:
-            return f(L2Distance{k.l2sq});
+            return f(L2Distance<T>{{l2sq, decode}});
+    }
+}
+
+// Calls f(distance functor) for `metric` and `storage` (float32, fp16 or
+// bf16), so loops are compiled per metric and value type.
+template <class F>
+decltype(auto) with_distance(Metric metric, Storage storage, F&& f) {
+    const DistanceKernels& k = kernels();
+    switch (storage) {
+        case Storage::Float16:
+            return with_metric<uint16_t>(metric, k.fp16.l2sq, k.fp16.dot, k.fp16.decode, f);
+        case Storage::BFloat16:
+            return with_metric<uint16_t>(metric, k.bf16.l2sq, k.bf16.dot, k.bf16.decode, f);
+        default:
+            return with_metric<float>(metric, k.l2sq, k.dot, nullptr, f);
     }
 }
 
@@ -187,8 +223,8 @@ class CandidatePool {
 
 // Greedy descent on an upper layer: moves to the nearest neighbour while one
 // is nearer than the current node. Distances strictly decrease, so it ends.
-template <bool kConcurrent, class Dist>
-void greedy_descend(const GraphView& g, const Dist& dist, const float* q, int level, uint32_t& cur, float& dcur) {
+template <bool kConcurrent, class G, class Dist>
+void greedy_descend(const G& g, const Dist& dist, const float* q, int level, uint32_t& cur, float& dcur) {
     const uint32_t cap = g.capacity(level);
     for (bool moved = true; moved;) {
         moved = false;
@@ -209,8 +245,8 @@ void greedy_descend(const GraphView& g, const Dist& dist, const float* q, int le
 
 // Best-first search of one layer from the entries already in `pool` (and
 // marked in `visited`). `batch` holds at least capacity(level) labels.
-template <bool kConcurrent, class Dist>
-void search_layer(const GraphView& g, const Dist& dist, const float* q, int level, CandidatePool& pool,
+template <bool kConcurrent, class G, class Dist>
+void search_layer(const G& g, const Dist& dist, const float* q, int level, CandidatePool& pool,
                   VisitedSet& visited, uint32_t* batch) {
     constexpr uint32_t kAhead = 3;  // vectors in flight ahead of the distance loop
     const uint32_t cap = g.capacity(level);

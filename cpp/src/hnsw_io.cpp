@@ -49,7 +49,7 @@ void HnswIndex::save_sections(FileWriter& writer) const {
     writer.add_param("ef_search", params_.ef_search);
     writer.add_param("seed", params_.seed);
     writer.add_param("entry_point", entry_point_);
-    writer.add_section(SectionType::Vectors, vectors_.data(), vectors_.size() * sizeof(float));
+    store_.save(writer);
     writer.add_section(SectionType::HnswLevels, levels_.data(), levels_.size());
     writer.add_section(SectionType::HnswLinks0, links0_.data(), links0_.size() * sizeof(uint32_t));
     writer.add_section(SectionType::HnswUpperOffsets, upper_offsets_.data(), upper_offsets_.size() * sizeof(uint64_t));
@@ -73,12 +73,11 @@ std::unique_ptr<HnswIndex> HnswIndex::load(const std::shared_ptr<const IndexFile
     } catch (const InvalidArgument& e) {
         corrupt(f, std::string("bad parameters: ") + e.what());
     }
-    auto index = std::make_unique<HnswIndex>(h.dim, h.metric, params);
+    auto index = std::make_unique<HnswIndex>(h.dim, h.metric, params, VectorStore::storage_in(f));
     index->load_common(file);
 
     const uint64_t M = params.M, stride0 = 1 + 2 * M, stride_up = 1 + M;
-    const size_t values = IndexFile::checked_mul(count, h.dim);
-    const auto* vectors = f.typed_section<float>(SectionType::Vectors, values);
+    index->store_.load(file, count);
     const auto* levels = f.typed_section<uint8_t>(SectionType::HnswLevels, count);
     const size_t links0_size = IndexFile::checked_mul(count, stride0);
     const auto* links0 = f.typed_section<uint32_t>(SectionType::HnswLinks0, links0_size);
@@ -115,7 +114,6 @@ std::unique_ptr<HnswIndex> HnswIndex::load(const std::shared_ptr<const IndexFile
         corrupt(f, "entry point " + str(entry) + " is not a node on the top layer " + str(max_level));
     }
 
-    index->vectors_.set_view(vectors, values, file);
     index->levels_.set_view(levels, count, file);
     index->links0_.set_view(links0, links0_size, file);
     index->upper_offsets_.set_view(offsets, count + 1, file);

@@ -11,6 +11,7 @@
 
 #include "sparknn/error.h"
 #include "sparknn/parallel.h"
+#include "sparknn/vector_store.h"
 
 namespace sparknn {
 
@@ -99,6 +100,8 @@ PinnedView<int64_t> Index::view_ids() const {
 PinnedView<float> Index::view_vectors() const {
     SPARKNN_THROW_IF_NOT(kind() != IndexKind::Ivf, Unsupported,
                          "an ivf index stores vectors per list (maybe compressed), not as one array: use reconstruct");
+    SPARKNN_THROW_IF_NOT(storage() == Storage::Float32, Unsupported, "this index stores its vectors as ",
+                         storage_name(storage()), ", not float32: use reconstruct (it decodes them)");
     auto lock = reading();
     return {size() ? vector_of(0) : nullptr, size(), dim_, pin()};
 }
@@ -138,6 +141,8 @@ void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
     AlignedVector<float> normalised;
     if (metric_ == Metric::Cosine) normalised.resize(n * dim_);
     validate_rows(n, dim_, vectors, metric_, normalised.data(), threads(), "vector");
+    const float* stored = metric_ == Metric::Cosine ? normalised.data() : vectors;
+    check_storage_range(storage(), n, dim_, stored, "vector", threads());
 
     std::vector<int64_t> generated;
     if (ids == nullptr) {
@@ -149,7 +154,6 @@ void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
         ids = generated.data();
     }
     check_new_ids(n, ids);
-    const float* stored = metric_ == Metric::Cosine ? normalised.data() : vectors;
     try {
         store(stored);
     } catch (...) {

@@ -13,9 +13,10 @@ namespace sparknn {
 std::unique_ptr<Index> make_index(IndexKind kind, size_t dim, Metric metric, const IndexOptions& options) {
     switch (kind) {
         case IndexKind::Flat:
-            return std::make_unique<FlatIndex>(dim, metric);
+            return std::make_unique<FlatIndex>(dim, metric, storage_from_string(options.storage));
         case IndexKind::Hnsw:
-            return std::make_unique<HnswIndex>(dim, metric, HnswParams::from(options));
+            return std::make_unique<HnswIndex>(dim, metric, HnswParams::from(options),
+                                               storage_from_string(options.storage));
         case IndexKind::Ivf:
             return std::make_unique<IvfIndex>(dim, metric, IvfParams::from(options));
         default:

@@ -45,8 +45,9 @@ void IvfParams::validate() const {
     SPARKNN_CHECK_ARG(nprobe >= 1, "nprobe must be >= 1");
     SPARKNN_CHECK_ARG(kmeans_iterations <= 1000, "kmeans_iterations must be <= 1000");
     SPARKNN_CHECK_ARG(rerank <= 1000, "rerank must be <= 1000, got ", rerank);
-    SPARKNN_CHECK_ARG(rerank == 0 || storage != IvfStorage::Float32,
-                      "rerank applies to compressed storage (sq8, pq): float32 distances are already exact");
+    SPARKNN_CHECK_ARG(rerank == 0 || !is_row_storage(storage),
+                      "rerank applies to compressed storage (sq8, pq): ", storage_name(storage),
+                      " distances are already exact on the stored vectors");
 }
 
 IvfIndex::IvfIndex(size_t dim, Metric metric, const IvfParams& params) : Index(dim, metric), params_(params) {

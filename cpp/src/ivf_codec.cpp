@@ -1,5 +1,5 @@
-// The storage names, the choice of codec, and the sgemm scan shared by the
-// codecs that decode block by block (float32, sq8).
+// The choice of codec, and the sgemm scan shared by the codecs that decode
+// block by block (float32, fp16, bf16, sq8).
 #include "ivf_codec.h"
 
 #include <cstring>
@@ -11,39 +11,15 @@
 
 namespace sparknn {
 
-namespace {
-struct StorageName {
-    const char* name;
-    IvfStorage storage;
-};
-// The first name of each storage is the one params and files report; the later ones are aliases.
-constexpr StorageName kStorageNames[] = {{"float32", IvfStorage::Float32},
-                                         {"sq8", IvfStorage::Sq8},
-                                         {"pq", IvfStorage::Pq},
-                                         {"flat", IvfStorage::Float32},
-                                         {"float", IvfStorage::Float32}};
-}  // namespace
-
-IvfStorage storage_from_string(const std::string& name) {
-    for (const auto& entry : kStorageNames) {
-        if (name == entry.name) return entry.storage;
-    }
-    throw InvalidArgument("unknown storage '" + name + "': use 'float32', 'sq8' or 'pq'");
-}
-
-const char* storage_name(IvfStorage storage) {
-    for (const auto& entry : kStorageNames) {
-        if (entry.storage == storage) return entry.name;
-    }
-    return "float32";
-}
-
 std::unique_ptr<IvfCodec> make_ivf_codec(IvfParams& params, size_t dim, Metric metric) {
     switch (params.storage) {
-        case IvfStorage::Sq8:
+        case Storage::Sq8:
             return make_sq8_codec(dim, metric);
-        case IvfStorage::Pq:
+        case Storage::Pq:
             return make_pq_codec(dim, metric, params.pq_m);
+        case Storage::Float16:
+        case Storage::BFloat16:
+            return make_half_codec(dim, metric, params.storage);
         default:
             return make_float32_codec(dim, metric);
     }

@@ -1,4 +1,4 @@
-// How an IVF index stores its vectors (IvfStorage): one class per codec behind
+// How an IVF index stores its vectors (Storage): one class per codec behind
 // one interface, as faiss keeps one inverted-list scanner per codec. IvfIndex
 // owns the quantizer and the lists (labels, codes); its codec trains on the
 // k-means sample, encodes and decodes vectors, scans a list for a block of
@@ -85,5 +85,6 @@ std::unique_ptr<IvfCodec> make_ivf_codec(IvfParams& params, size_t dim, Metric m
 std::unique_ptr<IvfCodec> make_float32_codec(size_t dim, Metric metric);
 std::unique_ptr<IvfCodec> make_sq8_codec(size_t dim, Metric metric);
 std::unique_ptr<IvfCodec> make_pq_codec(size_t dim, Metric metric, size_t& pq_m);
+std::unique_ptr<IvfCodec> make_half_codec(size_t dim, Metric metric, Storage storage);  // fp16, bf16
 
 }  // namespace sparknn

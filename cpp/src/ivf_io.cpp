@@ -56,16 +56,16 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     p.nlist = file->param("nlist");
     p.nprobe = file->param("nprobe");
     const uint64_t storage = file->param("storage");
-    if (storage > 2) fail("unknown storage " + std::to_string(storage));
-    p.storage = static_cast<IvfStorage>(storage);
+    if (storage > kMaxStorage) fail("unknown storage " + std::to_string(storage));
+    p.storage = static_cast<Storage>(storage);
     p.train_size = file->param("train_size");
     p.kmeans_iterations = file->param("kmeans_iterations");
     p.pq_m = file->param("pq_m");
     p.rerank = file->param("rerank");
     p.seed = file->param("seed");
     if (p.nprobe == 0 || p.nlist > (size_t{1} << 22) || p.kmeans_iterations > 1000 || p.rerank > 1000 ||
-        (p.rerank > 0 && p.storage == IvfStorage::Float32) ||
-        (p.storage == IvfStorage::Pq && (p.pq_m == 0 || p.pq_m > h.dim || h.dim % p.pq_m != 0))) {
+        (p.rerank > 0 && (p.storage == Storage::Float32 || is_half_storage(p.storage))) ||
+        (p.storage == Storage::Pq && (p.pq_m == 0 || p.pq_m > h.dim || h.dim % p.pq_m != 0))) {
         fail("parameters out of range");
     }
     auto index = std::make_unique<IvfIndex>(h.dim, h.metric, p);

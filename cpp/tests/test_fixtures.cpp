@@ -2,7 +2,7 @@
 // version still loads, mapped and read, with its recorded kind, shape and
 // parameters, and answers its recorded queries; the current version's
 // fixtures are byte for byte what the writer produces today, and cover every
-// index kind and ivf storage.
+// index kind and storage.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -86,6 +86,8 @@ uint32_t format_version_of(const Bytes& b) {
 // The parameters a loaded index reports, named as in the .expected files.
 std::map<std::string, std::string> params_of(const Index& index) {
     std::map<std::string, std::string> p;
+    // flat and hnsw files name their storage when it is not float32 (from version 2)
+    if (index.kind() != IndexKind::Ivf && index.storage() != Storage::Float32) p["storage"] = storage_name(index.storage());
     if (const auto* h = dynamic_cast<const HnswIndex*>(&index)) {
         p["M"] = std::to_string(h->params().M);
         p["ef_construction"] = std::to_string(h->params().ef_construction);
@@ -181,20 +183,21 @@ TEST(GoldenFixtures, SideFilesAreReadBack) {
     EXPECT_TRUE(load_index(std::string(SPARKNN_TEST_DATA_DIR) + "/flat_l2_v1.snn")->side_files().empty());
 }
 
-// A format version is pinned only if its fixtures hold every kind, every ivf
-// storage and re-ranking.
+// A format version is pinned only if its fixtures hold every kind with every
+// storage it keeps, and re-ranking.
 TEST(GoldenFixtures, CurrentVersionCoversEveryKindAndStorage) {
     std::set<std::string> covered;
     for (const fs::path& path : fixtures()) {
         if (format_version_of(read_file(path)) != kFormatVersion) continue;
         auto index = load_index(path.string());
         covered.insert(kind_name(index->kind()));
+        covered.insert(std::string(kind_name(index->kind())) + " " + storage_name(index->storage()));
         if (const auto* ivf = dynamic_cast<const IvfIndex*>(index.get())) {
-            covered.insert(std::string("ivf ") + storage_name(ivf->params().storage));
             if (ivf->params().rerank > 0) covered.insert("ivf rerank");
         }
     }
-    for (const char* required : {"flat", "hnsw", "ivf", "ivf float32", "ivf sq8", "ivf pq", "ivf rerank"}) {
+    for (const char* required : {"flat float32", "flat fp16", "flat bf16", "hnsw float32", "hnsw fp16", "hnsw bf16",
+                                 "ivf float32", "ivf fp16", "ivf bf16", "ivf sq8", "ivf pq", "ivf rerank"}) {
         EXPECT_TRUE(covered.count(required))
             << "no " << required << " fixture of format version " << kFormatVersion << " (see data/README.md)";
     }

@@ -18,7 +18,7 @@
 namespace sparknn {
 namespace {
 
-IvfParams ivf_params(size_t nlist, size_t nprobe, IvfStorage storage = IvfStorage::Float32) {
+IvfParams ivf_params(size_t nlist, size_t nprobe, Storage storage = Storage::Float32) {
     IvfParams p;
     p.nlist = nlist;
     p.nprobe = nprobe;
@@ -118,7 +118,7 @@ TEST_P(IvfExact, AllListsEqualsFlat) {
 INSTANTIATE_TEST_SUITE_P(Metrics, IvfExact, ::testing::Values(Metric::L2, Metric::InnerProduct, Metric::Cosine));
 
 struct CodecCase {
-    IvfStorage storage;
+    Storage storage;
     Metric metric;
     double min_recall;
 };
@@ -146,7 +146,7 @@ TEST(IvfPq, RerankedRecallAtTen) {
     const auto base = test::clustered_vectors(n, dim, 50, 3);
     const auto queries = test::clustered_vectors(nq, dim, 50, 4);
     for (Metric metric : {Metric::L2, Metric::Cosine}) {
-        IvfParams p = ivf_params(64, 8, IvfStorage::Pq);
+        IvfParams p = ivf_params(64, 8, Storage::Pq);
         p.pq_m = 8;
         p.rerank = 10;
         IvfIndex ivf(dim, metric, p);
@@ -197,20 +197,20 @@ TEST(ProductQuantizer, TableDistanceEqualsReconstructionDistance) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Codecs, IvfRecall,
-                         ::testing::Values(CodecCase{IvfStorage::Float32, Metric::L2, 0.95},
-                                           CodecCase{IvfStorage::Float32, Metric::Cosine, 0.95},
-                                           CodecCase{IvfStorage::Sq8, Metric::L2, 0.93},
-                                           CodecCase{IvfStorage::Sq8, Metric::Cosine, 0.93},
-                                           CodecCase{IvfStorage::Sq8, Metric::InnerProduct, 0.90}));
+                         ::testing::Values(CodecCase{Storage::Float32, Metric::L2, 0.95},
+                                           CodecCase{Storage::Float32, Metric::Cosine, 0.95},
+                                           CodecCase{Storage::Sq8, Metric::L2, 0.93},
+                                           CodecCase{Storage::Sq8, Metric::Cosine, 0.93},
+                                           CodecCase{Storage::Sq8, Metric::InnerProduct, 0.90}));
 
 TEST(Ivf, SaveLoadRoundTripAndAddAfterLoad) {
     const size_t dim = 16, n = 2000, k = 5;
     const auto base = test::clustered_vectors(n, dim, 10, 5);
     const auto queries = test::clustered_vectors(20, dim, 10, 6);
     const std::string path = ::testing::TempDir() + "ivf_roundtrip.snn";
-    for (IvfStorage storage : {IvfStorage::Float32, IvfStorage::Sq8, IvfStorage::Pq}) {
+    for (Storage storage : {Storage::Float32, Storage::Sq8, Storage::Pq}) {
         IvfParams p = ivf_params(16, 4, storage);
-        if (storage == IvfStorage::Pq) p.rerank = 4;
+        if (storage == Storage::Pq) p.rerank = 4;
         IvfIndex ivf(dim, Metric::L2, p);
         ivf.add(n, base.data(), nullptr);
         ivf.save(path);
@@ -340,12 +340,12 @@ TEST(Ivf, ReconstructStoredVectors) {
     const size_t dim = 16, n = 2000;
     const auto base = test::clustered_vectors(n, dim, 20, 21);
     struct Case {
-        IvfStorage storage;
+        Storage storage;
         size_t rerank;
         float tolerance;
     };
-    for (const Case c : {Case{IvfStorage::Float32, 0, 0.0f}, Case{IvfStorage::Sq8, 0, 0.05f},
-                         Case{IvfStorage::Pq, 0, 1.0f}, Case{IvfStorage::Pq, 2, 0.0f}}) {
+    for (const Case c : {Case{Storage::Float32, 0, 0.0f}, Case{Storage::Sq8, 0, 0.05f},
+                         Case{Storage::Pq, 0, 1.0f}, Case{Storage::Pq, 2, 0.0f}}) {
         IvfParams p = ivf_params(16, 4, c.storage);
         p.pq_m = 8;
         p.rerank = c.rerank;
@@ -393,7 +393,7 @@ TEST(Ivf, ReconstructStoredVectors) {
 TEST(Ivf, ShortListsWidenToMinKN) {
     const size_t dim = 4, n = 40;
     const auto base = test::random_vectors(n, dim, 8);
-    for (IvfStorage storage : {IvfStorage::Float32, IvfStorage::Sq8}) {
+    for (Storage storage : {Storage::Float32, Storage::Sq8}) {
         IvfIndex ivf(dim, Metric::L2, ivf_params(8, 1, storage));  // ~5 vectors per list, 1 probed
         ivf.add(n, base.data(), nullptr);
         const std::vector<float> q(base.begin(), base.begin() + 3 * dim);

@@ -322,8 +322,9 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--nlist", type=_count(0), default=0, help="IVF lists; 0 = about 4 sqrt(n) (default)")
     index.add_argument("--nprobe", type=_count(1), default=None,
                        help="IVF lists scanned per query (default: 16; `similar`: chosen for --recall)")
-    index.add_argument("--storage", default="float32", choices=["float32", "sq8", "pq"],
-                       help="IVF vector storage: float32, sq8 (4x smaller) or pq (--pq-m bytes per vector)")
+    index.add_argument("--storage", default="float32", choices=["float32", "fp16", "bf16", "sq8", "pq"],
+                       help="vector storage: float32, fp16 or bf16 (half the memory; every kind), or IVF sq8 "
+                            "(4x smaller) or pq (--pq-m bytes per vector)")
     index.add_argument("--pq-m", type=_count(0), default=0, help="IVF-PQ bytes per vector; 0 = about dim/4")
     index.add_argument("--rerank", type=_count(0), default=0,
                        help="IVF sq8/pq: re-rank rerank*k candidates by exact distance (default: 0, off)")

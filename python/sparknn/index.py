@@ -17,7 +17,10 @@ from sparknn import _core, integrity, tuning
 from sparknn.errors import InvalidArgumentError
 
 KINDS = ("flat", "hnsw", "ivf")
-STORAGES = ("float32", "sq8", "pq")
+STORAGES = ("float32", "fp16", "bf16", "sq8", "pq")
+# Storages that keep each vector as one row of values: every kind has them; sq8 and pq are ivf's.
+ROW_STORAGES = ("float32", "fp16", "bf16")
+_STORAGE_ALIASES = {"float": "float32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 METRICS = ("l2", "ip", "cosine")
 _METRIC_ALIASES = {"euclidean": "l2", "sqeuclidean": "l2", "inner_product": "ip", "dot": "ip", "angular": "cosine"}
 
@@ -136,8 +139,12 @@ class IndexSpec:
         if kind not in KINDS:
             raise InvalidArgumentError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
         storage = str(self.storage).lower()
+        storage = _STORAGE_ALIASES.get(storage, storage)
         if storage not in STORAGES:
             raise InvalidArgumentError(f"unknown storage {storage!r}: use one of {', '.join(STORAGES)}")
+        if kind != "ivf" and storage not in ROW_STORAGES:
+            raise InvalidArgumentError(f"storage {storage!r} compresses vectors per inverted list: only kind 'ivf' "
+                                       f"keeps it; {kind} keeps {', '.join(ROW_STORAGES)}")
         checked = {"kind": kind, "metric": normalise_metric(self.metric), "storage": storage}
         for name, minimum in _SPEC_MINIMUMS.items():
             checked[name] = _check_count(getattr(self, name), name, minimum)
@@ -190,11 +197,15 @@ class Index:
         The other fields of :class:`IndexSpec` (defaults there), by keyword:
     M, ef_construction, ef_search : int
         HNSW parameters (ignored by other kinds).
-    nlist, nprobe, storage, train_size, pq_m, rerank
+    storage : {"float32", "fp16", "bf16", "sq8", "pq"}
+        How vectors are kept. Every kind: "float32", or "fp16" / "bf16" (16 bits
+        per value: half the memory and file; fp16 keeps 11 significant bits and
+        |values| <= 65504, bf16 8 bits and float32's range; docs/storage.md).
+        ivf also: "sq8" (8-bit scalar quantisation, 4x smaller) or "pq"
+        (``pq_m`` bytes per vector, 0 = about dim/4).
+    nlist, nprobe, train_size, pq_m, rerank
         IVF parameters: ``nlist`` lists (0 = about 4 sqrt(n), chosen when
-        trained), ``nprobe`` lists scanned per query, ``storage`` "float32",
-        "sq8" (8-bit scalar quantisation, 4x smaller) or "pq" (``pq_m`` bytes
-        per vector, 0 = about dim/4), ``train_size`` vectors sampled for k-means
+        trained), ``nprobe`` lists scanned per query, ``train_size`` vectors sampled for k-means
         (0 = automatic), ``rerank`` r > 0 re-ranks the r*k best candidates of a
         compressed index by exact distance to float32 copies kept in the file
         (memory-mapped: only candidates are read). An untrained index trains on
@@ -255,6 +266,11 @@ class Index:
         return self._index.kind
 
     @property
+    def storage(self) -> str:
+        """How the vectors are kept: "float32", "fp16", "bf16" (every kind), "sq8" or "pq" (ivf)."""
+        return self._index.storage
+
+    @property
     def threads(self) -> int:
         return self._index.threads
 
@@ -305,9 +321,16 @@ class Index:
     def vectors(self) -> np.ndarray:
         """flat, hnsw: the stored vectors (normalised under cosine), float32 [n, dim], a zero-copy,
         read-only view that pins the index against ``add`` as :attr:`ids` does. An ivf index
-        stores vectors per list (maybe compressed): use :meth:`reconstruct` (raises
-        ``UnsupportedError``)."""
+        stores vectors per list (maybe compressed), and fp16 / bf16 storage holds no float32
+        array: use :meth:`reconstruct` (raises ``UnsupportedError``)."""
         return self._index.vectors()
+
+    def stored_vectors(self) -> np.ndarray:
+        """Every stored vector, float32 [n, dim]: the zero-copy :attr:`vectors` where the index
+        keeps float32 rows (flat, hnsw), otherwise decoded by :meth:`reconstruct` (a copy)."""
+        if self.kind != "ivf" and self.storage == "float32":
+            return self.vectors
+        return self.reconstruct()
 
     def __len__(self) -> int:
         return len(self._index)
@@ -347,9 +370,10 @@ class Index:
     def reconstruct(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """A copy of the stored vectors of rows ``[start, stop)`` (insertion order), float32 [n, dim].
 
-        Under cosine these are the normalised vectors. flat/hnsw and ivf float32
-        (or any ivf with ``rerank``) return them exactly; ivf sq8 and pq return
-        their decoded approximations.
+        Under cosine these are the normalised vectors. float32 storage (or any ivf
+        with ``rerank``) returns them exactly, fp16 / bf16 the values as stored
+        (rounded to nearest even when added); ivf sq8 and pq return their decoded
+        approximations.
         """
         stop = len(self) if stop is None else stop
         start, stop = _check_count(start, "start", 0), _check_count(stop, "stop", 0)

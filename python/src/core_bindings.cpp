@@ -194,6 +194,7 @@ void bind_index(nb::module_& m) {
         .def_prop_ro("dim", &Index::dim)
         .def_prop_ro("metric", [](const Index& i) { return std::string(sparknn::metric_name(i.metric())); })
         .def_prop_ro("kind", [](const Index& i) { return std::string(sparknn::kind_name(i.kind())); })
+        .def_prop_ro("storage", [](const Index& i) { return std::string(sparknn::storage_name(i.storage())); })
         .def("__len__", &Index::size)
         .def_prop_rw("threads", &Index::threads,
                      [](Index& index, int threads) {
@@ -251,8 +252,12 @@ void bind_index(nb::module_& m) {
                 return filled_rows(n, index.dim(), [&](float* out) { index.reconstruct_labels(n, at, out); });
             },
             "labels"_a)
-        // The kinds with parameters replace this.
-        .def_prop_ro("params", [](const Index&) { return nb::dict(); });
+        // The kinds with more parameters replace this.
+        .def_prop_ro("params", [](const Index& i) {
+            nb::dict d;
+            d["storage"] = std::string(sparknn::storage_name(i.storage()));
+            return d;
+        });
 }
 
 void bind_flat(nb::module_& m) {
@@ -275,6 +280,7 @@ void bind_hnsw(nb::module_& m) {
             d["ef_construction"] = p.ef_construction;
             d["ef_search"] = p.ef_search;
             d["seed"] = p.seed;
+            d["storage"] = std::string(sparknn::storage_name(h.storage()));
             return d;
         });
 }

@@ -62,7 +62,7 @@ def test_save_load_round_trip(tmp_path, data, mmap):
     index.save(path)
     loaded = sparknn.load(path, mmap=mmap)
     assert (len(loaded), loaded.dim, loaded.metric, loaded.kind) == (2000, 32, "cosine", "hnsw")
-    assert loaded.params == {"M": 12, "ef_construction": 100, "ef_search": 50, "seed": 7}
+    assert loaded.params == {"M": 12, "ef_construction": 100, "ef_search": 50, "seed": 7, "storage": "float32"}
     np.testing.assert_array_equal(loaded.ids, ids)
     got = loaded.search(queries, k=10)
     np.testing.assert_array_equal(got[0], expected[0])

@@ -245,14 +245,18 @@ def test_golden_fixtures_answer_as_recorded(fixture, mmap):
 
 
 def test_golden_fixtures_cover_every_kind():
-    kinds = {(p.name.split("_")[0], sparknn.load(p).params.get("storage")) for p in FIXTURES.glob("*.snn")}
-    assert kinds >= {("flat", None), ("hnsw", None), ("ivf", "float32"), ("ivf", "sq8"), ("ivf", "pq")}
+    kinds = {(p.name.split("_")[0], sparknn.load(p).storage) for p in FIXTURES.glob("*.snn")}
+    assert kinds >= {(kind, storage) for kind in ("flat", "hnsw", "ivf") for storage in ("float32", "fp16", "bf16")}
+    assert kinds >= {("ivf", "sq8"), ("ivf", "pq")}
 
 
-# One small index of every kind and ivf storage: (kind, options).
+# One small index of every kind and storage: (kind, options).
 KINDS = {
     "flat": {},
+    "flat-fp16": {"storage": "fp16"},
     "hnsw": {"M": 8, "ef_construction": 40, "ef_search": 20},
+    "hnsw-bf16": {"M": 8, "ef_construction": 40, "ef_search": 20, "storage": "bf16"},
+    "ivf-fp16": {"nlist": 8, "nprobe": 3, "storage": "fp16"},
     "ivf-float32": {"nlist": 8, "nprobe": 3},
     "ivf-sq8": {"nlist": 8, "nprobe": 3, "storage": "sq8"},
     "ivf-pq": {"nlist": 8, "nprobe": 3, "storage": "pq", "pq_m": 4},

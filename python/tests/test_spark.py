@@ -10,6 +10,7 @@ from conftest import clustered, exact_knn, recall, spark_items
 pyspark = pytest.importorskip("pyspark")
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import functions as F
+import sparknn
 from sparknn.spark import KNN, KNNModel
 
 pytestmark = pytest.mark.spark
@@ -96,6 +97,32 @@ def test_hnsw_recall(spark):
     found = np.array([[i for i, _ in sim[q]] for q in range(len(base))])
     truth_other = np.array([[j for j in row if j != q][:10] for q, row in enumerate(truth_self)])
     assert recall(found, truth_other) >= 0.95
+
+
+@pytest.mark.parametrize("num_shards", [1, 2])
+def test_half_storage_flat_is_exact_on_stored_values_and_hnsw_keeps_recall(spark, tmp_path, num_shards):
+    """storage="fp16" / "bf16" on every layout: flat answers exactly for the stored (rounded)
+    vectors, hnsw keeps its recall, the shards' files hold 16-bit rows, save/load keeps them."""
+    model = KNN(k=7, metric="l2", indexType="flat", storage="fp16", numShards=num_shards,
+                featuresCol="vector").fit(items(spark))
+    stored = BASE.astype(np.float16).astype(np.float32)  # what fp16 keeps: nearest even
+    pos = {i: i for i in range(len(BASE))}
+    out = by_id(model.transform(queries_df(spark)).toArrow())
+    assert_exact(out, {10_000 + i: q for i, q in enumerate(QUERIES)}, stored, pos, 7, "l2")
+    sim = by_id(model.similarItems().toArrow())
+    assert_exact(sim, dict(enumerate(stored)), stored, pos, 7, "l2", exclude_self=True)
+    shards = [sparknn.load(model.layout.path(s.index)) for s in model.layout.shards]
+    assert len(shards) == num_shards and all(s.storage == "fp16" for s in shards)
+    model.write().overwrite().save(str(tmp_path / "flat"))
+    assert by_id(KNNModel.load(str(tmp_path / "flat")).similarItems().toArrow()) == sim
+
+    base, queries = clustered(3000, 32, seed=5), clustered(200, 32, seed=6)
+    hnsw = KNN(k=10, indexType="hnsw", storage="bf16", numShards=num_shards,
+               featuresCol="vector").fit(spark_items(spark, base))
+    truth, _ = exact_knn(base, queries, 10, "cosine")
+    got = by_id(hnsw.transform(spark_items(spark, queries)).toArrow())
+    assert recall(np.array([[i for i, _ in got[q]] for q in range(len(queries))]), truth) >= 0.93
+    assert all(sparknn.load(hnsw.layout.path(s.index)).storage == "bf16" for s in hnsw.layout.shards)
 
 
 # --------------------------------------------------------------------------- ids and vector types

@@ -45,10 +45,10 @@ def assert_same_distances(got: dict, want_ids, want_dist, keys, k, exclude=None,
         np.testing.assert_allclose([n["distance"] for n in got[key]], want, rtol=1e-5, atol=atol)
 
 
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_routed_self_join_equals_in_process(spark, metric):
+@pytest.mark.parametrize("metric, storage", [("l2", "float32"), ("cosine", "float32"), ("l2", "bf16")])
+def test_routed_self_join_equals_in_process(spark, metric, storage):
     df = spark_items(spark, BASE, partitions=3)
-    model = KNN(k=10, metric=metric, indexType="ivf", ivfMode="routed", nlist=24, nprobe=3,
+    model = KNN(k=10, metric=metric, indexType="ivf", ivfMode="routed", nlist=24, nprobe=3, storage=storage,
                 featuresCol="vector").fit(df)
     assert model.numItems == len(BASE) and len(model.layout.shards) >= 2
     reference = in_process(model, BASE, np.arange(len(BASE)))
@@ -65,8 +65,8 @@ def test_routed_self_join_equals_in_process(spark, metric):
         stored = items.column("lists").combine_chunks().flatten().to_numpy().reshape(-1, 3)
         np.testing.assert_array_equal(stored, reference.nearest_lists(x, 3))
     assert layout.ivf.list_sizes == tuple(np.bincount(reference.nearest_lists(BASE, 1)[:, 0], minlength=24))
-    # Probing every list is exact search (more lists than stored: the quantizer routes).
-    _, exact = exact_knn(BASE, BASE, 11, metric)
+    # Probing every list is exact search on the stored vectors (more lists than stored: the quantizer routes).
+    _, exact = exact_knn(reference.reconstruct(), BASE, 11, metric)
     full = rows_by_id(model.setNprobe(24).similarItems().toArrow())
     for i in range(len(BASE)):
         np.testing.assert_allclose([n["distance"] for n in full[i]], exact[i][1:], rtol=2e-5, atol=1e-4)
@@ -165,8 +165,10 @@ def test_memory_is_reported_and_checked(spark, tmp_path):
 
 
 def test_bad_ivf_params(spark):
-    with pytest.raises(ValueError, match="storage must be one of float32, sq8, pq"):
+    with pytest.raises(ValueError, match="storage must be one of float32, fp16, bf16, sq8, pq"):
         KNN(indexType="ivf", ivfMode="routed", storage="int4")
+    with pytest.raises(ValueError, match="storage 'sq8' compresses vectors per inverted list: only kind 'ivf'"):
+        KNN(indexType="hnsw", storage="sq8", featuresCol="vector").fit(spark_items(spark, BASE[:10]))
     with pytest.raises(ValueError, match="numShards applies to indexType 'flat' and 'hnsw'"):
         KNN(indexType="ivf", ivfMode="routed", numShards=2, featuresCol="vector").fit(spark_items(spark, BASE[:10]))
     with pytest.raises(ValueError, match=r"nlist=64 is more than the 10 items"):
@@ -196,7 +198,7 @@ def test_save_load_in_a_fresh_session(spark, tmp_path, _spark_holder):
 
 
 # --------------------------------------------------------------------------- ivfMode="driver"
-@pytest.mark.parametrize("storage, minimum", [("float32", 0.95), ("sq8", 0.93)])
+@pytest.mark.parametrize("storage, minimum", [("float32", 0.95), ("sq8", 0.93), ("fp16", 0.95)])
 def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimum):
     """One IVF index built on the driver and mapped by every task (small data: what 'auto' picks)."""
     ids = np.arange(len(BASE)) * 7 + 3

@@ -39,10 +39,24 @@ using DistanceFn = float (*)(const float* a, const float* b, size_t dim);
 // bytes: product-quantizer distances by table lookups (gathers where the ISA has them).
 using PqScanFn = void (*)(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out);
 
+// A float32 query against a stored row of 16-bit values (fp16 or bf16), and
+// the conversions of n values between the two (rounding to nearest even).
+using HalfDistanceFn = float (*)(const float* a, const uint16_t* b, size_t dim);
+using HalfDecodeFn = void (*)(const uint16_t* in, size_t n, float* out);
+using HalfEncodeFn = void (*)(const float* in, size_t n, uint16_t* out);
+struct HalfKernels {
+    HalfDistanceFn l2sq;
+    HalfDistanceFn dot;
+    HalfDecodeFn decode;
+    HalfEncodeFn encode;
+};
+
 struct DistanceKernels {
     DistanceFn l2sq;  // sum (a-b)^2
     DistanceFn dot;   // sum a*b
     PqScanFn pq_scan;
+    HalfKernels fp16;
+    HalfKernels bf16;
 };
 
 // Kernels for the level in use; cheap to call (one atomic load).

@@ -20,7 +20,9 @@
 namespace sparknn {
 
 inline constexpr char kFileMagic[8] = {'S', 'P', 'A', 'R', 'K', 'N', 'N', '\0'};
-inline constexpr uint32_t kFormatVersion = 1;
+// 2: 16-bit vector storage (the Vectors16 section, the flat / hnsw "storage"
+// parameter, ivf storages fp16 and bf16). Version 1 files read as before.
+inline constexpr uint32_t kFormatVersion = 2;
 inline constexpr size_t kHeaderSize = 64;
 inline constexpr size_t kSectionEntrySize = 32;
 inline constexpr size_t kSectionAlign = 64;
@@ -37,6 +39,7 @@ enum class SectionType : uint32_t {
     Vectors = 2,            // float32 [count, dim]
     Ids = 3,                // int64 [count], user ids
     SideFiles = 4,          // digests of files kept beside this one (SideFileRecord[])
+    Vectors16 = 5,          // uint16 [count, dim]: fp16 or bf16 values, as the "storage" param says (v2)
     HnswLevels = 10,        // uint8 [count], top level of each node
     HnswLinks0 = 11,        // uint32 [count, 1 + M0]: degree, then neighbours
     HnswUpperOffsets = 12,  // uint64 [count + 1] into HnswUpperLinks

@@ -1,13 +1,13 @@
 // Graph index: Hierarchical Navigable Small World (Malkov & Yashunin, 2016).
 //
 // Layout (one array per concern, so a loaded file maps without copies):
-//   vectors_        float  [n, dim], rows in insertion (label) order
+//   store_          [n, dim] float32, fp16 or bf16 rows in insertion (label) order
 //   levels_         uint8  [n], top layer of each node (0..kHnswMaxLevel)
 //   links0_         uint32 [n, 1 + M0]: degree, then up to M0 = 2M neighbours
 //   upper_offsets_  uint64 [n + 1]: where each node's upper rows start in upper_links_
 //   upper_links_    uint32: per node, per layer 1..level: degree, then M slots
 // Every row has the same shape (degree, slots), so one search loop serves all
-// layers. In a file these are the Vectors and Hnsw* sections, byte for byte,
+// layers. In a file these are the Vectors (or Vectors16) and Hnsw* sections, byte for byte,
 // with parameters M, ef_construction, ef_search, seed and entry_point (the
 // label search starts from; it lies on the top layer).
 //
@@ -22,9 +22,11 @@
 #include <vector>
 
 #include "sparknn/index.h"
+#include "sparknn/vector_store.h"
 
 namespace sparknn {
 namespace hnsw {
+template <class T>
 struct GraphView;
 class CandidatePool;
 }
@@ -48,9 +50,10 @@ struct HnswParams {
 
 class HnswIndex final : public Index {
   public:
-    HnswIndex(size_t dim, Metric metric, const HnswParams& params);
+    HnswIndex(size_t dim, Metric metric, const HnswParams& params, Storage storage = Storage::Float32);
     ~HnswIndex() override;
     IndexKind kind() const override { return IndexKind::Hnsw; }
+    Storage storage() const override { return store_.storage(); }
     const float* vector_of(size_t label) const override;
 
     HnswParams params() const;  // a copy: set_ef_search may change it
@@ -69,10 +72,13 @@ class HnswIndex final : public Index {
     void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                      const SearchParams& params) const override;
     void save_sections(FileWriter& writer) const override;
+    void reconstruct_impl(size_t begin, size_t count, float* out) const override { store_.decode(begin, count, out); }
+    void gather_labels(size_t n, const int64_t* labels, float* out) const override { store_.gather(n, labels, out); }
 
   private:
     struct ScratchPool;  // per-thread search buffers reused across calls (hnsw.cpp)
-    hnsw::GraphView view() const;
+    template <class T>
+    hnsw::GraphView<T> view() const;
     template <class Dist>
     void build(size_t first, size_t n, const Dist& dist);
     template <class Dist>
@@ -87,7 +93,7 @@ class HnswIndex final : public Index {
     HnswParams params_;
     double level_mult_;  // 1 / ln(M): expected layer sizes shrink by M per layer
 
-    Buffer<float> vectors_;
+    VectorStore store_;
     Buffer<uint8_t> levels_;
     Buffer<uint32_t> links0_;
     Buffer<uint64_t> upper_offsets_;

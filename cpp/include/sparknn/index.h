@@ -25,6 +25,7 @@
 #include "sparknn/buffer.h"
 #include "sparknn/distance.h"
 #include "sparknn/file.h"
+#include "sparknn/storage.h"
 
 namespace sparknn {
 
@@ -69,6 +70,8 @@ class Index {
     size_t dim() const { return dim_; }
     Metric metric() const { return metric_; }
     virtual IndexKind kind() const = 0;
+    // How the vectors are kept (flat, hnsw: float32 / fp16 / bf16; ivf: any).
+    virtual Storage storage() const = 0;
     // Vectors held; during a concurrent add, the count before it.
     size_t size() const { return count_.load(std::memory_order_acquire); }
 
@@ -106,13 +109,14 @@ class Index {
     // User id of internal label i.
     int64_t id_of(size_t label) const { return ids_[label]; }
     const int64_t* ids_data() const { return ids_.data(); }
-    // The stored (for cosine: normalised) vector of label i; null for ivf.
+    // The stored (for cosine: normalised) vector of label i; null for ivf and
+    // for 16-bit storage (reconstruct decodes those).
     virtual const float* vector_of(size_t label) const = 0;
 
     // The ids [size()] in place, pinned (see PinnedView).
     PinnedView<int64_t> view_ids() const;
-    // flat, hnsw: the stored vectors [size(), dim] in place, pinned; ivf
-    // throws Unsupported (its vectors live per list, maybe compressed).
+    // flat, hnsw: the stored float32 vectors [size(), dim] in place, pinned;
+    // ivf and 16-bit storage throw Unsupported (use reconstruct).
     PinnedView<float> view_vectors() const;
 
     // The stored vectors of labels [begin, begin + count) into out [count, dim]:
@@ -195,7 +199,7 @@ struct IndexOptions {
     uint64_t seed = 42;
     size_t nlist = 0;              // ivf: 0 = chosen from the data when trained
     size_t nprobe = 16;            // ivf
-    std::string storage = "float32";  // ivf: float32 | sq8 | pq
+    std::string storage = "float32";  // float32 | fp16 | bf16; ivf also sq8 | pq
     size_t train_size = 0;         // ivf: k-means sample, 0 = automatic
     size_t pq_m = 0;               // ivf pq: bytes per vector, 0 = automatic
     size_t rerank = 0;             // ivf sq8/pq: exact re-ranking factor, 0 = off

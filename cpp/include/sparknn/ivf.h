@@ -39,6 +39,7 @@ class IvfIndex final : public Index {
     IvfIndex(size_t dim, Metric metric, const IvfParams& params);
     ~IvfIndex() override;
     IndexKind kind() const override { return IndexKind::Ivf; }
+    Storage storage() const override { return params_.storage; }
     const float* vector_of(size_t) const override { return nullptr; }  // vectors live in lists, maybe encoded
 
     // Every call below takes the index's lock (see index.h) but centroid_data.

@@ -8,13 +8,12 @@
 #include <cstdint>
 #include <string>
 
+#include "sparknn/storage.h"
+
 namespace sparknn {
 
 struct IndexOptions;  // sparknn/index.h: what make_index takes, every kind's options
 
-enum class IvfStorage : uint32_t { Float32 = 0, Sq8 = 1, Pq = 2 };
-IvfStorage storage_from_string(const std::string& name);
-const char* storage_name(IvfStorage storage);
 
 // The choices an IvfIndex makes when nlist or train_size is 0, for n training
 // vectors; exposed so a distributed build (the Spark layer) makes the same.
@@ -27,7 +26,7 @@ size_t ivf_default_train_size(size_t nlist, size_t n);
 struct IvfParams {
     size_t nlist = 0;     // lists; 0 = chosen when trained: about 4 * sqrt(n)
     size_t nprobe = 16;   // lists scanned per query by default
-    IvfStorage storage = IvfStorage::Float32;
+    Storage storage = Storage::Float32;
     size_t train_size = 0;         // k-means sample; 0 = ivf_default_train_size
     size_t kmeans_iterations = 10;  // Lloyd iterations (faiss trains IVF quantizers with 10 too)
     size_t pq_m = 0;    // pq: bytes per vector; 0 = dim / 4 (rounded to a divisor of dim)

@@ -133,6 +133,9 @@ bool write_fixture(const std::string& dir, const std::string& name, const sparkn
     std::fprintf(out, "# written by make_fixtures.cpp; see README.md\n");
     std::fprintf(out, "metric %s\ndim %zu\ncount %zu\nk %zu\n", sparknn::metric_name(index.metric()), kDim,
                  index.size(), kK);
+    if (index.kind() != sparknn::IndexKind::Ivf && index.storage() != sparknn::Storage::Float32) {
+        std::fprintf(out, "param storage %s\n", sparknn::storage_name(index.storage()));
+    }
     if (const auto* h = dynamic_cast<const sparknn::HnswIndex*>(&index)) {
         print_param(out, "M", h->params().M);
         print_param(out, "ef_construction", h->params().ef_construction);
@@ -162,37 +165,45 @@ bool write_fixture(const std::string& dir, const std::string& name, const sparkn
     return ok;
 }
 
-// flat: 40 vectors in [-3.9, 3.9] (the first fixtures; their content must not change).
-// `side_files`: digests recorded in the file (a SideFiles section), for the
-// fixture of an index whose ids live in a file beside it.
-bool write_flat(const std::string& dir, Metric metric, const std::string& suffix = "",
-                const std::vector<sparknn::SideFile>& side_files = {}) {
-    sparknn::FlatIndex index(kDim, metric);
+// The name part of a 16-bit storage ("fp16_"), empty for float32 (as in version 1).
+std::string storage_part(sparknn::Storage storage) {
+    return storage == sparknn::Storage::Float32 ? "" : std::string(sparknn::storage_name(storage)) + "_";
+}
+
+// flat: 40 vectors in [-3.9, 3.9] (the first fixtures; their content must not
+// change). Multiples of 1/256 there have at most 10 significant bits: exact in
+// fp16; bf16 rounds them (to nearest even, the same everywhere), and the
+// rounded values keep every distance exact. `side_files`: digests recorded in
+// the file (a SideFiles section), for the fixture of an index whose ids live
+// in a file beside it.
+bool write_flat(const std::string& dir, Metric metric, sparknn::Storage storage = sparknn::Storage::Float32,
+                const std::string& suffix = "", const std::vector<sparknn::SideFile>& side_files = {}) {
+    sparknn::FlatIndex index(kDim, metric, storage);
     index.set_threads(1);
     const std::vector<float> base = values(40 * kDim, 1, 1000);
     index.add(40, base.data(), fixture_ids(40).data());
-    return write_fixture(dir, std::string("flat_") + sparknn::metric_name(metric) + suffix, index,
+    return write_fixture(dir, "flat_" + storage_part(storage) + sparknn::metric_name(metric) + suffix, index,
                          values(kQueries * kDim, 2, 1000), side_files);
 }
 
 // hnsw: 60 vectors, M = 4, ef_search = 16 (< count, so search walks the graph
 // rather than falling back to an exact scan). Built with one thread: deterministic.
-bool write_hnsw(const std::string& dir, Metric metric) {
-    const std::string name = std::string("hnsw_") + sparknn::metric_name(metric);
+bool write_hnsw(const std::string& dir, Metric metric, sparknn::Storage storage = sparknn::Storage::Float32) {
+    const std::string name = "hnsw_" + storage_part(storage) + sparknn::metric_name(metric);
     constexpr size_t n = 60;
     sparknn::HnswParams params;
     params.M = 4;
     params.ef_construction = 16;
     params.ef_search = 16;
     params.seed = 7;
-    sparknn::HnswIndex index(kDim, metric, params);
+    sparknn::HnswIndex index(kDim, metric, params, storage);
     index.set_threads(1);
     const std::vector<float> base = values(n * kDim, 3, 512);
     const std::vector<int64_t> ids = fixture_ids(n);
     index.add(n, base.data(), ids.data());
     const std::vector<float> queries = values(kQueries * kDim, 4, 512);
 
-    sparknn::FlatIndex exact(kDim, metric);
+    sparknn::FlatIndex exact(kDim, metric, storage);
     exact.set_threads(1);
     exact.add(n, base.data(), ids.data());
     const Answers graph = search(index, queries, kK), truth = search(exact, queries, kK);
@@ -206,7 +217,7 @@ bool write_hnsw(const std::string& dir, Metric metric) {
 
 // ivf: trained on 256 vectors (product quantisation needs 256 per code
 // book), then 100 vectors added, nlist = 4, nprobe = 2. One thread.
-bool write_ivf(const std::string& dir, sparknn::IvfStorage storage, Metric metric, size_t rerank) {
+bool write_ivf(const std::string& dir, sparknn::Storage storage, Metric metric, size_t rerank) {
     const std::string name = std::string("ivf_") + sparknn::storage_name(storage) + "_" + sparknn::metric_name(metric);
     constexpr size_t n = 100, n_train = 256;
     auto build = [&](size_t rerank_factor) {
@@ -214,7 +225,7 @@ bool write_ivf(const std::string& dir, sparknn::IvfStorage storage, Metric metri
         params.nlist = 4;
         params.nprobe = 2;
         params.storage = storage;
-        params.pq_m = storage == sparknn::IvfStorage::Pq ? 4 : 0;
+        params.pq_m = storage == sparknn::Storage::Pq ? 4 : 0;
         params.rerank = rerank_factor;
         params.seed = 11;
         auto index = std::make_unique<sparknn::IvfIndex>(kDim, metric, params);
@@ -249,11 +260,20 @@ int main(int argc, char** argv) {
         const std::string dir = argv[1];
         bool ok = true;
         for (Metric m : {Metric::L2, Metric::InnerProduct, Metric::Cosine}) ok = write_flat(dir, m) && ok;
-        ok = write_flat(dir, Metric::L2, "_sidefiles", {{"ids", 1234, 0x0badcafeu}, {"items", 0, 0}}) && ok;
+        ok = write_flat(dir, Metric::L2, sparknn::Storage::Float32, "_sidefiles",
+                        {{"ids", 1234, 0x0badcafeu}, {"items", 0, 0}}) &&
+             ok;
         for (Metric m : {Metric::L2, Metric::InnerProduct, Metric::Cosine}) ok = write_hnsw(dir, m) && ok;
-        ok = write_ivf(dir, sparknn::IvfStorage::Float32, Metric::L2, 0) && ok;
-        ok = write_ivf(dir, sparknn::IvfStorage::Sq8, Metric::InnerProduct, 0) && ok;
-        ok = write_ivf(dir, sparknn::IvfStorage::Pq, Metric::Cosine, 2) && ok;
+        ok = write_ivf(dir, sparknn::Storage::Float32, Metric::L2, 0) && ok;
+        ok = write_ivf(dir, sparknn::Storage::Sq8, Metric::InnerProduct, 0) && ok;
+        ok = write_ivf(dir, sparknn::Storage::Pq, Metric::Cosine, 2) && ok;
+        // Version 2: 16-bit storage, each kind, the metrics spread over them.
+        ok = write_flat(dir, Metric::L2, sparknn::Storage::Float16) && ok;
+        ok = write_flat(dir, Metric::Cosine, sparknn::Storage::BFloat16) && ok;
+        ok = write_hnsw(dir, Metric::InnerProduct, sparknn::Storage::Float16) && ok;
+        ok = write_hnsw(dir, Metric::L2, sparknn::Storage::BFloat16) && ok;
+        ok = write_ivf(dir, sparknn::Storage::Float16, Metric::Cosine, 0) && ok;
+        ok = write_ivf(dir, sparknn::Storage::BFloat16, Metric::L2, 0) && ok;
         return ok ? 0 : 1;
     } catch (const sparknn::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

@@ -87,7 +87,7 @@ def similar_batches(batches, *, layout: Layout, id_col: str, output: str, k: int
                     neighbors = group_pieces.own_neighbors(layout, s, s, lo, hi, k, nprobe, ef, threads)
                     yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), neighbors], names=[id_col, output])
                 continue
-            rows, dist = grouped.within_groups(index.vectors, grouped.group_codes(groups), k,
+            rows, dist = grouped.within_groups(index.stored_vectors(), grouped.group_codes(groups), k,
                                                _spec(layout, nprobe, ef, threads))
             for lo in range(0, len(index), QUERY_CHUNK):
                 hi = min(len(index), lo + QUERY_CHUNK)
@@ -178,7 +178,7 @@ def search_queries(batches, *, layout: Layout, group_col: str, features: str, ou
                 continue
             # Already verified against its digest by side_file: the positions of each group's items.
             members = cached(layout.path(layout.shards[int(s)].groups), load_members, what="groups file")
-            x_all = index.vectors if len(index) else None
+            x_all = index.stored_vectors() if len(index) else None
             found = np.full((len(q), k), -1, dtype=np.int64)
             dist = np.full((len(q), k), np.inf, dtype=np.float32)
             for value, at in _by_value(qgroups.cast(groups.type)):

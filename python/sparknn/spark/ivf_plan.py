@@ -25,7 +25,7 @@ def sample_size(nlist: int, n: int) -> int:
 
 def item_bytes(dim: int, metric: str, storage: str, pq_m: int, rerank: int) -> int:
     """Bytes one item takes in a part's index, in memory and on disk (codes, label, id, extras)."""
-    code = {"float32": 4 * dim, "sq8": dim, "pq": pq_m}[storage]
+    code = {"float32": 4 * dim, "fp16": 2 * dim, "bf16": 2 * dim, "sq8": dim, "pq": pq_m}[storage]
     extra = 4 if storage == "float32" and metric == "l2" else 0  # cached squared norms
     return code + 16 + extra + (4 * dim if rerank else 0)
 

@@ -119,8 +119,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
                   typeConverter=_positive("nlist", 0))
     nprobe = Param(Params._dummy(), "nprobe", "ivf: lists scanned per query (widened for a query whose lists "
                    "hold fewer than k items)", typeConverter=_positive("nprobe"))
-    storage = Param(Params._dummy(), "storage", "ivf: vectors stored as 'float32', 'sq8' (4x smaller) or 'pq' "
-                    "(pqM bytes each)", typeConverter=_choice("storage", STORAGES))
+    storage = Param(Params._dummy(), "storage", "vectors stored as 'float32', 'fp16' or 'bf16' (half the memory; "
+                    "every indexType), or ivf 'sq8' (4x smaller) or 'pq' (pqM bytes each)",
+                    typeConverter=_choice("storage", STORAGES))
     pqM = Param(Params._dummy(), "pqM", "ivf pq: bytes per vector (divides the dimension); 0 = about dim / 4",
                 typeConverter=_positive("pqM", 0))
     rerank = Param(Params._dummy(), "rerank", "ivf sq8/pq: re-rank rerank * k candidates by exact distance; 0 = off",

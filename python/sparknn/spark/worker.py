@@ -137,8 +137,8 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
     """Every stored item of the given slices -> its k nearest other items.
 
     The queries are the vectors stored in the index itself (normalised under
-    cosine, which leaves cosine neighbours unchanged; decoded for compressed
-    ivf storage), so no training data is needed: this works on a loaded model too.
+    cosine, which leaves cosine neighbours unchanged; decoded for 16-bit and
+    compressed storage), so no training data is needed: this works on a loaded model too.
     An ivf index built on the driver kept each item's nearest lists: the items
     are searched in them, without a pass over the quantizer.
     """
@@ -150,7 +150,7 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
             s, lo, hi = slices[int(task)]
             index = shards[s].index
             index.threads = threads
-            stored = None if index.kind == "ivf" else index.vectors
+            stored = index.vectors if index.kind != "ivf" and index.storage == "float32" else None
             probes = shards[s].probes
             if probes is not None:
                 width = min(nprobe or index.nprobe, index.params["nlist"])

@@ -1,0 +1,100 @@
+// AVX2 + FMA + F16C kernels for 16-bit storage: eight values widened to float32
+// per step (vcvtph2ps for fp16, a 16-bit shift for bf16), then the float32
+// kernels' FMAs. Compiled with -mavx2 -mfma -mf16c; called after the
+// dispatcher has checked the CPU. Tails go through the scalar conversions.
+#include <immintrin.h>
+
+#include "distance_kernels.h"
+#include "half_convert.h"
+
+namespace sparknn::kernels_avx2 {
+namespace {
+
+inline float hsum(__m256 v) {
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+struct Fp16 {
+    static __m256 load8(const uint16_t* p) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    static float one(uint16_t h) { return half::fp16_to_float(h); }
+};
+struct Bf16 {
+    static __m256 load8(const uint16_t* p) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    }
+    static float one(uint16_t h) { return half::bf16_to_float(h); }
+};
+
+template <class F>
+float l2sq_16(const float* a, const uint16_t* b, size_t dim) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), F::load8(b + i));
+        const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8), F::load8(b + i + 8));
+        acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, d1, acc1);
+    }
+    for (; i + 8 <= dim; i += 8) {
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + i), F::load8(b + i));
+        acc0 = _mm256_fmadd_ps(d, d, acc0);
+    }
+    float sum = hsum(_mm256_add_ps(acc0, acc1));
+    for (; i < dim; ++i) {
+        const float d = a[i] - F::one(b[i]);
+        sum += d * d;
+    }
+    return sum;
+}
+
+template <class F>
+float dot_16(const float* a, const uint16_t* b, size_t dim) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), F::load8(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), F::load8(b + i + 8), acc1);
+    }
+    for (; i + 8 <= dim; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), F::load8(b + i), acc0);
+    float sum = hsum(_mm256_add_ps(acc0, acc1));
+    for (; i < dim; ++i) sum += a[i] * F::one(b[i]);
+    return sum;
+}
+
+template <class F>
+void decode_16(const uint16_t* in, size_t n, float* out) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, F::load8(in + i));
+    for (; i < n; ++i) out[i] = F::one(in[i]);
+}
+
+}  // namespace
+
+float l2sq_fp16(const float* a, const uint16_t* b, size_t dim) { return l2sq_16<Fp16>(a, b, dim); }
+float dot_fp16(const float* a, const uint16_t* b, size_t dim) { return dot_16<Fp16>(a, b, dim); }
+float l2sq_bf16(const float* a, const uint16_t* b, size_t dim) { return l2sq_16<Bf16>(a, b, dim); }
+float dot_bf16(const float* a, const uint16_t* b, size_t dim) { return dot_16<Bf16>(a, b, dim); }
+void decode_fp16(const uint16_t* in, size_t n, float* out) { decode_16<Fp16>(in, n, out); }
+void decode_bf16(const uint16_t* in, size_t n, float* out) { decode_16<Bf16>(in, n, out); }
+
+void encode_fp16(const float* in, size_t n, uint16_t* out) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+    }
+    for (; i < n; ++i) out[i] = half::fp16_from_float(in[i]);
+}
+
+// Integer rounding, which the compiler vectorises; not on a hot path (add only).
+void encode_bf16(const float* in, size_t n, uint16_t* out) {
+    for (size_t i = 0; i < n; ++i) out[i] = half::bf16_from_float(in[i]);
+}
+
+}  // namespace sparknn::kernels_avx2
