@@ -37,8 +37,9 @@ compare rows of one table, not tables of different runs. Markdown tables go to s
 numbers to a JSON file (``--out``, default bench/results/longvec.json; ``--plot`` adds the HNSW
 curves as a PNG beside it when matplotlib is importable).
 
-    PYTHONPATH=/work/bench-peers python bench/bench_longvec.py                       # full size
-    PYTHONPATH=/work/bench-peers python bench/bench_longvec.py --sets clustered --n 20000 --repeats 1
+    pip install faiss-cpu hnswlib        # the peers (missing ones are skipped and named)
+    python bench/bench_longvec.py                                          # full size
+    python bench/bench_longvec.py --sets clustered --n 20000 --repeats 1   # a quick look
 """
 
 from __future__ import annotations

@@ -17,15 +17,19 @@ namespace {
     HalfKernels{ns::l2sq_fp16, ns::dot_fp16, ns::decode_fp16, ns::encode_fp16},               \
         HalfKernels { ns::l2sq_bf16, ns::dot_bf16, ns::decode_bf16, ns::encode_bf16 }
 const DistanceKernels kScalar{kernels_scalar::l2sq, kernels_scalar::dot, kernels_scalar::pq_scan,
+                              kernels_scalar::l2sq_x4, kernels_scalar::dot_x4,
                               SPARKNN_HALF_KERNELS(kernels_scalar)};
 #if defined(__x86_64__) || defined(_M_X64)
 const DistanceKernels kAvx2{kernels_avx2::l2sq, kernels_avx2::dot, kernels_avx2::pq_scan,
+                            kernels_avx2::l2sq_x4, kernels_avx2::dot_x4,
                             SPARKNN_HALF_KERNELS(kernels_avx2)};
 const DistanceKernels kAvx512{kernels_avx512::l2sq, kernels_avx512::dot, kernels_avx512::pq_scan,
+                              kernels_avx512::l2sq_x4, kernels_avx512::dot_x4,
                               SPARKNN_HALF_KERNELS(kernels_avx512)};
 #endif
 #if defined(__aarch64__)
 const DistanceKernels kNeon{kernels_neon::l2sq, kernels_neon::dot, kernels_neon::pq_scan,
+                            kernels_scalar::l2sq_x4, kernels_scalar::dot_x4,
                             SPARKNN_HALF_KERNELS(kernels_scalar)};
 #endif
 #undef SPARKNN_HALF_KERNELS

@@ -14,6 +14,8 @@ namespace sparknn {
     float l2sq(const float* a, const float* b, size_t dim);                                            \
     float dot(const float* a, const float* b, size_t dim);                                             \
     void pq_scan(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out); \
+    void l2sq_x4(const float* a, const float* const* b, size_t dim, float* out);                      \
+    void dot_x4(const float* a, const float* const* b, size_t dim, float* out);                       \
     float l2sq_fp16(const float* a, const uint16_t* b, size_t dim);                                    \
     float dot_fp16(const float* a, const uint16_t* b, size_t dim);                                     \
     void decode_fp16(const uint16_t* in, size_t n, float* out);                                        \

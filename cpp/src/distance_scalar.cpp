@@ -30,6 +30,14 @@ float dot(const float* a, const float* b, size_t dim) {
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+void l2sq_x4(const float* a, const float* const* b, size_t dim, float* out) {
+    for (int t = 0; t < 4; ++t) out[t] = l2sq(a, b[t], dim);
+}
+
+void dot_x4(const float* a, const float* const* b, size_t dim, float* out) {
+    for (int t = 0; t < 4; ++t) out[t] = dot(a, b[t], dim);
+}
+
 void pq_scan(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out) {
     for (size_t r = 0; r < n; ++r) {
         const uint8_t* code = codes + r * m;

@@ -97,7 +97,7 @@ GraphView<T> HnswIndex::view() const {
         g.vectors = store_.u16();
     }
     g.dim = dim_;
-    g.vector_lines = (dim_ * sizeof(T) + 63) / 64;
+    g.prefetch_lines = std::min<size_t>((dim_ * sizeof(T) + 63) / 64, hnsw::kMaxPrefetchLines);
     g.levels = levels_.data();
     g.links0 = links0_.data();
     g.stride0 = 1 + 2 * params_.M;

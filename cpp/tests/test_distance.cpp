@@ -40,6 +40,25 @@ TEST_P(DistanceTest, KernelsMatchReferenceAtEveryLevel) {
     }
 }
 
+// Four rows in one pass give the same bits as one at a time (a graph search
+// mixes the two; equal distances must stay equal).
+TEST_P(DistanceTest, FourRowKernelsEqualOneRowKernelsBitForBit) {
+    const size_t dim = GetParam();
+    const auto a = test::random_vectors(1, dim, 3);
+    const auto b = test::random_vectors(4, dim, 4);
+    const float* rows[4] = {&b[0], &b[dim], &b[2 * dim], &b[3 * dim]};
+    for (SimdLevel level : supported_levels()) {
+        const DistanceKernels& k = kernels_for(level);
+        float l2[4], ip[4];
+        k.l2sq_x4(a.data(), rows, dim, l2);
+        k.dot_x4(a.data(), rows, dim, ip);
+        for (int t = 0; t < 4; ++t) {
+            EXPECT_EQ(l2[t], k.l2sq(a.data(), rows[t], dim)) << simd_level_name(level) << " dim " << dim;
+            EXPECT_EQ(ip[t], k.dot(a.data(), rows[t], dim)) << simd_level_name(level) << " dim " << dim;
+        }
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(OddDims, DistanceTest, ::testing::Values(1, 3, 15, 16, 17, 31, 33, 100, 128, 769));
 
 // PQ table lookups (gathers on AVX2 / AVX-512) against a double sum, for code

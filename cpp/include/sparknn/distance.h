@@ -35,6 +35,9 @@ SimdLevel simd_level();
 void set_simd_level(SimdLevel level);
 
 using DistanceFn = float (*)(const float* a, const float* b, size_t dim);
+// out[t] = the DistanceFn of a and b[t], t < 4, bit for bit: four rows read in
+// one pass, so their cache misses overlap (a graph search's batch of neighbours).
+using DistanceX4Fn = void (*)(const float* a, const float* const* b, size_t dim, float* out);
 // out[r] = offset + sum_j table[j * 256 + codes[r * m + j]] for n codes of m
 // bytes: product-quantizer distances by table lookups (gathers where the ISA has them).
 using PqScanFn = void (*)(const float* table, const uint8_t* codes, size_t n, size_t m, float offset, float* out);
@@ -55,6 +58,8 @@ struct DistanceKernels {
     DistanceFn l2sq;  // sum (a-b)^2
     DistanceFn dot;   // sum a*b
     PqScanFn pq_scan;
+    DistanceX4Fn l2sq_x4;
+    DistanceX4Fn dot_x4;
     HalfKernels fp16;
     HalfKernels bf16;
 };
