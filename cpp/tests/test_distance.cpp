@@ -11,14 +11,6 @@
 namespace sparknn {
 namespace {
 
-std::vector<SimdLevel> supported_levels() {
-    std::vector<SimdLevel> levels{SimdLevel::Scalar};
-    const SimdLevel cpu = cpu_simd_level();
-    if (cpu == SimdLevel::Avx512) levels.push_back(SimdLevel::Avx2);
-    if (cpu != SimdLevel::Scalar) levels.push_back(cpu);
-    return levels;
-}
-
 class DistanceTest : public ::testing::TestWithParam<size_t> {};
 
 // Every kernel at every level this CPU has, against a double reference.
@@ -26,7 +18,7 @@ TEST_P(DistanceTest, KernelsMatchReferenceAtEveryLevel) {
     const size_t dim = GetParam();
     const auto a = test::random_vectors(7, dim, 1);
     const auto b = test::random_vectors(7, dim, 2);
-    for (SimdLevel level : supported_levels()) {
+    for (SimdLevel level : test::supported_levels()) {
         const DistanceKernels& k = kernels_for(level);
         for (size_t r = 0; r < 7; ++r) {
             const float* x = &a[r * dim];
@@ -47,7 +39,7 @@ TEST_P(DistanceTest, FourRowKernelsEqualOneRowKernelsBitForBit) {
     const auto a = test::random_vectors(1, dim, 3);
     const auto b = test::random_vectors(4, dim, 4);
     const float* rows[4] = {&b[0], &b[dim], &b[2 * dim], &b[3 * dim]};
-    for (SimdLevel level : supported_levels()) {
+    for (SimdLevel level : test::supported_levels()) {
         const DistanceKernels& k = kernels_for(level);
         float l2[4], ip[4];
         k.l2sq_x4(a.data(), rows, dim, l2);
@@ -70,7 +62,7 @@ TEST(Distance, PqScanMatchesTableSumsAtEveryLevel) {
         for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>((i * 97 + 13) % 256);
         codes[0] = 0;
         codes[codes.size() - 1] = 255;
-        for (SimdLevel level : supported_levels()) {
+        for (SimdLevel level : test::supported_levels()) {
             std::vector<float> out(5);
             kernels_for(level).pq_scan(table.data(), codes.data(), 5, m, 0.5f, out.data());
             for (size_t r = 0; r < 5; ++r) {

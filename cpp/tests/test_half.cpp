@@ -16,14 +16,6 @@
 namespace sparknn {
 namespace {
 
-std::vector<SimdLevel> supported_levels() {
-    std::vector<SimdLevel> levels{SimdLevel::Scalar};
-    const SimdLevel cpu = cpu_simd_level();
-    if (cpu == SimdLevel::Avx512) levels.push_back(SimdLevel::Avx2);
-    if (cpu != SimdLevel::Scalar) levels.push_back(cpu);
-    return levels;
-}
-
 // Rounds v to `bits` significant bits with exponent at least min_exp (below
 // it: the format's subnormal step), to nearest even, in double (exact here).
 double round_to_format(double v, int bits, int min_exp, double max_finite) {
@@ -67,7 +59,7 @@ std::vector<float> conversion_cases() {
 
 TEST(Half, Fp16ConversionRoundsToNearestEvenAtEveryLevel) {
     const std::vector<float> x = conversion_cases();
-    for (SimdLevel level : supported_levels()) {
+    for (SimdLevel level : test::supported_levels()) {
         const HalfKernels& k = kernels_for(level).fp16;
         std::vector<uint16_t> h(x.size());
         std::vector<float> back(x.size());
@@ -87,7 +79,7 @@ TEST(Half, Fp16ConversionRoundsToNearestEvenAtEveryLevel) {
 
 TEST(Half, Bf16ConversionRoundsToNearestEvenAtEveryLevel) {
     const std::vector<float> x = conversion_cases();
-    for (SimdLevel level : supported_levels()) {
+    for (SimdLevel level : test::supported_levels()) {
         const HalfKernels& k = kernels_for(level).bf16;
         std::vector<uint16_t> h(x.size());
         std::vector<float> back(x.size());
@@ -114,7 +106,7 @@ TEST(Half, EveryLevelEncodesAndDecodesTheSameBits) {
         ref.encode(x.data(), x.size(), want.data());
         std::vector<float> want_back(x.size());
         ref.decode(want.data(), want.size(), want_back.data());
-        for (SimdLevel level : supported_levels()) {
+        for (SimdLevel level : test::supported_levels()) {
             const HalfKernels& k = bf16 ? kernels_for(level).bf16 : kernels_for(level).fp16;
             for (size_t n : {x.size(), size_t{1}, size_t{7}, size_t{15}, size_t{17}, size_t{33}}) {
                 std::vector<uint16_t> got(n);
@@ -143,7 +135,7 @@ TEST_P(HalfDistanceTest, MatchesFloatKernelsOnWidenedRows) {
         ref.encode(b.data(), b.size(), h.data());
         std::vector<float> wide(b.size());
         ref.decode(h.data(), h.size(), wide.data());
-        for (SimdLevel level : supported_levels()) {
+        for (SimdLevel level : test::supported_levels()) {
             const DistanceKernels& k = kernels_for(level);
             const HalfKernels& hk = bf16 ? k.bf16 : k.fp16;
             for (size_t r = 0; r < 5; ++r) {

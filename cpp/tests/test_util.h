@@ -75,6 +75,15 @@ inline std::vector<std::vector<std::pair<double, int64_t>>> naive_knn(Metric m, 
     return out;
 }
 
+// Every SIMD level this CPU can run: the kernels of each are compared with the scalar ones.
+inline std::vector<SimdLevel> supported_levels() {
+    std::vector<SimdLevel> levels{SimdLevel::Scalar};
+    const SimdLevel cpu = cpu_simd_level();
+    if (cpu == SimdLevel::Avx512) levels.push_back(SimdLevel::Avx2);
+    if (cpu != SimdLevel::Scalar) levels.push_back(cpu);
+    return levels;
+}
+
 // Search results of a batch: ids and distances [nq, k], row-major.
 struct Results {
     std::vector<int64_t> ids;
