@@ -3,18 +3,9 @@
 #include <immintrin.h>
 
 #include "distance_kernels.h"
+#include "hsum_avx2.h"
 
 namespace sparknn::kernels_avx2 {
-namespace {
-inline float hsum(__m256 v) {
-    __m128 lo = _mm256_castps256_ps128(v);
-    __m128 hi = _mm256_extractf128_ps(v, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
-}  // namespace
 
 float l2sq(const float* a, const float* b, size_t dim) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();

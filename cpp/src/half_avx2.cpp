@@ -6,16 +6,10 @@
 
 #include "distance_kernels.h"
 #include "half_convert.h"
+#include "hsum_avx2.h"
 
 namespace sparknn::kernels_avx2 {
 namespace {
-
-inline float hsum(__m256 v) {
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
 
 struct Fp16 {
     static __m256 load8(const uint16_t* p) {

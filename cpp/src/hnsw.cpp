@@ -198,7 +198,9 @@ void HnswIndex::search_exact(size_t nq, const float* queries, size_t k, int64_t*
         for (size_t qi = begin; qi < end; ++qi) {
             top.reset(k);
             const float* q = queries + qi * dim_;
-            for (size_t i = 0; i < n; ++i) top.push(dist(q, g.vec(static_cast<uint32_t>(i)), dim_), static_cast<int64_t>(i));
+            for (size_t i = 0; i < n; ++i) {
+                top.push(dist(q, g.vec(static_cast<uint32_t>(i)), dim_), static_cast<int64_t>(i));
+            }
             top.write_sorted(out_ids + qi * k, out_distances + qi * k,
                              [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
         }

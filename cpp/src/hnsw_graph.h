@@ -105,25 +105,24 @@ struct StoredRows {
         }
     }
 };
-template <class T>
-struct L2Distance : StoredRows<T> {
-    float operator()(const float* a, const T* b, size_t dim) const { return this->fn(a, b, dim); }
-    void x4(const float* a, const T* const* b, size_t dim, float* out) const { this->raw_x4(a, b, dim, out); }
+// The metric's distance from the kernel's value: l2sq as it is; the inner
+// product negated (ip) or taken from 1 (cosine, unit rows).
+struct L2Finish {
+    static float apply(float l2sq) { return l2sq; }
 };
-template <class T>
-struct IpDistance : StoredRows<T> {
-    float operator()(const float* a, const T* b, size_t dim) const { return -this->fn(a, b, dim); }
+struct IpFinish {
+    static float apply(float dot) { return -dot; }
+};
+struct CosineFinish {
+    static float apply(float dot) { return 1.0f - dot; }
+};
+
+template <class T, class Finish>
+struct Distance : StoredRows<T> {
+    float operator()(const float* a, const T* b, size_t dim) const { return Finish::apply(this->fn(a, b, dim)); }
     void x4(const float* a, const T* const* b, size_t dim, float* out) const {
         this->raw_x4(a, b, dim, out);
-        for (int t = 0; t < 4; ++t) out[t] = -out[t];
-    }
-};
-template <class T>
-struct CosineDistance : StoredRows<T> {
-    float operator()(const float* a, const T* b, size_t dim) const { return 1.0f - this->fn(a, b, dim); }
-    void x4(const float* a, const T* const* b, size_t dim, float* out) const {
-        this->raw_x4(a, b, dim, out);
-        for (int t = 0; t < 4; ++t) out[t] = 1.0f - out[t];
+        for (int t = 0; t < 4; ++t) out[t] = Finish::apply(out[t]);
     }
 };
 
@@ -132,12 +131,12 @@ decltype(auto) with_metric(Metric metric, typename StoredRows<T>::Fn l2sq, typen
                            HalfDecodeFn decode, DistanceX4Fn l2sq_x4, DistanceX4Fn dot_x4, F&& f) {
     switch (metric) {
         case Metric::InnerProduct:
-            return f(IpDistance<T>{{dot, decode, dot_x4}});
+            return f(Distance<T, IpFinish>{{dot, decode, dot_x4}});
         case Metric::Cosine:
-            return f(CosineDistance<T>{{dot, decode, dot_x4}});
+            return f(Distance<T, CosineFinish>{{dot, decode, dot_x4}});
         case Metric::L2:
         default:
-            return f(L2Distance<T>{{l2sq, decode, l2sq_x4}});
+            return f(Distance<T, L2Finish>{{l2sq, decode, l2sq_x4}});
     }
 }
 

@@ -4,6 +4,7 @@
 // of the widened rows, computed per block as sq8 does.
 #include "gemm_scan.h"
 #include "ivf_codec.h"
+#include "sparknn/vector_store.h"
 
 namespace sparknn {
 namespace {
@@ -33,8 +34,7 @@ class HalfCodec final : public BlockCodec {
     }
 
   private:
-    // Looked up per call: the SIMD level may be lowered while the index lives.
-    const HalfKernels& half() const { return storage_ == Storage::BFloat16 ? kernels().bf16 : kernels().fp16; }
+    const HalfKernels& half() const { return half_kernels(storage_); }
 
     Storage storage_;
 };

@@ -22,10 +22,6 @@ VectorStore::VectorStore(size_t dim, Storage storage) : dim_(dim), storage_(stor
                       "'float32', 'fp16' or 'bf16'");
 }
 
-const HalfKernels& VectorStore::half_kernels() const {
-    return storage_ == Storage::BFloat16 ? kernels().bf16 : kernels().fp16;
-}
-
 void check_storage_range(Storage storage, size_t n, size_t dim, const float* x, const char* what, int threads) {
     if (!is_half_storage(storage)) return;
     const uint32_t limit = storage == Storage::Float16 ? kFp16Overflow : kBf16Overflow;
@@ -52,7 +48,7 @@ void VectorStore::append(size_t n, const float* x) {
     AlignedVector<uint16_t>& all = u16_.mutate();
     const size_t old = all.size();
     all.resize(old + n * dim_);
-    half_kernels().encode(x, n * dim_, all.data() + old);
+    half_kernels(storage_).encode(x, n * dim_, all.data() + old);
 }
 
 void VectorStore::truncate(size_t rows) {
@@ -65,7 +61,7 @@ void VectorStore::truncate(size_t rows) {
 
 const float* VectorStore::rows(size_t begin, size_t count, float* scratch) const {
     if (storage_ == Storage::Float32) return f32_.data() + begin * dim_;
-    half_kernels().decode(u16_.data() + begin * dim_, count * dim_, scratch);
+    half_kernels(storage_).decode(u16_.data() + begin * dim_, count * dim_, scratch);
     return scratch;
 }
 
@@ -73,7 +69,7 @@ void VectorStore::decode(size_t begin, size_t count, float* out) const {
     if (storage_ == Storage::Float32) {
         std::memcpy(out, f32_.data() + begin * dim_, count * dim_ * sizeof(float));
     } else {
-        half_kernels().decode(u16_.data() + begin * dim_, count * dim_, out);
+        half_kernels(storage_).decode(u16_.data() + begin * dim_, count * dim_, out);
     }
 }
 

@@ -22,6 +22,12 @@ namespace sparknn {
 // rows in the message ("vector").
 void check_storage_range(Storage storage, size_t n, size_t dim, const float* x, const char* what, int threads);
 
+// The kernels of a 16-bit storage (fp16 or bf16) at the SIMD level in use;
+// looked up per call, since the level may be lowered while an index lives.
+inline const HalfKernels& half_kernels(Storage storage) {
+    return storage == Storage::BFloat16 ? kernels().bf16 : kernels().fp16;
+}
+
 class VectorStore {
   public:
     // Throws InvalidArgument unless `storage` keeps rows (float32, fp16, bf16).
@@ -37,8 +43,6 @@ class VectorStore {
     // The rows in place: float32 (null unless the storage is float32) or 16-bit (null unless half).
     const float* f32() const { return storage_ == Storage::Float32 ? f32_.data() : nullptr; }
     const uint16_t* u16() const { return storage_ == Storage::Float32 ? nullptr : u16_.data(); }
-    // The kernels of a 16-bit storage (fp16 or bf16) at the SIMD level in use.
-    const HalfKernels& half_kernels() const;
 
     // Rows [begin, begin + count) as float32: in place (float32) or decoded into scratch [count, dim].
     const float* rows(size_t begin, size_t count, float* scratch) const;
