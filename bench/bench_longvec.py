@@ -23,6 +23,15 @@ Parts (``--parts``):
   search (sparknn flat), the item itself excluded. ``--repeats`` rounds, engines interleaved
   (the order rotates), medians reported. Speedup: the fastest peer reaching recall 0.95 over
   sparknn's wall clock (which also counts process start, Parquet read and write and its tuning).
+- ``lists``: why ``sparknn similar`` takes sqrt(n) lists: sparknn ivf in-process at nlist = 1, 2 and 4
+  sqrt(n) (k-means on the default sample), each item's nearest lists in one pass, the least nprobe whose
+  recall@10 reaches 0.95 on ``--tune-sample`` items (itself excluded), then the search of all n at it:
+  the seconds of train, assign (+ add) and search, and their sum.
+- ``exact``: exact search at long dimensions: ``--exact-queries`` of the held-out queries against the
+  items, sparknn flat against faiss IndexFlat (L2, or inner product on unit vectors for cosine) and
+  the floor, numpy's sgemm of the same product without any selection (``queries @ items.T``):
+  queries/s and GFLOP/s (2 n nq dim per search), median of ``--repeats`` interleaved timings, and
+  the share of sgemm's rate each reaches; the two engines' top-10 ids agree (reported).
 - ``hnsw``: sparknn hnsw, hnswlib and faiss IndexHNSWFlat (M=16, ef_construction=200) built on
   the items, then the held-out queries at ef 10 ... 256: recall@10 and queries/s (median of
   ``--repeats`` interleaved timings), the queries/s at recall 0.95 interpolated on each curve
@@ -202,7 +211,12 @@ def run_cli(items: str, work: str, metric: str, threads: int, rows: np.ndarray) 
     summary = parse_summary(done.stdout)
     found = np.array([[nb["id"] for nb in row[:K]] + [-1] * (K - len(row)) for row in neighbours])
     steps = summary["steps"]
-    return {"total_s": wall, "build_s": steps.get("read + build"), "search_s": steps.get("search + write"),
+    def summed(*names):  # the summary's steps (start, read, build, recall tuning, search, write)
+        found = [steps[name] for name in names if name in steps]
+        return sum(found) if found else None
+
+    return {"total_s": wall, "build_s": summed("read", "build", "read + build"),
+            "search_s": summed("search", "write", "search + write"),
             "tune_s": steps.get("recall tuning"), "tune_recall": summary.get("tune_recall"),
             "knob": summary.get("knob", "defaults"), "found": found,
             "summary": done.stdout.splitlines()[:2]}
@@ -323,6 +337,99 @@ def part_selfjoin(s: LongSet, args, missing: dict, work: str) -> dict:
     summary = [summarise(name, rs) for name, rs in runs.items()]
     return {"n": len(x), "dim": x.shape[1], "metric": s.metric, "sample": len(rows), "tune_sample": len(tune_rows),
             "rows": summary}
+
+
+# --------------------------------------------------------------------------- self-join: lists
+def part_lists(s: LongSet, args) -> dict:
+    import sparknn
+
+    x, n = s.join, len(s.join)
+    rows = np.sort(np.random.default_rng(3).choice(n, min(n, args.tune_sample), replace=False))
+    truth = exact_others(x, rows, s.metric, args.threads)
+    width, out = 32, []
+    for factor in (1, 2, 4):
+        nlist = max(1, round(factor * math.sqrt(n)))
+        index = sparknn.Index(x.shape[1], s.metric, "ivf", nlist=nlist, threads=args.threads)
+        t0 = time.perf_counter()
+        index.train(x)
+        t1 = time.perf_counter()
+        nearest = index.nearest_lists(x, min(width, nlist))
+        index.add(x, lists=nearest[:, :1])
+        t2 = time.perf_counter()
+        for nprobe in range(1, nearest.shape[1] + 1):
+            found, _ = index.search(x[rows], K + 1, lists=np.ascontiguousarray(nearest[rows, :nprobe]))
+            got = recall_others(found, truth, rows)
+            if got >= TARGET:
+                break
+        t3 = time.perf_counter()
+        index.search(x, K + 1, lists=np.ascontiguousarray(nearest[:, :nprobe]))
+        t4 = time.perf_counter()
+        out.append({"factor": factor, "nlist": nlist, "nprobe": nprobe, "recall": round(got, 4),
+                    "train_s": round(t1 - t0, 2), "assign_s": round(t2 - t1, 2), "search_s": round(t4 - t3, 2),
+                    "total_s": round(t1 - t0 + t2 - t1 + t4 - t3, 2)})
+        print(f"  nlist {nlist}: {out[-1]}", file=sys.stderr, flush=True)
+    return {"n": n, "dim": x.shape[1], "metric": s.metric, "rows": out}
+
+
+def print_lists(name: str, res: dict) -> None:
+    print(f"\n### Self-join lists: {name}, {res['n']:,} x {res['dim']}, {res['metric']} (sparknn ivf in-process)\n")
+    print(f"| nlist | nprobe for recall@10 >= {TARGET} | recall | train s | assign + add s | search s | total s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['nlist']} ({r['factor']} sqrt(n)) | {r['nprobe']} | {r['recall']:.4f} | {r['train_s']:.2f} | "
+              f"{r['assign_s']:.2f} | {r['search_s']:.2f} | {r['total_s']:.2f} |")
+
+
+# --------------------------------------------------------------------------- exact search
+def part_exact(s: LongSet, args, missing: dict) -> dict:
+    import sparknn
+
+    base, queries = s.base, s.queries[:args.exact_queries]
+    if s.metric == "cosine":
+        base = base / np.linalg.norm(base, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    flat = sparknn.Index(base.shape[1], s.metric, "flat", threads=args.threads)
+    flat.add(base)
+    runs = {"numpy sgemm (product only)": lambda: queries @ base.T,
+            "sparknn flat": lambda: flat.search(queries, K, threads=args.threads)[0]}
+    if "faiss" not in missing:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+        fidx = faiss.IndexFlatIP(base.shape[1]) if s.metric == "cosine" else faiss.IndexFlatL2(base.shape[1])
+        fidx.add(base)
+        runs["faiss IndexFlat"] = lambda: fidx.search(queries, K)[1]
+    names, times, found = list(runs), {name: [] for name in runs}, {}
+    for r in range(args.repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # interleaved: the order rotates
+            t = time.perf_counter()
+            found[name] = runs[name]()
+            times[name].append(time.perf_counter() - t)
+    flop = 2.0 * len(base) * len(queries) * base.shape[1]
+    floor = statistics.median(times[names[0]])
+    rows = []
+    for name in names:
+        sec = statistics.median(times[name])
+        rows.append({"engine": name, "s": round(sec, 3), "qps": round(len(queries) / sec, 1),
+                     "gflops": round(flop / sec / 1e9, 1), "of_sgemm": round(floor / sec, 3)})
+    agree = None
+    if "faiss IndexFlat" in found:
+        ours, theirs = found["sparknn flat"], found["faiss IndexFlat"]
+        agree = round(float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ours, theirs)])), 4)
+    return {"n": len(base), "nq": len(queries), "dim": base.shape[1], "metric": s.metric, "rows": rows,
+            "top10_agreement": agree}
+
+
+def print_exact(name: str, res: dict) -> None:
+    print(f"\n### Exact search: {name}, {res['n']:,} items x {res['dim']}, {res['nq']:,} queries, {res['metric']}\n")
+    print("| engine | s (median) | queries/s | GFLOP/s | of sgemm's rate |")
+    print("|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['engine']} | {r['s']:.3f} | {r['qps']:,.0f} | {r['gflops']:.0f} | {r['of_sgemm']:.0%} |")
+    by = {r["engine"]: r for r in res["rows"]}
+    if "faiss IndexFlat" in by:
+        print(f"\nsparknn flat / faiss IndexFlat: {by['sparknn flat']['qps'] / by['faiss IndexFlat']['qps']:.2f}x; "
+              f"their top-{K} ids agree on {res['top10_agreement']:.2%}")
 
 
 def summarise(name: str, runs: list) -> dict:
@@ -552,6 +659,12 @@ def run_set(s: LongSet, args, missing: dict, work: str) -> dict:
             res = part_selfjoin(s, args, missing, work)
             res["speedup"] = speedup(res["rows"])
             print_selfjoin(s.name, res)
+        elif part == "exact":
+            res = part_exact(s, args, missing)
+            print_exact(s.name, res)
+        elif part == "lists":
+            res = part_lists(s, args)
+            print_lists(s.name, res)
         elif part == "hnsw":
             res = part_hnsw(s, truth, args, missing)
             print_hnsw(s.name, res)
@@ -568,7 +681,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", nargs="+", default=["fmnist", "clustered"], choices=["fmnist", "clustered"])
     p.add_argument("--parts", nargs="+", default=["selfjoin", "hnsw", "storage"],
-                   choices=["selfjoin", "hnsw", "storage"])
+                   choices=["selfjoin", "lists", "exact", "hnsw", "storage"])
     p.add_argument("--n", type=int, default=500_000, help="clustered: items")
     p.add_argument("--dim", type=int, default=768, help="clustered: dimensions")
     p.add_argument("--fmnist-n", type=int, default=0, help="fmnist: subsample the items to this many (0: all)")
@@ -579,6 +692,7 @@ def main(argv=None) -> None:
     p.add_argument("--tune-sample", type=int, default=1000, help="self-join items the peers' nprobe / ef is tuned on")
     p.add_argument("--train-per-list", type=int, default=40,
                    help="faiss IVF training sample per list (40: just above the 39 faiss asks for)")
+    p.add_argument("--exact-queries", type=int, default=2048, help="exact: queries searched")
     p.add_argument("--storage-ef", type=int, default=64)
     p.add_argument("--storage-nprobe", type=int, default=16)
     p.add_argument("--workdir", default=None, help="for the Parquet items and index files (default: a temp dir)")

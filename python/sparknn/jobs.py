@@ -38,6 +38,7 @@ from sparknn import grouped
 from sparknn.builder import build_streaming, engine_ids
 from sparknn.index import Index, IndexSpec, load
 from sparknn.integrity import FileDigest, crc32c
+from sparknn.machine import available_memory
 from sparknn.output import (
     DataError,
     OutputError,
@@ -58,6 +59,8 @@ from sparknn.progress import Progress
 from sparknn.tuning import Tuning, check_target
 
 BUILD_BATCH = 50_000  # rows read and added per step: the progress bar moves, memory stays bounded
+READ_BATCH = 4_096  # rows a Parquet reader decodes at a time
+HOLD_FRACTION = 0.25  # of the available memory: an input at most this large is read once and held
 SEARCH_BATCH = 8_192  # rows searched per call: enough to keep every core busy
 RESULT_BYTES = 256 << 20  # bound on one search call's id + distance matrices (rows x k x 12 bytes)
 IDS_SUFFIX = ".ids.parquet"
@@ -88,15 +91,91 @@ class Input:
     id_col: str
     vector_col: str
     num_rows: int
+    held: list | None = None  # the vector column once hold_vectors read it: (first row, float32 [m, dim]) in order
 
-    def batches(self, columns, batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """(first row, batch) over ``columns``, in file order."""
+    def batches(self, columns, batch_size: int = READ_BATCH) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(first row, batch) over ``columns`` in file order, batches of at most ``batch_size`` rows.
+
+        Each file has its own Parquet reader decoding at most READ_BATCH rows at a time. Arrow's
+        dataset scanner decodes a whole row group at once: reading a 50k x 784 list column took
+        4x its size in new memory, and new memory is not free (first touches of 220 MB took up
+        to 0.8 s of system time on the development VM)."""
         offset = 0
         with reading(self.path):
-            for batch in self.dataset.to_batches(columns=list(columns), batch_size=batch_size):
-                if batch.num_rows:
-                    yield offset, batch
-                    offset += batch.num_rows
+            for fragment in self.dataset.get_fragments():
+                with pq.ParquetFile(fragment.path, filesystem=fragment.filesystem,
+                                    page_checksum_verification=True) as parquet:
+                    for batch in parquet.iter_batches(batch_size=min(batch_size, READ_BATCH), columns=list(columns)):
+                        if batch.num_rows:
+                            yield offset, batch
+                            offset += batch.num_rows
+
+    def vector_chunks(self, dim: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 [m, dim]) over the vector column as held or read (views of Arrow's
+        buffers where the values are float32), each checked (arrow.vectors_to_numpy)."""
+        if self.held is not None:
+            yield from self.held
+            return
+        for first, batch in self.batches([self.vector_col]):
+            x = _vectors(batch.column(0), self.vector_col, dim, first)
+            dim = x.shape[1]
+            yield first, x
+
+    def vector_batches(self, batch_size: int, dim: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 [batch_size, dim]) over the vector column, the last batch shorter.
+
+        Chunks shorter than a batch are gathered into one buffer reused for every batch: a batch
+        is valid until the next one is asked for (the engine copies what it keeps)."""
+        buffer, filled, start = None, 0, 0
+        for first, x in self.vector_chunks(dim):
+            lo = 0
+            while lo < len(x):
+                if filled == 0 and len(x) - lo >= batch_size:  # a whole batch in place
+                    yield first + lo, x[lo:lo + batch_size]
+                    lo += batch_size
+                    continue
+                if buffer is None or buffer.shape[1] != x.shape[1]:
+                    buffer = np.empty((batch_size, x.shape[1]), dtype=np.float32)
+                if filled == 0:
+                    start = first + lo
+                take = min(batch_size - filled, len(x) - lo)
+                buffer[filled:filled + take] = x[lo:lo + take]
+                filled, lo = filled + take, lo + take
+                if filled == batch_size:
+                    yield start, buffer
+                    filled = 0
+        if filled:
+            yield start, buffer[:filled]
+
+
+def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget: int | None = None) -> bool:
+    """Reads the vector column once into memory when it takes at most ``budget`` bytes (default:
+    HOLD_FRACTION of the memory available), so a job passing over it several times (training
+    sample, build, self-join search) decodes the Parquet once. Returns whether it is held; a
+    larger input stays streamed in batches (the dimension is known after the first batch, so
+    at most one batch was read for nothing). ``dim``: the dimension every row must have.
+
+    The batches are kept as read: float32 values are views of Arrow's buffers, not copied
+    (fresh memory is not free: first touches of 220 MB took 0.02-0.8 s of system time here).
+    """
+    if budget is None:
+        available = available_memory()
+        budget = int(available * HOLD_FRACTION) if available else 0
+    held: list = []
+    rows = 0
+    with progress.bar(inp.num_rows, "reading") as bar:
+        for first, x in inp.vector_chunks(dim):
+            if not held and inp.num_rows * x.shape[1] * 4 > budget:
+                return False
+            rows = first + len(x)
+            if rows > inp.num_rows:
+                raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
+            held.append((first, x))
+            bar.update(len(x))
+    if rows != inp.num_rows:
+        raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
+    inp.held = held
+    return True
 
 
 @contextmanager
@@ -310,15 +389,31 @@ def _vectors(column, name: str, dim: int | None, first_row: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- build
 def _train_sample(inp: Input, dim: int, rows: int, seed: int = 0) -> np.ndarray:
-    """A uniform sample of about ``rows`` vectors from the whole input (one extra read of the column)."""
+    """A uniform sample of about ``rows`` vectors from the whole input (one extra read of the column
+    unless it is held; the same rows either way)."""
     rng = np.random.default_rng(seed)
     fraction = min(1.0, rows / max(inp.num_rows, 1))
+    if inp.held is not None:  # one draw per row, in row order, as the batches below draw
+        keep = rng.random(inp.num_rows) < fraction
+        return np.concatenate([x[keep[first:first + len(x)]] for first, x in inp.held])
     parts = []
     for first, batch in inp.batches([inp.vector_col], BUILD_BATCH):
         keep = np.flatnonzero(rng.random(batch.num_rows) < fraction)
         if keep.size:
             parts.append(_vectors(batch.column(0).take(pa.array(keep)), inp.vector_col, dim, first))
     return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
+
+
+def _timed(source: Iterator, timings: Timings, step: str) -> Iterator:
+    """The items of ``source``; the time spent producing them is added to ``timings`` as ``step``."""
+    clock, end = time.perf_counter, object()
+    while True:
+        t0 = clock()
+        item = next(source, end)
+        timings.add(step, clock() - t0)
+        if item is end:
+            return
+        yield item
 
 
 def usable_threads(threads: int) -> int:
@@ -335,23 +430,27 @@ def usable_threads(threads: int) -> int:
 
 
 def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: Progress,
-                keep_lists: bool = False) -> tuple[Index, np.ndarray | None]:
+                keep_lists: bool = False, timings: Timings | None = None) -> tuple[Index, np.ndarray | None]:
     """Reads the vectors in batches into a new index (builder.build_streaming); ``ids`` None means
     row positions. With ``keep_lists`` (a self-join, ivf) also each item's nprobe nearest lists,
-    int32 [n, nprobe], else None."""
+    int32 [n, nprobe], else None. The time spent reading input (none when it is held) is added
+    to ``timings`` as "read"."""
     spec = spec.replace(threads=usable_threads(spec.threads))
+    timings = timings if timings is not None else Timings()
     dim = None
     with progress.bar(inp.num_rows, "building") as bar:
         def batches():
             nonlocal dim
-            for first, batch in inp.batches([inp.vector_col], BUILD_BATCH):
-                x = _vectors(batch.column(0), inp.vector_col, dim, first)
+            for first, x in _timed(inp.vector_batches(BUILD_BATCH), timings, "read"):
                 dim = x.shape[1]
                 yield first, x
-                bar.update(batch.num_rows)
+                bar.update(len(x))
 
         def sample(nlist: int) -> np.ndarray:
-            return _train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows))
+            t0 = time.perf_counter()
+            x = _train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows))
+            timings.add("read", time.perf_counter() - t0)
+            return x
 
         index, lists = build_streaming(
             batches(), inp.num_rows, spec, ids=ids, train_sample=sample, keep_lists=spec.nprobe if keep_lists else 0,
@@ -373,10 +472,13 @@ def output_schema(id_field: pa.Field, item_id_type: pa.DataType) -> pa.Schema:
 
 def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: int | None,
                     item_ids: pa.Array | None, item_id_type: pa.DataType, self_ids: np.ndarray | None,
-                    progress: Progress, desc: str, lists: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
+                    progress: Progress, desc: str, timings: Timings,
+                    lists: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
     """Output batches (query id, neighbors); ``self_ids`` set means a self-join that drops each row's own id.
 
-    ``lists`` (ivf): each input row's lists to scan, from the build.
+    ``lists`` (ivf): each input row's lists to scan, from the build. Adds to ``timings`` the
+    seconds spent reading the input ("read": almost none when it is held) and searching
+    ("search"): what the consumer of the batches spends is the caller's ("write").
 
     ``item_ids`` maps engine ids (row positions) back to the user's ids; None
     means the engine ids are the user's ids.
@@ -387,8 +489,8 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
     # call's [rows, kk] result matrices stay within RESULT_BYTES whatever k was asked for.
     rows = max(1, min(index.query_batch(SEARCH_BATCH, 262_144), RESULT_BYTES // (12 * max(kk, 1))))
     with progress.bar(inp.num_rows, desc) as bar:
-        for first, batch in inp.batches([inp.vector_col], rows):
-            x = _vectors(batch.column(0), inp.vector_col, index.dim, first)
+        for first, x in _timed(inp.vector_batches(rows, index.dim), timings, "read"):
+            t0 = time.perf_counter()
             with _rows_of_input(inp.vector_col, first, len(x)):
                 if lists is not None:
                     found, dist = index.search(x, kk, lists=lists[first:first + len(x)])
@@ -398,7 +500,9 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
             neighbors = neighbors_array(found, dist, id_values=item_ids, exclude=own, k=k)
             if item_ids is None:
                 neighbors = _map_back(neighbors, item_id_type)
-            yield pa.RecordBatch.from_arrays([query_ids.slice(first, len(x)), neighbors], schema=schema)
+            out = pa.RecordBatch.from_arrays([query_ids.slice(first, len(x)), neighbors], schema=schema)
+            timings.add("search", time.perf_counter() - t0)
+            yield out
             bar.update(len(x))
 
 
@@ -410,6 +514,18 @@ class Result:
     timings: Timings
     preview: pa.Table | None = None
     tuning: Tuning | None = None  # what a recall target chose (similar with recall=)
+
+
+def _write_timed(output: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, overwrite: bool,
+                 timings: Timings, start: float) -> int:
+    """Writes _search_batches' output; what it spent since ``start`` outside reading and searching is "write"."""
+    def inside() -> float:
+        return timings.steps.get("read", 0.0) + timings.steps.get("search", 0.0)
+
+    before = inside()
+    rows = write_batches(output, schema, batches, fmt, overwrite)
+    timings.add("write", time.perf_counter() - start - (inside() - before))
+    return rows
 
 
 def _keep_preview(batches: Iterator[pa.RecordBatch], holder: list, rows: int = 3) -> Iterator[pa.RecordBatch]:
@@ -441,15 +557,27 @@ def capped_k(k: int, items: int, self_join: bool) -> int:
 
 
 def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSpec, progress: Progress,
-                    timings: Timings, keep_lists: bool = False
+                    timings: Timings, self_join: bool = False
                     ) -> tuple[Input, pa.Array, np.ndarray | None, Index, np.ndarray | None]:
-    """Opens the input, checks its ids are unique and builds the index (engine ids: ``direct``, or positions)."""
+    """Opens the input, checks its ids are unique and builds the index (engine ids: ``direct``, or positions).
+
+    ``self_join``: the index is built to search its own items (IndexSpec.for_items) and an ivf
+    build also returns each item's lists to scan. The vectors are read once into memory first
+    when the job passes over them more than once (the self-join searches them again; an ivf
+    build samples them first) and they fit (hold_vectors). Timings: "read" (all reading of
+    the input, also in batches during the build when it is not held) and "build".
+    """
     t0 = time.perf_counter()
     inp = open_input(input_path, id_col, vector_col)
     ids = read_ids(inp, unique=True)
     direct = engine_ids(ids)
-    index, lists = build_index(inp, direct, spec, progress, keep_lists)
-    timings.add("read + build", time.perf_counter() - t0)
+    spec = spec.for_items(inp.num_rows, self_join)
+    if self_join or spec.kind == "ivf":
+        hold_vectors(inp, progress)
+    timings.add("read", time.perf_counter() - t0)
+    t0, read_before = time.perf_counter(), timings.steps["read"]
+    index, lists = build_index(inp, direct, spec, progress, self_join, timings)
+    timings.add("build", time.perf_counter() - t0 - (timings.steps["read"] - read_before))
     return inp, ids, direct, index, lists
 
 
@@ -477,7 +605,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
         return _similar_in_groups(input_path, output, id_col, vector_col, group_col, k, spec, fmt, overwrite,
                                   progress, timings)
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
-                                                     keep_lists=True)
+                                                     self_join=True)
 
     k = capped_k(k, inp.num_rows, self_join=True)
     tuned = None
@@ -494,9 +622,8 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     schema = output_schema(pa.field(id_col, ids.type), ids.type)
     preview: list = []
     batches = _search_batches(inp, index, ids, k, None, None if direct is not None else ids, ids.type,
-                              self_ids, progress, "searching", lists)
-    rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
-    timings.add("search + write", time.perf_counter() - t0)
+                              self_ids, progress, "searching", timings, lists)
+    rows = _write_timed(output, schema, _keep_preview(batches, preview), fmt, overwrite, timings, t0)
     return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None, tuned)
 
 
@@ -680,15 +807,18 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
     index, item_ids = load_with_ids(index_path, threads)
     if len(index) == 0:
         raise DataError(f"index {index_path!r} holds no items: there is nothing to find")
+    timings.add("load", time.perf_counter() - t0)
+    t0 = time.perf_counter()
     inp = open_input(queries_path, id_col, vector_col, what="queries")
     query_ids = read_ids(inp, unique=False)
+    hold_vectors(inp, progress, index.dim)  # read once for the check and the search when they fit
     # Check every query vector before the search starts, so a bad row fails in seconds, not hours.
-    for first, batch in inp.batches([vector_col], BUILD_BATCH):
-        finite = np.isfinite(_vectors(batch.column(0), vector_col, index.dim, first)).all(axis=1)
+    for first, x in inp.vector_batches(BUILD_BATCH, index.dim):
+        finite = np.isfinite(x).all(axis=1)
         if not finite.all():
             raise DataError(f"column {vector_col!r} row {first + int(np.argmin(finite))} has a NaN or infinite "
                             "value: remove or impute it before querying")
-    timings.add("load + check", time.perf_counter() - t0)
+    timings.add("read", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     k = capped_k(k, len(index), self_join=False)
@@ -697,9 +827,8 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
     item_type = item_ids.type if item_ids is not None else pa.int64()
     schema = output_schema(pa.field(id_col, query_ids.type), item_type)
     preview: list = []
-    batches = _search_batches(inp, index, query_ids, k, ef, item_ids, item_type, None, progress, "querying")
-    rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
-    timings.add("search + write", time.perf_counter() - t0)
+    batches = _search_batches(inp, index, query_ids, k, ef, item_ids, item_type, None, progress, "querying", timings)
+    rows = _write_timed(output, schema, _keep_preview(batches, preview), fmt, overwrite, timings, t0)
     return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None)
 
 

@@ -176,6 +176,52 @@ def test_batches_and_directories(items, tmp_path, monkeypatch):
     assert not (tmp_path / "bad-out.parquet").exists()
 
 
+@pytest.mark.parametrize("spec", [IndexSpec(kind="ivf"), FLAT], ids=["ivf", "flat"])
+def test_held_and_streamed_inputs_give_the_same_join(items, tmp_path, monkeypatch, spec):
+    """The self-join reads its input once into memory when it fits (hold_vectors), else in
+    batches: both give the same bytes, also when Parquet batches do not line up with the build's
+    and search's batches (regrouped through one reused buffer)."""
+    monkeypatch.setattr(jobs, "READ_BATCH", 300)
+    monkeypatch.setattr(jobs, "BUILD_BATCH", 1000)
+    monkeypatch.setattr(jobs, "SEARCH_BATCH", 700)
+    src = tmp_path / "parts"
+    src.mkdir()
+    for i, (lo, hi) in enumerate([(0, 1234), (1234, 1250), (1250, N)]):
+        pq.write_table(items.slice(lo, hi - lo), src / f"part-{i}.parquet", row_group_size=450)
+    results = {}
+    for mode, fraction in [("held", jobs.HOLD_FRACTION), ("streamed", 0.0)]:
+        monkeypatch.setattr(jobs, "HOLD_FRACTION", fraction)
+        out = str(tmp_path / f"{mode}.parquet")
+        res = jobs.similar(str(src), out, k=7, spec=spec, recall=0.9 if spec.kind == "ivf" else None)
+        results[mode] = pq.read_table(out)
+        # every step timed apart, whether the input was held or read in batches
+        steps = ["read", "build"] + (["recall tuning"] if spec.kind == "ivf" else []) + ["search", "write"]
+        assert list(res.timings.steps) == steps
+    assert results["held"].equals(results["streamed"])
+    if spec.kind == "flat":
+        assert_exact_similar(results["held"], items, 7)
+
+
+def test_vector_batches_regroup_chunks_in_row_order(tmp_path):
+    x = np.arange(100 * 3, dtype=np.float32).reshape(100, 3)
+    inp = jobs.Input("mem", None, "id", "vector", 100, held=[(0, x[:7]), (7, x[7:8]), (8, x[8:60]), (60, x[60:])])
+    for size in (1, 5, 8, 40, 100, 1000):
+        got = [(first, batch.copy()) for first, batch in inp.vector_batches(size)]
+        assert [first for first, _ in got] == list(range(0, 100, size))
+        assert all(len(batch) == min(size, 100 - first) for first, batch in got)
+        assert np.array_equal(np.concatenate([batch for _, batch in got]), x)
+    # a chunk holding a whole batch is passed as it is, not copied
+    in_place = [first for first, batch in inp.vector_batches(8) if np.shares_memory(batch, x)]
+    assert in_place == [8, 16, 24, 32, 40, 48, 64, 72, 80, 88]
+
+
+def test_hold_vectors_keeps_within_budget(items, items_file):
+    inp = jobs.open_input(items_file, "id", "vector")
+    assert not jobs.hold_vectors(inp, jobs.Progress(False), budget=N * DIM * 4 - 1) and inp.held is None
+    assert jobs.hold_vectors(inp, jobs.Progress(False), budget=N * DIM * 4)
+    assert np.array_equal(np.concatenate([x for _, x in inp.held]), items_matrix(items))
+
+
 # --------------------------------------------------------------------------- build / query
 def test_build_query_and_info(items, items_file, tmp_path):
     index = str(tmp_path / "items.snn")

@@ -53,6 +53,18 @@ def test_tuned_index_reaches_the_target_on_held_out_queries(name, kind):
         assert recall(got, t_sample) < 0.9 + 1e-9
 
 
+def test_hnsw_tuning_reports_the_ef_it_searched_with():
+    """hnsw answers k neighbours (k + 1 in a self-join) with ef >= that: the ladder starts there,
+    so the value reported and set is the beam searched with, never an ef below k."""
+    x = clustered(3000, 16, 30, seed=4)
+    index = sparknn.Index(16, "l2", "hnsw", M=8, ef_construction=60)
+    index.add(x)
+    chosen = index.tune(0.5, k=10)  # easy: the ladder's first rung reaches it
+    assert chosen.param == "ef" and chosen.value == 11 == index.ef_search and chosen.reached
+    chosen = index.tune(0.5, k=10, queries=x[:200] + 0.01)
+    assert chosen.value == 10 == index.ef_search
+
+
 def test_self_join_tuning_excludes_each_item_and_search_recall_keeps_settings():
     x = clustered(6000, 16, 30, seed=5)
     index = sparknn.Index(16, "l2", "ivf", nprobe=16)
