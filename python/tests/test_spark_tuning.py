@@ -52,6 +52,26 @@ def test_driver_hnsw_ef_is_chosen_for_the_target(spark):
     assert _recall(model, x) >= 0.97 - TOLERANCE
 
 
+def test_sharded_hnsw_ef_is_chosen_for_the_target(spark):
+    """Shards built on executors: the sample's true neighbours by a Spark job, every shard searched
+    and merged on the driver up the ef ladder; string ids (stored by position per shard)."""
+    x = _hard_data()
+    ids = [f"item-{i}" for i in range(len(x))]
+    df = spark_items(spark, x, ids=ids, id_type="string", partitions=4)
+    model = KNN(k=10, metric="l2", featuresCol="vector", indexType="hnsw", numShards=2, M=8, efConstruction=64,
+                targetRecall=0.97).fit(df)
+    chosen = model.tuning
+    assert len(model.layout.shards) == 2 and chosen.param == "ef" and chosen.reached, chosen
+    assert model.getEfSearch() == chosen.value >= 11 and chosen.sample >= 900
+    got = _recall(model, x, ids)
+    assert got >= 0.97 - TOLERANCE, (chosen, got)
+    # The least that reaches it: well below the chosen ef, the join falls short of the target.
+    if chosen.value >= 22:
+        lower = model.copy()
+        lower.setEfSearch(chosen.value // 2)
+        assert _recall(lower, x, ids) < got
+
+
 def test_routed_ivf_nprobe_from_the_true_neighbours_lists(spark):
     x = _hard_data()
     ids = [f"item-{i}" for i in range(len(x))]
@@ -74,8 +94,6 @@ def test_target_recall_refused_where_not_supported_yet(spark):
     df = spark_items(spark, clustered(200, 8, 4, seed=1)).withColumn("g", pyspark.sql.functions.lit(1))
     with pytest.raises(InvalidArgumentError, match="not supported with groupCol"):
         KNN(featuresCol="vector", groupCol="g", targetRecall=0.9).fit(df)
-    with pytest.raises(InvalidArgumentError, match="hnsw with numShards > 1"):
-        KNN(featuresCol="vector", indexType="hnsw", numShards=2, targetRecall=0.9).fit(df)
     for bad in (0, 1.5, -0.2):
         with pytest.raises((ValueError, TypeError), match="recall must be a number in"):
             KNN(featuresCol="vector", targetRecall=bad)

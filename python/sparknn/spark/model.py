@@ -66,6 +66,10 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
             chosen = recall_target.tune_routed(dataset, self.getFeaturesCol(), self.getIdCol(), layout,
                                                self._task_layout(spark), target, self.getK(), layout.count,
                                                self.getOrDefault(self.seed), self.getNumThreads())
+        elif len(layout.shards) > 1:
+            chosen = recall_target.tune_shards(dataset, self.getFeaturesCol(), self.getIdCol(), layout,
+                                               self._task_layout(spark), target, self.getK(), layout.count,
+                                               self.getOrDefault(self.seed), self.getNumThreads())
         else:
             chosen = recall_target.tune_driver_index(layout, target, self.getK(), self.getNumThreads())
         if chosen.param == "nprobe":

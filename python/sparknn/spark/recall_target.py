@@ -5,6 +5,9 @@ similarItems), instead of a fixed default that gives one data set 0.99 and anoth
 - **An index built on the driver**: ``Index.tune`` on it (sparknn.tuning): exact neighbours of
   1000 sampled items by the engine's flat search over the stored vectors, then the index's own
   searches up the ladder of values.
+- **Sharded hnsw** (``numShards`` > 1, built on executors): the sample's exact neighbours by one
+  Spark job over the input (as below), then on the driver every shard searched at each ef up the
+  ladder and merged as a transform task merges them (``worker.search``), ties by the user's id.
 - **A routed ivf model** (parts on executors): one Spark job finds the sample's exact neighbours
   over the input (each task the top k + 1 of its rows, merged on the driver) and the list each
   neighbour is stored in (the model's quantizer, as the build assigned it). A routed search
@@ -32,6 +35,7 @@ from sparknn import tuning
 from sparknn.arrow import vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import flat_search, load
+from sparknn.spark import worker
 from sparknn.spark.layout import Layout
 from sparknn.spark.schema import features_as_float_array
 from sparknn.spark.tasks import cached, load_index
@@ -43,8 +47,6 @@ def check_supported(options, grouped: bool) -> None:
     """Before any job: the builds whose tuning is not there yet are refused, with what to set instead."""
     if grouped:
         raise InvalidArgumentError("targetRecall is not supported with groupCol yet: set nprobe / efSearch")
-    if options.num_shards > 1 and options.spec.kind == "hnsw":
-        raise InvalidArgumentError("targetRecall is not supported for hnsw with numShards > 1 yet: set efSearch")
 
 
 def tune_driver_index(layout: Layout, target: float, k: int, threads: int) -> tuning.Tuning:
@@ -63,8 +65,9 @@ def _sample(df: DataFrame, features: str, id_col: str, rows: int, seed: int):
 
 
 def _nearest_in_task(batches, *, queries: np.ndarray, kk: int, layout: Layout):
-    """A task's rows -> for each query its kk nearest among them: (query, id, distance, list)."""
-    q_index = cached(layout.path(layout.ivf.quantizer), load_index)
+    """A task's rows -> for each query its kk nearest among them: (query, id, distance, list); the
+    list each is stored in (the model's quantizer), -1 without one (not an ivf model)."""
+    q_index = cached(layout.path(layout.ivf.quantizer), load_index) if layout.ivf else None
     exact_search = flat_search(layout.metric, threads=1)
     best = None
     for batch in batches:
@@ -74,7 +77,8 @@ def _nearest_in_task(batches, *, queries: np.ndarray, kk: int, layout: Layout):
         found, dist = exact_search(x, queries, min(kk, len(x)))
         rows = np.maximum(found, 0).reshape(-1)
         ids = batch.column("id").take(pa.array(rows)).to_numpy(zero_copy_only=False).reshape(found.shape)
-        lists = q_index.nearest_lists(x[rows], 1, threads=1)[:, 0].reshape(found.shape)
+        lists = (q_index.nearest_lists(x[rows], 1, threads=1)[:, 0].reshape(found.shape) if q_index is not None
+                 else np.full(found.shape, -1, dtype=np.int64))
         candidates = (np.where(found >= 0, dist, np.inf), ids, lists)
         best = candidates if best is None else tuning.keep_nearest(best, candidates, kk)
     if best is None:
@@ -86,6 +90,23 @@ def _nearest_in_task(batches, *, queries: np.ndarray, kk: int, layout: Layout):
                                      names=["q", "id", "distance", "list"])
 
 
+def _true_neighbours(df: DataFrame, features: str, id_col: str, task_layout: Layout, sample_ids: list,
+                     queries: np.ndarray, kk: int) -> list:
+    """Per sampled item, its kk nearest other items over the whole input by one Spark job (each
+    task the top kk + 1 of its rows, merged here): [(id, list stored in), ...] nearest first,
+    ties by the id's text."""
+    id_type = df.schema[id_col].dataType
+    schema = T.StructType([T.StructField("q", T.IntegerType()), T.StructField("id", id_type),
+                           T.StructField("distance", T.FloatType()), T.StructField("list", T.IntegerType())])
+    data = df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"))
+    fn = partial(_nearest_in_task, queries=queries, kk=kk + 1, layout=task_layout)
+    by_query: dict[int, list] = {}
+    for r in data.mapInArrow(fn, schema).collect():
+        by_query.setdefault(r["q"], []).append((r["distance"], str(r["id"]), r["id"], r["list"]))
+    return [[(c[2], c[3]) for c in sorted(by_query.get(q, [])) if c[2] != sample_ids[q]][:kk]
+            for q in range(len(queries))]
+
+
 def tune_routed(df: DataFrame, features: str, id_col: str, layout: Layout, task_layout: Layout, target: float,
                 k: int, rows: int, seed: int, threads: int) -> tuning.Tuning:
     """A routed ivf model (``layout`` as the driver reads it, ``task_layout`` as tasks do): true
@@ -95,20 +116,10 @@ def tune_routed(df: DataFrame, features: str, id_col: str, layout: Layout, task_
     kk = min(k, rows - 1)
     if not len(queries) or kk < 1:
         return tuning.Tuning("", 0, 1.0, target, k, 0)
-    id_type = df.schema[id_col].dataType
-    schema = T.StructType([T.StructField("q", T.IntegerType()), T.StructField("id", id_type),
-                           T.StructField("distance", T.FloatType()), T.StructField("list", T.IntegerType())])
-    data = df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"))
-    fn = partial(_nearest_in_task, queries=queries, kk=kk + 1, layout=task_layout)
-    found = data.mapInArrow(fn, schema).collect()
-    # Per query: nearest first, itself dropped, k kept: the lists its true neighbours are stored in.
+    # Per query: the lists its true neighbours are stored in.
     truth_lists = np.full((len(queries), kk), -1, dtype=np.int64)
-    by_query: dict[int, list] = {}
-    for r in found:
-        by_query.setdefault(r["q"], []).append((r["distance"], str(r["id"]), r["id"], r["list"]))
-    for q, cands in by_query.items():
-        kept = [c for c in sorted(cands) if c[2] != sample_ids[q]][:kk]
-        truth_lists[q, :len(kept)] = [c[3] for c in kept]
+    for q, kept in enumerate(_true_neighbours(df, features, id_col, task_layout, sample_ids, queries, kk)):
+        truth_lists[q, :len(kept)] = [lst for _, lst in kept]
     quantizer = cached(layout.path(layout.ivf.quantizer), load_index)
     sizes = np.asarray(layout.ivf.list_sizes, dtype=np.int64)
     truth = np.where(truth_lists >= 0, np.arange(kk)[None, :], -1)
@@ -121,6 +132,36 @@ def tune_routed(df: DataFrame, features: str, id_col: str, layout: Layout, task_
         return np.where(hit & (truth >= 0), truth, -1)
 
     return tuning.tune(found_at, truth, target, "nprobe", layout.ivf.nlist, k)
+
+
+def tune_shards(df: DataFrame, features: str, id_col: str, layout: Layout, task_layout: Layout, target: float,
+                k: int, rows: int, seed: int, threads: int) -> tuning.Tuning:
+    """Sharded hnsw (``layout`` as the driver reads it): true neighbours by one Spark job, then the
+    shards searched on the driver at each ef and merged as transform merges them."""
+    target = tuning.check_target(target)
+    sample_ids, queries = _sample(df, features, id_col, rows, seed)
+    kk = min(k, rows - 1)
+    if not len(queries) or kk < 1:
+        return tuning.Tuning("", 0, 1.0, target, k, 0)
+    # Ids of any type compared as codes: each true neighbour's own, anything else -1.
+    codes: dict = {}
+    truth = np.full((len(queries), kk), -1, dtype=np.int64)
+    for q, kept in enumerate(_true_neighbours(df, features, id_col, task_layout, sample_ids, queries, kk)):
+        truth[q, :len(kept)] = [codes.setdefault(i, len(codes)) for i, _ in kept]
+    shards = worker.open_shards(layout)
+
+    def found_at(ef: int) -> np.ndarray:
+        ids, dist = worker.search(layout, shards, queries, kk + 1, ef, threads)
+        users = np.empty(ids.shape, dtype=object)
+        valid = ids >= 0
+        users[valid] = worker.user_ids(layout, shards, ids[valid]).to_pylist()
+        out = np.full((len(queries), kk), -1, dtype=np.int64)
+        for q in range(len(queries)):  # itself dropped, kk kept
+            row = [u for u, ok in zip(users[q], valid[q]) if ok and u != sample_ids[q]][:kk]
+            out[q, :len(row)] = [codes.get(u, -1) for u in row]
+        return out
+
+    return tuning.tune(found_at, truth, target, "ef", max(kk + 1, min(4096, rows)), k, lowest=kk + 1)
 
 
 def report(chosen: tuning.Tuning) -> None:
