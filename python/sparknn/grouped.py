@@ -10,7 +10,9 @@ Items are ordered by group and a group is only ever compared with itself:
 - **Small groups** (up to ``SMALL`` items) are searched exactly by the engine's flat index (its
   fused product and selection), one group per call: few enough that the call costs nothing.
 - **Larger groups** get a real index of ``spec``'s kind built on their own rows and searched
-  with them, so their cost is not quadratic in the group's size.
+  with them, so their cost is not quadratic in the group's size. With a recall target each such
+  index is tuned on its own items (``Index.tune``: the least nprobe / ef whose recall@k on a
+  sample of the group, each item excluding itself, reaches it), and the choices are reported.
 
 Distances are the engine's: squared L2, 1 - cosine, or -inner product. Ties are ordered by row
 position, so the result does not depend on how the rows were grouped.
@@ -18,12 +20,15 @@ position, so the result does not depend on how the rows were grouped.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import IndexSpec, normalise_metric
+from sparknn.tuning import Tuning, check_target
 
 BATCHED = 64  # groups up to this many items are searched exactly, many per product
 SMALL = 4096  # groups up to this many items are searched exactly (flat), larger ones with spec's index
@@ -46,13 +51,55 @@ def group_codes(values, name: str = "group") -> np.ndarray:
     return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupTunings:
+    """What a recall target chose in each group searched with an index: (group size, Tuning)
+    per group, in the order searched; the smaller groups are exact."""
+
+    target: float
+    small: int
+    chosen: tuple = ()
+
+    @property
+    def reached(self) -> bool:
+        return all(t.reached for _, t in self.chosen)
+
+    @property
+    def recall(self) -> float:
+        """The groups' measured recall weighted by their sizes (1.0 when every group is exact)."""
+        items = sum(size for size, _ in self.chosen)
+        return sum(size * t.recall for size, t in self.chosen) / items if items else 1.0
+
+    def describe(self) -> str:
+        if not self.chosen:
+            return f"every group searched exactly (at most {self.small} items each; target {self.target})"
+        tunings = [t for _, t in self.chosen]
+        values = sorted(t.value for t in tunings)
+        recalls = sorted(t.recall for t in tunings)
+
+        def span(lo, hi, f: str) -> str:
+            return f"{lo:{f}}" if lo == hi else f"{lo:{f}}-{hi:{f}}"
+
+        missed = sum(not t.reached for t in tunings)
+        note = f"; {missed} did not reach it at the most work tried" if missed else ""
+        return (f"{len(tunings)} group(s) of more than {self.small} items tuned each on its own items: "
+                f"{tunings[0].param} {span(values[0], values[-1], 'd')}, recall@{tunings[0].k} "
+                f"{span(recalls[0], recalls[-1], '.3f')} (by size {self.recall:.3f}), target {self.target}{note}; "
+                "smaller groups exact")
+
+
 def within_groups(x: np.ndarray, codes: np.ndarray, k: int, spec: IndexSpec, small: int = SMALL,
-                  progress=None) -> tuple[np.ndarray, np.ndarray]:
+                  progress=None, recall: float | None = None, tunings: list | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(rows int64 [n, k], distances float32 [n, k]): for every row of ``x`` the rows of its group
     nearest to it, itself excluded, nearest first; a row whose group has fewer than k + 1 items
     gets the others, padded with row -1 and distance +inf. ``spec`` gives the metric and the index
     built for groups of more than ``small`` items (its kind: flat for exact results everywhere).
+    ``recall`` (ivf, hnsw): each such index's nprobe / ef is the least reaching this recall@k on
+    its own items (``Index.tune``), and ``tunings`` (a list) gets (group size, Tuning) per group.
     Vectors under cosine are normalised here; the engine normalises its own copies alike."""
+    if recall is not None:
+        check_target(recall)
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     if codes.shape != (n,):
@@ -74,7 +121,10 @@ def within_groups(x: np.ndarray, codes: np.ndarray, k: int, spec: IndexSpec, sma
     _tiny_groups(x, order, starts[tiny], sizes[tiny], k, metric, rows, dist, progress)
     exact = IndexSpec(kind="flat", metric=metric, threads=spec.threads)
     for start, size in zip(starts[~tiny & (sizes > 1)], sizes[~tiny & (sizes > 1)]):
-        _indexed_group(x, order[start:start + size], k, exact if size <= small else spec, rows, dist)
+        tuning = _indexed_group(x, order[start:start + size], k, exact if size <= small else spec, rows, dist,
+                                recall)
+        if tuning is not None and tunings is not None:
+            tunings.append((int(size), tuning))
         if progress is not None:
             progress(int(size))
     return rows, dist
@@ -140,11 +190,13 @@ def index_of(vectors: np.ndarray, spec: IndexSpec):
     return index
 
 
-def _indexed_group(x, members, k, spec: IndexSpec, rows, dist) -> None:
-    """One group: an index of ``spec`` on its own rows (``members``, ascending), searched with them."""
+def _indexed_group(x, members, k, spec: IndexSpec, rows, dist, recall: float | None = None) -> Tuning | None:
+    """One group: an index of ``spec`` on its own rows (``members``, ascending), searched with them;
+    with ``recall`` (an approximate index) tuned on them first, and the Tuning returned."""
     sub = x[members]
     index = index_of(sub, spec)
     kk = min(k + 1, len(sub))
+    tuned = index.tune(recall, k=kk - 1) if recall is not None and index.kind != "flat" else None
     found, d = index.search(sub, kk)
     self_pos = np.arange(len(sub))[:, None]
     keep = (found >= 0) & (found != self_pos)
@@ -156,3 +208,4 @@ def _indexed_group(x, members, k, spec: IndexSpec, rows, dist) -> None:
     out_rows[r, cols[r, c]] = members[found[r, c]]
     out_dist[r, cols[r, c]] = d[r, c]
     rows[members], dist[members] = out_rows, out_dist
+    return tuned

@@ -513,7 +513,7 @@ class Result:
     neighbors: int  # neighbours per row (fewer only when the data has fewer items)
     timings: Timings
     preview: pa.Table | None = None
-    tuning: Tuning | None = None  # what a recall target chose (similar with recall=)
+    tuning: Tuning | grouped.GroupTunings | None = None  # what a recall target chose (similar with recall=)
 
 
 def _write_timed(output: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, overwrite: bool,
@@ -603,7 +603,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     timings = Timings()
     if group_col is not None:
         return _similar_in_groups(input_path, output, id_col, vector_col, group_col, k, spec, fmt, overwrite,
-                                  progress, timings)
+                                  progress, timings, recall)
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
                                                      self_join=True)
 
@@ -628,7 +628,8 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
 
 
 def _similar_in_groups(input_path: str, output: str, id_col: str, vector_col: str, group_col: str, k: int,
-                       spec: IndexSpec, fmt: str, overwrite: bool, progress: Progress, timings: Timings) -> Result:
+                       spec: IndexSpec, fmt: str, overwrite: bool, progress: Progress, timings: Timings,
+                       recall: float | None = None) -> Result:
     t0 = time.perf_counter()
     inp = open_input(input_path, id_col, vector_col)
     if group_col not in inp.dataset.schema.names:
@@ -655,9 +656,10 @@ def _similar_in_groups(input_path: str, output: str, id_col: str, vector_col: st
     largest = int(np.bincount(codes).max())
     k = capped_k(k, largest, self_join=True)
     spec = spec.replace(threads=usable_threads(spec.threads))
+    tunings: list = []
     if k:
         with progress.bar(len(x), "searching groups") as bar:
-            rows, dist = grouped.within_groups(x, codes, k, spec, progress=bar.update)
+            rows, dist = grouped.within_groups(x, codes, k, spec, progress=bar.update, recall=recall, tunings=tunings)
     else:  # every group has one item: no neighbours anywhere
         rows, dist = np.full((len(x), 1), -1, dtype=np.int64), np.full((len(x), 1), np.inf, dtype=np.float32)
     schema = output_schema(pa.field(id_col, ids.type), ids.type)
@@ -672,7 +674,10 @@ def _similar_in_groups(input_path: str, output: str, id_col: str, vector_col: st
     preview: list = []
     written = write_batches(output, schema, _keep_preview(batches(), preview), fmt, overwrite)
     timings.add("search + write", time.perf_counter() - t0)
-    return Result(written, k, timings, pa.Table.from_batches(preview) if preview else None)
+    chosen = None
+    if recall is not None and spec.kind != "flat":
+        chosen = grouped.GroupTunings(recall, grouped.SMALL, tuple(tunings))
+    return Result(written, k, timings, pa.Table.from_batches(preview) if preview else None, chosen)
 
 
 def _fingerprint(index_path: str) -> bytes:

@@ -60,6 +60,54 @@ def test_large_groups_get_an_index_of_their_own_with_high_recall():
     assert all(set(rows[r]) == set(truth[r][0]) for r in small), "small groups are exact"
 
 
+def _hard_groups():
+    """Overlapping clusters in two large groups (6000, 3000) and a small one (500)."""
+    rng = np.random.default_rng(4)
+    x = (clustered(9500, 24, 300, seed=3) * 0.4 + rng.standard_normal((9500, 24))).astype(np.float32)
+    return x, np.repeat([0, 1, 2], [6000, 3000, 500])
+
+
+def _group_recall(rows, truth, members):
+    return np.mean([len(set(rows[r]) & set(truth[r][0])) / 10 for r in members])
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_recall_target_tunes_each_large_group(kind):
+    """Each group above `small` is tuned on its own items; what was chosen is reported, and the
+    groups reach the target (within the sample's tolerance) where the fixed defaults do not."""
+    x, codes = _hard_groups()
+    truth = _truth(x, codes, 10, "l2")
+    spec = IndexSpec(kind=kind, metric="l2", nprobe=2, ef_search=10, M=8, ef_construction=60)
+    fixed, _ = within_groups(x, codes, 10, spec, small=1000)
+    tunings: list = []
+    rows, _ = within_groups(x, codes, 10, spec, small=1000, recall=0.95, tunings=tunings)
+    assert [size for size, _ in tunings] == [6000, 3000]
+    for (size, chosen), g in zip(tunings, (0, 1)):
+        assert chosen.param == ("nprobe" if kind == "ivf" else "ef") and chosen.reached and chosen.k == 10
+        members = np.flatnonzero(codes == g)
+        assert _group_recall(rows, truth, members) >= 0.95 - 0.02, (g, chosen)
+        assert _group_recall(fixed, truth, members) < 0.95 - 0.02, "the fixed knobs must fall short here"
+    small = np.flatnonzero(codes == 2)
+    assert all(set(rows[r]) == set(truth[r][0]) for r in small), "small groups stay exact"
+
+
+def test_cli_group_col_takes_a_recall_target(tmp_path, capsys):
+    x, codes = _hard_groups()
+    path = _items_file(tmp_path, x, list(range(len(x))), [f"g{c}" for c in codes])
+    out = str(tmp_path / "out.parquet")
+    # the default: a target of 0.95 (in-process), reported per large group
+    assert main(["similar", path, "-o", out, "--metric", "l2", "--group-col", "category"]) == 0
+    said = capsys.readouterr().out
+    assert "recall target: 1 group(s) of more than 4096 items tuned each on its own items: nprobe" in said, said
+    assert "target 0.95" in said and "smaller groups exact" in said
+    assert main(["similar", path, "-o", out, "--metric", "l2", "--group-col", "category", "--overwrite",
+                 "--nprobe", "4"]) == 0
+    assert "recall target" not in capsys.readouterr().out, "--nprobe given: no target"
+    assert main(["similar", path, "-o", out, "--group-col", "category", "--overwrite", "--recall", "0.9",
+                 "--spark", "local[1]"]) == 2
+    assert "runs in-process only yet" in capsys.readouterr().err
+
+
 def test_group_codes_of_strings_and_integers_and_bad_groups():
     assert group_codes(pa.array(["b", "a", "b", "c"])).tolist() == [0, 1, 0, 2]
     assert group_codes(pa.chunked_array([[7, 3], [7]])).tolist() == [0, 1, 0]
