@@ -82,7 +82,7 @@ def test_recall_target_tunes_each_large_group(kind):
     tunings: list = []
     rows, _ = within_groups(x, codes, 10, spec, small=1000, recall=0.95, tunings=tunings)
     assert [size for size, _ in tunings] == [6000, 3000]
-    for (size, chosen), g in zip(tunings, (0, 1)):
+    for (_, chosen), g in zip(tunings, (0, 1)):
         assert chosen.param == ("nprobe" if kind == "ivf" else "ef") and chosen.reached and chosen.k == 10
         members = np.flatnonzero(codes == g)
         assert _group_recall(rows, truth, members) >= 0.95 - 0.02, (g, chosen)

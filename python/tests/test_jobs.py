@@ -7,11 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import exact_knn, recall
-from sparknn import jobs
+from sparknn import inputs, jobs
 from sparknn.arrow import neighbors_type
 from sparknn.datasets import make_items, make_queries, vector_table
 from sparknn.index import IndexSpec
 from sparknn.output import DataError, UsageError, write_batches
+from sparknn.progress import Progress
 
 N, DIM = 3000, 24
 FLAT = IndexSpec(kind="flat")
@@ -181,7 +182,7 @@ def test_held_and_streamed_inputs_give_the_same_join(items, tmp_path, monkeypatc
     """The self-join reads its input once into memory when it fits (hold_vectors), else in
     batches: both give the same bytes, also when Parquet batches do not line up with the build's
     and search's batches (regrouped through one reused buffer)."""
-    monkeypatch.setattr(jobs, "READ_BATCH", 300)
+    monkeypatch.setattr(inputs, "READ_BATCH", 300)
     monkeypatch.setattr(jobs, "BUILD_BATCH", 1000)
     monkeypatch.setattr(jobs, "SEARCH_BATCH", 700)
     src = tmp_path / "parts"
@@ -189,8 +190,8 @@ def test_held_and_streamed_inputs_give_the_same_join(items, tmp_path, monkeypatc
     for i, (lo, hi) in enumerate([(0, 1234), (1234, 1250), (1250, N)]):
         pq.write_table(items.slice(lo, hi - lo), src / f"part-{i}.parquet", row_group_size=450)
     results = {}
-    for mode, fraction in [("held", jobs.HOLD_FRACTION), ("streamed", 0.0)]:
-        monkeypatch.setattr(jobs, "HOLD_FRACTION", fraction)
+    for mode, fraction in [("held", inputs.HOLD_FRACTION), ("streamed", 0.0)]:
+        monkeypatch.setattr(inputs, "HOLD_FRACTION", fraction)
         out = str(tmp_path / f"{mode}.parquet")
         res = jobs.similar(str(src), out, k=7, spec=spec, recall=0.9 if spec.kind == "ivf" else None)
         results[mode] = pq.read_table(out)
@@ -204,7 +205,7 @@ def test_held_and_streamed_inputs_give_the_same_join(items, tmp_path, monkeypatc
 
 def test_vector_batches_regroup_chunks_in_row_order(tmp_path):
     x = np.arange(100 * 3, dtype=np.float32).reshape(100, 3)
-    inp = jobs.Input("mem", None, "id", "vector", 100, held=[(0, x[:7]), (7, x[7:8]), (8, x[8:60]), (60, x[60:])])
+    inp = inputs.Input("mem", None, "id", "vector", 100, held=[(0, x[:7]), (7, x[7:8]), (8, x[8:60]), (60, x[60:])])
     for size in (1, 5, 8, 40, 100, 1000):
         got = [(first, batch.copy()) for first, batch in inp.vector_batches(size)]
         assert [first for first, _ in got] == list(range(0, 100, size))
@@ -216,9 +217,9 @@ def test_vector_batches_regroup_chunks_in_row_order(tmp_path):
 
 
 def test_hold_vectors_keeps_within_budget(items, items_file):
-    inp = jobs.open_input(items_file, "id", "vector")
-    assert not jobs.hold_vectors(inp, jobs.Progress(False), budget=N * DIM * 4 - 1) and inp.held is None
-    assert jobs.hold_vectors(inp, jobs.Progress(False), budget=N * DIM * 4)
+    inp = inputs.open_input(items_file, "id", "vector")
+    assert not inputs.hold_vectors(inp, Progress(False), budget=N * DIM * 4 - 1) and inp.held is None
+    assert inputs.hold_vectors(inp, Progress(False), budget=N * DIM * 4)
     assert np.array_equal(np.concatenate([x for _, x in inp.held]), items_matrix(items))
 
 

@@ -1,0 +1,356 @@
+"""The command line's inputs: a Parquet file, a directory of Parquet files or a Delta table,
+opened and checked before anything is read, then read in record batches, or once and held.
+
+Only the id and vector columns are read. Each file has its own Parquet reader decoding READ_BATCH
+rows at a time; a job that passes over the vectors several times (a training sample, the build, a
+self-join's search) reads them once when they fit in HOLD_FRACTION of the available memory
+(``hold_vectors``), and else reads them again for each pass with memory bounded by a batch. Every
+error names the input, and for bad rows the row of the whole input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sparknn.arrow import vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+from sparknn.machine import available_memory
+from sparknn.output import DataError, UsageError, one_line, special_kind
+from sparknn.progress import Progress
+
+READ_BATCH = 4_096  # rows a Parquet reader decodes at a time
+HOLD_FRACTION = 0.25  # of the available memory: an input at most this large is read once and held
+_LISTED = 10  # files named in one error message
+
+
+@dataclass
+class Input:
+    """A Parquet file, a directory of Parquet files or a Delta table, with its two columns checked."""
+
+    path: str
+    dataset: ds.Dataset
+    id_col: str
+    vector_col: str
+    num_rows: int
+    held: list | None = None  # the vector column once hold_vectors read it: (first row, float32 [m, dim]) in order
+
+    def batches(self, columns, batch_size: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(first row, batch) over ``columns`` in file order, batches of at most ``batch_size`` rows.
+
+        Each file has its own Parquet reader decoding at most READ_BATCH rows at a time. Arrow's
+        dataset scanner decodes a whole row group at once: reading a 50k x 784 list column took
+        4x its size in new memory, and new memory is not free (first touches of 220 MB took up
+        to 0.8 s of system time on the development VM)."""
+        size = READ_BATCH if batch_size is None else min(batch_size, READ_BATCH)
+        offset = 0
+        with reading(self.path):
+            for fragment in self.dataset.get_fragments():
+                with pq.ParquetFile(fragment.path, filesystem=fragment.filesystem,
+                                    page_checksum_verification=True) as parquet:
+                    for batch in parquet.iter_batches(batch_size=size, columns=list(columns)):
+                        if batch.num_rows:
+                            yield offset, batch
+                            offset += batch.num_rows
+
+    def vector_chunks(self, dim: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 [m, dim]) over the vector column as held or read (views of Arrow's
+        buffers where the values are float32), each checked (arrow.vectors_to_numpy)."""
+        if self.held is not None:
+            yield from self.held
+            return
+        for first, batch in self.batches([self.vector_col]):
+            x = checked_vectors(batch.column(0), self.vector_col, dim, first)
+            dim = x.shape[1]
+            yield first, x
+
+    def vector_batches(self, batch_size: int, dim: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 [batch_size, dim]) over the vector column, the last batch shorter.
+
+        Chunks shorter than a batch are gathered into one buffer reused for every batch: a batch
+        is valid until the next one is asked for (the engine copies what it keeps)."""
+        buffer, filled, start = None, 0, 0
+        for first, x in self.vector_chunks(dim):
+            lo = 0
+            while lo < len(x):
+                if filled == 0 and len(x) - lo >= batch_size:  # a whole batch in place
+                    yield first + lo, x[lo:lo + batch_size]
+                    lo += batch_size
+                    continue
+                if buffer is None or buffer.shape[1] != x.shape[1]:
+                    buffer = np.empty((batch_size, x.shape[1]), dtype=np.float32)
+                if filled == 0:
+                    start = first + lo
+                take = min(batch_size - filled, len(x) - lo)
+                buffer[filled:filled + take] = x[lo:lo + take]
+                filled, lo = filled + take, lo + take
+                if filled == batch_size:
+                    yield start, buffer
+                    filled = 0
+        if filled:
+            yield start, buffer[:filled]
+
+
+def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget: int | None = None) -> bool:
+    """Reads the vector column once into memory when it takes at most ``budget`` bytes (default:
+    HOLD_FRACTION of the memory available), so a job passing over it several times (training
+    sample, build, self-join search) decodes the Parquet once. Returns whether it is held; a
+    larger input stays streamed in batches (the dimension is known after the first batch, so
+    at most one batch was read for nothing). ``dim``: the dimension every row must have.
+
+    The batches are kept as read: float32 values are views of Arrow's buffers, not copied
+    (fresh memory is not free: first touches of 220 MB took 0.02-0.8 s of system time here).
+    """
+    if budget is None:
+        available = available_memory()
+        budget = int(available * HOLD_FRACTION) if available else 0
+    held: list = []
+    rows = 0
+    with progress.bar(inp.num_rows, "reading") as bar:
+        for first, x in inp.vector_chunks(dim):
+            if not held and inp.num_rows * x.shape[1] * 4 > budget:
+                return False
+            rows = first + len(x)
+            if rows > inp.num_rows:
+                raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
+            held.append((first, x))
+            bar.update(len(x))
+    if rows != inp.num_rows:
+        raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
+    inp.held = held
+    return True
+
+
+@contextmanager
+def reading(path: str, what: str = "input") -> Iterator[None]:
+    """Reports a failure to read or decode ``path`` (a damaged page, an unreadable file) in one line."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:  # pyarrow's I/O and decoding errors are OSErrors
+        raise DataError(f"cannot read {what} {path!r}: {one_line(exc)}") from None
+
+
+def _open_delta(path: str) -> ds.Dataset:
+    """The current version's files of a Delta table, not every file in the directory."""
+    try:
+        from deltalake import DeltaTable
+    except ImportError:
+        raise UsageError(f"{path!r} is a Delta table: reading it needs the deltalake package "
+                         "(pip install 'sparknn[delta]')") from None
+    try:
+        return DeltaTable(path).to_pyarrow_dataset()
+    except Exception as exc:  # noqa: BLE001 - deltalake's errors (a damaged or empty log) share no base class
+        # Its messages end with a Rust backtrace when RUST_BACKTRACE is set: the first line says what is wrong.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = re.split(r"; 0: | 0: ", first)[0]
+        raise DataError(f"cannot read the Delta table {path!r}: {first}") from None
+
+
+def _unreadable_entries(path: str) -> list[tuple[str, str]]:
+    """Entries of a directory input that Arrow's listing would skip silently, with what each is:
+    broken symbolic links, pipes, devices, sockets.
+
+    Each is a part the user may have meant to be read; dropping it would give an answer over
+    fewer items with exit 0. Names starting with "." or "_" are skipped, as Arrow skips them.
+    """
+    odd = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for name in files + dirs:
+            full = os.path.join(root, name)
+            if name.startswith((".", "_")):
+                continue
+            if not os.path.exists(full):
+                odd.append((full, f"a broken symbolic link to {os.readlink(full)!r}"))
+            elif special_kind(os.stat(full).st_mode):
+                odd.append((full, special_kind(os.stat(full).st_mode)))
+    return sorted(odd)
+
+
+def check_plain(path: str, what: str, wanted: str = "a Parquet file, a directory or a Delta table") -> None:
+    """A single-file input or index must be a regular file: opening a pipe waits for a writer forever."""
+    kind = special_kind(os.stat(path).st_mode)
+    if kind:
+        raise DataError(f"{what} {path!r} is {kind}, not a file: give {wanted}")
+
+
+def _open_dataset(path: str, what: str) -> ds.Dataset:
+    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "_delta_log")):
+        return _open_delta(path)
+    if os.path.isdir(path):
+        odd = _unreadable_entries(path)
+        if odd:
+            named = "; ".join(f"{os.path.relpath(p, path)} is {kind}" for p, kind in odd[:_LISTED])
+            more = f"; and {len(odd) - _LISTED} more" if len(odd) > _LISTED else ""
+            raise DataError(f"{what} directory {path!r} has entries that cannot be read as files: "
+                            f"{named}{more}; fix or remove them")
+    else:
+        check_plain(path, what)
+    # Skips files starting with "." or "_" (_SUCCESS, .crc). Pages written with a CRC (parquet-mr's
+    # default, pyarrow's write_page_checksum) are checked: a damaged page is an error, not wrong vectors.
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        page_checksum_verification=True))
+    dataset = ds.dataset(path, format=fmt)
+    if not dataset.files:
+        raise DataError(f"{path!r} contains no Parquet files")
+    return dataset
+
+
+def _check_vector_type(typ: pa.DataType, name: str, path: str) -> None:
+    if pa.types.is_struct(typ):  # a Spark ML vector; arrow.py checks its fields
+        return
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        value = typ.value_type
+        if pa.types.is_floating(value) or pa.types.is_integer(value):
+            return
+    raise DataError(f"column {name!r} in {path!r} has type {typ}: expected a list of float or double "
+                    "(array<float>, array<double>) or a Spark ML dense vector")
+
+
+def _check_id_type(typ: pa.DataType, name: str, path: str) -> None:
+    if pa.types.is_integer(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return
+    raise DataError(f"column {name!r} in {path!r} has type {typ}: ids must be integers or strings")
+
+
+def _plain(typ: pa.DataType) -> pa.DataType:
+    """A type without its list element's name and nullability, which writers choose differently
+    (Spark: ``element``, not null; older pyarrow: ``item``) for the same data."""
+    if pa.types.is_fixed_size_list(typ):
+        return pa.list_(_plain(typ.value_type), typ.list_size)
+    if pa.types.is_large_list(typ):
+        return pa.large_list(_plain(typ.value_type))
+    if pa.types.is_list(typ):
+        return pa.list_(_plain(typ.value_type))
+    return typ
+
+
+def _check_one_schema(dataset: ds.Dataset, path: str, columns: tuple[str, ...], what: str) -> None:
+    """Every file of a directory must give the needed columns the same types.
+
+    Arrow would take the first file's schema and cast the others to it: numeric
+    string ids silently become integers, and a file without a column reads as
+    nulls. Reads each file's footer only.
+    """
+    if not isinstance(dataset, ds.FileSystemDataset) or len(dataset.files) < 2:
+        return
+
+    def describe(schema: pa.Schema) -> tuple:
+        return tuple(str(_plain(schema.field(c).type)) if c in schema.names else None for c in columns)
+
+    def show(shape: tuple) -> str:
+        return ", ".join(f"{c}: {t}" if t is not None else f"no column {c!r}" for c, t in zip(columns, shape))
+
+    reference, odd = None, []
+    for fragment in dataset.get_fragments():
+        try:
+            shape = describe(fragment.physical_schema)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read {what} file {fragment.path!r} as Parquet: {one_line(exc)}") from None
+        if reference is None:
+            reference = (fragment.path, shape)
+        elif shape != reference[1]:
+            odd.append((fragment.path, shape))
+    if odd:
+        named = "; ".join(f"{os.path.relpath(p, path)} has {show(shape)}" for p, shape in odd[:_LISTED])
+        more = f"; and {len(odd) - _LISTED} more files" if len(odd) > _LISTED else ""
+        raise DataError(f"the files of {what} {path!r} do not share one schema: "
+                        f"{os.path.relpath(reference[0], path)} has {show(reference[1])}, but {named}{more}. "
+                        "Rewrite them with one schema (or read only the matching files)")
+
+
+def open_input(path: str, id_col: str, vector_col: str, what: str = "input") -> Input:
+    """Opens ``path`` and checks the columns exist with usable types and that there are rows.
+
+    Reads only metadata (the footer of each file): nothing here costs time on large inputs.
+    """
+    if not os.path.exists(path):
+        raise UsageError(f"{what} {path!r} does not exist")
+    try:
+        dataset = _open_dataset(path, what)
+        _check_one_schema(dataset, path, (id_col, vector_col), what)
+        schema = dataset.schema
+        for name, flag in ((id_col, "--id-col"), (vector_col, "--vector-col")):
+            if name not in schema.names:
+                raise UsageError(f"{what} {path!r} has no column {name!r} ({flag}); its columns are: "
+                                 f"{', '.join(schema.names) or '(none)'}")
+        _check_id_type(schema.field(id_col).type, id_col, path)
+        _check_vector_type(schema.field(vector_col).type, vector_col, path)
+        num_rows = dataset.count_rows()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot read {what} {path!r} as Parquet: {one_line(exc)}") from None
+    if num_rows == 0:
+        raise DataError(f"{what} {path!r} has no rows")
+    return Input(path, dataset, id_col, vector_col, num_rows)
+
+
+def read_ids(inp: Input, unique: bool) -> pa.Array:
+    """The id column as one array, checked for nulls (and duplicates when ``unique``)."""
+    with reading(inp.path):
+        ids = inp.dataset.to_table(columns=[inp.id_col]).column(0).combine_chunks()
+    if ids.null_count:
+        row = int(pc.index(pc.is_null(ids), True).as_py())
+        raise DataError(f"column {inp.id_col!r} has a null id at row {row}")
+    if unique and len(pc.unique(ids)) != len(ids):
+        counts = pc.value_counts(ids)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]
+        value = dup["values"].as_py()
+        rows = np.flatnonzero(pc.equal(ids, pa.scalar(value, ids.type)).to_numpy(zero_copy_only=False))
+        raise DataError(f"column {inp.id_col!r} has duplicate ids: {value!r} appears {dup['counts'].as_py()} "
+                        f"times (rows {', '.join(map(str, rows[:5]))}); every item needs a distinct id")
+    return ids
+
+
+_ROW = re.compile(r"\brow (\d+)")
+
+
+@contextmanager
+def rows_of_input(name: str, first_row: int, num_rows: int) -> Iterator[None]:
+    """Reports errors about one batch with row numbers of the whole input.
+
+    arrow.py and the engine count rows within the batch they are given; the
+    message is shifted by the batch's first row so the user can find the row.
+    """
+    try:
+        yield
+    except InvalidArgumentError as exc:
+        message = _ROW.sub(lambda m: f"row {int(m.group(1)) + first_row}", str(exc))
+        for engine_word in ("vector row", "query row"):
+            if message.startswith(engine_word):
+                message = f"column {name!r} {message[len(engine_word) - 3:]}"
+        if not message.startswith("column"):
+            message = f"column {name!r}: {message}"
+        if not _ROW.search(message):
+            message += f" (rows {first_row} to {first_row + num_rows - 1})"
+        raise DataError(message) from None
+
+
+def checked_vectors(column, name: str, dim: int | None, first_row: int) -> np.ndarray:
+    """A batch's vector column as float32 [m, dim] (arrow.vectors_to_numpy), errors naming the input's row."""
+    with rows_of_input(name, first_row, len(column)):
+        return vectors_to_numpy(column, name, dim)
+
+
+def train_sample(inp: Input, dim: int, rows: int, seed: int = 0) -> np.ndarray:
+    """A uniform sample of about ``rows`` vectors from the whole input (one extra read of the column
+    unless it is held; the same rows either way)."""
+    rng = np.random.default_rng(seed)
+    fraction = min(1.0, rows / max(inp.num_rows, 1))
+    if inp.held is not None:  # one draw per row, in row order, as the batches below draw
+        keep = rng.random(inp.num_rows) < fraction
+        return np.concatenate([x[keep[first:first + len(x)]] for first, x in inp.held])
+    parts = []
+    for first, batch in inp.batches([inp.vector_col]):
+        keep = np.flatnonzero(rng.random(batch.num_rows) < fraction)
+        if keep.size:
+            parts.append(checked_vectors(batch.column(0).take(pa.array(keep)), inp.vector_col, dim, first))
+    return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
