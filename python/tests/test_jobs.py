@@ -203,6 +203,20 @@ def test_held_and_streamed_inputs_give_the_same_join(items, tmp_path, monkeypatc
         assert_exact_similar(results["held"], items, 7)
 
 
+def test_a_delta_table_input_is_read_file_by_file(items, tmp_path):
+    """Each of the table's current files by its own Parquet reader (on deltalake's filesystem)."""
+    deltalake = pytest.importorskip("deltalake")
+    table = tmp_path / "items-delta"
+    plain = items.cast(pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32()))]))
+    deltalake.write_deltalake(str(table), plain.slice(0, 1000))
+    deltalake.write_deltalake(str(table), plain.slice(1000), mode="append")
+    out = str(tmp_path / "out.parquet")
+    assert jobs.similar(str(table), out, k=5, spec=FLAT).rows == N
+    got = pq.read_table(out)
+    order = np.argsort(got.column("id").to_numpy())
+    assert_exact_similar(got.take(pa.array(order)), items, 5)
+
+
 def test_vector_batches_regroup_chunks_in_row_order(tmp_path):
     x = np.arange(100 * 3, dtype=np.float32).reshape(100, 3)
     inp = inputs.Input("mem", None, "id", "vector", 100, held=[(0, x[:7]), (7, x[7:8]), (8, x[8:60]), (60, x[60:])])
