@@ -131,6 +131,7 @@ def test_cli_similar_recall_target(tmp_path, capsys):
     want = np.array([t[t != i][:10] for i, t in enumerate(truth)])
     assert recall(found, want) >= 0.97 - TOLERANCE
     for extra, message in ((["--recall", "2"], "recall must be a number"),
-                           (["--recall", "0.9", "--group-col", "id"], "not supported with --group-col")):
+                           (["--recall", "0.9", "--group-col", "id", "--spark", "local[1]"],
+                            "--group-col runs in-process only yet")):
         assert main(["similar", path, "-o", str(tmp_path / "bad.parquet")] + extra) != 0
         assert message in capsys.readouterr().err
