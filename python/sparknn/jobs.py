@@ -23,6 +23,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +84,18 @@ class Timings:
     def add(self, step: str, seconds: float) -> None:
         self.steps[step] = self.steps.get(step, 0.0) + seconds
 
+    @contextmanager
+    def span(self, step: str, excluding: tuple[str, ...] = ()) -> Iterator[None]:
+        """Adds the block's seconds to ``step``, less what the steps in ``excluding`` gained during
+        it: work the block drives but that is timed as a step of its own (reading during the
+        build, reading and searching while the output is written)."""
+        def nested() -> float:
+            return sum(self.steps.get(name, 0.0) for name in excluding)
+
+        t0, before = time.perf_counter(), nested()
+        yield
+        self.add(step, time.perf_counter() - t0 - (nested() - before))
+
 
 # --------------------------------------------------------------------------- build
 def _timed(source: Iterator, timings: Timings, step: str) -> Iterator:
@@ -111,13 +124,12 @@ def usable_threads(threads: int) -> int:
 
 
 def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: Progress,
-                keep_lists: bool = False, timings: Timings | None = None) -> tuple[Index, np.ndarray | None]:
+                keep_lists: bool, timings: Timings) -> tuple[Index, np.ndarray | None]:
     """Reads the vectors in batches into a new index (builder.build_streaming); ``ids`` None means
     row positions. With ``keep_lists`` (a self-join, ivf) also each item's nprobe nearest lists,
     int32 [n, nprobe], else None. The time spent reading input (none when it is held) is added
     to ``timings`` as "read"."""
     spec = spec.replace(threads=usable_threads(spec.threads))
-    timings = timings if timings is not None else Timings()
     dim = None
     with progress.bar(inp.num_rows, "building") as bar:
         def batches():
@@ -128,10 +140,8 @@ def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: P
                 bar.update(len(x))
 
         def sample(nlist: int) -> np.ndarray:
-            t0 = time.perf_counter()
-            x = train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows))
-            timings.add("read", time.perf_counter() - t0)
-            return x
+            with timings.span("read"):
+                return train_sample(inp, dim, ivf_default_train_size(nlist, inp.num_rows))
 
         index, lists = build_streaming(
             batches(), inp.num_rows, spec, ids=ids, train_sample=sample, keep_lists=spec.nprobe if keep_lists else 0,
@@ -197,18 +207,6 @@ class Result:
     tuning: Tuning | grouped.GroupTunings | None = None  # what a recall target chose (similar with recall=)
 
 
-def _write_timed(output: str, schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, overwrite: bool,
-                 timings: Timings, start: float) -> int:
-    """Writes _search_batches' output; what it spent since ``start`` outside reading and searching is "write"."""
-    def inside() -> float:
-        return timings.steps.get("read", 0.0) + timings.steps.get("search", 0.0)
-
-    before = inside()
-    rows = write_batches(output, schema, batches, fmt, overwrite)
-    timings.add("write", time.perf_counter() - start - (inside() - before))
-    return rows
-
-
 def _keep_preview(batches: Iterator[pa.RecordBatch], holder: list, rows: int = 3) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         if not holder:
@@ -256,9 +254,8 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     if self_join or spec.kind == "ivf":
         hold_vectors(inp, progress)
     timings.add("read", time.perf_counter() - t0)
-    t0, read_before = time.perf_counter(), timings.steps["read"]
-    index, lists = build_index(inp, direct, spec, progress, self_join, timings)
-    timings.add("build", time.perf_counter() - t0 - (timings.steps["read"] - read_before))
+    with timings.span("build", excluding=("read",)):
+        index, lists = build_index(inp, direct, spec, progress, self_join, timings)
     return inp, ids, direct, index, lists
 
 
@@ -298,13 +295,13 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
         elif lists is not None:
             lists = lists[:, :tuned.value]
         timings.add("recall tuning", time.perf_counter() - t0)
-    t0 = time.perf_counter()
     self_ids = direct if direct is not None else np.arange(inp.num_rows, dtype=np.int64)
     schema = output_schema(pa.field(id_col, ids.type), ids.type)
     preview: list = []
     batches = _search_batches(inp, index, ids, k, None, None if direct is not None else ids, ids.type,
                               self_ids, progress, "searching", timings, lists)
-    rows = _write_timed(output, schema, _keep_preview(batches, preview), fmt, overwrite, timings, t0)
+    with timings.span("write", excluding=("read", "search")):  # the batches are read and searched as written
+        rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
     return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None, tuned)
 
 
@@ -503,7 +500,6 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
                             "value: remove or impute it before querying")
     timings.add("read", time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
     k = capped_k(k, len(index), self_join=False)
     if ef is not None:
         ef = min(ef, max(len(index), 1))  # a beam wider than the index visits nothing more
@@ -511,7 +507,8 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
     schema = output_schema(pa.field(id_col, query_ids.type), item_type)
     preview: list = []
     batches = _search_batches(inp, index, query_ids, k, ef, item_ids, item_type, None, progress, "querying", timings)
-    rows = _write_timed(output, schema, _keep_preview(batches, preview), fmt, overwrite, timings, t0)
+    with timings.span("write", excluding=("read", "search")):  # the batches are read and searched as written
+        rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
     return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None)
 
 
