@@ -24,8 +24,8 @@ import time
 import traceback
 
 # Arrow's allocator (mimalloc) hands freed memory back to the kernel after 10 ms and faults it in
-# again when reused; with transparent huge pages a fault can stall in kernel compaction: reading a
-# 220 MB vector column took 0.3 s or 1-2.4 s of system time by chance (Fashion-MNIST, Debian 12).
+# again when reused, and fresh pages are slow to touch (on the development VM up to 3.6 us per
+# 4 KiB page): reading a 220 MB vector column took 0.3 s or 1-2.4 s of system time by chance.
 # A command runs one job whose peak is its footprint anyway, so it keeps what it freed (an
 # environment that sets the option itself wins; it is read when pyarrow loads, just below).
 os.environ.setdefault("MIMALLOC_PURGE_DELAY", "-1")

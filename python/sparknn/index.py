@@ -518,7 +518,7 @@ class Index:
         del ids
 
         def found(value: int) -> np.ndarray:
-            knob = {"nprobe": value} if self.kind == "ivf" else {"ef": max(value, kk + own)}
+            knob = {"nprobe": value} if self.kind == "ivf" else {"ef": value}  # the ef ladder starts at kk + own
             got, _ = self.search(q, kk + own, threads=threads, **knob)
             if own:  # drop each query's own id, keep kk
                 got = np.array([r[r != i][:kk] for r, i in zip(got, own_ids)])
