@@ -8,7 +8,7 @@ import pytest
 from conftest import clustered, exact_knn, mixed_groups
 from sparknn.cli import main
 from sparknn.errors import InvalidArgumentError
-from sparknn.grouped import group_codes, within_groups
+from sparknn.grouped import GroupTunings, group_codes, within_groups
 from sparknn.index import IndexSpec
 
 K = 5
@@ -89,6 +89,9 @@ def test_recall_target_tunes_each_large_group(kind):
         assert _group_recall(fixed, truth, members) < 0.95 - 0.02, "the fixed knobs must fall short here"
     small = np.flatnonzero(codes == 2)
     assert all(set(rows[r]) == set(truth[r][0]) for r in small), "small groups stay exact"
+    summary = GroupTunings(0.95, 1000, tuple(tunings))
+    assert summary.reached
+    assert summary.recall == pytest.approx((6000 * tunings[0][1].recall + 3000 * tunings[1][1].recall) / 9000)
 
 
 def test_cli_group_col_takes_a_recall_target(tmp_path, capsys):
