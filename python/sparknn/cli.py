@@ -37,6 +37,7 @@ from sparknn import jobs
 from sparknn.datasets import make_items, make_queries
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn.index import IndexSpec
+from sparknn.inputs import open_input
 from sparknn.machine import available_memory
 from sparknn.output import (
     DataError,
@@ -242,7 +243,7 @@ def _similar_on_spark(args) -> jobs.Result:
     check_destination(args.output, args.overwrite)
     check_separate([("output", args.output)], [("input", args.input)])
     # Schema, types and row count are checked from the files' metadata before a JVM starts.
-    inp = jobs.open_input(args.input, args.id_col, args.vector_col)
+    inp = open_input(args.input, args.id_col, args.vector_col)
     k = max(1, jobs.capped_k(args.k, inp.num_rows, self_join=True))  # the same rows, never sized by a huge k
     try:
         from sparknn.spark import KNN
