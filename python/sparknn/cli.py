@@ -120,11 +120,10 @@ def _spec(args) -> IndexSpec:
 
 
 def _recall_target(args) -> float | None:
-    """--recall, else the self-join's default target unless --nprobe / --ef-search were given
-    (or --group-col on Spark, whose grouped build has no targetRecall yet)."""
+    """--recall, else the self-join's default target unless --nprobe / --ef-search were given."""
     if args.recall is not None:
         return args.recall
-    if args.nprobe is None and args.ef_search is None and not (args.group_col and args.spark):
+    if args.nprobe is None and args.ef_search is None:
         return DEFAULT_TARGET
     return None
 
@@ -132,9 +131,6 @@ def _recall_target(args) -> float | None:
 # --------------------------------------------------------------------------- commands
 def _cmd_similar(args) -> int:
     start = time.perf_counter()
-    if args.recall is not None and args.group_col and args.spark:
-        raise UsageError("--recall with --group-col runs in-process only yet (KNN(groupCol=...) has no "
-                         "targetRecall): leave out --spark, or give --nprobe / --ef-search instead")
     if args.spark:
         result = _similar_on_spark(args)
     else:

@@ -54,11 +54,14 @@ def group_codes(values, name: str = "group") -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class GroupTunings:
     """What a recall target chose in each group searched with an index: (group size, Tuning)
-    per group, in the order searched; the smaller groups are exact."""
+    per group, in the order searched; the smaller groups are exact. ``what`` names what each
+    choice was made for and ``rest`` how the other groups are searched, where a caller's differ."""
 
     target: float
     small: int
     chosen: tuple = ()
+    what: str = "group(s)"
+    rest: str = "smaller groups exact"
 
     @property
     def reached(self) -> bool:
@@ -72,7 +75,7 @@ class GroupTunings:
 
     def describe(self) -> str:
         if not self.chosen:
-            return f"every group searched exactly (at most {self.small} items each; target {self.target})"
+            return f"no {self.what} of more than {self.small} items to tune (target {self.target}); {self.rest}"
         tunings = [t for _, t in self.chosen]
         values = sorted(t.value for t in tunings)
         recalls = sorted(t.recall for t in tunings)
@@ -82,10 +85,10 @@ class GroupTunings:
 
         missed = sum(not t.reached for t in tunings)
         note = f"; {missed} did not reach it at the most work tried" if missed else ""
-        return (f"{len(tunings)} group(s) of more than {self.small} items tuned each on its own items: "
+        return (f"{len(tunings)} {self.what} of more than {self.small} items tuned each on its own items: "
                 f"{tunings[0].param} {span(values[0], values[-1], 'd')}, recall@{tunings[0].k} "
                 f"{span(recalls[0], recalls[-1], '.3f')} (by size {self.recall:.3f}), target {self.target}{note}; "
-                "smaller groups exact")
+                f"{self.rest}")
 
 
 def within_groups(x: np.ndarray, codes: np.ndarray, k: int, spec: IndexSpec, small: int = SMALL,

@@ -106,9 +106,6 @@ def test_cli_group_col_takes_a_recall_target(tmp_path, capsys):
     assert main(["similar", path, "-o", out, "--metric", "l2", "--group-col", "category", "--overwrite",
                  "--nprobe", "4"]) == 0
     assert "recall target" not in capsys.readouterr().out, "--nprobe given: no target"
-    assert main(["similar", path, "-o", out, "--group-col", "category", "--overwrite", "--recall", "0.9",
-                 "--spark", "local[1]"]) == 2
-    assert "runs in-process only yet" in capsys.readouterr().err
 
 
 def test_group_codes_of_strings_and_integers_and_bad_groups():

@@ -179,3 +179,23 @@ def test_cli_group_col_on_spark_equals_in_process(spark, tmp_path):
                                                                  t.column("neighbors").to_pylist())}
 
     assert neighbours("spark.parquet") == neighbours("local.parquet")
+
+
+def test_cli_group_col_on_spark_takes_a_recall_target(spark, tmp_path, capsys):
+    """`similar --group-col --spark`: the default recall target tunes the large group's index (two
+    pieces of a 6000-item group here) at fit, and the summary says what was chosen."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sparknn.cli import main
+
+    rng = np.random.default_rng(4)
+    x = (clustered(9500, 24, 300, seed=3) * 0.4 + rng.standard_normal((9500, 24))).astype(np.float32)
+    codes = np.repeat([0, 1, 2], [6000, 3000, 500])
+    table = pa.table({"id": np.arange(len(x)), "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 24),
+                      "category": codes})
+    pq.write_table(table, tmp_path / "items.parquet")
+    assert main(["similar", str(tmp_path / "items.parquet"), "-o", str(tmp_path / "out.parquet"), "--metric", "l2",
+                 "--group-col", "category", "--spark", "local[2]"]) == 0
+    said = capsys.readouterr().out
+    assert "recall target: 2 large group index(es)" in said and "target 0.95" in said, said
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == len(x)

@@ -1,13 +1,12 @@
 """KNN(targetRecall=R) on a real local Spark: the model's nprobe / efSearch are chosen at fit so
-that similarItems reaches R against exact search, the choice is reported and saved, and the
-builds not supported yet are refused before any job."""
+that similarItems reaches R against exact search, the choice is reported and saved; a grouped
+model's choices are made per group."""
 
 import numpy as np
 import pytest
 from conftest import clustered, exact_knn, spark_items
 
 pyspark = pytest.importorskip("pyspark")
-from sparknn.errors import InvalidArgumentError
 from sparknn.spark import KNN, KNNModel
 
 pytestmark = pytest.mark.spark
@@ -90,12 +89,81 @@ def test_routed_ivf_nprobe_from_the_true_neighbours_lists(spark):
         assert _recall(lower, x, ids) < 0.95 + TOLERANCE
 
 
-def test_target_recall_refused_where_not_supported_yet(spark):
+def _hard_groups():
+    """Overlapping clusters in a large group (6000 items), a smaller one (3000) and a small one (500)."""
+    return _hard_data()[:9500], np.repeat([0, 1, 2], [6000, 3000, 500])
+
+
+def _group_recall(got: dict, x, codes, group, queries=None):
+    """recall@10 of ``got`` (row -> neighbour rows) for the items of ``group`` (or ``queries`` of
+    it, not items), against exact search within the group."""
+    members = np.flatnonzero(codes == group)
+    own = queries is None
+    q = x[members] if own else queries
+    truth, _ = exact_knn(x[members], q, 11 if own else 10, "l2")
+    hits = []
+    for i, t in enumerate(truth):
+        want = members[t[t != i][:10]] if own else members[t[:10]]
+        hits.append(len(set(got[members[i] if own else i]) & set(want.tolist())) / 10)
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("where", ["own shards at fit", "hashed shard when searched"])
+def test_grouped_model_tunes_each_large_group_for_the_target(spark, tmp_path, monkeypatch, kind, where):
+    """groupCol with targetRecall: a large group's index (two pieces here) is tuned on its own items
+    by its build task, the choice kept in the model; a group on a hashed shard (none is large when
+    MAX_LARGE is 1) is tuned when its index is built for a search. Both reach the target where the
+    fixed knobs given beside it fall short."""
+    from pyspark.sql import functions as F
+    from sparknn.grouped import GroupTunings
+    from sparknn.spark import group_plan
+
+    if where == "hashed shard when searched":
+        monkeypatch.setattr(group_plan, "MAX_LARGE", 1)
+    x, codes = _hard_groups()
+    mapping = spark.createDataFrame([(i, int(c)) for i, c in enumerate(codes)], ["id", "category"])
+    df = spark_items(spark, x, partitions=3).join(mapping, "id")
+    model = KNN(k=10, metric="l2", featuresCol="vector", groupCol="category", indexType=kind, nprobe=2, efSearch=10,
+                M=8, efConstruction=60, targetRecall=0.95).fit(df)
+    chosen = model.tuning
+    assert isinstance(chosen, GroupTunings) and model.getTargetRecall() == 0.95
+    if where == "own shards at fit":
+        assert [(v, c) for v, _, c in model.layout.group_pieces] == [(0, 2)]
+        assert len(chosen.chosen) == len(model.layout.shard_tunings) == 2 and chosen.reached, chosen.describe()
+        assert all(t.param == ("nprobe" if kind == "ivf" else "ef") and t.sample >= 900 for _, t in chosen.chosen)
+        assert "2 large group index(es)" in chosen.describe()
+    else:
+        assert model.layout.group_pieces == () and chosen.chosen == ()
+        assert "tuned when searched" in chosen.describe(), chosen.describe()
+
+    def neighbours(m):
+        return {r["id"]: [n["id"] for n in r["neighbors"]] for r in m.similarItems().collect()}
+
+    got = neighbours(model)
+    assert _group_recall(got, x, codes, 0) >= 0.95 - TOLERANCE
+    assert _group_recall(got, x, codes, 1) == 1.0, "groups up to grouped.SMALL stay exact"
+    fixed = model.copy()
+    fixed.clear(fixed.targetRecall)
+    assert _group_recall(neighbours(fixed), x, codes, 0) < 0.95 - TOLERANCE, "the fixed knobs must fall short"
+    # Queries of the large group, not items: searched with the same choices.
+    rng = np.random.default_rng(9)
+    q = x[rng.choice(6000, 300, replace=False)] + rng.standard_normal((300, 24)).astype(np.float32) * 0.3
+    qdf = spark_items(spark, q, ids=list(range(300))).withColumn("category", F.lit(0).cast("bigint"))
+    out = {r["id"]: [n["id"] for n in r["neighbors"]] for r in model.transform(qdf).collect()}
+    assert _group_recall(out, x, codes, 0, queries=q) >= 0.95 - 2 * TOLERANCE
+    # The choices and the target are saved with the model.
+    model.write().save(str(tmp_path / "m"))
+    loaded = KNNModel.load(str(tmp_path / "m"))
+    assert loaded.layout.shard_tunings == model.layout.shard_tunings and loaded.getTargetRecall() == 0.95
+
+
+def test_target_recall_bad_values_and_flat(spark):
     df = spark_items(spark, clustered(200, 8, 4, seed=1)).withColumn("g", pyspark.sql.functions.lit(1))
-    with pytest.raises(InvalidArgumentError, match="not supported with groupCol"):
-        KNN(featuresCol="vector", groupCol="g", targetRecall=0.9).fit(df)
     for bad in (0, 1.5, -0.2):
         with pytest.raises((ValueError, TypeError), match="recall must be a number in"):
             KNN(featuresCol="vector", targetRecall=bad)
     flat = KNN(featuresCol="vector", indexType="flat", targetRecall=0.99).fit(df)
     assert flat.tuning is None  # exact: nothing to tune
+    grouped_flat = KNN(featuresCol="vector", indexType="flat", groupCol="g", targetRecall=0.99).fit(df)
+    assert grouped_flat.tuning is None and len(grouped_flat.similarItems().collect()) == 200

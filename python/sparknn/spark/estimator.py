@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparknn.errors import InvalidArgumentError
-from sparknn.spark import hadoop_store, recall_target, runtime
+from sparknn.spark import hadoop_store, runtime
 from sparknn.tuning import DEFAULT_TARGET
 from sparknn.spark.grouped_search import check_groups
 from sparknn.spark.build import build_on_driver, file_prefix
@@ -167,7 +167,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
         id_type = check_id(dataset, id_col).dataType.simpleString()
         options = self.fit_options()
         group_col = self.getGroupCol()
-        target = self._recall_target(options, group_col)
+        target = self._recall_target(options)
         if group_col:
             check_groups(dataset, group_col, "items")
         elif options.spec.kind == "ivf" and options.num_shards > 1:
@@ -191,7 +191,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
                 shards = 2 * runtime.default_parallelism(spark)
                 returned = _files_return_through_spark(spark, index_path, store, root, "the grouped build")
                 layout = build_sharded(dataset, features, id_col, id_type, options, root, prefix, returned, store,
-                                       group_col=group_col, num_shards=shards)
+                                       group_col=group_col, num_shards=shards, target=target, k=self.getK())
                 shared = not returned and not store
             elif options.num_shards > 1:
                 returned = _files_return_through_spark(spark, index_path, store, root,
@@ -228,17 +228,11 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
             model._tune(target, dataset)
         return model
 
-    def _recall_target(self, options: FitOptions, group_col) -> float | None:
-        """targetRecall; else, for ivf, the default target when nprobe was not set and the build
-        supports tuning. An explicit target the build cannot tune is refused. (hnsw keeps efSearch
-        by default: its recall measured from stored items overstates that of other queries.)"""
+    def _recall_target(self, options: FitOptions) -> float | None:
+        """targetRecall; else, for ivf, the default target when nprobe was not set. (hnsw keeps
+        efSearch by default: its recall measured from stored items overstates that of other queries.)"""
         if self.getTargetRecall() is not None:
-            recall_target.check_supported(options, bool(group_col))
             return self.getTargetRecall()
         if self.isSet(self.nprobe) or options.spec.kind != "ivf":
-            return None
-        try:
-            recall_target.check_supported(options, bool(group_col))
-        except InvalidArgumentError:
             return None
         return DEFAULT_TARGET

@@ -36,7 +36,9 @@ CHUNK = 8192  # query rows searched (and output) per batch
 def own_neighbors(layout: Layout, query: int, searched: int, lo: int, hi: int, k: int, nprobe: int, ef: int,
                   threads: int) -> pa.Array:
     """The items ``lo:hi`` of shard ``query`` (one large group, or a piece of it) searched in shard
-    ``searched`` (the same group): list<struct<id, distance>>, themselves excluded."""
+    ``searched`` (the same group; with the knob its recall target chose for it, if any):
+    list<struct<id, distance>>, themselves excluded."""
+    nprobe, ef = layout.knobs(searched, nprobe, ef)
     index = shard_index(layout, searched)
     x = shard_index(layout, query).reconstruct(lo, hi)  # under cosine already unit length
     ids = side_file(layout, searched, "ids", load_ids)
@@ -115,7 +117,8 @@ def _search(batches, *, layout: Layout, k: int, nprobe: int, ef: int, num_thread
             index = shard_index(layout, int(p))
             kk = min(k, len(index))
             x = vectors_to_numpy(sub.column("v"), "v", layout.dim)
-            found, dist = index.search(x, kk, ef=max(ef, kk), nprobe=nprobe, threads=threads)
+            probes, beam = layout.knobs(int(p), nprobe, ef)
+            found, dist = index.search(x, kk, ef=max(beam, kk), nprobe=probes, threads=threads)
             neighbors = neighbors_array(found, dist, id_values=side_file(layout, int(p), "ids", load_ids), k=k)
             yield pa.RecordBatch.from_arrays([sub.column("qkey"), neighbors, sub.column(PAYLOAD)],
                                              names=["qkey", "neighbors", PAYLOAD])

@@ -11,10 +11,17 @@ the group's own shard) and searches that group's items: exactly up to ``grouped.
 otherwise with an index of the model's kind built on the group once per Python worker (kept for
 the next batches and tasks), or the large group's own index. Queries and items of a group split
 into pieces are searched in every piece and merged (group_pieces).
+
+With a recall target (``targetRecall``) every index of a group is tuned on that group's own items
+(``Index.tune``): a large group's (or piece's) at fit, its choice kept in the model
+(``Layout.shard_tunings``); a hashed shard's groups of more than ``grouped.SMALL`` items when
+their index is built for a search (logged by the task).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from collections import OrderedDict
 from functools import partial
@@ -34,6 +41,7 @@ from sparknn.spark.layout import Layout
 from sparknn.spark.schema import neighbors_spark_type, spark_id_type
 from sparknn.spark.tasks import cached, load_ids, shard_index, side_file, task_threads
 
+log = logging.getLogger("sparknn.spark")
 QUERY_CHUNK = 8192  # similarItems rows per output batch
 _SHARD = "__sparknn_shard"
 _GROUP_INDEXES: OrderedDict = OrderedDict()  # (index file, group) -> Index of a large group, per worker
@@ -65,16 +73,18 @@ def _shard_files(layout: Layout, s: int):
     return index, ids, groups
 
 
-def _spec(layout: Layout, nprobe: int, ef: int, threads: int) -> IndexSpec:
-    """The index built for a large group: the model's kind and metric."""
-    return IndexSpec(kind=layout.kind, metric=layout.metric, nprobe=nprobe, ef_search=ef, threads=threads)
+def _task_spec(spec: IndexSpec) -> IndexSpec:
+    """The index built in a task for a hashed shard's group of more than grouped.SMALL items: the
+    model's (kind, metric, M, efConstruction, storage, ...), with the task's threads."""
+    return spec.replace(threads=task_threads(spec.threads))
 
 
 # -- similarItems --------------------------------------------------------------------------------
-def similar_batches(batches, *, layout: Layout, id_col: str, output: str, k: int, nprobe: int, ef: int,
-                    num_threads: int):
-    """Each shard's items -> their k nearest items of the same group."""
-    threads = task_threads(num_threads)
+def similar_batches(batches, *, layout: Layout, id_col: str, output: str, k: int, spec: IndexSpec,
+                    target: float | None = None):
+    """Each shard's items -> their k nearest items of the same group (with a recall ``target``, a
+    hashed shard's groups of more than grouped.SMALL items get an index tuned on their own items)."""
+    spec = _task_spec(spec)
     for batch in batches:
         for s in batch.column(0).to_numpy():
             s = int(layout_shard(layout, s))
@@ -84,15 +94,26 @@ def similar_batches(batches, *, layout: Layout, id_col: str, output: str, k: int
             if s >= layout.hashed_shards:  # one large group: its own index, built at fit
                 for lo in range(0, len(index), QUERY_CHUNK):
                     hi = min(len(index), lo + QUERY_CHUNK)
-                    neighbors = group_pieces.own_neighbors(layout, s, s, lo, hi, k, nprobe, ef, threads)
+                    neighbors = group_pieces.own_neighbors(layout, s, s, lo, hi, k, spec.nprobe, spec.ef_search,
+                                                               spec.threads)
                     yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), neighbors], names=[id_col, output])
                 continue
+            tunings: list = []
             rows, dist = grouped.within_groups(index.stored_vectors(), grouped.group_codes(groups), k,
-                                               _spec(layout, nprobe, ef, threads))
+                                               spec, recall=target, tunings=tunings)
+            if tunings:
+                log.info("targetRecall, shard %d: %s", s,
+                         grouped.GroupTunings(target, grouped.SMALL, tuple(tunings)).describe())
             for lo in range(0, len(index), QUERY_CHUNK):
                 hi = min(len(index), lo + QUERY_CHUNK)
                 neighbors = neighbors_array(rows[lo:hi], dist[lo:hi], id_values=ids, k=k)
                 yield pa.RecordBatch.from_arrays([ids.slice(lo, hi - lo), neighbors], names=[id_col, output])
+
+
+def _with_target(layout: Layout, target: float | None) -> Layout:
+    """The layout searched: without a recall target (cleared on the model) the large groups' own
+    choices are dropped too, and nprobe / efSearch apply to every group."""
+    return layout if target is not None else dataclasses.replace(layout, shard_tunings=())
 
 
 def layout_shard(layout: Layout, task: int) -> int:
@@ -103,15 +124,17 @@ def layout_shard(layout: Layout, task: int) -> int:
     return [first for _, first, count in layout.group_pieces if count == 1][task - hashed]
 
 
-def similar_items(spark, layout: Layout, id_col: str, output: str, k: int, nprobe: int, ef: int,
-                  num_threads: int) -> DataFrame:
+def similar_items(spark, layout: Layout, id_col: str, output: str, k: int, spec: IndexSpec,
+                  target: float | None = None) -> DataFrame:
+    """Every item and its k nearest other items of its group: ``spec`` is the model's index (its
+    nprobe / ef_search those searched with, its threads numThreads), ``target`` its recall target."""
+    layout = _with_target(layout, target)
     schema = T.StructType([T.StructField(id_col, spark_id_type(layout.id_type)),
                            T.StructField(output, neighbors_spark_type(layout.id_type))])
     n = layout.hashed_shards + sum(1 for _, _, count in layout.group_pieces if count == 1)
-    fn = partial(similar_batches, layout=layout, id_col=id_col, output=output, k=k, nprobe=nprobe, ef=ef,
-                 num_threads=num_threads)
+    fn = partial(similar_batches, layout=layout, id_col=id_col, output=output, k=k, spec=spec, target=target)
     result = spark.range(0, n, 1, n).mapInArrow(fn, schema)
-    split = group_pieces.similar_items(spark, layout, id_col, output, k, nprobe, ef, num_threads)
+    split = group_pieces.similar_items(spark, layout, id_col, output, k, spec.nprobe, spec.ef_search, spec.threads)
     return result if split is None else result.unionByName(split)
 
 
@@ -130,12 +153,17 @@ def load_members(path: str) -> dict:
     return dict(_by_value(load_ids(path)))
 
 
-def _group_index(key, vectors: np.ndarray, spec: IndexSpec):
+def _group_index(key, vectors: np.ndarray, spec: IndexSpec, target: float | None, k: int):
+    """The index of one group of a hashed shard (built once per worker); with a recall ``target``
+    tuned for recall@k on the group's own items."""
+    key = (*key, target, k)
     with _LOCK:
         if key in _GROUP_INDEXES:
             _GROUP_INDEXES.move_to_end(key)
             return _GROUP_INDEXES[key]
     index = grouped.index_of(vectors, spec)
+    if target is not None and index.kind != "flat":
+        log.info("targetRecall, a group of %d items: %s", len(index), index.tune(target, k=k).describe())
     with _LOCK:
         _GROUP_INDEXES[key] = index
         while len(_GROUP_INDEXES) > _GROUP_INDEXES_MAX:
@@ -155,10 +183,10 @@ def _exact(q: np.ndarray, x: np.ndarray, k: int, metric: str) -> tuple[np.ndarra
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(pd, order, axis=1).astype(np.float32)
 
 
-def search_queries(batches, *, layout: Layout, group_col: str, features: str, output: str, k: int, nprobe: int,
-                   ef: int, num_threads: int):
+def search_queries(batches, *, layout: Layout, group_col: str, features: str, output: str, k: int,
+                   spec: IndexSpec, target: float | None = None):
     """Query rows (shuffled to their group's shard) -> the same rows plus their neighbours."""
-    threads = task_threads(num_threads)
+    spec = _task_spec(spec)
     for batch in batches:
         shard_col = batch.column(_SHARD).to_numpy()
         keep = [i for i, name in enumerate(batch.schema.names) if name != _SHARD]
@@ -171,7 +199,8 @@ def search_queries(batches, *, layout: Layout, group_col: str, features: str, ou
             q = vectors_to_numpy(sub.column(features), features, layout.dim)
             if s >= layout.hashed_shards:  # one large group's own index: every query here is of that group
                 kk = min(k, len(index))
-                found, dist = index.search(q, kk, ef=max(ef, kk), nprobe=nprobe, threads=threads)
+                probes, beam = layout.knobs(int(s), spec.nprobe, spec.ef_search)
+                found, dist = index.search(q, kk, ef=max(beam, kk), nprobe=probes, threads=spec.threads)
                 neighbors = neighbors_array(found, dist, id_values=ids, k=k)
                 yield pa.RecordBatch.from_arrays([sub.column(i) for i in keep] + [neighbors],
                                                  names=[batch.schema.names[i] for i in keep] + [output])
@@ -190,7 +219,7 @@ def search_queries(batches, *, layout: Layout, group_col: str, features: str, ou
                     pos, d = _exact(q[at], x_all[rows], kk, layout.metric)
                 else:
                     gindex = _group_index((layout.path(layout.shards[int(s)].index), value), x_all[rows],
-                                          _spec(layout, nprobe, ef, threads))
+                                          spec, target, k)
                     pos, d = gindex.search(q[at], kk)
                 found[at[:, None], np.arange(kk)[None, :]] = np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
                 dist[at[:, None], np.arange(kk)[None, :]] = d
@@ -200,21 +229,22 @@ def search_queries(batches, *, layout: Layout, group_col: str, features: str, ou
 
 
 def transform(dataset: DataFrame, layout: Layout, group_col: str, features: str, output: str, k: int,
-              nprobe: int, ef: int, num_threads: int) -> DataFrame:
+              spec: IndexSpec, target: float | None = None) -> DataFrame:
     """Every query row plus its k nearest items of the group its ``group_col`` names (min(k, group
     size); none for a group without items): one output row per input row."""
     check_groups(dataset, group_col, "queries", layout.group_type)
+    layout = _with_target(layout, target)
     n = len(layout.shards)
     value = F.col(group_col).cast(layout.group_type)
     shard = group_plan.shard_column(value, None, layout.hashed_shards, layout.group_pieces, layout.group_type)
     schema = T.StructType(dataset.schema.fields + [T.StructField(output, neighbors_spark_type(layout.id_type))])
     fn = partial(search_queries, layout=layout, group_col=group_col, features=features, output=output, k=k,
-                 nprobe=nprobe, ef=ef, num_threads=num_threads)
+                 spec=spec, target=target)
     if not group_plan.split_values(layout.group_pieces):
         return dataset.withColumn(_SHARD, shard).repartition(n, _SHARD).mapInArrow(fn, schema)
     # Queries of groups split into pieces are searched in every piece and merged; the others as above.
     split, rest = group_pieces.split_filter(layout, group_col)
     result = dataset.where(rest).withColumn(_SHARD, shard).repartition(n, _SHARD).mapInArrow(fn, schema)
     return result.unionByName(group_pieces.transform(dataset.where(split), layout, group_col, features, output, k,
-                                                     nprobe, ef, num_threads))
+                                                     spec.nprobe, spec.ef_search, spec.threads))
 

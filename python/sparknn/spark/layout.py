@@ -137,6 +137,18 @@ def digests_from_json(text: str | None) -> tuple[tuple[str, integrity.FileDigest
 
 
 @dataclass(frozen=True)
+class ShardTuning:
+    """What a recall target chose for one shard's own index (a grouped model's large group, or a
+    piece of one): nprobe (ivf) or ef (hnsw) ``value``, with ``recall`` measured on ``sample`` of
+    its items."""
+
+    shard: int
+    value: int
+    recall: float
+    sample: int
+
+
+@dataclass(frozen=True)
 class Layout:
     """Everything a task needs to find and interpret the index files (small, picklable)."""
 
@@ -153,6 +165,15 @@ class Layout:
     group_type: str | None = None  # a grouped model (groupCol): the group column's Spark type; shards hold whole groups
     # a grouped model's large groups (group_plan): (value, first shard, pieces), on shards after the hashed ones
     group_pieces: tuple[tuple[object, int, int], ...] = ()
+    # a grouped model fit with a recall target: what was chosen for each large group's shard (its own index)
+    shard_tunings: tuple[ShardTuning, ...] = ()
+
+    def knobs(self, shard: int, nprobe: int, ef: int) -> tuple[int, int]:
+        """(nprobe, ef) to search ``shard`` with: the value its recall target chose, else those given."""
+        for t in self.shard_tunings:
+            if t.shard == shard:
+                return (t.value, ef) if self.kind == "ivf" else (nprobe, t.value)
+        return nprobe, ef
 
     @property
     def hashed_shards(self) -> int:
@@ -232,6 +253,8 @@ class Layout:
             d["groupType"] = self.group_type
         if self.group_pieces:
             d["groupPieces"] = [list(p) for p in self.group_pieces]
+        if self.shard_tunings:
+            d["shardTunings"] = [[t.shard, t.value, t.recall, t.sample] for t in self.shard_tunings]
         return d
 
     @staticmethod
@@ -246,7 +269,9 @@ class Layout:
         ivf = IvfRouting.from_json(d["ivf"]) if "ivf" in d else None
         layout = Layout(int(d["dim"]), d["metric"], d["kind"], d["idType"], bool(d["positional"]), shards, root,
                         ivf=ivf, group_type=d.get("groupType"),
-                        group_pieces=tuple((v, int(s), int(c)) for v, s, c in d.get("groupPieces", ())))
+                        group_pieces=tuple((v, int(s), int(c)) for v, s, c in d.get("groupPieces", ())),
+                        shard_tunings=tuple(ShardTuning(int(s), int(v), float(r), int(n))
+                                            for s, v, r, n in d.get("shardTunings", ())))
         if layout.group_pieces and not (0 < layout.hashed_shards and all(
                 layout.hashed_shards <= s and c >= 1 and s + c <= len(shards) for _, s, c in layout.group_pieces)):
             raise ValueError(f"group pieces {layout.group_pieces} do not fit {len(shards)} shards")

@@ -54,14 +54,21 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
     @property
     def tuning(self):
         """What ``targetRecall`` chose at fit (:class:`sparknn.tuning.Tuning`: the nprobe or ef
-        set on this model and the recall@k measured), or None (not set, or a loaded model: its
-        nprobe / efSearch were saved)."""
+        set on this model and the recall@k measured; a grouped model: a
+        :class:`sparknn.grouped.GroupTunings`, the value chosen for each large group's index), or
+        None (not set, or a loaded model: its nprobe / efSearch, or per group values, were saved)."""
         return self._tuning
 
     def _tune(self, target: float, dataset: DataFrame) -> None:
-        """Sets nprobe (ivf) or efSearch (hnsw) for ``target`` (recall_target)."""
+        """Sets nprobe (ivf) or efSearch (hnsw) for ``target`` (recall_target); a grouped model
+        keeps the target, which its searches apply per group (the large groups tuned at fit)."""
         spark = dataset.sparkSession
         layout = self.layout
+        if layout.group_type:
+            self._set(targetRecall=target)
+            self._tuning = recall_target.grouped(layout, target, self.getK())
+            recall_target.report(self._tuning)
+            return
         if layout.ivf:
             chosen = recall_target.tune_routed(dataset, self.getFeaturesCol(), self.getIdCol(), layout,
                                                self._task_layout(spark), target, self.getK(), layout.count,
@@ -148,6 +155,10 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
     def _ef(self) -> int:
         return max(self.getEfSearch(), self.getK() + 1)
 
+    def _search_spec(self):
+        """The model's index as searched now: nprobe / efSearch as set on the model."""
+        return self.index_spec().replace(nprobe=self.getNprobe(), ef_search=self._ef())
+
     # -- queries ----------------------------------------------------------------------
     def _transform(self, dataset: DataFrame) -> DataFrame:
         features, output = self.getFeaturesCol(), self.getOutputCol()
@@ -159,7 +170,7 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         layout = self._task_layout(dataset.sparkSession)
         if layout.group_type:
             return grouped_search.transform(dataset, layout, self.getGroupCol(), features, output, self.getK(),
-                                            self.getNprobe(), self._ef(), self.getNumThreads())
+                                            self._search_spec(), self.getTargetRecall())
         if layout.ivf:
             return ivf_route.transform(dataset, layout, features, output, self.getK(), self.getNprobe(),
                                          self.getNumThreads())
@@ -183,7 +194,7 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
                 raise InvalidArgumentError("includeSelf is not supported with groupCol: each item's neighbours are "
                                            "the other items of its group")
             return grouped_search.similar_items(spark, layout, self.getIdCol(), self.getOutputCol(), self.getK(),
-                                                self.getNprobe(), self._ef(), self.getNumThreads())
+                                                self._search_spec(), self.getTargetRecall())
         slices = self._slices(runtime.default_parallelism(spark))
         if layout.ivf:
             return ivf_route.similar_items(spark, layout, slices, self.getIdCol(), self.getOutputCol(),

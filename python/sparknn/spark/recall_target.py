@@ -16,8 +16,13 @@ similarItems), instead of a fixed default that gives one data set 0.99 and anoth
   widening included): each value up the ladder costs a quantizer pass over the sample, no search.
   With sq8 / pq storage this leaves out what compression loses (an upper bound; ``rerank`` helps).
 
+- **A grouped model** (``groupCol``): each large group's index (each piece of a split group) is
+  tuned on its own items by its build task (``Index.tune``); the choices are kept in the model
+  (``Layout.shard_tunings``) and the target on it, so the searches of smaller groups that get an
+  index (more than ``grouped.SMALL`` items on a hashed shard) tune it on their own items too.
+
 The choice and the recall measured are the model's ``tuning`` and are logged; ``nprobe`` /
-``efSearch`` are set on the model (and saved with it).
+``efSearch`` (or a grouped model's per group values) are set on the model (and saved with it).
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from pyspark.sql import types as T
 
 from sparknn import tuning
 from sparknn.arrow import vectors_to_numpy
-from sparknn.errors import InvalidArgumentError
+from sparknn.grouped import GroupTunings
 from sparknn.index import flat_search, load
-from sparknn.spark import worker
+from sparknn.spark import group_plan, worker
 from sparknn.spark.layout import Layout
 from sparknn.spark.schema import features_as_float_array
 from sparknn.spark.tasks import cached, load_index
@@ -43,10 +48,21 @@ from sparknn.spark.tasks import cached, load_index
 log = logging.getLogger("sparknn.spark")
 
 
-def check_supported(options, grouped: bool) -> None:
-    """Before any job: the builds whose tuning is not there yet are refused, with what to set instead."""
-    if grouped:
-        raise InvalidArgumentError("targetRecall is not supported with groupCol yet: set nprobe / efSearch")
+def grouped(layout: Layout, target: float, k: int) -> GroupTunings:
+    """A grouped model: what the build chose for each large group's index (each piece of a split
+    group tuned on its own items), and how the other groups are searched."""
+    kind = "nprobe" if layout.kind == "ivf" else "ef"
+    counts = [s.count for s in layout.shards]
+    chosen = tuple((counts[t.shard], tuning.Tuning(kind, t.value, t.recall, target, k, t.sample))
+                   for t in layout.shard_tunings)
+    large = group_plan.large_rows(layout.count)
+    rest = "smaller groups exact"
+    if large > group_plan.SMALL:
+        rest = (f"groups of {group_plan.SMALL + 1} to {large} items tuned when searched (logged by their tasks); "
+                "smaller groups exact")
+    split = any(count > 1 for _, _, count in layout.group_pieces)
+    what = "large group index(es) (a piece each, of a group split into pieces)" if split else "large group(s)"
+    return GroupTunings(target, large, chosen, what=what, rest=rest)
 
 
 def tune_driver_index(layout: Layout, target: float, k: int, threads: int) -> tuning.Tuning:

@@ -24,7 +24,7 @@ from sparknn.arrow import vectors_to_numpy
 from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import group_plan, hadoop_store
-from sparknn.spark.layout import ARROW_ID_TYPES, Layout, digests_json, shard_files, write_column, write_ids
+from sparknn.spark.layout import ARROW_ID_TYPES, Layout, ShardTuning, digests_json, shard_files, write_column, write_ids
 from sparknn.spark.params import FitOptions
 from sparknn.spark.returned_files import build_and_gather, build_and_store
 from sparknn.spark.schema import check_unique, features_as_float_array, validate
@@ -39,16 +39,22 @@ _RESULT = T.StructType([
     T.StructField("ids", T.StringType()),
     T.StructField("groups", T.StringType()),
     T.StructField("sideFiles", T.StringType()),  # JSON: role -> digest, as the index records them
+    # a large group's index tuned for a recall target: the value chosen, the recall measured, on how many
+    T.StructField("tuned", T.IntegerType()),
+    T.StructField("recall", T.DoubleType()),
+    T.StructField("sample", T.IntegerType()),
 ])
 _RESULT_ARROW = pa.schema([("shard", pa.int32()), ("count", pa.int64()), ("dim", pa.int32()),
                            ("index", pa.string()), ("ids", pa.string()), ("groups", pa.string()),
-                           ("sideFiles", pa.string())])
+                           ("sideFiles", pa.string()), ("tuned", pa.int32()), ("recall", pa.float64()),
+                           ("sample", pa.int32())])
 
 
 def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positional, spec, group_col=None,
-                large_spec=None, hashed=None, attempt=None):
+                large_spec=None, hashed=None, target=None, k=None, attempt=None):
     """One partition: build and save the index (and id file) of every shard it holds (a grouped
-    model's shards from ``hashed`` on hold one large group each: an index of ``large_spec``).
+    model's shards from ``hashed`` on hold one large group each: an index of ``large_spec``, with
+    a recall ``target`` tuned for it on its own items: ``Index.tune``, recall@``k``).
 
     Files are named after the task attempt, side files first and the index (recording their
     digests) last; the result row names them. The driver keeps the files of the results Spark
@@ -72,9 +78,12 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
         order = pc.sort_indices(ids)
         ids = ids.take(order)
         vectors = vectors_to_numpy(part.column("v").take(order), features, dim)
+        chosen = None
         try:
             if large_spec is not None and s >= hashed:  # one large group (a piece of it): a real index
                 index = grouped.index_of(vectors, large_spec)
+                if target is not None and index.kind != "flat":
+                    chosen = index.tune(target, k=k)
             else:
                 index, _ = build_streaming([(0, vectors)], len(vectors), spec,
                                            ids=None if positional else ids.to_numpy())
@@ -99,7 +108,8 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
         yield pa.RecordBatch.from_arrays(
             [pa.array([s], pa.int32()), pa.array([len(index)], pa.int64()), pa.array([dim], pa.int32()),
              pa.array([name]), pa.array([ids_name], pa.string()), pa.array([groups_name], pa.string()),
-             pa.array([digests_json(digests)])],
+             pa.array([digests_json(digests)]), pa.array([chosen and chosen.value], pa.int32()),
+             pa.array([chosen and chosen.recall], pa.float64()), pa.array([chosen and chosen.sample], pa.int32())],
             schema=_RESULT_ARROW)
 
 
@@ -114,12 +124,12 @@ def _empty_shard(root: str, prefix: str, s: int, dim: int, spec, id_type: pa.Dat
     name = f"{prefix}-shard-{s}-empty.snn"
     spec.create(dim).save(os.path.join(root, name), side_files=digests)
     return {"shard": s, "count": 0, "dim": dim, "index": name, "ids": ids_name, "groups": groups_name,
-            "sideFiles": digests_json(digests)}
+            "sideFiles": digests_json(digests), "tuned": None, "recall": None, "sample": None}
 
 
 def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,
                   prefix: str, returned: bool = False, store: str | None = None, group_col: str | None = None,
-                  num_shards: int | None = None) -> Layout:
+                  num_shards: int | None = None, target: float | None = None, k: int = 10) -> Layout:
     """Validates on the JVM, then builds ``numShards`` indexes in parallel on executors: written to
     ``root``, or with ``returned`` (executors do not see ``root``) returned through Spark, or with
     ``store`` (a URI) written there and fetched into ``root`` (returned_files): every query
@@ -128,7 +138,9 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
     With ``group_col`` (grouped_search) rows go to shards by their group (group_plan): a hashed
     shard holds whole small groups, its vectors (a flat index), ids and groups by position; a
     large group has shards of its own, an index of the model's kind each. ``num_shards`` is then
-    the least number of hashed shards (more for large data) unless ``options`` set numShards."""
+    the least number of hashed shards (more for large data) unless ``options`` set numShards, and
+    a recall ``target`` tunes each large group's index on its own items for recall@``k``
+    (``Layout.shard_tunings``)."""
     stats = validate(df, features, id_col, id_type != "string")
     positional = group_col is not None or not stores_own_ids(ARROW_ID_TYPES[id_type], stats.get("min_id"))
     dim = int(stats["max_len"])
@@ -151,7 +163,8 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
             .repartition(total, "key").drop("key"))
     spec = options.spec.replace(kind="flat") if group_col else options.spec  # grouped: the shard's vectors
     kw = dict(prefix=prefix, dim=dim, id_type=id_type, id_col=id_col, features=features, positional=positional,
-              spec=spec, group_col=group_col, large_spec=options.spec if group_col else None, hashed=n)
+              spec=spec, group_col=group_col, large_spec=options.spec if group_col else None, hashed=n,
+              target=target if group_col else None, k=k)
     files = ("index", "ids", "groups")
     if store:
         results, stored = build_and_store(data, _build_task, _RESULT_ARROW, _RESULT, uri=store, key="shard",
@@ -175,7 +188,9 @@ def build_sharded(df: DataFrame, features: str, id_col: str, id_type: str, optio
                                    f"{stats['rows']}: is the input DataFrame non-deterministic? "
                                    "Cache or checkpoint it before fit")
     shards = tuple(shard_files(r, root, f"shard {r['shard']}") for r in results)
+    tunings = tuple(ShardTuning(r["shard"], r["tuned"], r["recall"], r["sample"]) for r in results
+                    if r.get("tuned") is not None)
     layout = Layout(dim, options.spec.metric, options.spec.kind, id_type, positional, shards, root,
-                    group_type=group_type, group_pieces=pieces)
+                    group_type=group_type, group_pieces=pieces, shard_tunings=tunings)
     keep_only(root, prefix, layout.files())  # other attempts' files
     return layout
