@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sparknn.arrow import vectors_to_numpy
+from sparknn.arrow import PARQUET_READ, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.machine import available_memory
 from sparknn.output import DataError, UsageError, one_line, special_kind
@@ -55,7 +55,7 @@ class Input:
         offset = 0
         with reading(self.path):
             for fragment in self.dataset.get_fragments():
-                with pq.ParquetFile(fragment.path, filesystem=fragment.filesystem,
+                with pq.ParquetFile(fragment.path, filesystem=fragment.filesystem, **PARQUET_READ,
                                     page_checksum_verification=True) as parquet:
                     for batch in parquet.iter_batches(batch_size=size, columns=list(columns)):
                         if batch.num_rows:
@@ -198,7 +198,7 @@ def _open_dataset(path: str, what: str) -> ds.Dataset:
     # Skips files starting with "." or "_" (_SUCCESS, .crc). Pages written with a CRC (parquet-mr's
     # default, pyarrow's write_page_checksum) are checked: a damaged page is an error, not wrong vectors.
     fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
-        page_checksum_verification=True))
+        page_checksum_verification=True, use_buffered_stream=True, **PARQUET_READ))
     dataset = ds.dataset(path, format=fmt)
     if not dataset.files:
         raise DataError(f"{path!r} contains no Parquet files")

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 
+from sparknn.arrow import PARQUET_READ
 from sparknn.spark import runtime
 from sparknn.spark.layout import ARROW_ID_TYPES
 
@@ -144,7 +145,7 @@ def read_scan(scan: ParquetScan, id_type: str) -> pa.Table | None:
     tables = []
     try:
         for path in scan.paths:
-            t = pq.read_table(path, columns=[scan.id_col, scan.features], use_threads=True)
+            t = pq.read_table(path, columns=[scan.id_col, scan.features], use_threads=True, **PARQUET_READ)
             tables.append(pa.table({"id": t.column(scan.id_col).cast(ARROW_ID_TYPES[id_type]),
                                     "v": t.column(scan.features)}))
     except (OSError, pa.ArrowException) as e:
