@@ -13,9 +13,12 @@
 namespace sparknn {
 namespace {
 
-#define SPARKNN_HALF_KERNELS(ns)                                                               \
-    HalfKernels{ns::l2sq_fp16, ns::dot_fp16, ns::decode_fp16, ns::encode_fp16},               \
-        HalfKernels { ns::l2sq_bf16, ns::dot_bf16, ns::decode_bf16, ns::encode_bf16 }
+#define SPARKNN_HALF_KERNELS(ns)                                                                          \
+    HalfKernels{ns::l2sq_fp16,   ns::dot_fp16,     ns::decode_fp16,                                        \
+                ns::encode_fp16, ns::l2sq_fp16_x4, ns::dot_fp16_x4},                                       \
+        HalfKernels {                                                                                     \
+        ns::l2sq_bf16, ns::dot_bf16, ns::decode_bf16, ns::encode_bf16, ns::l2sq_bf16_x4, ns::dot_bf16_x4 \
+    }
 const DistanceKernels kScalar{kernels_scalar::l2sq, kernels_scalar::dot, kernels_scalar::pq_scan,
                               kernels_scalar::l2sq_x4, kernels_scalar::dot_x4,
                               SPARKNN_HALF_KERNELS(kernels_scalar)};

@@ -24,6 +24,10 @@ namespace sparknn {
     float dot_bf16(const float* a, const uint16_t* b, size_t dim);                                     \
     void decode_bf16(const uint16_t* in, size_t n, float* out);                                        \
     void encode_bf16(const float* in, size_t n, uint16_t* out);                                        \
+    void l2sq_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out);              \
+    void dot_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out);               \
+    void l2sq_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out);              \
+    void dot_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out);               \
     }
 
 SPARKNN_DECLARE_KERNELS(kernels_scalar)

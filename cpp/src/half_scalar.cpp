@@ -42,6 +42,19 @@ float dot_fp16(const float* a, const uint16_t* b, size_t dim) { return dot_16<ha
 float l2sq_bf16(const float* a, const uint16_t* b, size_t dim) { return l2sq_16<half::bf16_to_float>(a, b, dim); }
 float dot_bf16(const float* a, const uint16_t* b, size_t dim) { return dot_16<half::bf16_to_float>(a, b, dim); }
 
+void l2sq_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    for (int t = 0; t < 4; ++t) out[t] = l2sq_fp16(a, b[t], dim);
+}
+void dot_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    for (int t = 0; t < 4; ++t) out[t] = dot_fp16(a, b[t], dim);
+}
+void l2sq_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    for (int t = 0; t < 4; ++t) out[t] = l2sq_bf16(a, b[t], dim);
+}
+void dot_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    for (int t = 0; t < 4; ++t) out[t] = dot_bf16(a, b[t], dim);
+}
+
 void decode_fp16(const uint16_t* in, size_t n, float* out) {
     for (size_t i = 0; i < n; ++i) out[i] = half::fp16_to_float(in[i]);
 }

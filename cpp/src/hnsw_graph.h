@@ -85,17 +85,10 @@ template <class T>
 struct StoredRows {
     using Elem = T;
     using Fn = float (*)(const float*, const T*, size_t);
+    using X4Fn = void (*)(const float*, const T* const*, size_t, float*);
     Fn fn;
     HalfDecodeFn decode;  // null for float rows
-    DistanceX4Fn fn_x4;   // float rows: four rows in one pass (their misses overlap)
-    // out[t] = fn(a, b[t]), t < 4, the same bits as one at a time.
-    void raw_x4(const float* a, const T* const* b, size_t dim, float* out) const {
-        if constexpr (std::is_same_v<T, float>) {
-            fn_x4(a, b, dim, out);
-        } else {
-            for (int t = 0; t < 4; ++t) out[t] = fn(a, b[t], dim);
-        }
-    }
+    X4Fn fn_x4;           // four rows in one pass (their misses overlap): out[t] = fn(a, b[t]), the same bits
     const float* as_float(const T* x, float* scratch, size_t dim) const {
         if constexpr (std::is_same_v<T, float>) {
             return x;
@@ -121,14 +114,15 @@ template <class T, class Finish>
 struct Distance : StoredRows<T> {
     float operator()(const float* a, const T* b, size_t dim) const { return Finish::apply(this->fn(a, b, dim)); }
     void x4(const float* a, const T* const* b, size_t dim, float* out) const {
-        this->raw_x4(a, b, dim, out);
+        this->fn_x4(a, b, dim, out);
         for (int t = 0; t < 4; ++t) out[t] = Finish::apply(out[t]);
     }
 };
 
 template <class T, class F>
 decltype(auto) with_metric(Metric metric, typename StoredRows<T>::Fn l2sq, typename StoredRows<T>::Fn dot,
-                           HalfDecodeFn decode, DistanceX4Fn l2sq_x4, DistanceX4Fn dot_x4, F&& f) {
+                           HalfDecodeFn decode, typename StoredRows<T>::X4Fn l2sq_x4,
+                           typename StoredRows<T>::X4Fn dot_x4, F&& f) {
     switch (metric) {
         case Metric::InnerProduct:
             return f(Distance<T, IpFinish>{{dot, decode, dot_x4}});
@@ -147,9 +141,11 @@ decltype(auto) with_distance(Metric metric, Storage storage, F&& f) {
     const DistanceKernels& k = kernels();
     switch (storage) {
         case Storage::Float16:
-            return with_metric<uint16_t>(metric, k.fp16.l2sq, k.fp16.dot, k.fp16.decode, nullptr, nullptr, f);
+            return with_metric<uint16_t>(metric, k.fp16.l2sq, k.fp16.dot, k.fp16.decode, k.fp16.l2sq_x4,
+                                         k.fp16.dot_x4, f);
         case Storage::BFloat16:
-            return with_metric<uint16_t>(metric, k.bf16.l2sq, k.bf16.dot, k.bf16.decode, nullptr, nullptr, f);
+            return with_metric<uint16_t>(metric, k.bf16.l2sq, k.bf16.dot, k.bf16.decode, k.bf16.l2sq_x4,
+                                         k.bf16.dot_x4, f);
         default:
             return with_metric<float>(metric, k.l2sq, k.dot, nullptr, k.l2sq_x4, k.dot_x4, f);
     }

@@ -152,6 +152,32 @@ TEST_P(HalfDistanceTest, MatchesFloatKernelsOnWidenedRows) {
     }
 }
 
+// Four 16-bit rows in one pass give the same bits as one at a time (hnsw mixes
+// the two; equal distances must stay equal), at every level and odd dimension.
+TEST_P(HalfDistanceTest, FourRowKernelsEqualOneRowKernelsBitForBit) {
+    const size_t dim = GetParam();
+    const auto a = test::random_vectors(1, dim, 3);
+    const auto b = test::random_vectors(4, dim, 4);
+    for (bool bf16 : {false, true}) {
+        std::vector<uint16_t> h(b.size());
+        const HalfKernels& ref = bf16 ? kernels_for(SimdLevel::Scalar).bf16 : kernels_for(SimdLevel::Scalar).fp16;
+        ref.encode(b.data(), b.size(), h.data());
+        const uint16_t* rows[4] = {&h[0], &h[dim], &h[2 * dim], &h[3 * dim]};
+        for (SimdLevel level : test::supported_levels()) {
+            const HalfKernels& hk = bf16 ? kernels_for(level).bf16 : kernels_for(level).fp16;
+            float l2[4], ip[4];
+            hk.l2sq_x4(a.data(), rows, dim, l2);
+            hk.dot_x4(a.data(), rows, dim, ip);
+            for (int t = 0; t < 4; ++t) {
+                EXPECT_EQ(l2[t], hk.l2sq(a.data(), rows[t], dim))
+                    << simd_level_name(level) << (bf16 ? " bf16" : " fp16") << " dim " << dim;
+                EXPECT_EQ(ip[t], hk.dot(a.data(), rows[t], dim))
+                    << simd_level_name(level) << (bf16 ? " bf16" : " fp16") << " dim " << dim;
+            }
+        }
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(OddDims, HalfDistanceTest, ::testing::Values(1, 3, 7, 8, 15, 16, 17, 31, 33, 100, 768, 785));
 
 }  // namespace

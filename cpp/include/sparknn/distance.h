@@ -47,11 +47,15 @@ using PqScanFn = void (*)(const float* table, const uint8_t* codes, size_t n, si
 using HalfDistanceFn = float (*)(const float* a, const uint16_t* b, size_t dim);
 using HalfDecodeFn = void (*)(const uint16_t* in, size_t n, float* out);
 using HalfEncodeFn = void (*)(const float* in, size_t n, uint16_t* out);
+// Four 16-bit rows at once: out[t] = the one-row kernel of (a, b[t]), the same bits.
+using HalfX4Fn = void (*)(const float* a, const uint16_t* const* b, size_t dim, float* out);
 struct HalfKernels {
     HalfDistanceFn l2sq;
     HalfDistanceFn dot;
     HalfDecodeFn decode;
     HalfEncodeFn encode;
+    HalfX4Fn l2sq_x4;
+    HalfX4Fn dot_x4;
 };
 
 struct DistanceKernels {
