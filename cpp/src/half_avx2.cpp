@@ -117,10 +117,18 @@ float l2sq_fp16(const float* a, const uint16_t* b, size_t dim) { return l2sq_16<
 float dot_fp16(const float* a, const uint16_t* b, size_t dim) { return dot_16<Fp16>(a, b, dim); }
 float l2sq_bf16(const float* a, const uint16_t* b, size_t dim) { return l2sq_16<Bf16>(a, b, dim); }
 float dot_bf16(const float* a, const uint16_t* b, size_t dim) { return dot_16<Bf16>(a, b, dim); }
-void l2sq_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) { x4_16<Fp16, true>(a, b, dim, out); }
-void dot_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) { x4_16<Fp16, false>(a, b, dim, out); }
-void l2sq_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) { x4_16<Bf16, true>(a, b, dim, out); }
-void dot_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) { x4_16<Bf16, false>(a, b, dim, out); }
+void l2sq_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    x4_16<Fp16, true>(a, b, dim, out);
+}
+void dot_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    x4_16<Fp16, false>(a, b, dim, out);
+}
+void l2sq_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    x4_16<Bf16, true>(a, b, dim, out);
+}
+void dot_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
+    x4_16<Bf16, false>(a, b, dim, out);
+}
 void decode_fp16(const uint16_t* in, size_t n, float* out) { decode_16<Fp16>(in, n, out); }
 void decode_bf16(const uint16_t* in, size_t n, float* out) { decode_16<Bf16>(in, n, out); }
 
