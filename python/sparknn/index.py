@@ -468,7 +468,9 @@ class Index:
         self-join). Returns the :class:`sparknn.tuning.Tuning`: the value and the recall measured
         (if no value reaches the target, the most work tried; ``reached`` is then False). A flat
         index is exact: nothing to tune. The exact pass reads the stored vectors (decoded, for a
-        compressed ivf) in blocks."""
+        compressed ivf) in blocks. A quarter of the sample is measured first and decides alone
+        when the least value reaches the target beyond doubt (``tuning.settled``; the Tuning's
+        ``sample`` then says 250 of 1000), sparing the rest's exact pass."""
         chosen = self._tuning(recall, k, queries, sample, seed, threads)
         if chosen.param == "nprobe":
             self.nprobe = chosen.value
@@ -509,26 +511,43 @@ class Index:
         if kk < 1:
             return tuning.Tuning("", 0, 1.0, target, k, 0)
         step = max(1, tuning.BLOCK_BYTES // (4 * self.dim))
-        blocks = (self.reconstruct(lo, min(n, lo + step)) for lo in range(0, n, step))
-        truth_rows = tuning.exact_neighbours(blocks, q, kk, flat_search(self.metric, self.threads if threads is None
-                                                                      else threads), exclude=rows if own else None)
+        exact_search = flat_search(self.metric, self.threads if threads is None else threads)
         ids = self.ids
-        truth = np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1)
         own_ids = ids[rows] if own else None
-        del ids
 
-        def found(value: int) -> np.ndarray:
-            knob = {"nprobe": value} if self.kind == "ivf" else {"ef": value}  # the ef ladder starts at kk + own
-            got, _ = self.search(q, kk + own, threads=threads, **knob)
-            if own:  # drop each query's own id, keep kk
-                got = np.array([r[r != i][:kk] for r, i in zip(got, own_ids)])
-            return got
+        def truth_of(sel: np.ndarray) -> np.ndarray:
+            """The true neighbours' ids of the queries ``sel`` (positions into q): one exact pass."""
+            blocks = (self.reconstruct(lo, min(n, lo + step)) for lo in range(0, n, step))
+            found = tuning.exact_neighbours(blocks, q[sel], kk, exact_search, exclude=rows[sel] if own else None)
+            return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
 
-        if self.kind == "ivf":
-            return tuning.tune(found, truth, target, "nprobe", int(self.params["nlist"]), k)
-        # hnsw searches with ef >= k (its answer is k long): the ladder starts there, and the
-        # value reported is the ef searched with
-        return tuning.tune(found, truth, target, "ef", max(kk + own, min(4096, n)), k, lowest=kk + own)
+        def tuned(sel: np.ndarray, truth: np.ndarray) -> tuning.Tuning:
+            def found(value: int) -> np.ndarray:
+                knob = {"nprobe": value} if self.kind == "ivf" else {"ef": value}  # the ef ladder starts at kk + own
+                got, _ = self.search(q[sel], kk + own, threads=threads, **knob)
+                if own:  # drop each query's own id, keep kk
+                    got = np.array([r[r != i][:kk] for r, i in zip(got, own_ids[sel])])
+                return got
+
+            if self.kind == "ivf":
+                return tuning.tune(found, truth, target, "nprobe", int(self.params["nlist"]), k)
+            # hnsw searches with ef >= k (its answer is k long): the ladder starts there, and the
+            # value reported is the ef searched with
+            return tuning.tune(found, truth, target, "ef", max(kk + own, min(4096, n)), k, lowest=kk + own)
+
+        # A quarter of the sample first: when the least value already reaches the target beyond
+        # doubt, nothing cheaper exists and the other three quarters' exact pass is not needed.
+        order = rng.permutation(len(q))
+        first = np.sort(order[:len(q) // tuning.STAGES])
+        if len(first) >= tuning.MIN_STAGE:
+            truth = truth_of(first)
+            chosen = tuned(first, truth)
+            if tuning.settled(chosen, kk + own if self.kind == "hnsw" else 1):
+                return chosen
+            rest = np.sort(order[len(q) // tuning.STAGES:])
+            return tuned(np.concatenate([first, rest]), np.concatenate([truth, truth_of(rest)]))
+        everything = np.arange(len(q))
+        return tuned(everything, truth_of(everything))
 
     def search(
         self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None,
