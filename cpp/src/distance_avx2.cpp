@@ -3,7 +3,7 @@
 #include <immintrin.h>
 
 #include "distance_kernels.h"
-#include "hsum_avx2.h"
+#include "simd_avx2.h"
 
 namespace sparknn::kernels_avx2 {
 
@@ -45,16 +45,6 @@ float dot(const float* a, const float* b, size_t dim) {
 
 // Four rows at once, each accumulated exactly as l2sq / dot accumulate one
 // (the same lanes, the same order, the same scalar tail), so the results are the same bits.
-template <bool kL2>
-inline __m256 term(__m256 a, __m256 b, __m256 acc) {
-    if constexpr (kL2) {
-        const __m256 d = _mm256_sub_ps(a, b);
-        return _mm256_fmadd_ps(d, d, acc);
-    } else {
-        return _mm256_fmadd_ps(a, b, acc);
-    }
-}
-
 template <bool kL2>
 void x4(const float* a, const float* const* b, size_t dim, float* out) {
     __m256 acc0[4], acc1[4];

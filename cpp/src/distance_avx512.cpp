@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "distance_kernels.h"
+#include "simd_avx512.h"
 
 namespace sparknn::kernels_avx512 {
 
@@ -46,16 +47,6 @@ float dot(const float* a, const float* b, size_t dim) {
 
 // Four rows at once, each accumulated exactly as l2sq / dot accumulate one
 // (the same lanes, the same order), so the results are the same bits.
-template <bool kL2>
-inline __m512 term(__m512 a, __m512 b, __m512 acc) {
-    if constexpr (kL2) {
-        const __m512 d = _mm512_sub_ps(a, b);
-        return _mm512_fmadd_ps(d, d, acc);
-    } else {
-        return _mm512_fmadd_ps(a, b, acc);
-    }
-}
-
 template <bool kL2>
 void x4(const float* a, const float* const* b, size_t dim, float* out) {
     __m512 acc0[4], acc1[4];

@@ -6,7 +6,7 @@
 
 #include "distance_kernels.h"
 #include "half_convert.h"
-#include "hsum_avx2.h"
+#include "simd_avx2.h"
 
 namespace sparknn::kernels_avx2 {
 namespace {
@@ -59,16 +59,6 @@ float dot_16(const float* a, const uint16_t* b, size_t dim) {
     float sum = hsum(_mm256_add_ps(acc0, acc1));
     for (; i < dim; ++i) sum += a[i] * F::one(b[i]);
     return sum;
-}
-
-template <bool kL2>
-inline __m256 term(__m256 a, __m256 b, __m256 acc) {
-    if constexpr (kL2) {
-        const __m256 d = _mm256_sub_ps(a, b);
-        return _mm256_fmadd_ps(d, d, acc);
-    } else {
-        return _mm256_fmadd_ps(a, b, acc);
-    }
 }
 
 // Four rows at once, each accumulated exactly as l2sq_16 / dot_16 accumulate

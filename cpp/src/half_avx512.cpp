@@ -8,6 +8,7 @@
 
 #include "distance_kernels.h"
 #include "half_convert.h"
+#include "simd_avx512.h"
 
 namespace sparknn::kernels_avx512 {
 namespace {
@@ -70,16 +71,6 @@ float dot_16(const float* a, const uint16_t* b, size_t dim) {
         acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), load_tail<F>(b + i, dim - i), acc1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
-
-template <bool kL2>
-inline __m512 term(__m512 a, __m512 b, __m512 acc) {
-    if constexpr (kL2) {
-        const __m512 d = _mm512_sub_ps(a, b);
-        return _mm512_fmadd_ps(d, d, acc);
-    } else {
-        return _mm512_fmadd_ps(a, b, acc);
-    }
 }
 
 // Four rows at once, each accumulated exactly as l2sq_16 / dot_16 accumulate
