@@ -3,6 +3,9 @@
 #include "sparknn/index.h"
 
 #include <sched.h>
+#if defined(__linux__)
+#include <malloc.h>  // malloc_trim (glibc)
+#endif
 
 #include <cmath>
 #include <cstring>
@@ -132,6 +135,17 @@ void Index::add(size_t n, const float* vectors, const int64_t* ids) {
     auto lock = writing();
     check_unpinned("add");
     add_with(n, vectors, ids, [&](const float* stored) { add_impl(n, stored); });
+}
+
+void Index::shrink_to_fit() {
+    auto lock = writing();
+    check_unpinned("shrink_to_fit");
+    ids_.shrink_to_fit();
+    shrink_to_fit_impl();
+#if defined(__GLIBC__)
+    // glibc keeps freed heap memory for reuse; hand what is free back to the system.
+    malloc_trim(0);
+#endif
 }
 
 void Index::add_with(size_t n, const float* vectors, const int64_t* ids,

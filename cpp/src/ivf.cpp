@@ -260,6 +260,17 @@ void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
     });
 }
 
+void IvfIndex::shrink_to_fit_impl() {
+    parallel_for(lists_.size(), 16, threads(), [&](size_t b, size_t e, int) {
+        for (size_t l = b; l < e; ++l) {
+            lists_[l].labels.shrink_to_fit();
+            lists_[l].codes.shrink_to_fit();
+            lists_[l].norms.shrink_to_fit();
+        }
+    });
+    rerank_vectors_.shrink_to_fit();
+}
+
 void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assigned) {
     // Group rows by list (counting sort) so each list is appended by one thread.
     const size_t nlist = lists_.size();

@@ -231,6 +231,35 @@ TEST(Ivf, SaveLoadRoundTripAndAddAfterLoad) {
     std::remove(path.c_str());
 }
 
+// Lists appended in many batches, then their reserved growth returned: every
+// answer is the same, on owned and on mapped (view) lists, and adds go on.
+TEST(Ivf, ShrinkToFitKeepsEveryAnswer) {
+    const size_t dim = 16, n = 3000, k = 5;
+    const auto base = test::clustered_vectors(n, dim, 10, 7);
+    const auto queries = test::clustered_vectors(30, dim, 10, 8);
+    const std::string path = ::testing::TempDir() + "ivf_shrink.snn";
+    for (Storage storage : {Storage::Float32, Storage::Sq8, Storage::Float16}) {
+        IvfParams p = ivf_params(16, 4, storage);
+        if (storage == Storage::Sq8) p.rerank = 2;
+        IvfIndex ivf(dim, Metric::L2, p);
+        for (size_t lo = 0; lo < n; lo += 128) ivf.add(std::min<size_t>(128, n - lo), base.data() + lo * dim, nullptr);
+        const Results before = search(ivf, queries, k);
+        ivf.shrink_to_fit();
+        const Results after = search(ivf, queries, k);
+        EXPECT_EQ(before.ids, after.ids);
+        EXPECT_EQ(before.dist, after.dist);
+        const std::vector<float> extra(dim, 0.25f);
+        const int64_t id = 77777;
+        ivf.add(1, extra.data(), &id);
+        EXPECT_EQ(search(ivf, extra, 1, 0, 16).ids[0], id);
+        ivf.save(path);
+        auto loaded = load_index(path, true);
+        loaded->shrink_to_fit();  // mapped lists are views: nothing to return, nothing changes
+        EXPECT_EQ(search(*loaded, queries, k).ids, search(ivf, queries, k).ids);
+    }
+    std::remove(path.c_str());
+}
+
 TEST(Ivf, TrainingErrorsAndUntrainedSave) {
     const size_t dim = 4;
     const auto base = test::random_vectors(10, dim, 7);

@@ -86,4 +86,6 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
             index.add(x, rows, lists=nearest[:, :1])
         if lists is not None:
             lists[first:first + len(x)] = nearest
+    if index is not None:
+        index.shrink_to_fit()  # lists grown batch by batch keep up to as much again reserved
     return index, lists

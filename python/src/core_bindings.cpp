@@ -209,6 +209,11 @@ void bind_index(nb::module_& m) {
                 index.add(x.shape(0), x.data(), ids ? ids->data() : nullptr);
             },
             "vectors"_a, "ids"_a.none())
+        .def("shrink_to_fit",
+             [](Index& index) {
+                 nb::gil_scoped_release release;
+                 index.shrink_to_fit();
+             })
         .def(
             "search",
             [](const Index& index, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids, OutDist out_dist,

@@ -51,6 +51,11 @@ class Buffer {
         owner_ = std::move(owner);
     }
 
+    // Returns an owned vector's memory reserved for growth; a view is left as it is.
+    void shrink_to_fit() {
+        if (view_ == nullptr) owned_.shrink_to_fit();
+    }
+
     // The owned vector for mutation; a view is copied into it first.
     AlignedVector<T>& mutate() {
         if (view_ != nullptr) {

@@ -98,6 +98,7 @@ class IvfIndex final : public Index {
 
   protected:
     void add_impl(size_t n, const float* vectors) override;
+    void shrink_to_fit_impl() override;
     void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                      const SearchParams& params) const override;
     void save_sections(FileWriter& writer) const override;
