@@ -207,6 +207,31 @@ void IvfIndex::add_to_lists(size_t n, const float* vectors, const int64_t* ids, 
     add_with(n, vectors, ids, [&](const float* stored) { add_assigned(n, stored, lists); });
 }
 
+void IvfIndex::reserve_lists(const int64_t* extra) {
+    auto lock = writing();
+    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "reserve_lists needs a trained IVF index: call train() first");
+    check_unpinned("reserve_lists");
+    size_t total = 0;
+    for (size_t l = 0; l < lists_.size(); ++l) {
+        SPARKNN_CHECK_ARG(extra[l] >= 0, "reserve_lists: list ", l, " is given ", extra[l], " vectors (< 0)");
+        total += static_cast<size_t>(extra[l]);
+    }
+    const size_t cs = codec_->code_size();
+    const bool keep_norms = codec_->keeps_norms();
+    parallel_for(lists_.size(), 16, threads(), [&](size_t b, size_t e, int) {
+        for (size_t l = b; l < e; ++l) {
+            if (extra[l] == 0) continue;
+            List& list = lists_[l];
+            const size_t want = list.labels.size() + static_cast<size_t>(extra[l]);
+            list.labels.mutate().reserve(want);
+            list.codes.mutate().reserve(want * cs);
+            if (keep_norms) list.norms.reserve(want);
+        }
+    });
+    ids_.mutate().reserve(size() + total);
+    if (params_.rerank > 0) rerank_vectors_.mutate().reserve((size() + total) * dim_);
+}
+
 void IvfIndex::reconstruct_impl(size_t begin, size_t count, float* out) const {
     if (params_.rerank > 0) {  // exact float32 copies in label order
         std::memcpy(out, rerank_vectors_.data() + begin * dim_, count * dim_ * sizeof(float));

@@ -260,6 +260,42 @@ TEST(Ivf, ShrinkToFitKeepsEveryAnswer) {
     std::remove(path.c_str());
 }
 
+// A builder that assigned every vector first reserves each list's final size, then adds:
+// the same index as adds alone (answers, file), whatever the storage; bad counts are refused.
+TEST(Ivf, ReservedListsGiveTheSameIndex) {
+    const size_t dim = 16, n = 3000, k = 5;
+    const auto base = test::clustered_vectors(n, dim, 10, 7);
+    const auto queries = test::clustered_vectors(30, dim, 10, 8);
+    for (Storage storage : {Storage::Float32, Storage::Sq8, Storage::Float16}) {
+        IvfParams p = ivf_params(16, 4, storage);
+        if (storage == Storage::Sq8) p.rerank = 2;
+        IvfIndex plain(dim, Metric::L2, p), reserved(dim, Metric::L2, p);
+        plain.train(n, base.data());
+        reserved.train(n, base.data());
+        std::vector<int64_t> nearest(n);
+        reserved.nearest_lists(n, base.data(), 1, nearest.data());
+        std::vector<int64_t> counts(p.nlist, 0);
+        for (int64_t l : nearest) ++counts[static_cast<size_t>(l)];
+        std::vector<int64_t> negative(counts);
+        negative[3] = -1;
+        EXPECT_THROW(reserved.reserve_lists(negative.data()), InvalidArgument);
+        reserved.reserve_lists(counts.data());
+        EXPECT_EQ(reserved.size(), 0u);  // room, not vectors
+        for (size_t lo = 0; lo < n; lo += 128) {
+            const size_t m = std::min<size_t>(128, n - lo);
+            plain.add(m, base.data() + lo * dim, nullptr);
+            reserved.add_to_lists(m, base.data() + lo * dim, nullptr, nearest.data() + lo);
+        }
+        EXPECT_EQ(plain.list_sizes(), reserved.list_sizes());
+        const Results a = search(plain, queries, k), b = search(reserved, queries, k);
+        EXPECT_EQ(a.ids, b.ids);
+        EXPECT_EQ(a.dist, b.dist);
+    }
+    IvfIndex untrained(dim, Metric::L2, ivf_params(16, 4));
+    const std::vector<int64_t> counts(16, 1);
+    EXPECT_THROW(untrained.reserve_lists(counts.data()), InvalidArgument);
+}
+
 TEST(Ivf, TrainingErrorsAndUntrainedSave) {
     const size_t dim = 4;
     const auto base = test::random_vectors(10, dim, 7);

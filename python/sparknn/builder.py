@@ -48,6 +48,8 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
                     ids: np.ndarray | None = None, train_sample: Callable[[int], np.ndarray] | None = None,
                     keep_lists: int = 0,
                     rows_context: Callable[[int, int], AbstractContextManager] | None = None,
+                    dim: int | None = None,
+                    assign_first: Callable[[], Iterable[tuple[int, np.ndarray]]] | None = None,
                     ) -> tuple[Index | None, np.ndarray | None]:
     """A new index over ``n`` vectors given as (first row, float32 [m, dim]) batches, in row order.
 
@@ -59,33 +61,68 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
     keep_lists)`` of every vector are also returned, int32 [n, width], so a
     self-join searches those without computing them again. ``rows_context(first,
     m)`` wraps the work on each batch (e.g. to name input rows in errors).
+    ``dim`` known beforehand: the index is created and trained before the first
+    batch is asked for (batches that let go of their source as they pass it can
+    still be sampled for training); else on the first batch. ``assign_first``
+    (with ``dim``): the same batches again, passed over first to assign every
+    vector to its lists, so each list is reserved at its final size before the
+    adds (Index.reserve_lists): lists grown batch by batch held up to twice their
+    vectors until the end of the build, its peak.
 
     Returns (index, lists): None for an index when there were no batches; lists
     is None unless kept.
     """
     context = rows_context or (lambda first, m: nullcontext())
     index = lists = None
+
+    def start(dim: int) -> tuple[Index, np.ndarray | None]:
+        index, lists = spec.for_items(n).create(dim), None
+        if index.kind == "ivf":
+            nlist = index.params["nlist"]
+            with context(0, n):
+                index.train(train_sample(nlist))
+            if keep_lists:
+                lists = np.empty((n, min(index.nprobe, nlist, keep_lists)), dtype=np.int32)
+        return index, lists
+
+    assigned = None  # each row's nearest lists, found before the adds (assign_first)
+    if dim is not None:
+        index, lists = start(dim)
+        if index.kind == "ivf" and assign_first is not None:
+            assigned = lists if lists is not None else np.empty((n, 1), dtype=np.int32)
+            seen = 0
+            for first, x in assign_first():
+                if first != seen or first + len(x) > n:
+                    raise InvalidArgumentError(f"the input does not have the {n} rows counted before the build "
+                                               "in order: did it change while it was read?")
+                with context(first, len(x)):
+                    assigned[first:first + len(x)] = index.nearest_lists(x, assigned.shape[1])
+                seen += len(x)
+            if seen != n:
+                raise InvalidArgumentError(f"the input has {seen} rows, not the {n} counted before the build: "
+                                           "did it change while it was read?")
+            index.reserve_lists(np.bincount(assigned[:, 0], minlength=index.params["nlist"]))
+    added = 0
     for first, x in batches:
         if first + len(x) > n:
             raise InvalidArgumentError(f"the input has more than the {n} rows counted before the build: "
                                        "did it change while it was read?")
         if index is None:
-            index = spec.for_items(n).create(x.shape[1])
-            if index.kind == "ivf":
-                nlist = index.params["nlist"]
-                with context(0, n):
-                    index.train(train_sample(nlist))
-                if keep_lists:
-                    lists = np.empty((n, min(index.nprobe, nlist, keep_lists)), dtype=np.int32)
+            index, lists = start(x.shape[1])
+        added += len(x)
         rows = None if ids is None else ids[first:first + len(x)]
         with context(first, len(x)):
             if index.kind != "ivf":
                 index.add(x, rows)
                 continue
+            if assigned is not None:
+                index.add(x, rows, lists=assigned[first:first + len(x), :1])
+                continue
             nearest = index.nearest_lists(x, lists.shape[1] if lists is not None else 1)
             index.add(x, rows, lists=nearest[:, :1])
         if lists is not None:
             lists[first:first + len(x)] = nearest
-    if index is not None:
-        index.shrink_to_fit()  # lists grown batch by batch keep up to as much again reserved
+    if not added:
+        return None, None
+    index.shrink_to_fit()  # lists grown batch by batch keep up to as much again reserved
     return index, lists

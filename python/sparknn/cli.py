@@ -38,7 +38,7 @@ from sparknn.datasets import make_items, make_queries
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn.index import IndexSpec
 from sparknn.inputs import open_input
-from sparknn.machine import available_memory
+from sparknn.machine import available_memory, reuse_freed_memory
 from sparknn.output import (
     DataError,
     UsageError,
@@ -418,6 +418,8 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     startup = _process_age() if argv is None else None  # a command line, not a call from Python
+    if argv is None:
+        reuse_freed_memory()  # one job per process: keep what it frees (machine.py)
     parser = _parser()
     try:
         args = parser.parse_args(argv)

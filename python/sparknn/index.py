@@ -380,6 +380,15 @@ class Index:
         are unchanged; a later add grows the lists again."""
         self._index.shrink_to_fit()
 
+    def reserve_lists(self, extra) -> None:
+        """ivf: room for ``extra[l]`` more vectors in list ``l`` (int [nlist], >= 0), so the adds
+        that follow append without growing. A builder that knows where every vector goes
+        (:meth:`nearest_lists`) reserves first: the lists then never hold more than they
+        need, where lists grown add by add hold up to twice their vectors until
+        :meth:`shrink_to_fit`. Needs a trained index."""
+        extra = np.ascontiguousarray(extra, dtype=np.int64).reshape(-1)
+        self._native_as("ivf", "reserve_lists()").reserve_lists(extra)
+
     def train(self, vectors) -> None:
         """Trains an IVF index's lists (k-means) on a sample [n, dim], before the first add."""
         x = _as_matrix(vectors, self.dim, "training vectors")

@@ -37,6 +37,7 @@ from sparknn import grouped
 from sparknn.builder import build_streaming, engine_ids
 from sparknn.index import Index, IndexSpec, load
 from sparknn.integrity import FileDigest, crc32c
+from sparknn.machine import usable_cores
 from sparknn.output import (
     DataError,
     OutputError,
@@ -67,6 +68,9 @@ from sparknn.tuning import Tuning, check_target
 
 BUILD_BATCH = 50_000  # rows read and added per step: the progress bar moves, memory stays bounded
 SEARCH_BATCH = 8_192  # rows searched per call: enough to keep every core busy
+# queries per batch of a self-join that searches its index's own rows: at most machine.HEAP_BLOCK_LIMIT,
+# so the batch and its normalised copy come from memory the command reuses
+STORED_BATCH_BYTES = 24 << 20
 RESULT_BYTES = 256 << 20  # bound on one search call's id + distance matrices (rows x k x 12 bytes)
 IDS_SUFFIX = ".ids.parquet"
 IDS_ROLE = "ids"  # the ids file's role in the index file's SideFiles section
@@ -116,25 +120,22 @@ def usable_threads(threads: int) -> int:
     More threads than cores compute nothing faster, and the engine sizes per-thread buffers by
     the count: ``--threads 1000000`` on an ivf index took 23 GB and was killed.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return min(threads, max(cores, 1))
+    return min(threads, usable_cores())
 
 
 def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: Progress,
-                keep_lists: bool, timings: Timings) -> tuple[Index, np.ndarray | None]:
+                keep_lists: bool, timings: Timings, consume: bool = False) -> tuple[Index, np.ndarray | None]:
     """Reads the vectors in batches into a new index (builder.build_streaming); ``ids`` None means
     row positions. With ``keep_lists`` (a self-join, ivf) also each item's nprobe nearest lists,
-    int32 [n, nprobe], else None. The time spent reading input (none when it is held) is added
-    to ``timings`` as "read"."""
+    int32 [n, nprobe], else None. ``consume``: held vectors are let go as they are added
+    (Input.vector_batches), so the input and the index are not both in memory. The time spent
+    reading input (none when it is held) is added to ``timings`` as "read"."""
     spec = spec.replace(threads=usable_threads(spec.threads))
-    dim = None
+    dim = inp.held[0][1].shape[1] if inp.held else None
     with progress.bar(inp.num_rows, "building") as bar:
         def batches():
             nonlocal dim
-            for first, x in _timed(inp.vector_batches(BUILD_BATCH), timings, "read"):
+            for first, x in _timed(inp.vector_batches(BUILD_BATCH, consume=consume), timings, "read"):
                 dim = x.shape[1]
                 yield first, x
                 bar.update(len(x))
@@ -145,7 +146,9 @@ def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: P
 
         index, lists = build_streaming(
             batches(), inp.num_rows, spec, ids=ids, train_sample=sample, keep_lists=spec.nprobe if keep_lists else 0,
-            rows_context=lambda first, rows: rows_of_input(inp.vector_col, first, rows))
+            rows_context=lambda first, rows: rows_of_input(inp.vector_col, first, rows), dim=dim,
+            # held: the lists are sized by a first pass over the vectors in memory, then filled
+            assign_first=(lambda: inp.vector_batches(BUILD_BATCH)) if inp.held else None)
     if index is None or len(index) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
     return index, lists
@@ -179,19 +182,22 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
     # k is at most the item count here (capped_k), and rows per call shrink as k grows, so one
     # call's [rows, kk] result matrices stay within RESULT_BYTES whatever k was asked for.
     rows = max(1, min(index.query_batch(SEARCH_BATCH, 262_144), RESULT_BYTES // (12 * max(kk, 1))))
+    source = _stored_rows(index, kk) if inp.consumed else _input_rows(inp, rows, index.dim)
     with progress.bar(inp.num_rows, desc) as bar:
-        for first, x in _timed(inp.vector_batches(rows, index.dim), timings, "read"):
+        for sel, x in _timed(source, timings, "read"):
             t0 = time.perf_counter()
+            first = sel.start if isinstance(sel, slice) else 0  # stored rows were checked when added
             with rows_of_input(inp.vector_col, first, len(x)):
                 if lists is not None:
-                    found, dist = index.search(x, kk, lists=lists[first:first + len(x)])
+                    found, dist = index.search(x, kk, lists=lists[sel])
                 else:
                     found, dist = index.search(x, kk, ef)
-            own = None if self_ids is None else self_ids[first:first + len(x)]
+            own = None if self_ids is None else self_ids[sel]
             neighbors = neighbors_array(found, dist, id_values=item_ids, exclude=own, k=k)
             if item_ids is None:
                 neighbors = _map_back(neighbors, item_id_type)
-            out = pa.RecordBatch.from_arrays([query_ids.slice(first, len(x)), neighbors], schema=schema)
+            ids = query_ids.slice(first, len(x)) if isinstance(sel, slice) else query_ids.take(pa.array(sel))
+            out = pa.RecordBatch.from_arrays([ids, neighbors], schema=schema)
             timings.add("search", time.perf_counter() - t0)
             yield out
             bar.update(len(x))
@@ -243,8 +249,11 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     ``self_join``: the index is built to search its own items (IndexSpec.for_items) and an ivf
     build also returns each item's lists to scan. The vectors are read once into memory first
     when the job passes over them more than once (the self-join searches them again; an ivf
-    build samples them first) and they fit (hold_vectors). Timings: "read" (all reading of
-    the input, also in batches during the build when it is not held) and "build".
+    build samples them first) and they fit (hold_vectors). The held vectors are let go as the
+    build adds them unless a self-join needs them again: its index keeps float32 rows and gives
+    them back (``inp.consumed``: search from ``index.reconstruct``), so the input and the index
+    are never both in memory. Timings: "read" (all reading of the input, also in batches
+    during the build when it is not held) and "build".
     """
     t0 = time.perf_counter()
     inp = open_input(input_path, id_col, vector_col)
@@ -252,11 +261,40 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     direct = engine_ids(ids)
     spec = spec.for_items(inp.num_rows, self_join)
     if self_join or spec.kind == "ivf":
-        hold_vectors(inp, progress)
+        hold_vectors(inp, progress, threads=usable_threads(spec.threads))
     timings.add("read", time.perf_counter() - t0)
+    consume = inp.held is not None and (not self_join or spec.storage == "float32")
     with timings.span("build", excluding=("read",)):
-        index, lists = build_index(inp, direct, spec, progress, self_join, timings)
+        index, lists = build_index(inp, direct, spec, progress, self_join, timings, consume=consume)
+        if consume:
+            pa.default_memory_pool().release_unused()  # the input's pages, for the index to take
     return inp, ids, direct, index, lists
+
+
+def _stored_rows(index: Index, k: int) -> Iterator[tuple[np.ndarray | slice, np.ndarray]]:
+    """(rows, float32 [m, dim]) of the index's own float32 vectors: a self-join's queries once the
+    input was let go (under cosine normalised, as searched). ``rows``: their positions in the input.
+
+    ivf gives them list after list (Index.list_order), STORED_BATCH_BYTES of them at a time: a
+    batch then holds whole lists' members, and each list is scanned once for all of them (the
+    500k x 768 clustered self-join at nprobe 1: its search 5.5 s in input order in 181k-row
+    batches, 3.9-4.0 s so in 8k-16k-row batches, and its batch 24 MB instead of 0.5-0.7 GB).
+    flat and hnsw in input order."""
+    n = len(index)
+    rows = max(1, min(STORED_BATCH_BYTES // (4 * index.dim), RESULT_BYTES // (12 * max(k, 1))))
+    if index.kind == "ivf":
+        order = index.list_order()
+        for lo in range(0, n, rows):
+            sel = order[lo:lo + rows]
+            yield sel, index.reconstruct_rows(sel)
+        return
+    for lo in range(0, n, rows):
+        yield slice(lo, min(n, lo + rows)), index.reconstruct(lo, min(n, lo + rows))
+
+
+def _input_rows(inp: Input, rows: int, dim: int) -> Iterator[tuple[slice, np.ndarray]]:
+    for first, x in inp.vector_batches(rows, dim):
+        yield slice(first, first + len(x)), x
 
 
 def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector", k: int = 10,
@@ -491,7 +529,8 @@ def query(index_path: str, queries_path: str, output: str, *, id_col: str = "id"
     t0 = time.perf_counter()
     inp = open_input(queries_path, id_col, vector_col, what="queries")
     query_ids = read_ids(inp, unique=False)
-    hold_vectors(inp, progress, index.dim)  # read once for the check and the search when they fit
+    # read once for the check and the search when they fit
+    hold_vectors(inp, progress, index.dim, threads=usable_threads(threads))
     # Check every query vector before the search starts, so a bad row fails in seconds, not hours.
     for first, x in inp.vector_batches(BUILD_BATCH, index.dim):
         finite = np.isfinite(x).all(axis=1)

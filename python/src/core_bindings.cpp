@@ -312,6 +312,21 @@ void bind_ivf(nb::module_& m) {
             },
             "vectors"_a, "ids"_a.none(), "lists"_a.none() = nb::none())
         .def(
+            "reserve_lists",
+            [](IvfIndex& ivf, IdVector extra) {
+                if (!ivf.is_trained()) {
+                    throw sparknn::InvalidArgument("reserve_lists needs a trained IVF index: call train() first");
+                }
+                if (extra.shape(0) != ivf.nlist()) {
+                    throw sparknn::InvalidArgument(sparknn::detail::concat(
+                        "reserve_lists takes one count per list: ", extra.shape(0), " given, the index has nlist=",
+                        ivf.nlist()));
+                }
+                nb::gil_scoped_release release;
+                ivf.reserve_lists(extra.data());
+            },
+            "extra"_a)
+        .def(
             "search",
             [](const IvfIndex& ivf, Matrix q, size_t k, size_t ef, size_t nprobe, OutIds out_ids, OutDist out_dist,
                bool widen, int threads, std::optional<ListMatrix> lists) {

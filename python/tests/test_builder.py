@@ -97,6 +97,56 @@ def test_streaming_build_equals_one_add(kind):
         np.testing.assert_array_equal(found, ids[exact_knn(DATA, DATA[:100], 10, "l2")[0]])
 
 
+@pytest.mark.parametrize("keep", [0, 8])
+def test_assigning_first_sizes_the_lists_and_builds_the_same_index(keep):
+    """With the batches known to be passed over twice (assign_first), every vector is assigned
+    before the adds and each list reserved at its size: the same lists, kept lists and answers as
+    one pass, and the index trained before a batch is asked for (dim given)."""
+    spec = IndexSpec(kind="ivf", metric="l2", nprobe=4, seed=5, threads=1)
+    sample = DATA[::2]
+    one, one_lists = build_streaming(_batches(DATA, 700), len(DATA), spec, train_sample=lambda nlist: sample,
+                                     keep_lists=keep)
+    asked = []
+
+    def batches():
+        asked.append("batches")
+        yield from _batches(DATA, 700)
+
+    two, two_lists = build_streaming(batches(), len(DATA), spec, train_sample=lambda nlist: asked.append("trained")
+                                     or sample, keep_lists=keep, dim=24, assign_first=lambda: _batches(DATA, 300))
+    assert asked == ["trained", "batches"]  # trained before the batches were asked for, and they once
+    np.testing.assert_array_equal(one.list_sizes, two.list_sizes)
+    if keep:
+        np.testing.assert_array_equal(one_lists, two_lists)
+    else:
+        assert one_lists is None and two_lists is None
+    np.testing.assert_array_equal(one.search(DATA[:100], 10)[0], two.search(DATA[:100], 10)[0])
+    # an assignment pass that misses rows is an error, not lists sized from garbage
+    with pytest.raises(sparknn.InvalidArgumentError, match="not the 3000 counted"):
+        build_streaming(_batches(DATA, 700), len(DATA), spec, train_sample=lambda nlist: sample, dim=24,
+                        assign_first=lambda: _batches(DATA[:2000], 300))
+    with pytest.raises(sparknn.InvalidArgumentError, match="in order"):
+        build_streaming(_batches(DATA, 700), len(DATA), spec, train_sample=lambda nlist: sample, dim=24,
+                        assign_first=lambda: iter([(100, DATA[:50])]))
+
+
+def test_reserve_lists_checks_its_counts():
+    index = IndexSpec(kind="ivf", metric="l2", nlist=8, seed=5).create(24)
+    with pytest.raises(sparknn.InvalidArgumentError, match="trained"):
+        index.reserve_lists(np.zeros(8, dtype=np.int64))
+    index.train(DATA)
+    with pytest.raises(sparknn.InvalidArgumentError, match="one count per list: 3 given"):
+        index.reserve_lists([1, 2, 3])
+    with pytest.raises(sparknn.InvalidArgumentError, match="< 0"):
+        index.reserve_lists([1, 2, 3, -4, 0, 0, 0, 0])
+    index.reserve_lists(np.full(8, 500))
+    assert len(index) == 0
+    index.add(DATA)
+    assert len(index) == len(DATA)
+    with pytest.raises(sparknn.InvalidArgumentError, match="ivf indexes only"):
+        IndexSpec(kind="flat").create(24).reserve_lists([1])
+
+
 def test_streaming_build_positions_rows_and_refuses_extra_rows():
     index, _ = build_streaming(_batches(DATA[:100], 30), 100, IndexSpec(kind="flat", metric="l2"))
     np.testing.assert_array_equal(index.ids, np.arange(100))

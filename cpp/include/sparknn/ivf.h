@@ -87,6 +87,11 @@ class IvfIndex final : public Index {
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
     // nearest_lists): skips the quantizer pass. Requires a trained index. Exclusive, as add.
     void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
+    // Room for extra[l] more vectors in each list l (extra: [nlist], >= 0), so the adds that
+    // follow append without growing: lists grown add by add hold up to twice their vectors
+    // until shrink_to_fit, which was a build's peak. A builder that assigned every vector
+    // first (nearest_lists) knows the counts. Requires a trained index. Exclusive, as add.
+    void reserve_lists(const int64_t* extra);
     // Index::reconstruct: exact for float32 (and for any storage with rerank,
     // from its float32 copies), decoded otherwise (sq8: within half a step per
     // value; pq: the list centroid plus the decoded residual).
