@@ -203,13 +203,22 @@ def run_cli(items: str, work: str, metric: str, threads: int, rows: np.ndarray) 
     out = os.path.join(work, "similar.parquet")
     cmd = cli_command() + ["similar", items, "-o", out, "--metric", metric, "--threads", str(threads), "--overwrite"]
     t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
-    neighbours = pq.read_table(out, columns=["neighbors"]).column("neighbors").take(pa.array(rows)).to_pylist()
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # the command's own peak RSS (ru_maxrss, KiB)
+        wall = time.perf_counter() - t
+        child.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        text, errors = stdout.read(), stderr.read()
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({child.returncode}): {errors.strip()}")
+    table = pq.read_table(out, columns=["id", "neighbors"])  # rows in no particular order: by id
+    position = np.empty(len(table), dtype=np.int64)
+    position[table.column("id").to_numpy()] = np.arange(len(table))
+    neighbours = table.column("neighbors").take(pa.array(position[rows])).to_pylist()
     os.remove(out)
-    summary = parse_summary(done.stdout)
+    summary = parse_summary(text)
     found = np.array([[nb["id"] for nb in row[:K]] + [-1] * (K - len(row)) for row in neighbours])
     steps = summary["steps"]
     def summed(*names):  # the summary's steps (start, read, build, recall tuning, search, write)
@@ -219,8 +228,8 @@ def run_cli(items: str, work: str, metric: str, threads: int, rows: np.ndarray) 
     return {"total_s": wall, "build_s": summed("read", "build", "read + build"),
             "search_s": summed("search", "write", "search + write"),
             "tune_s": steps.get("recall tuning"), "tune_recall": summary.get("tune_recall"),
-            "knob": summary.get("knob", "defaults"), "found": found,
-            "summary": done.stdout.splitlines()[:2]}
+            "knob": summary.get("knob", "defaults"), "found": found, "peak_rss_gb": usage.ru_maxrss / 2**20,
+            "summary": text.splitlines()[:2]}
 
 
 # --------------------------------------------------------------------------- self-join: peers
@@ -446,7 +455,7 @@ def summarise(name: str, runs: list) -> dict:
             "runs_s": [round(r["total_s"], 2) for r in runs], "tune_s": round(first["tune_s"], 2)
             if first.get("tune_s") is not None else None, "tune_recall": first.get("tune_recall"),
             "recall": round(statistics.mean(r["recall"] for r in runs), 4), "summary": first.get("summary"),
-            "load1": [r["load1"] for r in runs]}
+            "peak_rss_gb": med("peak_rss_gb"), "load1": [r["load1"] for r in runs]}
 
 
 def speedup(rows: list) -> dict:
@@ -474,6 +483,9 @@ def print_selfjoin(name: str, res: dict) -> None:
               f"{fmt(r['total_s'])} | {runs} | {tuned} | {r['recall']:.4f} |")
     for line in res["rows"][0].get("summary") or []:
         print(f"\n    {line}")
+    if res["rows"][0].get("peak_rss_gb") is not None:
+        print(f"\nsparknn similar's peak RSS (the command's ru_maxrss, median): {res['rows'][0]['peak_rss_gb']:.2f} GB "
+              f"for {res['n'] * res['dim'] * 4 / 2**30:.2f} GB of float32 vectors")
     sp = res["speedup"]
     if "note" in sp:
         print(f"\n{sp['note']}.")

@@ -542,7 +542,7 @@ class Index:
                 knob = {"nprobe": value} if self.kind == "ivf" else {"ef": value}  # the ef ladder starts at kk + own
                 got, _ = self.search(q[sel], kk + own, threads=threads, **knob)
                 if own:  # drop each query's own id, keep kk
-                    got = np.array([r[r != i][:kk] for r, i in zip(got, own_ids[sel])])
+                    got = tuning.drop_own(got, own_ids[sel], kk)
                 return got
 
             if self.kind == "ivf":

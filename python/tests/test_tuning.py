@@ -135,6 +135,28 @@ def test_exact_neighbours_across_blocks_equal_brute_force():
         assert recall(got, want) == 1.0, metric
 
 
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_recall_at_k_and_drop_own_equal_their_row_by_row_meaning(k, monkeypatch):
+    """The whole-array forms give what a loop over the rows gives: missing ids (-1) in the truth are
+    not counted, a -1 found matches nothing; a row keeps its order without its own id."""
+    rng = np.random.default_rng(k)
+    m = 700
+    truth = np.stack([rng.choice(3 * k + 5, k, replace=False) for _ in range(m)])
+    truth[rng.random((m, k)) < 0.1] = -1
+    found = np.stack([rng.choice(3 * k + 5, k + 1, replace=False) for _ in range(m)])
+    found[rng.random((m, k + 1)) < 0.1] = -1
+    hits = sum(np.isin(t[t >= 0], f).sum() for f, t in zip(found, truth))
+    want = hits / (truth >= 0).sum()
+    assert tuning.recall_at_k(found, truth) == pytest.approx(want, abs=1e-12)
+    monkeypatch.setattr(tuning, "PAIRS_AT_ONCE", 3 * k * (k + 1))  # blocks of three rows
+    assert tuning.recall_at_k(found, truth) == pytest.approx(want, abs=1e-12)
+    assert tuning.recall_at_k(found, np.full_like(truth, -1)) == 1.0
+    column = found[np.arange(m), rng.integers(0, k + 1, m)]  # an id of the row (ids are >= 0), or none
+    own = np.where((rng.random(m) < 0.5) & (column >= 0), column, 10**6)
+    np.testing.assert_array_equal(tuning.drop_own(found, own, k),
+                                  np.array([r[r != i][:k] for r, i in zip(found, own)]))
+
 def test_cli_similar_recall_target(tmp_path, capsys):
     from sparknn.cli import main
 
