@@ -213,6 +213,40 @@ def test_held_and_streamed_inputs_give_the_same_join(items, tmp_path, monkeypatc
         assert_exact_similar(held, items, 7)
 
 
+@pytest.mark.parametrize("spec, exact", [
+    (IndexSpec(kind="ivf", metric="l2", nlist=16, nprobe=16), True),  # float32: searched from the index, list order
+    (IndexSpec(kind="ivf", metric="cosine", nlist=16, nprobe=16, storage="fp16"), False),  # the input kept
+    (IndexSpec(kind="hnsw", metric="l2", ef_search=200), False),  # float32: from the index, input order
+], ids=["ivf-float32", "ivf-fp16", "hnsw"])
+@pytest.mark.parametrize("string_ids", [False, True], ids=["int-ids", "string-ids"])
+def test_a_held_self_join_answers_every_item_whichever_rows_it_searches(items, tmp_path, spec, exact, string_ids):
+    """Whether the self-join searches its index's own rows (the input let go) or the input kept
+    (16-bit storage), every item gets its own row with true distances to the ids it names, exact
+    when every list is scanned."""
+    table = items
+    if string_ids:
+        table = items.set_column(0, "id", pa.array([f"item-{i}" for i in items.column("id").to_pylist()]))
+    src = tmp_path / "items.parquet"
+    pq.write_table(table, src, row_group_size=700)
+    out = str(tmp_path / "out.parquet")
+    jobs.similar(str(src), out, k=6, spec=spec)
+    got = pq.read_table(out)
+    if exact:
+        assert_exact_similar(got, table, 6, metric=spec.metric)
+        return
+    true = distance_matrix(items_matrix(table), spec.metric)
+    position = {v: i for i, v in enumerate(table.column("id").to_pylist())}
+    found = neighbor_lists(got, "id")
+    assert got.num_rows == N and set(found) == set(position)
+    hits = 0
+    for item, (nbr, dist) in found.items():
+        i = position[item]
+        assert len(nbr) == 6 and item not in nbr
+        np.testing.assert_allclose(dist, true[i, [position[j] for j in nbr]], rtol=2e-3, atol=2e-3)
+        hits += len(set(position[j] for j in nbr) & set(np.argsort(np.where(np.arange(N) == i, np.inf, true[i]))[:6]))
+    assert hits / (6 * N) > 0.95
+
+
 def test_a_delta_table_input_is_read_file_by_file(items, tmp_path):
     """Each of the table's current files by its own Parquet reader (on deltalake's filesystem)."""
     deltalake = pytest.importorskip("deltalake")
