@@ -154,7 +154,7 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
         try:
             # in row order: the first unit with an error raises first, as a serial read would
             for unit, part in zip(units, pool.map(lambda u: _decode(inp, u, dim), units)):
-                held.extend(part)
+                held.append(part)
                 bar.update(unit[-1])
         finally:
             pool.shutdown(cancel_futures=True)
@@ -175,7 +175,7 @@ def _row_groups(inp: Input) -> list[tuple]:
     return units
 
 
-def _decode(inp: Input, unit: tuple, dim: int) -> list[tuple[int, np.ndarray]]:
+def _decode(inp: Input, unit: tuple, dim: int) -> tuple[int, np.ndarray]:
     """One row group's vectors as one float32 [rows, dim] array, decoded READ_BATCH rows at a time
     by a reader of its own.
 
@@ -196,7 +196,7 @@ def _decode(inp: Input, unit: tuple, dim: int) -> list[tuple[int, np.ndarray]]:
             filled += len(x)
     if filled != rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
-    return [(first, out)]
+    return first, out
 
 
 @contextmanager

@@ -266,8 +266,6 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     consume = inp.held is not None and (not self_join or spec.storage == "float32")
     with timings.span("build", excluding=("read",)):
         index, lists = build_index(inp, direct, spec, progress, self_join, timings, consume=consume)
-        if consume:
-            pa.default_memory_pool().release_unused()  # the input's pages, for the index to take
     return inp, ids, direct, index, lists
 
 
