@@ -131,12 +131,28 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / total
 
 
+def first_kept(values: np.ndarray, keep: np.ndarray, k: int, fill: int = -1) -> np.ndarray:
+    """Per row of ``values`` [m, n], its entries where ``keep`` [m, n], in their order, the first k
+    (``fill`` where a row keeps fewer): a row-by-row filter as whole-array operations."""
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in their order
+    return np.where(np.take_along_axis(keep, first, axis=1), np.take_along_axis(values, first, axis=1), fill)
+
+
 def drop_own(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """Each row of ``found`` (ids [m, >= k]) without its own id ``own[i]`` (where it is there), the
-    first k kept in order: a self-join's answer from a search for k + 1."""
-    keep = found != np.asarray(own)[:, None]
-    first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in their order
-    return np.take_along_axis(found, first, axis=1)
+    first k kept in order (-1 where fewer remain): a self-join's answer from a search for k + 1."""
+    return first_kept(found, found != np.asarray(own)[:, None], k)
+
+
+def members(values: np.ndarray, offsets: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """Whether each ``values[i, j]`` (ints [m, w]) is in row i's set
+    ``sets[offsets[i]:offsets[i + 1]]`` (ints >= 0; CSR): one np.isin of (row, value) pairs, not a
+    call per row. False where values[i, j] < 0."""
+    values, sets = np.asarray(values, dtype=np.int64), np.asarray(sets, dtype=np.int64)
+    span = int(max(values.max(initial=0), sets.max(initial=0))) + 1
+    row_of_set = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    pairs = np.arange(len(values), dtype=np.int64)[:, None] * span + values
+    return np.isin(pairs, row_of_set * span + sets) & (values >= 0)
 
 
 def tune(search: Callable[[int], np.ndarray], truth: np.ndarray, target: float, param: str, limit: int,

@@ -137,7 +137,7 @@ def test_exact_neighbours_across_blocks_equal_brute_force():
 
 
 @pytest.mark.parametrize("k", [1, 10, 100])
-def test_recall_at_k_and_drop_own_equal_their_row_by_row_meaning(k, monkeypatch):
+def test_recall_at_k_drop_own_first_kept_and_members_equal_their_row_by_row_meaning(k, monkeypatch):
     """The whole-array forms give what a loop over the rows gives: missing ids (-1) in the truth are
     not counted, a -1 found matches nothing; a row keeps its order without its own id."""
     rng = np.random.default_rng(k)
@@ -156,6 +156,17 @@ def test_recall_at_k_and_drop_own_equal_their_row_by_row_meaning(k, monkeypatch)
     own = np.where((rng.random(m) < 0.5) & (column >= 0), column, 10**6)
     np.testing.assert_array_equal(tuning.drop_own(found, own, k),
                                   np.array([r[r != i][:k] for r, i in zip(found, own)]))
+    keep = rng.random(found.shape) < 0.4  # rows keeping fewer than k are padded with -1
+    np.testing.assert_array_equal(tuning.first_kept(found, keep, k),
+                                  np.array([np.pad(r[w][:k], (0, k - len(r[w][:k])), constant_values=-1)
+                                            for r, w in zip(found, keep)]))
+    sizes = rng.integers(0, 2 * k + 2, m)  # per row a set of lists (CSR), some empty
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    sets = np.concatenate([rng.choice(3 * k + 5, s, replace=False) for s in sizes])
+    np.testing.assert_array_equal(tuning.members(truth, offsets, sets),
+                                  np.array([np.isin(t, sets[offsets[i]:offsets[i + 1]]) & (t >= 0)
+                                            for i, t in enumerate(truth)]))
+
 
 def test_cli_similar_recall_target(tmp_path, capsys):
     from sparknn.cli import main

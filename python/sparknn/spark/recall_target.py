@@ -142,10 +142,7 @@ def tune_routed(df: DataFrame, features: str, id_col: str, layout: Layout, task_
 
     def found_at(nprobe: int) -> np.ndarray:
         offsets, lists = quantizer.probe_lists(queries, min(nprobe, len(sizes)), kk + 1, sizes, threads=threads)
-        hit = np.zeros_like(truth_lists, dtype=bool)
-        for i in range(len(queries)):
-            hit[i] = np.isin(truth_lists[i], lists[offsets[i]:offsets[i + 1]])
-        return np.where(hit & (truth >= 0), truth, -1)
+        return np.where(tuning.members(truth_lists, offsets, lists), truth, -1)
 
     return tuning.tune(found_at, truth, target, "nprobe", layout.ivf.nlist, k)
 
@@ -167,15 +164,15 @@ def tune_shards(df: DataFrame, features: str, id_col: str, layout: Layout, task_
     shards = worker.open_shards(layout)
 
     def found_at(ef: int) -> np.ndarray:
-        ids, dist = worker.search(layout, shards, queries, kk + 1, ef, threads)
-        users = np.empty(ids.shape, dtype=object)
+        ids, _ = worker.search(layout, shards, queries, kk + 1, ef, threads)
         valid = ids >= 0
-        users[valid] = worker.user_ids(layout, shards, ids[valid]).to_pylist()
-        out = np.full((len(queries), kk), -1, dtype=np.int64)
-        for q in range(len(queries)):  # itself dropped, kk kept
-            row = [u for u, ok in zip(users[q], valid[q]) if ok and u != sample_ids[q]][:kk]
-            out[q, :len(row)] = [codes.get(u, -1) for u in row]
-        return out
+        users = worker.user_ids(layout, shards, ids[valid]).to_pylist()  # row after row
+        query_of = np.repeat(np.arange(len(queries)), valid.sum(axis=1))
+        found = np.full(ids.shape, -1, dtype=np.int64)  # a true neighbour's code, else -1 (no hit)
+        found[valid] = [codes.get(u, -1) for u in users]
+        own = np.zeros(ids.shape, dtype=bool)
+        own[valid] = [u == sample_ids[q] for u, q in zip(users, query_of)]
+        return tuning.first_kept(found, valid & ~own, kk)  # itself dropped, kk kept
 
     return tuning.tune(found_at, truth, target, "ef", max(kk + 1, min(4096, rows)), k, lowest=kk + 1)
 
