@@ -77,6 +77,39 @@ def test_parquet_scan_read_directly_equals_exact(spark, tmp_path, no_spark_colle
         assert got[ids[row]] == want
 
 
+@pytest.mark.parametrize("value_type", ["float", "double"])
+def test_direct_read_holds_each_row_group_as_compact_float32(spark, tmp_path, value_type):
+    """The vectors come back as float32 fixed-size lists, one chunk per row group of every file
+    (no list column Parquet's decoder over-reserves), in file order, beside their ids."""
+    directory = tmp_path / "items"
+    os.makedirs(directory)
+    for p, rows in enumerate(np.array_split(np.arange(len(BASE)), 2)):
+        pq.write_table(pa.table({"key": pa.array(rows.astype(np.int64)),
+                                 "emb": vector_column(BASE[rows], value_type, False)}),
+                       str(directory / f"part-{p}.parquet"), row_group_size=250)
+    scan = find_scan(spark.read.parquet(str(directory)), "key", "emb", "bigint")
+    table = build_module.read_scan(scan, "bigint")
+    vectors = table.column("v")
+    assert vectors.type == pa.list_(pa.float32(), BASE.shape[1]) and vectors.num_chunks == 2 * 3
+    np.testing.assert_array_equal(np.concatenate([c.flatten().to_numpy().reshape(-1, BASE.shape[1])
+                                                  for c in vectors.chunks])[np.argsort(table.column("id"))],
+                                  BASE.astype(value_type).astype(np.float32))
+
+
+def test_vectors_of_another_length_in_one_file_get_the_usual_error(spark, tmp_path):
+    """A file whose vectors are longer than the others' is read as it is, and the build refuses it
+    as it refuses the same rows collected through Spark."""
+    directory = write_files(tmp_path / "items", BASE, list(range(len(BASE))), parts=2)
+    longer = np.hstack([BASE[:5], BASE[:5, :1]])
+    pq.write_table(pa.table({"key": pa.array(np.arange(5000, 5005)), "emb": vector_column(longer, "double", False),
+                             "emb2": vector_column(longer, "double", False), "note": pa.array(["x"] * 5)}),
+                   os.path.join(directory, "part-9.parquet"))
+    df = spark.read.parquet(directory)
+    assert find_scan(df, "key", "emb", "bigint") is not None
+    with pytest.raises(InvalidArgumentError, match="values but row 0 has|length"):
+        KNN(indexType="flat", featuresCol="emb", idCol="key").fit(df)
+
+
 def test_spark_written_parquet_and_projection_read_directly(spark, tmp_path, no_spark_collection):
     path = str(tmp_path / "spark-written")
     source = spark.createDataFrame(pa.table({"key": pa.array(np.arange(len(BASE), dtype=np.int64)),
@@ -144,6 +177,7 @@ def test_unreadable_file_falls_back_to_spark(spark, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("simulated read failure")
     monkeypatch.setattr(pq, "read_table", broken)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", broken)
     assert build_module.read_scan(scan, "bigint") is None
     model = KNN(k=3, metric="l2", indexType="flat", featuresCol="emb", idCol="key").fit(df)
     assert len(neighbours(model)) == len(BASE)

@@ -13,14 +13,19 @@ to Spark's collection: the result is the same either way, only the speed differs
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 
-from sparknn.arrow import PARQUET_READ
+from sparknn.arrow import PARQUET_READ, vectors_to_numpy
+from sparknn.errors import InvalidArgumentError
+from sparknn.inputs import READ_BATCH
+from sparknn.machine import usable_cores
 from sparknn.spark import runtime
 from sparknn.spark.layout import ARROW_ID_TYPES
 
@@ -139,16 +144,64 @@ def first_dim(scan: ParquetScan) -> int:
     return 0
 
 
-def read_scan(scan: ParquetScan, id_type: str) -> pa.Table | None:
-    """Columns ``id`` and ``v`` of every file (chunks kept apart: no combined copy); None if
-    pyarrow fails on a file (Spark then reads it, with its own settings for corrupt files)."""
+def _vector_chunk(path: str, features: str, group: int, rows: int) -> pa.FixedSizeListArray:
+    """One row group's vectors as float32, in one array of their own (a reader of its own, READ_BATCH
+    rows decoded at a time): Parquet's list decoder reserves up to twice the values it holds, and a
+    driver build holds every vector at once. Raises InvalidArgumentError on a vector the engine
+    does not take (null, ragged, empty) and ValueError on a length other than the group's first."""
+    out = None
+    filled = 0
+    with pq.ParquetFile(path, **PARQUET_READ) as parquet:
+        for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=[features], row_groups=[group]):
+            x = vectors_to_numpy(batch.column(0), features)
+            if out is None:
+                out = np.empty((rows, x.shape[1]), dtype=np.float32)
+            out[filled:filled + len(x)] = x
+            filled += len(x)
+    if out is None or filled != rows:
+        raise OSError(f"{path!r} changed while it was read")
+    return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), out.shape[1])  # zero-copy
+
+
+def _compact_read(scan: ParquetScan, id_type: str) -> pa.Table:
+    """Every file's ids, and its vectors decoded row group by row group on every core into float32
+    arrays of their own (``_vector_chunk``)."""
+    ids, groups = [], []
+    for path in scan.paths:
+        meta = pq.read_metadata(path)
+        groups += [(path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
+                   if meta.row_group(g).num_rows]
+        ids.append(pq.read_table(path, columns=[scan.id_col], **PARQUET_READ).column(0).cast(ARROW_ID_TYPES[id_type]))
+    with ThreadPoolExecutor(max_workers=min(usable_cores(), max(len(groups), 1))) as pool:
+        chunks = list(pool.map(lambda unit: _vector_chunk(unit[0], scan.features, unit[1], unit[2]), groups))
+    if len({c.type for c in chunks}) > 1:
+        raise ValueError("vectors of different lengths")
+    vectors = pa.chunked_array(chunks, type=chunks[0].type) if chunks else pa.chunked_array([], pa.list_(pa.float32()))
+    return pa.table({"id": pa.chunked_array([c for i in ids for c in i.chunks], type=ARROW_ID_TYPES[id_type]),
+                     "v": vectors})
+
+
+def _arrow_read(scan: ParquetScan, id_type: str) -> pa.Table:
+    """Columns ``id`` and ``v`` of every file as Parquet decodes them (chunks kept apart)."""
     tables = []
+    for path in scan.paths:
+        t = pq.read_table(path, columns=[scan.id_col, scan.features], use_threads=True, **PARQUET_READ)
+        tables.append(pa.table({"id": t.column(scan.id_col).cast(ARROW_ID_TYPES[id_type]),
+                                "v": t.column(scan.features)}))
+    return pa.concat_tables(tables)
+
+
+def read_scan(scan: ParquetScan, id_type: str) -> pa.Table | None:
+    """Columns ``id`` and ``v`` of every file, the vectors as compact float32 chunks (one per row
+    group, no combined copy); None if pyarrow fails on a file (Spark then reads it, with its own
+    settings for corrupt files). Vectors the engine would refuse (null, ragged, empty) are read as
+    they are instead, for the build to report as it reports them from Spark's collection."""
     try:
-        for path in scan.paths:
-            t = pq.read_table(path, columns=[scan.id_col, scan.features], use_threads=True, **PARQUET_READ)
-            tables.append(pa.table({"id": t.column(scan.id_col).cast(ARROW_ID_TYPES[id_type]),
-                                    "v": t.column(scan.features)}))
+        try:
+            return _compact_read(scan, id_type)
+        except (InvalidArgumentError, ValueError) as e:
+            log.debug("sparknn: %s: reading the vectors as they are (%s)", scan.paths, e)
+            return _arrow_read(scan, id_type)
     except (OSError, pa.ArrowException) as e:
         log.warning("sparknn: reading %s with pyarrow failed (%s); collecting through Spark", scan.paths, e)
         return None
-    return pa.concat_tables(tables)
