@@ -3,6 +3,7 @@
 // build/.../cpp/bench/sparknn_bench_kernels.
 #include <benchmark/benchmark.h>
 
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -39,6 +40,60 @@ void BM_Distance(benchmark::State& state, sparknn::SimdLevel level, bool l2) {
     state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * rows * dim * sizeof(float)));
 }
 
+// Four rows per call (a graph search's batch of neighbours), over the same 1024 rows.
+void BM_DistanceX4(benchmark::State& state, sparknn::SimdLevel level, bool l2) {
+    if (static_cast<int>(level) > static_cast<int>(sparknn::cpu_simd_level())) {
+        state.SkipWithError("CPU lacks this SIMD level");
+        return;
+    }
+    const size_t dim = static_cast<size_t>(state.range(0));
+    const size_t rows = 1024;
+    const auto a = random_floats(dim, 1);
+    const auto base = random_floats(rows * dim, 2);
+    const sparknn::DistanceKernels& k = sparknn::kernels_for(level);
+    const sparknn::DistanceX4Fn fn = l2 ? k.l2sq_x4 : k.dot_x4;
+    float out[4];
+    for (auto _ : state) {
+        for (size_t r = 0; r < rows; r += 4) {
+            const float* b[4] = {&base[r * dim], &base[(r + 1) * dim], &base[(r + 2) * dim], &base[(r + 3) * dim]};
+            fn(a.data(), b, dim, out);
+            benchmark::DoNotOptimize(out);
+        }
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows));
+}
+
+// A float32 query against 16-bit rows (fp16 or bf16), one row or four per call.
+void BM_Half(benchmark::State& state, sparknn::SimdLevel level, bool bf16, bool l2, bool x4) {
+    if (static_cast<int>(level) > static_cast<int>(sparknn::cpu_simd_level())) {
+        state.SkipWithError("CPU lacks this SIMD level");
+        return;
+    }
+    const size_t dim = static_cast<size_t>(state.range(0));
+    const size_t rows = 1024;
+    const auto a = random_floats(dim, 1);
+    const auto floats = random_floats(rows * dim, 2);
+    const sparknn::HalfKernels& k = bf16 ? sparknn::kernels_for(level).bf16 : sparknn::kernels_for(level).fp16;
+    std::vector<uint16_t> base(rows * dim);
+    k.encode(floats.data(), floats.size(), base.data());
+    const sparknn::HalfDistanceFn one = l2 ? k.l2sq : k.dot;
+    const sparknn::HalfX4Fn four = l2 ? k.l2sq_x4 : k.dot_x4;
+    float out[4];
+    for (auto _ : state) {
+        for (size_t r = 0; r < rows; r += 4) {
+            if (x4) {
+                const uint16_t* b[4] = {&base[r * dim], &base[(r + 1) * dim], &base[(r + 2) * dim],
+                                        &base[(r + 3) * dim]};
+                four(a.data(), b, dim, out);
+            } else {
+                for (int t = 0; t < 4; ++t) out[t] = one(a.data(), &base[(r + t) * dim], dim);
+            }
+            benchmark::DoNotOptimize(out);
+        }
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows));
+}
+
 void BM_FlatSearch(benchmark::State& state) {
     const size_t n = static_cast<size_t>(state.range(0)), dim = 128, nq = 1000, k = 10;
     const auto base = random_floats(n * dim, 3);
@@ -62,4 +117,17 @@ BENCHMARK_CAPTURE(BM_Distance, l2_avx512, sparknn::SimdLevel::Avx512, true)->Arg
 BENCHMARK_CAPTURE(BM_Distance, dot_scalar, sparknn::SimdLevel::Scalar, false)->Arg(128)->Arg(768);
 BENCHMARK_CAPTURE(BM_Distance, dot_avx2, sparknn::SimdLevel::Avx2, false)->Arg(128)->Arg(768);
 BENCHMARK_CAPTURE(BM_Distance, dot_avx512, sparknn::SimdLevel::Avx512, false)->Arg(128)->Arg(768);
+// 100: a tail after the full steps (4 values at both widths).
+BENCHMARK_CAPTURE(BM_DistanceX4, l2_avx2, sparknn::SimdLevel::Avx2, true)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_DistanceX4, l2_avx512, sparknn::SimdLevel::Avx512, true)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_DistanceX4, dot_avx2, sparknn::SimdLevel::Avx2, false)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_DistanceX4, dot_avx512, sparknn::SimdLevel::Avx512, false)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, fp16_l2_avx2, sparknn::SimdLevel::Avx2, false, true, false)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, fp16_l2_avx512, sparknn::SimdLevel::Avx512, false, true, false)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, fp16_dot_avx512, sparknn::SimdLevel::Avx512, false, false, false)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, fp16_l2_x4_avx2, sparknn::SimdLevel::Avx2, false, true, true)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, fp16_l2_x4_avx512, sparknn::SimdLevel::Avx512, false, true, true)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, fp16_dot_x4_avx512, sparknn::SimdLevel::Avx512, false, false, true)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, bf16_l2_avx512, sparknn::SimdLevel::Avx512, true, true, false)->Arg(100)->Arg(768);
+BENCHMARK_CAPTURE(BM_Half, bf16_l2_x4_avx512, sparknn::SimdLevel::Avx512, true, true, true)->Arg(100)->Arg(768);
 BENCHMARK(BM_FlatSearch)->Args({200000, 1})->Args({200000, 2})->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -6,73 +6,21 @@
 #include "simd_avx512.h"
 
 namespace sparknn::kernels_avx512 {
+namespace {
 
-float l2sq(const float* a, const float* b, size_t dim) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 32 <= dim; i += 32) {
-        const __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
-        const __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
-        acc0 = _mm512_fmadd_ps(d0, d0, acc0);
-        acc1 = _mm512_fmadd_ps(d1, d1, acc1);
-    }
-    for (; i + 16 <= dim; i += 16) {
-        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
-        acc0 = _mm512_fmadd_ps(d, d, acc0);
-    }
-    if (i < dim) {
-        const __mmask16 m = static_cast<__mmask16>((1u << (dim - i)) - 1u);
-        const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i));
-        acc1 = _mm512_fmadd_ps(d, d, acc1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
+// Float32 rows: the tail is a masked load (no copy).
+struct F32 {
+    using Value = float;
+    static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+    static __m512 tail(const float* p, size_t n) { return _mm512_maskz_loadu_ps(mask_first(n), p); }
+};
 
-float dot(const float* a, const float* b, size_t dim) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 32 <= dim; i += 32) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
-    }
-    for (; i + 16 <= dim; i += 16) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-    }
-    if (i < dim) {
-        const __mmask16 m = static_cast<__mmask16>((1u << (dim - i)) - 1u);
-        acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
+}  // namespace
 
-// Four rows at once, each accumulated exactly as l2sq / dot accumulate one
-// (the same lanes, the same order), so the results are the same bits.
-template <bool kL2>
-void x4(const float* a, const float* const* b, size_t dim, float* out) {
-    __m512 acc0[4], acc1[4];
-    for (int t = 0; t < 4; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 32 <= dim; i += 32) {
-        const __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16);
-        for (int t = 0; t < 4; ++t) {
-            acc0[t] = term<kL2>(a0, _mm512_loadu_ps(b[t] + i), acc0[t]);
-            acc1[t] = term<kL2>(a1, _mm512_loadu_ps(b[t] + i + 16), acc1[t]);
-        }
-    }
-    for (; i + 16 <= dim; i += 16) {
-        const __m512 a0 = _mm512_loadu_ps(a + i);
-        for (int t = 0; t < 4; ++t) acc0[t] = term<kL2>(a0, _mm512_loadu_ps(b[t] + i), acc0[t]);
-    }
-    if (i < dim) {
-        const __mmask16 m = static_cast<__mmask16>((1u << (dim - i)) - 1u);
-        const __m512 a0 = _mm512_maskz_loadu_ps(m, a + i);
-        for (int t = 0; t < 4; ++t) acc1[t] = term<kL2>(a0, _mm512_maskz_loadu_ps(m, b[t] + i), acc1[t]);
-    }
-    for (int t = 0; t < 4; ++t) out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
-}
-
-void l2sq_x4(const float* a, const float* const* b, size_t dim, float* out) { x4<true>(a, b, dim, out); }
-void dot_x4(const float* a, const float* const* b, size_t dim, float* out) { x4<false>(a, b, dim, out); }
+float l2sq(const float* a, const float* b, size_t dim) { return row<F32, true>(a, b, dim); }
+float dot(const float* a, const float* b, size_t dim) { return row<F32, false>(a, b, dim); }
+void l2sq_x4(const float* a, const float* const* b, size_t dim, float* out) { rows4<F32, true>(a, b, dim, out); }
+void dot_x4(const float* a, const float* const* b, size_t dim, float* out) { rows4<F32, false>(a, b, dim, out); }
 
 // Sixteen sub-quantizers per step: their codes widened to 32-bit lanes,
 // offset to rows j * 256 of the table, and looked up with one gather; a last

@@ -1,7 +1,8 @@
 // AVX2 + FMA + F16C kernels for 16-bit storage: eight values widened to float32
 // per step (vcvtph2ps for fp16, a 16-bit shift for bf16), then the float32
-// kernels' FMAs. Compiled with -mavx2 -mfma -mf16c; called after the
-// dispatcher has checked the CPU. Tails go through the scalar conversions.
+// kernels' accumulation (simd_avx2.h). Compiled with -mavx2 -mfma -mf16c;
+// called after the dispatcher has checked the CPU. Tails go through the scalar
+// conversions.
 #include <immintrin.h>
 
 #include "distance_kernels.h"
@@ -12,13 +13,15 @@ namespace sparknn::kernels_avx2 {
 namespace {
 
 struct Fp16 {
-    static __m256 load8(const uint16_t* p) {
+    using Value = uint16_t;
+    static __m256 load(const uint16_t* p) {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
     static float one(uint16_t h) { return half::fp16_to_float(h); }
 };
 struct Bf16 {
-    static __m256 load8(const uint16_t* p) {
+    using Value = uint16_t;
+    static __m256 load(const uint16_t* p) {
         const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
     }
@@ -26,98 +29,29 @@ struct Bf16 {
 };
 
 template <class F>
-float l2sq_16(const float* a, const uint16_t* b, size_t dim) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= dim; i += 16) {
-        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), F::load8(b + i));
-        const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8), F::load8(b + i + 8));
-        acc0 = _mm256_fmadd_ps(d0, d0, acc0);
-        acc1 = _mm256_fmadd_ps(d1, d1, acc1);
-    }
-    for (; i + 8 <= dim; i += 8) {
-        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + i), F::load8(b + i));
-        acc0 = _mm256_fmadd_ps(d, d, acc0);
-    }
-    float sum = hsum(_mm256_add_ps(acc0, acc1));
-    for (; i < dim; ++i) {
-        const float d = a[i] - F::one(b[i]);
-        sum += d * d;
-    }
-    return sum;
-}
-
-template <class F>
-float dot_16(const float* a, const uint16_t* b, size_t dim) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= dim; i += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), F::load8(b + i), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), F::load8(b + i + 8), acc1);
-    }
-    for (; i + 8 <= dim; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), F::load8(b + i), acc0);
-    float sum = hsum(_mm256_add_ps(acc0, acc1));
-    for (; i < dim; ++i) sum += a[i] * F::one(b[i]);
-    return sum;
-}
-
-// Four rows at once, each accumulated exactly as l2sq_16 / dot_16 accumulate
-// one (the same lanes, the same order, the same scalar tail): the same bits.
-template <class F, bool kL2>
-void x4_16(const float* a, const uint16_t* const* b, size_t dim, float* out) {
-    __m256 acc0[4], acc1[4];
-    for (int t = 0; t < 4; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= dim; i += 16) {
-        const __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + i + 8);
-        for (int t = 0; t < 4; ++t) {
-            acc0[t] = term<kL2>(a0, F::load8(b[t] + i), acc0[t]);
-            acc1[t] = term<kL2>(a1, F::load8(b[t] + i + 8), acc1[t]);
-        }
-    }
-    for (; i + 8 <= dim; i += 8) {
-        const __m256 a0 = _mm256_loadu_ps(a + i);
-        for (int t = 0; t < 4; ++t) acc0[t] = term<kL2>(a0, F::load8(b[t] + i), acc0[t]);
-    }
-    for (int t = 0; t < 4; ++t) {
-        float sum = hsum(_mm256_add_ps(acc0[t], acc1[t]));
-        for (size_t j = i; j < dim; ++j) {
-            const float v = F::one(b[t][j]);
-            if constexpr (kL2) {
-                const float d = a[j] - v;
-                sum += d * d;
-            } else {
-                sum += a[j] * v;
-            }
-        }
-        out[t] = sum;
-    }
-}
-
-template <class F>
 void decode_16(const uint16_t* in, size_t n, float* out) {
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, F::load8(in + i));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, F::load(in + i));
     for (; i < n; ++i) out[i] = F::one(in[i]);
 }
 
 }  // namespace
 
-float l2sq_fp16(const float* a, const uint16_t* b, size_t dim) { return l2sq_16<Fp16>(a, b, dim); }
-float dot_fp16(const float* a, const uint16_t* b, size_t dim) { return dot_16<Fp16>(a, b, dim); }
-float l2sq_bf16(const float* a, const uint16_t* b, size_t dim) { return l2sq_16<Bf16>(a, b, dim); }
-float dot_bf16(const float* a, const uint16_t* b, size_t dim) { return dot_16<Bf16>(a, b, dim); }
+float l2sq_fp16(const float* a, const uint16_t* b, size_t dim) { return row<Fp16, true>(a, b, dim); }
+float dot_fp16(const float* a, const uint16_t* b, size_t dim) { return row<Fp16, false>(a, b, dim); }
+float l2sq_bf16(const float* a, const uint16_t* b, size_t dim) { return row<Bf16, true>(a, b, dim); }
+float dot_bf16(const float* a, const uint16_t* b, size_t dim) { return row<Bf16, false>(a, b, dim); }
 void l2sq_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
-    x4_16<Fp16, true>(a, b, dim, out);
+    rows4<Fp16, true>(a, b, dim, out);
 }
 void dot_fp16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
-    x4_16<Fp16, false>(a, b, dim, out);
+    rows4<Fp16, false>(a, b, dim, out);
 }
 void l2sq_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
-    x4_16<Bf16, true>(a, b, dim, out);
+    rows4<Bf16, true>(a, b, dim, out);
 }
 void dot_bf16_x4(const float* a, const uint16_t* const* b, size_t dim, float* out) {
-    x4_16<Bf16, false>(a, b, dim, out);
+    rows4<Bf16, false>(a, b, dim, out);
 }
 void decode_fp16(const uint16_t* in, size_t n, float* out) { decode_16<Fp16>(in, n, out); }
 void decode_bf16(const uint16_t* in, size_t n, float* out) { decode_16<Bf16>(in, n, out); }

@@ -51,7 +51,7 @@ TEST_P(DistanceTest, FourRowKernelsEqualOneRowKernelsBitForBit) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(OddDims, DistanceTest, ::testing::Values(1, 3, 15, 16, 17, 31, 33, 100, 128, 769));
+INSTANTIATE_TEST_SUITE_P(OddDims, DistanceTest, ::testing::Values(1, 3, 7, 8, 15, 16, 17, 31, 33, 100, 128, 769, 784));
 
 // PQ table lookups (gathers on AVX2 / AVX-512) against a double sum, for code
 // lengths around the 8- and 16-lane steps, extreme code bytes included.

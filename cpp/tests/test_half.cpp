@@ -178,7 +178,8 @@ TEST_P(HalfDistanceTest, FourRowKernelsEqualOneRowKernelsBitForBit) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(OddDims, HalfDistanceTest, ::testing::Values(1, 3, 7, 8, 15, 16, 17, 31, 33, 100, 768, 785));
+INSTANTIATE_TEST_SUITE_P(OddDims, HalfDistanceTest,
+                         ::testing::Values(1, 3, 7, 8, 15, 16, 17, 31, 33, 100, 768, 784, 785));
 
 }  // namespace
 }  // namespace sparknn
