@@ -39,9 +39,10 @@ sys.path.insert(0, HERE)
 import datasets  # noqa: E402
 from spark_memory import TreeMemory  # noqa: E402
 
-# name -> (n, dim, seed): Gaussian clusters (1000 centres) from bench/datasets.py
+# name -> (n, dim, seed): Gaussian clusters (1000 centres) from bench/datasets.py; seed None:
+# Fashion-MNIST's 60k training images (Debian's dataset-fashion-mnist)
 DATASETS = {"50k-128": (50_000, 128, 3), "200k-128": (200_000, 128, 1), "500k-100": (500_000, 100, 4),
-            "1m-100": (1_000_000, 100, 5)}
+            "1m-100": (1_000_000, 100, 5), "200k-768": (200_000, 768, 6), "fmnist-60k": (60_000, 784, None)}
 DEFAULT_DATASETS = ["50k-128", "200k-128", "500k-100"]  # 1m-100 on request: the recipe takes ~7 min a run
 K = 10
 
@@ -49,9 +50,9 @@ K = 10
 def write_items(name: str, workdir: str) -> tuple[str, np.ndarray, np.ndarray]:
     """Writes the data set as Parquet (id int64, vector array<float>); returns (path, ids, vectors)."""
     n, dim, seed = DATASETS[name]
-    vectors = datasets.clustered(n, dim, 0, seed=seed).base
+    vectors = datasets.clustered(n, dim, 0, seed=seed).base if seed is not None else datasets.fashion_mnist(0).base
     # Real ids are not Annoy's 0..n-1 positions, so the recipe's id mapping does real work.
-    ids = 10_000_000 + np.random.default_rng(seed).permutation(n).astype(np.int64)
+    ids = 10_000_000 + np.random.default_rng(seed or 0).permutation(n).astype(np.int64)
     path = os.path.join(workdir, f"items-{name}.parquet")
     vector_col = pa.ListArray.from_arrays(np.arange(0, n * dim + 1, dim, dtype=np.int32), vectors.reshape(-1))
     table = pa.table({"id": ids, "vector": vector_col})
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"], help="sparknn's indexType")
     ap.add_argument("--variants", nargs="+", default=["0:0"], metavar="SCALE:NPROBE",
                     help="sparknn ivf runs, one row each: nlist = SCALE x sqrt(n) lists (0: KNN's default, "
-                         "4 sqrt(n)) and NPROBE lists searched per item (0: KNN's default, 16)")
+                         "sqrt(n) since 2026-12-05, 4 sqrt(n) before) and NPROBE lists searched per item (0: KNN's default, 16)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each pipeline, interleaved; the table shows the median run "
                          "(use 3 on a quiet machine)")

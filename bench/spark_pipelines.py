@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--result", required=True, help="JSON file for the timings")
     ap.add_argument("--workdir", default="/tmp", help="where the Annoy index file is saved")
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"])
-    ap.add_argument("--nlist", type=int, default=0, help="ivf lists (0: KNN's default, about 4 sqrt(n))")
+    ap.add_argument("--nlist", type=int, default=0, help="ivf lists (0: KNN's default, about sqrt(n))")
     ap.add_argument("--nprobe", type=int, default=0, help="ivf lists searched per item (0: KNN's default)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")

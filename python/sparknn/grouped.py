@@ -187,7 +187,7 @@ def distances(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
 
 def index_of(vectors: np.ndarray, spec: IndexSpec):
     """A new index of ``spec`` (nlist chosen for the group's size) holding ``vectors``, positions as ids."""
-    index = spec.for_items(len(vectors)).create(vectors.shape[1])
+    index = spec.for_items(len(vectors), batch=True).create(vectors.shape[1])  # searched by its own items
     index.threads = spec.threads
     index.add(vectors)
     return index

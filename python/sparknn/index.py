@@ -152,20 +152,24 @@ class IndexSpec:
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
-    def for_items(self, n: int, self_join: bool = False) -> "IndexSpec":
+    def for_items(self, n: int, batch: bool = False) -> "IndexSpec":
         """This spec with an ivf ``nlist`` of 0 replaced by the engine's choice for ``n`` vectors.
 
-        ``self_join``: the n vectors are also the queries (every item's neighbours), and the
-        lists are sqrt(n) instead of about 4 sqrt(n). k-means and the assignment of every item
-        cost in proportion to nlist (training more: its sample grows with nlist too), while n
-        queries scan larger lists as larger matrix products; the recall target then picks the
-        lists to scan. Measured in-process at recall >= 0.95 (train + assign + search):
-        Fashion-MNIST 70k x 784 1.7 s against 3.9 s at 4 sqrt(n), clustered 200k x 128 1.2
-        against 3.0 s, 100k x 768 1.7 against 5.5 s (bench/README.md).
+        ``batch``: the index is searched by large batches of queries (a self-join: every item;
+        a Spark model: ``similarItems``, ``transform`` of a DataFrame) rather than a query at a
+        time, and the lists are sqrt(n) instead of about 4 sqrt(n). k-means and the assignment
+        of every item cost in proportion to nlist (training more: its sample grows with nlist
+        too), while a batch scans larger lists as larger matrix products; the recall target then
+        picks the lists to scan. Measured in-process at recall >= 0.95 (train + assign +
+        search): Fashion-MNIST 70k x 784 1.7 s against 3.9 s at 4 sqrt(n), clustered 200k x 128
+        1.2 against 3.0 s, 100k x 768 1.7 against 5.5 s; on Spark (fit + similarItems, recall
+        target 0.95) Fashion-MNIST 60k 8.1 s against 16.0 s, and 10k new queries 2.0 against 3.7 s
+        (bench/README.md). A query at a time (4 sqrt(n), faiss' rule) pays less per query for
+        its nearest lists: an Index trained directly keeps that default.
         """
         if self.kind != "ivf" or self.nlist or n <= 0:
             return self
-        nlist = max(1, min(n, round(math.sqrt(n)))) if self_join else _core.ivf_default_nlist(int(n))
+        nlist = max(1, min(n, round(math.sqrt(n)))) if batch else _core.ivf_default_nlist(int(n))
         return dataclasses.replace(self, nlist=nlist)
 
     def replace(self, **changes) -> "IndexSpec":

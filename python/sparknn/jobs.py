@@ -246,7 +246,7 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
                     ) -> tuple[Input, pa.Array, np.ndarray | None, Index, np.ndarray | None]:
     """Opens the input, checks its ids are unique and builds the index (engine ids: ``direct``, or positions).
 
-    ``self_join``: the index is built to search its own items (IndexSpec.for_items) and an ivf
+    ``self_join``: the index is built to search its own items (IndexSpec.for_items: a batch) and an ivf
     build also returns each item's lists to scan. The vectors are read once into memory first
     when the job passes over them more than once (the self-join searches them again; an ivf
     build samples them first) and they fit (hold_vectors). The held vectors are let go as the
@@ -259,7 +259,7 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     inp = open_input(input_path, id_col, vector_col)
     ids = read_ids(inp, unique=True)
     direct = engine_ids(ids)
-    spec = spec.for_items(inp.num_rows, self_join)
+    spec = spec.for_items(inp.num_rows, batch=self_join)
     if self_join or spec.kind == "ivf":
         hold_vectors(inp, progress, threads=usable_threads(spec.threads))
     timings.add("read", time.perf_counter() - t0)

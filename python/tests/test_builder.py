@@ -36,13 +36,13 @@ def test_spec_for_items_is_the_engines_nlist_rule():
     assert IndexSpec(kind="hnsw").for_items(10_000) == IndexSpec(kind="hnsw")
 
 
-def test_spec_for_a_self_join_takes_sqrt_n_lists():
+def test_spec_for_batches_takes_sqrt_n_lists():
     spec = IndexSpec(kind="ivf")
-    assert spec.for_items(70_000, self_join=True).nlist == 265  # sqrt(70000) = 264.6
-    assert spec.for_items(10_000, self_join=True).nlist == 100 < spec.for_items(10_000).nlist
-    assert spec.for_items(2, self_join=True).nlist == 1
-    assert IndexSpec(kind="ivf", nlist=7).for_items(10_000, self_join=True).nlist == 7  # given: kept
-    assert IndexSpec(kind="flat").for_items(10_000, self_join=True) == IndexSpec(kind="flat")
+    assert spec.for_items(70_000, batch=True).nlist == 265  # sqrt(70000) = 264.6
+    assert spec.for_items(10_000, batch=True).nlist == 100 < spec.for_items(10_000).nlist
+    assert spec.for_items(2, batch=True).nlist == 1
+    assert IndexSpec(kind="ivf", nlist=7).for_items(10_000, batch=True).nlist == 7  # given: kept
+    assert IndexSpec(kind="flat").for_items(10_000, batch=True) == IndexSpec(kind="flat")
 
 
 def test_index_made_from_a_spec_equals_one_made_from_keywords():

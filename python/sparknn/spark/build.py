@@ -105,7 +105,7 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, spe
     own_ids = engine_ids(ids)
     direct = own_ids is not None
     try:
-        index, lists = _build(vectors, own_ids, features, spec, order)
+        index, lists = _build(vectors, own_ids, features, spec.for_items(len(vectors), batch=True), order)
     except InvalidArgumentError:
         # Explain with counts and an example id from a JVM pass; fall back to the first error.
         validate(df, features, id_col, id_type != "string")

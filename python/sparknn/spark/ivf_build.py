@@ -207,10 +207,10 @@ def _check_unique(data: DataFrame, id_col: str) -> None:
 def _train(data: DataFrame, n: int, dim: int, spec: IndexSpec, path: str) -> tuple[Index, np.ndarray]:
     """The quantizer, trained on a sample and saved to ``path``, and the list sizes the sample
     predicts (at least 1 per list, so that every list has a part even if the sample missed it)."""
-    nlist = spec.for_items(n).nlist
+    nlist = spec.for_items(n, batch=True).nlist  # a model is searched by batches: sqrt(n) lists
     if nlist > n:
         raise InvalidArgumentError(f"nlist={nlist} is more than the {n} items to index: lower nlist (or leave it "
-                                   "0 to choose about 4 sqrt(n))")
+                                   "0 to choose about sqrt(n))")
     want = sample_size(nlist, n)
     # Rows drawn by a hash of their id, in id order: the same sample (and centroids) however the
     # input is partitioned (DataFrame.sample draws per partition).

@@ -115,7 +115,7 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
                       "there); without it files built on the driver are shipped to executors and files built on "
                       "executors come back through Spark where executors do not see the driver's directory",
                       typeConverter=TypeConverters.toString)
-    nlist = Param(Params._dummy(), "nlist", "ivf: lists (k-means cells); 0 = about 4 sqrt(n)",
+    nlist = Param(Params._dummy(), "nlist", "ivf: lists (k-means cells); 0 = about sqrt(n)",
                   typeConverter=_positive("nlist", 0))
     nprobe = Param(Params._dummy(), "nprobe", "ivf: lists scanned per query (widened for a query whose lists "
                    "hold fewer than k items)", typeConverter=_positive("nprobe"))
