@@ -130,7 +130,7 @@ def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 
     if os.path.exists(result):
         os.remove(result)
     cmd = [sys.executable, os.path.join(HERE, "spark_pipelines.py"), pipeline, items, output,
-           "--result", result, "--workdir", args.workdir, "--index-type", args.index_type,
+           "--result", result, "--workdir", args.workdir, "--index-type", args.index_type, "--ivf-mode", args.ivf_mode,
            "--master", args.master, "--driver-memory", args.driver_memory,
            "--nlist", str(nlist), "--nprobe", str(nprobe)]
     timeout = 60 * (args.annoy_timeout_min if pipeline == "annoy" else args.sparknn_timeout_min)
@@ -223,9 +223,11 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=list(DATASETS))
     ap.add_argument("--pipelines", nargs="+", default=["annoy", "sparknn"], choices=["annoy", "sparknn"])
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"], help="sparknn's indexType")
+    ap.add_argument("--ivf-mode", default="auto", choices=["auto", "driver", "routed"], help="sparknn's ivfMode")
     ap.add_argument("--variants", nargs="+", default=["0:0"], metavar="SCALE:NPROBE",
                     help="sparknn ivf runs, one row each: nlist = SCALE x sqrt(n) lists (0: KNN's default, "
-                         "sqrt(n) since 2026-12-05, 4 sqrt(n) before) and NPROBE lists searched per item (0: KNN's default, 16)")
+                         "sqrt(n) since 2026-12-05, 4 sqrt(n) before) and NPROBE lists searched per item "
+                         "(0: KNN's default)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each pipeline, interleaved; the table shows the median run "
                          "(use 3 on a quiet machine)")
@@ -266,8 +268,10 @@ def main(argv=None) -> int:
                 row.update(dataset=f"{n // 1000}k x {dim}", repeat=repeat, variant=key, nlist=nlist, nprobe=nprobe)
                 row.update(reference if pipeline == "sparknn" else {})
                 settings = ", ".join([f"nlist={nlist}"] * bool(nlist) + [f"nprobe={nprobe}"] * bool(nprobe))
+                mode = f" {args.ivf_mode}" if args.ivf_mode != "auto" else ""
+                settings = f", {settings}" if settings else " (defaults)"
                 row["label"] = ("Annoy recipe (100 trees)" if pipeline == "annoy" else
-                                f"sparknn KNN {args.index_type}" + (f", {settings}" if settings else " (defaults)"))
+                                f"sparknn KNN {args.index_type}{mode}{settings}")
                 if row["status"] == "ok":
                     found, nrows, fewest = read_neighbours(pipeline, row.pop("output"), ids[sample])
                     row.update(recall=round(recall(found, ids, sample, truth), 4), rows=nrows,
@@ -290,7 +294,8 @@ def main(argv=None) -> int:
         f.write(md + "\n\nCommand: `" + command.strip() + "`\n")
     with open(args.out + ".json", "w") as f:
         json.dump({"command": command.strip(), "master": args.master, "driver_memory": args.driver_memory,
-                   "index_type": args.index_type, "sample": args.sample, "repeats": args.repeats,
+                   "index_type": args.index_type, "ivf_mode": args.ivf_mode, "sample": args.sample,
+                   "repeats": args.repeats,
                    "median_rows": rows, "runs": all_runs}, f, indent=1)
     return 0
 

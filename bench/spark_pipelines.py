@@ -105,13 +105,14 @@ def run_annoy(spark, input_path: str, output_path: str, workdir: str, top_n: int
     return times
 
 
-def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nlist: int = 0, nprobe: int = 0) -> dict:
+def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nlist: int = 0, nprobe: int = 0,
+                ivf_mode: str = "auto") -> dict:
     from sparknn.spark import KNN
 
     times = {}
     t0 = time.perf_counter()
     df = spark.read.parquet(input_path)
-    knn = KNN(k=10, metric="cosine", indexType=index_type, featuresCol="vector", idCol="id")
+    knn = KNN(k=10, metric="cosine", indexType=index_type, featuresCol="vector", idCol="id", ivfMode=ivf_mode)
     if nlist:  # otherwise KNN's defaults
         knn.setNlist(nlist)
     if nprobe:
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--result", required=True, help="JSON file for the timings")
     ap.add_argument("--workdir", default="/tmp", help="where the Annoy index file is saved")
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"])
+    ap.add_argument("--ivf-mode", default="auto", choices=["auto", "driver", "routed"], help="KNN's ivfMode")
     ap.add_argument("--nlist", type=int, default=0, help="ivf lists (0: KNN's default, about sqrt(n))")
     ap.add_argument("--nprobe", type=int, default=0, help="ivf lists searched per item (0: KNN's default)")
     ap.add_argument("--master", default="local[2]")
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
     if args.pipeline == "annoy":
         times = run_annoy(spark, args.input, args.output, args.workdir)
     else:
-        times = run_sparknn(spark, args.input, args.output, args.index_type, args.nlist, args.nprobe)
+        times = run_sparknn(spark, args.input, args.output, args.index_type, args.nlist, args.nprobe,
+                            args.ivf_mode)
     times["session_s"] = session_s
     spark.stop()
     with open(args.result, "w") as f:
