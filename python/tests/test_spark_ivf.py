@@ -326,6 +326,16 @@ def test_driver_build_reads_collected_chunks_in_batches():
     ragged = pa.chunked_array(chunks[:3] + [pa.array([[1.0] * 7], type=pa.list_(pa.float32()))])
     with pytest.raises(sparknn.InvalidArgumentError, match="row 44 has 7 values but row 0 has 8"):
         list(vector_batches(ragged, "vector", rows=256))
+    # In another order (the ids' order): each batch gathers its rows chunk by chunk, whatever the
+    # chunks' value type, and a row of another length is still rejected.
+    order = np.random.default_rng(3).permutation(len(x)).astype(np.uint64)  # as pc.sort_indices gives it
+    doubles = pa.chunked_array([c.cast(pa.list_(pa.float64())) for c in chunks])
+    for col in (column, doubles, pa.chunked_array([pa.array([], type=pa.list_(pa.float32()))] + chunks)):
+        got = list(vector_batches(col, "vector", rows=256, order=order))
+        assert [first for first, _ in got] == [0, 256, 512, 768]
+        np.testing.assert_array_equal(np.concatenate([b for _, b in got]), x[order])
+    with pytest.raises(sparknn.InvalidArgumentError, match="has vectors of length 7 but the index has dim=8"):
+        list(vector_batches(ragged, "vector", rows=256, order=np.arange(len(ragged))[::-1]))
 
 
 def test_a_connect_client_builds_only_what_fits_its_own_memory(spark, monkeypatch):
