@@ -42,7 +42,8 @@ from spark_memory import TreeMemory  # noqa: E402
 # name -> (n, dim, seed): Gaussian clusters (1000 centres) from bench/datasets.py; seed None:
 # Fashion-MNIST's 60k training images (Debian's dataset-fashion-mnist)
 DATASETS = {"50k-128": (50_000, 128, 3), "200k-128": (200_000, 128, 1), "500k-100": (500_000, 100, 4),
-            "1m-100": (1_000_000, 100, 5), "200k-768": (200_000, 768, 6), "fmnist-60k": (60_000, 784, None)}
+            "1m-100": (1_000_000, 100, 5), "200k-768": (200_000, 768, 6), "500k-768": (500_000, 768, 7),
+            "fmnist-60k": (60_000, 784, None)}
 DEFAULT_DATASETS = ["50k-128", "200k-128", "500k-100"]  # 1m-100 on request: the recipe takes ~7 min a run
 K = 10
 
