@@ -95,6 +95,45 @@ def vectors_to_numpy(column, name: str = "vector", dim: Optional[int] = None) ->
     return flat.reshape(n, width if n else (dim or 0))
 
 
+class ChunkedVectors:
+    """A (chunked) vector column read by rows in any order, chunk by chunk: each chunk becomes a
+    float32 matrix (vectors_to_numpy: a view of its values when they are float32, kept; else
+    converted again for each ``take`` that needs it). ChunkedArray.take joins every chunk into one
+    array first: a copy of the whole column for any take (500k x 768: +1.4 GB, 3.3 s)."""
+
+    def __init__(self, column, name: str = "vector", dim: Optional[int] = None):
+        self._chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        self._starts = np.cumsum([0] + [len(c) for c in self._chunks])
+        self._name, self.dim = name, dim
+        self._kept: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _matrix(self, c: int) -> np.ndarray:
+        if c in self._kept:
+            return self._kept[c]
+        chunk = self._chunks[c]
+        x = vectors_to_numpy(chunk, self._name, self.dim)
+        self.dim = x.shape[1]
+        if pa.types.is_float32(getattr(chunk.type, "value_type", chunk.type)):
+            self._kept[c] = x  # a view of the chunk's own values: keeping it costs nothing
+        return x
+
+    def take(self, rows) -> np.ndarray:
+        """float32 [len(rows), dim]: the vectors at positions ``rows`` (ints, any order)."""
+        rows = np.asarray(rows, dtype=np.int64)  # sort_indices gives uint64: uint64 - int64 is float64
+        chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
+        out = None
+        for c in np.unique(chunk_of):
+            picked = chunk_of == c
+            x = self._matrix(int(c))
+            if out is None:
+                out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+            out[picked] = x[rows[picked] - self._starts[c]]
+        return out if out is not None else np.empty((0, self.dim or 0), dtype=np.float32)
+
+
 def fixed_rows(column) -> np.ndarray:
     """A fixed_size_list<T, width> column (an index file's vectors or nearest lists) as a numpy
     [n, width] matrix, zero-copy when it is one chunk without nulls."""

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparknn import integrity
-from sparknn.arrow import rows_to_list, vectors_to_numpy
+from sparknn.arrow import ChunkedVectors, rows_to_list, vectors_to_numpy
 from sparknn.builder import stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import Index, IndexSpec, load
@@ -229,8 +229,7 @@ def _train(data: DataFrame, n: int, dim: int, spec: IndexSpec, path: str) -> tup
 
 
 def _in_id_order(table: pa.Table, dim: int) -> np.ndarray:
-    order = pc.sort_indices(table.column("id"))
-    return vectors_to_numpy(table.column("v").take(order).combine_chunks(), "features", dim)
+    return ChunkedVectors(table.column("v"), "features", dim).take(pc.sort_indices(table.column("id")).to_numpy())
 
 
 def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: FitOptions, root: str,

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparknn import grouped, integrity
-from sparknn.arrow import vectors_to_numpy
+from sparknn.arrow import ChunkedVectors
 from sparknn.builder import build_streaming, stores_own_ids
 from sparknn.errors import InvalidArgumentError
 from sparknn.spark import group_plan, hadoop_store
@@ -77,7 +77,7 @@ def _build_task(batches, *, root, prefix, dim, id_type, id_col, features, positi
         # how the input was partitioned, so two runs give the same index and the same ties.
         order = pc.sort_indices(ids)
         ids = ids.take(order)
-        vectors = vectors_to_numpy(part.column("v").take(order), features, dim)
+        vectors = ChunkedVectors(part.column("v"), features, dim).take(order.to_numpy())
         chosen = None
         try:
             if large_spec is not None and s >= hashed:  # one large group (a piece of it): a real index

@@ -1,0 +1,44 @@
+"""sparknn.arrow: vector columns read by rows in any order, chunk by chunk."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sparknn.arrow import ChunkedVectors
+from sparknn.errors import InvalidArgumentError
+
+
+def _chunks(x, cuts, value_type=pa.float32()):
+    return [pa.array(x[a:b].tolist(), type=pa.list_(value_type)) for a, b in zip(cuts, cuts[1:])]
+
+
+def test_chunked_vectors_take_rows_in_any_order_without_joining_the_chunks():
+    x = np.random.default_rng(0).standard_normal((500, 6)).astype(np.float32)
+    cuts = [0, 0, 1, 200, 200, 499, 500]  # empty chunks among them
+    column = pa.chunked_array(_chunks(x, cuts), type=pa.list_(pa.float32()))
+    vectors = ChunkedVectors(column, "v")
+    assert len(vectors) == 500
+    for rows in (np.random.default_rng(1).permutation(500), np.arange(500)[::-1].astype(np.uint64), [7, 7, 0],
+                 np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(vectors.take(rows), x[np.asarray(rows, dtype=np.int64)])
+    assert vectors.take([]).shape == (0, 6)
+    # float32 chunks are read in place (a view kept for later takes); others converted each time
+    big = int(np.argmax([len(c) for c in column.chunks]))
+    assert np.shares_memory(vectors._matrix(big), column.chunk(big).values.to_numpy())
+    doubles = ChunkedVectors(pa.chunked_array(_chunks(x, cuts, pa.float64())), "v")
+    np.testing.assert_array_equal(doubles.take(np.arange(500)[::-1]), x[::-1])
+    assert not doubles._kept
+    # a single Array is one chunk
+    np.testing.assert_array_equal(ChunkedVectors(column.combine_chunks()).take([3, 1]), x[[3, 1]])
+
+
+def test_chunked_vectors_refuse_what_the_engine_refuses():
+    x = np.ones((10, 4), dtype=np.float32)
+    ragged = pa.chunked_array(_chunks(x, [0, 5, 10]) + [pa.array([[1.0] * 3], type=pa.list_(pa.float32()))])
+    with pytest.raises(InvalidArgumentError, match="length 3 but the index has dim=4"):
+        ChunkedVectors(ragged, "v").take(np.arange(11))
+    with pytest.raises(InvalidArgumentError, match="length 4 but the index has dim=5"):
+        ChunkedVectors(pa.chunked_array(_chunks(x, [0, 10])), "v", dim=5).take([0])
+    nulls = pa.chunked_array([pa.array([[1.0, 2.0], None], type=pa.list_(pa.float32()))])
+    with pytest.raises(InvalidArgumentError, match="null vector"):
+        ChunkedVectors(nulls, "v").take([0])
