@@ -20,13 +20,18 @@ std::vector<float> random_floats(size_t n, uint64_t seed) {
     return v;
 }
 
+// False (the benchmark skipped) when this CPU lacks the level.
+bool runs_at(benchmark::State& state, sparknn::SimdLevel level) {
+    if (static_cast<int>(level) <= static_cast<int>(sparknn::cpu_simd_level())) return true;
+    state.SkipWithError("CPU lacks this SIMD level");
+    return false;
+}
+
+constexpr size_t kRows = 1024;  // rows per iteration of the distance benchmarks
+
 void BM_Distance(benchmark::State& state, sparknn::SimdLevel level, bool l2) {
-    if (static_cast<int>(level) > static_cast<int>(sparknn::cpu_simd_level())) {
-        state.SkipWithError("CPU lacks this SIMD level");
-        return;
-    }
-    const size_t dim = static_cast<size_t>(state.range(0));
-    const size_t rows = 1024;
+    if (!runs_at(state, level)) return;
+    const size_t dim = static_cast<size_t>(state.range(0)), rows = kRows;
     const auto a = random_floats(dim, 1);
     const auto base = random_floats(rows * dim, 2);
     const sparknn::DistanceKernels& k = sparknn::kernels_for(level);
@@ -42,12 +47,8 @@ void BM_Distance(benchmark::State& state, sparknn::SimdLevel level, bool l2) {
 
 // Four rows per call (a graph search's batch of neighbours), over the same 1024 rows.
 void BM_DistanceX4(benchmark::State& state, sparknn::SimdLevel level, bool l2) {
-    if (static_cast<int>(level) > static_cast<int>(sparknn::cpu_simd_level())) {
-        state.SkipWithError("CPU lacks this SIMD level");
-        return;
-    }
-    const size_t dim = static_cast<size_t>(state.range(0));
-    const size_t rows = 1024;
+    if (!runs_at(state, level)) return;
+    const size_t dim = static_cast<size_t>(state.range(0)), rows = kRows;
     const auto a = random_floats(dim, 1);
     const auto base = random_floats(rows * dim, 2);
     const sparknn::DistanceKernels& k = sparknn::kernels_for(level);
@@ -65,12 +66,8 @@ void BM_DistanceX4(benchmark::State& state, sparknn::SimdLevel level, bool l2) {
 
 // A float32 query against 16-bit rows (fp16 or bf16), one row or four per call.
 void BM_Half(benchmark::State& state, sparknn::SimdLevel level, bool bf16, bool l2, bool x4) {
-    if (static_cast<int>(level) > static_cast<int>(sparknn::cpu_simd_level())) {
-        state.SkipWithError("CPU lacks this SIMD level");
-        return;
-    }
-    const size_t dim = static_cast<size_t>(state.range(0));
-    const size_t rows = 1024;
+    if (!runs_at(state, level)) return;
+    const size_t dim = static_cast<size_t>(state.range(0)), rows = kRows;
     const auto a = random_floats(dim, 1);
     const auto floats = random_floats(rows * dim, 2);
     const sparknn::HalfKernels& k = bf16 ? sparknn::kernels_for(level).bf16 : sparknn::kernels_for(level).fp16;
