@@ -341,7 +341,9 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--ef-construction", type=_count(1), default=200, help="HNSW build beam (default: 200)")
     index.add_argument("--ef-search", type=_count(1), default=None,
                        help="HNSW search beam (default: 64; `similar`: chosen for --recall)")
-    index.add_argument("--nlist", type=_count(0), default=0, help="IVF lists; 0 = about 4 sqrt(n) (default)")
+    index.add_argument("--nlist", type=_count(0), default=0,
+                       help="IVF lists; 0 = chosen from n (default): sqrt(n) for similar and on Spark, "
+                            "about 4 sqrt(n) for build")
     index.add_argument("--nprobe", type=_count(1), default=None,
                        help="IVF lists scanned per query (default: 16; `similar`: chosen for --recall)")
     index.add_argument("--storage", default="float32", choices=["float32", "fp16", "bf16", "sq8", "pq"],

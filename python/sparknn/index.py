@@ -164,8 +164,8 @@ class IndexSpec:
         search): Fashion-MNIST 70k x 784 1.7 s against 3.9 s at 4 sqrt(n), clustered 200k x 128
         1.2 against 3.0 s, 100k x 768 1.7 against 5.5 s; on Spark (fit + similarItems, recall
         target 0.95) Fashion-MNIST 60k 10.5 s against 13.3 s, clustered 200k x 768 15.7 against
-        26.2 s (bench/README.md, docs/spark.md). A query at a time (4 sqrt(n), faiss' rule) pays less per query for
-        its nearest lists: an Index trained directly keeps that default.
+        26.2 s (bench/README.md, docs/spark.md). A query at a time (4 sqrt(n), faiss' rule) pays
+        less per query for its nearest lists: an Index trained directly keeps that default.
         """
         if self.kind != "ivf" or self.nlist or n <= 0:
             return self

@@ -8,7 +8,8 @@ from sparknn.arrow import ChunkedVectors
 from sparknn.errors import InvalidArgumentError
 
 
-def _chunks(x, cuts, value_type=pa.float32()):
+def _chunks(x, cuts, value_type=None):
+    value_type = value_type or pa.float32()
     return [pa.array(x[a:b].tolist(), type=pa.list_(value_type)) for a, b in zip(cuts, cuts[1:])]
 
 
