@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -184,19 +184,31 @@ def _decode(inp: Input, unit: tuple, dim: int) -> tuple[int, np.ndarray]:
     batch's memory goes back to Arrow's pool for the next batch to reuse. An array of its own
     per row group is freed whole once a build has consumed it."""
     fragment, group, first, rows = unit
-    out = np.empty((rows, dim), dtype=np.float32)
-    filled = 0
     with reading(inp.path), pq.ParquetFile(fragment.path, filesystem=fragment.filesystem, **PARQUET_READ,
                                            page_checksum_verification=True) as parquet:
-        for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=[inp.vector_col], row_groups=[group]):
-            if filled + batch.num_rows > rows:
-                break
-            x = checked_vectors(batch.column(0), inp.vector_col, dim, first + filled)
-            out[filled:filled + len(x)] = x
-            filled += len(x)
-    if filled != rows:
+        out = row_group_vectors(parquet, inp.vector_col, group, rows,
+                                lambda column, at: checked_vectors(column, inp.vector_col, dim, first + at))
+    if out is None:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
     return first, out
+
+
+def row_group_vectors(parquet: pq.ParquetFile, column: str, group: int, rows: int,
+                      convert: Callable[[pa.Array, int], np.ndarray]) -> np.ndarray | None:
+    """Row group ``group``'s vectors in one float32 [rows, dim] array of its own, decoded READ_BATCH
+    rows at a time: ``convert(batch's column, its first row in the group)`` gives each batch's
+    matrix (and raises on a bad vector). None when the group does not fill ``rows`` rows (the file
+    changed while it was read); ValueError when a batch's length differs from the first's."""
+    out, filled = None, 0
+    for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=[column], row_groups=[group]):
+        if filled + batch.num_rows > rows:
+            break
+        x = convert(batch.column(0), filled)
+        if out is None:
+            out = np.empty((rows, x.shape[1]), dtype=np.float32)
+        out[filled:filled + len(x)] = x
+        filled += len(x)
+    return out if filled == rows else None
 
 
 @contextmanager

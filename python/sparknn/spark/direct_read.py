@@ -17,14 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 
 from sparknn.arrow import PARQUET_READ, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
-from sparknn.inputs import READ_BATCH
+from sparknn.inputs import row_group_vectors
 from sparknn.machine import usable_cores
 from sparknn.spark import runtime
 from sparknn.spark.layout import ARROW_ID_TYPES
@@ -145,20 +144,13 @@ def first_dim(scan: ParquetScan) -> int:
 
 
 def _vector_chunk(path: str, features: str, group: int, rows: int) -> pa.FixedSizeListArray:
-    """One row group's vectors as float32, in one array of their own (a reader of its own, READ_BATCH
-    rows decoded at a time): Parquet's list decoder reserves up to twice the values it holds, and a
+    """One row group's vectors as float32, in one array of their own (a reader of its own,
+    inputs.row_group_vectors): Parquet's list decoder reserves up to twice the values it holds, and a
     driver build holds every vector at once. Raises InvalidArgumentError on a vector the engine
     does not take (null, ragged, empty) and ValueError on a length other than the group's first."""
-    out = None
-    filled = 0
     with pq.ParquetFile(path, **PARQUET_READ) as parquet:
-        for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=[features], row_groups=[group]):
-            x = vectors_to_numpy(batch.column(0), features)
-            if out is None:
-                out = np.empty((rows, x.shape[1]), dtype=np.float32)
-            out[filled:filled + len(x)] = x
-            filled += len(x)
-    if out is None or filled != rows:
+        out = row_group_vectors(parquet, features, group, rows, lambda column, _: vectors_to_numpy(column, features))
+    if out is None:
         raise OSError(f"{path!r} changed while it was read")
     return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), out.shape[1])  # zero-copy
 
