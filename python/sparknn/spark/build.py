@@ -62,11 +62,8 @@ def _sample(column: pa.ChunkedArray, name: str, size: int, seed: int, order: np.
     """``size`` rows drawn uniformly without replacement, in row order (of ``order``): the k-means sample."""
     n = len(column)
     chosen = np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
-    parts = []
-    for first, x in vector_batches(column, name, order=order):
-        lo, hi = np.searchsorted(chosen, [first, first + len(x)])
-        parts.append(x[chosen[lo:hi] - first])
-    return np.concatenate(parts)
+    # only the chosen rows are gathered (a pass over every batch copied the whole column in id order)
+    return ChunkedVectors(column, name).take(chosen if order is None else order[chosen])
 
 
 def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, spec: IndexSpec,
