@@ -526,6 +526,8 @@ class Index:
             q = self.reconstruct_rows(rows)
         else:
             q = _as_matrix(queries, self.dim, "queries")
+            if not len(q):  # a recall measured on nothing would choose the least work and claim 1.0
+                raise InvalidArgumentError("queries is empty: tuning needs at least one query to measure recall on")
             q = q[np.sort(rng.choice(len(q), min(_check_count(sample, "sample", 1), len(q)), replace=False))]
         kk = min(k, n - 1 if own else n)
         if kk < 1:
@@ -595,13 +597,16 @@ class Index:
         same k and target until the next ``add``; :attr:`tunings` shows what was chosen.
         """
         k = _check_count(k, "k", 1)
-        if recall is not None and lists is None and ef is None and nprobe is None and self.kind != "flat":
-            chosen = self._tuned(recall, k, queries, threads)
+        q = _as_matrix(queries, self.dim, "queries")
+        if recall is not None:
+            tuning.check_target(recall)
+        # No queries: nothing to tune on (a tuning kept from them would serve later calls).
+        if recall is not None and len(q) and lists is None and ef is None and nprobe is None and self.kind != "flat":
+            chosen = self._tuned(recall, k, q, threads)
             ef, nprobe = (chosen.value, None) if chosen.param == "ef" else (None, chosen.value or None)
         threads = -1 if threads is None else _check_count(threads, "threads", 0)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
         nprobe = 0 if nprobe is None else _check_count(nprobe, "nprobe", 1)
-        q = _as_matrix(queries, self.dim, "queries")
         list_arr = None
         if lists is not None:
             list_arr = _as_lists(lists, q.shape[0], nprobe or None)

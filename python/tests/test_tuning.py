@@ -106,6 +106,23 @@ def test_self_join_tuning_excludes_each_item_and_search_recall_keeps_settings():
     assert index.tunings[(6, 0.99)] is not again, "an add measures again"
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_empty_queries_neither_tune_nor_leave_a_tuning_behind(kind):
+    x = clustered(5000, 16, 30, seed=8)
+    index = sparknn.Index(16, "l2", kind)
+    index.add(x)
+    ids, dist = index.search(np.empty((0, 16), np.float32), 10, recall=0.99)
+    assert ids.shape == dist.shape == (0, 10)
+    assert index.tunings == {}, "nothing was measured: no tuning may serve later calls"
+    with pytest.raises(InvalidArgumentError, match="queries is empty"):
+        index.tune(0.99, queries=np.empty((0, 16), np.float32))
+    with pytest.raises(InvalidArgumentError, match="recall must be a number in"):
+        index.search(np.empty((0, 16), np.float32), 10, recall=1.5)
+    found, _ = index.search(x[:300], 10, recall=0.99)
+    truth, _ = exact_knn(x, x[:300], 10, "l2")
+    assert recall(found, truth) >= 0.99 - TOLERANCE
+
+
 def test_flat_is_exact_and_an_unreachable_target_says_so():
     x = clustered(3000, 16, 20, seed=7)
     flat = sparknn.Index(16, "l2", "flat")
