@@ -103,10 +103,20 @@ def normalise_metric(metric: str) -> str:
     return metric
 
 
-def _check_count(value, name: str, minimum: int) -> int:
+# The engine's integer types: counts are size_t (passed as int64 here), thread counts C int, seeds uint64.
+INT64_MAX, INT_MAX, UINT64_MAX = 2**63 - 1, 2**31 - 1, 2**64 - 1
+
+
+def _check_count(value, name: str, minimum: int, maximum: int = INT64_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value > maximum:  # beyond the engine's type: the binding would reject it with a list of overloads
+        raise InvalidArgumentError(f"{name} must be an integer <= {maximum}, got {value!r}")
     return int(value)
+
+
+def _check_threads(value) -> int:
+    return _check_count(value, "threads", 0, INT_MAX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +158,7 @@ class IndexSpec:
                                        f"keeps it; {kind} keeps {', '.join(ROW_STORAGES)}")
         checked = {"kind": kind, "metric": normalise_metric(self.metric), "storage": storage}
         for name, minimum in _SPEC_MINIMUMS.items():
-            checked[name] = _check_count(getattr(self, name), name, minimum)
+            checked[name] = _check_count(getattr(self, name), name, minimum, _SPEC_MAXIMUMS.get(name, INT64_MAX))
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -189,6 +199,7 @@ class IndexSpec:
 
 _SPEC_MINIMUMS = {"M": 2, "ef_construction": 1, "ef_search": 1, "seed": 0, "nlist": 0, "nprobe": 1,
                   "train_size": 0, "pq_m": 0, "rerank": 0, "threads": 0}
+_SPEC_MAXIMUMS = {"seed": UINT64_MAX, "threads": INT_MAX}
 
 # The native class of each kind with methods of its own (flat has none).
 _NATIVE_CLASSES = {"hnsw": _core.HnswIndex, "ivf": _core.IvfIndex}
@@ -291,7 +302,7 @@ class Index:
 
     @threads.setter
     def threads(self, value: int) -> None:
-        self._index.threads = _check_count(value, "threads", 0)
+        self._index.threads = _check_threads(value)
 
     @property
     def ef_search(self) -> int:
@@ -438,7 +449,7 @@ class Index:
         :meth:`search`.
         """
         nprobe = _check_count(nprobe, "nprobe", 1)
-        threads = -1 if threads is None else _check_count(threads, "threads", 0)
+        threads = -1 if threads is None else _check_threads(threads)
         x = _as_matrix(vectors, self.dim, "vectors")
         native = self._native_as("ivf", "nearest_lists()")
         if native.is_trained and nprobe > self.params["nlist"]:
@@ -463,7 +474,7 @@ class Index:
         """
         nprobe = _check_count(nprobe, "nprobe", 1)
         need = _check_count(need, "need", 0)
-        threads = -1 if threads is None else _check_count(threads, "threads", 0)
+        threads = -1 if threads is None else _check_threads(threads)
         x = _as_matrix(vectors, self.dim, "vectors")
         native = self._native_as("ivf", "probe_lists()")
         sizes = None if list_sizes is None else np.ascontiguousarray(list_sizes, dtype=np.int64).reshape(-1)
@@ -519,7 +530,7 @@ class Index:
         n = len(self)
         if self.kind == "flat" or n == 0:
             return tuning.Tuning("", 0, 1.0, target, k, 0)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(_check_count(seed, "seed", 0, UINT64_MAX))
         own = queries is None
         if own:
             rows = np.sort(rng.choice(n, min(_check_count(sample, "sample", 1), n), replace=False))
@@ -604,7 +615,7 @@ class Index:
         if recall is not None and len(q) and lists is None and ef is None and nprobe is None and self.kind != "flat":
             chosen = self._tuned(recall, k, q, threads)
             ef, nprobe = (chosen.value, None) if chosen.param == "ef" else (None, chosen.value or None)
-        threads = -1 if threads is None else _check_count(threads, "threads", 0)
+        threads = -1 if threads is None else _check_threads(threads)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
         nprobe = 0 if nprobe is None else _check_count(nprobe, "nprobe", 1)
         list_arr = None

@@ -397,6 +397,42 @@ def test_bad_threads(threads, tmp_path):
         sparknn.load(tmp_path / "i.snn", threads=threads)
 
 
+@pytest.mark.parametrize("name", ["M", "ef_construction", "ef_search", "nlist", "nprobe", "train_size", "pq_m",
+                                  "rerank", "seed", "threads"])
+def test_integers_beyond_the_engine_types_are_named(name):
+    # 2**64 fits none of the engine's types: the binding used to raise a TypeError listing its signature
+    kind = "hnsw" if name in ("M", "ef_construction", "ef_search") else "ivf"
+    with pytest.raises(InvalidArgumentError, match=f"{name} must be an integer <= "):
+        sparknn.Index(DIM, kind=kind, **{name: 2**64})
+    sparknn.Index(DIM, kind="ivf", seed=2**64 - 1)  # a uint64 seed: the whole range
+
+
+def built(kind, n=300):
+    index = sparknn.Index(DIM, metric="l2", kind=kind, threads=1)
+    index.add(np.random.default_rng(0).standard_normal((n, DIM)).astype(np.float32))
+    return index
+
+
+def test_call_arguments_beyond_the_engine_types_are_named(tmp_path):
+    hnsw, ivf = built("hnsw"), built("ivf")
+    q = np.ones((1, DIM), np.float32)
+    for call, match in [
+        (lambda: hnsw.search(q, 1, threads=2**31), "threads must be an integer <= 2147483647"),
+        (lambda: hnsw.search(q, 1, ef=2**64), "ef must be an integer <= "),
+        (lambda: ivf.search(q, 1, nprobe=2**64), "nprobe must be an integer <= "),
+        (lambda: setattr(hnsw, "threads", 2**31), "threads must be an integer <= "),
+        (lambda: setattr(hnsw, "ef_search", 2**64), "ef_search must be an integer <= "),
+        (lambda: setattr(ivf, "nprobe", 2**64), "nprobe must be an integer <= "),
+        (lambda: hnsw.reconstruct(0, 2**64), "stop must be an integer <= "),
+        (lambda: ivf.tune(0.9, seed=-1), "seed must be an integer >= 0"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=match):
+            call()
+    hnsw.save(tmp_path / "i.snn")
+    with pytest.raises(InvalidArgumentError, match="threads must be an integer <= "):
+        sparknn.load(tmp_path / "i.snn", threads=2**31)
+
+
 # ------------------------------------------------------------------- properties over shapes
 
 
