@@ -13,6 +13,7 @@ the recall measured, so a caller can report it.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -65,7 +66,8 @@ PAIRS_AT_ONCE = 1 << 24  # id pairs recall_at_k compares at a time (16 MB of boo
 
 
 def check_target(recall) -> float:
-    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
+    # numbers.Real: numpy scalars too (np.float32(0.95) from a config or an array is a fine target)
+    if isinstance(recall, (bool, np.bool_)) or not isinstance(recall, numbers.Real) or not 0 < recall <= 1:
         raise InvalidArgumentError(f"recall must be a number in (0, 1], got {recall!r}")
     return float(recall)
 

@@ -433,6 +433,14 @@ def test_call_arguments_beyond_the_engine_types_are_named(tmp_path):
         sparknn.load(tmp_path / "i.snn", threads=2**31)
 
 
+def test_numpy_scalar_recall_targets_are_numbers():
+    index = built("ivf")
+    assert index.tune(np.float32(0.5), k=2).target == pytest.approx(0.5)
+    index.search(np.ones((3, DIM), np.float32), 2, recall=np.float64(0.9))
+    with pytest.raises(InvalidArgumentError, match="recall must be a number in"):
+        index.tune(np.bool_(True))
+
+
 # ------------------------------------------------------------------- properties over shapes
 
 
