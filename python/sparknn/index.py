@@ -646,7 +646,7 @@ class Index:
         for role, file in (side_files or {}).items():
             d = file if isinstance(file, integrity.FileDigest) else integrity.digest(os.fspath(file))
             records.append((str(role), d.size, d.crc32c))
-        self._index.save(os.fspath(path), bool(sync), records)
+        self._index.save(_path(path), bool(sync), records)
 
     @property
     def side_files(self) -> dict:
@@ -654,6 +654,15 @@ class Index:
         the file this index was loaded from (empty for a new index or a file without
         any). Check one with ``sparknn.integrity.verify(path, digest, what)``."""
         return {role: integrity.FileDigest(size, crc) for role, size, crc in self._index.side_files()}
+
+
+def _path(path) -> str:
+    """A path as the engine takes it: str, bytes or os.PathLike; a NUL byte would end the path
+    early in the engine (a save landing at another file), so it is refused, as open() does."""
+    path = os.fsdecode(path)
+    if "\0" in path:
+        raise InvalidArgumentError(f"path {path!r} contains a NUL byte")
+    return path
 
 
 def flat_search(metric: str, threads: int = 0):
@@ -675,7 +684,7 @@ def load(path, mmap: bool = True, threads: int = 0, verify: bool = True) -> Inde
     section's checksum (reads the file once); structure is always validated.
     A truncated, corrupted, foreign or newer-version file raises IndexFileError.
     """
-    path = os.fspath(path)
+    path = _path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no index file at {path!r}")
     index = Index(0, _native=_core.load_index(path, bool(mmap), bool(verify)))

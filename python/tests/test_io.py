@@ -164,6 +164,18 @@ def test_missing_path_and_directory(tmp_path):
         sparknn.load(tmp_path)
 
 
+def test_bytes_paths_and_nul_bytes(tmp_path):
+    index = build(n=5)
+    index.save(bytes(tmp_path / "b.snn"))  # os.fsencode'd paths, as open() takes them
+    assert len(sparknn.load(bytes(tmp_path / "b.snn"))) == 5
+    # the engine's C string would end at the NUL: the save would land at tmp_path / "a"
+    with pytest.raises(ValueError, match="NUL byte"):
+        index.save(str(tmp_path / "a") + "\0b.snn")
+    with pytest.raises(ValueError, match="NUL byte"):
+        sparknn.load(str(tmp_path / "b.snn") + "\0x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.snn"]
+
+
 def _search_in_child(path, q):
     index = sparknn.load(path, mmap=True, threads=1)
     return index.search(q, k=8)
