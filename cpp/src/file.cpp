@@ -282,7 +282,9 @@ void IndexFile::fail(const std::string& what) const {
 }
 
 std::shared_ptr<const IndexFile> IndexFile::open(const std::string& path, bool mmap, bool verify_checksums) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    SPARKNN_CHECK_ARG(path.find('\0') == std::string::npos, "path '", path, "' contains a NUL byte");
+    // O_NONBLOCK: opening a named pipe would wait for a writer (forever); regular files ignore it.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw IoError(os_error("cannot open", path));
     struct stat st {};
     if (::fstat(fd, &st) != 0) {

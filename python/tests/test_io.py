@@ -5,7 +5,10 @@ small reader written from that document checks that the two agree.
 """
 
 import multiprocessing
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +177,14 @@ def test_bytes_paths_and_nul_bytes(tmp_path):
     with pytest.raises(ValueError, match="NUL byte"):
         sparknn.load(str(tmp_path / "b.snn") + "\0x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.snn"]
+
+
+def test_load_of_a_named_pipe_fails_without_waiting(tmp_path):
+    # open() of a FIFO waits for a writer: load hung forever (the CLI refuses pipes itself)
+    os.mkfifo(tmp_path / "pipe.snn")
+    code = f"import sparknn; sparknn.load({str(tmp_path / 'pipe.snn')!r})"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 1 and "is not a regular file" in child.stderr
 
 
 def _search_in_child(path, q):
