@@ -232,6 +232,15 @@ void FileWriter::write(const std::string& path, bool sync) {
     crc = crc32c(head.data() + kHeaderSize, all.size() * kSectionEntrySize, crc);
     put<uint32_t>(head.data() + kOffCrc, crc);
 
+    SPARKNN_CHECK_ARG(path.find('\0') == std::string::npos, "path '", path, "' contains a NUL byte");
+    // The rename below replaces whatever is at `path`: a device (root saving to /dev/null), pipe or
+    // socket would be lost, so only a regular file (or a symlink, itself replaced) may be there.
+    struct stat existing {};
+    if (::lstat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode) && !S_ISLNK(existing.st_mode)) {
+        throw IoError("cannot save '" + path + "': it exists and is not a regular file (" +
+                      (S_ISDIR(existing.st_mode) ? "a directory" : "a device, pipe or socket") +
+                      "), which a save never replaces");
+    }
     const std::string tmp = temporary_name(path);
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) throw IoError(os_error("cannot save '" + path + "': cannot create", tmp));

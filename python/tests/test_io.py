@@ -6,6 +6,7 @@ small reader written from that document checks that the two agree.
 
 import multiprocessing
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -185,6 +186,21 @@ def test_load_of_a_named_pipe_fails_without_waiting(tmp_path):
     code = f"import sparknn; sparknn.load({str(tmp_path / 'pipe.snn')!r})"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert child.returncode == 1 and "is not a regular file" in child.stderr
+
+
+def test_save_never_replaces_a_pipe_or_a_directory(tmp_path):
+    # save renames over its path: as root, index.save("/dev/null") replaced the device with a file
+    index = build(n=5)
+    os.mkfifo(tmp_path / "pipe.snn")
+    (tmp_path / "dir.snn").mkdir()
+    for name, what in [("pipe.snn", "a device, pipe or socket"), ("dir.snn", "a directory")]:
+        with pytest.raises(sparknn.IndexIOError, match=f"exists and is not a regular file \\({what}\\)"):
+            index.save(tmp_path / name)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe.snn").st_mode) and (tmp_path / "dir.snn").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.snn", "pipe.snn"]
+    os.symlink(tmp_path / "pipe.snn", tmp_path / "link.snn")  # a link is replaced, its target kept
+    index.save(tmp_path / "link.snn")
+    assert len(sparknn.load(tmp_path / "link.snn")) == 5 and stat.S_ISFIFO(os.lstat(tmp_path / "pipe.snn").st_mode)
 
 
 def _search_in_child(path, q):
