@@ -134,6 +134,17 @@ def test_zero_vectors_under_cosine():
         assert len(other) == 21
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_more_threads_than_cores_use_the_cores(kind):
+    # ivf sized per-thread heaps by the count asked for: threads=10**6 raised std::bad_alloc
+    # (a larger machine would have tried to allocate it)
+    x = np.random.default_rng(3).standard_normal((3000, DIM)).astype(np.float32)
+    index = sparknn.Index(DIM, "l2", kind, threads=10**6)
+    index.add(x)
+    ids, _ = index.search(x[:500], k=5, threads=2**31 - 1)
+    assert (ids[:, 0] == np.arange(500)).all()
+
+
 # ------------------------------------------------------------------- empty input
 
 

@@ -18,8 +18,13 @@ namespace sparknn {
 // Cores this process may run on (affinity mask, so taskset/cgroups are honoured).
 int available_cores();
 
-// 0 means all available cores; negative is rejected by callers before this.
-inline int resolve_threads(int threads) { return threads > 0 ? threads : available_cores(); }
+// 0 means all available cores; negative is rejected by callers before this. A larger count than
+// the machine's cores computes nothing faster, and some callers size per-thread buffers by it
+// (ivf search: threads x queries heaps; threads=10**6 asked for tens of GB): it is capped there.
+inline int resolve_threads(int threads) {
+    static const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    return threads > 0 ? std::min(threads, cores) : available_cores();
+}
 
 // Calls fn(begin, end, worker) over [0, n) in chunks of `chunk`, on up to
 // `threads` threads. The first exception thrown by any worker is rethrown here
