@@ -49,14 +49,24 @@ void validate_rows(size_t n, size_t dim, const float* x, Metric metric, float* o
                     SPARKNN_CHECK_ARG(std::isfinite(row[j]), what, " row ", i, " has a non-finite value (", row[j],
                                       ") at position ", j, ": remove or impute NaN/inf before indexing");
                 }
-                SPARKNN_CHECK_ARG(false, what, " row ", i, " is too large: its squared norm overflows float32");
+                SPARKNN_CHECK_ARG(metric == Metric::Cosine, what, " row ", i,
+                                  " is too large: its squared norm overflows float32");
             }
             if (metric == Metric::Cosine) {
-                SPARKNN_CHECK_ARG(sq > 0.0f, what, " row ", i,
-                                  " is all zeros: cosine distance is undefined for a zero vector");
-                const float inv = 1.0f / std::sqrt(sq);
                 float* dst = out + i * dim;
-                for (size_t j = 0; j < dim; ++j) dst[j] = row[j] * inv;
+                if (std::isfinite(sq) && sq >= std::numeric_limits<float>::min()) {
+                    const float inv = 1.0f / std::sqrt(sq);
+                    for (size_t j = 0; j < dim; ++j) dst[j] = row[j] * inv;
+                    continue;
+                }
+                // float32's squared norm overflowed (|values| ~1e19 and up) or underflowed (~1e-19 and
+                // below, not "all zeros"): such a row still has a direction, found in double.
+                double sq64 = 0.0;
+                for (size_t j = 0; j < dim; ++j) sq64 += static_cast<double>(row[j]) * row[j];
+                SPARKNN_CHECK_ARG(sq64 > 0.0, what, " row ", i,
+                                  " is all zeros: cosine distance is undefined for a zero vector");
+                const double inv = 1.0 / std::sqrt(sq64);
+                for (size_t j = 0; j < dim; ++j) dst[j] = static_cast<float>(row[j] * inv);
             }
         }
     });

@@ -135,6 +135,22 @@ def test_zero_vectors_under_cosine():
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("scale", [1e-30, 1e-42, 1e25])
+def test_cosine_rows_whose_float32_squared_norm_underflows_or_overflows(kind, scale):
+    # Their squared norm is 0 or inf in float32, yet each has a direction: they were refused as
+    # "all zeros" (1e-30, 1e-42: nothing was zero) or "too large"; now they answer as x does.
+    x = np.random.default_rng(3).standard_normal((300, DIM)).astype(np.float32)
+    reference = sparknn.Index(DIM, "cosine", kind, threads=1)
+    reference.add(x)
+    index = sparknn.Index(DIM, "cosine", kind, threads=1)
+    index.add(x * np.float32(scale))
+    want, want_dist = reference.search(x[:20], k=5)
+    got, got_dist = index.search(x[:20] * np.float32(scale), k=5)
+    assert np.mean(got == want) > 0.95  # 1e-42 keeps few significant bits (float32 denormals)
+    np.testing.assert_allclose(got_dist[:, 0], 0, atol=1e-3 if scale > 1e-40 else 0.1)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_more_threads_than_cores_use_the_cores(kind):
     # ivf sized per-thread heaps by the count asked for: threads=10**6 raised std::bad_alloc
     # (a larger machine would have tried to allocate it)
