@@ -191,9 +191,9 @@ void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
 }
 
 const float* Index::prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch,
-                                    int threads) const {
+                                    int threads, const char* what) const {
     if (metric_ == Metric::Cosine) scratch.resize(nq * dim_);
-    validate_rows(nq, dim_, queries, metric_, scratch.data(), threads, "query");
+    validate_rows(nq, dim_, queries, metric_, scratch.data(), threads, what);
     return metric_ == Metric::Cosine ? scratch.data() : queries;
 }
 

@@ -118,7 +118,9 @@ void IvfIndex::train(size_t n, const float* vectors) {
     std::vector<float> rows = sample_rows(n, vectors, nlist);
     const size_t sample = rows.empty() ? n : rows.size() / dim_;
     AlignedVector<float> scratch;
-    const float* x = prepare_queries(sample, rows.empty() ? vectors : rows.data(), scratch, threads());
+    // Not "query row i": these are the vectors given (or, sampled, rows of the sample).
+    const float* x = prepare_queries(sample, rows.empty() ? vectors : rows.data(), scratch, threads(),
+                                     rows.empty() ? "training vector" : "training sample");
     train_on_sample(sample, x, nlist);
 }
 

@@ -150,6 +150,16 @@ def test_cosine_rows_whose_float32_squared_norm_underflows_or_overflows(kind, sc
     np.testing.assert_allclose(got_dist[:, 0], 0, atol=1e-3 if scale > 1e-40 else 0.1)
 
 
+def test_ivf_training_errors_name_training_rows_not_queries():
+    x = np.random.default_rng(3).standard_normal((300, DIM)).astype(np.float32)
+    x[5, 2] = np.nan
+    index = sparknn.Index(DIM, "l2", "ivf", nlist=4)
+    with pytest.raises(InvalidArgumentError, match="^training vector row 5 has a non-finite value"):
+        index.train(x)
+    with pytest.raises(InvalidArgumentError, match="^vector row 5 has a non-finite value"):
+        index.add(x)  # checks every row before it trains
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_more_threads_than_cores_use_the_cores(kind):
     # ivf sized per-thread heaps by the count asked for: threads=10**6 raised std::bad_alloc

@@ -174,8 +174,9 @@ class Index {
     void load_common(const std::shared_ptr<const IndexFile>& file);
     // Returns queries ready to search: validated, normalised for cosine (copied
     // only when normalisation is needed).
+    // `what` names a row in errors ("query row 3 ...").
     const float* prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch,
-                                 int threads) const;
+                                 int threads, const char* what = "query") const;
     // The threads a call runs on: `requested` (>= 0) or the index's setting (-1).
     int call_threads(int requested) const;
 
