@@ -81,6 +81,14 @@ def _result_arrays(nq: int, k: int, n: int) -> Tuple[np.ndarray, np.ndarray]:
                           "with id -1)") from None
 
 
+def _as_int64(values, name: str) -> np.ndarray:
+    """Integers as a flat int64 array: a float array is refused, not truncated (1.7 -> row 1)."""
+    arr = np.asarray(values)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{name} must be integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+
+
 def _as_lists(lists, n: int, width: Optional[int]) -> np.ndarray:
     """IVF list numbers as int64 [n, width] (a 1-D array is one list per row)."""
     arr = np.asarray(lists)
@@ -401,7 +409,7 @@ class Index:
         (:meth:`nearest_lists`) reserves first: the lists then never hold more than they
         need, where lists grown add by add hold up to twice their vectors until
         :meth:`shrink_to_fit`. Needs a trained index."""
-        extra = np.ascontiguousarray(extra, dtype=np.int64).reshape(-1)
+        extra = _as_int64(extra, "extra")
         self._native_as("ivf", "reserve_lists()").reserve_lists(extra)
 
     def train(self, vectors) -> None:
@@ -424,8 +432,7 @@ class Index:
     def reconstruct_rows(self, rows) -> np.ndarray:
         """A copy of the stored vectors at positions ``rows`` (insertion order, int [m]), float32
         [m, dim]; exact or decoded as :meth:`reconstruct`."""
-        rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
-        return self._index.reconstruct_labels(rows)
+        return self._index.reconstruct_labels(_as_int64(rows, "rows"))
 
     def list_order(self) -> np.ndarray:
         """ivf: the positions (insertion order) of the stored vectors, list after list, int64 [n]

@@ -171,6 +171,18 @@ def test_more_threads_than_cores_use_the_cores(kind):
     assert (ids[:, 0] == np.arange(500)).all()
 
 
+def test_row_positions_must_be_integers():
+    index = make()
+    np.testing.assert_array_equal(index.reconstruct_rows(np.array([1], np.uint8)), index.reconstruct(1, 2))
+    for rows in ([1.7], ["a"]):  # 1.7 returned row 1; "a" raised int()'s "invalid literal"
+        with pytest.raises(InvalidArgumentError, match="rows must be integers"):
+            index.reconstruct_rows(rows)
+    ivf = sparknn.Index(DIM, "l2", "ivf", nlist=2)
+    ivf.train(np.random.default_rng(0).standard_normal((50, DIM)))
+    with pytest.raises(InvalidArgumentError, match="extra must be integers"):
+        ivf.reserve_lists([0.5, 1.5])
+
+
 # ------------------------------------------------------------------- empty input
 
 
