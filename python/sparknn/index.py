@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import dataclasses
 import math
+import threading
 from typing import Mapping, Optional, Tuple
 
 import numpy as np
@@ -204,6 +205,8 @@ class IndexSpec:
                                      train_size=self.train_size, pq_m=self.pq_m, rerank=self.rerank)
         return _core.make_index(self.kind, dim, self.metric, options)
 
+
+_TUNING_LOCK = threading.Lock()  # guards Index._tuning_cache's merges (held for a dict copy only)
 
 _SPEC_MINIMUMS = {"M": 2, "ef_construction": 1, "ef_search": 1, "seed": 0, "nlist": 0, "nprobe": 1,
                   "train_size": 0, "pq_m": 0, "rerank": 0, "threads": 0}
@@ -519,16 +522,22 @@ class Index:
     @property
     def tunings(self) -> dict:
         """(k, recall target) -> :class:`sparknn.tuning.Tuning` chosen by ``search(..., recall=)``."""
-        return dict(getattr(self, "_tunings", {}))
+        return dict(getattr(self, "_tuning_cache", (None, {}))[1])
 
     def _tuned(self, recall, k, queries, threads) -> tuning.Tuning:
         key = (k, tuning.check_target(recall))
         # Tunings hold for the vectors they were measured on: an add (a new count) drops them.
-        tunings = getattr(self, "_tunings", {}) if getattr(self, "_tuned_count", None) == len(self) else {}
-        found = tunings.get(key)
+        count = len(self)
+        cached_count, tunings = getattr(self, "_tuning_cache", (None, {}))
+        found = tunings.get(key) if cached_count == count else None
         if found is None:
             found = self._tuning(recall, k, queries, tuning.SAMPLE, 0, threads)
-            self._tunings, self._tuned_count = {**tunings, key: found}, len(self)  # replaced whole, never mutated
+            # Threads tuning at once merge under a lock (each replacing the dict lost the others'
+            # entries); one measured across an add is not kept. (count, dict): replaced whole, never mutated.
+            with _TUNING_LOCK:
+                cached_count, tunings = getattr(self, "_tuning_cache", (None, {}))
+                if len(self) == count:
+                    self._tuning_cache = (count, {**(tunings if cached_count == count else {}), key: found})
         return found
 
     def _tuning(self, recall, k, queries, sample, seed, threads) -> tuning.Tuning:

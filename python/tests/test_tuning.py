@@ -1,6 +1,8 @@
 """Recall targets (sparknn.tuning, Index.tune, search(recall=), `sparknn similar --recall`): the
 chosen nprobe / ef reaches the target on held-out queries, is reported, and is the least that does."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,6 +123,17 @@ def test_empty_queries_neither_tune_nor_leave_a_tuning_behind(kind):
     found, _ = index.search(x[:300], 10, recall=0.99)
     truth, _ = exact_knn(x, x[:300], 10, "l2")
     assert recall(found, truth) >= 0.99 - TOLERANCE
+
+
+def test_threads_tuning_for_different_targets_keep_every_tuning():
+    # each thread replaced the dict it had read: of 8 targets tuned at once, 1 was kept
+    x = clustered(6000, 16, 30, seed=9)
+    index = sparknn.Index(16, "l2", "hnsw")
+    index.add(x)
+    targets = [0.8 + 0.02 * i for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda t: index.search(x[:100], 5, recall=t, threads=1), targets))
+    assert sorted(index.tunings) == [(5, t) for t in targets]
 
 
 def test_flat_is_exact_and_an_unreachable_target_says_so():
