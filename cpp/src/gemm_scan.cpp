@@ -7,8 +7,13 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(SPARKNN_TILE_BF16)
+#include <cpuid.h>
+#endif
 
 #include "blas.h"
+#include "sparknn/error.h"
+#include "tile_bf16.h"
 
 namespace sparknn {
 namespace {
@@ -65,6 +70,20 @@ void bound_by_row(TopK& heap, const float* row, size_t cols) {
 
 }  // namespace
 
+bool bf16_tiles_available() {
+#if defined(SPARKNN_TILE_BF16)
+    // CPUID leaf 7, sub-leaf 1, EAX bit 5: AVX512_BF16 (clang 14 has no
+    // __builtin_cpu_supports name for it).
+    static const bool cpu = [] {
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 5)) != 0;
+    }();
+    return cpu && simd_level() == SimdLevel::Avx512;
+#else
+    return false;
+#endif
+}
+
 // Once the threshold is tight most entries are rejected, so 16 are compared at
 // once and only the survivors are looked at alone.
 void select_row(TopK& heap, const float* row, size_t cols, const int64_t* labels, int64_t first_label) {
@@ -86,9 +105,39 @@ void select_row(TopK& heap, const float* row, size_t cols, const int64_t* labels
     }
 }
 
-GemmScanner::GemmScanner(Metric metric, size_t dim)
-    : metric_(metric), dim_(dim), tile_(kScanQueryBlock * kScanBaseBlock) {
+GemmScanner::GemmScanner(Metric metric, size_t dim, TileProducts products)
+    : metric_(metric), dim_(dim), products_(products), tile_(kScanQueryBlock * kScanBaseBlock) {
+    if (products_ == TileProducts::Bf16) {
+        SPARKNN_THROW_IF_NOT(bf16_tiles_available(), Unsupported, "bf16 tile products need AVX512_BF16");
+        packed_base_.resize(tile_bf16::panel_rows(kScanBaseBlock) * tile_bf16::pairs(dim));
+    }
     blas_use_one_thread();
+}
+
+void GemmScanner::pack_queries(const float* queries, size_t m) {
+#if defined(SPARKNN_TILE_BF16)
+    const size_t need = m * tile_bf16::pairs(dim_);
+    if (packed_queries_.size() < need) packed_queries_.resize(need);
+    tile_bf16::pack_rows(queries, m, dim_, packed_queries_.data());
+#endif
+}
+
+void GemmScanner::pack_base(const float* base, size_t cols) {
+#if defined(SPARKNN_TILE_BF16)
+    tile_bf16::pack_panels(base, cols, dim_, packed_base_.data());
+#endif
+}
+
+void GemmScanner::products(bool bf16, const float* queries, size_t q0, size_t m, const float* base, size_t cols) {
+#if defined(SPARKNN_TILE_BF16)
+    if (bf16) {
+        const size_t pairs = tile_bf16::pairs(dim_);
+        tile_bf16::product(packed_queries_.data() + q0 * pairs, m, packed_base_.data(), cols, pairs, tile_.data(), cols);
+        return;
+    }
+#endif
+    gemm_abt(static_cast<int>(m), static_cast<int>(cols), static_cast<int>(dim_), queries + q0 * dim_, base,
+             tile_.data());
 }
 
 void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
@@ -101,22 +150,30 @@ void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const
     scan_impl(queries, qnorm, m, base, bnorm, nb, labels, first_label, [heaps](size_t i) -> TopK& { return *heaps[i]; });
 }
 
+// Base blocks outside, query blocks inside: a base block (read from memory,
+// and packed for bf16 tiles) is used by every query before the next one.
 template <class HeapAt>
 void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
                             size_t nb, const int64_t* labels, int64_t first_label, HeapAt&& heap_at) {
+    // A few queries do not repay packing the base rows: sgemm reads them as they are.
+    const bool bf16 = products_ == TileProducts::Bf16 && m >= kMinBf16Queries;
+    if (bf16) pack_queries(queries, m);
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
-        gemm_abt(static_cast<int>(m), static_cast<int>(cols), static_cast<int>(dim_), queries, base + c0 * dim_,
-                 tile_.data());
-        for (size_t i = 0; i < m; ++i) {
-            float* row = tile_.data() + i * cols;
-            if (metric_ == Metric::L2) {
-                to_distances_l2(row, cols, qnorm[i], bnorm + c0);
-            } else {
-                to_distances_dot(row, cols, metric_ == Metric::Cosine ? 1.0f : 0.0f);
+        if (bf16) pack_base(base + c0 * dim_, cols);
+        for (size_t q0 = 0; q0 < m; q0 += kScanQueryBlock) {
+            const size_t rows = std::min(m - q0, kScanQueryBlock);
+            products(bf16, queries, q0, rows, base + c0 * dim_, cols);
+            for (size_t i = 0; i < rows; ++i) {
+                float* row = tile_.data() + i * cols;
+                if (metric_ == Metric::L2) {
+                    to_distances_l2(row, cols, qnorm[q0 + i], bnorm + c0);
+                } else {
+                    to_distances_dot(row, cols, metric_ == Metric::Cosine ? 1.0f : 0.0f);
+                }
+                select_row(heap_at(q0 + i), row, cols, labels != nullptr ? labels + c0 : nullptr,
+                           first_label + static_cast<int64_t>(c0));
             }
-            select_row(heap_at(i), row, cols, labels != nullptr ? labels + c0 : nullptr,
-                        first_label + static_cast<int64_t>(c0));
         }
     }
 }

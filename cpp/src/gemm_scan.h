@@ -16,12 +16,23 @@ namespace sparknn {
 // is turned into distances and scanned.
 inline constexpr size_t kScanQueryBlock = 256;
 inline constexpr size_t kScanBaseBlock = 512;
+// Queries an IVF list is scanned for at once (a work item): its rows are read
+// (and packed, for bf16 tiles) once for all of them.
+inline constexpr size_t kListQueries = 4 * kScanQueryBlock;
+
+// How a tile's inner products are computed: float32 sgemm (exact up to float32
+// rounding), or bf16 (tile_bf16.h: twice as fast, about 3 significant digits;
+// for a first pass whose candidates are re-ranked exactly).
+enum class TileProducts { Float32, Bf16 };
+// Fewer queries than this are scanned in float32 even by a bf16 scanner.
+inline constexpr size_t kMinBf16Queries = 8;
 
 class GemmScanner {
   public:
-    GemmScanner(Metric metric, size_t dim);
+    // Bf16 requires bf16_tiles_available() (tile_bf16.h).
+    GemmScanner(Metric metric, size_t dim, TileProducts products = TileProducts::Float32);
 
-    // Scans m <= kScanQueryBlock queries [m, dim] against nb base rows [nb, dim].
+    // Scans m queries [m, dim] against nb base rows [nb, dim].
     // qnorm [m] and bnorm [nb] are squared norms, read only under L2. Pushes
     // (distance, labels ? labels[j] : first_label + j) into heaps[i].
     void scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm, size_t nb,
@@ -35,9 +46,19 @@ class GemmScanner {
     void scan_impl(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
                    size_t nb, const int64_t* labels, int64_t first_label, HeapAt&& heap_at);
 
+    // bf16 tiles: the operands into packed_queries_ / packed_base_.
+    void pack_queries(const float* queries, size_t m);
+    void pack_base(const float* base, size_t cols);
+    // tile_[i * cols + j] = queries_{q0 + i} . base_j, i < m <= kScanQueryBlock, j < cols;
+    // bf16: from the packed operands.
+    void products(bool bf16, const float* queries, size_t q0, size_t m, const float* base, size_t cols);
+
     Metric metric_;
     size_t dim_;
+    TileProducts products_;
     std::vector<float> tile_;
+    std::vector<uint32_t> packed_queries_;  // bf16: the queries' pairs [m, pairs]
+    std::vector<uint32_t> packed_base_;     // bf16: the base block's panels
 };
 
 // Pushes into `heap` the entries of row [cols] within its threshold, labelled

@@ -17,6 +17,7 @@
 #include "sparknn/kmeans.h"
 #include "sparknn/parallel.h"
 #include "sparknn/topk.h"
+#include "tile_bf16.h"
 
 namespace sparknn {
 namespace {
@@ -45,9 +46,8 @@ void IvfParams::validate() const {
     SPARKNN_CHECK_ARG(nprobe >= 1, "nprobe must be >= 1");
     SPARKNN_CHECK_ARG(kmeans_iterations <= 1000, "kmeans_iterations must be <= 1000");
     SPARKNN_CHECK_ARG(rerank <= 1000, "rerank must be <= 1000, got ", rerank);
-    SPARKNN_CHECK_ARG(rerank == 0 || !is_row_storage(storage),
-                      "rerank applies to compressed storage (sq8, pq): ", storage_name(storage),
-                      " distances are already exact on the stored vectors");
+    SPARKNN_CHECK_ARG(rerank == 0 || !is_half_storage(storage),
+                      "rerank applies to float32, sq8 and pq storage, not ", storage_name(storage));
 }
 
 IvfIndex::IvfIndex(size_t dim, Metric metric, const IvfParams& params) : Index(dim, metric), params_(params) {
@@ -231,11 +231,11 @@ void IvfIndex::reserve_lists(const int64_t* extra) {
         }
     });
     ids_.mutate().reserve(size() + total);
-    if (params_.rerank > 0) rerank_vectors_.mutate().reserve((size() + total) * dim_);
+    if (params_.keeps_float_copies()) rerank_vectors_.mutate().reserve((size() + total) * dim_);
 }
 
 void IvfIndex::reconstruct_impl(size_t begin, size_t count, float* out) const {
-    if (params_.rerank > 0) {  // exact float32 copies in label order
+    if (params_.keeps_float_copies()) {  // exact float32 copies in label order
         std::memcpy(out, rerank_vectors_.data() + begin * dim_, count * dim_ * sizeof(float));
         return;
     }
@@ -257,34 +257,44 @@ std::vector<int64_t> IvfIndex::list_labels() const {
 template <class LabelAt>
 void IvfIndex::gather(size_t count, LabelAt&& label_at, float* out) const {
     if (count == 0) return;
-    {
-        std::lock_guard<std::mutex> lock(where_mutex_);
-        if (where_.size() != size()) {
-            where_.assign(size(), ~uint64_t{0});
-            for (size_t l = 0; l < lists_.size(); ++l) {
-                const Buffer<int64_t>& labels = lists_[l].labels;
-                for (size_t r = 0; r < labels.size(); ++r) {
-                    where_[static_cast<size_t>(labels.data()[r])] = (uint64_t{l} << 42) | r;  // nlist <= 2^22
-                }
-            }
-        }
-    }
+    index_places();
     const size_t cs = codec_->code_size();
     const float* centroids = centroid_data();
     parallel_for(count, 4096, threads(), [&](size_t b, size_t e, int) {
         for (size_t i = b; i < e; ++i) {
             const size_t label = label_at(i);
             float* o = out + i * dim_;
-            if (params_.rerank > 0) {  // exact float32 copies in label order
+            if (params_.keeps_float_copies()) {  // exact float32 copies in label order
                 std::memcpy(o, rerank_vectors_.data() + label * dim_, dim_ * sizeof(float));
                 continue;
             }
-            const uint64_t w = where_[label];
-            SPARKNN_THROW_IF_NOT(w != ~uint64_t{0}, FileFormatError, "label ", label, " is in no list (corrupt lists)");
-            const size_t l = static_cast<size_t>(w >> 42), r = static_cast<size_t>(w & ((uint64_t{1} << 42) - 1));
+            const auto [l, r] = place_of(label);
             codec_->decode(lists_[l].codes.data() + r * cs, centroids + l * dim_, o);
         }
     });
+}
+
+void IvfIndex::index_places() const {
+    std::lock_guard<std::mutex> lock(where_mutex_);
+    if (where_.size() == size()) return;  // sizes change only under the exclusive lock
+    where_.assign(size(), ~uint64_t{0});
+    for (size_t l = 0; l < lists_.size(); ++l) {
+        const Buffer<int64_t>& labels = lists_[l].labels;
+        for (size_t r = 0; r < labels.size(); ++r) {
+            where_[static_cast<size_t>(labels.data()[r])] = (uint64_t{l} << 42) | r;  // nlist <= 2^22
+        }
+    }
+}
+
+std::pair<size_t, size_t> IvfIndex::place_of(size_t label) const {
+    const uint64_t w = where_[label];
+    SPARKNN_THROW_IF_NOT(w != ~uint64_t{0}, FileFormatError, "label ", label, " is in no list (corrupt lists)");
+    return {static_cast<size_t>(w >> 42), static_cast<size_t>(w & ((uint64_t{1} << 42) - 1))};
+}
+
+TileProducts IvfIndex::tile_products() const {
+    const bool bf16 = params_.rerank > 0 && params_.storage == Storage::Float32 && bf16_tiles_available();
+    return bf16 ? TileProducts::Bf16 : TileProducts::Float32;
 }
 
 void IvfIndex::shrink_to_fit_impl() {
@@ -332,7 +342,7 @@ void IvfIndex::add_assigned(size_t n, const float* vectors, const int64_t* assig
             }
         }
     });
-    if (params_.rerank > 0) {
+    if (params_.keeps_float_copies()) {
         AlignedVector<float>& kept = rerank_vectors_.mutate();
         kept.insert(kept.end(), vectors, vectors + n * dim_);
     }
@@ -412,7 +422,7 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
 // heaps[worker * nq + query], list by list: each list's vectors are read once
 // for all the queries that probe it.
 void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
-                          size_t rank_end, std::vector<TopK>& heaps, size_t workers) const {
+                          size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products) const {
     // Invert (query -> lists) into (list -> queries).
     const size_t nlist = lists_.size();
     std::vector<size_t> start(nlist + 1, 0);
@@ -429,8 +439,9 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
             }
         }
     }
-    // Work items: up to kScanQueryBlock queries of one list; biggest first so
-    // large (skewed) lists do not finish last on one thread.
+    // Work items: up to kListQueries queries of one list, in equal pieces (264
+    // queries are two items of 132, not 256 and 8: each item reads the list);
+    // biggest first so large (skewed) lists do not finish last on one thread.
     struct Item {
         uint32_t list;
         uint32_t first;  // offset into the list's members
@@ -442,8 +453,9 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
         const size_t size = lists_[l].labels.size();
         const size_t nqueries = start[l + 1] - start[l];
         if (size == 0) continue;
-        for (size_t f = 0; f < nqueries; f += kScanQueryBlock) {
-            const size_t c = std::min(kScanQueryBlock, nqueries - f);
+        const size_t pieces = (nqueries + kListQueries - 1) / kListQueries;
+        for (size_t p = 0; p < pieces; ++p) {
+            const size_t f = nqueries * p / pieces, c = nqueries * (p + 1) / pieces - f;
             items.push_back({static_cast<uint32_t>(l), static_cast<uint32_t>(f), static_cast<uint32_t>(c),
                              static_cast<uint64_t>(size) * c});
         }
@@ -461,8 +473,8 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
         Worker& w = scratch[worker];
         if (!w.scanner) {
-            w.scanner = codec_->scanner();
-            w.heap_of.resize(kScanQueryBlock);
+            w.scanner = codec_->scanner(products);
+            w.heap_of.resize(kListQueries);
         }
         TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq;
         for (size_t it = b; it < e; ++it) {
@@ -480,7 +492,11 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
 void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                             int64_t* out_ids, float* out_distances, int threads) const {
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
-    const size_t candidates = params_.rerank > 0 ? k * params_.rerank : k;
+    // Re-rank after an approximate scan: codes (sq8, pq) or bf16 tiles (float32).
+    const TileProducts products = tile_products();
+    const bool rerank = params_.keeps_float_copies() || products == TileProducts::Bf16;
+    const size_t candidates = rerank ? k * params_.rerank : k;
+    if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
     std::vector<TopK> heaps(workers * nq);
     for (TopK& h : heaps) {
         h.reset(candidates);
@@ -490,19 +506,19 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // first pass a query's k-th distance bounds what can still enter, so the
     // second pass (nprobe - 1 lists) rejects almost every candidate in the SIMD
     // compare instead of paying a selection for it.
-    scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers);
+    scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers, products);
     if (nprobe > 1) {
         for (size_t q = 0; q < nq; ++q) {
             float bound = std::numeric_limits<float>::infinity();
             for (size_t w = 0; w < workers; ++w) bound = std::min(bound, heaps[w * nq + q].tighten());
             for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
         }
-        scan_lists(nq, queries, nprobe, probes, 1, nprobe, heaps, workers);
+        scan_lists(nq, queries, nprobe, probes, 1, nprobe, heaps, workers, products);
     }
     parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
         for (size_t q = b; q < e; ++q) {
             for (size_t w = 1; w < workers; ++w) heaps[q].merge(heaps[w * nq + q]);
-            if (params_.rerank > 0) {
+            if (rerank) {
                 rerank_candidates(queries + q * dim_, heaps[q], k, out_ids + q * k, out_distances + q * k);
             } else {
                 heaps[q].write_sorted(out_ids + q * k, out_distances + q * k,
@@ -515,11 +531,25 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
 void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,
                                  float* out_distances) const {
     const DistanceKernels& kern = kernels();
+    const std::vector<TopK::Entry>& entries = candidates.entries();
+    auto row_of = [&](size_t i) -> const float* {
+        const size_t label = static_cast<size_t>(entries[i].second);
+        if (params_.keeps_float_copies()) return rerank_vectors_.data() + label * dim_;
+        const auto [l, r] = place_of(label);  // float32 lists: the row itself (index_places ran first)
+        return reinterpret_cast<const float*>(lists_[l].codes.data()) + r * dim_;
+    };
+    // The rows are scattered (a cache miss per line): the next row is fetched
+    // while this one is computed.
+    auto prefetch = [&](const float* row) {
+        for (size_t b = 0; b < dim_ * sizeof(float); b += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + b);
+    };
     TopK exact(k);
     exact.order_ties_by(ids_.data());
-    for (const TopK::Entry& e : candidates.entries()) {
-        const float* v = rerank_vectors_.data() + static_cast<size_t>(e.second) * dim_;
-        exact.push(distance(metric_, kern, query, v, dim_), e.second);
+    const float* next = entries.empty() ? nullptr : row_of(0);
+    for (size_t i = 0; i < entries.size(); ++i) {
+        const float* v = next;
+        if (i + 1 < entries.size()) prefetch(next = row_of(i + 1));
+        exact.push(distance(metric_, kern, query, v, dim_), entries[i].second);
     }
     exact.write_sorted(out_ids, out_distances, [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
 }

@@ -29,13 +29,13 @@ namespace {
 
 class BlockScanner final : public IvfListScanner {
   public:
-    BlockScanner(const BlockCodec& codec, size_t dim, Metric metric)
+    BlockScanner(const BlockCodec& codec, size_t dim, Metric metric, TileProducts products)
         : codec_(codec),
           dim_(dim),
           metric_(metric),
-          scanner_(metric, dim),
-          qbuf_(kScanQueryBlock * dim),
-          qnorm_(kScanQueryBlock),
+          scanner_(metric, dim, products),
+          qbuf_(kListQueries * dim),
+          qnorm_(kListQueries),
           decoded_(codec.needs_scratch() ? kScanBaseBlock * dim : 0),
           decoded_norms_(kScanBaseBlock) {}
 
@@ -70,8 +70,8 @@ class BlockScanner final : public IvfListScanner {
 
 }  // namespace
 
-std::unique_ptr<IvfListScanner> BlockCodec::scanner() const {
-    return std::make_unique<BlockScanner>(*this, dim_, metric_);
+std::unique_ptr<IvfListScanner> BlockCodec::scanner(TileProducts products) const {
+    return std::make_unique<BlockScanner>(*this, dim_, metric_, products);
 }
 
 }  // namespace sparknn

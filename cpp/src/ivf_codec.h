@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "gemm_scan.h"
 #include "sparknn/distance.h"
 #include "sparknn/file.h"
 #include "sparknn/flat.h"
@@ -34,7 +35,7 @@ class IvfListScanner {
   public:
     virtual ~IvfListScanner() = default;
     // Pushes (distance, label) of every vector of `list` for the queries
-    // rows qs[0..m) of `queries` [*, dim] (m <= kScanQueryBlock) into *heaps[i].
+    // rows qs[0..m) of `queries` [*, dim] (m <= kListQueries) into *heaps[i].
     virtual void scan(const IvfListView& list, const float* queries, const uint32_t* qs, size_t m,
                       TopK* const* heaps) = 0;
 };
@@ -54,7 +55,9 @@ class IvfCodec {
     virtual void encode(const float* x, const float* centroid, uint8_t* code) const = 0;
     // The stored approximation of a vector of the list of `centroid`.
     virtual void decode(const uint8_t* code, const float* centroid, float* out) const = 0;
-    virtual std::unique_ptr<IvfListScanner> scanner() const = 0;
+    // products: how a block codec's tiles are computed (TileProducts::Bf16 only
+    // where bf16_tiles_available()); codecs that scan otherwise ignore it.
+    virtual std::unique_ptr<IvfListScanner> scanner(TileProducts products) const = 0;
     // The codec's own sections, written after the lists; load validates them.
     virtual void save(FileWriter& writer) const {}
     virtual void load(const IndexFile& file) {}
@@ -76,7 +79,7 @@ class BlockCodec : public IvfCodec {
     virtual const float* rows(const IvfListView& list, size_t begin, size_t count, float* scratch, const float** norms,
                               float* norm_scratch) const = 0;
     virtual bool needs_scratch() const = 0;  // whether rows() decodes
-    std::unique_ptr<IvfListScanner> scanner() const override;
+    std::unique_ptr<IvfListScanner> scanner(TileProducts products) const override;
 };
 
 // The codec of params.storage; resolves its defaults in params (pq_m = 0).

@@ -57,7 +57,7 @@ class PqCodec final : public IvfCodec {
         for (size_t j = 0; j < dim_; ++j) out[j] = centroid[j] + out[j];
     }
 
-    std::unique_ptr<IvfListScanner> scanner() const override;
+    std::unique_ptr<IvfListScanner> scanner(TileProducts) const override;
 
     void save(FileWriter& writer) const override {
         writer.add_section(SectionType::IvfPqCodebooks, pq_.codebooks().data(), pq_.codebooks().size() * sizeof(float));
@@ -113,7 +113,7 @@ class PqScanner final : public IvfListScanner {
     std::vector<float> table_, residual_, dist_;
 };
 
-std::unique_ptr<IvfListScanner> PqCodec::scanner() const { return std::make_unique<PqScanner>(*this); }
+std::unique_ptr<IvfListScanner> PqCodec::scanner(TileProducts) const { return std::make_unique<PqScanner>(*this); }
 
 }  // namespace
 

@@ -42,7 +42,7 @@ void IvfIndex::save_sections(FileWriter& writer) const {
         writer.add_section_parts(SectionType::IvfLabels, std::move(labels));
         writer.add_section_parts(SectionType::IvfCodes, std::move(codes));
         codec_->save(writer);  // its own sections (sq8 ranges, pq code books)
-        if (params_.rerank > 0) {
+        if (params_.keeps_float_copies()) {
             writer.add_section(SectionType::IvfRerankVectors, rerank_vectors_.data(),
                                rerank_vectors_.size() * sizeof(float));
         }
@@ -64,7 +64,7 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     p.rerank = file->param("rerank");
     p.seed = file->param("seed");
     if (p.nprobe == 0 || p.nlist > (size_t{1} << 22) || p.kmeans_iterations > 1000 || p.rerank > 1000 ||
-        (p.rerank > 0 && (p.storage == Storage::Float32 || is_half_storage(p.storage))) ||
+        (p.rerank > 0 && is_half_storage(p.storage)) ||
         (p.storage == Storage::Pq && (p.pq_m == 0 || p.pq_m > h.dim || h.dim % p.pq_m != 0))) {
         fail("parameters out of range");
     }
@@ -99,7 +99,7 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     const size_t cs = index->codec_->code_size();
     const uint8_t* codes = file->section_exact(SectionType::IvfCodes, IndexFile::checked_mul(n, cs));
     index->codec_->load(*file);
-    if (p.rerank > 0) {
+    if (p.keeps_float_copies()) {
         const size_t values = IndexFile::checked_mul(n, dim);
         index->rerank_vectors_.set_view(file->typed_section<float>(SectionType::IvfRerankVectors, values), values,
                                         file);

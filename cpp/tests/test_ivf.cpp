@@ -536,5 +536,52 @@ TEST(Ivf, CorruptListsRejected) {
     }
 }
 
+// float32 with rerank: a bf16 first pass (AVX512_BF16 CPUs) whose candidates
+// are re-ranked from the lists: exact distances, the plain scan's answers but
+// for near ties, no float32 copies in the file; below AVX-512 the plain scan.
+TEST(Ivf, Float32RerankScansInBf16) {
+    const size_t dim = 96, n = 6000, nq = 300, k = 10;
+    const auto base = test::clustered_vectors(n, dim, 40, 31);
+    const auto queries = test::clustered_vectors(nq, dim, 40, 32);
+    for (Metric metric : {Metric::L2, Metric::Cosine, Metric::InnerProduct}) {
+        IvfIndex plain(dim, metric, ivf_params(32, 4));
+        IvfParams p = ivf_params(32, 4);
+        p.rerank = 2;
+        IvfIndex fast(dim, metric, p);
+        plain.add(n, base.data(), nullptr);
+        fast.add(n, base.data(), nullptr);
+        const Results want = search(plain, queries, k);
+        const Results got = search(fast, queries, k);
+        EXPECT_GE(recall(got, want, nq, k), 0.99) << metric_name(metric);
+        // every distance is the exact float32 distance of the id returned
+        std::vector<float> row(dim);
+        for (size_t i = 0; i < nq * k; ++i) {
+            fast.reconstruct(static_cast<size_t>(got.ids[i]), 1, row.data());
+            const float exact = static_cast<float>(test::ref_distance(
+                metric, queries.data() + (i / k) * dim, row.data(), dim));
+            if (metric != Metric::Cosine) {
+                ASSERT_NEAR(got.dist[i], exact, 1e-4f * (1.0f + std::fabs(exact))) << metric_name(metric);
+            }
+        }
+        const std::string path = ::testing::TempDir() + "ivf_float32_rerank.snn";
+        fast.save(path);
+        auto loaded = load_index(path, true);
+        const Results again = search(*loaded, queries, k);
+        EXPECT_EQ(again.ids, got.ids) << metric_name(metric);
+        EXPECT_EQ(std::ifstream(path, std::ios::binary | std::ios::ate).tellg(),
+                  [&] { plain.save(path); return std::ifstream(path, std::ios::binary | std::ios::ate).tellg(); }())
+            << "float32 re-ranks from its lists: no copies saved";
+        std::remove(path.c_str());
+
+        const SimdLevel level = simd_level();
+        set_simd_level(SimdLevel::Avx2 <= cpu_simd_level() ? SimdLevel::Avx2 : SimdLevel::Scalar);
+        const Results exact_scan = search(fast, queries, k);
+        const Results plain_again = search(plain, queries, k);
+        set_simd_level(level);
+        EXPECT_EQ(exact_scan.ids, plain_again.ids) << "no bf16 tiles: the float32 scan";
+        EXPECT_EQ(exact_scan.dist, plain_again.dist);
+    }
+}
+
 }  // namespace
 }  // namespace sparknn

@@ -113,10 +113,17 @@ def _preview(args, table: pa.Table | None, id_col: str, shown: int = 5) -> None:
         print(f"{r[id_col]!s:<{width}}  {pairs}{more}")
 
 
+# ivf float32's default re-rank: a bf16 scan of twice k candidates (docs/ivf.md, "bf16 scan").
+AUTO_RERANK = 2
+
+
 def _spec(args) -> IndexSpec:
+    rerank = args.rerank
+    if rerank is None:
+        rerank = AUTO_RERANK if args.index == "ivf" and args.storage == "float32" else 0
     return IndexSpec(kind=args.index, metric=args.metric, M=args.M, ef_construction=args.ef_construction,
                      ef_search=args.ef_search or 64, nlist=args.nlist, nprobe=args.nprobe or 16, storage=args.storage,
-                     pq_m=args.pq_m, rerank=args.rerank, threads=args.threads)
+                     pq_m=args.pq_m, rerank=rerank, threads=args.threads)
 
 
 def _recall_target(args) -> float | None:
@@ -350,8 +357,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="vector storage: float32, fp16 or bf16 (half the memory; every kind), or IVF sq8 "
                             "(4x smaller) or pq (--pq-m bytes per vector)")
     index.add_argument("--pq-m", type=_count(0), default=0, help="IVF-PQ bytes per vector; 0 = about dim/4")
-    index.add_argument("--rerank", type=_count(0), default=0,
-                       help="IVF sq8/pq: re-rank rerank*k candidates by exact distance (default: 0, off)")
+    index.add_argument("--rerank", type=_count(0), default=None,
+                       help="IVF: re-rank rerank*k candidates of an approximate scan by exact distance (sq8, pq: "
+                            "their codes; float32: a bf16 scan, on CPUs with AVX512_BF16); 0 = off. Default: "
+                            f"{AUTO_RERANK} for float32 (exact distances, same answers but for near ties), else 0")
 
     threads = argparse.ArgumentParser(add_help=False)
     threads.add_argument("--threads", type=_count(0), default=0, help="threads to use; 0 = all cores (default)")

@@ -243,10 +243,15 @@ class Index:
     nlist, nprobe, train_size, pq_m, rerank
         IVF parameters: ``nlist`` lists (0 = about 4 sqrt(n), chosen when
         trained), ``nprobe`` lists scanned per query, ``train_size`` vectors sampled for k-means
-        (0 = automatic), ``rerank`` r > 0 re-ranks the r*k best candidates of a
-        compressed index by exact distance to float32 copies kept in the file
-        (memory-mapped: only candidates are read). An untrained index trains on
-        its first ``add``; ``train(sample)`` trains it explicitly.
+        (0 = automatic), ``rerank`` r > 0 re-ranks the r*k best candidates of an
+        approximate scan by exact distance: sq8 / pq scan their codes and keep
+        float32 copies in the file for it (memory-mapped: only candidates are
+        read); float32 scans in bf16 on CPUs with AVX512_BF16 (twice the
+        arithmetic rate; elsewhere its scan stays float32) and re-ranks from its
+        own lists: no extra memory, distances exact, answers the float32 scan's
+        but for near ties (rerank 2 kept every neighbour on the data measured;
+        docs/ivf.md). fp16 / bf16 refuse it. An untrained index trains on its
+        first ``add``; ``train(sample)`` trains it explicitly.
     seed : int
         Seed of HNSW levels and IVF k-means.
     threads : int
@@ -423,7 +428,7 @@ class Index:
     def reconstruct(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """A copy of the stored vectors of rows ``[start, stop)`` (insertion order), float32 [n, dim].
 
-        Under cosine these are the normalised vectors. float32 storage (or any ivf
+        Under cosine these are the normalised vectors. float32 storage (or ivf sq8 / pq
         with ``rerank``) returns them exactly, fp16 / bf16 the values as stored
         (rounded to nearest even when added); ivf sq8 and pq return their decoded
         approximations.

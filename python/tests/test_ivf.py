@@ -100,7 +100,7 @@ def test_ivf_errors(data):
     with pytest.raises(ValueError, match="pq_m"):
         sparknn.Index(32, kind="ivf", storage="pq", pq_m=5)
     with pytest.raises(ValueError, match="rerank"):
-        sparknn.Index(32, kind="ivf", storage="float32", rerank=4)
+        sparknn.Index(32, kind="ivf", storage="bf16", rerank=4)
     flat = sparknn.Index(32, kind="flat")
     with pytest.raises(ValueError, match="ivf"):
         flat.train(base)
@@ -239,3 +239,38 @@ def test_probe_lists_is_the_widening_policy(nprobe, need, given_sizes, given_nea
         sparknn.Index(8, "l2", "flat").probe_lists(queries, 1, 1)
     with pytest.raises(sparknn.InvalidArgumentError, match="list_sizes has 23 entries but the index has nlist=24"):
         index.probe_lists(queries, 1, 1, list_sizes=np.ones(23, dtype=np.int64))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_float32_rerank_is_a_bf16_scan_with_exact_distances(metric, tmp_path):
+    """float32 with rerank scans in bf16 where the CPU can (AVX512_BF16) and re-ranks from its
+    lists: the plain scan's neighbours on real-valued data, distances exact, no bigger file."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(30, 200)).astype(np.float32) * 2
+    base = centres[rng.integers(0, 30, 8000)] + rng.normal(size=(8000, 200)).astype(np.float32)
+    queries = base[::40] + 0.1 * rng.normal(size=(200, 200)).astype(np.float32)
+    plain = sparknn.Index(200, metric=metric, kind="ivf", nlist=40, nprobe=40)
+    fast = sparknn.Index(200, metric=metric, kind="ivf", nlist=40, nprobe=40, rerank=2)
+    plain.add(base)
+    fast.add(base)
+    want, _ = plain.search(queries, 10)
+    got, dist = fast.search(queries, 10)
+    hits = np.mean([len(set(a) & set(b)) for a, b in zip(got, want)]) / 10
+    assert hits >= 0.995
+    # every distance is the float32 distance of the id returned (float64 reference)
+    q, x = queries.astype(np.float64), base.astype(np.float64)
+    if metric == "cosine":
+        q, x = q / np.linalg.norm(q, axis=1, keepdims=True), x / np.linalg.norm(x, axis=1, keepdims=True)
+    rows = x[got]
+    if metric == "l2":
+        want_dist = ((rows - q[:, None, :]) ** 2).sum(-1)
+    else:
+        want_dist = (1.0 if metric == "cosine" else 0.0) - (rows * q[:, None, :]).sum(-1)
+    scale = (q ** 2).sum(-1)[:, None] + (rows ** 2).sum(-1)
+    assert np.all(np.abs(dist - want_dist) <= 1e-5 * scale)
+    fast.save(tmp_path / "fast.snn")
+    plain.save(tmp_path / "plain.snn")
+    assert (tmp_path / "fast.snn").stat().st_size == (tmp_path / "plain.snn").stat().st_size
+    again, again_dist = sparknn.load(tmp_path / "fast.snn").search(queries, 10)
+    np.testing.assert_array_equal(again, got)
+    np.testing.assert_array_equal(again_dist, dist)

@@ -8,13 +8,16 @@
 // decoded block by block into the scan) or PQ (pq_m bytes per vector: residuals
 // to the list centroid, product-quantised; scanned with lookup tables), each
 // a codec class of its own (cpp/src/ivf_codec.h). With rerank = r > 0, the
-// r * k best candidates are re-ranked by exact distance to float32 copies kept
-// in their own (memory-mapped) file section.
+// r * k best candidates of an approximate scan are re-ranked by exact distance:
+// sq8 / pq keep float32 copies in their own (memory-mapped) file section;
+// float32 scans with bf16 tile products (AVX512_BF16, cpp/src/tile_bf16.h) and
+// re-ranks from its own lists.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "sparknn/flat.h"
@@ -26,6 +29,7 @@
 namespace sparknn {
 
 class IvfCodec;  // cpp/src/ivf_codec.h: one implementation per storage
+enum class TileProducts;  // cpp/src/gemm_scan.h: float32 or bf16 tile products
 
 // The lists each query scans, nearest first, as CSR: query q scans
 // lists[offsets[q] .. offsets[q + 1]).
@@ -145,7 +149,12 @@ class IvfIndex final : public Index {
     template <class LabelAt>
     void gather(size_t count, LabelAt&& label_at, float* out) const;  // reconstruct's rows: label_at(i)
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
-                    size_t rank_end, std::vector<TopK>& heaps, size_t workers) const;
+                    size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products) const;
+    // bf16 tiles for float32 lists with rerank on CPUs that have them (ivf_params.h).
+    TileProducts tile_products() const;
+    // Builds where_ if stale; place_of(label) then gives its (list, row).
+    void index_places() const;
+    std::pair<size_t, size_t> place_of(size_t label) const;
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances) const;
     // probes: the batch's lists [nq, nprobe].
     void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,

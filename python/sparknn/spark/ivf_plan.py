@@ -27,7 +27,8 @@ def item_bytes(dim: int, metric: str, storage: str, pq_m: int, rerank: int) -> i
     """Bytes one item takes in a part's index, in memory and on disk (codes, label, id, extras)."""
     code = {"float32": 4 * dim, "fp16": 2 * dim, "bf16": 2 * dim, "sq8": dim, "pq": pq_m}[storage]
     extra = 4 if storage == "float32" and metric == "l2" else 0  # cached squared norms
-    return code + 16 + extra + (4 * dim if rerank else 0)
+    copies = 4 * dim if rerank and storage in ("sq8", "pq") else 0  # float32 re-ranks from its own lists
+    return code + 16 + extra + copies
 
 
 def spatial_order(points: np.ndarray, weights: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -124,7 +124,8 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
                     typeConverter=_choice("storage", STORAGES))
     pqM = Param(Params._dummy(), "pqM", "ivf pq: bytes per vector (divides the dimension); 0 = about dim / 4",
                 typeConverter=_positive("pqM", 0))
-    rerank = Param(Params._dummy(), "rerank", "ivf sq8/pq: re-rank rerank * k candidates by exact distance; 0 = off",
+    rerank = Param(Params._dummy(), "rerank", "ivf: re-rank rerank * k candidates of an approximate scan by "
+                   "exact distance (sq8, pq: their codes; float32: a bf16 scan on CPUs with AVX512_BF16); 0 = off",
                    typeConverter=_positive("rerank", 0))
     targetPartBytes = Param(Params._dummy(), "targetPartBytes", "ivf: target size of one part (an index built "
                             "and searched by one task), in bytes; more data makes more parts",

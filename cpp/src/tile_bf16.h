@@ -1,0 +1,34 @@
+// Tile products in bf16: C = round(A) * round(B)^T with A and B rounded to
+// bf16 (nearest even) and products summed in float32, through AVX512_BF16's
+// vdpbf16ps (two multiply-adds per lane and instruction: twice the float32
+// FMA's rate, and half the bytes). An approximate first pass, for an IVF scan
+// whose candidates are then re-ranked exactly (IvfParams::rerank).
+//
+// Operands are packed first: a query block as rows of bf16 pairs, a base block
+// as panels of 16 rows interleaved pair by pair, so that one 512-bit load holds
+// one pair of 16 rows and one broadcast one pair of a query.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sparknn {
+
+// Whether this CPU runs the bf16 tile products (AVX512_BF16) and the kernels
+// in use are AVX-512's: SPARKNN_SIMD / set_simd_level below avx512 turn them off.
+bool bf16_tiles_available();
+
+namespace tile_bf16 {
+
+inline size_t pairs(size_t dim) { return (dim + 1) / 2; }
+inline size_t panel_rows(size_t n) { return (n + 15) / 16 * 16; }
+
+// rows [m, dim] -> out [m, pairs(dim)]: each pair two bf16, the odd tail zero.
+void pack_rows(const float* rows, size_t m, size_t dim, uint32_t* out);
+// rows [n, dim] -> out [panel_rows(n) / 16][pairs(dim)][16]; rows past n zero.
+void pack_panels(const float* rows, size_t n, size_t dim, uint32_t* out);
+// c[i * ldc + j] = a_i . b_j for i < m, j < n (a: pack_rows, b: pack_panels).
+void product(const uint32_t* a, size_t m, const uint32_t* b, size_t n, size_t pairs, float* c, size_t ldc);
+
+}  // namespace tile_bf16
+}  // namespace sparknn
