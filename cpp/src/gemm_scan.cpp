@@ -28,6 +28,11 @@ void to_distances_dot(float* row, size_t cols, float offset) {
     for (size_t j = 0; j < cols; ++j) row[j] = offset - row[j];
 }
 
+// The same with a term per column (row[j] + column[j] is the inner product).
+void to_distances_dot(float* row, size_t cols, float offset, const float* column) {
+    for (size_t j = 0; j < cols; ++j) row[j] = offset - column[j] - row[j];
+}
+
 // Bit t set when row[t] <= threshold, for row[0..16). SSE2 is part of x86-64,
 // so this needs no dispatch; elsewhere the loop is left to the compiler.
 uint32_t at_most_mask16(const float* row, float threshold) {
@@ -110,21 +115,22 @@ GemmScanner::GemmScanner(Metric metric, size_t dim, TileProducts products)
     if (products_ == TileProducts::Bf16) {
         SPARKNN_THROW_IF_NOT(bf16_tiles_available(), Unsupported, "bf16 tile products need AVX512_BF16");
         packed_base_.resize(tile_bf16::panel_rows(kScanBaseBlock) * tile_bf16::pairs(dim));
+        row_terms_.resize(kScanBaseBlock);
     }
     blas_use_one_thread();
 }
 
-void GemmScanner::pack_queries(const float* queries, size_t m) {
+void GemmScanner::pack_queries(const float* queries, size_t m, const float* centre) {
 #if defined(SPARKNN_TILE_BF16)
     const size_t need = m * tile_bf16::pairs(dim_);
     if (packed_queries_.size() < need) packed_queries_.resize(need);
-    tile_bf16::pack_rows(queries, m, dim_, packed_queries_.data());
+    tile_bf16::pack_rows(queries, m, dim_, centre, packed_queries_.data());
 #endif
 }
 
-void GemmScanner::pack_base(const float* base, size_t cols) {
+void GemmScanner::pack_base(const float* base, size_t cols, const float* centre) {
 #if defined(SPARKNN_TILE_BF16)
-    tile_bf16::pack_panels(base, cols, dim_, packed_base_.data());
+    tile_bf16::pack_panels(base, cols, dim_, centre, packed_base_.data());
 #endif
 }
 
@@ -141,35 +147,63 @@ void GemmScanner::products(bool bf16, const float* queries, size_t q0, size_t m,
 }
 
 void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
-                       size_t nb, const int64_t* labels, int64_t first_label, TopK* heaps) {
-    scan_impl(queries, qnorm, m, base, bnorm, nb, labels, first_label, [heaps](size_t i) -> TopK& { return heaps[i]; });
+                       size_t nb, const int64_t* labels, int64_t first_label, TopK* heaps, const float* centre) {
+    scan_impl(queries, qnorm, m, base, bnorm, nb, labels, first_label, centre,
+              [heaps](size_t i) -> TopK& { return heaps[i]; });
 }
 
 void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
-                       size_t nb, const int64_t* labels, int64_t first_label, TopK* const* heaps) {
-    scan_impl(queries, qnorm, m, base, bnorm, nb, labels, first_label, [heaps](size_t i) -> TopK& { return *heaps[i]; });
+                       size_t nb, const int64_t* labels, int64_t first_label, TopK* const* heaps,
+                       const float* centre) {
+    scan_impl(queries, qnorm, m, base, bnorm, nb, labels, first_label, centre,
+              [heaps](size_t i) -> TopK& { return *heaps[i]; });
 }
 
 // Base blocks outside, query blocks inside: a base block (read from memory,
 // and packed for bf16 tiles) is used by every query before the next one.
 template <class HeapAt>
 void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
-                            size_t nb, const int64_t* labels, int64_t first_label, HeapAt&& heap_at) {
+                            size_t nb, const int64_t* labels, int64_t first_label, const float* centre,
+                            HeapAt&& heap_at) {
     // A few queries do not repay packing the base rows: sgemm reads them as they are.
     const bool bf16 = products_ == TileProducts::Bf16 && m >= kMinBf16Queries;
-    if (bf16) pack_queries(queries, m);
+    if (!bf16) centre = nullptr;
+    if (bf16) pack_queries(queries, m, centre);
+    // With a centre the tile holds (q - c) . (x - c): q . c (per query) and c . (x - c) (per
+    // row) are added back in float32.
+    const DistanceKernels& kern = kernels();
+    float centre_norm = 0.0f;
+    if (centre != nullptr) {
+        centre_norm = kern.dot(centre, centre, dim_);
+        query_centre_.resize(m);
+        for (size_t i = 0; i < m; ++i) query_centre_[i] = kern.dot(queries + i * dim_, centre, dim_);
+    }
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
-        if (bf16) pack_base(base + c0 * dim_, cols);
+        if (bf16) pack_base(base + c0 * dim_, cols, centre);
+        const float* column = nullptr;  // per row of the block: |x|^2 (L2), less 2 c . (x - c) with a centre
+        if (centre != nullptr) {
+            for (size_t j = 0; j < cols; ++j) {
+                const float cr = kern.dot(base + (c0 + j) * dim_, centre, dim_) - centre_norm;
+                row_terms_[j] = metric_ == Metric::L2 ? bnorm[c0 + j] - 2.0f * cr : cr;
+            }
+            column = row_terms_.data();
+        } else if (metric_ == Metric::L2) {
+            column = bnorm + c0;
+        }
         for (size_t q0 = 0; q0 < m; q0 += kScanQueryBlock) {
             const size_t rows = std::min(m - q0, kScanQueryBlock);
             products(bf16, queries, q0, rows, base + c0 * dim_, cols);
             for (size_t i = 0; i < rows; ++i) {
                 float* row = tile_.data() + i * cols;
+                const float qc = centre != nullptr ? query_centre_[q0 + i] : 0.0f;
+                const float offset = metric_ == Metric::Cosine ? 1.0f : 0.0f;
                 if (metric_ == Metric::L2) {
-                    to_distances_l2(row, cols, qnorm[q0 + i], bnorm + c0);
+                    to_distances_l2(row, cols, qnorm[q0 + i] - 2.0f * qc, column);
+                } else if (column != nullptr) {
+                    to_distances_dot(row, cols, offset - qc, column);
                 } else {
-                    to_distances_dot(row, cols, metric_ == Metric::Cosine ? 1.0f : 0.0f);
+                    to_distances_dot(row, cols, offset);
                 }
                 select_row(heap_at(q0 + i), row, cols, labels != nullptr ? labels + c0 : nullptr,
                            first_label + static_cast<int64_t>(c0));

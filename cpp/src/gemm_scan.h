@@ -34,21 +34,23 @@ class GemmScanner {
 
     // Scans m queries [m, dim] against nb base rows [nb, dim].
     // qnorm [m] and bnorm [nb] are squared norms, read only under L2. Pushes
-    // (distance, labels ? labels[j] : first_label + j) into heaps[i].
+    // (distance, labels ? labels[j] : first_label + j) into heaps[i]. `centre`
+    // [dim] (an IVF list's centroid, or null): bf16 products are taken of
+    // residuals to it (tile_bf16.h), which keep far more of their bits.
     void scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm, size_t nb,
-              const int64_t* labels, int64_t first_label, TopK* heaps);
+              const int64_t* labels, int64_t first_label, TopK* heaps, const float* centre = nullptr);
     // The same, with the heap of query i at *heaps[i] (queries gathered from a batch).
     void scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm, size_t nb,
-              const int64_t* labels, int64_t first_label, TopK* const* heaps);
+              const int64_t* labels, int64_t first_label, TopK* const* heaps, const float* centre = nullptr);
 
   private:
     template <class HeapAt>
     void scan_impl(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
-                   size_t nb, const int64_t* labels, int64_t first_label, HeapAt&& heap_at);
+                   size_t nb, const int64_t* labels, int64_t first_label, const float* centre, HeapAt&& heap_at);
 
     // bf16 tiles: the operands into packed_queries_ / packed_base_.
-    void pack_queries(const float* queries, size_t m);
-    void pack_base(const float* base, size_t cols);
+    void pack_queries(const float* queries, size_t m, const float* centre);
+    void pack_base(const float* base, size_t cols, const float* centre);
     // tile_[i * cols + j] = queries_{q0 + i} . base_j, i < m <= kScanQueryBlock, j < cols;
     // bf16: from the packed operands.
     void products(bool bf16, const float* queries, size_t q0, size_t m, const float* base, size_t cols);
@@ -59,6 +61,8 @@ class GemmScanner {
     std::vector<float> tile_;
     std::vector<uint32_t> packed_queries_;  // bf16: the queries' pairs [m, pairs]
     std::vector<uint32_t> packed_base_;     // bf16: the base block's panels
+    std::vector<float> query_centre_;       // bf16 with a centre: queries_i . centre [m]
+    std::vector<float> row_terms_;          // bf16 with a centre: per base row of the block
 };
 
 // Pushes into `heap` the entries of row [cols] within its threshold, labelled

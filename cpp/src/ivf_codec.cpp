@@ -55,7 +55,7 @@ class BlockScanner final : public IvfListScanner {
             const size_t count = std::min(kScanBaseBlock, list.size - r0);
             const float* norms = nullptr;
             const float* base = codec_.rows(list, r0, count, decoded_.data(), &norms, decoded_norms_.data());
-            scanner_.scan(block, qnorm_.data(), m, base, norms, count, list.labels + r0, 0, heaps);
+            scanner_.scan(block, qnorm_.data(), m, base, norms, count, list.labels + r0, 0, heaps, list.centroid);
         }
     }
 

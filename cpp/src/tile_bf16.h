@@ -23,10 +23,13 @@ namespace tile_bf16 {
 inline size_t pairs(size_t dim) { return (dim + 1) / 2; }
 inline size_t panel_rows(size_t n) { return (n + 15) / 16 * 16; }
 
+// Both pack their rows less `centre` [dim] when it is not null: vectors near a centre far
+// from the origin keep their differences in bf16 only as residuals (q . x = q . c + c . (x - c)
+// + (q - c) . (x - c), the first two in float32).
 // rows [m, dim] -> out [m, pairs(dim)]: each pair two bf16, the odd tail zero.
-void pack_rows(const float* rows, size_t m, size_t dim, uint32_t* out);
+void pack_rows(const float* rows, size_t m, size_t dim, const float* centre, uint32_t* out);
 // rows [n, dim] -> out [panel_rows(n) / 16][pairs(dim)][16]; rows past n zero.
-void pack_panels(const float* rows, size_t n, size_t dim, uint32_t* out);
+void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, uint32_t* out);
 // c[i * ldc + j] = a_i . b_j for i < m, j < n (a: pack_rows, b: pack_panels).
 void product(const uint32_t* a, size_t m, const uint32_t* b, size_t n, size_t pairs, float* c, size_t ldc);
 

@@ -3,26 +3,29 @@
 // an inline std:: function instantiated here could be the one the linker keeps.
 #include <immintrin.h>
 
-#include <cstring>
 
 #include "tile_bf16.h"
 
 namespace sparknn::tile_bf16 {
 namespace {
 
-// 32 floats (a masked tail reads only n) -> 16 pairs of bf16.
-__m512i to_pairs(const float* x, size_t n) {
+// 32 floats (a masked tail reads only n), less `centre` unless null -> 16 pairs of bf16.
+__m512i to_pairs(const float* x, const float* centre, size_t n) {
     const __mmask16 lo = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
     const __mmask16 hi = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1u);
-    const __m512 a = _mm512_maskz_loadu_ps(lo, x);
-    const __m512 b = _mm512_maskz_loadu_ps(hi, x + 16);
+    __m512 a = _mm512_maskz_loadu_ps(lo, x);
+    __m512 b = _mm512_maskz_loadu_ps(hi, x + 16);
+    if (centre != nullptr) {
+        a = _mm512_sub_ps(a, _mm512_maskz_loadu_ps(lo, centre));
+        b = _mm512_sub_ps(b, _mm512_maskz_loadu_ps(hi, centre + 16));
+    }
     return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a's 16 values first
 }
 
-void pack_row(const float* row, size_t dim, uint32_t* out) {
+void pack_row(const float* row, size_t dim, const float* centre, uint32_t* out) {
     for (size_t d = 0; d < dim; d += 32) {
         const size_t n = dim - d < 32 ? dim - d : 32;
-        const __m512i p = to_pairs(row + d, n);
+        const __m512i p = to_pairs(row + d, centre != nullptr ? centre + d : nullptr, n);
         _mm512_mask_storeu_epi32(out + d / 2, static_cast<__mmask16>(n >= 32 ? 0xFFFF : (1u << ((n + 1) / 2)) - 1u), p);
     }
 }
@@ -101,12 +104,12 @@ void rows_against(const uint32_t* a, size_t m, const uint32_t* b, size_t pairs, 
 
 }  // namespace
 
-void pack_rows(const float* rows, size_t m, size_t dim, uint32_t* out) {
+void pack_rows(const float* rows, size_t m, size_t dim, const float* centre, uint32_t* out) {
     const size_t np = pairs(dim);
-    for (size_t i = 0; i < m; ++i) pack_row(rows + i * dim, dim, out + i * np);
+    for (size_t i = 0; i < m; ++i) pack_row(rows + i * dim, dim, centre, out + i * np);
 }
 
-void pack_panels(const float* rows, size_t n, size_t dim, uint32_t* out) {
+void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, uint32_t* out) {
     const size_t np = pairs(dim);
     const __m512i zero = _mm512_setzero_si512();
     __m512i r[16];
@@ -114,7 +117,8 @@ void pack_panels(const float* rows, size_t n, size_t dim, uint32_t* out) {
         uint32_t* panel = out + p0 * np;
         for (size_t k0 = 0; k0 < np; k0 += 16) {  // 16 pairs of 16 rows: one transpose
             const size_t d0 = 2 * k0, dn = dim - d0 < 32 ? dim - d0 : 32;
-            for (size_t i = 0; i < 16; ++i) r[i] = p0 + i < n ? to_pairs(rows + (p0 + i) * dim + d0, dn) : zero;
+            const float* c = centre != nullptr ? centre + d0 : nullptr;
+            for (size_t i = 0; i < 16; ++i) r[i] = p0 + i < n ? to_pairs(rows + (p0 + i) * dim + d0, c, dn) : zero;
             transpose16(r);
             const size_t kn = np - k0 < 16 ? np - k0 : 16;
             for (size_t k = 0; k < kn; ++k) _mm512_storeu_si512(panel + (k0 + k) * 16, r[k]);

@@ -33,8 +33,8 @@ TEST(TileBf16, ProductEqualsRoundedReference) {
                 const auto b = test::random_vectors(n, dim, 20 + dim + n);
                 std::vector<uint32_t> pa(m * tile_bf16::pairs(dim));
                 std::vector<uint32_t> pb(tile_bf16::panel_rows(n) * tile_bf16::pairs(dim));
-                tile_bf16::pack_rows(a.data(), m, dim, pa.data());
-                tile_bf16::pack_panels(b.data(), n, dim, pb.data());
+                tile_bf16::pack_rows(a.data(), m, dim, nullptr, pa.data());
+                tile_bf16::pack_panels(b.data(), n, dim, nullptr, pb.data());
                 const size_t ldc = n + 3;  // a row stride wider than n: nothing past n is written
                 std::vector<float> c(m * ldc, -7.0f);
                 tile_bf16::product(pa.data(), m, pb.data(), n, tile_bf16::pairs(dim), c.data(), ldc);

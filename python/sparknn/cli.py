@@ -36,7 +36,7 @@ import pyarrow.dataset as ds
 from sparknn import jobs
 from sparknn.datasets import make_items, make_queries
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.index import IndexSpec
+from sparknn.index import BATCH_RERANK, IndexSpec, default_rerank
 from sparknn.inputs import open_input
 from sparknn.machine import available_memory, reuse_freed_memory
 from sparknn.output import (
@@ -113,14 +113,8 @@ def _preview(args, table: pa.Table | None, id_col: str, shown: int = 5) -> None:
         print(f"{r[id_col]!s:<{width}}  {pairs}{more}")
 
 
-# ivf float32's default re-rank: a bf16 scan of twice k candidates (docs/ivf.md, "bf16 scan").
-AUTO_RERANK = 2
-
-
 def _spec(args) -> IndexSpec:
-    rerank = args.rerank
-    if rerank is None:
-        rerank = AUTO_RERANK if args.index == "ivf" and args.storage == "float32" else 0
+    rerank = default_rerank(args.index, args.storage) if args.rerank is None else args.rerank
     return IndexSpec(kind=args.index, metric=args.metric, M=args.M, ef_construction=args.ef_construction,
                      ef_search=args.ef_search or 64, nlist=args.nlist, nprobe=args.nprobe or 16, storage=args.storage,
                      pq_m=args.pq_m, rerank=rerank, threads=args.threads)
@@ -360,7 +354,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--rerank", type=_count(0), default=None,
                        help="IVF: re-rank rerank*k candidates of an approximate scan by exact distance (sq8, pq: "
                             "their codes; float32: a bf16 scan, on CPUs with AVX512_BF16); 0 = off. Default: "
-                            f"{AUTO_RERANK} for float32 (exact distances, same answers but for near ties), else 0")
+                            f"{BATCH_RERANK} for float32 (exact distances, same answers but for near ties), else 0")
 
     threads = argparse.ArgumentParser(add_help=False)
     threads.add_argument("--threads", type=_count(0), default=0, help="threads to use; 0 = all cores (default)")

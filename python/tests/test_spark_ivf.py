@@ -178,6 +178,18 @@ def test_bad_ivf_params(spark):
         KNN(indexType="ivf", ivfMode="routed", nlist=4, featuresCol="vector").fit(dup)
 
 
+def test_rerank_defaults_to_a_bf16_scan_for_float32_lists(spark):
+    """Unset, rerank is 2 for ivf float32 lists (a bf16 scan re-ranked exactly, docs/ivf.md) and 0
+    otherwise; a value given, 0 included, is kept; the model built says what it used."""
+    assert KNN().getRerank() == 2 and KNN().index_spec().rerank == 2
+    assert KNN(storage="sq8").getRerank() == 0 and KNN(indexType="hnsw").getRerank() == 0
+    assert KNN(rerank=0).getRerank() == 0 and KNN(rerank=0).index_spec().rerank == 0
+    assert KNN(storage="pq", rerank=3).index_spec().rerank == 3
+    model = KNN(k=3, metric="l2", ivfMode="driver", nlist=8, featuresCol="vector").fit(spark_items(spark, BASE))
+    assert model.getRerank() == 2
+    assert model.similarItems().count() == len(BASE)
+
+
 def test_save_load_in_a_fresh_session(spark, tmp_path, _spark_holder):
     names = [f"n{i}" for i in range(len(BASE))]
     model = KNN(k=4, metric="cosine", indexType="ivf", ivfMode="routed", nlist=16, nprobe=5, storage="sq8",

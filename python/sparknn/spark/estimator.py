@@ -102,7 +102,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     def __init__(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                  includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
-                 storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
+                 storage="float32", pqM=0, rerank=None, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
                  groupCol=None, targetRecall=None):
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -111,9 +111,9 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
     def setParams(self, *, k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                   includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
-                  storage="float32", pqM=0, rerank=0, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
+                  storage="float32", pqM=0, rerank=None, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
                   groupCol=None, targetRecall=None):
-        # indexPath=None, groupCol=None and targetRecall=None mean "not set", as if omitted.
+        # indexPath=None, groupCol=None, targetRecall=None and rerank=None mean "not set", as if omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
     def setMetric(self, value: str):

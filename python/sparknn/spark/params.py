@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasOutputCol, HasSeed
 
-from sparknn.index import KINDS, STORAGES, IndexSpec, normalise_metric
+from sparknn.index import KINDS, STORAGES, IndexSpec, default_rerank, normalise_metric
 
 IVF_MODES = ("auto", "driver", "routed")
 
@@ -125,7 +125,8 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     pqM = Param(Params._dummy(), "pqM", "ivf pq: bytes per vector (divides the dimension); 0 = about dim / 4",
                 typeConverter=_positive("pqM", 0))
     rerank = Param(Params._dummy(), "rerank", "ivf: re-rank rerank * k candidates of an approximate scan by "
-                   "exact distance (sq8, pq: their codes; float32: a bf16 scan on CPUs with AVX512_BF16); 0 = off",
+                   "exact distance (sq8, pq: their codes; float32: a bf16 scan on CPUs with AVX512_BF16); 0 = off; "
+                   "unset: 2 for ivf float32, else 0",
                    typeConverter=_positive("rerank", 0))
     targetPartBytes = Param(Params._dummy(), "targetPartBytes", "ivf: target size of one part (an index built "
                             "and searched by one task), in bytes; more data makes more parts",
@@ -153,7 +154,8 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
 
     def index_spec(self) -> IndexSpec:
         """The index these Params describe (``numThreads`` as the driver build's threads)."""
-        return IndexSpec(**{field: self.getOrDefault(param) for field, param in SPEC_PARAMS.items()})
+        fields = {field: self.getOrDefault(param) for field, param in SPEC_PARAMS.items()}
+        return IndexSpec(**{**fields, "rerank": self.getRerank()})
 
     def fit_options(self) -> FitOptions:
         return FitOptions(self.index_spec(), self.getNumShards(), self.getIvfMode(), self.getTargetPartBytes(),
@@ -214,7 +216,10 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
         return self.getOrDefault(self.pqM)
 
     def getRerank(self) -> int:
-        return self.getOrDefault(self.rerank)
+        """As set, else the default for the index: 2 for ivf float32 lists (a bf16 scan), else 0."""
+        if self.isSet(self.rerank):
+            return self.getOrDefault(self.rerank)
+        return default_rerank(self.getIndexType(), self.getOrDefault(self.storage))
 
     def getTargetPartBytes(self) -> int:
         return self.getOrDefault(self.targetPartBytes)
