@@ -31,7 +31,6 @@ import traceback
 os.environ.setdefault("MIMALLOC_PURGE_DELAY", "-1")
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from sparknn import jobs
 from sparknn.datasets import make_items, make_queries
@@ -249,6 +248,7 @@ def _similar_on_spark(args) -> jobs.Result:
         raise UsageError(f"--spark needs pyspark (pip install 'sparknn[spark]'): {exc}") from None
     timings = jobs.Timings()
     t0 = time.perf_counter()
+    import pyarrow.dataset as ds  # reads Spark's output directory; not at start: it imports pandas
     from pyspark.sql import SparkSession
 
     ours = SparkSession.getActiveSession() is None  # a session we did not start is not ours to stop

@@ -466,7 +466,7 @@ def _read_verified_ids(sidecar: str, expected: FileDigest, index_path: str, coun
             raise IndexFileError(f"{what}, {sidecar!r}, fails its checksum (CRC-32C {actual:08x}, "
                                  f"{expected.crc32c:08x} expected): the file is damaged or from another build")
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            table = _read_table(pa.BufferReader(data))
         except (pa.ArrowException, OSError) as exc:
             raise IndexFileError(f"{what}, {sidecar!r}, matches its checksum but cannot be read: "
                                  f"{one_line(exc)}") from None
@@ -474,6 +474,12 @@ def _read_verified_ids(sidecar: str, expected: FileDigest, index_path: str, coun
         raise IndexFileError(f"{what}, {sidecar!r}, holds {table.num_rows} rows in {table.num_columns} columns: "
                              f"expected one column of {count} ids")
     return table.column(0).combine_chunks()
+
+
+def _read_table(source) -> pa.Table:
+    """A whole Parquet file as a table: pq.read_table would import pyarrow.dataset, and with it pandas."""
+    with pq.ParquetFile(source) as parquet:
+        return parquet.read()
 
 
 def load_with_ids(index_path: str, threads: int = 0) -> tuple[Index, pa.Array | None]:
@@ -495,7 +501,7 @@ def load_with_ids(index_path: str, threads: int = 0) -> tuple[Index, pa.Array | 
         return index, None
     check_plain(sidecar, "ids file", f"the ids file `sparknn build` wrote beside {index_path!r}")
     try:
-        table = pq.read_table(sidecar)
+        table = _read_table(sidecar)
     except (pa.ArrowException, OSError) as exc:
         raise IndexFileError(f"ids file {sidecar!r} cannot be read: {one_line(exc)}") from None
     stamp = (table.schema.metadata or {}).get(_IDS_META)
