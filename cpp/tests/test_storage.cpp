@@ -3,6 +3,7 @@
 // through save/load, and clear errors for what a storage cannot hold.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -159,6 +160,72 @@ TEST(HalfStorage, Fp16RejectsValuesBeyondItsRangeWithoutChangingTheIndex) {
     const float big[2] = {1e6f, 2e6f};
     cosine->add(1, big, nullptr);
     EXPECT_EQ(cosine->size(), 1u);
+}
+
+// Values below fp16's normal range (2^-14) keep a fixed step of 2^-24 and
+// become 0 below 2^-25: a row of them was stored as (nearly) zeros and its own
+// query no longer found it. Such a row is refused, naming it, before anything
+// is stored; ordinary rows, which lose at most 2^-11 of their norm, are not.
+TEST(HalfStorage, Fp16RefusesRowsTooSmallForItWithoutChangingTheIndex) {
+    constexpr size_t kDimSmall = 16;
+    for (IndexKind kind : {IndexKind::Flat, IndexKind::Hnsw, IndexKind::Ivf}) {
+        for (Metric metric : {Metric::L2, Metric::InnerProduct}) {
+            const auto first = test::random_vectors(200, kDimSmall, 8);
+            IndexOptions o;
+            o.storage = "fp16";
+            o.nlist = 4;
+            auto index = make_index(kind, kDimSmall, metric, o);
+            if (auto* ivf = dynamic_cast<IvfIndex*>(index.get())) ivf->train(200, first.data());
+            index->add(200, first.data(), nullptr);
+            const test::Results before = test::search(*index, first, 5);
+
+            for (float scale : {1e-8f, 3e-7f}) {  // 1e-8: every value becomes 0; 3e-7: ~6% off
+                auto x = test::random_vectors(100, kDimSmall, 9);
+                for (size_t j = 0; j < kDimSmall; ++j) x[42 * kDimSmall + j] *= scale;
+                try {
+                    index->add(100, x.data(), nullptr);
+                    FAIL() << kind_name(kind) << " " << metric_name(metric) << ": accepted a row scaled by " << scale;
+                } catch (const InvalidArgument& e) {
+                    const std::string what = e.what();
+                    EXPECT_NE(what.find("row 42 is too small for storage 'fp16'"), std::string::npos) << what;
+                    EXPECT_NE(what.find("'bf16' or 'float32'"), std::string::npos) << what;
+                }
+                EXPECT_EQ(index->size(), 200u);
+                const test::Results after = test::search(*index, first, 5);
+                EXPECT_EQ(after.ids, before.ids);
+                EXPECT_EQ(after.dist, before.dist);
+            }
+
+            // Accepted: a value flushed to 0 beside normal ones (negligible against the norm),
+            // exact zeros, a zero row (l2 / ip), subnormal values that keep > 99% of the row,
+            // and the same tiny rows in bf16 (float32's exponent range, subnormals kept).
+            auto ok = test::random_vectors(4, kDimSmall, 10);
+            ok[0 * kDimSmall + 3] = 1e-9f;
+            for (size_t j = 0; j < kDimSmall; j += 2) ok[1 * kDimSmall + j] = 0.0f;
+            for (size_t j = 0; j < kDimSmall; ++j) ok[2 * kDimSmall + j] = 0.0f;
+            for (size_t j = 0; j < kDimSmall; ++j) ok[3 * kDimSmall + j] *= 3e-5f;  // ~500 steps of 2^-24
+            index->add(4, ok.data(), nullptr);
+            EXPECT_EQ(index->size(), 204u);
+
+            o.storage = "bf16";
+            auto wide = make_index(kind, kDimSmall, metric, o);
+            if (auto* ivf = dynamic_cast<IvfIndex*>(wide.get())) ivf->train(200, first.data());
+            auto tiny = test::random_vectors(100, kDimSmall, 11);
+            for (float& v : tiny) v *= 1e-30f;
+            wide->add(100, tiny.data(), nullptr);
+            std::vector<float> back(100 * kDimSmall);
+            wide->reconstruct(0, 100, back.data());
+            for (size_t i = 0; i < back.size(); ++i) EXPECT_NEAR(back[i], tiny[i], std::fabs(tiny[i]) / 256);
+        }
+    }
+    // Cosine stores unit rows: any scale fits (their components below 6.1e-5 weigh nothing).
+    IndexOptions o;
+    o.storage = "fp16";
+    auto cosine = make_index(IndexKind::Flat, kDimSmall, Metric::Cosine, o);
+    auto x = test::random_vectors(10, kDimSmall, 12);
+    for (float& v : x) v *= 1e-20f;
+    cosine->add(10, x.data(), nullptr);
+    EXPECT_EQ(cosine->size(), 10u);
 }
 
 TEST(HalfStorage, StoragesAreCheckedAndNamed) {

@@ -248,7 +248,8 @@ class Index:
     storage : {"float32", "fp16", "bf16", "sq8", "pq"}
         How vectors are kept. Every kind: "float32", or "fp16" / "bf16" (16 bits
         per value: half the memory and file; fp16 keeps 11 significant bits and
-        |values| <= 65504, bf16 8 bits and float32's range; docs/storage.md).
+        |values| <= 65504 and refuses rows too small for it, bf16 8 bits and
+        float32's range; docs/storage.md).
         ivf also: "sq8" (8-bit scalar quantisation, 4x smaller) or "pq"
         (``pq_m`` bytes per vector, 0 = about dim/4).
     nlist, nprobe, train_size, pq_m, rerank

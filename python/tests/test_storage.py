@@ -96,6 +96,58 @@ def test_values_beyond_fp16_are_refused_and_nothing_changes(kind):
     unit.add(x)  # cosine stores unit vectors, whatever the scale given
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_rows_too_small_for_fp16_are_refused_and_nothing_changes(kind, metric):
+    # fp16 keeps a fixed step of 2^-24 below 6.1e-5 and rounds below 3e-8 to 0: rows of ~1e-8
+    # were stored as zeros (self-recall 0.03-0.07). Now refused, naming the row, before any row
+    # is stored; bf16 and float32 keep them.
+    rng = np.random.default_rng(12)
+    first = rng.standard_normal((500, 8)).astype(np.float32)
+    options = dict(KINDS[kind], nlist=4) if kind == "ivf" else KINDS[kind]
+    index = sparknn.Index(8, metric=metric, kind=kind, storage="fp16", **options)
+    index.add(first)
+    before = index.search(first[:50], 5)
+    for scale, row in ((1e-8, 0), (3e-7, 123)):  # every value lost; ~6% of the row lost
+        x = rng.standard_normal((300, 8)).astype(np.float32)
+        x[row] *= scale
+        with pytest.raises(sparknn.InvalidArgumentError,
+                           match=rf"row {row} is too small for storage 'fp16'.*'bf16' or 'float32'"):
+            index.add(x)
+        assert len(index) == 500
+        for got, want in zip(index.search(first[:50], 5), before):
+            np.testing.assert_array_equal(got, want)
+    tiny = (rng.standard_normal((300, 8)) * 1e-8).astype(np.float32)
+    for storage in ("bf16", "float32"):
+        kept = sparknn.Index(8, metric=metric, kind=kind, storage=storage, **options)
+        kept.add(tiny)
+        np.testing.assert_allclose(kept.reconstruct(), tiny, rtol=2**-8)
+        if metric == "l2" and kind == "flat":
+            assert (kept.search(tiny, 1)[0][:, 0] == np.arange(300)).all()
+
+
+def test_fp16_keeps_ordinary_rows():
+    # The underflow check measures what the row loses against its norm: a value rounded to 0 beside
+    # larger ones, exact zeros, unit embeddings' small components and small-but-normal scales pass.
+    rng = np.random.default_rng(13)
+    unit = rng.standard_normal((200, 768)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    unit[:, :5] = 1e-9  # flushed to 0, nothing against a unit norm
+    pixels = rng.integers(0, 256, (200, 768)).astype(np.float32)
+    sparse = np.where(rng.random((200, 768)) < 0.95, 0, rng.standard_normal((200, 768))).astype(np.float32)
+    small = (rng.standard_normal((200, 768)) * 1e-3).astype(np.float32)
+    zeros = np.zeros((3, 768), np.float32)
+    for metric in ("l2", "ip", "cosine"):
+        index = sparknn.Index(768, metric=metric, kind="flat", storage="fp16")
+        for rows in (unit, pixels, sparse, small) + ((zeros,) if metric != "cosine" else ()):
+            index.add(rows)
+    # cosine stores unit rows: a tiny scale given is no underflow
+    tiny = (rng.standard_normal((300, 8)) * 1e-8).astype(np.float32)
+    cosine = sparknn.Index(8, metric="cosine", kind="flat", storage="fp16")
+    cosine.add(tiny)
+    assert (cosine.search(tiny, 1)[0][:, 0] == np.arange(300)).all()
+
+
 def test_compressed_storages_are_ivf_only():
     for kind in ("flat", "hnsw"):
         with pytest.raises(sparknn.InvalidArgumentError, match="only kind 'ivf'"):

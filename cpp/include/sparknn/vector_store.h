@@ -18,8 +18,14 @@ namespace sparknn {
 
 // Throws InvalidArgument naming the first value of rows x [n, dim] that
 // `storage` cannot hold (fp16: |v| >= 65520 would become infinite; bf16:
-// beyond float32's largest); a no-op for the other storages. `what` names the
-// rows in the message ("vector").
+// beyond float32's largest), or, for fp16, the first row too small for it: one
+// whose values below fp16's normal range (2^-14, about 6.1e-5; subnormals keep
+// a fixed step of 2^-24 and values below 2^-25 become 0) would move it, once
+// rounded, by more than 1% of its norm. Rows within the normal range move by at
+// most 2^-11 of their norm, so only rows of tiny norm are refused (never a unit
+// row, as cosine stores). bf16 has float32's exponent range and keeps
+// subnormals, so it needs no such check. A no-op for the other storages. `what`
+// names the rows in the message ("vector").
 void check_storage_range(Storage storage, size_t n, size_t dim, const float* x, const char* what, int threads);
 
 // The kernels of a 16-bit storage (fp16 or bf16) at the SIMD level in use;
