@@ -6,8 +6,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
+#include <limits>
 #include <memory>
+#include <new>
+#include <stdexcept>
 #include <numeric>
 #include <random>
 
@@ -213,25 +217,62 @@ void IvfIndex::reserve_lists(const int64_t* extra) {
     auto lock = writing();
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "reserve_lists needs a trained IVF index: call train() first");
     check_unpinned("reserve_lists");
+    // What the room costs per vector: its label and code in its list (and norm), its id,
+    // and its float32 copy when rerank keeps one. Counted overflow-checked, so absurd
+    // requests (2^62 vectors) are refused before anything is allocated.
+    const size_t cs = codec_->code_size();
+    const bool keep_norms = codec_->keeps_norms();
+    const size_t per_vector = 2 * sizeof(int64_t) + cs + (keep_norms ? sizeof(float) : 0) +
+                              (params_.keeps_float_copies() ? dim_ * sizeof(float) : 0);
+    constexpr size_t kMaxBytes = static_cast<size_t>(std::numeric_limits<std::ptrdiff_t>::max());
     size_t total = 0;
     for (size_t l = 0; l < lists_.size(); ++l) {
         SPARKNN_CHECK_ARG(extra[l] >= 0, "reserve_lists: list ", l, " is given ", extra[l], " vectors (< 0)");
-        total += static_cast<size_t>(extra[l]);
+        size_t bytes = 0;
+        SPARKNN_CHECK_ARG(!__builtin_add_overflow(total, static_cast<size_t>(extra[l]), &total) &&
+                              !__builtin_mul_overflow(total, per_vector, &bytes) && bytes <= kMaxBytes &&
+                              total <= kMaxBytes - size(),
+                          "reserve_lists: room for list ", l, "'s ", extra[l], " vectors (", total,
+                          " or more in all) is too large to address: give the counts the next adds need");
     }
-    const size_t cs = codec_->code_size();
-    const bool keep_norms = codec_->keeps_norms();
-    parallel_for(lists_.size(), 16, threads(), [&](size_t b, size_t e, int) {
-        for (size_t l = b; l < e; ++l) {
-            if (extra[l] == 0) continue;
-            List& list = lists_[l];
-            const size_t want = list.labels.size() + static_cast<size_t>(extra[l]);
-            list.labels.mutate().reserve(want);
-            list.codes.mutate().reserve(want * cs);
-            if (keep_norms) list.norms.reserve(want);
-        }
-    });
-    ids_.mutate().reserve(size() + total);
-    if (params_.keeps_float_copies()) rerank_vectors_.mutate().reserve((size() + total) * dim_);
+    const auto too_large = [&]() {
+        return InvalidArgument(detail::concat(
+            "reserve_lists: room for ", total, " more vectors (", static_cast<double>(total) * per_vector / 1e9,
+            " GB) could not be allocated: give the counts the next adds need; the index is unchanged"));
+    };
+    try {
+        parallel_for(lists_.size(), 16, threads(), [&](size_t b, size_t e, int) {
+            for (size_t l = b; l < e; ++l) {
+                if (extra[l] == 0) continue;
+                List& list = lists_[l];
+                const size_t want = list.labels.size() + static_cast<size_t>(extra[l]);
+                list.labels.mutate().reserve(want);
+                list.codes.mutate().reserve(want * cs);
+                if (keep_norms) list.norms.reserve(want);
+            }
+        });
+        ids_.mutate().reserve(size() + total);
+        if (params_.keeps_float_copies()) rerank_vectors_.mutate().reserve((size() + total) * dim_);
+    } catch (const std::bad_alloc&) {
+        release_reserved(extra);
+        throw too_large();
+    } catch (const std::length_error&) {
+        release_reserved(extra);
+        throw too_large();
+    }
+}
+
+// After a failed reserve_lists: hands back the room the lists it reached were given
+// (their vectors stay as they are; a later add grows them again).
+void IvfIndex::release_reserved(const int64_t* extra) {
+    for (size_t l = 0; l < lists_.size(); ++l) {
+        if (extra[l] == 0) continue;
+        lists_[l].labels.shrink_to_fit();
+        lists_[l].codes.shrink_to_fit();
+        lists_[l].norms.shrink_to_fit();
+    }
+    ids_.shrink_to_fit();
+    rerank_vectors_.shrink_to_fit();
 }
 
 void IvfIndex::reconstruct_impl(size_t begin, size_t count, float* out) const {

@@ -296,6 +296,40 @@ TEST(Ivf, ReservedListsGiveTheSameIndex) {
     EXPECT_THROW(untrained.reserve_lists(counts.data()), InvalidArgument);
 }
 
+// Room no machine holds was std::length_error ("vector::reserve", a ValueError in Python)
+// or a wrapped size: now an InvalidArgument that says so, the index unchanged and usable.
+TEST(Ivf, ReservingTooMuchRoomIsRefusedClearly) {
+    const size_t dim = 8, n = 500;
+    const auto base = test::random_vectors(n, dim, 21);
+    for (Storage storage : {Storage::Float32, Storage::Float16, Storage::Sq8}) {
+        IvfParams p = ivf_params(4, 4, storage);
+        if (storage == Storage::Sq8) p.rerank = 2;  // keeps float32 copies: more bytes per vector
+        IvfIndex ivf(dim, Metric::L2, p);
+        ivf.train(n, base.data());
+        ivf.add(n / 2, base.data(), nullptr);
+        const Results before = search(ivf, base, 3);
+        const int64_t huge = int64_t{1} << 62, large = int64_t{1} << 44;  // 2^44 x >= 18 bytes: ~300 TB
+        for (const std::vector<int64_t>& extra : {std::vector<int64_t>{huge, 0, 0, 0},
+                                                   std::vector<int64_t>{huge, huge, huge, huge},
+                                                   std::vector<int64_t>{0, large, 0, 1}}) {
+            try {
+                ivf.reserve_lists(extra.data());
+                ADD_FAILURE() << storage_name(storage) << ": reserved " << extra[0] << ", " << extra[1];
+            } catch (const InvalidArgument& e) {
+                const std::string what = e.what();
+                EXPECT_EQ(what.rfind("reserve_lists: room for ", 0), 0u) << what;
+                EXPECT_NE(what.find("the next adds need"), std::string::npos) << what;
+            }
+            EXPECT_EQ(ivf.size(), n / 2);
+        }
+        EXPECT_EQ(search(ivf, base, 3), before);
+        const std::vector<int64_t> fine(4, 100);
+        ivf.reserve_lists(fine.data());
+        ivf.add(n - n / 2, base.data() + n / 2 * dim, nullptr);
+        EXPECT_EQ(ivf.size(), n);
+    }
+}
+
 TEST(Ivf, TrainingErrorsAndUntrainedSave) {
     const size_t dim = 4;
     const auto base = test::random_vectors(10, dim, 7);

@@ -183,6 +183,23 @@ def test_row_positions_must_be_integers():
         ivf.reserve_lists([0.5, 1.5])
 
 
+def test_reserving_more_room_than_can_exist_is_refused_clearly():
+    # reserve_lists([2**62, ...]) raised "ValueError: vector::reserve" (std::length_error)
+    rng = np.random.default_rng(0)
+    for options in ({}, {"storage": "fp16"}, {"storage": "sq8", "rerank": 2}):
+        ivf = sparknn.Index(DIM, "l2", "ivf", nlist=2, **options)
+        ivf.train(rng.standard_normal((50, DIM)))
+        ivf.add(rng.standard_normal((20, DIM)))
+        before = snapshot(ivf)
+        for extra in ([2**62, 0], [2**63 - 1, 2**63 - 1], [2**44, 1]):  # too large to address; to allocate
+            with pytest.raises(InvalidArgumentError, match=r"reserve_lists: room for .*the next adds need"):
+                ivf.reserve_lists(extra)
+            assert_unchanged(ivf, before)
+        ivf.reserve_lists([10, 10])
+        ivf.add(rng.standard_normal((20, DIM)))
+        assert len(ivf) == 40
+
+
 # ------------------------------------------------------------------- empty input
 
 

@@ -95,6 +95,7 @@ class IvfIndex final : public Index {
     // follow append without growing: lists grown add by add hold up to twice their vectors
     // until shrink_to_fit, which was a build's peak. A builder that assigned every vector
     // first (nearest_lists) knows the counts. Requires a trained index. Exclusive, as add.
+    // Room too large to address or allocate is an InvalidArgument, the index unchanged.
     void reserve_lists(const int64_t* extra);
     // Index::reconstruct: exact for float32 (and for any storage with rerank,
     // from its float32 copies), decoded otherwise (sq8: within half a step per
@@ -120,6 +121,8 @@ class IvfIndex final : public Index {
         Buffer<uint8_t> codes;       // [size, code_size]
         AlignedVector<float> norms;  // [size] |x|^2 when the codec keeps_norms (float32 under L2), rebuilt on load
     };
+    // Returns the room a failed reserve_lists gave the lists it names.
+    void release_reserved(const int64_t* extra);
     // The unlocked forms of the public calls, for callers holding the lock.
     bool trained() const { return quantizer_ != nullptr; }
     size_t batch_for(size_t nprobe) const;  // ideal_query_batch
