@@ -1,5 +1,5 @@
-// Kernel micro-benchmarks: distance kernels per SIMD level and dimension, and
-// exact (flat) batch search. Build with -DSPARKNN_BUILD_BENCH=ON and run
+// Kernel micro-benchmarks: distance kernels per SIMD level and dimension,
+// exact (flat) batch search, and an ivf batch search scanned in float32 or bf16. Build with -DSPARKNN_BUILD_BENCH=ON and run
 // build/.../cpp/bench/sparknn_bench_kernels.
 #include <benchmark/benchmark.h>
 
@@ -9,6 +9,7 @@
 
 #include "sparknn/distance.h"
 #include "sparknn/flat.h"
+#include "sparknn/ivf.h"
 
 namespace {
 
@@ -106,6 +107,31 @@ void BM_FlatSearch(benchmark::State& state) {
                                                    benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
+// A batch of the items' own queries (a self-join's) through an ivf index of
+// float32 lists, one thread: rerank 0 scans in float32 (sgemm), rerank 2 in bf16
+// (AVX512_BF16, else float32) and re-ranks 2k candidates exactly.
+void BM_IvfBatch(benchmark::State& state, size_t rerank) {
+    const size_t dim = static_cast<size_t>(state.range(0)), n = 50000, nq = 8192, k = 10, centres = 224;
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> normal;
+    std::vector<float> base(n * dim), centre(centres * dim);
+    for (float& x : centre) x = normal(rng);
+    for (size_t i = 0; i < n; ++i) {
+        for (size_t j = 0; j < dim; ++j) base[i * dim + j] = centre[(i % centres) * dim + j] + 0.5f * normal(rng);
+    }
+    sparknn::IvfParams params;
+    params.nlist = centres;
+    params.nprobe = 8;
+    params.rerank = rerank;
+    sparknn::IvfIndex index(dim, sparknn::Metric::L2, params);
+    index.set_threads(1);
+    index.add(n, base.data(), nullptr);
+    std::vector<int64_t> ids(nq * k);
+    std::vector<float> dist(nq * k);
+    for (auto _ : state) index.search(nq, base.data(), k, ids.data(), dist.data());
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * nq));
+}
+
 }  // namespace
 
 BENCHMARK_CAPTURE(BM_Distance, l2_scalar, sparknn::SimdLevel::Scalar, true)->Arg(128)->Arg(768);
@@ -128,3 +154,5 @@ BENCHMARK_CAPTURE(BM_Half, fp16_dot_x4_avx512, sparknn::SimdLevel::Avx512, false
 BENCHMARK_CAPTURE(BM_Half, bf16_l2_avx512, sparknn::SimdLevel::Avx512, true, true, false)->Arg(100)->Arg(768);
 BENCHMARK_CAPTURE(BM_Half, bf16_l2_x4_avx512, sparknn::SimdLevel::Avx512, true, true, true)->Arg(100)->Arg(768);
 BENCHMARK(BM_FlatSearch)->Args({200000, 1})->Args({200000, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_IvfBatch, float32, 0)->Arg(128)->Arg(768)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_IvfBatch, bf16_rerank2, 2)->Arg(128)->Arg(768)->Unit(benchmark::kMillisecond)->UseRealTime();
