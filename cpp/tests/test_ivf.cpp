@@ -617,5 +617,25 @@ TEST(Ivf, Float32RerankScansInBf16) {
     }
 }
 
+// A dense cluster far from the origin (0.5 +- 0.01 per value): its differences
+// are below bf16's resolution of the values themselves, kept only by packing
+// residuals to the list's centroid. The bf16 pass must still find the plain scan's
+// neighbours.
+TEST(Ivf, Bf16ScanKeepsATightClusterFarFromTheOrigin) {
+    const size_t dim = 16, n = 3000, nq = 400, k = 8;
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> normal;
+    std::vector<float> base(n * dim), queries(nq * dim);
+    for (float& v : base) v = 0.5f + 0.01f * normal(rng);
+    for (size_t i = 0; i < nq * dim; ++i) queries[i] = base[i * 7] + 0.001f * normal(rng);
+    IvfIndex plain(dim, Metric::L2, ivf_params(8, 8));
+    IvfParams p = ivf_params(8, 8);
+    p.rerank = 2;
+    IvfIndex fast(dim, Metric::L2, p);
+    plain.add(n, base.data(), nullptr);
+    fast.add(n, base.data(), nullptr);
+    EXPECT_GE(recall(search(fast, queries, k), search(plain, queries, k), nq, k), 0.99);
+}
+
 }  // namespace
 }  // namespace sparknn
