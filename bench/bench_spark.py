@@ -124,8 +124,8 @@ def kill_tree(proc: subprocess.Popen, pids: set) -> None:
     proc.wait()
 
 
-def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 0) -> dict:
-    output = os.path.join(args.workdir, f"out-{pipeline}-{nlist}-{nprobe}-{os.path.basename(items)}")
+def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 0, rerank: int = -1) -> dict:
+    output = os.path.join(args.workdir, f"out-{pipeline}-{nlist}-{nprobe}-{rerank}-{os.path.basename(items)}")
     result = output + ".json"
     shutil.rmtree(output, ignore_errors=True)
     if os.path.exists(result):
@@ -133,7 +133,7 @@ def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 
     cmd = [sys.executable, os.path.join(HERE, "spark_pipelines.py"), pipeline, items, output,
            "--result", result, "--workdir", args.workdir, "--index-type", args.index_type, "--ivf-mode", args.ivf_mode,
            "--master", args.master, "--driver-memory", args.driver_memory,
-           "--nlist", str(nlist), "--nprobe", str(nprobe)]
+           "--nlist", str(nlist), "--nprobe", str(nprobe), "--rerank", str(rerank)]
     timeout = 60 * (args.annoy_timeout_min if pipeline == "annoy" else args.sparknn_timeout_min)
     load_before = os.getloadavg()
     t = time.perf_counter()
@@ -225,10 +225,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pipelines", nargs="+", default=["annoy", "sparknn"], choices=["annoy", "sparknn"])
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"], help="sparknn's indexType")
     ap.add_argument("--ivf-mode", default="auto", choices=["auto", "driver", "routed"], help="sparknn's ivfMode")
-    ap.add_argument("--variants", nargs="+", default=["0:0"], metavar="SCALE:NPROBE",
+    ap.add_argument("--variants", nargs="+", default=["0:0"], metavar="SCALE:NPROBE[:RERANK]",
                     help="sparknn ivf runs, one row each: nlist = SCALE x sqrt(n) lists (0: KNN's default, "
-                         "sqrt(n) since 2026-12-05, 4 sqrt(n) before) and NPROBE lists searched per item "
-                         "(0: KNN's default)")
+                         "sqrt(n) since 2026-12-05, 4 sqrt(n) before), NPROBE lists searched per item "
+                         "(0: KNN's default) and, when given, KNN's rerank (0: float32 scan; unset: 2 for "
+                         "float32 lists, a bf16 scan re-ranked exactly)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each pipeline, interleaved; the table shows the median run "
                          "(use 3 on a quiet machine)")
@@ -258,17 +259,18 @@ def main(argv=None) -> int:
         print(f"\n## clustered {name}: {n} x {dim}, Parquet {os.path.getsize(items) / 1e6:.0f} MB; "
               f"engine alone: {reference}", flush=True)
         runs = []
-        variants = [("annoy", 0, 0)] if "annoy" in args.pipelines else []
+        variants = [("annoy", 0, 0, -1)] if "annoy" in args.pipelines else []
         for v in args.variants if "sparknn" in args.pipelines else []:
-            scale, nprobe = (float(x) for x in v.split(":"))
-            variants.append(("sparknn", round(scale * n**0.5), int(nprobe)))
+            scale, nprobe, rerank = (float(x) for x in (v.split(":") + ["-1"])[:3])
+            variants.append(("sparknn", round(scale * n**0.5), int(nprobe), int(rerank)))
         for repeat in range(args.repeats):  # interleaved, so every pipeline sees the same background load
-            for pipeline, nlist, nprobe in variants:
-                row = run_pipeline(pipeline, items, args, nlist, nprobe)
-                key = f"{pipeline}-{nlist}-{nprobe}"
+            for pipeline, nlist, nprobe, rerank in variants:
+                row = run_pipeline(pipeline, items, args, nlist, nprobe, rerank)
+                key = f"{pipeline}-{nlist}-{nprobe}" + (f"-{rerank}" if rerank >= 0 else "")
                 row.update(dataset=f"{n // 1000}k x {dim}", repeat=repeat, variant=key, nlist=nlist, nprobe=nprobe)
                 row.update(reference if pipeline == "sparknn" else {})
-                settings = ", ".join([f"nlist={nlist}"] * bool(nlist) + [f"nprobe={nprobe}"] * bool(nprobe))
+                settings = ", ".join([f"nlist={nlist}"] * bool(nlist) + [f"nprobe={nprobe}"] * bool(nprobe)
+                                     + [f"rerank={rerank}"] * (rerank >= 0))
                 mode = f" {args.ivf_mode}" if args.ivf_mode != "auto" else ""
                 settings = f", {settings}" if settings else " (defaults)"
                 row["label"] = ("Annoy recipe (100 trees)" if pipeline == "annoy" else

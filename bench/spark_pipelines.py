@@ -2,7 +2,7 @@
 
     python bench/spark_pipelines.py annoy   items.parquet out.parquet --result r.json --workdir DIR
     python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type ivf]
-                                    [--nlist N] [--nprobe N]
+                                    [--nlist N] [--nprobe N] [--rerank R]
 
 `annoy` is the recipe of the user's article (../shared/context/000_ddb8ab0dc6e00d61.txt) as
 written: the vectors reach the driver as a pandas Series (toPandas), an AnnoyIndex(dim,
@@ -106,7 +106,7 @@ def run_annoy(spark, input_path: str, output_path: str, workdir: str, top_n: int
 
 
 def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nlist: int = 0, nprobe: int = 0,
-                ivf_mode: str = "auto") -> dict:
+                ivf_mode: str = "auto", rerank: int = -1) -> dict:
     from sparknn.spark import KNN
 
     times = {}
@@ -117,6 +117,8 @@ def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nlist
         knn.setNlist(nlist)
     if nprobe:
         knn.setNprobe(nprobe)
+    if rerank >= 0:  # otherwise KNN's default (2 for float32 ivf lists)
+        knn.setRerank(rerank)
     model = knn.fit(df)
     times["build_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -138,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ivf-mode", default="auto", choices=["auto", "driver", "routed"], help="KNN's ivfMode")
     ap.add_argument("--nlist", type=int, default=0, help="ivf lists (0: KNN's default, about sqrt(n))")
     ap.add_argument("--nprobe", type=int, default=0, help="ivf lists searched per item (0: KNN's default)")
+    ap.add_argument("--rerank", type=int, default=-1, help="KNN's rerank (-1: its default)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
     args = ap.parse_args(argv)
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
         times = run_annoy(spark, args.input, args.output, args.workdir)
     else:
         times = run_sparknn(spark, args.input, args.output, args.index_type, args.nlist, args.nprobe,
-                            args.ivf_mode)
+                            args.ivf_mode, args.rerank)
     times["session_s"] = session_s
     spark.stop()
     with open(args.result, "w") as f:
