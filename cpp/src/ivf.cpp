@@ -401,6 +401,34 @@ size_t IvfIndex::batch_for(size_t nprobe) const {
     return 256 * nlist / std::clamp<size_t>(nprobe, 1, nlist);
 }
 
+void IvfIndex::search_nprobes(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
+                              int64_t* out_ids, float* out_distances, int threads) const {
+    SPARKNN_CHECK_ARG(k >= 1, "k must be >= 1, got ", k);
+    SPARKNN_CHECK_ARG(count >= 1, "nprobes is empty");
+    const int t = call_threads(threads);
+    auto lock = reading();
+    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained");
+    const size_t nlist = lists_.size();
+    for (size_t e = 0; e < count; ++e) {
+        SPARKNN_CHECK_ARG(nprobes[e] >= 1 && nprobes[e] <= nlist && (e == 0 || nprobes[e] > nprobes[e - 1]),
+                          "nprobes must ascend within [1, nlist=", nlist, "], got ", nprobes[e], " at ", e);
+    }
+    if (nq == 0) return;
+    SPARKNN_CHECK_ARG(queries != nullptr, "queries is null");
+    AlignedVector<float> scratch;
+    const float* q = prepare_queries(nq, queries, scratch, t);
+    const size_t nprobe = nprobes[count - 1];
+    const size_t batch = std::clamp<size_t>(batch_for(nprobe), kMinQueryBatch, kMaxQueryBatch);
+    std::vector<int64_t> probes;
+    for (size_t q0 = 0; q0 < nq; q0 += batch) {
+        const size_t m = std::min(batch, nq - q0);
+        probes.resize(m * nprobe);
+        assign(m, q + q0 * dim_, nprobe, probes.data(), t);
+        search_batch(m, q + q0 * dim_, k, nprobe, probes.data(), out_ids + q0 * k, out_distances + q0 * k, t, nprobes,
+                     count, nq * k);
+    }
+}
+
 void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                            const SearchParams& params) const {
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained");
@@ -531,7 +559,8 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
 }
 
 void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
-                            int64_t* out_ids, float* out_distances, int threads) const {
+                            int64_t* out_ids, float* out_distances, int threads, const size_t* ends, size_t nends,
+                            size_t out_stride) const {
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
     // Re-rank after an approximate scan: codes (sq8, pq) or bf16 tiles (float32).
     const TileProducts products = tile_products();
@@ -543,30 +572,47 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         h.reset(candidates);
         h.order_ties_by(ids_.data());  // ties by user id: the answer does not depend on the order of adds
     }
+    // The answer after `scanned` lists of each query: the workers' selections
+    // merged (into a copy while more lists are to come), re-ranked or written.
+    auto write = [&](size_t scanned, int64_t* ids, float* distances) {
+        const bool last = scanned == nprobe;
+        parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
+            for (size_t q = b; q < e; ++q) {
+                TopK copy;
+                TopK& h = last ? heaps[q] : (copy = heaps[q]);
+                for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
+                if (rerank) {
+                    rerank_candidates(queries + q * dim_, h, k, ids + q * k, distances + q * k);
+                } else {
+                    h.write_sorted(ids + q * k, distances + q * k,
+                                   [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+                }
+            }
+        });
+    };
     // Two passes: every query's nearest list first, then the others. After the
     // first pass a query's k-th distance bounds what can still enter, so the
     // second pass (nprobe - 1 lists) rejects almost every candidate in the SIMD
-    // compare instead of paying a selection for it.
+    // compare instead of paying a selection for it. Answers asked for at fewer
+    // lists (ends) are written as the scan passes them.
     scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers, products);
-    if (nprobe > 1) {
-        for (size_t q = 0; q < nq; ++q) {
-            float bound = std::numeric_limits<float>::infinity();
-            for (size_t w = 0; w < workers; ++w) bound = std::min(bound, heaps[w * nq + q].tighten());
-            for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
-        }
-        scan_lists(nq, queries, nprobe, probes, 1, nprobe, heaps, workers, products);
-    }
-    parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
-        for (size_t q = b; q < e; ++q) {
-            for (size_t w = 1; w < workers; ++w) heaps[q].merge(heaps[w * nq + q]);
-            if (rerank) {
-                rerank_candidates(queries + q * dim_, heaps[q], k, out_ids + q * k, out_distances + q * k);
-            } else {
-                heaps[q].write_sorted(out_ids + q * k, out_distances + q * k,
-                                      [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+    size_t scanned = 1;
+    const size_t single_end[] = {nprobe};
+    if (ends == nullptr) ends = single_end, nends = 1;
+    for (size_t e = 0; e < nends; ++e) {
+        if (ends[e] > scanned) {
+            if (scanned == 1) {
+                for (size_t q = 0; q < nq; ++q) {
+                    float bound = std::numeric_limits<float>::infinity();
+                    for (size_t w = 0; w < workers; ++w) bound = std::min(bound, heaps[w * nq + q].tighten());
+                    for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
+                }
             }
+            scan_lists(nq, queries, nprobe, probes, scanned, ends[e], heaps, workers, products);
+            scanned = ends[e];
         }
-    });
+        write(scanned, out_ids + e * out_stride, out_distances + e * out_stride);
+    }
 }
 
 void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,

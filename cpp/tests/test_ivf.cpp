@@ -637,5 +637,45 @@ TEST(Ivf, Bf16ScanKeepsATightClusterFarFromTheOrigin) {
     EXPECT_GE(recall(search(fast, queries, k), search(plain, queries, k), nq, k), 0.99);
 }
 
+// search_nprobes: the answers at each nprobe of a ladder from one scan equal
+// search's at that nprobe (widening off), float32 and bf16 scans alike; the
+// ladder is checked.
+TEST(Ivf, SearchAtEachNprobeEqualsSearch) {
+    const size_t dim = 48, n = 6000, nq = 500, k = 10;
+    const auto base = test::clustered_vectors(n, dim, 40, 41);
+    const auto queries = test::clustered_vectors(nq, dim, 40, 42);
+    const std::vector<size_t> ladder = {1, 2, 3, 5, 8, 32};
+    for (size_t rerank : {0, 2}) {
+        IvfParams p = ivf_params(32, 4);
+        p.rerank = rerank;
+        IvfIndex ivf(dim, Metric::L2, p);
+        ivf.add(n, base.data(), nullptr);
+        std::vector<int64_t> ids(ladder.size() * nq * k);
+        std::vector<float> dist(ladder.size() * nq * k);
+        ivf.search_nprobes(nq, queries.data(), k, ladder.data(), ladder.size(), ids.data(), dist.data());
+        for (size_t e = 0; e < ladder.size(); ++e) {
+            SearchParams sp;
+            sp.nprobe = ladder[e];
+            sp.widen = false;
+            Results want{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
+            ivf.search(nq, queries.data(), k, want.ids.data(), want.dist.data(), sp);
+            const Results got{std::vector<int64_t>(ids.begin() + e * nq * k, ids.begin() + (e + 1) * nq * k),
+                              std::vector<float>(dist.begin() + e * nq * k, dist.begin() + (e + 1) * nq * k)};
+            EXPECT_GE(recall(got, want, nq, k), 0.995) << "nprobe " << ladder[e] << " rerank " << rerank;
+            if (rerank == 0) {  // float32: the same distances (up to the products' rounding)
+                for (size_t i = 0; i < nq * k; ++i) {
+                    if (got.ids[i] == want.ids[i]) ASSERT_NEAR(got.dist[i], want.dist[i], 1e-3f * (1 + want.dist[i]));
+                }
+            }
+        }
+        const size_t bad[] = {2, 2};
+        EXPECT_THROW(ivf.search_nprobes(nq, queries.data(), k, bad, 2, ids.data(), dist.data()), InvalidArgument);
+        const size_t too_many[] = {33};
+        EXPECT_THROW(ivf.search_nprobes(nq, queries.data(), k, too_many, 1, ids.data(), dist.data()), InvalidArgument);
+        const size_t zero[] = {0};
+        EXPECT_THROW(ivf.search_nprobes(nq, queries.data(), k, zero, 1, ids.data(), dist.data()), InvalidArgument);
+    }
+}
+
 }  // namespace
 }  // namespace sparknn

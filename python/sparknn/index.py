@@ -595,8 +595,16 @@ class Index:
                     got = tuning.drop_own(got, own_ids[sel], kk)
                 return got
 
+            def found_at_each(values: list[int]) -> list[np.ndarray]:
+                """ivf: the answers at every nprobe of ``values`` from one scan of the largest."""
+                ivf = self._native_as("ivf", "search_nprobes")
+                calls = -1 if threads is None else _check_threads(threads)
+                got, _ = ivf.search_nprobes(q[sel], kk + own, [int(v) for v in values], calls)
+                return [tuning.drop_own(g, own_ids[sel], kk) if own else g for g in got]
+
             if self.kind == "ivf":
-                return tuning.tune(found, truth, target, "nprobe", int(self.params["nlist"]), k)
+                return tuning.tune(found, truth, target, "nprobe", int(self.params["nlist"]), k,
+                                   search_many=found_at_each)
             # hnsw searches with ef >= k (its answer is k long): the ladder starts there, and the
             # value reported is the ef searched with
             return tuning.tune(found, truth, target, "ef", max(kk + own, min(4096, n)), k, lowest=kk + own)

@@ -158,14 +158,21 @@ def members(values: np.ndarray, offsets: np.ndarray, sets: np.ndarray) -> np.nda
 
 
 def tune(search: Callable[[int], np.ndarray], truth: np.ndarray, target: float, param: str, limit: int,
-         k: int, lowest: int = 1) -> Tuning:
+         k: int, lowest: int = 1,
+         search_many: Optional[Callable[[list[int]], list[np.ndarray]]] = None) -> Tuning:
     """The smallest value of ``param`` on LADDER (from ``lowest`` up to ``limit``) whose
     ``search(value)`` (ids [m, k]) reaches recall ``target`` against ``truth`` (ids [m, k]). Recall
     rises with the value, so the ladder is climbed in doubling steps until the target is reached
-    (never measuring far above the answer: large values are slow), then bisected."""
+    (never measuring far above the answer: large values are slow), then bisected.
+
+    ``search_many(values)`` (ascending), when given, answers for every value at the cost of the
+    largest (ivf: one scan whose answer is taken after each number of lists): each doubling step
+    then measures every value up to its top, and nothing is bisected."""
     target = check_target(target)
     lowest = min(lowest, limit)
     ladder = [lowest] + [v for v in LADDER if lowest < v < limit] + ([limit] if limit > lowest else [])
+    if search_many is not None:
+        return _climb_measuring_all(search_many, truth, target, param, k, ladder)
     measured: dict[int, float] = {}
 
     def reaches(i: int) -> bool:
@@ -185,3 +192,18 @@ def tune(search: Callable[[int], np.ndarray], truth: np.ndarray, target: float, 
         else:
             below = mid
     return Tuning(param, ladder[i], measured[i], target, k, len(truth))
+
+
+def _climb_measuring_all(search_many: Callable[[list[int]], list[np.ndarray]], truth: np.ndarray, target: float,
+                         param: str, k: int, ladder: list[int]) -> Tuning:
+    """``tune`` with ``search_many``: ladder[0..1], then up to ladder[3], [7], [15] ... in one call
+    each, every value above the last call's measured; the first to reach the target wins."""
+    done, top, step = -1, 1, 2
+    while True:
+        top = min(top, len(ladder) - 1)
+        values = ladder[done + 1:top + 1]
+        for value, found in zip(values, search_many(values)):
+            recall = recall_at_k(found, truth)
+            if recall >= target or value == ladder[-1]:
+                return Tuning(param, value, recall, target, k, len(truth))
+        done, top, step = top, top + step, step * 2

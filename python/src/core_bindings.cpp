@@ -338,6 +338,21 @@ void bind_ivf(nb::module_& m) {
             "queries"_a, "k"_a, "ef"_a, "nprobe"_a, "out_ids"_a, "out_distances"_a, "widen"_a = true, "threads"_a = -1,
             "lists"_a.none() = nb::none())
         .def(
+            "search_nprobes",
+            [](const IvfIndex& ivf, Matrix q, size_t k, std::vector<size_t> nprobes, int threads) {
+                check_dim(ivf, q, "queries");
+                const size_t nq = q.shape(0), count = nprobes.size();
+                std::vector<int64_t> ids(count * nq * k);
+                std::vector<float> dist(count * nq * k);
+                {
+                    nb::gil_scoped_release release;
+                    ivf.search_nprobes(nq, q.data(), k, nprobes.data(), count, ids.data(), dist.data(), threads);
+                }
+                return std::make_pair(owned_array(std::move(ids), {count, nq, k}),
+                                      owned_array(std::move(dist), {count, nq, k}));
+            },
+            "queries"_a, "k"_a, "nprobes"_a, "threads"_a = -1)
+        .def(
             "train",
             [](IvfIndex& ivf, Matrix x) {
                 check_dim(ivf, x, "training vectors");

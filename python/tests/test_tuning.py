@@ -136,6 +136,29 @@ def test_threads_tuning_for_different_targets_keep_every_tuning():
     assert sorted(index.tunings) == [(5, t) for t in targets]
 
 
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.99, 1.0])
+def test_ivf_ladder_from_one_scan_chooses_as_searching_each_value(target):
+    """ivf tunes with the answers at every nprobe of a ladder step from one scan (search_nprobes):
+    the value and recall chosen are those of searching each value alone and bisecting."""
+    base = clustered(6000, 24, seed=51)
+    queries = clustered(400, 24, seed=52)
+    index = sparknn.Index(24, "l2", "ivf", nlist=64)
+    index.add(base)
+    truth, _ = index.search(queries, 10, nprobe=64)
+    ivf = index._native_as("ivf", "search_nprobes")
+
+    def search(value):
+        return index.search(queries, 10, nprobe=value, widen=False)[0]
+
+    def search_many(values):
+        return list(ivf.search_nprobes(queries, 10, values)[0])
+
+    one_by_one = tuning.tune(search, truth, target, "nprobe", 64, 10)
+    one_scan = tuning.tune(search, truth, target, "nprobe", 64, 10, search_many=search_many)
+    assert (one_scan.value, one_scan.recall) == (one_by_one.value, one_by_one.recall)
+    assert one_scan.reached
+
+
 def test_flat_is_exact_and_an_unreachable_target_says_so():
     x = clustered(3000, 16, 20, seed=7)
     flat = sparknn.Index(16, "l2", "flat")

@@ -88,6 +88,15 @@ class IvfIndex final : public Index {
     ProbePlan probe_lists(size_t nq, const float* queries, size_t nprobe, size_t need,
                           const int64_t* list_sizes = nullptr, const int64_t* nearest = nullptr,
                           size_t nearest_width = 0, int threads = -1) const;
+    // Index::search at each nprobe of `nprobes` (count values, ascending, in
+    // [1, nlist]) in one scan of the largest: a query's lists are scanned
+    // nearest first, and its answer at each value is written once that many are
+    // done. out_ids / out_distances: [count, nq, k]. Without widening
+    // (SearchParams::widen): a query whose lists hold fewer than k vectors is
+    // padded with -1. For recall tuning: the answers of a whole ladder of nprobe
+    // for the cost of its largest value.
+    void search_nprobes(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
+                        int64_t* out_ids, float* out_distances, int threads = -1) const;
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
     // nearest_lists): skips the quantizer pass. Requires a trained index. Exclusive, as add.
     void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
@@ -159,9 +168,12 @@ class IvfIndex final : public Index {
     void index_places() const;
     std::pair<size_t, size_t> place_of(size_t label) const;
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances) const;
-    // probes: the batch's lists [nq, nprobe].
+    // probes: the batch's lists [nq, nprobe]. ends (ascending, the last nprobe;
+    // null: {nprobe}): the answer after each query's first ends[e] lists goes
+    // to out + e * out_stride.
     void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
-                      int64_t* out_ids, float* out_distances, int threads) const;
+                      int64_t* out_ids, float* out_distances, int threads, const size_t* ends = nullptr,
+                      size_t nends = 0, size_t out_stride = 0) const;
 
     IvfParams params_;
     std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1
