@@ -15,6 +15,8 @@
 #include <numeric>
 #include <random>
 
+#include <unistd.h>
+
 #include "gemm_scan.h"
 #include "ivf_codec.h"
 #include "sparknn/error.h"
@@ -225,16 +227,22 @@ void IvfIndex::reserve_lists(const int64_t* extra) {
     const size_t per_vector = 2 * sizeof(int64_t) + cs + (keep_norms ? sizeof(float) : 0) +
                               (params_.keeps_float_copies() ? dim_ * sizeof(float) : 0);
     constexpr size_t kMaxBytes = static_cast<size_t>(std::numeric_limits<std::ptrdiff_t>::max());
-    size_t total = 0;
+    size_t total = 0, bytes = 0;
     for (size_t l = 0; l < lists_.size(); ++l) {
         SPARKNN_CHECK_ARG(extra[l] >= 0, "reserve_lists: list ", l, " is given ", extra[l], " vectors (< 0)");
-        size_t bytes = 0;
         SPARKNN_CHECK_ARG(!__builtin_add_overflow(total, static_cast<size_t>(extra[l]), &total) &&
                               !__builtin_mul_overflow(total, per_vector, &bytes) && bytes <= kMaxBytes &&
                               total <= kMaxBytes - size(),
                           "reserve_lists: room for list ", l, "'s ", extra[l], " vectors (", total,
                           " or more in all) is too large to address: give the counts the next adds need");
     }
+    // Room beyond the machine's memory is refused before it is asked for: some allocators
+    // (sanitizers, overcommitting kernels) abort or kill rather than fail such a request.
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+    SPARKNN_CHECK_ARG(memory == 0.0 || static_cast<double>(bytes) <= memory, "reserve_lists: room for ", total,
+                      " more vectors (", static_cast<double>(bytes) / 1e9, " GB) is more than this machine's ",
+                      memory / 1e9, " GB of memory: give the counts the next adds need");
     const auto too_large = [&]() {
         return InvalidArgument(detail::concat(
             "reserve_lists: room for ", total, " more vectors (", static_cast<double>(total) * per_vector / 1e9,
