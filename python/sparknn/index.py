@@ -128,6 +128,11 @@ def _check_threads(value) -> int:
     return _check_count(value, "threads", 0, INT_MAX)
 
 
+def _call_threads(threads) -> int:
+    """A call's ``threads`` as the engine takes it: None (the index's own) is -1."""
+    return -1 if threads is None else _check_threads(threads)
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexSpec:
     """What an index is: its kind, metric and parameters, checked and normalised once.
@@ -476,7 +481,7 @@ class Index:
         :meth:`search`.
         """
         nprobe = _check_count(nprobe, "nprobe", 1)
-        threads = -1 if threads is None else _check_threads(threads)
+        threads = _call_threads(threads)
         x = _as_matrix(vectors, self.dim, "vectors")
         native = self._native_as("ivf", "nearest_lists()")
         if native.is_trained and nprobe > self.params["nlist"]:
@@ -501,7 +506,7 @@ class Index:
         """
         nprobe = _check_count(nprobe, "nprobe", 1)
         need = _check_count(need, "need", 0)
-        threads = -1 if threads is None else _check_threads(threads)
+        threads = _call_threads(threads)
         x = _as_matrix(vectors, self.dim, "vectors")
         native = self._native_as("ivf", "probe_lists()")
         sizes = None if list_sizes is None else np.ascontiguousarray(list_sizes, dtype=np.int64).reshape(-1)
@@ -598,8 +603,7 @@ class Index:
             def found_at_each(values: list[int]) -> list[np.ndarray]:
                 """ivf: the answers at every nprobe of ``values`` from one scan of the largest."""
                 ivf = self._native_as("ivf", "search_nprobes")
-                calls = -1 if threads is None else _check_threads(threads)
-                got, _ = ivf.search_nprobes(q[sel], kk + own, [int(v) for v in values], calls)
+                got, _ = ivf.search_nprobes(q[sel], kk + own, [int(v) for v in values], _call_threads(threads))
                 return [tuning.drop_own(g, own_ids[sel], kk) if own else g for g in got]
 
             if self.kind == "ivf":
@@ -656,7 +660,7 @@ class Index:
         if recall is not None and len(q) and lists is None and ef is None and nprobe is None and self.kind != "flat":
             chosen = self._tuned(recall, k, q, threads)
             ef, nprobe = (chosen.value, None) if chosen.param == "ef" else (None, chosen.value or None)
-        threads = -1 if threads is None else _check_threads(threads)
+        threads = _call_threads(threads)
         ef = 0 if ef is None else _check_count(ef, "ef", 1)
         nprobe = 0 if nprobe is None else _check_count(nprobe, "nprobe", 1)
         list_arr = None
