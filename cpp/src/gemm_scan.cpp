@@ -130,7 +130,7 @@ void GemmScanner::pack_queries(const float* queries, size_t m, const float* cent
 
 void GemmScanner::pack_base(const float* base, size_t cols, const float* centre) {
 #if defined(SPARKNN_TILE_BF16)
-    tile_bf16::pack_panels(base, cols, dim_, centre, packed_base_.data());
+    tile_bf16::pack_panels(base, cols, dim_, centre, packed_base_.data(), row_terms_.data());
 #endif
 }
 
@@ -172,9 +172,7 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
     // With a centre the tile holds (q - c) . (x - c): q . c (per query) and c . (x - c) (per
     // row) are added back in float32.
     const DistanceKernels& kern = kernels();
-    float centre_norm = 0.0f;
     if (centre != nullptr) {
-        centre_norm = kern.dot(centre, centre, dim_);
         query_centre_.resize(m);
         for (size_t i = 0; i < m; ++i) query_centre_[i] = kern.dot(queries + i * dim_, centre, dim_);
     }
@@ -182,10 +180,9 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
         if (bf16) pack_base(base + c0 * dim_, cols, centre);
         const float* column = nullptr;  // per row of the block: |x|^2 (L2), less 2 c . (x - c) with a centre
-        if (centre != nullptr) {
-            for (size_t j = 0; j < cols; ++j) {
-                const float cr = kern.dot(base + (c0 + j) * dim_, centre, dim_) - centre_norm;
-                row_terms_[j] = metric_ == Metric::L2 ? bnorm[c0 + j] - 2.0f * cr : cr;
+        if (centre != nullptr) {  // pack_base left c . (x_j - c) in row_terms_
+            if (metric_ == Metric::L2) {
+                for (size_t j = 0; j < cols; ++j) row_terms_[j] = bnorm[c0 + j] - 2.0f * row_terms_[j];
             }
             column = row_terms_.data();
         } else if (metric_ == Metric::L2) {

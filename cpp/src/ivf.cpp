@@ -245,7 +245,7 @@ void IvfIndex::reserve_lists(const int64_t* extra) {
                       memory / 1e9, " GB of memory: give the counts the next adds need");
     const auto too_large = [&]() {
         return InvalidArgument(detail::concat(
-            "reserve_lists: room for ", total, " more vectors (", static_cast<double>(total) * per_vector / 1e9,
+            "reserve_lists: room for ", total, " more vectors (", static_cast<double>(bytes) / 1e9,
             " GB) could not be allocated: give the counts the next adds need; the index is unchanged"));
     };
     try {
@@ -411,30 +411,17 @@ size_t IvfIndex::batch_for(size_t nprobe) const {
 
 void IvfIndex::search_nprobes(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
                               int64_t* out_ids, float* out_distances, int threads) const {
-    SPARKNN_CHECK_ARG(k >= 1, "k must be >= 1, got ", k);
-    SPARKNN_CHECK_ARG(count >= 1, "nprobes is empty");
-    const int t = call_threads(threads);
-    auto lock = reading();
-    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained");
-    const size_t nlist = lists_.size();
-    for (size_t e = 0; e < count; ++e) {
-        SPARKNN_CHECK_ARG(nprobes[e] >= 1 && nprobes[e] <= nlist && (e == 0 || nprobes[e] > nprobes[e - 1]),
-                          "nprobes must ascend within [1, nlist=", nlist, "], got ", nprobes[e], " at ", e);
-    }
-    if (nq == 0) return;
-    SPARKNN_CHECK_ARG(queries != nullptr, "queries is null");
-    AlignedVector<float> scratch;
-    const float* q = prepare_queries(nq, queries, scratch, t);
-    const size_t nprobe = nprobes[count - 1];
-    const size_t batch = std::clamp<size_t>(batch_for(nprobe), kMinQueryBatch, kMaxQueryBatch);
-    std::vector<int64_t> probes;
-    for (size_t q0 = 0; q0 < nq; q0 += batch) {
-        const size_t m = std::min(batch, nq - q0);
-        probes.resize(m * nprobe);
-        assign(m, q + q0 * dim_, nprobe, probes.data(), t);
-        search_batch(m, q + q0 * dim_, k, nprobe, probes.data(), out_ids + q0 * k, out_distances + q0 * k, t, nprobes,
-                     count, nq * k);
-    }
+    SPARKNN_CHECK_ARG(count >= 1 && nprobes != nullptr, "nprobes is empty");
+    // An empty index answers -1 at every value (Index::search fills the first only).
+    std::fill_n(out_ids, count * nq * k, int64_t{-1});
+    std::fill_n(out_distances, count * nq * k, std::numeric_limits<float>::infinity());
+    SearchParams p;
+    p.nprobe = nprobes[count - 1];
+    p.widen = false;
+    p.nprobe_ends = nprobes;
+    p.nprobe_ends_count = count;
+    p.threads = threads;
+    search(nq, queries, k, out_ids, out_distances, p);
 }
 
 void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
@@ -443,6 +430,16 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     const size_t nlist = lists_.size();
     const size_t nprobe = std::min(nlist, params.nprobe ? params.nprobe : params_.nprobe);
     const size_t batch = std::clamp<size_t>(batch_for(nprobe), kMinQueryBatch, kMaxQueryBatch);
+    const size_t* ends = params.nprobe_ends;
+    const size_t nends = ends ? params.nprobe_ends_count : 0;
+    if (ends != nullptr) {
+        SPARKNN_CHECK_ARG(!params.widen, "nprobe_ends: widen must be off");
+        for (size_t e = 0; e < nends; ++e) {
+            SPARKNN_CHECK_ARG(ends[e] >= 1 && ends[e] <= nlist && (e == 0 || ends[e] > ends[e - 1]),
+                              "nprobes must ascend within [1, nlist=", nlist, "], got ", ends[e], " at ", e);
+        }
+        SPARKNN_CHECK_ARG(nends >= 1 && ends[nends - 1] == nprobe, "nprobe_ends must end at nprobe=", nprobe);
+    }
     if (params.lists != nullptr) {
         SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist, "lists given: nprobe must be their width, in [1, nlist=",
                           nlist, "], got ", params.nprobe);
@@ -464,7 +461,7 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
             probes = computed.data();
         }
         search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k,
-                     params.threads);
+                     params.threads, ends, nends, nq * k);
         for (size_t q : short_rows(m, nprobe, probes, need, nullptr)) short_rows_all.push_back(q0 + q);
     }
     if (short_rows_all.empty()) return;

@@ -28,8 +28,11 @@ inline size_t panel_rows(size_t n) { return (n + 15) / 16 * 16; }
 // + (q - c) . (x - c), the first two in float32).
 // rows [m, dim] -> out [m, pairs(dim)]: each pair two bf16, the odd tail zero.
 void pack_rows(const float* rows, size_t m, size_t dim, const float* centre, uint32_t* out);
-// rows [n, dim] -> out [panel_rows(n) / 16][pairs(dim)][16]; rows past n zero.
-void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, uint32_t* out);
+// rows [n, dim] -> out [panel_rows(n) / 16][pairs(dim)][16]; rows past n zero. With a
+// centre, centre_dots (unless null) [n] gets centre . (row_i - centre) in float32: the
+// products' float32 term, taken while the rows pass (and without x . c - |c|^2's cancellation).
+void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, uint32_t* out,
+                 float* centre_dots = nullptr);
 // c[i * ldc + j] = a_i . b_j for i < m, j < n (a: pack_rows, b: pack_panels).
 void product(const uint32_t* a, size_t m, const uint32_t* b, size_t n, size_t pairs, float* c, size_t ldc);
 

@@ -56,6 +56,45 @@ TEST(TileBf16, ProductEqualsRoundedReference) {
     }
 }
 
+// With a centre the panels hold the rows less it, and centre_dots c . (x - c) in
+// float32 (the term the scan adds back), for every row of a partial panel too.
+TEST(TileBf16, PanelsLessACentreGiveItsDots) {
+    if (!bf16_tiles_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    for (size_t dim : {1, 33, 784}) {
+        for (size_t n : {1, 17, 40}) {
+            const auto b = test::random_vectors(n, dim, 30 + dim + n);
+            const auto c = test::random_vectors(1, dim, 40 + dim);
+            const auto a = test::random_vectors(3, dim, 50 + dim);
+            std::vector<uint32_t> pb(tile_bf16::panel_rows(n) * tile_bf16::pairs(dim));
+            std::vector<uint32_t> pa(3 * tile_bf16::pairs(dim));
+            std::vector<float> dots(n + 1, -7.0f);
+            tile_bf16::pack_panels(b.data(), n, dim, c.data(), pb.data(), dots.data());
+            tile_bf16::pack_rows(a.data(), 3, dim, c.data(), pa.data());
+            std::vector<float> prod(3 * n);
+            tile_bf16::product(pa.data(), 3, pb.data(), n, tile_bf16::pairs(dim), prod.data(), n);
+            for (size_t j = 0; j < n; ++j) {
+                double want = 0, scale = 0;
+                for (size_t d = 0; d < dim; ++d) {
+                    const double p = double(c[d]) * (double(b[j * dim + d]) - c[d]);
+                    want += p;
+                    scale += std::fabs(p);
+                }
+                ASSERT_NEAR(dots[j], want, 1e-5 * scale + 1e-30) << "dim " << dim << " n " << n << " row " << j;
+                for (size_t i = 0; i < 3; ++i) {  // (a - c) . (b - c), rounded to bf16
+                    double r = 0, rs = 0;
+                    for (size_t d = 0; d < dim; ++d) {
+                        const double p = double(round_bf16(a[i * dim + d] - c[d])) * round_bf16(b[j * dim + d] - c[d]);
+                        r += p;
+                        rs += std::fabs(p);
+                    }
+                    ASSERT_NEAR(prod[i * n + j], r, 1e-6 * rs + 1e-30);
+                }
+            }
+            EXPECT_EQ(dots[n], -7.0f) << "wrote past n";
+        }
+    }
+}
+
 TEST(TileBf16, OffBelowAvx512) {
     const SimdLevel level = simd_level();
     set_simd_level(SimdLevel::Scalar);

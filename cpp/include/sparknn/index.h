@@ -42,6 +42,12 @@ struct SearchParams {
     // the whole width reached). Off for a search confined on purpose to some
     // lists (one part of a distributed index).
     bool widen = true;
+    // ivf: answers at each of these nprobe values too, from the one scan
+    // (nprobe_ends_count values, ascending in [1, nlist], the last the scan's
+    // nprobe): out_ids / out_distances are then [count, nq, k]. Requires widen
+    // off (a widened query would scan other lists than the ladder's).
+    const size_t* nprobe_ends = nullptr;
+    size_t nprobe_ends_count = 0;
     // Threads for this call: 0 = all available cores, -1 = the index's
     // threads(). Concurrent callers that want different counts pass them here
     // rather than setting the shared index's threads.
