@@ -424,6 +424,26 @@ void IvfIndex::search_nprobes(size_t nq, const float* queries, size_t k, const s
     search(nq, queries, k, out_ids, out_distances, p);
 }
 
+void IvfIndex::search_ladder_and_exact(size_t nq, const float* queries, size_t k, const size_t* nprobes,
+                                       size_t count, int64_t* out_ids, float* out_distances, uint8_t* proven,
+                                       int threads) const {
+    SPARKNN_CHECK_ARG(count >= 1 && nprobes != nullptr, "nprobes is empty");
+    SPARKNN_THROW_IF_NOT(params_.storage == Storage::Float32, InvalidArgument,
+                         "an exact answer from the lists needs float32 storage");
+    // An empty index answers -1 everywhere, exactly (Index::search fills the first answer only).
+    std::fill_n(out_ids, (count + 1) * nq * k, int64_t{-1});
+    std::fill_n(out_distances, (count + 1) * nq * k, std::numeric_limits<float>::infinity());
+    std::fill_n(proven, nq, uint8_t{1});
+    SearchParams p;
+    p.nprobe = nprobes[count - 1];
+    p.widen = false;
+    p.nprobe_ends = nprobes;
+    p.nprobe_ends_count = count;
+    p.exact_proven = proven;
+    p.threads = threads;
+    search(nq, queries, k, out_ids, out_distances, p);
+}
+
 void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                            const SearchParams& params) const {
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained");
@@ -440,6 +460,8 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
         }
         SPARKNN_CHECK_ARG(nends >= 1 && ends[nends - 1] == nprobe, "nprobe_ends must end at nprobe=", nprobe);
     }
+    SPARKNN_CHECK_ARG(params.exact_proven == nullptr || (ends != nullptr && nprobe == nlist),
+                      "an exact answer needs nprobe_ends ending at nlist=", nlist);
     if (params.lists != nullptr) {
         SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist, "lists given: nprobe must be their width, in [1, nlist=",
                           nlist, "], got ", params.nprobe);
@@ -461,7 +483,7 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
             probes = computed.data();
         }
         search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k,
-                     params.threads, ends, nends, nq * k);
+                     params.threads, ends, nends, nq * k, params.exact_proven ? params.exact_proven + q0 : nullptr);
         for (size_t q : short_rows(m, nprobe, probes, need, nullptr)) short_rows_all.push_back(q0 + q);
     }
     if (short_rows_all.empty()) return;
@@ -496,20 +518,25 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
 // heaps[worker * nq + query], list by list: each list's vectors are read once
 // for all the queries that probe it.
 void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
-                          size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products) const {
-    // Invert (query -> lists) into (list -> queries).
+                          size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products,
+                          bool heap_per_rank) const {
+    // Invert (query -> lists) into (list -> queries); per rank: the heap's slot beside each.
     const size_t nlist = lists_.size();
+    const size_t ranks = heap_per_rank ? rank_end - rank_begin : 1;
     std::vector<size_t> start(nlist + 1, 0);
     for (size_t q = 0; q < nq; ++q) {
         for (size_t r = rank_begin; r < rank_end; ++r) ++start[static_cast<size_t>(probes[q * nprobe + r]) + 1];
     }
     std::partial_sum(start.begin(), start.end(), start.begin());
     std::vector<uint32_t> members(start[nlist]);
+    std::vector<uint32_t> slots(heap_per_rank ? members.size() : 0);
     {
         std::vector<size_t> fill(start.begin(), start.end() - 1);
         for (size_t q = 0; q < nq; ++q) {
             for (size_t r = rank_begin; r < rank_end; ++r) {
-                members[fill[static_cast<size_t>(probes[q * nprobe + r])]++] = static_cast<uint32_t>(q);
+                const size_t at = fill[static_cast<size_t>(probes[q * nprobe + r])]++;
+                members[at] = static_cast<uint32_t>(q);
+                if (heap_per_rank) slots[at] = static_cast<uint32_t>(q * ranks + (r - rank_begin));
             }
         }
     }
@@ -550,12 +577,14 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
             w.scanner = codec_->scanner(products);
             w.heap_of.resize(kListQueries);
         }
-        TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq;
+        TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq * ranks;
         for (size_t it = b; it < e; ++it) {
             const Item& item = items[it];
             const List& list = lists_[item.list];
-            const uint32_t* qs = members.data() + start[item.list] + item.first;
-            for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[qs[i]];
+            const size_t first = start[item.list] + item.first;
+            const uint32_t* qs = members.data() + first;
+            const uint32_t* slot = heap_per_rank ? slots.data() + first : qs;
+            for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[slot[i]];
             const IvfListView view{list.labels.data(), list.codes.data(), list.norms.empty() ? nullptr : list.norms.data(),
                                    list.labels.size(), centroids + size_t{item.list} * dim_};
             w.scanner->scan(view, queries, qs, item.count, w.heap_of.data());
@@ -565,20 +594,28 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
 
 void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                             int64_t* out_ids, float* out_distances, int threads, const size_t* ends, size_t nends,
-                            size_t out_stride) const {
+                            size_t out_stride, uint8_t* proven) const {
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
     // Re-rank after an approximate scan: codes (sq8, pq) or bf16 tiles (float32).
     const TileProducts products = tile_products();
     const bool rerank = params_.keeps_float_copies() || products == TileProducts::Bf16;
     const size_t candidates = rerank ? k * params_.rerank : k;
+    // An exact answer from an approximate scan keeps more candidates (the ends'
+    // answers take the best `candidates` of them: what search keeps) and proves
+    // itself against the scan's error bound.
+    const bool deep = proven != nullptr && rerank;
+    const size_t kept = deep ? std::max(candidates, kExactCandidatesPerK * k) : candidates;
+    const std::vector<float> error_bound = deep ? scan_error_bounds(nq, queries, threads) : std::vector<float>{};
     if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
     std::vector<TopK> heaps(workers * nq);
     for (TopK& h : heaps) {
-        h.reset(candidates);
+        h.reset(kept);
         h.order_ties_by(ids_.data());  // ties by user id: the answer does not depend on the order of adds
     }
+    const auto to_id = [&](int64_t label) { return ids_[static_cast<size_t>(label)]; };
     // The answer after `scanned` lists of each query: the workers' selections
-    // merged (into a copy while more lists are to come), re-ranked or written.
+    // merged (into a copy while more lists are to come), re-ranked or written;
+    // after the last, the exact answer too when asked for.
     auto write = [&](size_t scanned, int64_t* ids, float* distances) {
         const bool last = scanned == nprobe;
         parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
@@ -586,15 +623,78 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                 TopK copy;
                 TopK& h = last ? heaps[q] : (copy = heaps[q]);
                 for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
-                if (rerank) {
-                    rerank_candidates(queries + q * dim_, h, k, ids + q * k, distances + q * k);
-                } else {
-                    h.write_sorted(ids + q * k, distances + q * k,
-                                   [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+                const float* query = queries + q * dim_;
+                if (!rerank) {
+                    if (last && proven != nullptr) {  // an exact scan: its answer is the exact one
+                        TopK same = h;
+                        same.write_sorted(ids + out_stride + q * k, distances + out_stride + q * k, to_id);
+                        proven[q] = 1;
+                    }
+                    h.write_sorted(ids + q * k, distances + q * k, to_id);
+                    continue;
+                }
+                if (!deep) {
+                    rerank_candidates(query, h, k, ids + q * k, distances + q * k);
+                    continue;
+                }
+                TopK searched(candidates);  // what search keeps: the best `candidates` of the deep ones
+                searched.order_ties_by(ids_.data());
+                const std::vector<TopK::Entry>& all = h.entries();
+                for (const TopK::Entry& entry : all) searched.push(entry.first, entry.second);
+                rerank_candidates(query, searched, k, ids + q * k, distances + q * k);
+                if (last) {
+                    // Every row left out is at least the worst kept's scan distance away by
+                    // the scan, so at least that less the error bound in truth.
+                    const bool full = all.size() >= kept;
+                    float worst = -std::numeric_limits<float>::infinity();
+                    for (const TopK::Entry& entry : all) worst = std::max(worst, entry.first);
+                    int64_t* exact_ids = ids + out_stride + q * k;
+                    float* exact_distances = distances + out_stride + q * k;
+                    rerank_candidates(query, h, k, exact_ids, exact_distances);
+                    proven[q] = !full || exact_distances[k - 1] < worst - error_bound[q];
                 }
             }
         });
     };
+    const size_t single_end[] = {nprobe};
+    if (ends == nullptr) ends = single_end, nends = 1;
+    // Answers at a ladder's first values (up to kRankHeapsTop lists) come from one scan
+    // of those ranks into a selection per (query, rank): a scan per value would give
+    // each list a handful of queries (tiles too thin to pay), and a selection merged
+    // from per-list selections of `candidates` keeps the same best `candidates`.
+    size_t e = 0;
+    size_t low = 0;  // ends[0, low) answered from per-rank selections
+    while (low + 1 < nends && ends[low] <= kRankHeapsTop) ++low;
+    if (low >= 2) {
+        const size_t ranks = ends[low - 1];
+        std::vector<TopK> per_rank(workers * nq * ranks);
+        for (TopK& h : per_rank) {
+            h.reset(candidates);
+            h.order_ties_by(ids_.data());
+        }
+        scan_lists(nq, queries, nprobe, probes, 0, ranks, per_rank, workers, products, /*heap_per_rank=*/true);
+        parallel_for(nq, 64, threads, [&](size_t b, size_t end, int) {
+            for (size_t q = b; q < end; ++q) {
+                TopK merged(candidates);
+                merged.order_ties_by(ids_.data());
+                size_t r = 0;
+                for (size_t i = 0; i < low; ++i) {
+                    for (; r < ends[i]; ++r) {
+                        for (size_t w = 0; w < workers; ++w) merged.merge(per_rank[(w * nq + q) * ranks + r]);
+                    }
+                    TopK copy = merged;
+                    int64_t* ids = out_ids + i * out_stride + q * k;
+                    float* distances = out_distances + i * out_stride + q * k;
+                    if (rerank) {
+                        rerank_candidates(queries + q * dim_, copy, k, ids, distances);
+                    } else {
+                        copy.write_sorted(ids, distances, to_id);
+                    }
+                }
+            }
+        });
+        e = low;
+    }
     // Two passes: every query's nearest list first, then the others. After the
     // first pass a query's k-th distance bounds what can still enter, so the
     // second pass (nprobe - 1 lists) rejects almost every candidate in the SIMD
@@ -602,9 +702,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // lists (ends) are written as the scan passes them.
     scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers, products);
     size_t scanned = 1;
-    const size_t single_end[] = {nprobe};
-    if (ends == nullptr) ends = single_end, nends = 1;
-    for (size_t e = 0; e < nends; ++e) {
+    for (; e < nends; ++e) {
         if (ends[e] > scanned) {
             if (scanned == 1) {
                 for (size_t q = 0; q < nq; ++q) {
@@ -620,6 +718,51 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     }
 }
 
+// How far a bf16 scan distance can be from the exact one, per query: the
+// product of residuals (q - c) . (x - c) in bf16 is within beta |q - c| |x - c|
+// of the exact (each factor rounded within 2^-9, Cauchy-Schwarz; float32 sums
+// within dim 2^-24), taken at the worst list (its widest member), twice for L2
+// (-2 q . x), plus the float32 terms' rounding (|q|^2 + |x|^2 and the centroid
+// products, within (dim + 8) 2^-23 (|q| + max |x|)^2).
+std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, int threads) const {
+    const DistanceKernels& kern = kernels();
+    const float* centroids = centroid_data();
+    const size_t nlist = lists_.size();
+    std::vector<double> radius(nlist, 0.0), row_norm(nlist, 0.0);  // per list: max |x - c|, max |x|
+    parallel_for(nlist, 1, threads, [&](size_t b, size_t e, int) {
+        for (size_t l = b; l < e; ++l) {
+            const float* rows = reinterpret_cast<const float*>(lists_[l].codes.data());
+            double r = 0.0, x = 0.0;
+            for (size_t i = 0; i < lists_[l].labels.size(); ++i) {
+                r = std::max(r, static_cast<double>(kern.l2sq(rows + i * dim_, centroids + l * dim_, dim_)));
+                x = std::max(x, static_cast<double>(kern.dot(rows + i * dim_, rows + i * dim_, dim_)));
+            }
+            radius[l] = std::sqrt(r) * 1.001;
+            row_norm[l] = std::sqrt(x) * 1.001;
+        }
+    });
+    const double max_row = nlist ? *std::max_element(row_norm.begin(), row_norm.end()) : 0.0;
+    const double beta = 1.01 * std::ldexp(1.0, -8) + static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);
+    const double rounding = static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);
+    const double factor = metric_ == Metric::L2 ? 2.0 : 1.0;
+    std::vector<float> bound(nq);
+    parallel_for(nq, 16, threads, [&](size_t b, size_t e, int) {
+        for (size_t q = b; q < e; ++q) {
+            const float* query = queries + q * dim_;
+            double worst = 0.0;
+            for (size_t l = 0; l < nlist; ++l) {
+                if (lists_[l].labels.size() == 0) continue;
+                const double to_centre = std::sqrt(static_cast<double>(kern.l2sq(query, centroids + l * dim_, dim_)));
+                worst = std::max(worst, 1.001 * to_centre * radius[l]);
+            }
+            const double qn = std::sqrt(static_cast<double>(kern.dot(query, query, dim_)));
+            const double span = (qn + max_row) * (qn + max_row);
+            bound[q] = static_cast<float>(1.01 * (factor * beta * worst + factor * rounding * span));
+        }
+    });
+    return bound;
+}
+
 void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,
                                  float* out_distances) const {
     const DistanceKernels& kern = kernels();
@@ -630,18 +773,35 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
         const auto [l, r] = place_of(label);  // float32 lists: the row itself (index_places ran first)
         return reinterpret_cast<const float*>(lists_[l].codes.data()) + r * dim_;
     };
-    // The rows are scattered (a cache miss per line): the next row is fetched
-    // while this one is computed.
+    // The rows are scattered (a cache miss per line): four at a time through the
+    // x4 kernels (their misses overlap; the same bits as one at a time), the next
+    // four fetched meanwhile.
     auto prefetch = [&](const float* row) {
         for (size_t b = 0; b < dim_ * sizeof(float); b += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + b);
     };
+    const size_t n = entries.size();
+    const float* group[2][4];
+    auto fetch = [&](size_t first, const float** rows) {
+        for (size_t t = 0; t < 4 && first + t < n; ++t) prefetch(rows[t] = row_of(first + t));
+    };
+    const DistanceX4Fn x4 = metric_ == Metric::L2 ? kern.l2sq_x4 : kern.dot_x4;
+    auto finish = [&](float raw) {  // as distance(): the kernels' raw value to the metric's distance
+        return metric_ == Metric::L2 ? raw : metric_ == Metric::Cosine ? 1.0f - raw : -raw;
+    };
     TopK exact(k);
     exact.order_ties_by(ids_.data());
-    const float* next = entries.empty() ? nullptr : row_of(0);
-    for (size_t i = 0; i < entries.size(); ++i) {
-        const float* v = next;
-        if (i + 1 < entries.size()) prefetch(next = row_of(i + 1));
-        exact.push(distance(metric_, kern, query, v, dim_), entries[i].second);
+    fetch(0, group[0]);
+    for (size_t i = 0, g = 0; i < n; i += 4, g ^= 1) {
+        fetch(i + 4, group[g ^ 1]);
+        if (i + 4 <= n) {
+            float raw[4];
+            x4(query, group[g], dim_, raw);
+            for (size_t t = 0; t < 4; ++t) exact.push(finish(raw[t]), entries[i + t].second);
+        } else {
+            for (size_t t = 0; i + t < n; ++t) {
+                exact.push(distance(metric_, kern, query, group[g][t], dim_), entries[i + t].second);
+            }
+        }
     }
     exact.write_sorted(out_ids, out_distances, [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
 }

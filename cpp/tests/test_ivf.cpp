@@ -1,18 +1,21 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <set>
+#include <string>
 
 #include "sparknn/distance.h"
 #include "sparknn/error.h"
 #include "sparknn/flat.h"
 #include "sparknn/ivf.h"
 #include "sparknn/kmeans.h"
+#include "tile_bf16.h"
 #include "test_util.h"
 
 namespace sparknn {
@@ -675,6 +678,119 @@ TEST(Ivf, SearchAtEachNprobeEqualsSearch) {
         const size_t zero[] = {0};
         EXPECT_THROW(ivf.search_nprobes(nq, queries.data(), k, zero, 1, ids.data(), dist.data()), InvalidArgument);
     }
+}
+
+// The distance of a to b in double under `metric` (cosine: of the normalised vectors).
+double exact_distance(Metric metric, const float* a, const float* b, size_t dim) {
+    double dot = 0, na = 0, nb = 0, l2 = 0;
+    for (size_t d = 0; d < dim; ++d) {
+        dot += double(a[d]) * b[d];
+        na += double(a[d]) * a[d];
+        nb += double(b[d]) * b[d];
+        l2 += (double(a[d]) - b[d]) * (double(a[d]) - b[d]);
+    }
+    if (metric == Metric::L2) return l2;
+    if (metric == Metric::Cosine) return 1.0 - dot / std::sqrt(na * nb);
+    return -dot;
+}
+
+// search_ladder_and_exact: the ladder's answers are search_nprobes', and the exact answer
+// of every query it proves is a true top k (each neighbour within float32 rounding of the
+// k-th distance in double). Near ties that the bf16 scan cannot order (rows at equal
+// distance up to its error) cannot all be proven: those are left to the caller, never
+// answered wrong.
+TEST(Ivf, LadderAndExactProvesOnlyExactAnswers) {
+    const size_t dim = 64, n = 6000, nq = 200, k = 10;
+    struct Case {
+        const char* name;
+        std::vector<float> base, queries;
+        Metric metric;
+    };
+    std::vector<Case> cases;
+    cases.push_back({"clustered l2", test::clustered_vectors(n, dim, 40, 51), test::clustered_vectors(nq, dim, 40, 52),
+                     Metric::L2});
+    cases.push_back({"clustered cosine", test::clustered_vectors(n, dim, 40, 53),
+                     test::clustered_vectors(nq, dim, 40, 54), Metric::Cosine});
+    {  // rows of norm 1 +- 0.05 orthogonal to u, queries s u (s in [50, 150)): a query's
+       // distance to a row is s^2 + |r|^2, while the bf16 product s u . r is off by ~0.05
+        std::vector<float> u = test::random_vectors(1, dim, 55);
+        double un = 0;
+        for (float v : u) un += double(v) * v;
+        for (float& v : u) v = float(v / std::sqrt(un));
+        const auto raw = test::random_vectors(n, dim, 56), jitter = test::random_vectors(n, 1, 57);
+        Case shell{"near ties l2", std::vector<float>(n * dim), std::vector<float>(nq * dim), Metric::L2};
+        for (size_t i = 0; i < n; ++i) {
+            double along = 0, norm = 0;
+            for (size_t d = 0; d < dim; ++d) along += double(raw[i * dim + d]) * u[d];
+            std::vector<double> r(dim);
+            for (size_t d = 0; d < dim; ++d) norm += (r[d] = raw[i * dim + d] - along * u[d]) * r[d];
+            const double scale = (1.0 + 0.05 * std::tanh(double(jitter[i]))) / std::sqrt(norm);
+            for (size_t d = 0; d < dim; ++d) shell.base[i * dim + d] = float(r[d] * scale);
+        }
+        for (size_t q = 0; q < nq; ++q) {
+            for (size_t d = 0; d < dim; ++d) shell.queries[q * dim + d] = float((50.0 + 0.5 * q) * u[d]);
+        }
+        cases.push_back(std::move(shell));
+    }
+    const std::vector<size_t> ladder = {1, 2, 4, 16, 32};
+    for (const Case& c : cases) {
+        for (size_t rerank : {0, 2}) {
+            IvfParams p = ivf_params(32, 4);
+            p.rerank = rerank;
+            IvfIndex ivf(dim, c.metric, p);
+            ivf.add(n, c.base.data(), nullptr);
+            std::vector<int64_t> ids((ladder.size() + 1) * nq * k), want_ids(ladder.size() * nq * k);
+            std::vector<float> dist(ids.size()), want_dist(want_ids.size());
+            std::vector<uint8_t> proven(nq, 7);
+            ivf.search_ladder_and_exact(nq, c.queries.data(), k, ladder.data(), ladder.size(), ids.data(), dist.data(),
+                                        proven.data());
+            ivf.search_nprobes(nq, c.queries.data(), k, ladder.data(), ladder.size(), want_ids.data(), want_dist.data());
+            ASSERT_TRUE(std::equal(want_ids.begin(), want_ids.end(), ids.begin())) << c.name << " rerank " << rerank;
+            size_t proved = 0;
+            for (size_t q = 0; q < nq; ++q) {
+                ASSERT_LE(proven[q], 1);
+                if (!proven[q]) continue;
+                ++proved;
+                const float* query = c.queries.data() + q * dim;
+                std::vector<double> all(n);
+                double scale = 0;
+                for (size_t i = 0; i < n; ++i) {
+                    all[i] = exact_distance(c.metric, query, c.base.data() + i * dim, dim);
+                    scale = std::max(scale, std::fabs(all[i]));
+                }
+                std::vector<double> sorted = all;
+                std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end());
+                const double kth = sorted[k - 1], tol = 4e-7 * scale + 1e-6;
+                std::set<int64_t> seen;
+                for (size_t i = 0; i < k; ++i) {
+                    const int64_t id = ids[ladder.size() * nq * k + q * k + i];
+                    ASSERT_TRUE(id >= 0 && seen.insert(id).second) << c.name << " query " << q;
+                    ASSERT_LE(all[size_t(id)], kth + tol)
+                        << c.name << " rerank " << rerank << " query " << q << ": a proven answer is not a top " << k;
+                }
+            }
+            const bool approximate = rerank > 0 && bf16_tiles_available();
+            if (!approximate || std::string(c.name) != "near ties l2") {
+                EXPECT_GE(proved, nq * 95 / 100) << c.name << " rerank " << rerank;
+            } else {
+                EXPECT_LT(proved, nq / 2) << "near ties beyond the bf16 scan's precision were proven";
+            }
+        }
+    }
+    IvfIndex ivf(dim, Metric::L2, ivf_params(32, 4));
+    ivf.add(n, cases[0].base.data(), nullptr);
+    std::vector<int64_t> ids(3 * nq * k);
+    std::vector<float> dist(ids.size());
+    std::vector<uint8_t> proven(nq);
+    const size_t short_ladder[] = {1, 16};  // not ending at nlist
+    EXPECT_THROW(ivf.search_ladder_and_exact(nq, cases[0].queries.data(), k, short_ladder, 2, ids.data(), dist.data(),
+                                             proven.data()),
+                 InvalidArgument);
+    IvfIndex sq8(dim, Metric::L2, ivf_params(32, 4, Storage::Sq8));
+    sq8.add(n, cases[0].base.data(), nullptr);
+    const size_t all[] = {32};
+    EXPECT_THROW(sq8.search_ladder_and_exact(nq, cases[0].queries.data(), k, all, 1, ids.data(), dist.data(), proven.data()),
+                 InvalidArgument);
 }
 
 }  // namespace

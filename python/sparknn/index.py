@@ -608,24 +608,50 @@ class Index:
 
             if self.kind == "ivf":
                 return tuning.tune(found, truth, target, "nprobe", int(self.params["nlist"]), k,
-                                   search_many=found_at_each)
+                                   search_many=found_at_each, measured=measured)
             # hnsw searches with ef >= k (its answer is k long): the ladder starts there, and the
             # value reported is the ef searched with
             return tuning.tune(found, truth, target, "ef", max(kk + own, min(4096, n)), k, lowest=kk + own)
+
+        # float32 lists: the exact answers and the ladder's lower values come from one scan of
+        # every list (bf16 tiles, each exact answer proven against the scan's error bound; the
+        # few not proven searched exactly), instead of an exact pass and then a ladder scan.
+        one_scan = self.kind == "ivf" and self.storage == "float32"
+        measured: dict[int, np.ndarray] = {}
+        nlist = int(self.params["nlist"]) if self.kind == "ivf" else 0
+
+        def truth_and_ladder(sel: np.ndarray) -> np.ndarray:
+            """The exact answers of ``sel``; ``measured`` gets the ladder's, after those of the
+            stages before (the sample's queries in stage order)."""
+            values = [v for v in tuning.LADDER if v <= tuning.ONE_SCAN_LADDER_TOP and v < nlist] + [nlist]
+            ivf = self._native_as("ivf", "search_ladder_and_exact")
+            got, _, proven = ivf.search_ladder_and_exact(q[sel], kk + own, values, _call_threads(threads))
+            if own:
+                got = [tuning.drop_own(g, own_ids[sel], kk) for g in got]
+            for value, found in zip(values, got[:-1]):
+                measured[value] = np.concatenate([measured[value], found]) if value in measured else found
+            truth = np.array(got[-1])
+            doubtful = np.flatnonzero(proven == 0)
+            if len(doubtful):
+                truth[doubtful] = truth_of(sel[doubtful])
+            return truth
+
+        def stage(sel: np.ndarray) -> np.ndarray:
+            return truth_and_ladder(sel) if one_scan else truth_of(sel)
 
         # A quarter of the sample first: when the least value already reaches the target beyond
         # doubt, nothing cheaper exists and the other three quarters' exact pass is not needed.
         order = rng.permutation(len(q))
         first = np.sort(order[:len(q) // tuning.STAGES])
         if len(first) >= tuning.MIN_STAGE:
-            truth = truth_of(first)
+            truth = stage(first)
             chosen = tuned(first, truth)
             if tuning.settled(chosen, kk + own if self.kind == "hnsw" else 1):
                 return chosen
             rest = np.sort(order[len(q) // tuning.STAGES:])
-            return tuned(np.concatenate([first, rest]), np.concatenate([truth, truth_of(rest)]))
+            return tuned(np.concatenate([first, rest]), np.concatenate([truth, stage(rest)]))
         everything = np.arange(len(q))
-        return tuned(everything, truth_of(everything))
+        return tuned(everything, stage(everything))
 
     def search(
         self, queries, k: int = 10, ef: Optional[int] = None, nprobe: Optional[int] = None, lists=None,

@@ -32,6 +32,9 @@ BLOCK_BYTES = 16 << 20
 # of a tuning's cost (6.6 s of 31 s for a 500k x 768 self-join whose answer was nprobe 1).
 STAGES = 4
 MIN_STAGE = 100
+# An ivf tuning's scan of every list (float32 lists) answers at each ladder value up to this on
+# its way; values above are measured by searches after it when needed.
+ONE_SCAN_LADDER_TOP = 16
 # Values tried for nprobe / ef, ascending (capped at nlist for ivf).
 LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
           256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 2048, 3072, 4096)
@@ -159,7 +162,8 @@ def members(values: np.ndarray, offsets: np.ndarray, sets: np.ndarray) -> np.nda
 
 def tune(search: Callable[[int], np.ndarray], truth: np.ndarray, target: float, param: str, limit: int,
          k: int, lowest: int = 1,
-         search_many: Optional[Callable[[list[int]], list[np.ndarray]]] = None) -> Tuning:
+         search_many: Optional[Callable[[list[int]], list[np.ndarray]]] = None,
+         measured: Optional[dict[int, np.ndarray]] = None) -> Tuning:
     """The smallest value of ``param`` on LADDER (from ``lowest`` up to ``limit``) whose
     ``search(value)`` (ids [m, k]) reaches recall ``target`` against ``truth`` (ids [m, k]). Recall
     rises with the value, so the ladder is climbed in doubling steps until the target is reached
@@ -167,12 +171,20 @@ def tune(search: Callable[[int], np.ndarray], truth: np.ndarray, target: float, 
 
     ``search_many(values)`` (ascending), when given, answers for every value at the cost of the
     largest (ivf: one scan whose answer is taken after each number of lists): each doubling step
-    then measures every value up to its top, and nothing is bisected."""
+    then measures every value up to its top, and nothing is bisected. ``measured`` (with
+    ``search_many``): answers already found, by value (the exact scan's ladder): the least of
+    them to reach the target is taken as found; only values above them are searched."""
     target = check_target(target)
     lowest = min(lowest, limit)
     ladder = [lowest] + [v for v in LADDER if lowest < v < limit] + ([limit] if limit > lowest else [])
     if search_many is not None:
-        return _climb_measuring_all(search_many, truth, target, param, k, ladder)
+        done = 0  # the ladder's first values, answered already
+        while measured and done < len(ladder) and ladder[done] in measured:
+            recall = recall_at_k(measured[ladder[done]], truth)
+            if recall >= target or done == len(ladder) - 1:
+                return Tuning(param, ladder[done], recall, target, k, len(truth))
+            done += 1
+        return _climb_measuring_all(search_many, truth, target, param, k, ladder[done:])
     measured: dict[int, float] = {}
 
     def reaches(i: int) -> bool:

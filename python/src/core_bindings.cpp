@@ -353,6 +353,24 @@ void bind_ivf(nb::module_& m) {
             },
             "queries"_a, "k"_a, "nprobes"_a, "threads"_a = -1)
         .def(
+            "search_ladder_and_exact",
+            [](const IvfIndex& ivf, Matrix q, size_t k, std::vector<size_t> nprobes, int threads) {
+                check_dim(ivf, q, "queries");
+                const size_t nq = q.shape(0), count = nprobes.size();
+                std::vector<int64_t> ids((count + 1) * nq * k);
+                std::vector<float> dist((count + 1) * nq * k);
+                std::vector<uint8_t> proven(nq);
+                {
+                    nb::gil_scoped_release release;
+                    ivf.search_ladder_and_exact(nq, q.data(), k, nprobes.data(), count, ids.data(), dist.data(),
+                                                proven.data(), threads);
+                }
+                return std::make_tuple(owned_array(std::move(ids), {count + 1, nq, k}),
+                                       owned_array(std::move(dist), {count + 1, nq, k}),
+                                       owned_array(std::move(proven), {nq}));
+            },
+            "queries"_a, "k"_a, "nprobes"_a, "threads"_a = -1)
+        .def(
             "train",
             [](IvfIndex& ivf, Matrix x) {
                 check_dim(ivf, x, "training vectors");

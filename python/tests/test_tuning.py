@@ -159,6 +159,61 @@ def test_ivf_ladder_from_one_scan_chooses_as_searching_each_value(target):
     assert one_scan.reached
 
 
+def _bf16_tiles() -> bool:
+    """Whether ivf float32 lists scan in bf16 here (AVX512_BF16 and the AVX-512 kernels in use)."""
+    with open("/proc/cpuinfo") as f:
+        return "avx512_bf16" in f.read() and sparknn.simd_level() == "avx512"
+
+
+def _near_ties(n: int, nq: int, dim: int):
+    """Rows r orthogonal to u of norm 0.5 to 1.5, queries s u + w (s in [5, 15), |w| = 0.3, w
+    orthogonal to u): a row is s^2 + |w|^2 + |r|^2 - 2 w . r from a query, its neighbours apart
+    by ~1e-4 (float32 resolves them) while the bf16 scan errs by ~1e-2 (s u . r, truly 0): most
+    exact answers cannot be proven from the scan and are searched exactly instead."""
+    rng = np.random.default_rng(8)
+    u = rng.standard_normal(dim)
+    u /= np.linalg.norm(u)
+
+    def orthogonal(m, norms):
+        v = rng.standard_normal((m, dim))
+        v -= np.outer(v @ u, u)
+        return v * (norms / np.linalg.norm(v, axis=1))[:, None]
+
+    rows = orthogonal(n, 0.5 + rng.random(n))
+    queries = np.outer(5 + 10 * rng.random(nq), u) + orthogonal(nq, np.full(nq, 0.3))
+    return rows.astype(np.float32), queries.astype(np.float32)
+
+
+@pytest.mark.parametrize("rerank", [0, 2])
+@pytest.mark.parametrize("data", ["clustered", "near ties"])
+def test_ivf_float32_tuning_in_one_scan_chooses_as_an_exact_pass(rerank, data):
+    """float32 lists tune from one scan of every list (the exact answers proven against the bf16
+    scan's error bound, the rest searched exactly, and the ladder's lower values on the way):
+    the value and recall chosen are those of numpy's exact neighbours (float64) and a search at
+    each value. A wrong answer proven exact would lower the recall measured by ~1e-3 a query."""
+    if data == "clustered":
+        base, queries = clustered(6000, 24, seed=61), clustered(400, 24, seed=62)
+    else:
+        base, queries = _near_ties(6000, 400, 24)
+    index = sparknn.Index(24, "l2", "ivf", nlist=64, rerank=rerank)
+    index.add(base)
+    truth, _ = exact_knn(base, queries, 10, "l2")
+    for target in (0.9, 0.97):
+        chosen = index.tune(target, k=10, queries=queries, sample=len(queries))
+        if chosen.sample < len(queries):
+            continue  # settled on the first quarter: nothing to compare with all of them
+        want = tuning.tune(lambda v: index.search(queries, 10, nprobe=v, widen=False)[0], truth, target, "nprobe",
+                           64, 10)
+        # the same value; the same recall up to a neighbour or two tied within float32's rounding
+        assert chosen.value == want.value and abs(chosen.recall - want.recall) <= 2 / (10 * len(queries)), \
+            (target, chosen, want)
+    if data == "near ties" and rerank and _bf16_tiles():
+        ivf = index._native_as("ivf", "search_ladder_and_exact")
+        _, _, proven = ivf.search_ladder_and_exact(queries, 10, [64])
+        assert proven.mean() < 0.5, "answers the bf16 scan cannot order were proven"
+
+
+
 def test_flat_is_exact_and_an_unreachable_target_says_so():
     x = clustered(3000, 16, 20, seed=7)
     flat = sparknn.Index(16, "l2", "flat")

@@ -48,6 +48,10 @@ struct SearchParams {
     // off (a widened query would scan other lists than the ladder's).
     const size_t* nprobe_ends = nullptr;
     size_t nprobe_ends_count = 0;
+    // ivf, with nprobe_ends ending at nlist (IvfIndex::search_ladder_and_exact):
+    // also the exact answer, after the ends' (out row nprobe_ends_count), and
+    // here [nq] whether each query's is proven exact.
+    uint8_t* exact_proven = nullptr;
     // Threads for this call: 0 = all available cores, -1 = the index's
     // threads(). Concurrent callers that want different counts pass them here
     // rather than setting the shared index's threads.
