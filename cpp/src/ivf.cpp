@@ -604,7 +604,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // answers take the best `candidates` of them: what search keeps) and proves
     // itself against the scan's error bound.
     const bool deep = proven != nullptr && rerank;
-    const size_t kept = deep ? std::max(candidates, kExactCandidatesPerK * k) : candidates;
+    const size_t kept = deep ? std::max(candidates, std::min(kExactCandidatesPerK * k, kMaxExactCandidates)) : candidates;
     const std::vector<float> error_bound = deep ? scan_error_bounds(nq, queries, threads) : std::vector<float>{};
     if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
     std::vector<TopK> heaps(workers * nq);

@@ -193,7 +193,9 @@ class IvfIndex final : public Index {
     std::vector<float> scan_error_bounds(size_t nq, const float* queries, int threads) const;
     // An exact answer from the bf16 scan re-ranks this many candidates per neighbour: on
     // Fashion-MNIST and tight 768-d clusters 8 k proved 99% of queries exact, 16 k all.
+    // At most this many (a large k's selections would hold 16k each; fewer proofs then succeed).
     static constexpr size_t kExactCandidatesPerK = 16;
+    static constexpr size_t kMaxExactCandidates = 2048;
 
     IvfParams params_;
     std::unique_ptr<FlatIndex> quantizer_;  // centroids; ids 0..nlist-1
