@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "gemm_scan.h"
+#include "tile_bf16.h"
 #include "sparknn/error.h"
 #include "sparknn/parallel.h"
 #include "sparknn/topk.h"
@@ -47,6 +48,36 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
                             const SearchParams& params) const {
     const size_t n = size();
     const int threads = resolve_threads(params.threads);
+    // bf16 first pass: the rows' mean is the tiles' centre (a data set far from the
+    // origin keeps its differences in bf16 only as residuals); candidates then re-ranked.
+    const bool bf16 = bf16_extra_ > 0 && store_.f32() != nullptr && bf16_tiles_available();
+    const size_t kept = bf16 ? k + bf16_extra_ : k;
+    std::vector<float> mean(bf16 ? dim_ : 0);
+    if (bf16) {
+        std::vector<double> sum(dim_, 0.0);
+        for (size_t r = 0; r < n; ++r) {
+            const float* row = store_.f32() + r * dim_;
+            for (size_t d = 0; d < dim_; ++d) sum[d] += row[d];
+        }
+        for (size_t d = 0; d < dim_; ++d) mean[d] = static_cast<float>(sum[d] / static_cast<double>(n));
+    }
+    const auto to_id = [&](int64_t label) { return ids_[static_cast<size_t>(label)]; };
+    const DistanceKernels& kern = kernels();
+    // A query's answer from its selection: written, or re-ranked exactly first.
+    auto finish = [&](TopK& h, size_t q) {
+        if (!bf16) {
+            h.write_sorted(out_ids + q * k, out_distances + q * k, to_id);
+            return;
+        }
+        TopK exact(k);
+        exact.order_ties_by(ids_.data());
+        for (const TopK::Entry& e : h.entries()) {
+            exact.push(distance(metric_, kern, queries + q * dim_, store_.f32() + static_cast<size_t>(e.second) * dim_,
+                                dim_),
+                       e.second);
+        }
+        exact.write_sorted(out_ids + q * k, out_distances + q * k, to_id);
+    };
 
     // Work items are (query block, base range). With few queries, the base is
     // split so every thread has work; partial top-k are merged per query.
@@ -61,7 +92,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
     std::vector<TopK> partial(parts == 1 ? 0 : nq * parts);
 
     parallel_for(qblocks * parts, 1, threads, [&](size_t begin, size_t end, int) {
-        GemmScanner scanner(metric_, dim_);
+        GemmScanner scanner(metric_, dim_, bf16 ? TileProducts::Bf16 : TileProducts::Float32);
         std::vector<float> qnorm(kScanQueryBlock);
         // 16-bit rows are widened a block at a time; float32 ones are scanned in place.
         std::vector<float> decoded(store_.f32() ? 0 : kScanBaseBlock * dim_);
@@ -79,7 +110,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
                 heaps = &partial[q0 * parts + part * m];
             }
             for (size_t i = 0; i < m; ++i) {
-                heaps[i].reset(k, kFlatSlack);
+                heaps[i].reset(kept, kFlatSlack);
                 heaps[i].order_ties_by(ids_.data());  // ties by user id, not position
             }
             if (metric_ == Metric::L2) squared_norms(queries + q0 * dim_, m, dim_, qnorm.data());
@@ -87,13 +118,10 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
                 const size_t count = std::min(chunk, b1 - c0);
                 const float* bnorm = metric_ == Metric::L2 ? sq_norms_.data() + c0 : nullptr;
                 scanner.scan(queries + q0 * dim_, qnorm.data(), m, store_.rows(c0, count, decoded.data()), bnorm,
-                             count, nullptr, static_cast<int64_t>(c0), heaps);
+                             count, nullptr, static_cast<int64_t>(c0), heaps, bf16 ? mean.data() : nullptr);
             }
             if (parts == 1) {
-                for (size_t i = 0; i < m; ++i) {
-                    local[i].write_sorted(out_ids + (q0 + i) * k, out_distances + (q0 + i) * k,
-                                          [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
-                }
+                for (size_t i = 0; i < m; ++i) finish(local[i], q0 + i);
             }
         }
     });
@@ -104,8 +132,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
             for (size_t i = 0; i < m; ++i) {
                 TopK& first = partial[q0 * parts + i];
                 for (size_t part = 1; part < parts; ++part) first.merge(partial[q0 * parts + part * m + i]);
-                first.write_sorted(out_ids + (q0 + i) * k, out_distances + (q0 + i) * k,
-                                   [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+                finish(first, q0 + i);
             }
         }
     }

@@ -106,11 +106,14 @@ std::vector<float> IvfIndex::centroids() const {
 
 // ---------------------------------------------------------------- training
 
-std::unique_ptr<FlatIndex> IvfIndex::make_quantizer(size_t dim, Metric metric, size_t nlist, const float* centroids) {
+std::unique_ptr<FlatIndex> IvfIndex::make_quantizer(size_t nlist, const float* centroids) const {
     // Unit vectors (cosine) are clustered and assigned by L2, which on the
     // sphere orders like the dot product; inner product keeps its own metric.
-    auto quantizer = std::make_unique<FlatIndex>(dim, metric == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2);
+    auto quantizer = std::make_unique<FlatIndex>(dim_, metric_ == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2);
     quantizer->add(nlist, centroids, nullptr);
+    // With the bf16 list scan, lists are assigned through a bf16 pass too (the nearest
+    // among its best nprobe + 4, measured exactly).
+    quantizer->set_bf16_first_pass(tile_products() == TileProducts::Bf16 ? kQuantizerExtra : 0);
     return quantizer;
 }
 
@@ -169,9 +172,10 @@ void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist
     kp.iterations = params_.kmeans_iterations;
     kp.seed = params_.seed;
     kp.threads = threads();
+    kp.bf16_first_pass = tile_products() == TileProducts::Bf16;
     const KMeansResult km = kmeans(train_x, sample, dim_, nlist, kp);
 
-    auto quantizer = make_quantizer(dim_, metric_, nlist, km.centroids.data());
+    auto quantizer = make_quantizer(nlist, km.centroids.data());
     codec_->train(sample, train_x, *quantizer, km.centroids.data(), params_.seed, params_.kmeans_iterations, threads());
     params_.nlist = nlist;
     quantizer_ = std::move(quantizer);

@@ -106,7 +106,7 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     }
     std::unique_ptr<FlatIndex> quantizer;
     try {
-        quantizer = make_quantizer(dim, h.metric, nlist, centroids);
+        quantizer = index->make_quantizer(nlist, centroids);
     } catch (const InvalidArgument& e) {  // finite but unusable, e.g. a squared norm that overflows
         fail(std::string("invalid centroids: ") + e.what());
     }

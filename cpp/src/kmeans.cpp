@@ -14,6 +14,9 @@
 namespace sparknn {
 namespace {
 
+// Candidates a bf16 first pass keeps beyond the nearest (KMeansParams::bf16_first_pass).
+constexpr size_t kBf16Extra = 4;
+
 // Counter-based uniform in (0, 1): the same value for a (seed, round, point)
 // whatever thread computes it, so seeding is deterministic.
 double uniform01(uint64_t seed, uint64_t round, uint64_t i) {
@@ -107,6 +110,7 @@ KMeansResult kmeans(const float* x, size_t n, size_t dim, size_t k, const KMeans
     for (size_t iter = 0;; ++iter) {
         FlatIndex quantizer(dim, Metric::L2);
         quantizer.set_threads(params.threads);
+        quantizer.set_bf16_first_pass(params.bf16_first_pass ? kBf16Extra : 0);
         quantizer.add(k, result.centroids.data(), nullptr);
         quantizer.search(n, x, 1, nearest.data(), dist.data());
         result.inertia = 0;

@@ -62,6 +62,35 @@ INSTANTIATE_TEST_SUITE_P(
                       FlatCase{Metric::Cosine, 3, 500, 200, 2}, FlatCase{Metric::L2, 1, 300, 4, 2},
                       FlatCase{Metric::L2, 8, 6, 3, 2}));
 
+// The bf16 first pass (the IVF quantizer's, k-means'): the best k + extra candidates
+// measured exactly give exact search's answer and distances, also for rows in a tight
+// cluster far from the origin (bf16 keeps their differences only less the rows' mean).
+TEST(Flat, Bf16FirstPassAnswersAsExactSearch) {
+    const size_t dim = 96, n = 300, nq = 400;
+    for (Metric metric : {Metric::L2, Metric::InnerProduct, Metric::Cosine}) {
+        for (double offset : {0.0, 0.5}) {
+            auto base = test::clustered_vectors(n, dim, 12, 21);
+            auto queries = test::clustered_vectors(nq, dim, 12, 22);
+            for (float& v : base) v = float(offset + (offset ? 0.01 : 1.0) * v);
+            for (float& v : queries) v = float(offset + (offset ? 0.01 : 1.0) * v);
+            FlatIndex exact(dim, metric), approx(dim, metric);
+            exact.add(n, base.data(), nullptr);
+            approx.add(n, base.data(), nullptr);
+            approx.set_bf16_first_pass(8);
+            for (size_t k : {1, 5}) {
+                const test::Results want = test::search(exact, queries, k), got = test::search(approx, queries, k);
+                size_t same = 0;
+                for (size_t i = 0; i < nq * k; ++i) {
+                    same += got.ids[i] == want.ids[i];
+                    ASSERT_NEAR(got.dist[i], want.dist[i], 1e-4f * (1 + std::fabs(want.dist[i])))
+                        << "metric " << int(metric) << " offset " << offset << " k " << k << " at " << i;
+                }
+                EXPECT_GE(same, nq * k * 995 / 1000) << "metric " << int(metric) << " offset " << offset << " k " << k;
+            }
+        }
+    }
+}
+
 TEST(Flat, UserIdsAreReturned) {
     const size_t dim = 4;
     const float base[] = {0, 0, 0, 0, 10, 10, 10, 10, 5, 5, 5, 5};

@@ -23,6 +23,13 @@ class FlatIndex final : public Index {
 
     static std::unique_ptr<FlatIndex> load(const std::shared_ptr<const IndexFile>& file);
 
+    // An approximate first pass, for the engine's own indexes of a few rows searched
+    // by many queries (the IVF quantizer, k-means): bf16 tile products of rows and
+    // queries less the rows' mean (tile_bf16.h, twice sgemm's rate), then each query's
+    // best k + extra candidates measured exactly in float32 (the answer and its
+    // distances). Only on CPUs with bf16 tiles and float32 rows; 0 (the default): off.
+    void set_bf16_first_pass(size_t extra) { bf16_extra_ = extra; }
+
   protected:
     void add_impl(size_t n, const float* vectors) override;
     void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
@@ -34,6 +41,7 @@ class FlatIndex final : public Index {
   private:
     void compute_norms(size_t begin, size_t end, int threads);
 
+    size_t bf16_extra_ = 0;          // set_bf16_first_pass
     VectorStore store_;              // [n, dim] (unit rows under cosine)
     AlignedVector<float> sq_norms_;  // [n], L2 only: |x|^2 of the stored rows, recomputed on load
 };

@@ -155,7 +155,8 @@ class IvfIndex final : public Index {
     ProbePlan widen(const std::vector<size_t>& rows, const float* queries, size_t nprobe, size_t need,
                     const int64_t* sizes, bool trim, int threads) const;
     // The coarse quantizer over nlist centroids [nlist, dim] (train and load).
-    static std::unique_ptr<FlatIndex> make_quantizer(size_t dim, Metric metric, size_t nlist, const float* centroids);
+    std::unique_ptr<FlatIndex> make_quantizer(size_t nlist, const float* centroids) const;
+    static constexpr size_t kQuantizerExtra = 4;  // a bf16 quantizer pass's candidates beyond nprobe
     // nlist as set, or the default for n vectors; checks n >= nlist.
     size_t training_nlist(size_t n) const;
     // The k-means sample of rows [n, dim] (train_size, else the default for nlist), copied;

@@ -13,6 +13,9 @@ struct KMeansParams {
     size_t iterations = 15;
     uint64_t seed = 42;
     int threads = 0;  // 0 = all cores
+    // Points assigned through a bf16 first pass (FlatIndex::set_bf16_first_pass), where
+    // the CPU has one: the nearest centroid among the pass's best few, measured exactly.
+    bool bf16_first_pass = false;
 };
 
 struct KMeansResult {
