@@ -453,7 +453,7 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained");
     const size_t nlist = lists_.size();
     const size_t nprobe = std::min(nlist, params.nprobe ? params.nprobe : params_.nprobe);
-    const size_t batch = std::clamp<size_t>(batch_for(nprobe), kMinQueryBatch, kMaxQueryBatch);
+    size_t batch = std::clamp<size_t>(batch_for(nprobe), kMinQueryBatch, kMaxQueryBatch);
     const size_t* ends = params.nprobe_ends;
     const size_t nends = ends ? params.nprobe_ends_count : 0;
     if (ends != nullptr) {
@@ -466,6 +466,11 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     }
     SPARKNN_CHECK_ARG(params.exact_proven == nullptr || (ends != nullptr && nprobe == nlist),
                       "an exact answer needs nprobe_ends ending at nlist=", nlist);
+    if (params.exact_proven != nullptr) {  // its deep selections (kExactCandidatesPerK k each) in a bounded batch
+        const size_t per_query = static_cast<size_t>(resolve_threads(params.threads)) * 2 * sizeof(TopK::Entry) *
+                                 std::min(kExactCandidatesPerK * k, kMaxExactCandidates);
+        batch = std::clamp<size_t>(kRankHeapsBytes / per_query, 64, batch);
+    }
     if (params.lists != nullptr) {
         SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist, "lists given: nprobe must be their width, in [1, nlist=",
                           nlist, "], got ", params.nprobe);
@@ -669,7 +674,9 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     size_t e = 0;
     size_t low = 0;  // ends[0, low) answered from per-rank selections
     while (low + 1 < nends && ends[low] <= kRankHeapsTop) ++low;
-    if (low >= 2) {
+    // ... when their selections fit kRankHeapsBytes (a tuning's sample; not a huge batch)
+    const size_t per_query = low ? workers * ends[low - 1] * (sizeof(TopK) + 2 * candidates * sizeof(TopK::Entry)) : 0;
+    if (low >= 2 && nq * per_query <= kRankHeapsBytes) {
         const size_t ranks = ends[low - 1];
         std::vector<TopK> per_rank(workers * nq * ranks);
         for (TopK& h : per_rank) {

@@ -647,7 +647,8 @@ TEST(Ivf, SearchAtEachNprobeEqualsSearch) {
     const size_t dim = 48, n = 6000, nq = 500, k = 10;
     const auto base = test::clustered_vectors(n, dim, 40, 41);
     const auto queries = test::clustered_vectors(nq, dim, 40, 42);
-    const std::vector<size_t> ladder = {1, 2, 3, 5, 8, 32};
+    // the first from a selection per rank, the second scan by scan (values above kRankHeapsTop)
+    for (const std::vector<size_t>& ladder : {std::vector<size_t>{1, 2, 3, 5, 8, 32}, std::vector<size_t>{1, 20, 24, 32}})
     for (size_t rerank : {0, 2}) {
         IvfParams p = ivf_params(32, 4);
         p.rerank = rerank;

@@ -616,9 +616,10 @@ class Index:
         # float32 lists: the exact answers and the ladder's lower values come from one scan of
         # every list (bf16 tiles, each exact answer proven against the scan's error bound; the
         # few not proven searched exactly), instead of an exact pass and then a ladder scan.
-        one_scan = self.kind == "ivf" and self.storage == "float32"
-        measured: dict[int, np.ndarray] = {}
         nlist = int(self.params["nlist"]) if self.kind == "ivf" else 0
+        # (up to ONE_SCAN_MAX_NLIST lists: each query's lists all ranked at once)
+        one_scan = self.kind == "ivf" and self.storage == "float32" and nlist <= tuning.ONE_SCAN_MAX_NLIST
+        measured: dict[int, np.ndarray] = {}
 
         def truth_and_ladder(sel: np.ndarray) -> np.ndarray:
             """The exact answers of ``sel``; ``measured`` gets the ladder's, after those of the

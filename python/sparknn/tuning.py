@@ -35,6 +35,9 @@ MIN_STAGE = 100
 # An ivf tuning's scan of every list (float32 lists) answers at each ladder value up to this on
 # its way; values above are measured by searches after it when needed.
 ONE_SCAN_LADDER_TOP = 16
+# Beyond this many lists the exact pass runs in blocks instead (the one scan ranks every list of
+# every query: [sample, nlist] lists and selections).
+ONE_SCAN_MAX_NLIST = 8192
 # Values tried for nprobe / ef, ascending (capped at nlist for ivf).
 LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
           256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 2048, 3072, 4096)

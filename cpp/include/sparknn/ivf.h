@@ -176,6 +176,8 @@ class IvfIndex final : public Index {
                     bool heap_per_rank = false) const;
     // A ladder's answers up to this many lists come from one scan with a selection per rank.
     static constexpr size_t kRankHeapsTop = 16;
+    // Memory for those selections, and for an exact answer's deep ones, per batch.
+    static constexpr size_t kRankHeapsBytes = size_t{256} << 20;
     // bf16 tiles for float32 lists with rerank on CPUs that have them (ivf_params.h).
     TileProducts tile_products() const;
     // Builds where_ if stale; place_of(label) then gives its (list, row).
