@@ -415,29 +415,25 @@ size_t IvfIndex::batch_for(size_t nprobe) const {
 
 void IvfIndex::search_nprobes(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
                               int64_t* out_ids, float* out_distances, int threads) const {
-    SPARKNN_CHECK_ARG(count >= 1 && nprobes != nullptr, "nprobes is empty");
-    // An empty index answers -1 at every value (Index::search fills the first only).
-    std::fill_n(out_ids, count * nq * k, int64_t{-1});
-    std::fill_n(out_distances, count * nq * k, std::numeric_limits<float>::infinity());
-    SearchParams p;
-    p.nprobe = nprobes[count - 1];
-    p.widen = false;
-    p.nprobe_ends = nprobes;
-    p.nprobe_ends_count = count;
-    p.threads = threads;
-    search(nq, queries, k, out_ids, out_distances, p);
+    search_ladder(nq, queries, k, nprobes, count, out_ids, out_distances, nullptr, threads);
 }
 
 void IvfIndex::search_ladder_and_exact(size_t nq, const float* queries, size_t k, const size_t* nprobes,
                                        size_t count, int64_t* out_ids, float* out_distances, uint8_t* proven,
                                        int threads) const {
-    SPARKNN_CHECK_ARG(count >= 1 && nprobes != nullptr, "nprobes is empty");
     SPARKNN_THROW_IF_NOT(params_.storage == Storage::Float32, InvalidArgument,
                          "an exact answer from the lists needs float32 storage");
-    // An empty index answers -1 everywhere, exactly (Index::search fills the first answer only).
-    std::fill_n(out_ids, (count + 1) * nq * k, int64_t{-1});
-    std::fill_n(out_distances, (count + 1) * nq * k, std::numeric_limits<float>::infinity());
-    std::fill_n(proven, nq, uint8_t{1});
+    search_ladder(nq, queries, k, nprobes, count, out_ids, out_distances, proven, threads);
+}
+
+void IvfIndex::search_ladder(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
+                             int64_t* out_ids, float* out_distances, uint8_t* proven, int threads) const {
+    SPARKNN_CHECK_ARG(count >= 1 && nprobes != nullptr, "nprobes is empty");
+    // An empty index answers -1 at every value, exactly (Index::search fills the first answer only).
+    const size_t answers = count + (proven != nullptr);
+    std::fill_n(out_ids, answers * nq * k, int64_t{-1});
+    std::fill_n(out_distances, answers * nq * k, std::numeric_limits<float>::infinity());
+    if (proven != nullptr) std::fill_n(proven, nq, uint8_t{1});
     SearchParams p;
     p.nprobe = nprobes[count - 1];
     p.widen = false;

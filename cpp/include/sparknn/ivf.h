@@ -169,6 +169,9 @@ class IvfIndex final : public Index {
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
     template <class LabelAt>
     void gather(size_t count, LabelAt&& label_at, float* out) const;  // reconstruct's rows: label_at(i)
+    // search_nprobes, and search_ladder_and_exact when proven is not null.
+    void search_ladder(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
+                       int64_t* out_ids, float* out_distances, uint8_t* proven, int threads) const;
     // heaps: [workers][nq], or with heap_per_rank [workers][nq][rank_end - rank_begin] (a
     // selection per query and rank).
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
