@@ -1,0 +1,441 @@
+// IvfIndex's batched search: queries grouped by list, each list scanned once by
+// the codec's scanner (ivf_codec.h) for all the queries that probe it, short rows
+// widened as ivf_probe.cpp plans; the answers of a ladder of nprobe from one scan,
+// and an exact answer proven against the bf16 scan's error bound (recall tuning).
+#include "sparknn/ivf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "gemm_scan.h"
+#include "ivf_codec.h"
+#include "sparknn/error.h"
+#include "sparknn/parallel.h"
+#include "sparknn/topk.h"
+
+namespace sparknn {
+namespace {
+
+// Queries searched together: bounds the per-thread heaps (threads x batch x k)
+// while keeping enough queries per list for the sgemm to pay off.
+constexpr size_t kMinQueryBatch = 16384;
+constexpr size_t kMaxQueryBatch = 262144;
+
+}  // namespace
+
+size_t IvfIndex::ideal_query_batch(size_t nprobe) const {
+    auto lock = reading();
+    return batch_for(nprobe);
+}
+
+size_t IvfIndex::batch_for(size_t nprobe) const {
+    const size_t nlist = std::max<size_t>(lists_.size(), 1);
+    return 256 * nlist / std::clamp<size_t>(nprobe, 1, nlist);
+}
+
+void IvfIndex::search_nprobes(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
+                              int64_t* out_ids, float* out_distances, int threads) const {
+    search_ladder(nq, queries, k, nprobes, count, out_ids, out_distances, nullptr, threads);
+}
+
+void IvfIndex::search_ladder_and_exact(size_t nq, const float* queries, size_t k, const size_t* nprobes,
+                                       size_t count, int64_t* out_ids, float* out_distances, uint8_t* proven,
+                                       int threads) const {
+    SPARKNN_THROW_IF_NOT(params_.storage == Storage::Float32, InvalidArgument,
+                         "an exact answer from the lists needs float32 storage");
+    search_ladder(nq, queries, k, nprobes, count, out_ids, out_distances, proven, threads);
+}
+
+void IvfIndex::search_ladder(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
+                             int64_t* out_ids, float* out_distances, uint8_t* proven, int threads) const {
+    SPARKNN_CHECK_ARG(count >= 1 && nprobes != nullptr, "nprobes is empty");
+    // An empty index answers -1 at every value, exactly (Index::search fills the first answer only).
+    const size_t answers = count + (proven != nullptr);
+    std::fill_n(out_ids, answers * nq * k, int64_t{-1});
+    std::fill_n(out_distances, answers * nq * k, std::numeric_limits<float>::infinity());
+    if (proven != nullptr) std::fill_n(proven, nq, uint8_t{1});
+    SearchParams p;
+    p.nprobe = nprobes[count - 1];
+    p.widen = false;
+    p.nprobe_ends = nprobes;
+    p.nprobe_ends_count = count;
+    p.exact_proven = proven;
+    p.threads = threads;
+    search(nq, queries, k, out_ids, out_distances, p);
+}
+
+void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
+                           const SearchParams& params) const {
+    SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "the IVF index is not trained");
+    const size_t nlist = lists_.size();
+    const size_t nprobe = std::min(nlist, params.nprobe ? params.nprobe : params_.nprobe);
+    size_t batch = std::clamp<size_t>(batch_for(nprobe), kMinQueryBatch, kMaxQueryBatch);
+    const size_t* ends = params.nprobe_ends;
+    const size_t nends = ends ? params.nprobe_ends_count : 0;
+    if (ends != nullptr) {
+        SPARKNN_CHECK_ARG(!params.widen, "nprobe_ends: widen must be off");
+        for (size_t e = 0; e < nends; ++e) {
+            SPARKNN_CHECK_ARG(ends[e] >= 1 && ends[e] <= nlist && (e == 0 || ends[e] > ends[e - 1]),
+                              "nprobes must ascend within [1, nlist=", nlist, "], got ", ends[e], " at ", e);
+        }
+        SPARKNN_CHECK_ARG(nends >= 1 && ends[nends - 1] == nprobe, "nprobe_ends must end at nprobe=", nprobe);
+    }
+    SPARKNN_CHECK_ARG(params.exact_proven == nullptr || (ends != nullptr && nprobe == nlist),
+                      "an exact answer needs nprobe_ends ending at nlist=", nlist);
+    if (params.exact_proven != nullptr) {  // its deep selections (kExactCandidatesPerK k each) in a bounded batch
+        const size_t per_query = static_cast<size_t>(resolve_threads(params.threads)) * 2 * sizeof(TopK::Entry) *
+                                 std::min(kExactCandidatesPerK * k, kMaxExactCandidates);
+        batch = std::clamp<size_t>(kRankHeapsBytes / per_query, 64, batch);
+    }
+    if (params.lists != nullptr) {
+        SPARKNN_CHECK_ARG(params.nprobe >= 1 && params.nprobe <= nlist, "lists given: nprobe must be their width, in [1, nlist=",
+                          nlist, "], got ", params.nprobe);
+        check_lists(nq, nprobe, params.lists, "lists");
+    }
+    // A query whose probed lists hold fewer than min(k, n) vectors scans
+    // wider lists (widen: probe_lists' policy, keeping the whole width reached):
+    // callers are promised min(k, n) neighbours, never a silently short row
+    // (small or skewed lists, k near n). Its batch answer is then replaced.
+    const size_t need = params.widen && nprobe < nlist ? std::min(k, size()) : 0;
+    std::vector<int64_t> computed;
+    std::vector<size_t> short_rows_all;
+    for (size_t q0 = 0; q0 < nq; q0 += batch) {
+        const size_t m = std::min(batch, nq - q0);
+        const int64_t* probes = params.lists ? params.lists + q0 * nprobe : nullptr;
+        if (probes == nullptr) {
+            computed.resize(m * nprobe);
+            assign(m, queries + q0 * dim_, nprobe, computed.data(), params.threads);
+            probes = computed.data();
+        }
+        search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k,
+                     params.threads, ends, nends, nq * k, params.exact_proven ? params.exact_proven + q0 : nullptr);
+        for (size_t q : short_rows(m, nprobe, probes, need, nullptr)) short_rows_all.push_back(q0 + q);
+    }
+    if (short_rows_all.empty()) return;
+    const ProbePlan wide = widen(short_rows_all, queries, nprobe, need, nullptr, /*trim=*/false, params.threads);
+    // Rows widened to the same width are searched together, with their planned lists.
+    std::vector<size_t> order(short_rows_all.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    auto width_of = [&](size_t i) { return static_cast<size_t>(wide.offsets[i + 1] - wide.offsets[i]); };
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return width_of(a) < width_of(b); });
+    for (size_t g0 = 0, g1; g0 < order.size(); g0 = g1) {
+        const size_t width = width_of(order[g0]);
+        for (g1 = g0 + 1; g1 < order.size() && width_of(order[g1]) == width;) ++g1;
+        const size_t m = g1 - g0;
+        AlignedVector<float> gathered(m * dim_);
+        std::vector<int64_t> lists(m * width), ids(m * k);
+        std::vector<float> dist(m * k);
+        for (size_t i = 0; i < m; ++i) {
+            const size_t row = order[g0 + i];
+            std::memcpy(&gathered[i * dim_], queries + short_rows_all[row] * dim_, dim_ * sizeof(float));
+            std::copy_n(wide.lists.data() + wide.offsets[row], width, lists.data() + i * width);
+        }
+        search_batch(m, gathered.data(), k, width, lists.data(), ids.data(), dist.data(), params.threads);
+        for (size_t i = 0; i < m; ++i) {
+            const size_t q = short_rows_all[order[g0 + i]];
+            std::copy_n(ids.data() + i * k, k, out_ids + q * k);
+            std::copy_n(dist.data() + i * k, k, out_distances + q * k);
+        }
+    }
+}
+
+// Scans, for every query, its probes of rank [rank_begin, rank_end) into
+// heaps[worker * nq + query], list by list: each list's vectors are read once
+// for all the queries that probe it.
+void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
+                          size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products,
+                          bool heap_per_rank) const {
+    // Invert (query -> lists) into (list -> queries); per rank: the heap's slot beside each.
+    const size_t nlist = lists_.size();
+    const size_t ranks = heap_per_rank ? rank_end - rank_begin : 1;
+    std::vector<size_t> start(nlist + 1, 0);
+    for (size_t q = 0; q < nq; ++q) {
+        for (size_t r = rank_begin; r < rank_end; ++r) ++start[static_cast<size_t>(probes[q * nprobe + r]) + 1];
+    }
+    std::partial_sum(start.begin(), start.end(), start.begin());
+    std::vector<uint32_t> members(start[nlist]);
+    std::vector<uint32_t> slots(heap_per_rank ? members.size() : 0);
+    {
+        std::vector<size_t> fill(start.begin(), start.end() - 1);
+        for (size_t q = 0; q < nq; ++q) {
+            for (size_t r = rank_begin; r < rank_end; ++r) {
+                const size_t at = fill[static_cast<size_t>(probes[q * nprobe + r])]++;
+                members[at] = static_cast<uint32_t>(q);
+                if (heap_per_rank) slots[at] = static_cast<uint32_t>(q * ranks + (r - rank_begin));
+            }
+        }
+    }
+    // Work items: up to kListQueries queries of one list, in equal pieces (264
+    // queries are two items of 132, not 256 and 8: each item reads the list);
+    // biggest first so large (skewed) lists do not finish last on one thread.
+    struct Item {
+        uint32_t list;
+        uint32_t first;  // offset into the list's members
+        uint32_t count;
+        uint64_t cost;
+    };
+    std::vector<Item> items;
+    for (size_t l = 0; l < nlist; ++l) {
+        const size_t size = lists_[l].labels.size();
+        const size_t nqueries = start[l + 1] - start[l];
+        if (size == 0) continue;
+        const size_t pieces = (nqueries + kListQueries - 1) / kListQueries;
+        for (size_t p = 0; p < pieces; ++p) {
+            const size_t f = nqueries * p / pieces, c = nqueries * (p + 1) / pieces - f;
+            items.push_back({static_cast<uint32_t>(l), static_cast<uint32_t>(f), static_cast<uint32_t>(c),
+                             static_cast<uint64_t>(size) * c});
+        }
+    }
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+
+    // A scanner per worker, not per work item: a scanner's tile is 512 KiB,
+    // and zero-filling one per item cost ~10% of a self-join's search.
+    struct Worker {
+        std::unique_ptr<IvfListScanner> scanner;
+        std::vector<TopK*> heap_of;
+    };
+    std::vector<Worker> scratch(workers);
+    const float* centroids = centroid_data();
+    parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
+        Worker& w = scratch[worker];
+        if (!w.scanner) {
+            w.scanner = codec_->scanner(products);
+            w.heap_of.resize(kListQueries);
+        }
+        TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq * ranks;
+        for (size_t it = b; it < e; ++it) {
+            const Item& item = items[it];
+            const List& list = lists_[item.list];
+            const size_t first = start[item.list] + item.first;
+            const uint32_t* qs = members.data() + first;
+            const uint32_t* slot = heap_per_rank ? slots.data() + first : qs;
+            for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[slot[i]];
+            const IvfListView view{list.labels.data(), list.codes.data(), list.norms.empty() ? nullptr : list.norms.data(),
+                                   list.labels.size(), centroids + size_t{item.list} * dim_};
+            w.scanner->scan(view, queries, qs, item.count, w.heap_of.data());
+        }
+    });
+}
+
+void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
+                            int64_t* out_ids, float* out_distances, int threads, const size_t* ends, size_t nends,
+                            size_t out_stride, uint8_t* proven) const {
+    const size_t workers = static_cast<size_t>(resolve_threads(threads));
+    // Re-rank after an approximate scan: codes (sq8, pq) or bf16 tiles (float32).
+    const TileProducts products = tile_products();
+    const bool rerank = params_.keeps_float_copies() || products == TileProducts::Bf16;
+    const size_t candidates = rerank ? k * params_.rerank : k;
+    // An exact answer from an approximate scan keeps more candidates (the ends'
+    // answers take the best `candidates` of them: what search keeps) and proves
+    // itself against the scan's error bound.
+    const bool deep = proven != nullptr && rerank;
+    const size_t kept = deep ? std::max(candidates, std::min(kExactCandidatesPerK * k, kMaxExactCandidates)) : candidates;
+    const std::vector<float> error_bound = deep ? scan_error_bounds(nq, queries, threads) : std::vector<float>{};
+    if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
+    std::vector<TopK> heaps(workers * nq);
+    for (TopK& h : heaps) {
+        h.reset(kept);
+        h.order_ties_by(ids_.data());  // ties by user id: the answer does not depend on the order of adds
+    }
+    const auto to_id = [&](int64_t label) { return ids_[static_cast<size_t>(label)]; };
+    // The answer after `scanned` lists of each query: the workers' selections
+    // merged (into a copy while more lists are to come), re-ranked or written;
+    // after the last, the exact answer too when asked for.
+    auto write = [&](size_t scanned, int64_t* ids, float* distances) {
+        const bool last = scanned == nprobe;
+        parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
+            for (size_t q = b; q < e; ++q) {
+                TopK copy;
+                TopK& h = last ? heaps[q] : (copy = heaps[q]);
+                for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
+                const float* query = queries + q * dim_;
+                if (!rerank) {
+                    if (last && proven != nullptr) {  // an exact scan: its answer is the exact one
+                        TopK same = h;
+                        same.write_sorted(ids + out_stride + q * k, distances + out_stride + q * k, to_id);
+                        proven[q] = 1;
+                    }
+                    h.write_sorted(ids + q * k, distances + q * k, to_id);
+                    continue;
+                }
+                if (!deep) {
+                    rerank_candidates(query, h, k, ids + q * k, distances + q * k);
+                    continue;
+                }
+                TopK searched(candidates);  // what search keeps: the best `candidates` of the deep ones
+                searched.order_ties_by(ids_.data());
+                const std::vector<TopK::Entry>& all = h.entries();
+                for (const TopK::Entry& entry : all) searched.push(entry.first, entry.second);
+                rerank_candidates(query, searched, k, ids + q * k, distances + q * k);
+                if (last) {
+                    // Every row left out is at least the worst kept's scan distance away by
+                    // the scan, so at least that less the error bound in truth.
+                    const bool full = all.size() >= kept;
+                    float worst = -std::numeric_limits<float>::infinity();
+                    for (const TopK::Entry& entry : all) worst = std::max(worst, entry.first);
+                    int64_t* exact_ids = ids + out_stride + q * k;
+                    float* exact_distances = distances + out_stride + q * k;
+                    rerank_candidates(query, h, k, exact_ids, exact_distances);
+                    proven[q] = !full || exact_distances[k - 1] < worst - error_bound[q];
+                }
+            }
+        });
+    };
+    const size_t single_end[] = {nprobe};
+    if (ends == nullptr) ends = single_end, nends = 1;
+    // Answers at a ladder's first values (up to kRankHeapsTop lists) come from one scan
+    // of those ranks into a selection per (query, rank): a scan per value would give
+    // each list a handful of queries (tiles too thin to pay), and a selection merged
+    // from per-list selections of `candidates` keeps the same best `candidates`.
+    size_t e = 0;
+    size_t low = 0;  // ends[0, low) answered from per-rank selections
+    while (low + 1 < nends && ends[low] <= kRankHeapsTop) ++low;
+    // ... when their selections fit kRankHeapsBytes (a tuning's sample; not a huge batch)
+    const size_t per_query = low ? workers * ends[low - 1] * (sizeof(TopK) + 2 * candidates * sizeof(TopK::Entry)) : 0;
+    if (low >= 2 && nq * per_query <= kRankHeapsBytes) {
+        const size_t ranks = ends[low - 1];
+        std::vector<TopK> per_rank(workers * nq * ranks);
+        for (TopK& h : per_rank) {
+            h.reset(candidates);
+            h.order_ties_by(ids_.data());
+        }
+        scan_lists(nq, queries, nprobe, probes, 0, ranks, per_rank, workers, products, /*heap_per_rank=*/true);
+        parallel_for(nq, 64, threads, [&](size_t b, size_t end, int) {
+            for (size_t q = b; q < end; ++q) {
+                TopK merged(candidates);
+                merged.order_ties_by(ids_.data());
+                size_t r = 0;
+                for (size_t i = 0; i < low; ++i) {
+                    for (; r < ends[i]; ++r) {
+                        for (size_t w = 0; w < workers; ++w) merged.merge(per_rank[(w * nq + q) * ranks + r]);
+                    }
+                    TopK copy = merged;
+                    int64_t* ids = out_ids + i * out_stride + q * k;
+                    float* distances = out_distances + i * out_stride + q * k;
+                    if (rerank) {
+                        rerank_candidates(queries + q * dim_, copy, k, ids, distances);
+                    } else {
+                        copy.write_sorted(ids, distances, to_id);
+                    }
+                }
+            }
+        });
+        e = low;
+    }
+    // Two passes: every query's nearest list first, then the others. After the
+    // first pass a query's k-th distance bounds what can still enter, so the
+    // second pass (nprobe - 1 lists) rejects almost every candidate in the SIMD
+    // compare instead of paying a selection for it. Answers asked for at fewer
+    // lists (ends) are written as the scan passes them.
+    scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers, products);
+    size_t scanned = 1;
+    for (; e < nends; ++e) {
+        if (ends[e] > scanned) {
+            if (scanned == 1) {
+                for (size_t q = 0; q < nq; ++q) {
+                    float bound = std::numeric_limits<float>::infinity();
+                    for (size_t w = 0; w < workers; ++w) bound = std::min(bound, heaps[w * nq + q].tighten());
+                    for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
+                }
+            }
+            scan_lists(nq, queries, nprobe, probes, scanned, ends[e], heaps, workers, products);
+            scanned = ends[e];
+        }
+        write(scanned, out_ids + e * out_stride, out_distances + e * out_stride);
+    }
+}
+
+// How far a bf16 scan distance can be from the exact one, per query: the
+// product of residuals (q - c) . (x - c) in bf16 is within beta |q - c| |x - c|
+// of the exact (each factor rounded within 2^-9, Cauchy-Schwarz; float32 sums
+// within dim 2^-24), taken at the worst list (its widest member), twice for L2
+// (-2 q . x), plus the float32 terms' rounding (|q|^2 + |x|^2 and the centroid
+// products, within (dim + 8) 2^-23 (|q| + max |x|)^2).
+std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, int threads) const {
+    const DistanceKernels& kern = kernels();
+    const float* centroids = centroid_data();
+    const size_t nlist = lists_.size();
+    std::vector<double> radius(nlist, 0.0), row_norm(nlist, 0.0);  // per list: max |x - c|, max |x|
+    parallel_for(nlist, 1, threads, [&](size_t b, size_t e, int) {
+        for (size_t l = b; l < e; ++l) {
+            const float* rows = reinterpret_cast<const float*>(lists_[l].codes.data());
+            double r = 0.0, x = 0.0;
+            for (size_t i = 0; i < lists_[l].labels.size(); ++i) {
+                r = std::max(r, static_cast<double>(kern.l2sq(rows + i * dim_, centroids + l * dim_, dim_)));
+                x = std::max(x, static_cast<double>(kern.dot(rows + i * dim_, rows + i * dim_, dim_)));
+            }
+            radius[l] = std::sqrt(r) * 1.001;
+            row_norm[l] = std::sqrt(x) * 1.001;
+        }
+    });
+    const double max_row = nlist ? *std::max_element(row_norm.begin(), row_norm.end()) : 0.0;
+    const double beta = 1.01 * std::ldexp(1.0, -8) + static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);
+    const double rounding = static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);
+    const double factor = metric_ == Metric::L2 ? 2.0 : 1.0;
+    std::vector<float> bound(nq);
+    parallel_for(nq, 16, threads, [&](size_t b, size_t e, int) {
+        for (size_t q = b; q < e; ++q) {
+            const float* query = queries + q * dim_;
+            double worst = 0.0;
+            for (size_t l = 0; l < nlist; ++l) {
+                if (lists_[l].labels.size() == 0) continue;
+                const double to_centre = std::sqrt(static_cast<double>(kern.l2sq(query, centroids + l * dim_, dim_)));
+                worst = std::max(worst, 1.001 * to_centre * radius[l]);
+            }
+            const double qn = std::sqrt(static_cast<double>(kern.dot(query, query, dim_)));
+            const double span = (qn + max_row) * (qn + max_row);
+            bound[q] = static_cast<float>(1.01 * (factor * beta * worst + factor * rounding * span));
+        }
+    });
+    return bound;
+}
+
+void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,
+                                 float* out_distances) const {
+    const DistanceKernels& kern = kernels();
+    const std::vector<TopK::Entry>& entries = candidates.entries();
+    auto row_of = [&](size_t i) -> const float* {
+        const size_t label = static_cast<size_t>(entries[i].second);
+        if (params_.keeps_float_copies()) return rerank_vectors_.data() + label * dim_;
+        const auto [l, r] = place_of(label);  // float32 lists: the row itself (index_places ran first)
+        return reinterpret_cast<const float*>(lists_[l].codes.data()) + r * dim_;
+    };
+    // The rows are scattered (a cache miss per line): four at a time through the
+    // x4 kernels (their misses overlap; the same bits as one at a time), the next
+    // four fetched meanwhile.
+    auto prefetch = [&](const float* row) {
+        for (size_t b = 0; b < dim_ * sizeof(float); b += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + b);
+    };
+    const size_t n = entries.size();
+    const float* group[2][4];
+    auto fetch = [&](size_t first, const float** rows) {
+        for (size_t t = 0; t < 4 && first + t < n; ++t) prefetch(rows[t] = row_of(first + t));
+    };
+    const DistanceX4Fn x4 = metric_ == Metric::L2 ? kern.l2sq_x4 : kern.dot_x4;
+    auto finish = [&](float raw) {  // as distance(): the kernels' raw value to the metric's distance
+        return metric_ == Metric::L2 ? raw : metric_ == Metric::Cosine ? 1.0f - raw : -raw;
+    };
+    TopK exact(k);
+    exact.order_ties_by(ids_.data());
+    fetch(0, group[0]);
+    for (size_t i = 0, g = 0; i < n; i += 4, g ^= 1) {
+        fetch(i + 4, group[g ^ 1]);
+        if (i + 4 <= n) {
+            float raw[4];
+            x4(query, group[g], dim_, raw);
+            for (size_t t = 0; t < 4; ++t) exact.push(finish(raw[t]), entries[i + t].second);
+        } else {
+            for (size_t t = 0; i + t < n; ++t) {
+                exact.push(distance(metric_, kern, query, group[g][t], dim_), entries[i + t].second);
+            }
+        }
+    }
+    exact.write_sorted(out_ids, out_distances, [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+}
+
+}  // namespace sparknn
