@@ -531,9 +531,12 @@ class Index:
         self-join). Returns the :class:`sparknn.tuning.Tuning`: the value and the recall measured
         (if no value reaches the target, the most work tried; ``reached`` is then False). A flat
         index is exact: nothing to tune. The exact pass reads the stored vectors (decoded, for a
-        compressed ivf) in blocks. A quarter of the sample is measured first and decides alone
-        when the least value reaches the target beyond doubt (``tuning.settled``; the Tuning's
-        ``sample`` then says 250 of 1000), sparing the rest's exact pass."""
+        compressed ivf) in blocks; float32 ivf lists give the exact answers and the ladder's
+        nprobe 1-16 from one scan of every list instead (with the bf16 scan, an answer is kept
+        only when proven exact against its error bound; the others take the exact pass). A
+        quarter of the sample is measured first and decides alone when the least value reaches
+        the target beyond doubt (``tuning.settled``; the Tuning's ``sample`` then says 250 of
+        1000), sparing the rest's exact pass."""
         chosen = self._tuning(recall, k, queries, sample, seed, threads)
         if chosen.param == "nprobe":
             self.nprobe = chosen.value
@@ -608,7 +611,7 @@ class Index:
 
             if self.kind == "ivf":
                 return tuning.tune(found, truth, target, "nprobe", int(self.params["nlist"]), k,
-                                   search_many=found_at_each, measured=measured)
+                                   search_many=found_at_each, answered=answered)
             # hnsw searches with ef >= k (its answer is k long): the ladder starts there, and the
             # value reported is the ef searched with
             return tuning.tune(found, truth, target, "ef", max(kk + own, min(4096, n)), k, lowest=kk + own)
@@ -619,10 +622,10 @@ class Index:
         nlist = int(self.params["nlist"]) if self.kind == "ivf" else 0
         # (up to ONE_SCAN_MAX_NLIST lists: each query's lists all ranked at once)
         one_scan = self.kind == "ivf" and self.storage == "float32" and nlist <= tuning.ONE_SCAN_MAX_NLIST
-        measured: dict[int, np.ndarray] = {}
+        answered: dict[int, np.ndarray] = {}  # the one scan's ladder: nprobe -> ids [sample so far, kk]
 
         def truth_and_ladder(sel: np.ndarray) -> np.ndarray:
-            """The exact answers of ``sel``; ``measured`` gets the ladder's, after those of the
+            """The exact answers of ``sel``; ``answered`` gets the ladder's, after those of the
             stages before (the sample's queries in stage order)."""
             values = [v for v in tuning.LADDER if v <= tuning.ONE_SCAN_LADDER_TOP and v < nlist] + [nlist]
             ivf = self._native_as("ivf", "search_ladder_and_exact")
@@ -630,7 +633,7 @@ class Index:
             if own:
                 got = [tuning.drop_own(g, own_ids[sel], kk) for g in got]
             for value, found in zip(values, got[:-1]):
-                measured[value] = np.concatenate([measured[value], found]) if value in measured else found
+                answered[value] = np.concatenate([answered[value], found]) if value in answered else found
             truth = np.array(got[-1])
             doubtful = np.flatnonzero(proven == 0)
             if len(doubtful):

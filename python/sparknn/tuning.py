@@ -166,7 +166,7 @@ def members(values: np.ndarray, offsets: np.ndarray, sets: np.ndarray) -> np.nda
 def tune(search: Callable[[int], np.ndarray], truth: np.ndarray, target: float, param: str, limit: int,
          k: int, lowest: int = 1,
          search_many: Optional[Callable[[list[int]], list[np.ndarray]]] = None,
-         measured: Optional[dict[int, np.ndarray]] = None) -> Tuning:
+         answered: Optional[dict[int, np.ndarray]] = None) -> Tuning:
     """The smallest value of ``param`` on LADDER (from ``lowest`` up to ``limit``) whose
     ``search(value)`` (ids [m, k]) reaches recall ``target`` against ``truth`` (ids [m, k]). Recall
     rises with the value, so the ladder is climbed in doubling steps until the target is reached
@@ -174,16 +174,17 @@ def tune(search: Callable[[int], np.ndarray], truth: np.ndarray, target: float, 
 
     ``search_many(values)`` (ascending), when given, answers for every value at the cost of the
     largest (ivf: one scan whose answer is taken after each number of lists): each doubling step
-    then measures every value up to its top, and nothing is bisected. ``measured`` (with
+    then measures every value up to its top, and nothing is bisected. ``answered`` (with
     ``search_many``): answers already found, by value (the exact scan's ladder): the least of
-    them to reach the target is taken as found; only values above them are searched."""
+    the ladder's first values among them to reach the target is taken; only values above them
+    are searched."""
     target = check_target(target)
     lowest = min(lowest, limit)
     ladder = [lowest] + [v for v in LADDER if lowest < v < limit] + ([limit] if limit > lowest else [])
     if search_many is not None:
         done = 0  # the ladder's first values, answered already
-        while measured and done < len(ladder) and ladder[done] in measured:
-            recall = recall_at_k(measured[ladder[done]], truth)
+        while answered and done < len(ladder) and ladder[done] in answered:
+            recall = recall_at_k(answered[ladder[done]], truth)
             if recall >= target or done == len(ladder) - 1:
                 return Tuning(param, ladder[done], recall, target, k, len(truth))
             done += 1
