@@ -130,7 +130,10 @@ void GemmScanner::pack_queries(const float* queries, size_t m, const float* cent
 
 void GemmScanner::pack_base(const float* base, size_t cols, const float* centre) {
 #if defined(SPARKNN_TILE_BF16)
-    tile_bf16::pack_panels(base, cols, dim_, centre, packed_base_.data(), row_terms_.data());
+    // L2 takes |x - c|^2, the others c . (x - c) (scan_impl)
+    const bool l2 = metric_ == Metric::L2;
+    tile_bf16::pack_panels(base, cols, dim_, centre, packed_base_.data(), l2 ? nullptr : row_terms_.data(),
+                           l2 ? row_terms_.data() : nullptr);
 #endif
 }
 
@@ -169,25 +172,24 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
     const bool bf16 = products_ == TileProducts::Bf16 && m >= kMinBf16Queries;
     if (!bf16) centre = nullptr;
     if (bf16) pack_queries(queries, m, centre);
-    // With a centre the tile holds (q - c) . (x - c): q . c (per query) and c . (x - c) (per
-    // row) are added back in float32.
+    // With a centre the tile holds (q - c) . (x - c). L2: |q - x|^2 = |q - c|^2 + |x - c|^2
+    // - 2 (q - c) . (x - c), every term a residual's (|q|^2 + |x|^2 - 2 q . x of rows far
+    // from the origin cancels in float32: at values 1000 +- 1, recall@10 0.28). Inner
+    // products: q . c (per query) and c . (x - c) (per row) are added back in float32.
     const DistanceKernels& kern = kernels();
+    const bool l2 = metric_ == Metric::L2;
     if (centre != nullptr) {
         query_centre_.resize(m);
-        for (size_t i = 0; i < m; ++i) query_centre_[i] = kern.dot(queries + i * dim_, centre, dim_);
+        for (size_t i = 0; i < m; ++i) {
+            const float* q = queries + i * dim_;
+            query_centre_[i] = l2 ? kern.l2sq(q, centre, dim_) : kern.dot(q, centre, dim_);
+        }
     }
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
         if (bf16) pack_base(base + c0 * dim_, cols, centre);
-        const float* column = nullptr;  // per row of the block: |x|^2 (L2), less 2 c . (x - c) with a centre
-        if (centre != nullptr) {  // pack_base left c . (x_j - c) in row_terms_
-            if (metric_ == Metric::L2) {
-                for (size_t j = 0; j < cols; ++j) row_terms_[j] = bnorm[c0 + j] - 2.0f * row_terms_[j];
-            }
-            column = row_terms_.data();
-        } else if (metric_ == Metric::L2) {
-            column = bnorm + c0;
-        }
+        // per row of the block: |x|^2 (L2), or with a centre pack_base's |x - c|^2 (L2) or c . (x - c)
+        const float* column = centre != nullptr ? row_terms_.data() : l2 ? bnorm + c0 : nullptr;
         for (size_t q0 = 0; q0 < m; q0 += kScanQueryBlock) {
             const size_t rows = std::min(m - q0, kScanQueryBlock);
             products(bf16, queries, q0, rows, base + c0 * dim_, cols);
@@ -195,8 +197,8 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
                 float* row = tile_.data() + i * cols;
                 const float qc = centre != nullptr ? query_centre_[q0 + i] : 0.0f;
                 const float offset = metric_ == Metric::Cosine ? 1.0f : 0.0f;
-                if (metric_ == Metric::L2) {
-                    to_distances_l2(row, cols, qnorm[q0 + i] - 2.0f * qc, column);
+                if (l2) {
+                    to_distances_l2(row, cols, centre != nullptr ? qc : qnorm[q0 + i], column);
                 } else if (column != nullptr) {
                     to_distances_dot(row, cols, offset - qc, column);
                 } else {

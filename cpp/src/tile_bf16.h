@@ -29,10 +29,11 @@ inline size_t panel_rows(size_t n) { return (n + 15) / 16 * 16; }
 // rows [m, dim] -> out [m, pairs(dim)]: each pair two bf16, the odd tail zero.
 void pack_rows(const float* rows, size_t m, size_t dim, const float* centre, uint32_t* out);
 // rows [n, dim] -> out [panel_rows(n) / 16][pairs(dim)][16]; rows past n zero. With a
-// centre, centre_dots (unless null) [n] gets centre . (row_i - centre) in float32: the
-// products' float32 term, taken while the rows pass (and without x . c - |c|^2's cancellation).
+// centre, in float32 as the rows pass, each [n] unless null: centre_dots gets
+// centre . (row_i - centre) (an inner product's float32 term, without x . c - |c|^2's
+// cancellation) and residual_norms |row_i - centre|^2 (an L2 distance's).
 void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, uint32_t* out,
-                 float* centre_dots = nullptr);
+                 float* centre_dots = nullptr, float* residual_norms = nullptr);
 // c[i * ldc + j] = a_i . b_j for i < m, j < n (a: pack_rows, b: pack_panels).
 void product(const uint32_t* a, size_t m, const uint32_t* b, size_t n, size_t pairs, float* c, size_t ldc);
 

@@ -10,8 +10,9 @@ namespace sparknn::tile_bf16 {
 namespace {
 
 // 32 floats (a masked tail reads only n), less `centre` unless null -> 16 pairs of bf16.
-// With a centre and `dots`, *dots += centre . (x - centre) lane by lane, in float32.
-__m512i to_pairs(const float* x, const float* centre, size_t n, __m512* dots = nullptr) {
+// With a centre, lane by lane in float32: *dots += centre . (x - centre) and
+// *squares += |x - centre|^2 (each unless null).
+__m512i to_pairs(const float* x, const float* centre, size_t n, __m512* dots = nullptr, __m512* squares = nullptr) {
     const __mmask16 lo = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
     const __mmask16 hi = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n <= 16 ? 0 : (1u << (n - 16)) - 1u);
     __m512 a = _mm512_maskz_loadu_ps(lo, x);
@@ -21,6 +22,7 @@ __m512i to_pairs(const float* x, const float* centre, size_t n, __m512* dots = n
         a = _mm512_sub_ps(a, ca);
         b = _mm512_sub_ps(b, cb);
         if (dots != nullptr) *dots = _mm512_fmadd_ps(cb, b, _mm512_fmadd_ps(ca, a, *dots));
+        if (squares != nullptr) *squares = _mm512_fmadd_ps(b, b, _mm512_fmadd_ps(a, a, *squares));
     }
     return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a's 16 values first
 }
@@ -112,27 +114,32 @@ void pack_rows(const float* rows, size_t m, size_t dim, const float* centre, uin
     for (size_t i = 0; i < m; ++i) pack_row(rows + i * dim, dim, centre, out + i * np);
 }
 
-void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, uint32_t* out, float* centre_dots) {
+void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, uint32_t* out, float* centre_dots,
+                 float* residual_norms) {
     const size_t np = pairs(dim);
     const __m512i zero = _mm512_setzero_si512();
     __m512i r[16];
-    __m512 dots[16];
+    __m512 dots[16], squares[16];
     const bool want_dots = centre != nullptr && centre_dots != nullptr;
+    const bool want_squares = centre != nullptr && residual_norms != nullptr;
     for (size_t p0 = 0; p0 < panel_rows(n); p0 += 16) {
         uint32_t* panel = out + p0 * np;
-        for (__m512& d : dots) d = _mm512_setzero_ps();
+        for (size_t i = 0; i < 16; ++i) dots[i] = squares[i] = _mm512_setzero_ps();
         for (size_t k0 = 0; k0 < np; k0 += 16) {  // 16 pairs of 16 rows: one transpose
             const size_t d0 = 2 * k0, dn = dim - d0 < 32 ? dim - d0 : 32;
             const float* c = centre != nullptr ? centre + d0 : nullptr;
             for (size_t i = 0; i < 16; ++i) {
-                r[i] = p0 + i < n ? to_pairs(rows + (p0 + i) * dim + d0, c, dn, want_dots ? &dots[i] : nullptr) : zero;
+                r[i] = p0 + i < n ? to_pairs(rows + (p0 + i) * dim + d0, c, dn, want_dots ? &dots[i] : nullptr,
+                                             want_squares ? &squares[i] : nullptr)
+                                  : zero;
             }
             transpose16(r);
             const size_t kn = np - k0 < 16 ? np - k0 : 16;
             for (size_t k = 0; k < kn; ++k) _mm512_storeu_si512(panel + (k0 + k) * 16, r[k]);
         }
-        if (want_dots) {
-            for (size_t i = 0; i < 16 && p0 + i < n; ++i) centre_dots[p0 + i] = _mm512_reduce_add_ps(dots[i]);
+        for (size_t i = 0; i < 16 && p0 + i < n; ++i) {
+            if (want_dots) centre_dots[p0 + i] = _mm512_reduce_add_ps(dots[i]);
+            if (want_squares) residual_norms[p0 + i] = _mm512_reduce_add_ps(squares[i]);
         }
     }
 }

@@ -695,6 +695,32 @@ double exact_distance(Metric metric, const float* a, const float* b, size_t dim)
     return -dot;
 }
 
+// The bf16 scan's L2 distances are taken of residuals (|q - c|^2 + |x - c|^2 - 2 (q - c) . (x - c)):
+// rows far from the origin (1000 +- 1 per value) keep their neighbours, where |q|^2 + |x|^2 -
+// 2 q . x cancels in float32 (the float32 scan: recall@10 0.28 on this data; docs/RELIABILITY.md).
+TEST(Ivf, Bf16ScanKeepsRowsFarFromTheOrigin) {
+    if (!bf16_tiles_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    const size_t dim = 64, n = 4000, nq = 300, k = 10;
+    auto base = test::random_vectors(n, dim, 71);
+    for (float& v : base) v = 1000.0f + v;
+    IvfParams p = ivf_params(32, 32);
+    p.rerank = 2;
+    IvfIndex ivf(dim, Metric::L2, p);
+    ivf.add(n, base.data(), nullptr);
+    const std::vector<float> queries(base.begin(), base.begin() + nq * dim);
+    const Results got = search(ivf, queries, k);
+    size_t hits = 0;
+    for (size_t q = 0; q < nq; ++q) {
+        std::vector<std::pair<double, int64_t>> all(n);
+        for (size_t i = 0; i < n; ++i) all[i] = {exact_distance(Metric::L2, &queries[q * dim], &base[i * dim], dim), int64_t(i)};
+        std::partial_sort(all.begin(), all.begin() + k, all.end());
+        std::set<int64_t> want;
+        for (size_t i = 0; i < k; ++i) want.insert(all[i].second);
+        for (size_t i = 0; i < k; ++i) hits += want.count(got.ids[q * k + i]);
+    }
+    EXPECT_GE(double(hits) / double(nq * k), 0.99);
+}
+
 // search_ladder_and_exact: the ladder's answers are search_nprobes', and the exact answer
 // of every query it proves is a true top k (each neighbour within float32 rounding of the
 // k-th distance in double). Near ties that the bf16 scan cannot order (rows at equal

@@ -56,8 +56,9 @@ TEST(TileBf16, ProductEqualsRoundedReference) {
     }
 }
 
-// With a centre the panels hold the rows less it, and centre_dots c . (x - c) in
-// float32 (the term the scan adds back), for every row of a partial panel too.
+// With a centre the panels hold the rows less it, centre_dots c . (x - c) and
+// residual_norms |x - c|^2 in float32 (the terms the scan adds back), for every row
+// of a partial panel too.
 TEST(TileBf16, PanelsLessACentreGiveItsDots) {
     if (!bf16_tiles_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
     for (size_t dim : {1, 33, 784}) {
@@ -67,19 +68,21 @@ TEST(TileBf16, PanelsLessACentreGiveItsDots) {
             const auto a = test::random_vectors(3, dim, 50 + dim);
             std::vector<uint32_t> pb(tile_bf16::panel_rows(n) * tile_bf16::pairs(dim));
             std::vector<uint32_t> pa(3 * tile_bf16::pairs(dim));
-            std::vector<float> dots(n + 1, -7.0f);
-            tile_bf16::pack_panels(b.data(), n, dim, c.data(), pb.data(), dots.data());
+            std::vector<float> dots(n + 1, -7.0f), squares(n + 1, -7.0f);
+            tile_bf16::pack_panels(b.data(), n, dim, c.data(), pb.data(), dots.data(), squares.data());
             tile_bf16::pack_rows(a.data(), 3, dim, c.data(), pa.data());
             std::vector<float> prod(3 * n);
             tile_bf16::product(pa.data(), 3, pb.data(), n, tile_bf16::pairs(dim), prod.data(), n);
             for (size_t j = 0; j < n; ++j) {
-                double want = 0, scale = 0;
+                double want = 0, scale = 0, square = 0;
                 for (size_t d = 0; d < dim; ++d) {
                     const double p = double(c[d]) * (double(b[j * dim + d]) - c[d]);
                     want += p;
                     scale += std::fabs(p);
+                    square += (double(b[j * dim + d]) - c[d]) * (double(b[j * dim + d]) - c[d]);
                 }
                 ASSERT_NEAR(dots[j], want, 1e-5 * scale + 1e-30) << "dim " << dim << " n " << n << " row " << j;
+                ASSERT_NEAR(squares[j], square, 1e-5 * square + 1e-30) << "dim " << dim << " n " << n << " row " << j;
                 for (size_t i = 0; i < 3; ++i) {  // (a - c) . (b - c), rounded to bf16
                     double r = 0, rs = 0;
                     for (size_t d = 0; d < dim; ++d) {
@@ -91,6 +94,7 @@ TEST(TileBf16, PanelsLessACentreGiveItsDots) {
                 }
             }
             EXPECT_EQ(dots[n], -7.0f) << "wrote past n";
+            EXPECT_EQ(squares[n], -7.0f) << "wrote past n";
         }
     }
 }
