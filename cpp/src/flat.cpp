@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
+#include <vector>
 
 #include "gemm_scan.h"
 #include "tile_bf16.h"
@@ -29,7 +31,43 @@ void FlatIndex::add_impl(size_t n, const float* vectors) {
             throw;
         }
         compute_norms(old, old + n, threads());
+        accumulate_sums(old, old + n, threads());
     }
+}
+
+void FlatIndex::accumulate_sums(size_t begin, size_t end, int threads) {
+    if (sums_.size() != dim_) sums_.assign(dim_, 0.0);
+    std::mutex merge;
+    parallel_for(end - begin, 8192, threads, [&](size_t b, size_t e, int) {
+        std::vector<double> local(dim_, 0.0);
+        std::vector<float> scratch(store_.f32() ? 0 : kScanBaseBlock * dim_);
+        double norms = 0;
+        for (size_t r = begin + b; r < begin + e; r += kScanBaseBlock) {
+            const size_t count = std::min(kScanBaseBlock, begin + e - r);
+            const float* rows = store_.rows(r, count, scratch.data());
+            for (size_t i = 0; i < count; ++i) {
+                for (size_t d = 0; d < dim_; ++d) local[d] += rows[i * dim_ + d];
+                norms += sq_norms_[r + i];
+            }
+        }
+        std::lock_guard<std::mutex> lock(merge);
+        for (size_t d = 0; d < dim_; ++d) sums_[d] += local[d];
+        norm_sum_ += norms;
+    });
+}
+
+bool FlatIndex::centre_on_mean(std::vector<float>& mean) const {
+    const size_t n = size();
+    if (metric_ != Metric::L2 || n == 0 || sums_.size() != dim_) return false;
+    mean.resize(dim_);
+    double squared = 0;
+    for (size_t d = 0; d < dim_; ++d) {
+        const double m = sums_[d] / static_cast<double>(n);
+        mean[d] = static_cast<float>(m);
+        squared += m * m;
+    }
+    const double spread = norm_sum_ / static_cast<double>(n) - squared;
+    return squared > kCentreWhen * std::max(spread, 0.0);
 }
 
 // Norms of the stored rows (decoded under 16-bit storage), so that the
@@ -48,19 +86,23 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
                             const SearchParams& params) const {
     const size_t n = size();
     const int threads = resolve_threads(params.threads);
-    // bf16 first pass: the rows' mean is the tiles' centre (a data set far from the
-    // origin keeps its differences in bf16 only as residuals); candidates then re-ranked.
+    // L2 rows far from the origin are searched less their mean (centre_on_mean). A bf16
+    // first pass takes the mean as its tiles' centre too (a data set far from the origin
+    // keeps its differences in bf16 only as residuals); its candidates are then re-ranked.
+    std::vector<float> mean;
+    const bool centred = centre_on_mean(mean);
     const bool bf16 = bf16_extra_ > 0 && store_.f32() != nullptr && bf16_tiles_available();
     const size_t kept = bf16 ? k + bf16_extra_ : k;
-    std::vector<float> mean(bf16 ? dim_ : 0);
-    if (bf16) {
+    if (bf16 && mean.empty()) {  // not L2: the mean of the rows, here
         std::vector<double> sum(dim_, 0.0);
         for (size_t r = 0; r < n; ++r) {
             const float* row = store_.f32() + r * dim_;
             for (size_t d = 0; d < dim_; ++d) sum[d] += row[d];
         }
+        mean.resize(dim_);
         for (size_t d = 0; d < dim_; ++d) mean[d] = static_cast<float>(sum[d] / static_cast<double>(n));
     }
+    const float* centre = bf16 || centred ? mean.data() : nullptr;
     const auto to_id = [&](int64_t label) { return ids_[static_cast<size_t>(label)]; };
     const DistanceKernels& kern = kernels();
     // A query's answer from its selection: written, or re-ranked exactly first.
@@ -93,6 +135,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
 
     parallel_for(qblocks * parts, 1, threads, [&](size_t begin, size_t end, int) {
         GemmScanner scanner(metric_, dim_, bf16 ? TileProducts::Bf16 : TileProducts::Float32);
+        scanner.centre_float32(centred ? GemmScanner::Centring::On : GemmScanner::Centring::Off);
         std::vector<float> qnorm(kScanQueryBlock);
         // 16-bit rows are widened a block at a time; float32 ones are scanned in place.
         std::vector<float> decoded(store_.f32() ? 0 : kScanBaseBlock * dim_);
@@ -118,7 +161,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
                 const size_t count = std::min(chunk, b1 - c0);
                 const float* bnorm = metric_ == Metric::L2 ? sq_norms_.data() + c0 : nullptr;
                 scanner.scan(queries + q0 * dim_, qnorm.data(), m, store_.rows(c0, count, decoded.data()), bnorm,
-                             count, nullptr, static_cast<int64_t>(c0), heaps, bf16 ? mean.data() : nullptr);
+                             count, nullptr, static_cast<int64_t>(c0), heaps, centre);
             }
             if (parts == 1) {
                 for (size_t i = 0; i < m; ++i) finish(local[i], q0 + i);
@@ -148,6 +191,7 @@ std::unique_ptr<FlatIndex> FlatIndex::load(const std::shared_ptr<const IndexFile
     if (h.metric == Metric::L2) {
         index->sq_norms_.resize(h.count);
         index->compute_norms(0, h.count, 0);
+        index->accumulate_sums(0, h.count, 0);
     }
     return index;
 }

@@ -115,8 +115,8 @@ GemmScanner::GemmScanner(Metric metric, size_t dim, TileProducts products)
     if (products_ == TileProducts::Bf16) {
         SPARKNN_THROW_IF_NOT(bf16_tiles_available(), Unsupported, "bf16 tile products need AVX512_BF16");
         packed_base_.resize(tile_bf16::panel_rows(kScanBaseBlock) * tile_bf16::pairs(dim));
-        row_terms_.resize(kScanBaseBlock);
     }
+    row_terms_.resize(kScanBaseBlock);
     blas_use_one_thread();
 }
 
@@ -135,6 +135,18 @@ void GemmScanner::pack_base(const float* base, size_t cols, const float* centre)
     tile_bf16::pack_panels(base, cols, dim_, centre, packed_base_.data(), l2 ? nullptr : row_terms_.data(),
                            l2 ? row_terms_.data() : nullptr);
 #endif
+}
+
+void GemmScanner::centre_rows(const float* rows, size_t n, const float* centre, std::vector<float>& out,
+                              float* terms) const {
+    if (out.size() < n * dim_) out.resize(n * dim_);
+    const DistanceKernels& kern = kernels();
+    for (size_t i = 0; i < n; ++i) {
+        const float* x = rows + i * dim_;
+        float* r = out.data() + i * dim_;
+        for (size_t d = 0; d < dim_; ++d) r[d] = x[d] - centre[d];
+        if (terms != nullptr) terms[i] = metric_ == Metric::L2 ? kern.dot(r, r, dim_) : kern.dot(centre, r, dim_);
+    }
 }
 
 void GemmScanner::products(bool bf16, const float* queries, size_t q0, size_t m, const float* base, size_t cols) {
@@ -170,14 +182,23 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
                             HeapAt&& heap_at) {
     // A few queries do not repay packing the base rows: sgemm reads them as they are.
     const bool bf16 = products_ == TileProducts::Bf16 && m >= kMinBf16Queries;
-    if (!bf16) centre = nullptr;
+    const DistanceKernels& kern = kernels();
+    const bool l2 = metric_ == Metric::L2;
+    if (!bf16 && centre != nullptr) {
+        bool centring = centre_float32_ == Centring::On;
+        if (centre_float32_ == Centring::Auto && l2) {
+            double near = 0;
+            for (size_t i = 0; i < m; ++i) near += kern.l2sq(queries + i * dim_, centre, dim_);
+            centring = kern.dot(centre, centre, dim_) > kCentreWhen * near / static_cast<double>(m);
+        }
+        if (!centring) centre = nullptr;
+    }
+    const bool centred_float32 = !bf16 && centre != nullptr;
     if (bf16) pack_queries(queries, m, centre);
     // With a centre the tile holds (q - c) . (x - c). L2: |q - x|^2 = |q - c|^2 + |x - c|^2
     // - 2 (q - c) . (x - c), every term a residual's (|q|^2 + |x|^2 - 2 q . x of rows far
     // from the origin cancels in float32: at values 1000 +- 1, recall@10 0.28). Inner
     // products: q . c (per query) and c . (x - c) (per row) are added back in float32.
-    const DistanceKernels& kern = kernels();
-    const bool l2 = metric_ == Metric::L2;
     if (centre != nullptr) {
         query_centre_.resize(m);
         for (size_t i = 0; i < m; ++i) {
@@ -185,14 +206,23 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
             query_centre_[i] = l2 ? kern.l2sq(q, centre, dim_) : kern.dot(q, centre, dim_);
         }
     }
+    if (centred_float32) {  // the products then read the copies less the centre
+        centre_rows(queries, m, centre, centred_queries_, nullptr);
+        queries = centred_queries_.data();
+    }
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
         if (bf16) pack_base(base + c0 * dim_, cols, centre);
+        const float* block = base + c0 * dim_;
+        if (centred_float32) {
+            centre_rows(block, cols, centre, centred_base_, row_terms_.data());
+            block = centred_base_.data();
+        }
         // per row of the block: |x|^2 (L2), or with a centre pack_base's |x - c|^2 (L2) or c . (x - c)
         const float* column = centre != nullptr ? row_terms_.data() : l2 ? bnorm + c0 : nullptr;
         for (size_t q0 = 0; q0 < m; q0 += kScanQueryBlock) {
             const size_t rows = std::min(m - q0, kScanQueryBlock);
-            products(bf16, queries, q0, rows, base + c0 * dim_, cols);
+            products(bf16, queries, q0, rows, block, cols);
             for (size_t i = 0; i < rows; ++i) {
                 float* row = tile_.data() + i * cols;
                 const float qc = centre != nullptr ? query_centre_[q0 + i] : 0.0f;

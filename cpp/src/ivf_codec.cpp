@@ -37,7 +37,9 @@ class BlockScanner final : public IvfListScanner {
           qbuf_(kListQueries * dim),
           qnorm_(kListQueries),
           decoded_(codec.needs_scratch() ? kScanBaseBlock * dim : 0),
-          decoded_norms_(kScanBaseBlock) {}
+          decoded_norms_(kScanBaseBlock) {
+        scanner_.centre_float32(GemmScanner::Centring::Auto);  // lists far from the origin
+    }
 
     void scan(const IvfListView& list, const float* queries, const uint32_t* qs, size_t m,
               TopK* const* heaps) override {

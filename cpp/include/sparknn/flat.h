@@ -40,10 +40,18 @@ class FlatIndex final : public Index {
 
   private:
     void compute_norms(size_t begin, size_t end, int threads);
+    // L2: adds rows [begin, end) to sums_ and norm_sum_ (compute_norms first).
+    void accumulate_sums(size_t begin, size_t end, int threads);
+    // The rows' mean into `mean`; returns whether L2 distances are taken less it (the
+    // mean's squared norm exceeds kCentreWhen (gemm_scan.h) times the rows' spread about
+    // it: |q|^2 + |x|^2 - 2 q.x would cancel most of float32's bits).
+    bool centre_on_mean(std::vector<float>& mean) const;
 
     size_t bf16_extra_ = 0;          // set_bf16_first_pass
     VectorStore store_;              // [n, dim] (unit rows under cosine)
     AlignedVector<float> sq_norms_;  // [n], L2 only: |x|^2 of the stored rows, recomputed on load
+    std::vector<double> sums_;       // [dim], L2 only: the stored rows summed, recomputed on load
+    double norm_sum_ = 0;            // L2 only: sum of sq_norms_
 };
 
 }  // namespace sparknn
