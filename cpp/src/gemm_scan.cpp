@@ -184,28 +184,27 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
     const bool bf16 = products_ == TileProducts::Bf16 && m >= kMinBf16Queries;
     const DistanceKernels& kern = kernels();
     const bool l2 = metric_ == Metric::L2;
-    if (!bf16 && centre != nullptr) {
-        bool centring = centre_float32_ == Centring::On;
-        if (centre_float32_ == Centring::Auto && l2) {
-            double near = 0;
-            for (size_t i = 0; i < m; ++i) near += kern.l2sq(queries + i * dim_, centre, dim_);
-            centring = kern.dot(centre, centre, dim_) > kCentreWhen * near / static_cast<double>(m);
-        }
-        if (!centring) centre = nullptr;
-    }
-    const bool centred_float32 = !bf16 && centre != nullptr;
-    if (bf16) pack_queries(queries, m, centre);
+    if (!bf16 && (centre_float32_ == Centring::Off || (centre_float32_ == Centring::Auto && !l2))) centre = nullptr;
     // With a centre the tile holds (q - c) . (x - c). L2: |q - x|^2 = |q - c|^2 + |x - c|^2
     // - 2 (q - c) . (x - c), every term a residual's (|q|^2 + |x|^2 - 2 q . x of rows far
     // from the origin cancels in float32: at values 1000 +- 1, recall@10 0.28). Inner
     // products: q . c (per query) and c . (x - c) (per row) are added back in float32.
     if (centre != nullptr) {
         query_centre_.resize(m);
+        double near = 0;  // sum of |q - c|^2 (L2)
         for (size_t i = 0; i < m; ++i) {
             const float* q = queries + i * dim_;
             query_centre_[i] = l2 ? kern.l2sq(q, centre, dim_) : kern.dot(q, centre, dim_);
+            near += query_centre_[i];
+        }
+        // Auto: float32 takes the centre only when it is far from the origin for these queries
+        if (!bf16 && centre_float32_ == Centring::Auto &&
+            kern.dot(centre, centre, dim_) <= kCentreWhen * near / static_cast<double>(m)) {
+            centre = nullptr;
         }
     }
+    const bool centred_float32 = !bf16 && centre != nullptr;
+    if (bf16) pack_queries(queries, m, centre);
     if (centred_float32) {  // the products then read the copies less the centre
         centre_rows(queries, m, centre, centred_queries_, nullptr);
         queries = centred_queries_.data();

@@ -243,6 +243,15 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         h.order_ties_by(ids_.data());  // ties by user id: the answer does not depend on the order of adds
     }
     const auto to_id = [&](int64_t label) { return ids_[static_cast<size_t>(label)]; };
+    // Query q's answer from a selection of its candidates, at ids / distances + q * k:
+    // re-ranked exactly, or written as it is.
+    const auto answer = [&](size_t q, TopK& selection, int64_t* ids, float* distances) {
+        if (rerank) {
+            rerank_candidates(queries + q * dim_, selection, k, ids + q * k, distances + q * k);
+        } else {
+            selection.write_sorted(ids + q * k, distances + q * k, to_id);
+        }
+    };
     // The answer after `scanned` lists of each query: the workers' selections
     // merged (into a copy while more lists are to come), re-ranked or written;
     // after the last, the exact answer too when asked for.
@@ -253,35 +262,28 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                 TopK copy;
                 TopK& h = last ? heaps[q] : (copy = heaps[q]);
                 for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
-                const float* query = queries + q * dim_;
-                if (!rerank) {
+                if (!deep) {
                     if (last && proven != nullptr) {  // an exact scan: its answer is the exact one
                         TopK same = h;
-                        same.write_sorted(ids + out_stride + q * k, distances + out_stride + q * k, to_id);
+                        answer(q, same, ids + out_stride, distances + out_stride);
                         proven[q] = 1;
                     }
-                    h.write_sorted(ids + q * k, distances + q * k, to_id);
-                    continue;
-                }
-                if (!deep) {
-                    rerank_candidates(query, h, k, ids + q * k, distances + q * k);
+                    answer(q, h, ids, distances);
                     continue;
                 }
                 TopK searched(candidates);  // what search keeps: the best `candidates` of the deep ones
                 searched.order_ties_by(ids_.data());
                 const std::vector<TopK::Entry>& all = h.entries();
                 for (const TopK::Entry& entry : all) searched.push(entry.first, entry.second);
-                rerank_candidates(query, searched, k, ids + q * k, distances + q * k);
+                answer(q, searched, ids, distances);
                 if (last) {
                     // Every row left out is at least the worst kept's scan distance away by
                     // the scan, so at least that less the error bound in truth.
                     const bool full = all.size() >= kept;
                     float worst = -std::numeric_limits<float>::infinity();
                     for (const TopK::Entry& entry : all) worst = std::max(worst, entry.first);
-                    int64_t* exact_ids = ids + out_stride + q * k;
-                    float* exact_distances = distances + out_stride + q * k;
-                    rerank_candidates(query, h, k, exact_ids, exact_distances);
-                    proven[q] = !full || exact_distances[k - 1] < worst - error_bound[q];
+                    answer(q, h, ids + out_stride, distances + out_stride);
+                    proven[q] = !full || distances[out_stride + q * k + k - 1] < worst - error_bound[q];
                 }
             }
         });
@@ -315,13 +317,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                         for (size_t w = 0; w < workers; ++w) merged.merge(per_rank[(w * nq + q) * ranks + r]);
                     }
                     TopK copy = merged;
-                    int64_t* ids = out_ids + i * out_stride + q * k;
-                    float* distances = out_distances + i * out_stride + q * k;
-                    if (rerank) {
-                        rerank_candidates(queries + q * dim_, copy, k, ids, distances);
-                    } else {
-                        copy.write_sorted(ids, distances, to_id);
-                    }
+                    answer(q, copy, out_ids + i * out_stride, out_distances + i * out_stride);
                 }
             }
         });
