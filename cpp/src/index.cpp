@@ -35,7 +35,8 @@ namespace {
 int64_t next_after(int64_t id) { return id == std::numeric_limits<int64_t>::max() ? id : id + 1; }
 
 // Validates rows (finite; non-zero under cosine) and, for cosine, writes unit
-// rows to `out`. Names the first bad row so the user can find it.
+// rows to `out` (null: checks only; `out` may be `x` itself). Names the first bad
+// row so the user can find it.
 void validate_rows(size_t n, size_t dim, const float* x, Metric metric, float* out, int threads,
                    const char* what) {
     const DistanceKernels& k = kernels();
@@ -53,7 +54,15 @@ void validate_rows(size_t n, size_t dim, const float* x, Metric metric, float* o
                                   " is too large: its squared norm overflows float32");
             }
             if (metric == Metric::Cosine) {
-                float* dst = out + i * dim;
+                if (out == nullptr) {  // checks only: a zero row cannot be normalised
+                    if (std::isfinite(sq) && sq >= std::numeric_limits<float>::min()) continue;
+                    bool zero = true;
+                    for (size_t j = 0; j < dim && zero; ++j) zero = row[j] == 0.0f;
+                    SPARKNN_CHECK_ARG(!zero, what, " row ", i,
+                                      " is all zeros: cosine distance is undefined for a zero vector");
+                    continue;
+                }
+                float* dst = out + i * dim;  // may be row itself: each value is read before it is written
                 if (std::isfinite(sq) && sq >= std::numeric_limits<float>::min()) {
                     const float inv = 1.0f / std::sqrt(sq);
                     for (size_t j = 0; j < dim; ++j) dst[j] = row[j] * inv;
@@ -101,7 +110,7 @@ std::shared_ptr<const void> Index::pin() const {
 void Index::check_unpinned(const char* what) const {
     const size_t pins = pins_->load(std::memory_order_acquire);
     SPARKNN_CHECK_ARG(pins == 0, what, " would move this index's arrays, but ", pins,
-                      " zero-copy view(s) of them are alive (Python: arrays from Index.ids or vectors()): "
+                      " zero-copy view(s) of them are alive (Python: arrays from Index.ids, vectors or rows_in_list_order()): "
                       "delete them, or take copies (np.array(view)), before adding");
 }
 
@@ -159,14 +168,20 @@ void Index::shrink_to_fit() {
 }
 
 void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
-                     const std::function<void(const float*)>& store) {
+                     const std::function<void(const float*)>& store, float* in_place) {
     if (n == 0) return;
     SPARKNN_CHECK_ARG(vectors != nullptr, "vectors is null");
     AlignedVector<float> normalised;
-    if (metric_ == Metric::Cosine) normalised.resize(n * dim_);
-    validate_rows(n, dim_, vectors, metric_, normalised.data(), threads(), "vector");
-    const float* stored = metric_ == Metric::Cosine ? normalised.data() : vectors;
-    check_storage_range(storage(), n, dim_, stored, "vector", threads());
+    const float* stored = vectors;
+    const bool normalise_in_place = metric_ == Metric::Cosine && in_place != nullptr;
+    if (metric_ == Metric::Cosine && !normalise_in_place) {
+        normalised.resize(n * dim_);
+        validate_rows(n, dim_, vectors, metric_, normalised.data(), threads(), "vector");
+        stored = normalised.data();
+    } else {  // in place: every row and id is checked before the first row changes
+        validate_rows(n, dim_, vectors, metric_, nullptr, threads(), "vector");
+    }
+    if (!normalise_in_place) check_storage_range(storage(), n, dim_, stored, "vector", threads());  // unit rows fit any
 
     std::vector<int64_t> generated;
     if (ids == nullptr) {
@@ -179,6 +194,7 @@ void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
     }
     check_new_ids(n, ids);
     try {
+        if (normalise_in_place) validate_rows(n, dim_, vectors, metric_, in_place, threads(), "vector");
         store(stored);
     } catch (...) {
         for (size_t i = 0; i < n; ++i) id_set_.erase(ids[i]);

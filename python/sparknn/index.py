@@ -231,6 +231,10 @@ _SPEC_MAXIMUMS = {"seed": UINT64_MAX, "threads": INT_MAX}
 # The native class of each kind with methods of its own (flat has none).
 _NATIVE_CLASSES = {"hnsw": _core.HnswIndex, "ivf": _core.IvfIndex}
 
+#: float32 rows [rows, dim], uninitialised, filled through ``block.array()`` (a writable numpy
+#: view) and then taken by an ivf index without a copy (:meth:`Index.adopt_rows`).
+RowBlock = _core.RowBlock
+
 
 class Index:
     """A k-nearest-neighbour index over float vectors with int64 ids.
@@ -420,6 +424,32 @@ class Index:
             self._index.add(x, id_arr)
         else:
             self._native_as("ivf", "add(lists=...)").add(x, id_arr, list_arr)
+
+    def adopt_rows(self, block: RowBlock, ids=None, lists=None) -> None:
+        """ivf with float32 lists, trained and empty: adds the rows of ``block`` (a
+        :class:`RowBlock` filled through ``block.array()``) without copying them. The index
+        reorders the rows into list order in place and keeps them as its lists, so a build that
+        held its input needs the vectors' memory once, not twice (and touches no fresh memory
+        for the lists). The block is the index's from then on: ``block.array()`` raises, and
+        arrays taken from it before must not be used. ``ids`` and ``lists`` as :meth:`add`.
+        Bad rows or ids raise as in :meth:`add`, leaving the index and the block unchanged."""
+        n = block.rows
+        id_arr = None if ids is None else _as_ids(ids, n)
+        list_arr = None if lists is None else np.ascontiguousarray(_as_lists(lists, n, None)[:, 0])
+        self._native_as("ivf", "adopt_rows()").adopt_rows(block, id_arr, list_arr)
+
+    def rows_in_list_order(self) -> Optional[np.ndarray]:
+        """ivf, float32 lists: every stored vector list after list (in :meth:`list_order`), a
+        zero-copy read-only view that pins the index as :attr:`vectors` does, when the lists lie
+        in one array (after :meth:`adopt_rows`, or loaded from a file, nothing added since); None
+        otherwise (then ``reconstruct_rows(list_order())`` gives the same rows as a copy)."""
+        native = self._native_as("ivf", "rows_in_list_order()")
+        if self.storage != "float32":
+            return None
+        try:
+            return native.rows_in_list_order()
+        except _core.UnsupportedError:
+            return None
 
     def shrink_to_fit(self) -> None:
         """Returns the memory reserved for growth and freed by the adds, after the last add: an

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from sparknn.arrow import PARQUET_READ, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
+from sparknn.index import RowBlock
 from sparknn.machine import available_memory, usable_cores
 from sparknn.output import DataError, UsageError, one_line, special_kind
 from sparknn.progress import Progress
@@ -76,6 +77,15 @@ class Input:
     num_rows: int
     held: list | None = None  # the vector column once hold_vectors read it: (first row, float32 [m, dim]) in order
     consumed: bool = False  # the held vectors were handed over and let go (vector_batches(consume=True))
+    block: RowBlock | None = None  # what the held arrays are views of: every row, in row order
+
+    def take_block(self) -> RowBlock:
+        """The held vectors as one RowBlock, handed over whole (an ivf index adopts it): the input
+        lets go of them as ``vector_chunks(consume=True)`` does."""
+        if self.block is None or self.consumed:
+            raise RuntimeError(f"the vectors of {self.path!r} are not held in one block")
+        block, self.block, self.held, self.consumed = self.block, None, None, True
+        return block
 
     def batches(self, columns, batch_size: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(first row, batch) over ``columns`` in file order, batches of at most ``batch_size`` rows.
@@ -109,7 +119,7 @@ class Input:
                 yield from self.held
                 return
             self.consumed = True
-            held, self.held = self.held, None
+            held, self.held, self.block = self.held, None, None
             held.reverse()
             while held:
                 yield held.pop()  # the last reference to a passed chunk is the consumer's
@@ -149,7 +159,7 @@ class Input:
 
 
 def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget: int | None = None,
-                 threads: int = 0) -> bool:
+                 threads: int = 0, one_block: bool = False) -> bool:
     """Reads the vector column once into memory when it takes at most ``budget`` bytes (default:
     HOLD_FRACTION of the memory available), so a job passing over it several times (training
     sample, build, self-join search) decodes the Parquet once. Returns whether it is held; a
@@ -161,6 +171,8 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
     decoding was the slowest step of a self-join on long vectors (500k x 768 in a new process:
     11.4 -> 3.9 s on 2 cores). Each row group is held as one float32 array (``_decode``): the
     vectors take their size in memory, not the twice that Arrow's decoded batches hold.
+    ``one_block``: all in one RowBlock (``inp.block``) that an ivf build adopts as its lists
+    (``Input.take_block``); else an array per row group, each freed once a build consumed it.
     """
     if budget is None:
         available = available_memory()
@@ -180,16 +192,19 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
     if sum(rows for *_, rows in units) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
     workers = min(len(units), threads or usable_cores())
+    block = RowBlock(inp.num_rows, dim) if one_block else None
+    rows = block.array() if one_block else None
     held: list = []
     with progress.bar(inp.num_rows, "reading") as bar, ThreadPoolExecutor(max(workers, 1)) as pool:
         try:
             # in row order: the first unit with an error raises first, as a serial read would
-            for unit, part in zip(units, pool.map(lambda u: _decode(inp, u, dim), units)):
+            slices = (None if rows is None else rows[first:first + count] for _, _, first, count in units)
+            for unit, part in zip(units, pool.map(lambda u, into: _decode(inp, u, dim, into), units, slices)):
                 held.append(part)
                 bar.update(unit[-1])
         finally:
             pool.shutdown(cancel_futures=True)
-    inp.held = held
+    inp.held, inp.block = held, block
     return True
 
 
@@ -206,31 +221,33 @@ def _row_groups(inp: Input) -> list[tuple]:
     return units
 
 
-def _decode(inp: Input, unit: tuple, dim: int) -> tuple[int, np.ndarray]:
+def _decode(inp: Input, unit: tuple, dim: int, into: np.ndarray | None = None) -> tuple[int, np.ndarray]:
     """One row group's vectors as one float32 [rows, dim] array, decoded READ_BATCH rows at a time
     by a reader of its own.
 
     Copied out of Arrow's batches: Parquet's list decoder reserves up to twice the values it
     holds (60 batches of 4096 x 768 floats, 755 MB, held 1478 MB of Arrow's memory), and each
-    batch's memory goes back to Arrow's pool for the next batch to reuse. An array of its own
-    per row group is freed whole once a build has consumed it."""
+    batch's memory goes back to Arrow's pool for the next batch to reuse. ``into``: the rows'
+    place in a block of every row (its slice), else an array of its own."""
     fragment, group, first, rows = unit
     with reading(inp.path), pq.ParquetFile(fragment.path, filesystem=fragment.filesystem, **PARQUET_READ,
                                            page_checksum_verification=True) as parquet:
         out = row_group_vectors(parquet, inp.vector_col, group, rows,
-                                lambda column, at: checked_vectors(column, inp.vector_col, dim, first + at))
+                                lambda column, at: checked_vectors(column, inp.vector_col, dim, first + at), into)
     if out is None:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
     return first, out
 
 
 def row_group_vectors(parquet: pq.ParquetFile, column: str, group: int, rows: int,
-                      convert: Callable[[pa.Array, int], np.ndarray]) -> np.ndarray | None:
-    """Row group ``group``'s vectors in one float32 [rows, dim] array of its own, decoded READ_BATCH
-    rows at a time: ``convert(batch's column, its first row in the group)`` gives each batch's
-    matrix (and raises on a bad vector). None when the group does not fill ``rows`` rows (the file
-    changed while it was read); ValueError when a batch's length differs from the first's."""
-    out, filled = None, 0
+                      convert: Callable[[pa.Array, int], np.ndarray],
+                      into: np.ndarray | None = None) -> np.ndarray | None:
+    """Row group ``group``'s vectors in one float32 [rows, dim] array (``into``, else one of its
+    own), decoded READ_BATCH rows at a time: ``convert(batch's column, its first row in the
+    group)`` gives each batch's matrix (and raises on a bad vector). None when the group does not
+    fill ``rows`` rows (the file changed while it was read); ValueError when a batch's length
+    differs from the first's, or from ``into``'s."""
+    out, filled = into, 0
     for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=[column], row_groups=[group]):
         if filled + batch.num_rows > rows:
             break

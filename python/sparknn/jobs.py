@@ -147,8 +147,12 @@ def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: P
         index, lists = build_streaming(
             batches(), inp.num_rows, spec, ids=ids, train_sample=sample, keep_lists=spec.nprobe if keep_lists else 0,
             rows_context=lambda first, rows: rows_of_input(inp.vector_col, first, rows), dim=dim,
-            # held: the lists are sized by a first pass over the vectors in memory, then filled
-            assign_first=(lambda: inp.vector_batches(BUILD_BATCH)) if inp.held else None)
+            # held: the lists are sized by a first pass over the vectors in memory, then filled,
+            # or (held in one block, to be let go) kept where they are as the lists
+            assign_first=(lambda: inp.vector_batches(BUILD_BATCH)) if inp.held else None,
+            adopt=inp.take_block if consume and inp.block is not None else None)
+        if inp.block is None and inp.consumed:
+            bar.update(inp.num_rows - bar.n)  # adopted whole: no batch passed the bar
     if index is None or len(index) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
     return index, lists
@@ -252,7 +256,8 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     build samples them first) and they fit (hold_vectors). The held vectors are let go as the
     build adds them unless a self-join needs them again: its index keeps float32 rows and gives
     them back (``inp.consumed``: search from ``index.reconstruct``), so the input and the index
-    are never both in memory. Timings: "read" (all reading of the input, also in batches
+    are never both in memory. An ivf index with float32 lists takes the held vectors whole as its
+    lists (one RowBlock, ``Index.adopt_rows``): they are never copied. Timings: "read" (all reading of the input, also in batches
     during the build when it is not held) and "build".
     """
     t0 = time.perf_counter()
@@ -261,7 +266,9 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     direct = engine_ids(ids)
     spec = spec.for_items(inp.num_rows, batch=self_join)
     if self_join or spec.kind == "ivf":
-        hold_vectors(inp, progress, threads=usable_threads(spec.threads))
+        # an ivf index with float32 lists adopts the rows read (builder.build_streaming)
+        hold_vectors(inp, progress, threads=usable_threads(spec.threads),
+                     one_block=spec.kind == "ivf" and spec.storage == "float32")
     timings.add("read", time.perf_counter() - t0)
     consume = inp.held is not None and (not self_join or spec.storage == "float32")
     with timings.span("build", excluding=("read",)):
@@ -282,9 +289,10 @@ def _stored_rows(index: Index, k: int) -> Iterator[tuple[np.ndarray | slice, np.
     rows = max(1, min(STORED_BATCH_BYTES // (4 * index.dim), RESULT_BYTES // (12 * max(k, 1))))
     if index.kind == "ivf":
         order = index.list_order()
+        in_place = index.rows_in_list_order()  # lists that adopted the input: no copy
         for lo in range(0, n, rows):
             sel = order[lo:lo + rows]
-            yield sel, index.reconstruct_rows(sel)
+            yield sel, index.reconstruct_rows(sel) if in_place is None else in_place[lo:lo + rows]
         return
     for lo in range(0, n, rows):
         yield slice(lo, min(n, lo + rows)), index.reconstruct(lo, min(n, lo + rows))

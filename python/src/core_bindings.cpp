@@ -10,6 +10,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/unique_ptr.h>
@@ -25,6 +26,7 @@
 #include "sparknn/hnsw.h"
 #include "sparknn/index.h"
 #include "sparknn/ivf.h"
+#include "sparknn/row_block.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -148,6 +150,27 @@ void bind_options(nb::module_& m) {
                 ", seed=", o.seed, ", nlist=", o.nlist, ", nprobe=", o.nprobe, ", storage='", o.storage,
                 "', train_size=", o.train_size, ", pq_m=", o.pq_m, ", rerank=", o.rerank, ")");
         });
+}
+
+// Rows a reader fills through a numpy view and an ivf index then keeps in place (adopt_rows).
+void bind_row_block(nb::module_& m) {
+    using sparknn::RowBlock;
+    nb::class_<RowBlock>(m, "RowBlock", "float32 rows [rows, dim], uninitialised, that an ivf index can take "
+                                        "without a copy (IvfIndex.adopt_rows)")
+        .def(nb::init<size_t, size_t>(), "rows"_a, "dim"_a)
+        .def_prop_ro("rows", &RowBlock::rows)
+        .def_prop_ro("dim", &RowBlock::dim)
+        .def_prop_ro("taken", &RowBlock::taken)
+        .def(
+            "array",
+            [](nb::handle_t<RowBlock> self) {
+                RowBlock& block = nb::cast<RowBlock&>(self);
+                if (block.taken()) {
+                    throw sparknn::InvalidArgument("this block's rows belong to an index now: read them from it");
+                }
+                return nb::ndarray<nb::numpy, float, nb::ndim<2>>(block.data(), {block.rows(), block.dim()}, self);
+            },
+            "A writable numpy view [rows, dim] of the rows (keeps the block alive); none once an index took them");
 }
 
 // What every kind has.
@@ -311,6 +334,30 @@ void bind_ivf(nb::module_& m) {
                 ivf.add_to_lists(x.shape(0), x.data(), id_ptr, lists->data());
             },
             "vectors"_a, "ids"_a.none(), "lists"_a.none() = nb::none())
+        .def(
+            "adopt_rows",
+            [](IvfIndex& ivf, std::shared_ptr<sparknn::RowBlock> block, std::optional<IdVector> ids,
+               std::optional<IdVector> lists) {
+                const size_t n = block->rows();
+                if ((ids && ids->shape(0) != n) || (lists && lists->shape(0) != n)) {
+                    throw sparknn::InvalidArgument(sparknn::detail::concat(
+                        "adopt_rows takes one id and one list per row: the block has ", n, " rows, ids ",
+                        ids ? ids->shape(0) : n, ", lists ", lists ? lists->shape(0) : n));
+                }
+                nb::gil_scoped_release release;
+                ivf.adopt_rows(block, ids ? ids->data() : nullptr, lists ? lists->data() : nullptr);
+            },
+            "block"_a, "ids"_a.none(), "lists"_a.none() = nb::none())
+        .def("rows_in_list_order", [](nb::handle_t<IvfIndex> self) {
+            const IvfIndex& ivf = nb::cast<const IvfIndex&>(self);
+            sparknn::PinnedView<float> view;
+            {
+                nb::gil_scoped_release release;
+                view = ivf.view_rows_in_list_order();
+            }
+            const size_t rows = view.rows, cols = view.cols;
+            return pinned_array(self, std::move(view), {rows, cols});
+        })
         .def(
             "reserve_lists",
             [](IvfIndex& ivf, IdVector extra) {
@@ -505,6 +552,7 @@ NB_MODULE(_core, m) {
         "data"_a, "seed"_a = 0, "CRC-32C of a uint8 array (the checksum of index file sections), continued from seed");
 
     bind_options(m);
+    bind_row_block(m);
     bind_index(m);
     bind_flat(m);
     bind_hnsw(m);

@@ -274,3 +274,57 @@ def test_float32_rerank_is_a_bf16_scan_with_exact_distances(metric, tmp_path):
     again, again_dist = sparknn.load(tmp_path / "fast.snn").search(queries, 10)
     np.testing.assert_array_equal(again, got)
     np.testing.assert_array_equal(again_dist, dist)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_adopted_rows_answer_as_added_rows(data, metric):
+    """A RowBlock's rows kept in place as the lists (Index.adopt_rows): the same answers and
+    stored rows as add, the rows in list order in place, the block the index's from then on."""
+    base, queries = data
+    spec = dict(metric=metric, kind="ivf", nlist=24, nprobe=6)
+    added, adopted = sparknn.Index(32, **spec), sparknn.Index(32, **spec)
+    added.train(base)
+    adopted.train(base)
+    ids = np.arange(len(base), dtype=np.int64) * 7 + 1
+    added.add(base, ids)
+    block = sparknn.index.RowBlock(len(base), 32)
+    block.array()[:] = base
+    adopted.adopt_rows(block, ids)
+    assert block.taken
+    with pytest.raises(ValueError, match="belong to an index"):
+        block.array()
+    for got, want in zip(adopted.search(queries, k=10), added.search(queries, k=10)):
+        np.testing.assert_array_equal(got, want)
+    in_place = adopted.rows_in_list_order()
+    np.testing.assert_array_equal(in_place, adopted.reconstruct_rows(adopted.list_order()))
+    assert not in_place.flags.writeable
+    with pytest.raises(ValueError, match="zero-copy view"):
+        adopted.add(base[:1], [10**9])  # pinned by the view
+    del in_place
+    adopted.add(base[:1], [10**9])
+    assert adopted.rows_in_list_order() is None  # the lists were copied to take the new row
+    assert added.rows_in_list_order() is None  # lists grown by add are arrays of their own
+
+
+def test_adopt_rows_refusals(data):
+    base, _ = data
+    block = sparknn.index.RowBlock(len(base), 32)
+    block.array()[:] = base
+    with pytest.raises(sparknn.InvalidArgumentError, match="ivf indexes only"):
+        sparknn.Index(32, kind="flat").adopt_rows(block)
+    sq8 = sparknn.Index(32, kind="ivf", nlist=8, storage="sq8")
+    sq8.train(base)
+    with pytest.raises(ValueError, match="float32 lists"):
+        sq8.adopt_rows(block)
+    assert sq8.rows_in_list_order() is None
+    index = sparknn.Index(32, kind="ivf", nlist=8)
+    index.train(base)
+    with pytest.raises(ValueError, match="ids has 3 entries"):
+        index.adopt_rows(block, ids=np.arange(3))
+    before = block.array().copy()
+    bad = np.arange(len(base))
+    bad[5] = 0  # a duplicate id
+    with pytest.raises(ValueError, match="duplicate id"):
+        index.adopt_rows(block, ids=bad)
+    np.testing.assert_array_equal(block.array(), before)
+    assert len(index) == 0 and not block.taken

@@ -11,7 +11,7 @@ from conftest import exact_knn, recall
 from sparknn import inputs, jobs
 from sparknn.arrow import neighbors_type
 from sparknn.datasets import make_items, make_queries, vector_table
-from sparknn.index import IndexSpec
+from sparknn.index import Index, IndexSpec
 from sparknn.output import DataError, UsageError, write_batches
 from sparknn.progress import Progress
 
@@ -420,3 +420,26 @@ def test_a_command_reuses_the_memory_it_frees():
     run = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_TRIM_THRESHOLD_": "131072"},
                          capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+def test_an_ivf_self_join_keeps_the_input_as_its_lists(items, items_file, tmp_path, monkeypatch):
+    """A held input of an ivf index with float32 lists is one RowBlock that the index adopts
+    (no copy of the vectors) and the search takes its queries from the lists in place."""
+    calls = {"adopt": 0, "in place": 0}
+    adopt, in_place = Index.adopt_rows, Index.rows_in_list_order
+
+    def spy_adopt(self, *args, **kwargs):
+        calls["adopt"] += 1
+        return adopt(self, *args, **kwargs)
+
+    def spy_in_place(self):
+        view = in_place(self)
+        calls["in place"] += view is not None
+        return view
+
+    monkeypatch.setattr(Index, "adopt_rows", spy_adopt)
+    monkeypatch.setattr(Index, "rows_in_list_order", spy_in_place)
+    out = str(tmp_path / "out.parquet")
+    jobs.similar(items_file, out, k=5, spec=IndexSpec(kind="ivf", metric="l2", nlist=16, nprobe=16))
+    assert calls == {"adopt": 1, "in place": 1}
+    assert_exact_similar(pq.read_table(out), items, 5, metric="l2")

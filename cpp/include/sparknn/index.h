@@ -160,6 +160,8 @@ class Index {
     }
     // Throws InvalidArgument naming `what` while a pinned view lives (call writing() first).
     void check_unpinned(const char* what) const;
+    // A pin for a PinnedView of this index's arrays (counted until released).
+    std::shared_ptr<const void> pin() const;
 
     // Called with labels in range: copies vector_of(label); ivf decodes its lists.
     virtual void gather_labels(size_t n, const int64_t* labels, float* out) const;
@@ -177,9 +179,10 @@ class Index {
 
     // add() with the storing step given (the write lock held): validates
     // vectors and ids, then calls store(validated vectors, normalised under
-    // cosine) and records the ids.
+    // cosine) and records the ids. `in_place` (= vectors, writable): cosine
+    // normalises the rows there, after every row passed, instead of in a copy.
     void add_with(size_t n, const float* vectors, const int64_t* ids,
-                  const std::function<void(const float*)>& store);
+                  const std::function<void(const float*)>& store, float* in_place = nullptr);
     // Loads the common sections (ids) of a validated file.
     void load_common(const std::shared_ptr<const IndexFile>& file);
     // Returns queries ready to search: validated, normalised for cosine (copied
@@ -203,7 +206,6 @@ class Index {
     mutable std::mutex gate_;  // see reading()
     // Live pinned views; shared so a pin outliving the index (a misuse) stays harmless.
     std::shared_ptr<std::atomic<size_t>> pins_ = std::make_shared<std::atomic<size_t>>(0);
-    std::shared_ptr<const void> pin() const;
     mutable std::unordered_set<int64_t> id_set_;  // built lazily, for duplicate checks
     mutable bool id_set_built_ = false;
     int64_t next_id_ = 0;

@@ -28,6 +28,7 @@
 
 namespace sparknn {
 
+class RowBlock;  // sparknn/row_block.h
 class IvfCodec;  // cpp/src/ivf_codec.h: one implementation per storage
 enum class TileProducts;  // cpp/src/gemm_scan.h: float32 or bf16 tile products
 
@@ -114,6 +115,18 @@ class IvfIndex final : public Index {
     // first (nearest_lists) knows the counts. Requires a trained index. Exclusive, as add.
     // Room too large to address or allocate is an InvalidArgument, the index unchanged.
     void reserve_lists(const int64_t* extra);
+    // add() of a block's rows without a copy (float32 lists, an empty trained index): the
+    // rows are validated (cosine: normalised in place), reordered in place into list
+    // order and kept there as the lists; the index shares the block and marks it taken.
+    // A build that held its input then needs its memory once, not twice. lists: [n] each
+    // row's list (column 0 of nearest_lists), or null to assign them here. ids as add.
+    // Exclusive, as add. A bad row, id or list leaves the index and the block unchanged.
+    void adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists);
+    // The rows of every list as one array [size(), dim], list after list (list_labels
+    // names them), pinned (Index::view_vectors): when the lists lie so in memory (an
+    // index that adopted its rows or was loaded from a file, float32 storage, nothing
+    // added since); Unsupported otherwise. A self-join's queries in list order, no copy.
+    PinnedView<float> view_rows_in_list_order() const;
     // Index::reconstruct: exact for float32 (and for any storage with rerank,
     // from its float32 copies), decoded otherwise (sq8: within half a step per
     // value; pq: the list centroid plus the decoded residual).
@@ -165,6 +178,8 @@ class IvfIndex final : public Index {
     void train_prepared(size_t n, const float* x);  // x validated (normalised under cosine)
     void train_on_sample(size_t sample, const float* train_x, size_t nlist);
     void add_assigned(size_t n, const float* vectors, const int64_t* assigned);
+    // adopt_rows' storing step: the block's rows [n] into their lists (assigned [n]) in place.
+    void place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
     template <class LabelAt>

@@ -1,0 +1,38 @@
+// Rows of float32 vectors [rows, dim] in one 64-byte aligned allocation that an
+// index can take over instead of copying (IvfIndex::adopt_rows): a reader fills
+// it (Python: through a numpy view), the index keeps the same memory as its lists.
+// A build that holds its input and then copies it into the index's lists needs
+// twice the vectors' memory, and first touches of fresh memory are the slowest
+// step of a cold build on some machines (page faults through a VM's host).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+namespace sparknn {
+
+class RowBlock {
+  public:
+    // Uninitialised: every row is to be written before the block is used.
+    // Throws InvalidArgument when rows * dim floats cannot be addressed or allocated.
+    RowBlock(size_t rows, size_t dim);
+
+    float* data() { return data_.get(); }
+    const float* data() const { return data_.get(); }
+    size_t rows() const { return rows_; }
+    size_t dim() const { return dim_; }
+    // Set by the index that takes the block: its rows are the index's from then on
+    // (reordered in place), so no one else may write or take them.
+    bool taken() const { return taken_; }
+    void mark_taken() { taken_ = true; }
+
+  private:
+    struct Free {
+        void operator()(float* p) const noexcept;
+    };
+    std::unique_ptr<float, Free> data_;
+    size_t rows_, dim_;
+    bool taken_ = false;
+};
+
+}  // namespace sparknn

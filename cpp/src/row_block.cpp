@@ -1,0 +1,40 @@
+#include "sparknn/row_block.h"
+
+#include <unistd.h>
+
+#include <limits>
+#include <new>
+
+#include "sparknn/error.h"
+
+namespace sparknn {
+
+namespace {
+constexpr std::align_val_t kRowBlockAlign{64};
+}
+
+void RowBlock::Free::operator()(float* p) const noexcept { ::operator delete(p, kRowBlockAlign); }
+
+RowBlock::RowBlock(size_t rows, size_t dim) : rows_(rows), dim_(dim) {
+    SPARKNN_CHECK_ARG(dim > 0, "a row block needs dim > 0");
+    size_t values = 0;
+    SPARKNN_CHECK_ARG(!__builtin_mul_overflow(rows, dim, &values) &&
+                          values <= std::numeric_limits<std::ptrdiff_t>::max() / sizeof(float),
+                      "a row block of ", rows, " x ", dim, " floats is too large to address");
+    if (values == 0) return;
+    // Beyond the machine's memory is refused before it is asked for: some allocators
+    // (sanitizers, overcommitting kernels) abort or kill rather than fail such a request.
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+    SPARKNN_CHECK_ARG(memory == 0.0 || static_cast<double>(values) * sizeof(float) <= memory, "a row block of ", rows,
+                      " x ", dim, " floats is more than this machine's ", memory / 1e9, " GB of memory");
+    try {
+        data_.reset(static_cast<float*>(::operator new(values * sizeof(float), kRowBlockAlign)));
+    } catch (const std::bad_alloc&) {
+        throw InvalidArgument(detail::concat("a row block of ", rows, " x ", dim, " floats (",
+                                             static_cast<double>(values) * sizeof(float) / 1e9,
+                                             " GB) could not be allocated"));
+    }
+}
+
+}  // namespace sparknn
