@@ -33,6 +33,13 @@ Parts (``--parts``):
   matrix allocated and written before the clock starts):
   queries/s and GFLOP/s (2 n nq dim per search), median of ``--repeats`` interleaved timings, and
   the share of sgemm's rate each reaches; the two engines' top-10 ids agree (reported).
+- ``coldstart``: the first call in a fresh process against the second (issue 15's cold start):
+  ``--repeats`` new processes each load the data set into memory and run every step twice:
+  ``sparknn similar`` with its defaults (``cli.main``: the whole command but the interpreter's start
+  and imports) on a Parquet file of the items, an ivf self-join
+  in-process (train, assign + add, tune to recall 0.95, search every item), flat add + 1000
+  queries, hnsw build on ``--cold-hnsw-n`` items + 1000 queries at ef 32; per step the medians
+  of both rounds and their ratio.
 - ``hnsw``: sparknn hnsw, hnswlib and faiss IndexHNSWFlat (M=16, ef_construction=200) built on
   the items, then the held-out queries at ef 10 ... 256: recall@10 and queries/s (median of
   ``--repeats`` interleaved timings), the queries/s at recall 0.95 interpolated on each curve
@@ -401,6 +408,101 @@ def print_lists(name: str, res: dict) -> None:
               f"{r['assign_s']:.2f} | {r['search_s']:.2f} | {r['total_s']:.2f} |")
 
 
+# --------------------------------------------------------------------------- cold start
+COLD_STEPS = ("similar (the CLI's job)", "ivf train", "ivf assign + add", "ivf tune", "ivf search",
+              "flat add + search", "hnsw build", "hnsw search")
+
+
+def coldstart_child(s: LongSet, args) -> dict:
+    """Runs in a fresh process: the engine's steps twice each, on data already in memory; the
+    seconds of each step in the first round (cold: thread pools, BLAS, allocator and page state
+    as a new process has them) and the second (warm)."""
+    import sparknn
+    from sparknn import cli, machine
+    from sparknn.index import default_rerank
+
+    x, q, metric, threads = s.join, s.queries[:1000], s.metric, args.threads
+    small = x[:args.cold_hnsw_n]
+    work = tempfile.mkdtemp(prefix="sparknn-cold-", dir=args.workdir)
+    items, out = os.path.join(work, "items.parquet"), os.path.join(work, "out.parquet")
+    write_items(x, items)
+    machine.reuse_freed_memory()  # as the command line sets it at its start
+    rounds = []
+    for _ in range(2):
+        t = {}
+        t0 = time.perf_counter()
+        code = cli.main(["similar", items, "-o", out, "--metric", metric, "--threads", str(threads), "--overwrite",
+                         "--quiet"])
+        assert code == 0, code
+        t["similar (the CLI's job)"] = time.perf_counter() - t0
+        spec = sparknn.IndexSpec(kind="ivf", metric=metric, threads=threads, rerank=default_rerank("ivf", "float32"))
+        spec = spec.for_items(len(x), batch=True)  # the command's index
+        t0 = time.perf_counter()
+        ivf = spec.create(x.shape[1])
+        ivf.train(x)
+        t1 = time.perf_counter()
+        lists = ivf.nearest_lists(x, 16)
+        ivf.add(x, lists=lists[:, :1])
+        t2 = time.perf_counter()
+        tuned = ivf.tune(TARGET, k=K)
+        t3 = time.perf_counter()
+        ivf.search(x, K + 1, lists=np.ascontiguousarray(lists[:, :tuned.value]))
+        t4 = time.perf_counter()
+        t.update({"ivf train": t1 - t0, "ivf assign + add": t2 - t1, "ivf tune": t3 - t2, "ivf search": t4 - t3})
+        del ivf, lists
+        t0 = time.perf_counter()
+        flat = sparknn.Index(x.shape[1], metric, "flat", threads=threads)
+        flat.add(x)
+        flat.search(q, K)
+        t1 = time.perf_counter()
+        del flat
+        hnsw = sparknn.Index(x.shape[1], metric, "hnsw", M=HNSW_M, ef_construction=HNSW_EFC, threads=threads)
+        hnsw.add(small)
+        t2 = time.perf_counter()
+        hnsw.search(q, K, ef=32)
+        t3 = time.perf_counter()
+        del hnsw
+        t.update({"flat add + search": t1 - t0, "hnsw build": t2 - t1, "hnsw search": t3 - t2})
+        rounds.append({k: round(v, 3) for k, v in t.items()})
+    shutil.rmtree(work, ignore_errors=True)
+    return {"first": rounds[0], "second": rounds[1]}
+
+
+def part_coldstart(s: LongSet, args) -> dict:
+    """``--repeats`` fresh processes, each running coldstart_child: per step the median of the
+    first and second rounds and their ratio (the issue: at most 1.2)."""
+    runs = []
+    for r in range(args.repeats):
+        cmd = [sys.executable, os.path.abspath(__file__), "--coldstart-child", "--sets", s.key, "--n", str(args.n),
+               "--dim", str(args.dim), "--fmnist-n", str(args.fmnist_n), "--threads", str(args.threads),
+               "--cold-hnsw-n", str(args.cold_hnsw_n)]
+        env = {**os.environ, "MIMALLOC_PURGE_DELAY": "-1"}  # as the command line sets it (cli.py)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"  process {r + 1}: {runs[-1]}", file=sys.stderr, flush=True)
+    rows = []
+    for step in COLD_STEPS:
+        first = statistics.median(run["first"][step] for run in runs)
+        second = statistics.median(run["second"][step] for run in runs)
+        rows.append({"step": step, "first_s": round(first, 3), "second_s": round(second, 3),
+                     "ratio": round(first / second, 2) if second else None})
+    first, second = (sum(statistics.median(run[r][st] for run in runs) for st in COLD_STEPS)
+                     for r in ("first", "second"))
+    rows.append({"step": "all", "first_s": round(first, 3), "second_s": round(second, 3),
+                 "ratio": round(first / second, 2)})
+    return {"n": len(s.join), "dim": s.join.shape[1], "metric": s.metric, "processes": len(runs),
+            "hnsw_n": min(args.cold_hnsw_n, len(s.join)), "rows": rows, "runs": runs}
+
+
+def print_coldstart(name: str, res: dict) -> None:
+    print(f"\n### Cold start: {name}, {res['n']:,} x {res['dim']}, {res['metric']} (median of {res['processes']} "
+          f"fresh processes; hnsw on the first {res['hnsw_n']:,} items)\n")
+    print("| step | first call s | second call s | first / second |")
+    print("|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['step']} | {r['first_s']:.3f} | {r['second_s']:.3f} | {r['ratio']} |")
+
+
 # --------------------------------------------------------------------------- exact search
 def part_exact(s: LongSet, args, missing: dict) -> dict:
     import sparknn
@@ -667,9 +769,9 @@ def plot(results: dict, path: str) -> None:
 
 
 def load_set(name: str, args) -> LongSet:
-    if name == "fmnist":
-        return load_fmnist(args.fmnist_n, args.queries)
-    return load_clustered(args.n, args.dim, args.queries)
+    s = load_fmnist(args.fmnist_n, args.queries) if name == "fmnist" else load_clustered(args.n, args.dim, args.queries)
+    s.key = name  # as --sets names it
+    return s
 
 
 def run_set(s: LongSet, args, missing: dict, work: str) -> dict:
@@ -690,6 +792,9 @@ def run_set(s: LongSet, args, missing: dict, work: str) -> dict:
         elif part == "lists":
             res = part_lists(s, args)
             print_lists(s.name, res)
+        elif part == "coldstart":
+            res = part_coldstart(s, args)
+            print_coldstart(s.name, res)
         elif part == "hnsw":
             res = part_hnsw(s, truth, args, missing)
             print_hnsw(s.name, res)
@@ -706,7 +811,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", nargs="+", default=["fmnist", "clustered"], choices=["fmnist", "clustered"])
     p.add_argument("--parts", nargs="+", default=["selfjoin", "hnsw", "storage"],
-                   choices=["selfjoin", "lists", "exact", "hnsw", "storage"])
+                   choices=["selfjoin", "lists", "exact", "hnsw", "storage", "coldstart"])
+    p.add_argument("--cold-hnsw-n", type=int, default=20_000, help="coldstart: items of the hnsw build")
+    p.add_argument("--coldstart-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=500_000, help="clustered: items")
     p.add_argument("--dim", type=int, default=768, help="clustered: dimensions")
     p.add_argument("--fmnist-n", type=int, default=0, help="fmnist: subsample the items to this many (0: all)")
@@ -725,6 +832,9 @@ def main(argv=None) -> None:
     p.add_argument("--plot", action="store_true", help="PNG of the HNSW curves beside --out (needs matplotlib)")
     args = p.parse_args(argv)
     limit_threads(args.threads)
+    if args.coldstart_child:
+        print(json.dumps(coldstart_child(load_set(args.sets[0], args), args)))
+        return
     missing = missing_peers()
     for module, why in missing.items():
         print(f"{module} is missing ({why}): its rows are skipped. Install it with pip install --no-deps "

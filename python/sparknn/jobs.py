@@ -257,8 +257,8 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     build adds them unless a self-join needs them again: its index keeps float32 rows and gives
     them back (``inp.consumed``: search from ``index.reconstruct``), so the input and the index
     are never both in memory. An ivf index with float32 lists takes the held vectors whole as its
-    lists (one RowBlock, ``Index.adopt_rows``): they are never copied. Timings: "read" (all reading of the input, also in batches
-    during the build when it is not held) and "build".
+    lists (one RowBlock, ``Index.adopt_rows``): they are never copied. Timings: "read" (all
+    reading of the input, also in batches during the build when it is not held) and "build".
     """
     t0 = time.perf_counter()
     inp = open_input(input_path, id_col, vector_col)
