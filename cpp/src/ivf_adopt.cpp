@@ -40,7 +40,8 @@ void permute_rows(float* x, size_t n, size_t dim, const std::vector<size_t>& to)
 
 }  // namespace
 
-void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists) {
+void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists,
+                          const int64_t* order) {
     SPARKNN_CHECK_ARG(block != nullptr, "adopt_rows: the block is null");
     auto lock = writing();
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "adopt_rows needs a trained IVF index: call train() first");
@@ -56,23 +57,34 @@ void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
     const size_t n = block->rows();
     if (n == 0) return;
     if (lists != nullptr) check_lists(n, 1, lists, "lists");
+    if (order != nullptr) {  // a permutation of the block's rows
+        std::vector<bool> seen(n, false);
+        for (size_t r = 0; r < n; ++r) {
+            SPARKNN_CHECK_ARG(order[r] >= 0 && static_cast<size_t>(order[r]) < n && !seen[order[r]],
+                              "adopt_rows: order[", r, "] = ", order[r], " is outside the block's rows [0, ", n,
+                              ") or names one twice: order must name each row once");
+            seen[order[r]] = true;
+        }
+    }
     float* rows = block->data();
     add_with(
         n, rows, ids,
         [&](const float* stored) {
-            std::vector<int64_t> assigned;
+            std::vector<int64_t> assigned;  // of each label
             if (lists == nullptr) {
+                std::vector<int64_t> of_row(n);
+                assign(n, stored, 1, of_row.data(), threads());
                 assigned.resize(n);
-                assign(n, stored, 1, assigned.data(), threads());
+                for (size_t r = 0; r < n; ++r) assigned[r] = of_row[order != nullptr ? order[r] : r];
             }
-            place_rows(block, lists != nullptr ? lists : assigned.data());
+            place_rows(block, lists != nullptr ? lists : assigned.data(), order);
         },
         rows);
     block->mark_taken();
 }
 
 // Everything that can fail is allocated before the first row moves; the commit cannot fail.
-void IvfIndex::place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned) {
+void IvfIndex::place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order) {
     const size_t n = block->rows(), nlist = lists_.size();
     std::vector<size_t> start(nlist + 1, 0);
     for (size_t i = 0; i < n; ++i) ++start[static_cast<size_t>(assigned[i]) + 1];
@@ -84,12 +96,12 @@ void IvfIndex::place_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
         labels[l].resize(start[l + 1] - start[l]);
         if (!norms.empty()) norms[l].resize(labels[l].size());
     }
-    {
+    {  // label r (row order[r] of the block) goes next into its list: a list holds its labels ascending, as add leaves it
         std::vector<size_t> fill(start.begin(), start.end() - 1);
-        for (size_t i = 0; i < n; ++i) {
-            const size_t l = static_cast<size_t>(assigned[i]);
-            labels[l][fill[l] - start[l]] = static_cast<int64_t>(i);  // labels start at 0: the index was empty
-            to[i] = fill[l]++;
+        for (size_t r = 0; r < n; ++r) {
+            const size_t l = static_cast<size_t>(assigned[r]);
+            labels[l][fill[l] - start[l]] = static_cast<int64_t>(r);  // labels start at 0: the index was empty
+            to[order != nullptr ? static_cast<size_t>(order[r]) : r] = fill[l]++;
         }
     }
     float* rows = block->data();

@@ -2,6 +2,7 @@
 // view_rows_in_list_order: the same index as add(), and nothing changed on a refusal.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include <iterator>
 #include <memory>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -86,6 +88,58 @@ TEST(IvfAdopt, AdoptedRowsGiveTheAddedIndex) {
     }
     std::remove(path_added.c_str());
     std::remove(path_adopted.c_str());
+}
+
+// Rows in another order than the labels (a reader's file order, labels in id order): with
+// `order` the index is the one add() builds from the rows in label order; a bad order is refused.
+TEST(IvfAdopt, AnOrderGivesTheIndexOfTheRowsInThatOrder) {
+    const size_t dim = 20, n = 2500, k = 6;
+    const auto base = test::clustered_vectors(n, dim, 10, 51);
+    const auto queries = test::clustered_vectors(30, dim, 10, 52);
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(5);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<float> shuffled(n * dim);  // label r's vector at row order[r]
+    for (size_t r = 0; r < n; ++r) {
+        std::copy(base.begin() + r * dim, base.begin() + (r + 1) * dim, shuffled.begin() + order[r] * dim);
+    }
+    std::vector<int64_t> ids(n);
+    for (size_t r = 0; r < n; ++r) ids[r] = static_cast<int64_t>(n - r) * 3;
+    const std::string path_added = ::testing::TempDir() + "adopt_order_added.snn";
+    const std::string path_adopted = ::testing::TempDir() + "adopt_order_adopted.snn";
+    for (Metric metric : {Metric::L2, Metric::Cosine}) {
+        for (bool given : {false, true}) {
+            IvfIndex added(dim, metric, float32_lists(12, 3)), adopted(dim, metric, float32_lists(12, 3));
+            added.train(n, base.data());
+            adopted.train(n, base.data());
+            std::vector<int64_t> lists(n);
+            added.nearest_lists(n, base.data(), 1, lists.data());
+            added.add(n, base.data(), ids.data());
+            adopted.adopt_rows(block_of(shuffled, dim), ids.data(), given ? lists.data() : nullptr, order.data());
+            EXPECT_EQ(added.list_labels(), adopted.list_labels());
+            const Results a = search(added, queries, k), b = search(adopted, queries, k);
+            EXPECT_EQ(a.ids, b.ids);
+            EXPECT_EQ(a.dist, b.dist);
+            added.save(path_added);
+            adopted.save(path_adopted);
+            EXPECT_EQ(file_bytes(path_added), file_bytes(path_adopted));
+        }
+    }
+    std::remove(path_added.c_str());
+    std::remove(path_adopted.c_str());
+    IvfIndex ivf(dim, Metric::L2, float32_lists(12, 3));
+    ivf.train(n, base.data());
+    std::vector<int64_t> twice(order);
+    twice[7] = twice[8];
+    std::vector<int64_t> outside(order);
+    outside[0] = static_cast<int64_t>(n);
+    for (const auto* bad : {&twice, &outside}) {
+        auto block = block_of(shuffled, dim);
+        EXPECT_THROW(ivf.adopt_rows(block, nullptr, nullptr, bad->data()), InvalidArgument);
+        EXPECT_FALSE(block->taken());
+        EXPECT_EQ(ivf.size(), 0u);
+    }
 }
 
 // The rows in list order, in place: what reconstruct gives for list_labels; an index loaded

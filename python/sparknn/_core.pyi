@@ -95,7 +95,8 @@ class IvfIndex(Index):
     @property
     def is_trained(self) -> bool: ...
     def adopt_rows(
-        self, block: RowBlock, ids: Optional[npt.NDArray[np.int64]], lists: Optional[npt.NDArray[np.int64]] = None
+        self, block: RowBlock, ids: Optional[npt.NDArray[np.int64]], lists: Optional[npt.NDArray[np.int64]] = None,
+        order: Optional[npt.NDArray[np.int64]] = None,
     ) -> None: ...
     def rows_in_list_order(self) -> npt.NDArray[np.float32]: ...
     def add(

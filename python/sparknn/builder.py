@@ -50,7 +50,7 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
                     rows_context: Callable[[int, int], AbstractContextManager] | None = None,
                     dim: int | None = None,
                     assign_first: Callable[[], Iterable[tuple[int, np.ndarray]]] | None = None,
-                    adopt: Callable[[], RowBlock] | None = None,
+                    adopt: Callable[[], tuple[RowBlock, np.ndarray | None]] | None = None,
                     ) -> tuple[Index | None, np.ndarray | None]:
     """A new index over ``n`` vectors given as (first row, float32 [m, dim]) batches, in row order.
 
@@ -69,9 +69,10 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
     vector to its lists, so each list is reserved at its final size before the
     adds (Index.reserve_lists): lists grown batch by batch held up to twice their
     vectors until the end of the build, its peak. ``adopt`` (with ``assign_first``): hands over
-    every row as one RowBlock; an ivf index with float32 lists then keeps those rows as its lists
-    in place (Index.adopt_rows) instead of copying the batches, which are not read: the vectors
-    take their memory once. Other kinds and storages ignore it.
+    every row as one RowBlock, and the block's row of each batch row in turn (None: the same
+    order); an ivf index with float32 lists then keeps those rows as its lists in place
+    (Index.adopt_rows) instead of copying the batches, which are not read: the vectors take
+    their memory once. Other kinds and storages ignore it.
 
     Returns (index, lists): None for an index when there were no batches; lists
     is None unless kept.
@@ -106,8 +107,9 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
                 raise InvalidArgumentError(f"the input has {seen} rows, not the {n} counted before the build: "
                                            "did it change while it was read?")
             if adopt is not None and index.storage == "float32":
+                block, order = adopt()
                 with context(0, n):
-                    index.adopt_rows(adopt(), ids, assigned[:, :1])
+                    index.adopt_rows(block, ids, assigned[:, :1], order)
                 return index, lists
             index.reserve_lists(np.bincount(assigned[:, 0], minlength=index.params["nlist"]))
     added = 0

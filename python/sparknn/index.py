@@ -425,18 +425,21 @@ class Index:
         else:
             self._native_as("ivf", "add(lists=...)").add(x, id_arr, list_arr)
 
-    def adopt_rows(self, block: RowBlock, ids=None, lists=None) -> None:
+    def adopt_rows(self, block: RowBlock, ids=None, lists=None, order=None) -> None:
         """ivf with float32 lists, trained and empty: adds the rows of ``block`` (a
         :class:`RowBlock` filled through ``block.array()``) without copying them. The index
         reorders the rows into list order in place and keeps them as its lists, so a build that
         held its input needs the vectors' memory once, not twice (and touches no fresh memory
         for the lists). The block is the index's from then on: ``block.array()`` raises, and
-        arrays taken from it before must not be used. ``ids`` and ``lists`` as :meth:`add`.
-        Bad rows or ids raise as in :meth:`add`, leaving the index and the block unchanged."""
+        arrays taken from it before must not be used. ``order`` (int [n], each row once): the
+        rows in the order :meth:`add` would have been given them (row ``order[i]`` becomes the
+        i-th vector; default: the block's order); ``ids`` and ``lists`` as :meth:`add`, in that
+        order. Bad rows or ids raise as in :meth:`add`, leaving the index and the block unchanged."""
         n = block.rows
         id_arr = None if ids is None else _as_ids(ids, n)
         list_arr = None if lists is None else np.ascontiguousarray(_as_lists(lists, n, None)[:, 0])
-        self._native_as("ivf", "adopt_rows()").adopt_rows(block, id_arr, list_arr)
+        order_arr = None if order is None else _as_int64(order, "order")
+        self._native_as("ivf", "adopt_rows()").adopt_rows(block, id_arr, list_arr, order_arr)
 
     def rows_in_list_order(self) -> Optional[np.ndarray]:
         """ivf, float32 lists: every stored vector list after list (in :meth:`list_order`), a

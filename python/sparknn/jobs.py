@@ -150,7 +150,7 @@ def build_index(inp: Input, ids: np.ndarray | None, spec: IndexSpec, progress: P
             # held: the lists are sized by a first pass over the vectors in memory, then filled,
             # or (held in one block, to be let go) kept where they are as the lists
             assign_first=(lambda: inp.vector_batches(BUILD_BATCH)) if inp.held else None,
-            adopt=inp.take_block if consume and inp.block is not None else None)
+            adopt=(lambda: (inp.take_block(), None)) if consume and inp.block is not None else None)
         if inp.block is None and inp.consumed:
             bar.update(inp.num_rows - bar.n)  # adopted whole: no batch passed the bar
     if index is None or len(index) != inp.num_rows:

@@ -337,17 +337,19 @@ void bind_ivf(nb::module_& m) {
         .def(
             "adopt_rows",
             [](IvfIndex& ivf, std::shared_ptr<sparknn::RowBlock> block, std::optional<IdVector> ids,
-               std::optional<IdVector> lists) {
+               std::optional<IdVector> lists, std::optional<IdVector> order) {
                 const size_t n = block->rows();
-                if ((ids && ids->shape(0) != n) || (lists && lists->shape(0) != n)) {
+                if ((ids && ids->shape(0) != n) || (lists && lists->shape(0) != n) || (order && order->shape(0) != n)) {
                     throw sparknn::InvalidArgument(sparknn::detail::concat(
-                        "adopt_rows takes one id and one list per row: the block has ", n, " rows, ids ",
-                        ids ? ids->shape(0) : n, ", lists ", lists ? lists->shape(0) : n));
+                        "adopt_rows takes one id, list and order entry per row: the block has ", n, " rows, ids ",
+                        ids ? ids->shape(0) : n, ", lists ", lists ? lists->shape(0) : n, ", order ",
+                        order ? order->shape(0) : n));
                 }
                 nb::gil_scoped_release release;
-                ivf.adopt_rows(block, ids ? ids->data() : nullptr, lists ? lists->data() : nullptr);
+                ivf.adopt_rows(block, ids ? ids->data() : nullptr, lists ? lists->data() : nullptr,
+                               order ? order->data() : nullptr);
             },
-            "block"_a, "ids"_a.none(), "lists"_a.none() = nb::none())
+            "block"_a, "ids"_a.none(), "lists"_a.none() = nb::none(), "order"_a.none() = nb::none())
         .def("rows_in_list_order", [](nb::handle_t<IvfIndex> self) {
             const IvfIndex& ivf = nb::cast<const IvfIndex&>(self);
             sparknn::PinnedView<float> view;

@@ -13,6 +13,7 @@ from test_spark import BAD_DATA
 pyspark = pytest.importorskip("pyspark")
 from pyspark.sql import functions as F
 from sparknn.errors import InvalidArgumentError
+from sparknn.index import Index
 from sparknn.spark import KNN
 from sparknn.spark import build as build_module
 from sparknn.spark.direct_read import find_scan
@@ -88,12 +89,39 @@ def test_direct_read_holds_each_row_group_as_compact_float32(spark, tmp_path, va
                                  "emb": vector_column(BASE[rows], value_type, False)}),
                        str(directory / f"part-{p}.parquet"), row_group_size=250)
     scan = find_scan(spark.read.parquet(str(directory)), "key", "emb", "bigint")
-    table = build_module.read_scan(scan, "bigint")
+    table, block = build_module.read_scan(scan, "bigint")
     vectors = table.column("v")
     assert vectors.type == pa.list_(pa.float32(), BASE.shape[1]) and vectors.num_chunks == 2 * 3
-    np.testing.assert_array_equal(np.concatenate([c.flatten().to_numpy().reshape(-1, BASE.shape[1])
-                                                  for c in vectors.chunks])[np.argsort(table.column("id"))],
+    in_file_order = np.concatenate([c.flatten().to_numpy().reshape(-1, BASE.shape[1]) for c in vectors.chunks])
+    np.testing.assert_array_equal(in_file_order[np.argsort(table.column("id"))],
                                   BASE.astype(value_type).astype(np.float32))
+    np.testing.assert_array_equal(block.array(), in_file_order)  # the chunks are views of one block
+
+
+@pytest.mark.parametrize("id_kind", ["bigint", "string"])
+def test_an_ivf_driver_build_keeps_the_read_block_as_its_lists(spark, tmp_path, monkeypatch, id_kind):
+    """A plain scan's vectors are read into one block that the ivf index adopts as its lists, its
+    rows in id order (not the files'): the same model as the rows collected through Spark."""
+    rng = np.random.default_rng(4)
+    keys = rng.permutation(len(BASE)) * 3 + 1  # files in another order than the ids
+    ids = [f"item-{k:06d}" for k in keys] if id_kind == "string" else [int(k) for k in keys]
+    df = spark.read.parquet(write_files(tmp_path / "items", BASE, ids))
+    adopted = []
+    adopt = Index.adopt_rows
+
+    def spy(self, block, *args, **kwargs):
+        adopted.append(block.rows)
+        return adopt(self, block, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "adopt_rows", spy)
+    knn = KNN(k=5, metric="l2", indexType="ivf", nlist=16, nprobe=4, featuresCol="emb", idCol="key")
+    direct = neighbours(knn.fit(df))
+    assert adopted == [len(BASE)]
+    filtered = df.where(F.col("key").isNotNull())  # every row, but not a plain scan: collected through Spark
+    assert find_scan(filtered, "key", "emb", id_kind) is None
+    collected = neighbours(knn.fit(filtered))
+    assert adopted == [len(BASE)]
+    assert direct == collected
 
 
 def test_vectors_of_another_length_in_one_file_get_the_usual_error(spark, tmp_path):
@@ -178,6 +206,6 @@ def test_unreadable_file_falls_back_to_spark(spark, tmp_path, monkeypatch):
         raise OSError("simulated read failure")
     monkeypatch.setattr(pq, "read_table", broken)
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", broken)
-    assert build_module.read_scan(scan, "bigint") is None
+    assert build_module.read_scan(scan, "bigint") == (None, None)
     model = KNN(k=3, metric="l2", indexType="flat", featuresCol="emb", idCol="key").fit(df)
     assert len(neighbours(model)) == len(BASE)

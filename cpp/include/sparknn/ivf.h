@@ -118,10 +118,13 @@ class IvfIndex final : public Index {
     // add() of a block's rows without a copy (float32 lists, an empty trained index): the
     // rows are validated (cosine: normalised in place), reordered in place into list
     // order and kept there as the lists; the index shares the block and marks it taken.
-    // A build that held its input then needs its memory once, not twice. lists: [n] each
-    // row's list (column 0 of nearest_lists), or null to assign them here. ids as add.
-    // Exclusive, as add. A bad row, id or list leaves the index and the block unchanged.
-    void adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists);
+    // A build that held its input then needs its memory once, not twice. order: [n] the
+    // block's row that gets label r (each row once), or null for row r: the index is then
+    // the one add() builds from the rows in that order. ids and lists [n] are per label:
+    // lists each one's list (column 0 of nearest_lists), or null to assign them here.
+    // Exclusive, as add. A bad row, id, list or order leaves the index and the block unchanged.
+    void adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists,
+                    const int64_t* order = nullptr);
     // The rows of every list as one array [size(), dim], list after list (list_labels
     // names them), pinned (Index::view_vectors): when the lists lie so in memory (an
     // index that adopted its rows or was loaded from a file, float32 storage, nothing
@@ -178,8 +181,8 @@ class IvfIndex final : public Index {
     void train_prepared(size_t n, const float* x);  // x validated (normalised under cosine)
     void train_on_sample(size_t sample, const float* train_x, size_t nlist);
     void add_assigned(size_t n, const float* vectors, const int64_t* assigned);
-    // adopt_rows' storing step: the block's rows [n] into their lists (assigned [n]) in place.
-    void place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned);
+    // adopt_rows' storing step: the block's rows into their lists (assigned: per label) in place.
+    void place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
     template <class LabelAt>

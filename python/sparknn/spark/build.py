@@ -15,7 +15,7 @@ from sparknn import integrity
 from sparknn.arrow import ChunkedVectors, vectors_to_numpy
 from sparknn.builder import build_streaming, engine_ids
 from sparknn.errors import InvalidArgumentError
-from sparknn.index import IndexSpec
+from sparknn.index import IndexSpec, RowBlock
 from sparknn.spark.direct_read import ParquetScan, read_scan
 from sparknn.spark.ivf_plan import sample_size
 from sparknn.spark.layout import MAX_STORED_PROBES, Layout, ShardFiles, probes_column, write_column, write_ids
@@ -67,14 +67,16 @@ def _sample(column: pa.ChunkedArray, name: str, size: int, seed: int, order: np.
 
 
 def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, spec: IndexSpec,
-           order: np.ndarray | None = None):
+           order: np.ndarray | None = None, block: RowBlock | None = None):
     """The index over the collected vectors (builder.build_streaming); for ivf also each item's
     nearest lists, int32 [n, width] (the first is where it is stored, all are where similarItems
     searches it: saved beside the index, so no second quantizer pass). With ``order`` the rows
     are added in that order (``ids`` are given in it already). An ivf index finds every item's
     lists in a first pass over the collected column and reserves each list at its final size
     before the adds: lists grown batch by batch held up to twice their vectors (500k x 768: the
-    driver's peak 5.66 GiB)."""
+    driver's peak 5.66 GiB). ``block``: the RowBlock ``vectors`` are views of, in file order; an
+    ivf index with float32 lists keeps its rows as the lists (Index.adopt_rows, in ``order``):
+    the vectors are then on the driver once, and ``vectors`` must not be read after."""
     n = len(vectors)
 
     def sample(nlist: int) -> np.ndarray:
@@ -86,23 +88,26 @@ def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, spec
     first = next(vector_batches(vectors, features, rows=1), None) if spec.kind == "ivf" else None
     return build_streaming(batches(), n, spec, ids=ids, train_sample=sample, keep_lists=MAX_STORED_PROBES,
                            dim=None if first is None else first[1].shape[1],
-                           assign_first=None if first is None else batches)
+                           assign_first=None if first is None else batches,
+                           adopt=None if block is None else lambda: (block, order))
 
 
-def driver_table(df: DataFrame, features: str, id_col: str, id_type: str, scan: ParquetScan | None) -> pa.Table:
+def driver_table(df: DataFrame, features: str, id_col: str, id_type: str,
+                 scan: ParquetScan | None) -> tuple[pa.Table, RowBlock | None]:
     """Columns ``id`` and ``v`` of every row on the driver as Arrow: read from the files when
-    ``df`` is a plain scan of local Parquet (direct_read), else collected through Spark."""
-    table = read_scan(scan, id_type) if scan is not None else None
+    ``df`` is a plain scan of local Parquet (direct_read), else collected through Spark; and the
+    RowBlock the vectors are views of, when read so (direct_read.read_scan)."""
+    table, block = read_scan(scan, id_type) if scan is not None else (None, None)
     if table is None:
         table = collect_arrow(df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v")))
-    return table
+    return table, block
 
 
 def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, spec: IndexSpec, root: str,
                     prefix: str, durable: bool = True, scan: ParquetScan | None = None) -> Layout:
     """Collects ids and vectors as Arrow, builds one index with all driver cores, writes it to root
     (flushed to disk when ``durable``; a temporary directory does not outlive the driver anyway)."""
-    table = driver_table(df, features, id_col, id_type, scan)
+    table, block = driver_table(df, features, id_col, id_type, scan)
     if table.num_rows == 0:
         raise InvalidArgumentError("the DataFrame to index is empty: fit needs at least one row")
     ids, vectors = table.column("id").combine_chunks(), table.column("v")
@@ -119,7 +124,7 @@ def build_on_driver(df: DataFrame, features: str, id_col: str, id_type: str, spe
     own_ids = engine_ids(ids)
     direct = own_ids is not None
     try:
-        index, lists = _build(vectors, own_ids, features, spec.for_items(len(vectors), batch=True), order)
+        index, lists = _build(vectors, own_ids, features, spec.for_items(len(vectors), batch=True), order, block)
     except InvalidArgumentError:
         # Explain with counts and an example id from a JVM pass; fall back to the first error.
         validate(df, features, id_col, id_type != "string")

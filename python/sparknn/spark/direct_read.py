@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame
 
 from sparknn.arrow import PARQUET_READ, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
+from sparknn.index import RowBlock
 from sparknn.inputs import row_group_vectors
 from sparknn.machine import usable_cores
 from sparknn.spark import runtime
@@ -143,34 +144,65 @@ def first_dim(scan: ParquetScan) -> int:
     return 0
 
 
-def _vector_chunk(path: str, features: str, group: int, rows: int) -> pa.FixedSizeListArray:
-    """One row group's vectors as float32, in one array of their own (a reader of its own,
-    inputs.row_group_vectors): Parquet's list decoder reserves up to twice the values it holds, and a
-    driver build holds every vector at once. Raises InvalidArgumentError on a vector the engine
-    does not take (null, ragged, empty) and ValueError on a length other than the group's first."""
+def _vector_chunk(path: str, features: str, group: int, rows: int, into=None) -> pa.FixedSizeListArray:
+    """One row group's vectors as float32, in one array (``into``: its rows' slice of a block, else
+    one of its own; a reader of its own, inputs.row_group_vectors): Parquet's list decoder reserves
+    up to twice the values it holds, and a driver build holds every vector at once. Raises
+    InvalidArgumentError on a vector the engine does not take (null, ragged, empty) and ValueError
+    on a length other than the group's first (or the block's)."""
     with pq.ParquetFile(path, **PARQUET_READ) as parquet:
-        out = row_group_vectors(parquet, features, group, rows, lambda column, _: vectors_to_numpy(column, features))
+        out = row_group_vectors(parquet, features, group, rows, lambda column, _: vectors_to_numpy(column, features),
+                                into)
     if out is None:
         raise OSError(f"{path!r} changed while it was read")
     return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), out.shape[1])  # zero-copy
 
 
-def _compact_read(scan: ParquetScan, id_type: str) -> pa.Table:
-    """Every file's ids, and its vectors decoded row group by row group on every core into float32
-    arrays of their own (``_vector_chunk``)."""
-    ids, groups = [], []
+def _dim_from_footers(metas: list, features: str) -> int:
+    """The vectors' length when the footers show one (every row group's values of the column a
+    whole multiple of its rows, the same multiple), else 0. A null vector also counts one value:
+    such files fail the compact read's decoding anyway."""
+    dims = set()
+    for meta in metas:
+        leaf = [i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == features]
+        if len(leaf) != 1:
+            return 0
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if group.num_rows:
+                values = group.column(leaf[0]).num_values
+                dims.add(values // group.num_rows if values % group.num_rows == 0 else 0)
+    return dims.pop() if len(dims) == 1 else 0
+
+
+def _compact_read(scan: ParquetScan, id_type: str) -> tuple[pa.Table, RowBlock | None]:
+    """Every file's ids, and its vectors decoded row group by row group on every core into one
+    RowBlock in file order (``_vector_chunk``; the table's chunks are views of it, returned with
+    it so an ivf build can adopt it), or arrays of their own when the footers do not show one
+    length."""
+    ids, groups, metas = [], [], []
     for path in scan.paths:
         meta = pq.read_metadata(path)
+        metas.append(meta)
         groups += [(path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
                    if meta.row_group(g).num_rows]
         ids.append(pq.read_table(path, columns=[scan.id_col], **PARQUET_READ).column(0).cast(ARROW_ID_TYPES[id_type]))
+    dim = _dim_from_footers(metas, scan.features)
+    total = sum(rows for *_, rows in groups)
+    block = RowBlock(total, dim) if dim and total else None
+    rows = block.array() if block is not None else None
+    slices, first = [], 0
+    for *_, count in groups:
+        slices.append(None if rows is None else rows[first:first + count])
+        first += count
     with ThreadPoolExecutor(max_workers=min(usable_cores(), max(len(groups), 1))) as pool:
-        chunks = list(pool.map(lambda unit: _vector_chunk(unit[0], scan.features, unit[1], unit[2]), groups))
+        chunks = list(pool.map(lambda unit, into: _vector_chunk(unit[0], scan.features, unit[1], unit[2], into),
+                               groups, slices))
     if len({c.type for c in chunks}) > 1:
         raise ValueError("vectors of different lengths")
     vectors = pa.chunked_array(chunks, type=chunks[0].type) if chunks else pa.chunked_array([], pa.list_(pa.float32()))
     return pa.table({"id": pa.chunked_array([c for i in ids for c in i.chunks], type=ARROW_ID_TYPES[id_type]),
-                     "v": vectors})
+                     "v": vectors}), block
 
 
 def _arrow_read(scan: ParquetScan, id_type: str) -> pa.Table:
@@ -183,17 +215,18 @@ def _arrow_read(scan: ParquetScan, id_type: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def read_scan(scan: ParquetScan, id_type: str) -> pa.Table | None:
+def read_scan(scan: ParquetScan, id_type: str) -> tuple[pa.Table | None, RowBlock | None]:
     """Columns ``id`` and ``v`` of every file, the vectors as compact float32 chunks (one per row
-    group, no combined copy); None if pyarrow fails on a file (Spark then reads it, with its own
-    settings for corrupt files). Vectors the engine would refuse (null, ragged, empty) are read as
-    they are instead, for the build to report as it reports them from Spark's collection."""
+    group, no combined copy), and the RowBlock they are views of (None when they are not one);
+    (None, None) if pyarrow fails on a file (Spark then reads it, with its own settings for
+    corrupt files). Vectors the engine would refuse (null, ragged, empty) are read as they are
+    instead, for the build to report as it reports them from Spark's collection."""
     try:
         try:
             return _compact_read(scan, id_type)
         except (InvalidArgumentError, ValueError) as e:
             log.debug("sparknn: %s: reading the vectors as they are (%s)", scan.paths, e)
-            return _arrow_read(scan, id_type)
+            return _arrow_read(scan, id_type), None
     except (OSError, pa.ArrowException) as e:
         log.warning("sparknn: reading %s with pyarrow failed (%s); collecting through Spark", scan.paths, e)
-        return None
+        return None, None
