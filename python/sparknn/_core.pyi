@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 FORMAT_VERSION: int
+IVF_ONE_SCAN_LADDER_TOP: int
 
 class IndexFileError(ValueError): ...
 class InvalidArgumentError(ValueError): ...

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from sparknn._core import IVF_ONE_SCAN_LADDER_TOP
 from sparknn.errors import InvalidArgumentError
 
 SAMPLE = 1000  # queries measured by default: recall to about +-0.01 at k = 10
@@ -33,8 +34,9 @@ BLOCK_BYTES = 16 << 20
 STAGES = 4
 MIN_STAGE = 100
 # An ivf tuning's scan of every list (float32 lists) answers at each ladder value up to this on
-# its way; values above are measured by searches after it when needed.
-ONE_SCAN_LADDER_TOP = 16
+# its way (the engine's bound, IvfIndex::kRankHeapsTop); values above are measured by searches
+# after it when needed.
+ONE_SCAN_LADDER_TOP = IVF_ONE_SCAN_LADDER_TOP
 # Beyond this many lists the exact pass runs in blocks instead (the one scan ranks every list of
 # every query: [sample, nlist] lists and selections).
 ONE_SCAN_MAX_NLIST = 8192

@@ -545,6 +545,7 @@ NB_MODULE(_core, m) {
     m.def("simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::simd_level())); });
     m.def("cpu_simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::cpu_simd_level())); });
     m.attr("FORMAT_VERSION") = sparknn::kFormatVersion;
+    m.attr("IVF_ONE_SCAN_LADDER_TOP") = sparknn::IvfIndex::kRankHeapsTop;
     m.def(
         "crc32c",
         [](nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> data, uint32_t seed) {

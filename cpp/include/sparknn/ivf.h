@@ -106,6 +106,9 @@ class IvfIndex final : public Index {
     // exact scan proves every query. Requires float32 storage.
     void search_ladder_and_exact(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
                                  int64_t* out_ids, float* out_distances, uint8_t* proven, int threads = -1) const;
+    // The ladder values of search_nprobes / search_ladder_and_exact up to this many lists come
+    // from one scan with a selection per rank; each larger value costs a scan of its own.
+    static constexpr size_t kRankHeapsTop = 16;
     // add() into given lists (lists[i] in [0, nlist), usually column 0 of
     // nearest_lists): skips the quantizer pass. Requires a trained index. Exclusive, as add.
     void add_to_lists(size_t n, const float* vectors, const int64_t* ids, const int64_t* lists);
@@ -195,8 +198,6 @@ class IvfIndex final : public Index {
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
                     size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products,
                     bool heap_per_rank = false) const;
-    // A ladder's answers up to this many lists come from one scan with a selection per rank.
-    static constexpr size_t kRankHeapsTop = 16;
     // Memory for those selections, and for an exact answer's deep ones, per batch.
     static constexpr size_t kRankHeapsBytes = size_t{256} << 20;
     // bf16 tiles for float32 lists with rerank on CPUs that have them (ivf_params.h).
