@@ -352,11 +352,14 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
 // within dim 2^-24), taken at the worst list (its widest member), twice for L2
 // (-2 q . x), plus the float32 terms' rounding (|q|^2 + |x|^2 and the centroid
 // products, within (dim + 8) 2^-23 (|q| + max |x|)^2).
-std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, int threads) const {
+const IvfIndex::ListExtents& IvfIndex::list_extents(int threads) const {
+    std::lock_guard<std::mutex> lock(extents_mutex_);
+    const size_t nlist = lists_.size();
+    // sizes (and centroids: train needs an empty index) change only under the exclusive lock
+    if (extents_.rows == size() && extents_.radius.size() == nlist) return extents_;
     const DistanceKernels& kern = kernels();
     const float* centroids = centroid_data();
-    const size_t nlist = lists_.size();
-    std::vector<double> radius(nlist, 0.0), row_norm(nlist, 0.0);  // per list: max |x - c|, max |x|
+    std::vector<double> radius(nlist, 0.0), row_norm(nlist, 0.0);
     parallel_for(nlist, 1, threads, [&](size_t b, size_t e, int) {
         for (size_t l = b; l < e; ++l) {
             const float* rows = reinterpret_cast<const float*>(lists_[l].codes.data());
@@ -369,6 +372,19 @@ std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, 
             row_norm[l] = std::sqrt(x) * 1.001;
         }
     });
+    extents_.radius.swap(radius);
+    extents_.row_norm.swap(row_norm);
+    extents_.rows = size();
+    return extents_;
+}
+
+std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, int threads) const {
+    const DistanceKernels& kern = kernels();
+    const float* centroids = centroid_data();
+    const size_t nlist = lists_.size();
+    const ListExtents& extents = list_extents(threads);
+    const std::vector<double>& radius = extents.radius;    // per list: max |x - c|
+    const std::vector<double>& row_norm = extents.row_norm;  // and max |x|
     const double max_row = nlist ? *std::max_element(row_norm.begin(), row_norm.end()) : 0.0;
     const double beta = 1.01 * std::ldexp(1.0, -8) + static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);
     const double rounding = static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);

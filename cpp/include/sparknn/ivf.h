@@ -230,6 +230,15 @@ class IvfIndex final : public Index {
     // label -> (list << 42 | row), built on the first reconstruct after a change.
     mutable std::vector<uint64_t> where_;
     mutable std::mutex where_mutex_;
+    // Per list, max |x - c| and max |x| (float32 lists), for scan_error_bounds: a pass over every
+    // row, so kept until the next change (list_extents rebuilds them when sizes changed).
+    struct ListExtents {
+        std::vector<double> radius, row_norm;
+        size_t rows = ~size_t{0};
+    };
+    const ListExtents& list_extents(int threads) const;
+    mutable ListExtents extents_;
+    mutable std::mutex extents_mutex_;
 };
 
 }  // namespace sparknn
