@@ -572,16 +572,23 @@ def test_a_pipe_is_never_opened_or_skipped(items_file_small, tmp_path, capsys, w
 @contextmanager
 def _writer_waiting_on(pipe):
     """A thread that opens ``pipe`` for writing and closes it at once: a reader that opens the pipe
-    sees end-of-file instead of blocking forever. Released at the end by opening the read side."""
+    sees end-of-file instead of blocking forever. Released at the end by holding the read side open
+    until the writer is done: a writer that had not reached its open() when a read side was opened
+    and closed at once blocked for ever (a CI run hung here)."""
     thread = threading.Thread(target=lambda: os.close(os.open(pipe, os.O_WRONLY)), daemon=True)
     thread.start()
     try:
         yield
     finally:
-        try:
-            os.close(os.open(pipe, os.O_RDONLY | os.O_NONBLOCK))  # lets a still-waiting writer go
-        except OSError:
-            pass
+        while thread.is_alive():
+            try:
+                reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # lets a waiting writer go
+            except OSError:
+                break
+            try:
+                thread.join(0.05)
+            finally:
+                os.close(reader)
         thread.join()
 
 
