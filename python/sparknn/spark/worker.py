@@ -158,6 +158,8 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
             # Items searched in their stored lists are taken list after list, so each list's
             # members are scanned together (larger sgemm tiles): positions, not labels, slice the task.
             rows = index.list_order() if probes is not None else None
+            # float32 lists mapped from the file lie in list order: the queries are slices of them
+            in_place = index.rows_in_list_order() if rows is not None else None
             # within 64 MiB of query vectors per search call
             chunk = index.query_batch(QUERY_CHUNK, max(QUERY_CHUNK, (64 << 20) // (4 * index.dim)), nprobe)
             for start in range(lo, hi, chunk):
@@ -168,7 +170,8 @@ def similar_batches(batches, *, layout: Layout, slices, id_col: str, output: str
                 else:
                     own = np.asarray(index.ids[at], dtype=np.int64)
                 if rows is not None:
-                    ids, dist = index.search(index.reconstruct_rows(at), min(kk, len(index)),
+                    queries = index.reconstruct_rows(at) if in_place is None else in_place[start:stop]
+                    ids, dist = index.search(queries, min(kk, len(index)),
                                              lists=np.ascontiguousarray(probes[at, :width]))
                 else:
                     queries = index.reconstruct(start, stop) if stored is None else stored[start:stop]
