@@ -46,7 +46,6 @@ void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
     auto lock = writing();
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "adopt_rows needs a trained IVF index: call train() first");
     check_unpinned("adopt_rows");
-    SPARKNN_CHECK_ARG(!block->taken(), "adopt_rows: this block's rows belong to an index already");
     SPARKNN_CHECK_ARG(block->dim() == dim_, "adopt_rows: the block's rows have dimension ", block->dim(),
                       " but the index has dim=", dim_);
     SPARKNN_CHECK_ARG(params_.storage == Storage::Float32 && !params_.keeps_float_copies(),
@@ -56,6 +55,14 @@ void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
                       " vectors): use add to append");
     const size_t n = block->rows();
     if (n == 0) return;
+    SPARKNN_CHECK_ARG(block->claim(), "adopt_rows: this block's rows belong to an index already");
+    struct Claim {  // handed back unless the rows were taken
+        RowBlock& block;
+        bool kept = false;
+        ~Claim() {
+            if (!kept) block.release();
+        }
+    } claim{*block};
     if (lists != nullptr) check_lists(n, 1, lists, "lists");
     if (order != nullptr) {  // a permutation of the block's rows
         std::vector<bool> seen(n, false);
@@ -80,7 +87,7 @@ void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
             place_rows(block, lists != nullptr ? lists : assigned.data(), order);
         },
         rows);
-    block->mark_taken();
+    claim.kept = true;
 }
 
 // Everything that can fail is allocated before the first row moves; the commit cannot fail.

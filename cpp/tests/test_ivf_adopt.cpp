@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sparknn/error.h"
@@ -224,6 +226,37 @@ TEST(IvfAdopt, RefusalsChangeNothing) {
     EXPECT_THROW(ivf.adopt_rows(block_of(base, dim), nullptr, nullptr), InvalidArgument);
     EXPECT_EQ(ivf.size(), n);
     EXPECT_THROW(RowBlock(size_t{1} << 62, 16), InvalidArgument);
+}
+
+// One block given to two indexes at once (a misuse): exactly one takes it, the other refuses
+// before touching a row, and the one that took it answers as add would.
+TEST(IvfAdopt, ConcurrentAdoptsOfOneBlockOneTakesIt) {
+    const size_t dim = 16, n = 4000;
+    const auto base = test::clustered_vectors(n, dim, 8, 61);
+    for (int round = 0; round < 4; ++round) {
+        IvfIndex a(dim, Metric::L2, float32_lists(8, 2)), b(dim, Metric::L2, float32_lists(8, 2)),
+            added(dim, Metric::L2, float32_lists(8, 2));
+        for (IvfIndex* ivf : {&a, &b, &added}) ivf->train(n, base.data());
+        added.add(n, base.data(), nullptr);
+        auto block = block_of(base, dim);
+        std::atomic<int> taken{0}, refused{0};
+        auto take = [&](IvfIndex& ivf) {
+            try {
+                ivf.adopt_rows(block, nullptr, nullptr);
+                ++taken;
+            } catch (const InvalidArgument&) {
+                ++refused;
+            }
+        };
+        std::thread first(take, std::ref(a)), second(take, std::ref(b));
+        first.join();
+        second.join();
+        EXPECT_EQ(taken.load(), 1);
+        EXPECT_EQ(refused.load(), 1);
+        IvfIndex& winner = a.size() == n ? a : b;
+        EXPECT_EQ((a.size() == n ? b : a).size(), 0u);
+        EXPECT_EQ(search(winner, base, 3).ids, search(added, base, 3).ids);
+    }
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 // step of a cold build on some machines (page faults through a VM's host).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 
@@ -21,10 +22,12 @@ class RowBlock {
     const float* data() const { return data_.get(); }
     size_t rows() const { return rows_; }
     size_t dim() const { return dim_; }
-    // Set by the index that takes the block: its rows are the index's from then on
-    // (reordered in place), so no one else may write or take them.
-    bool taken() const { return taken_; }
-    void mark_taken() { taken_ = true; }
+    // Claimed by the index that takes the block: its rows are the index's from then on
+    // (reordered in place), so no one else may write or take them. claim() is atomic (two
+    // indexes given one block: one wins); release() hands back a claim whose taking failed.
+    bool taken() const { return taken_.load(std::memory_order_acquire); }
+    bool claim() { return !taken_.exchange(true, std::memory_order_acq_rel); }
+    void release() { taken_.store(false, std::memory_order_release); }
 
   private:
     struct Free {
@@ -32,7 +35,7 @@ class RowBlock {
     };
     std::unique_ptr<float, Free> data_;
     size_t rows_, dim_;
-    bool taken_ = false;
+    std::atomic<bool> taken_{false};
 };
 
 }  // namespace sparknn
