@@ -3,6 +3,7 @@
 #include "sparknn/index.h"
 
 #include <sched.h>
+#include <unistd.h>
 #if defined(__linux__)
 #include <malloc.h>  // malloc_trim (glibc)
 #endif
@@ -27,6 +28,11 @@ int available_cores() {
     }
     const unsigned hw = std::thread::hardware_concurrency();
     return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+double physical_memory_bytes() {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
 }
 
 namespace {

@@ -13,8 +13,6 @@
 #include <numeric>
 #include <random>
 
-#include <unistd.h>
-
 #include "gemm_scan.h"
 #include "ivf_codec.h"
 #include "sparknn/error.h"
@@ -230,10 +228,7 @@ void IvfIndex::reserve_lists(const int64_t* extra) {
                           "reserve_lists: room for list ", l, "'s ", extra[l], " vectors (", total,
                           " or more in all) is too large to address: give the counts the next adds need");
     }
-    // Room beyond the machine's memory is refused before it is asked for: some allocators
-    // (sanitizers, overcommitting kernels) abort or kill rather than fail such a request.
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+    const double memory = physical_memory_bytes();  // room beyond it is refused before it is asked for
     SPARKNN_CHECK_ARG(memory == 0.0 || static_cast<double>(bytes) <= memory, "reserve_lists: room for ", total,
                       " more vectors (", static_cast<double>(bytes) / 1e9, " GB) is more than this machine's ",
                       memory / 1e9, " GB of memory: give the counts the next adds need");

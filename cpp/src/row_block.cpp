@@ -1,11 +1,10 @@
 #include "sparknn/row_block.h"
 
-#include <unistd.h>
-
 #include <limits>
 #include <new>
 
 #include "sparknn/error.h"
+#include "sparknn/parallel.h"
 
 namespace sparknn {
 
@@ -22,10 +21,7 @@ RowBlock::RowBlock(size_t rows, size_t dim) : rows_(rows), dim_(dim) {
                           values <= std::numeric_limits<std::ptrdiff_t>::max() / sizeof(float),
                       "a row block of ", rows, " x ", dim, " floats is too large to address");
     if (values == 0) return;
-    // Beyond the machine's memory is refused before it is asked for: some allocators
-    // (sanitizers, overcommitting kernels) abort or kill rather than fail such a request.
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+    const double memory = physical_memory_bytes();  // beyond it is refused before it is asked for
     SPARKNN_CHECK_ARG(memory == 0.0 || static_cast<double>(values) * sizeof(float) <= memory, "a row block of ", rows,
                       " x ", dim, " floats is more than this machine's ", memory / 1e9, " GB of memory");
     try {

@@ -447,9 +447,7 @@ class Index:
         in one array (after :meth:`adopt_rows`, or loaded from a file, nothing added since); None
         otherwise (then ``reconstruct_rows(list_order())`` gives the same rows as a copy)."""
         native = self._native_as("ivf", "rows_in_list_order()")
-        if self.storage != "float32":
-            return None
-        try:
+        try:  # Unsupported: codes that are not float32 rows, or lists not in one array
             return native.rows_in_list_order()
         except _core.UnsupportedError:
             return None

@@ -18,6 +18,11 @@ namespace sparknn {
 // Cores this process may run on (affinity mask, so taskset/cgroups are honoured).
 int available_cores();
 
+// The machine's physical memory in bytes, 0 when unknown: a request beyond it is refused before
+// it is made, as some allocators (sanitizers, overcommitting kernels) abort or kill rather than
+// fail it.
+double physical_memory_bytes();
+
 // 0 means all available cores; negative is rejected by callers before this. A larger count than
 // the machine's cores computes nothing faster, and some callers size per-thread buffers by it
 // (ivf search: threads x queries heaps; threads=10**6 asked for tens of GB): it is capped there.
