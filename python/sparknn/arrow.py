@@ -8,7 +8,9 @@ the rows are contiguous. Results leave as list<struct<id, distance>>.
 
 from __future__ import annotations
 
-from typing import Optional
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +28,45 @@ DISTANCE_TYPE = pa.float32()
 # 4.0 s at 4 MiB (whose buffers the allocator does not reuse).
 READ_BUFFER = 1 << 20
 PARQUET_READ = {"pre_buffer": False, "buffer_size": READ_BUFFER}
+
+
+def decoding_pool() -> pa.MemoryPool:
+    """The Arrow memory pool for decoding Parquet batch after batch: the C library's allocator.
+    Arrow's default (mimalloc since pyarrow 13) hands a freed batch's memory back to the system
+    10 ms later, so every next batch page-faults it in again: the read of Fashion-MNIST's 70k x
+    784 column took 1.31-1.41 s so, 0.62-0.68 s from the C library's allocator or 0.58-0.63 s from
+    jemalloc, which keep it for the next batch (three interleaved runs of `sparknn similar`, AMD
+    EPYC, 2026-12-06; a third of that run's cycles were the kernel clearing pages). jemalloc is
+    missing from some pyarrow builds. Only reads switch to it (``decoding_memory``): the whole
+    CLI job on it measured no faster, and the rest of a caller's process keeps its own default."""
+    return pa.system_memory_pool()
+
+
+_pool_lock = threading.Lock()
+_pool_users = 0
+_pool_before: Optional[pa.MemoryPool] = None
+
+
+@contextmanager
+def decoding_memory() -> Iterator[None]:
+    """Arrow allocates from ``decoding_pool()`` while inside (Parquet's readers take no pool of
+    their own: the process default is switched). Nested and concurrent users share one switch:
+    the first in sets it, the last out puts the caller's default back. A buffer is freed to the
+    pool it came from, whichever is the default then."""
+    global _pool_users, _pool_before
+    with _pool_lock:
+        if _pool_users == 0:
+            _pool_before = pa.default_memory_pool()
+            pa.set_memory_pool(decoding_pool())
+        _pool_users += 1
+    try:
+        yield
+    finally:
+        with _pool_lock:
+            _pool_users -= 1
+            if _pool_users == 0:
+                pa.set_memory_pool(_pool_before)
+                _pool_before = None
 
 
 def _combine(column) -> pa.Array:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sparknn.arrow import PARQUET_READ, vectors_to_numpy
+from sparknn.arrow import PARQUET_READ, decoding_memory, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import RowBlock
 from sparknn.machine import available_memory, usable_cores
@@ -201,7 +201,7 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
     block = RowBlock(inp.num_rows, dim) if one_block else None
     rows = block.array() if one_block else None
     held: list = []
-    with progress.bar(inp.num_rows, "reading") as bar, ThreadPoolExecutor(max(workers, 1)) as pool:
+    with decoding_memory(), progress.bar(inp.num_rows, "reading") as bar, ThreadPoolExecutor(max(workers, 1)) as pool:
         try:
             # in row order: the first unit with an error raises first, as a serial read would
             slices = (None if rows is None else rows[first:first + count] for _, _, first, count in units)

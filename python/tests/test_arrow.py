@@ -43,3 +43,41 @@ def test_chunked_vectors_refuse_what_the_engine_refuses():
     nulls = pa.chunked_array([pa.array([[1.0, 2.0], None], type=pa.list_(pa.float32()))])
     with pytest.raises(InvalidArgumentError, match="null vector"):
         ChunkedVectors(nulls, "v").take([0])
+
+
+def test_decoding_memory_switches_the_default_pool_and_puts_the_callers_back():
+    """Parquet decodes from decoding_pool() inside; nested and concurrent users share one switch,
+    and the caller's default comes back when the last leaves, also after an error."""
+    import threading
+
+    from sparknn.arrow import decoding_memory, decoding_pool
+
+    before = pa.default_memory_pool().backend_name
+    wanted = decoding_pool().backend_name
+    with decoding_memory():
+        assert pa.default_memory_pool().backend_name == wanted
+        with decoding_memory():
+            assert pa.default_memory_pool().backend_name == wanted
+        assert pa.default_memory_pool().backend_name == wanted  # the outer user is still inside
+    assert pa.default_memory_pool().backend_name == before
+    with pytest.raises(KeyError), decoding_memory():
+        raise KeyError("a failed read")
+    assert pa.default_memory_pool().backend_name == before
+
+    inside, leave, seen = threading.Barrier(4), threading.Event(), []
+
+    def user():
+        with decoding_memory():
+            inside.wait()
+            seen.append(pa.default_memory_pool().backend_name)
+            leave.wait()
+
+    users = [threading.Thread(target=user) for _ in range(4)]
+    for t in users:
+        t.start()
+    while len(seen) < 4:
+        leave.wait(0.01)
+    leave.set()
+    for t in users:
+        t.join()
+    assert seen == [wanted] * 4 and pa.default_memory_pool().backend_name == before

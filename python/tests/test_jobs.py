@@ -281,6 +281,28 @@ def test_hold_vectors_keeps_within_budget(items, items_file):
     assert np.array_equal(np.concatenate([x for _, x in inp.held]), items_matrix(items))
 
 
+def test_hold_vectors_decodes_from_the_pool_that_keeps_freed_batches(items, items_file, monkeypatch):
+    """Every batch is decoded while Arrow's default pool is decoding_pool() (not mimalloc, which
+    gives each freed batch back to the system for the next to fault in again); the caller's
+    default is back afterwards, also when the read fails."""
+    from sparknn.arrow import decoding_pool
+
+    pools, decode = [], inputs.row_group_vectors
+
+    def spy(*args, **kwargs):
+        pools.append(pa.default_memory_pool().backend_name)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(inputs, "row_group_vectors", spy)
+    before = pa.default_memory_pool().backend_name
+    assert inputs.hold_vectors(inputs.open_input(items_file, "id", "vector"), Progress(False), threads=2)
+    assert pools and set(pools) == {decoding_pool().backend_name}
+    assert pa.default_memory_pool().backend_name == before
+    with pytest.raises(DataError):
+        inputs.hold_vectors(inputs.open_input(items_file, "id", "vector"), Progress(False), dim=DIM + 1)
+    assert pa.default_memory_pool().backend_name == before
+
+
 @pytest.mark.parametrize("threads", [1, 2, 5])
 def test_row_groups_read_side_by_side_keep_row_order_and_row_numbers(items, tmp_path, monkeypatch, threads):
     """hold_vectors decodes the row groups of every file on several threads: the rows come back

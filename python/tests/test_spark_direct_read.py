@@ -12,10 +12,12 @@ from test_spark import BAD_DATA
 
 pyspark = pytest.importorskip("pyspark")
 from pyspark.sql import functions as F
+from sparknn.arrow import decoding_pool
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import Index
 from sparknn.spark import KNN
 from sparknn.spark import build as build_module
+from sparknn.spark import direct_read
 from sparknn.spark.direct_read import find_scan
 
 pytestmark = pytest.mark.spark
@@ -79,7 +81,7 @@ def test_parquet_scan_read_directly_equals_exact(spark, tmp_path, no_spark_colle
 
 
 @pytest.mark.parametrize("value_type", ["float", "double"])
-def test_direct_read_holds_each_row_group_as_compact_float32(spark, tmp_path, value_type):
+def test_direct_read_holds_each_row_group_as_compact_float32(spark, tmp_path, value_type, monkeypatch):
     """The vectors come back as float32 fixed-size lists, one chunk per row group of every file
     (no list column Parquet's decoder over-reserves), in file order, beside their ids."""
     directory = tmp_path / "items"
@@ -89,7 +91,16 @@ def test_direct_read_holds_each_row_group_as_compact_float32(spark, tmp_path, va
                                  "emb": vector_column(BASE[rows], value_type, False)}),
                        str(directory / f"part-{p}.parquet"), row_group_size=250)
     scan = find_scan(spark.read.parquet(str(directory)), "key", "emb", "bigint")
+    pools, decode = [], direct_read._vector_chunk
+
+    def spy(*args):  # decoded from the pool that keeps freed batches for the next (arrow.decoding_pool)
+        pools.append(pa.default_memory_pool().backend_name)
+        return decode(*args)
+
+    monkeypatch.setattr(direct_read, "_vector_chunk", spy)
+    before = pa.default_memory_pool().backend_name
     table, block = build_module.read_scan(scan, "bigint")
+    assert set(pools) == {decoding_pool().backend_name} and pa.default_memory_pool().backend_name == before
     vectors = table.column("v")
     assert vectors.type == pa.list_(pa.float32(), BASE.shape[1]) and vectors.num_chunks == 2 * 3
     in_file_order = np.concatenate([c.flatten().to_numpy().reshape(-1, BASE.shape[1]) for c in vectors.chunks])

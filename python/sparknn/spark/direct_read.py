@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 
-from sparknn.arrow import PARQUET_READ, vectors_to_numpy
+from sparknn.arrow import PARQUET_READ, decoding_memory, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import RowBlock
 from sparknn.inputs import row_group_vectors
@@ -222,11 +222,12 @@ def read_scan(scan: ParquetScan, id_type: str) -> tuple[pa.Table | None, RowBloc
     corrupt files). Vectors the engine would refuse (null, ragged, empty) are read as they are
     instead, for the build to report as it reports them from Spark's collection."""
     try:
-        try:
-            return _compact_read(scan, id_type)
-        except (InvalidArgumentError, ValueError) as e:
-            log.debug("sparknn: %s: reading the vectors as they are (%s)", scan.paths, e)
-            return _arrow_read(scan, id_type), None
+        with decoding_memory():
+            try:
+                return _compact_read(scan, id_type)
+            except (InvalidArgumentError, ValueError) as e:
+                log.debug("sparknn: %s: reading the vectors as they are (%s)", scan.paths, e)
+                return _arrow_read(scan, id_type), None
     except (OSError, pa.ArrowException) as e:
         log.warning("sparknn: reading %s with pyarrow failed (%s); collecting through Spark", scan.paths, e)
         return None, None
