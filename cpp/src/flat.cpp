@@ -35,6 +35,32 @@ void FlatIndex::add_impl(size_t n, const float* vectors) {
     }
 }
 
+void FlatIndex::check_adoptable(size_t) const {
+    SPARKNN_CHECK_ARG(store_.storage() == Storage::Float32,
+                      "adopt_rows keeps the rows as they are, so it needs float32 storage; this index stores ",
+                      storage_name(store_.storage()), ": use add");
+}
+
+// Allocations first: once a row moves, nothing but the norms' threads can fail.
+void FlatIndex::adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) {
+    const size_t n = block->rows();
+    if (metric_ == Metric::L2) sq_norms_.resize(n);
+    if (order != nullptr) permute_rows(block->data(), n, dim_, rows_into_order(order, n));
+    store_.adopt(block);
+    if (metric_ == Metric::L2) {
+        try {
+            compute_norms(0, n, threads());
+            accumulate_sums(0, n, threads());
+        } catch (...) {
+            store_.truncate(0);
+            sq_norms_.clear();
+            sums_.clear();
+            norm_sum_ = 0;
+            throw;
+        }
+    }
+}
+
 void FlatIndex::accumulate_sums(size_t begin, size_t end, int threads) {
     if (sums_.size() != dim_) sums_.assign(dim_, 0.0);
     std::mutex merge;

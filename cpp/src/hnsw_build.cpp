@@ -207,6 +207,27 @@ class Builder {
 }  // namespace
 
 void HnswIndex::add_impl(size_t n, const float* vectors) {
+    grow(n, [&] { store_.append(n, vectors); });
+}
+
+void HnswIndex::check_adoptable(size_t rows) const {
+    SPARKNN_CHECK_ARG(store_.storage() == Storage::Float32,
+                      "adopt_rows keeps the rows as they are, so it needs float32 storage; this index stores ",
+                      storage_name(store_.storage()), ": use add");
+    SPARKNN_CHECK_ARG(rows <= kHnswMaxCount, "an hnsw index holds at most ", kHnswMaxCount, " vectors; adopting ",
+                      rows, " would exceed it");  // here, before cosine rows are normalised in place
+}
+
+void HnswIndex::adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) {
+    const size_t n = block->rows();
+    std::vector<size_t> to = order != nullptr ? rows_into_order(order, n) : std::vector<size_t>();
+    grow(n, [&] {
+        if (order != nullptr) permute_rows(block->data(), n, dim_, to);
+        store_.adopt(block);
+    });
+}
+
+void HnswIndex::grow(size_t n, const std::function<void()>& store) {
     const size_t first = size(), total = first + n;
     SPARKNN_CHECK_ARG(total <= kHnswMaxCount, "an hnsw index holds at most ", kHnswMaxCount, " vectors; adding ", n,
                       " to ", first, " would exceed it");
@@ -215,7 +236,7 @@ void HnswIndex::add_impl(size_t n, const float* vectors) {
     // Grow every array before any thread starts; if an allocation fails, shrink
     // back so the index is unchanged.
     try {
-        store_.append(n, vectors);
+        store();
         AlignedVector<uint8_t>& levels = levels_.mutate();
         AlignedVector<uint64_t>& offsets = upper_offsets_.mutate();
         levels.reserve(total);

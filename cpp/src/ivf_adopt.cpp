@@ -15,79 +15,27 @@
 
 namespace sparknn {
 
-namespace {
-
-// Moves row i of x [n, dim] to row to[i] in place (to: a permutation of 0..n-1),
-// each cycle carried along by one row's buffer: every row is copied about twice.
-void permute_rows(float* x, size_t n, size_t dim, const std::vector<size_t>& to) {
-    std::vector<bool> done(n, false);
-    AlignedVector<float> carry(dim), swap(dim);
-    const size_t bytes = dim * sizeof(float);
-    for (size_t i = 0; i < n; ++i) {
-        if (done[i] || to[i] == i) continue;
-        std::memcpy(carry.data(), x + i * dim, bytes);
-        for (size_t j = to[i]; j != i; j = to[j]) {
-            __builtin_prefetch(x + to[j] * dim);
-            std::memcpy(swap.data(), x + j * dim, bytes);
-            std::memcpy(x + j * dim, carry.data(), bytes);
-            carry.swap(swap);
-            done[j] = true;
-        }
-        std::memcpy(x + i * dim, carry.data(), bytes);
-        done[i] = true;
-    }
-}
-
-}  // namespace
-
 void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists,
                           const int64_t* order) {
-    SPARKNN_CHECK_ARG(block != nullptr, "adopt_rows: the block is null");
-    auto lock = writing();
+    adopt_with(
+        block, ids, order, [&] { if (lists != nullptr) check_lists(block->rows(), 1, lists, "lists"); },
+        [&] { lists != nullptr ? place_rows(block, lists, order) : adopt_impl(block, order); });
+}
+
+void IvfIndex::check_adoptable(size_t) const {
     SPARKNN_THROW_IF_NOT(trained(), InvalidArgument, "adopt_rows needs a trained IVF index: call train() first");
-    check_unpinned("adopt_rows");
-    SPARKNN_CHECK_ARG(block->dim() == dim_, "adopt_rows: the block's rows have dimension ", block->dim(),
-                      " but the index has dim=", dim_);
     SPARKNN_CHECK_ARG(params_.storage == Storage::Float32 && !params_.keeps_float_copies(),
                       "adopt_rows keeps the rows as they are, so it needs float32 lists; this index stores ",
                       storage_name(params_.storage), ": use add");
-    SPARKNN_CHECK_ARG(size() == 0, "adopt_rows needs an empty index (this one holds ", size(),
-                      " vectors): use add to append");
+}
+
+// The lists found here: every row's nearest, from the rows as stored (normalised under cosine).
+void IvfIndex::adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) {
     const size_t n = block->rows();
-    if (n == 0) return;
-    SPARKNN_CHECK_ARG(block->claim(), "adopt_rows: this block's rows belong to an index already");
-    struct Claim {  // handed back unless the rows were taken
-        RowBlock& block;
-        bool kept = false;
-        ~Claim() {
-            if (!kept) block.release();
-        }
-    } claim{*block};
-    if (lists != nullptr) check_lists(n, 1, lists, "lists");
-    if (order != nullptr) {  // a permutation of the block's rows
-        std::vector<bool> seen(n, false);
-        for (size_t r = 0; r < n; ++r) {
-            SPARKNN_CHECK_ARG(order[r] >= 0 && static_cast<size_t>(order[r]) < n && !seen[order[r]],
-                              "adopt_rows: order[", r, "] = ", order[r], " is outside the block's rows [0, ", n,
-                              ") or names one twice: order must name each row once");
-            seen[order[r]] = true;
-        }
-    }
-    float* rows = block->data();
-    add_with(
-        n, rows, ids,
-        [&](const float* stored) {
-            std::vector<int64_t> assigned;  // of each label
-            if (lists == nullptr) {
-                std::vector<int64_t> of_row(n);
-                assign(n, stored, 1, of_row.data(), threads());
-                assigned.resize(n);
-                for (size_t r = 0; r < n; ++r) assigned[r] = of_row[order != nullptr ? order[r] : r];
-            }
-            place_rows(block, lists != nullptr ? lists : assigned.data(), order);
-        },
-        rows);
-    claim.kept = true;
+    std::vector<int64_t> of_row(n), assigned(n);  // of each row, of each label
+    assign(n, block->data(), 1, of_row.data(), threads());
+    for (size_t r = 0; r < n; ++r) assigned[r] = of_row[order != nullptr ? static_cast<size_t>(order[r]) : r];
+    place_rows(block, assigned.data(), order);
 }
 
 // Everything that can fail is allocated before the first row moves; the commit cannot fail.

@@ -84,7 +84,18 @@ void VectorStore::append(size_t n, const float* x) {
     half_kernels(storage_).encode(x, n * dim_, all.data() + old);
 }
 
+void VectorStore::adopt(const std::shared_ptr<RowBlock>& block) {
+    SPARKNN_CHECK_ARG(storage_ == Storage::Float32 && this->rows() == 0 && block->dim() == dim_,
+                      "a store keeps a block's rows only when it is empty and float32, of the same dimension");
+    f32_.set_view(block->data(), block->rows() * dim_, block);
+}
+
 void VectorStore::truncate(size_t rows) {
+    if (rows == 0) {  // nothing kept: a view (an adopted block) is let go, not copied first
+        f32_ = Buffer<float>();
+        u16_ = Buffer<uint16_t>();
+        return;
+    }
     if (storage_ == Storage::Float32) {
         f32_.mutate().resize(rows * dim_);
     } else {

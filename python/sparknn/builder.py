@@ -68,11 +68,12 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
     (with ``dim``): the same batches again, passed over first to assign every
     vector to its lists, so each list is reserved at its final size before the
     adds (Index.reserve_lists): lists grown batch by batch held up to twice their
-    vectors until the end of the build, its peak. ``adopt`` (with ``assign_first``): hands over
+    vectors until the end of the build, its peak. ``adopt``: hands over
     every row as one RowBlock, and the block's row of each batch row in turn (None: the same
-    order); an ivf index with float32 lists then keeps those rows as its lists in place
-    (Index.adopt_rows) instead of copying the batches, which are not read: the vectors take
-    their memory once. Other kinds and storages ignore it.
+    order); a float32 index then keeps those rows in place (Index.adopt_rows) instead of
+    copying the batches, which are not read: the vectors take their memory once. flat and
+    hnsw take them in one call; ivf (with ``assign_first``, which finds their lists) as its
+    lists. Other storages ignore it.
 
     Returns (index, lists): None for an index when there were no batches; lists
     is None unless kept.
@@ -90,6 +91,15 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
                 lists = np.empty((n, min(index.nprobe, nlist, keep_lists)), dtype=np.int32)
         return index, lists
 
+    if adopt is not None and spec.kind != "ivf" and spec.storage == "float32":
+        block, order = adopt()  # flat, hnsw: the block's rows are the index's vectors, in one call
+        if block.rows != n:
+            raise InvalidArgumentError(f"the input has {block.rows} rows, not the {n} counted before the build: "
+                                       "did it change while it was read?")
+        index = spec.for_items(n).create(block.dim)
+        with context(0, n):
+            index.adopt_rows(block, ids, order=order)
+        return (index, None) if n else (None, None)
     assigned = None  # each row's nearest lists, found before the adds (assign_first)
     if dim is not None:
         index, lists = start(dim)

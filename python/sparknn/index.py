@@ -232,7 +232,7 @@ _SPEC_MAXIMUMS = {"seed": UINT64_MAX, "threads": INT_MAX}
 _NATIVE_CLASSES = {"hnsw": _core.HnswIndex, "ivf": _core.IvfIndex}
 
 #: float32 rows [rows, dim], uninitialised, filled through ``block.array()`` (a writable numpy
-#: view) and then taken by an ivf index without a copy (:meth:`Index.adopt_rows`).
+#: view) and then taken by an index without a copy (:meth:`Index.adopt_rows`).
 RowBlock = _core.RowBlock
 
 
@@ -426,19 +426,25 @@ class Index:
             self._native_as("ivf", "add(lists=...)").add(x, id_arr, list_arr)
 
     def adopt_rows(self, block: RowBlock, ids=None, lists=None, order=None) -> None:
-        """ivf with float32 lists, trained and empty: adds the rows of ``block`` (a
-        :class:`RowBlock` filled through ``block.array()``) without copying them. The index
-        reorders the rows into list order in place and keeps them as its lists, so a build that
-        held its input needs the vectors' memory once, not twice (and touches no fresh memory
-        for the lists). The block is the index's from then on: ``block.array()`` raises, and
-        arrays taken from it before must not be used. ``order`` (int [n], each row once): the
-        rows in the order :meth:`add` would have been given them (row ``order[i]`` becomes the
-        i-th vector; default: the block's order); ``ids`` and ``lists`` as :meth:`add`, in that
-        order. Bad rows or ids raise as in :meth:`add`, leaving the index and the block unchanged."""
+        """An empty index whose vectors are float32 (flat, hnsw; ivf trained, with float32
+        lists) adds the rows of ``block`` (a :class:`RowBlock` filled through ``block.array()``)
+        without copying them: it keeps the block's memory as its vectors (ivf: reordered in place
+        into list order, as its lists), so a build that held its input needs the vectors' memory
+        once, not twice (and touches no fresh memory for them). The block is the index's from
+        then on: ``block.array()`` raises, and arrays taken from it before must not be used.
+        ``order`` (int [n], each row once): the rows in the order :meth:`add` would have been
+        given them (row ``order[i]`` becomes the i-th vector; default: the block's order);
+        ``ids`` and ``lists`` (ivf only) as :meth:`add`, in that order. Bad rows, ids or orders
+        raise as in :meth:`add`, leaving the index and the block unchanged."""
         n = block.rows
         id_arr = None if ids is None else _as_ids(ids, n)
-        list_arr = None if lists is None else np.ascontiguousarray(_as_lists(lists, n, None)[:, 0])
         order_arr = None if order is None else _as_int64(order, "order")
+        if self.kind != "ivf":
+            if lists is not None:
+                raise InvalidArgumentError(f"lists= is for ivf indexes; this index is {self.kind}")
+            self._index.adopt_rows(block, id_arr, order_arr)
+            return
+        list_arr = None if lists is None else np.ascontiguousarray(_as_lists(lists, n, None)[:, 0])
         self._native_as("ivf", "adopt_rows()").adopt_rows(block, id_arr, list_arr, order_arr)
 
     def rows_in_list_order(self) -> Optional[np.ndarray]:

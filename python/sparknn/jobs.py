@@ -256,8 +256,8 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     build samples them first) and they fit (hold_vectors). The held vectors are let go as the
     build adds them unless a self-join needs them again: its index keeps float32 rows and gives
     them back (``inp.consumed``: search from ``index.reconstruct``), so the input and the index
-    are never both in memory. An ivf index with float32 lists takes the held vectors whole as its
-    lists (one RowBlock, ``Index.adopt_rows``): they are never copied. Timings: "read" (all
+    are never both in memory. A float32 ivf or flat index takes the held vectors whole (one
+    RowBlock, ``Index.adopt_rows``: ivf as its lists): they are never copied. Timings: "read" (all
     reading of the input, also in batches during the build when it is not held) and "build".
     """
     t0 = time.perf_counter()
@@ -266,9 +266,11 @@ def _read_and_build(input_path: str, id_col: str, vector_col: str, spec: IndexSp
     direct = engine_ids(ids)
     spec = spec.for_items(inp.num_rows, batch=self_join)
     if self_join or spec.kind == "ivf":
-        # an ivf index with float32 lists adopts the rows read (builder.build_streaming)
+        # float32 ivf and flat indexes adopt the rows read (builder.build_streaming); hnsw adds
+        # them batch by batch, so its long build moves the progress bar (and each held batch is
+        # let go once added: one copy of the vectors plus a batch, as adopting would hold)
         hold_vectors(inp, progress, threads=usable_threads(spec.threads),
-                     one_block=spec.kind == "ivf" and spec.storage == "float32")
+                     one_block=spec.kind in ("ivf", "flat") and spec.storage == "float32")
     timings.add("read", time.perf_counter() - t0)
     consume = inp.held is not None and (not self_join or spec.storage == "float32")
     with timings.span("build", excluding=("read",)):
@@ -284,7 +286,7 @@ def _stored_rows(index: Index, k: int) -> Iterator[tuple[np.ndarray | slice, np.
     batch then holds whole lists' members, and each list is scanned once for all of them (the
     500k x 768 clustered self-join at nprobe 1: its search 5.5 s in input order in 181k-row
     batches, 3.9-4.0 s so in 8k-16k-row batches, and its batch 24 MB instead of 0.5-0.7 GB).
-    flat and hnsw in input order."""
+    flat and hnsw in input order (float32: slices of Index.vectors in place)."""
     n = len(index)
     rows = max(1, min(STORED_BATCH_BYTES // (4 * index.dim), RESULT_BYTES // (12 * max(k, 1))))
     if index.kind == "ivf":
@@ -294,8 +296,10 @@ def _stored_rows(index: Index, k: int) -> Iterator[tuple[np.ndarray | slice, np.
             sel = order[lo:lo + rows]
             yield sel, index.reconstruct_rows(sel) if in_place is None else in_place[lo:lo + rows]
         return
+    in_place = index.vectors if index.storage == "float32" else None  # no copy of float32 rows
     for lo in range(0, n, rows):
-        yield slice(lo, min(n, lo + rows)), index.reconstruct(lo, min(n, lo + rows))
+        hi = min(n, lo + rows)
+        yield slice(lo, hi), index.reconstruct(lo, hi) if in_place is None else in_place[lo:hi]
 
 
 def _input_rows(inp: Input, rows: int, dim: int) -> Iterator[tuple[slice, np.ndarray]]:

@@ -56,6 +56,17 @@ void check_add(const sparknn::Index& index, const Matrix& x, const std::optional
     }
 }
 
+// adopt_rows takes one id, list and order entry per row of the block (each optional).
+void check_adopt(const sparknn::RowBlock& block, const std::optional<IdVector>& ids,
+                 const std::optional<IdVector>& lists, const std::optional<IdVector>& order) {
+    const size_t n = block.rows();
+    if ((ids && ids->shape(0) != n) || (lists && lists->shape(0) != n) || (order && order->shape(0) != n)) {
+        throw sparknn::InvalidArgument(sparknn::detail::concat(
+            "adopt_rows takes one id, list and order entry per row: the block has ", n, " rows, ids ",
+            ids ? ids->shape(0) : n, ", lists ", lists ? lists->shape(0) : n, ", order ", order ? order->shape(0) : n));
+    }
+}
+
 // Every kind's search; `lists` is ivf's (null elsewhere), its shape checked by the caller.
 void search_into(const sparknn::Index& index, const Matrix& q, size_t k, size_t ef, size_t nprobe, OutIds& out_ids,
                  OutDist& out_dist, const int64_t* lists, bool widen, int threads) {
@@ -232,6 +243,15 @@ void bind_index(nb::module_& m) {
                 index.add(x.shape(0), x.data(), ids ? ids->data() : nullptr);
             },
             "vectors"_a, "ids"_a.none())
+        .def(
+            "adopt_rows",
+            [](Index& index, std::shared_ptr<sparknn::RowBlock> block, std::optional<IdVector> ids,
+               std::optional<IdVector> order) {
+                check_adopt(*block, ids, std::nullopt, order);
+                nb::gil_scoped_release release;
+                index.adopt_rows(block, ids ? ids->data() : nullptr, order ? order->data() : nullptr);
+            },
+            "block"_a, "ids"_a.none(), "order"_a.none() = nb::none())
         .def("shrink_to_fit",
              [](Index& index) {
                  nb::gil_scoped_release release;
@@ -338,13 +358,7 @@ void bind_ivf(nb::module_& m) {
             "adopt_rows",
             [](IvfIndex& ivf, std::shared_ptr<sparknn::RowBlock> block, std::optional<IdVector> ids,
                std::optional<IdVector> lists, std::optional<IdVector> order) {
-                const size_t n = block->rows();
-                if ((ids && ids->shape(0) != n) || (lists && lists->shape(0) != n) || (order && order->shape(0) != n)) {
-                    throw sparknn::InvalidArgument(sparknn::detail::concat(
-                        "adopt_rows takes one id, list and order entry per row: the block has ", n, " rows, ids ",
-                        ids ? ids->shape(0) : n, ", lists ", lists ? lists->shape(0) : n, ", order ",
-                        order ? order->shape(0) : n));
-                }
+                check_adopt(*block, ids, lists, order);
                 nb::gil_scoped_release release;
                 ivf.adopt_rows(block, ids ? ids->data() : nullptr, lists ? lists->data() : nullptr,
                                order ? order->data() : nullptr);

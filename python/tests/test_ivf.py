@@ -310,8 +310,8 @@ def test_adopt_rows_refusals(data):
     base, _ = data
     block = sparknn.index.RowBlock(len(base), 32)
     block.array()[:] = base
-    with pytest.raises(sparknn.InvalidArgumentError, match="ivf indexes only"):
-        sparknn.Index(32, kind="flat").adopt_rows(block)
+    with pytest.raises(sparknn.InvalidArgumentError, match="lists= is for ivf indexes"):
+        sparknn.Index(32, kind="flat").adopt_rows(block, lists=np.zeros(len(base), dtype=np.int64))
     sq8 = sparknn.Index(32, kind="ivf", nlist=8, storage="sq8")
     sq8.train(base)
     with pytest.raises(ValueError, match="float32 lists"):

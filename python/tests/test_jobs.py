@@ -465,3 +465,21 @@ def test_an_ivf_self_join_keeps_the_input_as_its_lists(items, items_file, tmp_pa
     jobs.similar(items_file, out, k=5, spec=IndexSpec(kind="ivf", metric="l2", nlist=16, nprobe=16))
     assert calls == {"adopt": 1, "in place": 1}
     assert_exact_similar(pq.read_table(out), items, 5, metric="l2")
+
+
+@pytest.mark.parametrize("kind,adopted", [("flat", 1), ("hnsw", 0)])
+def test_a_flat_self_join_keeps_the_input_as_its_vectors(items, items_file, tmp_path, monkeypatch, kind, adopted):
+    """flat adopts the held input too (its vectors are the block, the queries slices of them in
+    place); hnsw adds it batch by batch, so its long build moves the progress bar."""
+    calls = []
+    adopt = Index.adopt_rows
+
+    def spy_adopt(self, block, *args, **kwargs):
+        calls.append(block.rows)
+        return adopt(self, block, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "adopt_rows", spy_adopt)
+    out = str(tmp_path / "out.parquet")
+    jobs.similar(items_file, out, k=5, spec=IndexSpec(kind=kind, metric="cosine", ef_search=400))
+    assert calls == [N] * adopted
+    assert_exact_similar(pq.read_table(out), items, 5, metric="cosine")

@@ -109,10 +109,11 @@ def test_direct_read_holds_each_row_group_as_compact_float32(spark, tmp_path, va
     np.testing.assert_array_equal(block.array(), in_file_order)  # the chunks are views of one block
 
 
-@pytest.mark.parametrize("id_kind", ["bigint", "string"])
-def test_an_ivf_driver_build_keeps_the_read_block_as_its_lists(spark, tmp_path, monkeypatch, id_kind):
-    """A plain scan's vectors are read into one block that the ivf index adopts as its lists, its
-    rows in id order (not the files'): the same model as the rows collected through Spark."""
+@pytest.mark.parametrize("id_kind,kind", [("bigint", "ivf"), ("string", "ivf"), ("bigint", "flat"),
+                                          ("string", "hnsw")])
+def test_a_driver_build_keeps_the_read_block_as_its_vectors(spark, tmp_path, monkeypatch, id_kind, kind):
+    """A plain scan's vectors are read into one block that the index adopts (ivf: as its lists),
+    its rows in id order (not the files'): the same model as the rows collected through Spark."""
     rng = np.random.default_rng(4)
     keys = rng.permutation(len(BASE)) * 3 + 1  # files in another order than the ids
     ids = [f"item-{k:06d}" for k in keys] if id_kind == "string" else [int(k) for k in keys]
@@ -125,7 +126,8 @@ def test_an_ivf_driver_build_keeps_the_read_block_as_its_lists(spark, tmp_path, 
         return adopt(self, block, *args, **kwargs)
 
     monkeypatch.setattr(Index, "adopt_rows", spy)
-    knn = KNN(k=5, metric="l2", indexType="ivf", nlist=16, nprobe=4, featuresCol="emb", idCol="key")
+    params = dict(nlist=16, nprobe=4) if kind == "ivf" else {}
+    knn = KNN(k=5, metric="l2", indexType=kind, featuresCol="emb", idCol="key", **params)
     direct = neighbours(knn.fit(df))
     assert adopted == [len(BASE)]
     filtered = df.where(F.col("key").isNotNull())  # every row, but not a plain scan: collected through Spark

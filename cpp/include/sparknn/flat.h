@@ -32,6 +32,8 @@ class FlatIndex final : public Index {
 
   protected:
     void add_impl(size_t n, const float* vectors) override;
+    void check_adoptable(size_t rows) const override;
+    void adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) override;
     void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                      const SearchParams& params) const override;
     void save_sections(FileWriter& writer) const override;

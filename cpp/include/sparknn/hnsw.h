@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -69,6 +70,8 @@ class HnswIndex final : public Index {
 
   protected:
     void add_impl(size_t n, const float* vectors) override;
+    void check_adoptable(size_t rows) const override;
+    void adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) override;
     void search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                      const SearchParams& params) const override;
     void save_sections(FileWriter& writer) const override;
@@ -81,6 +84,9 @@ class HnswIndex final : public Index {
     hnsw::GraphView<T> view() const;
     template <class Dist>
     void build(size_t first, size_t n, const Dist& dist);
+    // add_impl and adopt_impl: the n new rows into the store (`store`), then into the graph;
+    // a failure leaves the index as it was.
+    void grow(size_t n, const std::function<void()>& store);
     template <class Dist>
     void search_graph(size_t nq, const float* queries, size_t k, size_t ef, int64_t* out_ids, float* out_distances,
                       const Dist& dist, int threads) const;

@@ -29,6 +29,8 @@
 
 namespace sparknn {
 
+class RowBlock;  // sparknn/row_block.h
+
 // Per-call search options; 0 means "the index's default".
 struct SearchParams {
     size_t ef = 0;      // hnsw: candidate list size, raised to k when smaller
@@ -136,6 +138,18 @@ class Index {
     // ivf and 16-bit storage throw Unsupported (use reconstruct).
     PinnedView<float> view_vectors() const;
 
+    // add() of a block's rows without a copy (an empty index whose rows are float32:
+    // flat, hnsw, ivf with float32 lists): the rows are validated as add validates them
+    // (cosine: normalised in place), reordered in place into the index's order and kept
+    // there as its vectors; the index shares the block and marks it taken. A build that
+    // held its input then needs its memory once, not twice. order: [n] the block's row
+    // that gets label r (each row once), or null for row r: the index is then the one
+    // add() builds from the rows in that order. ids [n] per label, or null. Exclusive, as
+    // add. A bad row, id or order leaves the index and the block unchanged; a failure of
+    // the build itself (out of memory) leaves the index empty, the block's rows possibly
+    // reordered (and normalised, under cosine) and the block free to be taken again.
+    void adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* order = nullptr);
+
     // The stored vectors of labels [begin, begin + count) into out [count, dim]:
     // exact for flat, hnsw and ivf float32 (and any ivf with rerank), decoded
     // otherwise (see IvfIndex). Cosine vectors are normalised.
@@ -177,6 +191,17 @@ class Index {
                              float* out_distances, const SearchParams& params) const = 0;
     virtual void save_sections(FileWriter& writer) const = 0;
 
+    // Throws unless adopt_rows can take `rows` rows into this index now (the write lock
+    // held), before any row changes: InvalidArgument naming what is missing (float32 rows,
+    // training, room), Unsupported for a kind that cannot keep a block's rows.
+    virtual void check_adoptable(size_t rows) const;
+    // adopt_rows' storing step, called with the block claimed and its rows validated (and
+    // normalised): the rows become the index's, row order[r] (or r) as label r.
+    virtual void adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order);
+    // adopt_rows with the storing step given: the lock, every check, the claim, then
+    // add_with in place; `check` (or null) runs after the claim, before any row changes.
+    void adopt_with(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* order,
+                    const std::function<void()>& check, const std::function<void()>& place);
     // add() with the storing step given (the write lock held): validates
     // vectors and ids, then calls store(validated vectors, normalised under
     // cosine) and records the ids. `in_place` (= vectors, writable): cosine

@@ -118,14 +118,11 @@ class IvfIndex final : public Index {
     // first (nearest_lists) knows the counts. Requires a trained index. Exclusive, as add.
     // Room too large to address or allocate is an InvalidArgument, the index unchanged.
     void reserve_lists(const int64_t* extra);
-    // add() of a block's rows without a copy (float32 lists, an empty trained index): the
-    // rows are validated (cosine: normalised in place), reordered in place into list
-    // order and kept there as the lists; the index shares the block and marks it taken.
-    // A build that held its input then needs its memory once, not twice. order: [n] the
-    // block's row that gets label r (each row once), or null for row r: the index is then
-    // the one add() builds from the rows in that order. ids and lists [n] are per label:
-    // lists each one's list (column 0 of nearest_lists), or null to assign them here.
-    // Exclusive, as add. A bad row, id, list or order leaves the index and the block unchanged.
+    // Index::adopt_rows (float32 lists, an empty trained index) with each label's list
+    // given: lists [n] (column 0 of nearest_lists), or null to assign them here (as
+    // Index::adopt_rows does, which this name hides for IvfIndex callers). The rows are
+    // reordered in place into list order and kept there as the lists. A bad list is
+    // refused as a bad row or id is, leaving the index and the block unchanged.
     void adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists,
                     const int64_t* order = nullptr);
     // The rows of every list as one array [size(), dim], list after list (list_labels
@@ -184,6 +181,8 @@ class IvfIndex final : public Index {
     void train_prepared(size_t n, const float* x);  // x validated (normalised under cosine)
     void train_on_sample(size_t sample, const float* train_x, size_t nlist);
     void add_assigned(size_t n, const float* vectors, const int64_t* assigned);
+    void check_adoptable(size_t rows) const override;
+    void adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) override;
     // adopt_rows' storing step: the block's rows into their lists (assigned: per label) in place.
     void place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.

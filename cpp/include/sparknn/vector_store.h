@@ -12,6 +12,7 @@
 #include "sparknn/buffer.h"
 #include "sparknn/distance.h"
 #include "sparknn/file.h"
+#include "sparknn/row_block.h"
 #include "sparknn/storage.h"
 
 namespace sparknn {
@@ -42,6 +43,9 @@ class VectorStore {
     Storage storage() const { return storage_; }
     size_t rows() const { return (storage_ == Storage::Float32 ? f32_.size() : u16_.size()) / dim_; }
 
+    // Keeps the block's rows as the store's, in place (float32 and empty only; the block
+    // shared, not copied: a later append copies them first, as it copies a mapped file's).
+    void adopt(const std::shared_ptr<RowBlock>& block);
     // Appends n rows (checked by check_storage_range first); truncate drops rows from the end.
     void append(size_t n, const float* x);
     void truncate(size_t rows);

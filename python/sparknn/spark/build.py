@@ -74,8 +74,8 @@ def _build(vectors: pa.ChunkedArray, ids: np.ndarray | None, features: str, spec
     are added in that order (``ids`` are given in it already). An ivf index finds every item's
     lists in a first pass over the collected column and reserves each list at its final size
     before the adds: lists grown batch by batch held up to twice their vectors (500k x 768: the
-    driver's peak 5.66 GiB). ``block``: the RowBlock ``vectors`` are views of, in file order; an
-    ivf index with float32 lists keeps its rows as the lists (Index.adopt_rows, in ``order``):
+    driver's peak 5.66 GiB). ``block``: the RowBlock ``vectors`` are views of, in file order; a
+    float32 index keeps its rows in place (Index.adopt_rows, in ``order``; ivf as its lists):
     the vectors are then on the driver once, and ``vectors`` must not be read after."""
     n = len(vectors)
 
