@@ -197,21 +197,36 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
         units = _row_groups(inp)
     if sum(rows for *_, rows in units) != inp.num_rows:
         raise DataError(f"{inp.path!r} changed while it was read: expected {inp.num_rows} rows")
-    workers = min(len(units), threads or usable_cores())
     block = RowBlock(inp.num_rows, dim) if one_block else None
-    rows = block.array() if one_block else None
     held: list = []
-    with decoding_memory(), progress.bar(inp.num_rows, "reading") as bar, ThreadPoolExecutor(max(workers, 1)) as pool:
-        try:
-            # in row order: the first unit with an error raises first, as a serial read would
-            slices = (None if rows is None else rows[first:first + count] for _, _, first, count in units)
-            for unit, part in zip(units, pool.map(lambda u, into: _decode(inp, u, dim, into), units, slices)):
-                held.append(part)
-                bar.update(unit[-1])
-        finally:
-            pool.shutdown(cancel_futures=True)
+    with decoding_memory(), progress.bar(inp.num_rows, "reading") as bar:
+        # in row order: the first unit with an error raises first, as a serial read would
+        for unit, part in decode_side_by_side(units, [u[-1] for u in units], block, threads,
+                                              lambda u, into: _decode(inp, u, dim, into)):
+            held.append(part)
+            bar.update(unit[-1])
     inp.held, inp.block = held, block
     return True
+
+
+def decode_side_by_side(units: list, counts: list[int], block: RowBlock | None, threads: int,
+                        decode: Callable[[object, np.ndarray | None], object]) -> Iterator[tuple[object, object]]:
+    """(unit, decode(unit, into)) of every unit, in unit order, decoded ``threads`` at a time (0:
+    every core this process may use): each unit by a Parquet reader of its own, since one reader
+    decodes on one core. ``into``: the unit's rows in ``block`` (units hold ``counts`` rows each,
+    one after another), or None without a block. The first unit to fail raises, the units not
+    started are cancelled. The CLI's held input and the Spark driver's direct read share this."""
+    rows = block.array() if block is not None else None
+    slices, first = [], 0
+    for count in counts:
+        slices.append(None if rows is None else rows[first:first + count])
+        first += count
+    workers = max(1, min(len(units), threads or usable_cores()))
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            yield from zip(units, pool.map(decode, units, slices))
+        finally:
+            pool.shutdown(cancel_futures=True)
 
 
 def _row_groups(inp: Input) -> list[tuple]:

@@ -13,7 +13,6 @@ to Spark's collection: the result is the same either way, only the speed differs
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -24,8 +23,7 @@ from pyspark.sql import DataFrame
 from sparknn.arrow import PARQUET_READ, decoding_memory, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import RowBlock
-from sparknn.inputs import row_group_vectors
-from sparknn.machine import usable_cores
+from sparknn.inputs import decode_side_by_side, row_group_vectors
 from sparknn.spark import runtime
 from sparknn.spark.layout import ARROW_ID_TYPES
 
@@ -190,14 +188,9 @@ def _compact_read(scan: ParquetScan, id_type: str) -> tuple[pa.Table, RowBlock |
     dim = _dim_from_footers(metas, scan.features)
     total = sum(rows for *_, rows in groups)
     block = RowBlock(total, dim) if dim and total else None
-    rows = block.array() if block is not None else None
-    slices, first = [], 0
-    for *_, count in groups:
-        slices.append(None if rows is None else rows[first:first + count])
-        first += count
-    with ThreadPoolExecutor(max_workers=min(usable_cores(), max(len(groups), 1))) as pool:
-        chunks = list(pool.map(lambda unit, into: _vector_chunk(unit[0], scan.features, unit[1], unit[2], into),
-                               groups, slices))
+    chunks = [chunk for _, chunk in decode_side_by_side(
+        groups, [rows for *_, rows in groups], block, 0,
+        lambda unit, into: _vector_chunk(unit[0], scan.features, unit[1], unit[2], into))]
     if len({c.type for c in chunks}) > 1:
         raise ValueError("vectors of different lengths")
     vectors = pa.chunked_array(chunks, type=chunks[0].type) if chunks else pa.chunked_array([], pa.list_(pa.float32()))
