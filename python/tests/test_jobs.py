@@ -480,6 +480,15 @@ def test_a_flat_self_join_keeps_the_input_as_its_vectors(items, items_file, tmp_
 
     monkeypatch.setattr(Index, "adopt_rows", spy_adopt)
     out = str(tmp_path / "out.parquet")
-    jobs.similar(items_file, out, k=5, spec=IndexSpec(kind=kind, metric="cosine", ef_search=400))
+    jobs.similar(items_file, out, k=5, spec=IndexSpec(kind=kind, metric="cosine", ef_search=200))
     assert calls == [N] * adopted
-    assert_exact_similar(pq.read_table(out), items, 5, metric="cosine")
+    if kind == "flat":
+        assert_exact_similar(pq.read_table(out), items, 5, metric="cosine")
+        return
+    # hnsw, built on several threads, is approximate: its answers against the exact self-join
+    true = distance_matrix(items_matrix(items), "cosine")
+    np.fill_diagonal(true, np.inf)
+    position = {v: i for i, v in enumerate(items.column("id").to_pylist())}
+    got = neighbor_lists(pq.read_table(out), "id")
+    found = np.array([[position[j] for j in got[i][0]] for i in items.column("id").to_pylist()])
+    assert recall(found, np.argsort(true, axis=1)[:, :5]) >= 0.98
