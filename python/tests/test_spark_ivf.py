@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import clustered, exact_knn, recall, spark_items
+from test_spark import BAD_DATA
 
 pyspark = pytest.importorskip("pyspark")
 import sparknn
@@ -362,3 +363,31 @@ def test_a_connect_client_builds_only_what_fits_its_own_memory(spark, monkeypatc
     monkeypatch.setattr(ivf_memory, "available_memory", lambda: 1 << 40)
     budget, source = ivf_memory.driver_collect_budget(spark)
     assert budget < 1 << 39 and "spark.driver" in source
+
+
+# Bad vectors are found where the routed build reads them (no pass of their own): the sample for
+# k-means, or a build task when the sample missed them (a file of many rows, one bad); either way
+# the error names the column, the count and an example id, as the other builds' do.
+_ROUTED_BAD = [b for b in BAD_DATA]
+
+
+@pytest.mark.parametrize("name, params, schema, rows, message", _ROUTED_BAD, ids=[b[0] for b in _ROUTED_BAD])
+@pytest.mark.parametrize("padding", [0, 3000])
+def test_routed_build_refuses_bad_data_with_the_usual_errors(spark, tmp_path, monkeypatch, name, params, schema, rows,
+                                                             message, padding):
+    """``padding`` good rows around the bad ones, and a k-means sample of about 200 of them: the
+    sample then misses the bad rows (a fixed hash of the ids draws it) and a build task finds them."""
+    rows = list(rows)
+    if padding and rows:
+        from sparknn.spark import ivf_build
+        monkeypatch.setattr(ivf_build, "sample_size", lambda nlist, n: 200)
+        message = message.replace("of 2 rows", r"of \d+ rows")
+        integer = schema.startswith("id bigint")
+        width = len(next(v for _, v in rows if v is not None))
+        filler = [(10_000 + i if integer else f"pad-{i}", [float(i % 7 + 1)] * width) for i in range(padding)]
+        rows = filler[:padding // 2] + rows + filler[padding // 2:]
+    df = spark.createDataFrame(rows, schema)
+    knn = KNN(indexType="ivf", ivfMode="routed", nlist=1, featuresCol="vector", indexPath=str(tmp_path / "idx"),
+              **params)
+    with pytest.raises(Exception, match=message):
+        knn.fit(df)
