@@ -23,19 +23,10 @@
 namespace sparknn {
 namespace {
 
+using test::block_of;
+using test::file_bytes;
 using test::Results;
 using test::search;
-
-std::shared_ptr<RowBlock> block_of(const std::vector<float>& x, size_t dim) {
-    auto block = std::make_shared<RowBlock>(x.size() / dim, dim);
-    std::copy(x.begin(), x.end(), block->data());
-    return block;
-}
-
-std::string file_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 // hnsw on one thread: its graph then depends on nothing but the rows and the seed.
 std::unique_ptr<Index> make(bool hnsw, size_t dim, Metric metric, Storage storage = Storage::Float32) {

@@ -24,6 +24,8 @@
 namespace sparknn {
 namespace {
 
+using test::block_of;
+using test::file_bytes;
 using test::Results;
 using test::search;
 
@@ -33,17 +35,6 @@ IvfParams float32_lists(size_t nlist, size_t nprobe, size_t rerank = 0) {
     p.nprobe = nprobe;
     p.rerank = rerank;
     return p;
-}
-
-std::shared_ptr<RowBlock> block_of(const std::vector<float>& x, size_t dim) {
-    auto block = std::make_shared<RowBlock>(x.size() / dim, dim);
-    std::copy(x.begin(), x.end(), block->data());
-    return block;
-}
-
-std::string file_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 // Every metric, with the bf16 scan (rerank) and without, lists given or assigned, ids given

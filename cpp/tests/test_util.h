@@ -4,12 +4,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <memory>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "sparknn/distance.h"
 #include "sparknn/index.h"
+#include "sparknn/row_block.h"
 
 namespace sparknn::test {
 
@@ -101,6 +106,19 @@ inline Results search(const Index& index, const std::vector<float>& queries, siz
     params.nprobe = nprobe;
     index.search(nq, queries.data(), k, r.ids.data(), r.dist.data(), params);
     return r;
+}
+
+// A RowBlock holding rows x [n, dim] (what a reader fills before an index adopts it).
+inline std::shared_ptr<RowBlock> block_of(const std::vector<float>& x, size_t dim) {
+    auto block = std::make_shared<RowBlock>(x.size() / dim, dim);
+    std::copy(x.begin(), x.end(), block->data());
+    return block;
+}
+
+// A file's bytes (saved indexes compared byte for byte).
+inline std::string file_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 }  // namespace sparknn::test
