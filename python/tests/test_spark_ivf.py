@@ -391,3 +391,25 @@ def test_routed_build_refuses_bad_data_with_the_usual_errors(spark, tmp_path, mo
               **params)
     with pytest.raises(Exception, match=message):
         knn.fit(df)
+
+
+def test_only_refused_data_costs_the_explaining_pass(monkeypatch):
+    """A refusal of data (a ValueError, or a task's error naming one) runs the JVM pass that
+    explains it; any other failure (an executor lost, out of memory) is reported at once."""
+    from sparknn.spark import ivf_build
+
+    passes = []
+    monkeypatch.setattr(ivf_build, "validate", lambda *args: passes.append(args))
+    explained = ivf_build._explained("df", "vector", "id", "bigint")
+    with pytest.raises(ValueError):
+        with explained:
+            raise ValueError("row 3 has 2 values")
+    assert len(passes) == 1
+    with pytest.raises(RuntimeError, match="Lost executor"):
+        with ivf_build._explained("df", "vector", "id", "bigint"):
+            raise RuntimeError("Lost executor 1 on 127.0.0.1")
+    assert len(passes) == 1
+    with pytest.raises(RuntimeError):
+        with ivf_build._explained("df", "vector", "id", "bigint"):
+            raise RuntimeError("PythonException: sparknn._core.InvalidArgumentError: vector row 7 has a NaN")
+    assert len(passes) == 2

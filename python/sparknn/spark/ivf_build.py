@@ -233,11 +233,14 @@ def _first_length(data: DataFrame) -> int:
 def _explained(df: DataFrame, features: str, id_col: str, id_type: str):
     """Vectors the engine refuses (null, ragged, empty, NaN or infinite values) fail the step that
     reads them with the engine's error; a pass on the JVM (schema.validate) then names the column,
-    the count and an example id, as the other builds do. Errors it does not explain pass on."""
+    the count and an example id, as the other builds do. Errors it does not explain pass on, and
+    only a refusal of data (a ValueError, here or in a task) costs that pass: an executor lost or
+    out of memory is reported at once."""
     try:
         yield
-    except Exception:
-        validate(df, features, id_col, id_type != "string")  # raises the clear error when it finds one
+    except Exception as e:
+        if isinstance(e, ValueError) or "InvalidArgumentError" in str(e) or "ValueError" in str(e):
+            validate(df, features, id_col, id_type != "string")  # raises the clear error when it finds one
         raise
 
 
