@@ -96,7 +96,7 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
         if block.rows != n:
             raise InvalidArgumentError(f"the input has {block.rows} rows, not the {n} counted before the build: "
                                        "did it change while it was read?")
-        index = spec.for_items(n).create(block.dim)
+        index, _ = start(block.dim)
         with context(0, n):
             index.adopt_rows(block, ids, order=order)
         return (index, None) if n else (None, None)
