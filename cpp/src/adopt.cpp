@@ -5,6 +5,7 @@
 #include "sparknn/error.h"
 #include "sparknn/index.h"
 #include "sparknn/row_block.h"
+#include "sparknn/storage.h"
 
 namespace sparknn {
 
@@ -14,6 +15,12 @@ void Index::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* id
 
 void Index::check_adoptable(size_t) const {
     throw Unsupported(detail::concat("this index kind cannot keep a block's rows in place: use add"));
+}
+
+void Index::check_adoptable_storage() const {
+    SPARKNN_CHECK_ARG(storage() == Storage::Float32,
+                      "adopt_rows keeps the rows as they are, so it needs float32 storage; this index stores ",
+                      storage_name(storage()), ": use add");
 }
 
 void Index::adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t*) { check_adoptable(block->rows()); }

@@ -35,11 +35,7 @@ void FlatIndex::add_impl(size_t n, const float* vectors) {
     }
 }
 
-void FlatIndex::check_adoptable(size_t) const {
-    SPARKNN_CHECK_ARG(store_.storage() == Storage::Float32,
-                      "adopt_rows keeps the rows as they are, so it needs float32 storage; this index stores ",
-                      storage_name(store_.storage()), ": use add");
-}
+void FlatIndex::check_adoptable(size_t) const { check_adoptable_storage(); }
 
 // Allocations first: once a row moves, nothing but the norms' threads can fail.
 void FlatIndex::adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) {

@@ -211,9 +211,7 @@ void HnswIndex::add_impl(size_t n, const float* vectors) {
 }
 
 void HnswIndex::check_adoptable(size_t rows) const {
-    SPARKNN_CHECK_ARG(store_.storage() == Storage::Float32,
-                      "adopt_rows keeps the rows as they are, so it needs float32 storage; this index stores ",
-                      storage_name(store_.storage()), ": use add");
+    check_adoptable_storage();
     SPARKNN_CHECK_ARG(rows <= kHnswMaxCount, "an hnsw index holds at most ", kHnswMaxCount, " vectors; adopting ",
                       rows, " would exceed it");  // here, before cosine rows are normalised in place
 }

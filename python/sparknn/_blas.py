@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.util
 import os
 
 _handle = None  # kept alive for the life of the process
@@ -20,15 +21,26 @@ def preload_openblas() -> None:
     global _handle
     if _handle is not None:
         return
-    try:
-        import scipy_openblas32
-    except ImportError:  # built against a system BLAS: the loader finds it on its own
-        return
-    lib_dir = scipy_openblas32.get_lib_dir()
-    candidates = sorted(glob.glob(os.path.join(lib_dir, "lib" + scipy_openblas32.get_library() + ".*")))
-    for path in candidates:
+    for path in _library_paths():
         try:
             _handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             return
         except OSError:
             continue
+
+
+def _library_paths() -> list[str]:
+    """The wheel's library files: found in its folder without importing it first (its import
+    reads its version through importlib.metadata: 35 ms of every process's start, the CLI's and
+    each Spark Python worker's), through its own get_lib_dir() / get_library() if its layout differs."""
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None:  # built against a system BLAS: the loader finds it on its own
+        return []
+    for folder in spec.submodule_search_locations or ():
+        found = sorted(glob.glob(os.path.join(folder, "lib", "libscipy_openblas.*")))
+        if found:
+            return found
+    import scipy_openblas32
+
+    name = "lib" + scipy_openblas32.get_library() + ".*"
+    return sorted(glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), name)))

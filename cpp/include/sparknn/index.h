@@ -195,6 +195,8 @@ class Index {
     // held), before any row changes: InvalidArgument naming what is missing (float32 rows,
     // training, room), Unsupported for a kind that cannot keep a block's rows.
     virtual void check_adoptable(size_t rows) const;
+    // check_adoptable's check for kinds that keep the block as their rows (flat, hnsw): float32 storage.
+    void check_adoptable_storage() const;
     // adopt_rows' storing step, called with the block claimed and its rows validated (and
     // normalised): the rows become the index's, row order[r] (or r) as label r.
     virtual void adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order);
