@@ -830,7 +830,16 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default=None, help="for the Parquet items and index files (default: a temp dir)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "longvec.json"))
     p.add_argument("--plot", action="store_true", help="PNG of the HNSW curves beside --out (needs matplotlib)")
+    p.add_argument("--plot-from", nargs="+", metavar="JSON",
+                   help="only draw the HNSW curves of these saved results (one panel per data set) into --out's PNG")
     args = p.parse_args(argv)
+    if args.plot_from:
+        saved = {}
+        for path in args.plot_from:
+            with open(path) as f:
+                saved.update(json.load(f)["sets"])
+        plot(saved, os.path.splitext(args.out)[0] + ".png")
+        return
     limit_threads(args.threads)
     if args.coldstart_child:
         print(json.dumps(coldstart_child(load_set(args.sets[0], args), args)))
