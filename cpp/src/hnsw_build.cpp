@@ -232,9 +232,9 @@ void HnswIndex::grow(size_t n, const std::function<void()>& store) {
     const size_t M = params_.M;
     const size_t stride0 = 1 + 2 * M, stride_up = 1 + M;
     // Grow every array before any thread starts; if an allocation fails, shrink
-    // back so the index is unchanged.
+    // back so the index is unchanged. The rows are stored last: adopting a block
+    // reorders its rows, and a block handed back after a failure must be as given.
     try {
-        store();
         AlignedVector<uint8_t>& levels = levels_.mutate();
         AlignedVector<uint64_t>& offsets = upper_offsets_.mutate();
         levels.reserve(total);
@@ -246,6 +246,7 @@ void HnswIndex::grow(size_t n, const std::function<void()>& store) {
         }
         upper_links_.mutate().resize(offsets.back(), 0);
         links0_.mutate().resize(total * stride0, 0);
+        store();
         hnsw::with_distance(metric_, store_.storage(), [&](const auto& dist) { build(first, n, dist); });
     } catch (...) {
         store_.truncate(first);

@@ -1,6 +1,7 @@
 // Index::adopt_rows for flat and hnsw (a RowBlock's rows kept in place as the index's
 // vectors): the same index as add(), and nothing changed on a refusal. ivf: test_ivf_adopt.cpp.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cmath>
@@ -140,6 +141,56 @@ TEST(Adopt, FlatAndHnswRefusalsChangeNothing) {
         EXPECT_EQ(index->size(), n);
         EXPECT_EQ(other->size(), 0u);
     }
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SPARKNN_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#define SPARKNN_SANITIZED 1
+#endif
+#endif
+
+// An hnsw adopt whose graph cannot be allocated hands the block back as it was given
+// (rows in the caller's order): the rows are reordered only once the graph's arrays exist.
+TEST(Adopt, HnswOutOfMemoryHandsTheBlockBackUnchanged) {
+#if defined(SPARKNN_SANITIZED)
+    GTEST_SKIP() << "sanitizers reserve address space: an address-space limit cannot stand for a full memory";
+#else
+    const size_t dim = 8, n = 5000;
+    const auto base = test::clustered_vectors(n, dim, 4, 83);
+    std::vector<int64_t> order(n);
+    std::iota(order.rbegin(), order.rend(), 0);  // reversed: every row would move
+    HnswParams p;
+    p.M = kHnswMaxM;  // level 0 alone: n * (2M + 1) * 4 bytes = 82 MB
+    HnswIndex index(dim, Metric::L2, p);
+    index.set_threads(1);
+    auto block = block_of(base, dim);
+    rlimit before{};
+    ASSERT_EQ(getrlimit(RLIMIT_AS, &before), 0);
+    long pages = 0;
+    {
+        std::ifstream statm("/proc/self/statm");
+        statm >> pages;
+    }
+    ASSERT_GT(pages, 0);
+    bool threw = false;
+    {
+        rlimit tight = before;
+        tight.rlim_cur = static_cast<rlim_t>(pages) * 4096 + (48u << 20);
+        ASSERT_EQ(setrlimit(RLIMIT_AS, &tight), 0);
+        try {
+            index.adopt_rows(block, nullptr, order.data());
+        } catch (...) {
+            threw = true;
+        }
+        setrlimit(RLIMIT_AS, &before);
+    }
+    ASSERT_TRUE(threw);
+    EXPECT_FALSE(block->taken());
+    EXPECT_EQ(std::memcmp(block->data(), base.data(), base.size() * sizeof(float)), 0);
+    EXPECT_EQ(index.size(), 0u);
+#endif
 }
 
 }  // namespace

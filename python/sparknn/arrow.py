@@ -9,8 +9,7 @@ the rows are contiguous. Results leave as list<struct<id, distance>>.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +36,10 @@ def decoding_pool() -> pa.MemoryPool:
     784 column took 1.31-1.41 s so, 0.62-0.68 s from the C library's allocator or 0.58-0.63 s from
     jemalloc, which keep it for the next batch (three interleaved runs of `sparknn similar`, AMD
     EPYC, 2026-12-06; a third of that run's cycles were the kernel clearing pages). jemalloc is
-    missing from some pyarrow builds. Only reads switch to it (``decoding_memory``): the whole
-    CLI job on it measured no faster, and the rest of a caller's process keeps its own default."""
+    missing from some pyarrow builds. The C library keeps freed blocks up to its mmap threshold
+    (at most 32 MiB: a batch of READ_BATCH rows of up to ~2000 dimensions, twice over as the
+    list decoder reserves); larger ones are mapped afresh either way. Only reads switch to it
+    (``decoding_memory``): the whole CLI job on it measured no faster."""
     return pa.system_memory_pool()
 
 
@@ -47,26 +48,39 @@ _pool_users = 0
 _pool_before: Optional[pa.MemoryPool] = None
 
 
-@contextmanager
-def decoding_memory() -> Iterator[None]:
-    """Arrow allocates from ``decoding_pool()`` while inside (Parquet's readers take no pool of
-    their own: the process default is switched). Nested and concurrent users share one switch:
-    the first in sets it, the last out puts the caller's default back. A buffer is freed to the
-    pool it came from, whichever is the default then."""
-    global _pool_users, _pool_before
-    with _pool_lock:
-        if _pool_users == 0:
-            _pool_before = pa.default_memory_pool()
-            pa.set_memory_pool(decoding_pool())
-        _pool_users += 1
-    try:
-        yield
-    finally:
+class _DecodingMemory:
+    """``decoding_memory``'s switch. A class, not a generator: nothing runs between the count
+    going up and the body's guarded part, so an interrupt (Ctrl-C in a notebook) cannot leave the
+    switch on for the rest of the session."""
+
+    def __enter__(self) -> None:
+        global _pool_users, _pool_before
+        with _pool_lock:
+            if _pool_users == 0:
+                _pool_before = pa.default_memory_pool()
+                pa.set_memory_pool(decoding_pool())
+            _pool_users += 1
+
+    def __exit__(self, *exc) -> None:
+        global _pool_users, _pool_before
         with _pool_lock:
             _pool_users -= 1
             if _pool_users == 0:
-                pa.set_memory_pool(_pool_before)
+                # Put the caller's default back only if it is still ours: a default someone set
+                # meanwhile is theirs to keep (and to free: ours may be stale by then).
+                if pa.default_memory_pool().backend_name == decoding_pool().backend_name:
+                    pa.set_memory_pool(_pool_before)
                 _pool_before = None
+
+
+def decoding_memory() -> _DecodingMemory:
+    """While inside, Arrow's default pool, from which pyarrow allocates the arrays a Parquet
+    reader opened then decodes, is ``decoding_pool()`` (readers take no pool argument: the
+    process default is switched). Parquet's own read and page buffers stay in Arrow's C++
+    default, and other threads of the process allocating meanwhile take the switched pool too:
+    harmless, as a buffer is freed to the pool it came from. Nested and concurrent users share
+    one switch: the first in sets it, the last out puts the caller's default back."""
+    return _DecodingMemory()
 
 
 def _combine(column) -> pa.Array:

@@ -278,6 +278,8 @@ def row_group_vectors(parquet: pq.ParquetFile, column: str, group: int, rows: in
         x = convert(batch.column(0), filled)
         if out is None:
             out = np.empty((rows, x.shape[1]), dtype=np.float32)
+        elif x.shape[1] != out.shape[1]:  # said, not left to numpy: a length-1 batch would broadcast
+            raise ValueError(f"vectors of length {x.shape[1]} where {out.shape[1]} were expected")
         out[filled:filled + len(x)] = x
         filled += len(x)
     return out if filled == rows else None

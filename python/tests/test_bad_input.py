@@ -557,3 +557,19 @@ def test_arbitrary_arrays_never_crash(x, k):
     except InvalidArgumentError:
         return
     assert ids.shape == dist.shape and ids.shape[1] == k
+
+
+def test_a_row_groups_vectors_of_another_length_than_the_block_are_refused_not_broadcast(tmp_path):
+    """row_group_vectors into a block's rows: vectors of length 1 would broadcast over a row of 4."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparknn.arrow import vectors_to_numpy
+    from sparknn.inputs import row_group_vectors
+
+    path = str(tmp_path / "one.parquet")
+    pq.write_table(pa.table({"v": pa.array([[1.0]] * 3, type=pa.list_(pa.float32()))}), path)
+    into = np.zeros((3, 4), np.float32)
+    with pq.ParquetFile(path) as parquet, pytest.raises(ValueError, match="length 1 where 4"):
+        row_group_vectors(parquet, "v", 0, 3, lambda column, _: vectors_to_numpy(column, "v"), into)
+    assert not into.any()

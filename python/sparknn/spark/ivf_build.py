@@ -244,13 +244,19 @@ def _explained(df: DataFrame, features: str, id_col: str, id_type: str):
         raise
 
 
-def _train(data: DataFrame, n: int, dim: int, spec: IndexSpec, path: str) -> tuple[Index, np.ndarray]:
-    """The quantizer, trained on a sample and saved to ``path``, and the list sizes the sample
-    predicts (at least 1 per list, so that every list has a part even if the sample missed it)."""
+def _lists(spec: IndexSpec, n: int) -> int:
+    """The number of lists for ``n`` items, refused before any step that reads vectors (whose
+    ValueErrors cost the explaining pass)."""
     nlist = spec.for_items(n, batch=True).nlist  # a model is searched by batches: sqrt(n) lists
     if nlist > n:
         raise InvalidArgumentError(f"nlist={nlist} is more than the {n} items to index: lower nlist (or leave it "
                                    "0 to choose about sqrt(n))")
+    return nlist
+
+
+def _train(data: DataFrame, n: int, nlist: int, dim: int, spec: IndexSpec, path: str) -> tuple[Index, np.ndarray]:
+    """The quantizer of ``nlist`` lists, trained on a sample and saved to ``path``, and the list sizes
+    the sample predicts (at least 1 per list, so that every list has a part even if the sample missed it)."""
     want = sample_size(nlist, n)
     # Rows drawn by a hash of their id, in id order: the same sample (and centroids) however the
     # input is partitioned (DataFrame.sample draws per partition).
@@ -282,6 +288,7 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
     data = df.select(F.col(id_col).alias("id"), features_as_float_array(df, features).alias("v"))
     n, min_id = _check_ids(data, id_col)
     positional = not stores_own_ids(ARROW_ID_TYPES[id_type], min_id if id_type != "string" else None)
+    nlist = _lists(spec, n)
     explained = partial(_explained, df, features, id_col, id_type)
     with explained():
         dim = _first_length(data)
@@ -291,8 +298,7 @@ def build_ivf(df: DataFrame, features: str, id_col: str, id_type: str, options: 
     qname = f"{prefix}-quantizer.snn"
     qpath = os.path.join(root, qname)
     with explained():
-        trained, estimated = _train(data, n, dim, spec, qpath)
-    nlist = trained.params["nlist"]
+        trained, estimated = _train(data, n, nlist, dim, spec, qpath)
     width = min(spec.nprobe, nlist, MAX_STORED_PROBES)
     # Shipped under a unique name (addFile flattens names) from a directory kept until the driver
     # exits: an executor started later fetches every added file.
