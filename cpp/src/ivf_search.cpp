@@ -155,7 +155,9 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     const size_t ranks = heap_per_rank ? rank_end - rank_begin : 1;
     std::vector<size_t> start(nlist + 1, 0);
     for (size_t q = 0; q < nq; ++q) {
-        for (size_t r = rank_begin; r < rank_end; ++r) ++start[static_cast<size_t>(probes[q * nprobe + r]) + 1];
+        for (size_t r = rank_begin; r < rank_end; ++r) {
+            if (probes[q * nprobe + r] >= 0) ++start[static_cast<size_t>(probes[q * nprobe + r]) + 1];
+        }
     }
     std::partial_sum(start.begin(), start.end(), start.begin());
     std::vector<uint32_t> members(start[nlist]);
@@ -164,6 +166,7 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
         std::vector<size_t> fill(start.begin(), start.end() - 1);
         for (size_t q = 0; q < nq; ++q) {
             for (size_t r = rank_begin; r < rank_end; ++r) {
+                if (probes[q * nprobe + r] < 0) continue;  // skipped (without_far_lists)
                 const size_t at = fill[static_cast<size_t>(probes[q * nprobe + r])]++;
                 members[at] = static_cast<uint32_t>(q);
                 if (heap_per_rank) slots[at] = static_cast<uint32_t>(q * ranks + (r - rank_begin));
@@ -236,6 +239,8 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     const bool deep = proven != nullptr && rerank;
     const size_t kept = deep ? std::max(candidates, std::min(kExactCandidatesPerK * k, kMaxExactCandidates)) : candidates;
     const std::vector<float> error_bound = deep ? scan_error_bounds(nq, queries, threads) : std::vector<float>{};
+    // per query, the least lower bound of a list the exact answer skipped (infinity: none)
+    std::vector<double> least_skipped(deep ? nq : 0, std::numeric_limits<double>::infinity());
     if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
     std::vector<TopK> heaps(workers * nq);
     for (TopK& h : heaps) {
@@ -283,7 +288,10 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     float worst = -std::numeric_limits<float>::infinity();
                     for (const TopK::Entry& entry : all) worst = std::max(worst, entry.first);
                     answer(q, h, ids + out_stride, distances + out_stride);
-                    proven[q] = !full || distances[out_stride + q * k + k - 1] < worst - error_bound[q];
+                    const float kth = distances[out_stride + q * k + k - 1];
+                    // ... and every list skipped unscanned is farther than the k-th
+                    const bool skipped_farther = std::isinf(least_skipped[q]) || kth < least_skipped[q];
+                    proven[q] = (!full || kth < worst - error_bound[q]) && skipped_farther;
                 }
             }
         });
@@ -339,7 +347,19 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
                 }
             }
-            scan_lists(nq, queries, nprobe, probes, scanned, ends[e], heaps, workers, products);
+            if (deep && ends[e] == nprobe) {
+                // The exact answer: each query's nearest lists first, then only the lists that
+                // may still hold one of its k nearest (without_far_lists).
+                const size_t nearest = std::min(ends[e], std::max(scanned, kRankHeapsTop));
+                if (nearest > scanned) scan_lists(nq, queries, nprobe, probes, scanned, nearest, heaps, workers, products);
+                if (nearest < ends[e]) {
+                    const std::vector<int64_t> near = without_far_lists(nq, queries, k, nprobe, probes, nearest, heaps,
+                                                                        workers, error_bound, least_skipped, threads);
+                    scan_lists(nq, queries, nprobe, near.data(), nearest, ends[e], heaps, workers, products);
+                }
+            } else {
+                scan_lists(nq, queries, nprobe, probes, scanned, ends[e], heaps, workers, products);
+            }
             scanned = ends[e];
         }
         write(scanned, out_ids + e * out_stride, out_distances + e * out_stride);

@@ -669,7 +669,8 @@ class Index:
             got, _, proven = ivf.search_ladder_and_exact(q[sel], kk + own, values, _call_threads(threads))
             if own:
                 got = [tuning.drop_own(g, own_ids[sel], kk) for g in got]
-            for value, found in zip(values, got[:-1]):
+            # not nlist's answer (got[-2]): the scan skipped lists that cannot hold a neighbour
+            for value, found in zip(values[:-1], got[:-2]):
                 answered[value] = np.concatenate([answered[value], found]) if value in answered else found
             truth = np.array(got[-1])
             doubtful = np.flatnonzero(proven == 0)

@@ -104,6 +104,9 @@ class IvfIndex final : public Index {
     // is proven per query: proven[i] = 1 when no row left out can be nearer than its k-th
     // (the scan's error bound), 0 when the caller must search query i exactly itself. An
     // exact scan proves every query. Requires float32 storage.
+    // With bf16 tiles the lists past a query's nearest kRankHeapsTop that cannot hold one of
+    // its k nearest are not scanned (ivf_exact_prune.cpp): the answer at nlist (the last of
+    // nprobes) is then that of the lists scanned, not search_nprobes' at nlist.
     void search_ladder_and_exact(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
                                  int64_t* out_ids, float* out_distances, uint8_t* proven, int threads = -1) const;
     // The ladder values of search_nprobes / search_ladder_and_exact up to this many lists come
@@ -215,6 +218,14 @@ class IvfIndex final : public Index {
                       size_t nends = 0, size_t out_stride = 0, uint8_t* proven = nullptr) const;
     // Per query: how far a bf16 scan distance can be from the exact one (float32 lists).
     std::vector<float> scan_error_bounds(size_t nq, const float* queries, int threads) const;
+    // The exact answer's pruning (ivf_exact_prune.cpp): probes [nq, nprobe] with -1 for the
+    // lists of rank >= from_rank that cannot hold one of a query's k nearest, judged by the
+    // selections in heaps (workers per query) and the scan's error bounds; least_skipped[q]: the
+    // least lower bound of a skipped list (infinity when none), which the proof must beat.
+    std::vector<int64_t> without_far_lists(size_t nq, const float* queries, size_t k, size_t nprobe,
+                                           const int64_t* probes, size_t from_rank, const std::vector<TopK>& heaps,
+                                           size_t workers, const std::vector<float>& error_bound,
+                                           std::vector<double>& least_skipped, int threads) const;
     // An exact answer from the bf16 scan re-ranks this many candidates per neighbour: on
     // Fashion-MNIST and tight 768-d clusters 8 k proved 99% of queries exact, 16 k all.
     // At most this many (a large k's selections would hold 16k each; fewer proofs then succeed).

@@ -105,6 +105,9 @@ class TopK {
         return buffer_;
     }
 
+    // Every entry held now, unselected (more than k while the buffer fills): each a pushed one.
+    const std::vector<Entry>& buffered() const { return buffer_; }
+
     // Whether a comes before b: nearer, or as near with a smaller id.
     bool before(const Entry& a, const Entry& b) const {
         if (a.first != b.first) return a.first < b.first;
