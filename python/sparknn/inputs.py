@@ -465,7 +465,7 @@ def read_ids(inp: Input, unique: bool) -> pa.Array:
     if ids.null_count:
         row = int(pc.index(pc.is_null(ids), True).as_py())
         raise DataError(f"column {inp.id_col!r} has a null id at row {row}")
-    if unique and len(pc.unique(ids)) != len(ids):
+    if unique and _has_duplicates(ids):
         counts = pc.value_counts(ids)
         dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]
         value = dup["values"].as_py()
@@ -473,6 +473,19 @@ def read_ids(inp: Input, unique: bool) -> pa.Array:
         raise DataError(f"column {inp.id_col!r} has duplicate ids: {value!r} appears {dup['counts'].as_py()} "
                         f"times (rows {', '.join(map(str, rows[:5]))}); every item needs a distinct id")
     return ids
+
+
+def _has_duplicates(ids: pa.Array) -> bool:
+    """Whether a null-free id column repeats a value. Integer ids: ascending ones (the usual) are
+    seen in one pass, others sorted; a hash table's fresh memory cost more (pc.unique of 70k ids:
+    0.02-0.19 s on a first call against numpy's 3 ms; 10M: 0.9-6.6 s against 1.0 s)."""
+    if pa.types.is_integer(ids.type):
+        values = ids.to_numpy()
+        if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
+            return False
+        ordered = np.sort(values)
+        return bool((ordered[1:] == ordered[:-1]).any())
+    return len(pc.unique(ids)) != len(ids)
 
 
 _ROW = re.compile(r"\brow (\d+)")

@@ -573,3 +573,21 @@ def test_a_row_groups_vectors_of_another_length_than_the_block_are_refused_not_b
     with pq.ParquetFile(path) as parquet, pytest.raises(ValueError, match="length 1 where 4"):
         row_group_vectors(parquet, "v", 0, 3, lambda column, _: vectors_to_numpy(column, "v"), into)
     assert not into.any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-5, 40), max_size=30), st.sampled_from(["int64", "int32", "uint16"]), st.booleans())
+def test_input_ids_repeat_exactly_when_a_value_repeats(values, kind, ascending):
+    """The input reader's duplicate check (numpy for integer ids, one pass when ascending) agrees
+    with a set, for every integer type and order; strings through Arrow."""
+    import pyarrow as pa
+
+    from sparknn.inputs import _has_duplicates
+
+    if kind == "uint16":
+        values = [abs(v) for v in values]
+    if ascending:
+        values = sorted(values)
+    repeats = len(set(values)) != len(values)
+    assert _has_duplicates(pa.array(values, type=getattr(pa, kind)())) == repeats
+    assert _has_duplicates(pa.array([str(v) for v in values], type=pa.string())) == repeats
