@@ -39,6 +39,7 @@ from sparknn.index import Index, IndexSpec, load
 from sparknn.integrity import FileDigest, crc32c
 from sparknn.machine import usable_cores
 from sparknn.output import (
+    PARQUET_WRITE,
     DataError,
     OutputError,
     UsageError,
@@ -453,7 +454,7 @@ def _save(index: Index, ids: pa.Array, direct: np.ndarray | None, id_col: str, t
         if direct is not None:
             index.save(tmp_index, sync=True)
         else:
-            pq.write_table(pa.table({id_col: ids}), tmp_ids)
+            pq.write_table(pa.table({id_col: ids}), tmp_ids, **PARQUET_WRITE)  # distinct ids: no dictionary
             sync_file(tmp_ids)
             index.save(tmp_index, sync=True, side_files={IDS_ROLE: tmp_ids})
     except OSError as exc:  # a full disk, an I/O error: named for the file the user asked for

@@ -207,12 +207,19 @@ class _Capture:
             raise
 
 
+# Page checksums (readers can verify pages); no dictionaries: ids are distinct and neighbour ids
+# and distances nearly so, so a dictionary only fills up and is dropped. Fashion-MNIST's self-join
+# (70k rows of 10 neighbours, three writes each): 0.07-0.29 s and 6.2 MB with them, 0.036-0.045 s
+# and 5.3 MB without.
+PARQUET_WRITE = {"write_page_checksum": True, "use_dictionary": False}
+
+
 def _write_parquet(path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
     tmp = temp_sibling(path)
     rows = 0
     source = _Capture(batches)  # tells the batches' own errors from the writer's
     try:
-        with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:  # readers can verify pages
+        with pq.ParquetWriter(tmp, schema, **PARQUET_WRITE) as writer:
             for batch in source:
                 writer.write_batch(batch)
                 rows += batch.num_rows

@@ -104,6 +104,10 @@ def test_similar_flat_is_exact(items, items_file, tmp_path, metric):
     assert table.schema.field("neighbors").type.value_type == neighbors_type(pa.int64()).value_type
     assert_exact_similar(table, items, 10, metric)
     assert leftovers(tmp_path) == []
+    # written without dictionaries (distinct ids and distances only fill them up)
+    meta = pq.ParquetFile(out).metadata
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    assert chunks and not any(chunk.has_dictionary_page for chunk in chunks)
 
 
 @pytest.mark.parametrize("opts", [IndexSpec(kind="hnsw"),
