@@ -570,7 +570,8 @@ class Index:
         index is exact: nothing to tune. The exact pass reads the stored vectors (decoded, for a
         compressed ivf) in blocks; float32 ivf lists give the exact answers and the ladder's
         nprobe 1-16 from one scan of every list instead (with the bf16 scan, an answer is kept
-        only when proven exact against its error bound; the others take the exact pass). A
+        only when proven exact against its error bound; the others take the exact pass; past a
+        query's nearest 16 lists, those that cannot hold one of its neighbours are skipped). A
         quarter of the sample is measured first and decides alone when the least value reaches
         the target beyond doubt (``tuning.settled``; the Tuning's ``sample`` then says 250 of
         1000), sparing the rest's exact pass."""
