@@ -20,10 +20,9 @@ namespace sparknn {
 double list_lower_bound(Metric metric, size_t dim, const float* query, double query_norm, const float* centre,
                         double radius) {
     const DistanceKernels& kern = kernels();
-    // float32 sums of dim products are within (dim + 8) 2^-23 of their terms' magnitude (as in
-    // scan_error_bounds); the answer's distances are float32 sums too, so the bound is lowered
-    // by that much once more to stay below the distance the re-ranking computes.
-    const double rounding = static_cast<double>(dim + 8) * std::ldexp(1.0, -23);
+    // the answer's distances are float32 sums too, so the bound is lowered by their rounding
+    // once more to stay below the distance the re-ranking computes
+    const double rounding = float32_sum_rounding(dim);
     if (metric == Metric::InnerProduct) {
         const double centre_norm = std::sqrt(static_cast<double>(kern.dot(centre, centre, dim)));
         const double qc = static_cast<double>(kern.dot(query, centre, dim));

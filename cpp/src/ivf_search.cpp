@@ -14,6 +14,7 @@
 
 #include "gemm_scan.h"
 #include "ivf_codec.h"
+#include "list_bound.h"
 #include "sparknn/error.h"
 #include "sparknn/parallel.h"
 #include "sparknn/topk.h"
@@ -406,8 +407,8 @@ std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, 
     const std::vector<double>& radius = extents.radius;    // per list: max |x - c|
     const std::vector<double>& row_norm = extents.row_norm;  // and max |x|
     const double max_row = nlist ? *std::max_element(row_norm.begin(), row_norm.end()) : 0.0;
-    const double beta = 1.01 * std::ldexp(1.0, -8) + static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);
-    const double rounding = static_cast<double>(dim_ + 8) * std::ldexp(1.0, -23);
+    const double rounding = float32_sum_rounding(dim_);
+    const double beta = 1.01 * std::ldexp(1.0, -8) + rounding;
     const double factor = metric_ == Metric::L2 ? 2.0 : 1.0;
     std::vector<float> bound(nq);
     parallel_for(nq, 16, threads, [&](size_t b, size_t e, int) {
