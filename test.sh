@@ -34,7 +34,7 @@ echo "== C++ concurrency tests (ThreadSanitizer)"
 # One index shared by threads that add, search, save, load and change settings (the stress
 # tests, which also run in both stages above). Only the test binary is built, only these tests
 # run: TSan is slow. OpenBLAS is not instrumented; sparknn calls it single-threaded (see
-# blas_use_one_thread) and OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting a thread pool of
+# prepare_blas) and OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting a thread pool of
 # its own, so every thread TSan sees is one it follows, and no suppressions are needed.
 cmake -S . -B build/test-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARKNN_BUILD_TESTS=ON \
   -DSPARKNN_SANITIZE=thread >/dev/null

@@ -22,8 +22,9 @@ namespace sparknn {
 // Row-major C[m, n] = A[m, dim] * B[n, dim]^T, single-threaded BLAS call.
 void gemm_abt(int m, int n, int dim, const float* a, const float* b, float* c);
 
-// Keeps BLAS single-threaded: sparknn parallelises around it, so BLAS threads
-// would only oversubscribe the cores.
-void blas_use_one_thread();
+// Once per process: keeps BLAS single-threaded (sparknn parallelises around it, so
+// BLAS threads would only oversubscribe the cores) and warms OpenBLAS's work
+// buffers (blas.cpp: short blocks ran at a third of the speed before).
+void prepare_blas();
 
 }  // namespace sparknn

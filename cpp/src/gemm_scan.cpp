@@ -117,7 +117,7 @@ GemmScanner::GemmScanner(Metric metric, size_t dim, TileProducts products)
         packed_base_.resize(tile_bf16::panel_rows(kScanBaseBlock) * tile_bf16::pairs(dim));
     }
     row_terms_.resize(kScanBaseBlock);
-    blas_use_one_thread();
+    prepare_blas();
 }
 
 void GemmScanner::pack_queries(const float* queries, size_t m, const float* centre) {
