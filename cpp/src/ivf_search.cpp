@@ -239,9 +239,12 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // itself against the scan's error bound.
     const bool deep = proven != nullptr && rerank;
     const size_t kept = deep ? std::max(candidates, std::min(kExactCandidatesPerK * k, kMaxExactCandidates)) : candidates;
-    const std::vector<float> error_bound = deep ? scan_error_bounds(nq, queries, threads) : std::vector<float>{};
+    // An exact answer (proven asked for, bf16 or float32 scan) skips the lists that cannot
+    // hold a neighbour, allowing for how far a scan distance may be from the exact one.
+    const std::vector<float> error_bound =
+        proven != nullptr ? scan_error_bounds(nq, queries, products, threads) : std::vector<float>{};
     // per query, the least lower bound of a list the exact answer skipped (infinity: none)
-    std::vector<double> least_skipped(deep ? nq : 0, std::numeric_limits<double>::infinity());
+    std::vector<double> least_skipped(proven != nullptr ? nq : 0, std::numeric_limits<double>::infinity());
     if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
     std::vector<TopK> heaps(workers * nq);
     for (TopK& h : heaps) {
@@ -269,10 +272,12 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                 TopK& h = last ? heaps[q] : (copy = heaps[q]);
                 for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
                 if (!deep) {
-                    if (last && proven != nullptr) {  // an exact scan: its answer is the exact one
+                    if (last && proven != nullptr) {  // an exact scan: its answer is the exact one ...
                         TopK same = h;
                         answer(q, same, ids + out_stride, distances + out_stride);
-                        proven[q] = 1;
+                        // ... when every list it skipped lies beyond its k-th (as it does by the skip)
+                        const float kth = distances[out_stride + q * k + k - 1];
+                        proven[q] = std::isinf(least_skipped[q]) || kth < least_skipped[q];
                     }
                     answer(q, h, ids, distances);
                     continue;
@@ -304,6 +309,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // each list a handful of queries (tiles too thin to pay), and a selection merged
     // from per-list selections of `candidates` keeps the same best `candidates`.
     size_t e = 0;
+    size_t scanned = 0;  // every query's first `scanned` lists are in its selections (heaps)
     size_t low = 0;  // ends[0, low) answered from per-rank selections
     while (low + 1 < nends && ends[low] <= kRankHeapsTop) ++low;
     // ... when their selections fit kRankHeapsBytes (a tuning's sample; not a huge batch)
@@ -328,27 +334,35 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     TopK copy = merged;
                     answer(q, copy, out_ids + i * out_stride, out_distances + i * out_stride);
                 }
+                // Selections as large as the per-rank ones (no deep answer): the ranks' merged
+                // selection is the query's after them, without scanning them again.
+                if (!deep) heaps[q] = std::move(merged);
             }
         });
         e = low;
+        if (!deep) scanned = ranks;
     }
-    // Two passes: every query's nearest list first, then the others. After the
-    // first pass a query's k-th distance bounds what can still enter, so the
-    // second pass (nprobe - 1 lists) rejects almost every candidate in the SIMD
-    // compare instead of paying a selection for it. Answers asked for at fewer
-    // lists (ends) are written as the scan passes them.
-    scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers, products);
-    size_t scanned = 1;
+    // Two passes: every query's nearest list first (or its first ranks, merged above), then
+    // the others. After the first pass a query's k-th distance bounds what can still enter,
+    // so the second pass rejects almost every candidate in the SIMD compare instead of
+    // paying a selection for it. Answers asked for at fewer lists (ends) are written as the
+    // scan passes them.
+    if (scanned == 0) {
+        scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers, products);
+        scanned = 1;
+    }
+    bool limited = false;
     for (; e < nends; ++e) {
         if (ends[e] > scanned) {
-            if (scanned == 1) {
+            if (!limited) {
+                limited = true;
                 for (size_t q = 0; q < nq; ++q) {
                     float bound = std::numeric_limits<float>::infinity();
                     for (size_t w = 0; w < workers; ++w) bound = std::min(bound, heaps[w * nq + q].tighten());
                     for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
                 }
             }
-            if (deep && ends[e] == nprobe) {
+            if (proven != nullptr && ends[e] == nprobe) {
                 // The exact answer: each query's nearest lists first, then only the lists that
                 // may still hold one of its k nearest (without_far_lists).
                 const size_t nearest = std::min(ends[e], std::max(scanned, kRankHeapsTop));
@@ -399,7 +413,8 @@ const IvfIndex::ListExtents& IvfIndex::list_extents(int threads) const {
     return extents_;
 }
 
-std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, int threads) const {
+std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, TileProducts products,
+                                               int threads) const {
     const DistanceKernels& kern = kernels();
     const float* centroids = centroid_data();
     const size_t nlist = lists_.size();
@@ -408,20 +423,28 @@ std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, 
     const std::vector<double>& row_norm = extents.row_norm;  // and max |x|
     const double max_row = nlist ? *std::max_element(row_norm.begin(), row_norm.end()) : 0.0;
     const double rounding = float32_sum_rounding(dim_);
+    const bool bf16 = products == TileProducts::Bf16;
     const double beta = 1.01 * std::ldexp(1.0, -8) + rounding;
     const double factor = metric_ == Metric::L2 ? 2.0 : 1.0;
     std::vector<float> bound(nq);
     parallel_for(nq, 16, threads, [&](size_t b, size_t e, int) {
         for (size_t q = b; q < e; ++q) {
             const float* query = queries + q * dim_;
-            double worst = 0.0;
+            double worst = 0.0;    // bf16: max |q - c| |x - c|
+            double centred = 0.0;  // float32 L2 scans of lists less their centroid: max (|q - c| + |x - c|)^2
             for (size_t l = 0; l < nlist; ++l) {
                 if (lists_[l].labels.size() == 0) continue;
                 const double to_centre = std::sqrt(static_cast<double>(kern.l2sq(query, centroids + l * dim_, dim_)));
                 worst = std::max(worst, 1.001 * to_centre * radius[l]);
+                centred = std::max(centred, 1.001 * (to_centre + radius[l]) * (to_centre + radius[l]));
             }
             const double qn = std::sqrt(static_cast<double>(kern.dot(query, query, dim_)));
-            const double span = (qn + max_row) * (qn + max_row);
+            double span = (qn + max_row) * (qn + max_row);
+            if (!bf16) {  // float32 sgemm: its rounding alone, of the terms as the list was scanned
+                if (metric_ == Metric::L2) span = std::max(span, centred);
+                bound[q] = static_cast<float>(1.01 * factor * rounding * span);
+                continue;
+            }
             bound[q] = static_cast<float>(1.01 * (factor * beta * worst + factor * rounding * span));
         }
     });

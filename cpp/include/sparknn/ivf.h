@@ -216,8 +216,9 @@ class IvfIndex final : public Index {
     void search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                       int64_t* out_ids, float* out_distances, int threads, const size_t* ends = nullptr,
                       size_t nends = 0, size_t out_stride = 0, uint8_t* proven = nullptr) const;
-    // Per query: how far a bf16 scan distance can be from the exact one (float32 lists).
-    std::vector<float> scan_error_bounds(size_t nq, const float* queries, int threads) const;
+    // Per query: how far a scan distance (bf16 tiles, or float32 sgemm) can be from the exact
+    // one (float32 lists).
+    std::vector<float> scan_error_bounds(size_t nq, const float* queries, TileProducts products, int threads) const;
     // The exact answer's pruning (ivf_exact_prune.cpp): probes [nq, nprobe] with -1 for the
     // lists of rank >= from_rank that cannot hold one of a query's k nearest, judged by the
     // selections in heaps (workers per query) and the scan's error bounds; least_skipped[q]: the
