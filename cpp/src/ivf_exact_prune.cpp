@@ -2,9 +2,12 @@
 // scan a list none of whose rows can come nearer than the query's k-th neighbour. Every row x of
 // list l lies within radius(l) of its centroid c (list_extents), so |q - x| >= |q - c| - radius(l),
 // and q . x <= q . c + |q| radius(l). Once a query's nearest lists are scanned, its k-th best scan
-// distance plus the scan's error bound is at least its k-th exact distance: the lists whose lower
-// bound lies beyond that are skipped, and the least skipped bound joins the answer's proof
-// (search_batch), so a skip can make an answer unproven (searched exactly) but never wrong.
+// distance plus the scan's error bound (bf16 tiles or float32 sgemm: scan_error_bounds) is at
+// least its k-th exact distance: the lists whose lower bound lies beyond that are skipped, and
+// the least skipped bound joins the answer's proof (search_batch). With bf16 tiles a skip can
+// make an answer unproven (searched exactly), never wrong; a float32 scan's answer is the k
+// nearest by its own distances, which no row of a skipped list can come within (its distance
+// as the scan computes it exceeds the k-th), so such an answer stays proven.
 #include <algorithm>
 #include <cmath>
 #include <limits>

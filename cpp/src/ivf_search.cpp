@@ -1,7 +1,7 @@
 // IvfIndex's batched search: queries grouped by list, each list scanned once by
 // the codec's scanner (ivf_codec.h) for all the queries that probe it, short rows
 // widened as ivf_probe.cpp plans; the answers of a ladder of nprobe from one scan,
-// and an exact answer proven against the bf16 scan's error bound (recall tuning).
+// and an exact answer proven against the scan's error bound (recall tuning).
 #include "sparknn/ivf.h"
 
 #include <algorithm>
@@ -88,6 +88,9 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     }
     SPARKNN_CHECK_ARG(params.exact_proven == nullptr || (ends != nullptr && nprobe == nlist),
                       "an exact answer needs nprobe_ends ending at nlist=", nlist);
+    // its proof reads the lists' rows as float32 (list_extents)
+    SPARKNN_THROW_IF_NOT(params.exact_proven == nullptr || params_.storage == Storage::Float32, InvalidArgument,
+                         "an exact answer from the lists needs float32 storage");
     if (params.exact_proven != nullptr) {  // its deep selections (kExactCandidatesPerK k each) in a bounded batch
         const size_t per_query = static_cast<size_t>(resolve_threads(params.threads)) * 2 * sizeof(TopK::Entry) *
                                  std::min(kExactCandidatesPerK * k, kMaxExactCandidates);
@@ -241,8 +244,9 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     const size_t kept = deep ? std::max(candidates, std::min(kExactCandidatesPerK * k, kMaxExactCandidates)) : candidates;
     // An exact answer (proven asked for, bf16 or float32 scan) skips the lists that cannot
     // hold a neighbour, allowing for how far a scan distance may be from the exact one.
+    const bool prune = proven != nullptr && nprobe > kRankHeapsTop;  // lists past the nearest 16 can be skipped
     const std::vector<float> error_bound =
-        proven != nullptr ? scan_error_bounds(nq, queries, products, threads) : std::vector<float>{};
+        deep || prune ? scan_error_bounds(nq, queries, products, threads) : std::vector<float>{};
     // per query, the least lower bound of a list the exact answer skipped (infinity: none)
     std::vector<double> least_skipped(proven != nullptr ? nq : 0, std::numeric_limits<double>::infinity());
     if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
@@ -275,9 +279,10 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     if (last && proven != nullptr) {  // an exact scan: its answer is the exact one ...
                         TopK same = h;
                         answer(q, same, ids + out_stride, distances + out_stride);
-                        // ... when every list it skipped lies beyond its k-th (as it does by the skip)
-                        const float kth = distances[out_stride + q * k + k - 1];
-                        proven[q] = std::isinf(least_skipped[q]) || kth < least_skipped[q];
+                        // ... when every list it skipped lies beyond its k-th, as the skip made sure:
+                        // the lists' bounds are exact distances, the k-th within the error bound of one
+                        const double kth = distances[out_stride + q * k + k - 1];
+                        proven[q] = !prune || std::isinf(least_skipped[q]) || kth + error_bound[q] < least_skipped[q];
                     }
                     answer(q, h, ids, distances);
                     continue;
@@ -362,7 +367,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     for (size_t w = 0; w < workers; ++w) heaps[w * nq + q].limit(bound);
                 }
             }
-            if (proven != nullptr && ends[e] == nprobe) {
+            if (prune && ends[e] == nprobe) {
                 // The exact answer: each query's nearest lists first, then only the lists that
                 // may still hold one of its k nearest (without_far_lists).
                 const size_t nearest = std::min(ends[e], std::max(scanned, kRankHeapsTop));
@@ -381,12 +386,6 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     }
 }
 
-// How far a bf16 scan distance can be from the exact one, per query: the
-// product of residuals (q - c) . (x - c) in bf16 is within beta |q - c| |x - c|
-// of the exact (each factor rounded within 2^-9, Cauchy-Schwarz; float32 sums
-// within dim 2^-24), taken at the worst list (its widest member), twice for L2
-// (-2 q . x), plus the float32 terms' rounding (|q|^2 + |x|^2 and the centroid
-// products, within (dim + 8) 2^-23 (|q| + max |x|)^2).
 const IvfIndex::ListExtents& IvfIndex::list_extents(int threads) const {
     std::lock_guard<std::mutex> lock(extents_mutex_);
     const size_t nlist = lists_.size();
@@ -413,6 +412,15 @@ const IvfIndex::ListExtents& IvfIndex::list_extents(int threads) const {
     return extents_;
 }
 
+// How far a scan distance can be from the exact one, per query. bf16 tiles: the
+// product of residuals (q - c) . (x - c) in bf16 is within beta |q - c| |x - c|
+// of the exact (each factor rounded within 2^-9, Cauchy-Schwarz; float32 sums
+// within dim 2^-24), taken at the worst list (its widest member), twice for L2
+// (-2 q . x), plus the float32 terms' rounding (|q|^2 + |x|^2 and the centroid
+// products, within (dim + 8) 2^-23 (|q| + max |x|)^2). float32 sgemm: that rounding
+// alone, of the terms as a list is scanned: |q|^2 + |x|^2 - 2 q . x, or for L2 lists
+// scanned less their centroid (GemmScanner's Centring::Auto) the residuals' terms,
+// within (dim + 8) 2^-23 (|q - c| + |x - c|)^2; cosine and inner product are never centred.
 std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, TileProducts products,
                                                int threads) const {
     const DistanceKernels& kern = kernels();
@@ -432,7 +440,7 @@ std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, 
             const float* query = queries + q * dim_;
             double worst = 0.0;    // bf16: max |q - c| |x - c|
             double centred = 0.0;  // float32 L2 scans of lists less their centroid: max (|q - c| + |x - c|)^2
-            for (size_t l = 0; l < nlist; ++l) {
+            for (size_t l = 0; l < nlist && (bf16 || metric_ == Metric::L2); ++l) {
                 if (lists_[l].labels.size() == 0) continue;
                 const double to_centre = std::sqrt(static_cast<double>(kern.l2sq(query, centroids + l * dim_, dim_)));
                 worst = std::max(worst, 1.001 * to_centre * radius[l]);

@@ -836,8 +836,9 @@ TEST(Ivf, LadderAndExactProvesOnlyExactAnswers) {
             ivf.search_ladder_and_exact(nq, c.queries.data(), k, ladder.data(), ladder.size(), ids.data(), dist.data(),
                                         proven.data());
             ivf.search_nprobes(nq, c.queries.data(), k, ladder.data(), ladder.size(), want_ids.data(), want_dist.data());
-            // the answers below nlist are search_nprobes'; at nlist too for an exact scan (bf16
-            // tiles skip the lists that cannot hold a neighbour there)
+            // the answers below nlist are search_nprobes'; at nlist too for a float32 scan, whose
+            // skipped lists hold none of its k (these rows lie near the origin: no list is scanned
+            // less its centroid); with bf16 tiles the skips can change the candidates re-ranked there
             const size_t same = rerank ? (ladder.size() - 1) * nq * k : want_ids.size();
             ASSERT_TRUE(std::equal(want_ids.begin(), want_ids.begin() + same, ids.begin())) << c.name << " rerank " << rerank;
             size_t proved = 0;
@@ -885,6 +886,86 @@ TEST(Ivf, LadderAndExactProvesOnlyExactAnswers) {
     const size_t all[] = {32};
     EXPECT_THROW(sq8.search_ladder_and_exact(nq, cases[0].queries.data(), k, all, 1, ids.data(), dist.data(), proven.data()),
                  InvalidArgument);
+}
+
+// A float32 scan's exact answer skips lists by the scan's own rounding (scan_error_bounds): far
+// from the origin, uncentred L2 distances |q|^2 + |x|^2 - 2 q . x are off by thousands, so a list
+// the exact distances rule out can still be nearer as the scan computes it. The exact answer must
+// be the full scan's; an error bound of 0 skips such lists and changes it.
+TEST(Ivf, Float32ExactAnswerSkipsOnlyWhatItsRoundingAllows) {
+    const size_t dim = 16, nlist = 32, copies = 12, k = 10, nq = 400;
+    // list l: `copies` rows at O + d_l, O = 10^4 (1, ..., 1), |d_l| = 3, the d_l summing to 0
+    // over dimensions (so |O + d_l| is the same for every l); each list's radius is 0
+    const auto raw = test::random_vectors(nlist + nq, dim, 71);
+    auto offset = [&](size_t i, double length) {
+        std::vector<double> d(dim);
+        double mean = 0, norm = 0;
+        for (size_t j = 0; j < dim; ++j) mean += raw[i * dim + j] / double(dim);
+        for (size_t j = 0; j < dim; ++j) norm += (d[j] = raw[i * dim + j] - mean) * d[j];
+        for (double& v : d) v *= length / std::sqrt(norm);
+        return d;
+    };
+    std::vector<float> points(nlist * dim);
+    for (size_t l = 0; l < nlist; ++l) {
+        const std::vector<double> d = offset(l, 3.0);
+        for (size_t j = 0; j < dim; ++j) points[l * dim + j] = float(1e4 + d[j]);
+    }
+    IvfIndex ivf(dim, Metric::L2, ivf_params(nlist, nlist));
+    ivf.train(nlist, points.data());
+    std::vector<float> rows;
+    std::vector<int64_t> ids, lists;
+    for (size_t c = 0; c < copies; ++c) {
+        rows.insert(rows.end(), points.begin(), points.end());
+        for (size_t l = 0; l < nlist; ++l) ids.push_back(int64_t(ids.size())), lists.push_back(int64_t(l));
+    }
+    // each row in its own point's list (the index's centroids are the points, in some order)
+    std::vector<int64_t> own(nlist, -1);
+    for (size_t l = 0; l < nlist; ++l) {
+        for (size_t c = 0; c < nlist; ++c) {
+            if (std::equal(points.begin() + l * dim, points.begin() + (l + 1) * dim, ivf.centroid_data() + c * dim)) {
+                own[l] = int64_t(c);
+            }
+        }
+        ASSERT_GE(own[l], 0) << "point " << l << " is no centroid";
+    }
+    for (size_t i = 0; i < lists.size(); ++i) lists[i] = own[size_t(lists[i])];
+    ivf.add_to_lists(rows.size() / dim, rows.data(), ids.data(), lists.data());
+    // near queries O + e (|e| = 2) alternate with queries at the origin, which probe every list
+    // too and keep every list's scan uncentred (GemmScanner's Centring::Auto)
+    std::vector<float> queries(nq * dim, 0.0f);
+    for (size_t q = 0; q < nq; q += 2) {
+        const std::vector<double> e = offset(nlist + q, 2.0);
+        for (size_t j = 0; j < dim; ++j) queries[q * dim + j] = float(1e4 + e[j]);
+    }
+    const size_t ladder[] = {16, nlist};
+    std::vector<int64_t> got(3 * nq * k), want(2 * nq * k);
+    std::vector<float> got_d(got.size()), want_d(want.size());
+    std::vector<uint8_t> proven(nq);
+    ivf.search_ladder_and_exact(nq, queries.data(), k, ladder, 2, got.data(), got_d.data(), proven.data());
+    ivf.search_nprobes(nq, queries.data(), k, ladder, 2, want.data(), want_d.data());
+    const int64_t* exact = got.data() + 2 * nq * k;
+    const int64_t* full = want.data() + nq * k;  // the scan of every list
+    size_t far_rows = 0;  // rows of lists that exact distances rank 16th or beyond, in the full scan's answers
+    for (size_t q = 0; q < nq; q += 2) {
+        std::vector<std::pair<double, size_t>> ranked;
+        for (size_t l = 0; l < nlist; ++l) {
+            double d = 0;
+            for (size_t j = 0; j < dim; ++j) d += std::pow(double(queries[q * dim + j]) - points[l * dim + j], 2);
+            ranked.emplace_back(d, l);
+        }
+        std::sort(ranked.begin(), ranked.end());
+        std::set<size_t> far;
+        for (size_t r = 16; r < nlist; ++r) far.insert(ranked[r].second);
+        for (size_t i = 0; i < k; ++i) far_rows += far.count(size_t(full[q * k + i]) % nlist);
+    }
+    EXPECT_GT(far_rows, 0u) << "the data do not exercise the bound: no far list's row is in a full scan's answer";
+    for (size_t q = 0; q < nq; ++q) {
+        EXPECT_EQ(proven[q], 1) << "query " << q;
+        for (size_t i = 0; i < k; ++i) {
+            ASSERT_EQ(exact[q * k + i], full[q * k + i]) << "query " << q << " rank " << i;
+            ASSERT_EQ(got_d[2 * nq * k + q * k + i], want_d[nq * k + q * k + i]) << "query " << q << " rank " << i;
+        }
+    }
 }
 
 }  // namespace

@@ -104,9 +104,10 @@ class IvfIndex final : public Index {
     // is proven per query: proven[i] = 1 when no row left out can be nearer than its k-th
     // (the scan's error bound), 0 when the caller must search query i exactly itself. An
     // exact scan proves every query. Requires float32 storage.
-    // With bf16 tiles the lists past a query's nearest kRankHeapsTop that cannot hold one of
-    // its k nearest are not scanned (ivf_exact_prune.cpp): the answer at nlist (the last of
-    // nprobes) is then that of the lists scanned, not search_nprobes' at nlist.
+    // The lists past a query's nearest kRankHeapsTop that cannot hold one of its k nearest are
+    // not scanned (ivf_exact_prune.cpp): the answer at nlist (the last of nprobes) is then that
+    // of the lists scanned, not search_nprobes' at nlist (for float32 the same rows, up to
+    // whether a list far from the origin was scanned less its centroid: gemm_scan.h).
     void search_ladder_and_exact(size_t nq, const float* queries, size_t k, const size_t* nprobes, size_t count,
                                  int64_t* out_ids, float* out_distances, uint8_t* proven, int threads = -1) const;
     // The ladder values of search_nprobes / search_ladder_and_exact up to this many lists come
