@@ -102,6 +102,29 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def cpu_kind() -> str:
+    """The CPU's model name, family/model and the engine's SIMD level: results differ by CPU kind."""
+    import sparknn
+
+    name, family, model = "?", "?", "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name":
+                    name = value
+                elif key == "cpu family":
+                    family = value
+                elif key == "model":
+                    model = value
+                if name != "?" and family != "?" and model != "?":
+                    break
+    except OSError:
+        pass
+    return f"{name} (family {family}, model {model}), {sparknn.simd_level()}"
+
+
 def git_head() -> str:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
@@ -341,7 +364,8 @@ def part_selfjoin(s: LongSet, args, missing: dict, work: str) -> dict:
     items = os.path.join(work, "items.parquet")
     write_items(x, items)
     contenders = {"sparknn similar (CLI defaults)": None}
-    contenders.update({name: spec for name, spec in SELFJOIN_PEERS.items() if spec[0] not in missing})
+    contenders.update({name: spec for name, spec in SELFJOIN_PEERS.items()
+                       if spec[0] not in missing and spec[0] in args.selfjoin_peers})
     runs = {name: [] for name in contenders}
     knobs = {}
     for r in range(args.repeats):
@@ -818,6 +842,8 @@ def main(argv=None) -> None:
     p.add_argument("--dim", type=int, default=768, help="clustered: dimensions")
     p.add_argument("--fmnist-n", type=int, default=0, help="fmnist: subsample the items to this many (0: all)")
     p.add_argument("--queries", type=int, default=10_000, help="held-out queries (hnsw, storage)")
+    p.add_argument("--selfjoin-peers", nargs="+", default=["faiss", "hnswlib"], choices=["faiss", "hnswlib"],
+                   help="self-join: the peers run (hnswlib's build of 500k x 768 takes minutes on a slow CPU)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (self-join) / timings (hnsw)")
     p.add_argument("--sample", type=int, default=2000, help="self-join items whose recall is measured")
@@ -852,8 +878,8 @@ def main(argv=None) -> None:
 
     meta = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M"), "head": git_head(),
             "sparknn": getattr(sparknn, "__version__", "?"), "threads": args.threads, "cpus": os.cpu_count(),
-            "missing_peers": sorted(missing), "load1_start": load1()}
-    print(f"## Long vectors (issue 15): {meta['date']}, head {meta['head']}, {args.threads} threads, "
+            "missing_peers": sorted(missing), "load1_start": load1(), "cpu": cpu_kind()}
+    print(f"## Long vectors (issue 15): {meta['date']}, head {meta['head']}, {meta['cpu']}, {args.threads} threads, "
           f"load average {meta['load1_start']}" + (f"; missing peers: {', '.join(missing)}" if missing else ""))
     work = tempfile.mkdtemp(prefix="sparknn-longvec-", dir=args.workdir)
     results = {}
