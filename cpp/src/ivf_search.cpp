@@ -233,14 +233,18 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                             int64_t* out_ids, float* out_distances, int threads, const size_t* ends, size_t nends,
                             size_t out_stride, uint8_t* proven) const {
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
-    // Re-rank after an approximate scan: codes (sq8, pq) or bf16 tiles (float32).
+    // Re-rank after an approximate scan: codes (sq8, pq) or bf16 tiles (float32). A float32
+    // sgemm scan asked to re-rank (rerank > 0) is too: sgemm rounds a product differently by
+    // the row's place in the matrix, so its distances (and near ties' order) would depend on
+    // which queries share a batch, and a retried Spark task could answer otherwise.
     const TileProducts products = tile_products();
-    const bool rerank = params_.keeps_float_copies() || products == TileProducts::Bf16;
+    const bool approximate = params_.keeps_float_copies() || products == TileProducts::Bf16;
+    const bool rerank = approximate || (params_.rerank > 0 && params_.storage == Storage::Float32);
     const size_t candidates = rerank ? k * params_.rerank : k;
     // An exact answer from an approximate scan keeps more candidates (the ends'
     // answers take the best `candidates` of them: what search keeps) and proves
     // itself against the scan's error bound.
-    const bool deep = proven != nullptr && rerank;
+    const bool deep = proven != nullptr && approximate;
     const size_t kept = deep ? std::max(candidates, std::min(kExactCandidatesPerK * k, kMaxExactCandidates)) : candidates;
     // An exact answer (proven asked for, bf16 or float32 scan) skips the lists that cannot
     // hold a neighbour, allowing for how far a scan distance may be from the exact one.
@@ -249,7 +253,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         deep || prune ? scan_error_bounds(nq, queries, products, threads) : std::vector<float>{};
     // per query, the least lower bound of a list the exact answer skipped (infinity: none)
     std::vector<double> least_skipped(proven != nullptr ? nq : 0, std::numeric_limits<double>::infinity());
-    if (products == TileProducts::Bf16) index_places();  // the re-rank reads float32 rows from the lists
+    if (rerank && !params_.keeps_float_copies()) index_places();  // the re-rank reads float32 rows from the lists
     std::vector<TopK> heaps(workers * nq);
     for (TopK& h : heaps) {
         h.reset(kept);

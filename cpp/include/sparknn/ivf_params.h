@@ -33,8 +33,9 @@ struct IvfParams {
     // Re-rank the rerank * k best candidates of an approximate scan by exact
     // distance; 0 = off. sq8 and pq scan their codes and keep float32 copies to
     // re-rank with; float32 scans in bf16 on CPUs with AVX512_BF16 (about twice
-    // as fast) and re-ranks from its own lists (elsewhere its scan is exact and
-    // this changes nothing). fp16 and bf16 refuse it.
+    // as fast) and re-ranks from its own lists (elsewhere it scans in float32 sgemm
+    // and re-ranks the same way: sgemm's rounding depends on a row's place in the
+    // product, the re-ranked distances do not). fp16 and bf16 refuse it.
     size_t rerank = 0;
     uint64_t seed = 42;
 
