@@ -268,11 +268,12 @@ class Index:
         approximate scan by exact distance: sq8 / pq scan their codes and keep
         float32 copies in the file for it (memory-mapped: only candidates are
         read); float32 scans in bf16 on CPUs with AVX512_BF16 (twice the
-        arithmetic rate; elsewhere its scan stays float32) and re-ranks from its
-        own lists: no extra memory, distances exact, answers the float32 scan's
-        but for near ties (rerank 2 kept every neighbour on the data measured;
-        docs/ivf.md). fp16 / bf16 refuse it. An untrained index trains on its
-        first ``add``; ``train(sample)`` trains it explicitly.
+        arithmetic rate; elsewhere in float32 sgemm, whose rounding depends on the
+        batch) and re-ranks from its own lists: no extra memory, distances exact
+        and the same in any batch, answers the float32 scan's but for near ties
+        (rerank 2 kept every neighbour on the data measured; docs/ivf.md). fp16 / bf16
+        refuse it. An untrained index trains on its first ``add``; ``train(sample)``
+        trains it explicitly.
     seed : int
         Seed of HNSW levels and IVF k-means.
     threads : int
