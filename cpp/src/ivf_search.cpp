@@ -47,8 +47,6 @@ void IvfIndex::search_nprobes(size_t nq, const float* queries, size_t k, const s
 void IvfIndex::search_ladder_and_exact(size_t nq, const float* queries, size_t k, const size_t* nprobes,
                                        size_t count, int64_t* out_ids, float* out_distances, uint8_t* proven,
                                        int threads) const {
-    SPARKNN_THROW_IF_NOT(params_.storage == Storage::Float32, InvalidArgument,
-                         "an exact answer from the lists needs float32 storage");
     search_ladder(nq, queries, k, nprobes, count, out_ids, out_distances, proven, threads);
 }
 

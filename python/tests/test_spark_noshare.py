@@ -67,7 +67,7 @@ def _rows(df):
 
 
 def test_driver_builds_save_and_load_on_nodes_that_share_no_disk(noshare, store, tmp_path):
-    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml import PipelineModel
 
     uri, backing = store
     mount = {"spark.hadoop.fs.viewfs.mounttable.noshare.link./store": f"file://{backing}"}
@@ -83,7 +83,7 @@ def test_driver_builds_save_and_load_on_nodes_that_share_no_disk(noshare, store,
     truth, _ = exact_knn(BASE, BASE, K + 1, "cosine")
     expected = {i: truth[i][truth[i] != i][:K].tolist() for i in range(len(BASE))}
     queries = spark_items(spark, BASE[:50], partitions=2)
-    results = {}
+    results, models = {}, {}
     for kind, params in (("flat", {}), ("hnsw", {"efSearch": 200}), ("ivf", {"nlist": 16, "nprobe": 16})):
         model = KNN(k=K, indexType=kind, featuresCol="vector", **params).fit(df)
         got = _rows(model.similarItems())
@@ -94,7 +94,9 @@ def test_driver_builds_save_and_load_on_nodes_that_share_no_disk(noshare, store,
         model.write().save(str(tmp_path / kind))
         model.write().save(f"{uri}/driver-{kind}")
         results[kind] = got
-    Pipeline(stages=[KNN(k=K, indexType="flat", featuresCol="vector")]).fit(df).write().save(f"{uri}/driver-pipeline")
+        models[kind] = model
+    # a Pipeline of the fitted model (Pipeline.fit is KNN.fit: refitting would only cost time)
+    PipelineModel(stages=[models["flat"]]).write().save(f"{uri}/driver-pipeline")
     spark.stop()
 
     spark = _session(noshare.url, **mount)  # a fresh session (and fresh executors) loads the saved models
@@ -128,7 +130,7 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
     indexPath URI they are written there through Spark, and a routed model's parts stay there); the
     model answers exactly, saves to a driver path and to a Hadoop URI, a Pipeline too, and a fresh
     session loads each. An indexPath the executors do not see is refused with the reason."""
-    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml import PipelineModel
 
     uri, backing = store
     name = ("sharded" if "numShards" in params else "routed") + ("" if where == "none" else f"-{where}")
@@ -158,7 +160,7 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
         assert all(transformed[i][0] == i for i in range(50))
         model.write().save(str(tmp_path / "model"))
         model.write().save(f"{uri}/{name}")
-        Pipeline(stages=[KNN(k=K, featuresCol="vector", **params)]).fit(df).write().save(f"{uri}/{name}-pipeline")
+        PipelineModel(stages=[model]).write().save(f"{uri}/{name}-pipeline")  # saved a second time, in a Pipeline
     finally:
         spark.stop()
 
