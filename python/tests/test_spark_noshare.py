@@ -119,65 +119,72 @@ def store():
     shutil.rmtree(backing, ignore_errors=True)
 
 
-@pytest.mark.parametrize("where", ["none", "shared", "uri"], ids=["no-indexPath", "shared-indexPath", "uri-indexPath"])
 @pytest.mark.parametrize("params", [{"indexType": "flat", "numShards": 2},
                                     {"indexType": "ivf", "ivfMode": "routed", "nlist": 16, "nprobe": 16,
                                      "targetPartBytes": 40_000}],
                          ids=["sharded", "routed"])
-def test_builds_on_executors_return_their_files_through_spark(noshare, store, tmp_path, params, where):
+def test_builds_on_executors_return_their_files_through_spark(noshare, store, tmp_path, params):
     """No indexPath: each build task writes on its own node and its files come back through Spark
     (with an indexPath every node mounts, here /var/tmp, they are written and opened there; with an
     indexPath URI they are written there through Spark, and a routed model's parts stay there); the
     model answers exactly, saves to a driver path and to a Hadoop URI, a Pipeline too, and a fresh
-    session loads each. An indexPath the executors do not see is refused with the reason."""
+    session loads each. An indexPath the executors do not see is refused with the reason.
+
+    The three places of the files are fitted in one session and loaded in one fresh session (a
+    session's executors start cold: two sessions per place took three times as long)."""
     from pyspark.ml import PipelineModel
 
     uri, backing = store
-    name = ("sharded" if "numShards" in params else "routed") + ("" if where == "none" else f"-{where}")
-    if where == "shared":
-        params = {**params, "indexPath": tempfile.mkdtemp(prefix="sparknn-noshare-index-", dir="/var/tmp")}
-    elif where == "uri":
-        params = {**params, "indexPath": f"{uri}/index-{name}"}
+    mode = "sharded" if "numShards" in params else "routed"
+    index_path = {"none": None, "shared": tempfile.mkdtemp(prefix="sparknn-noshare-index-", dir="/var/tmp"),
+                  "uri": f"{uri}/index-{mode}"}
     mount = {"spark.hadoop.fs.viewfs.mounttable.noshare.link./store": f"file://{backing}"}
-    spark = _session(noshare.url, **mount)
     truth, _ = exact_knn(BASE, BASE, K + 1, "cosine")
     expected = {i: truth[i][truth[i] != i][:K].tolist() for i in range(len(BASE))}
+    got, transformed = {}, {}
     try:
-        df = spark_items(spark, BASE, partitions=4)
-        with pytest.raises(sparknn.InvalidArgumentError, match=r"executors do not see that directory.*indexPath"):
-            KNN(k=K, featuresCol="vector", **{**params, "indexPath": str(tmp_path / "driver-only")}).fit(df)
-        assert not os.listdir(tmp_path / "driver-only"), "a refused fit leaves no files"
+        spark = _session(noshare.url, **mount)
+        try:
+            df = spark_items(spark, BASE, partitions=4)
+            with pytest.raises(sparknn.InvalidArgumentError, match=r"executors do not see that directory.*indexPath"):
+                KNN(k=K, featuresCol="vector", **{**params, "indexPath": str(tmp_path / "driver-only")}).fit(df)
+            assert not os.listdir(tmp_path / "driver-only"), "a refused fit leaves no files"
+            queries = spark_items(spark, BASE[:50], partitions=2)
+            for where, path in index_path.items():
+                placed = params if path is None else {**params, "indexPath": path}
+                model = KNN(k=K, featuresCol="vector", **placed).fit(df)
+                assert model.layout.mode == ("shards" if mode == "sharded" else "routed"), where
+                assert len(model.layout.shards) >= 2, where
+                assert model._index_files().shared == (where == "shared"), where
+                assert (model.layout.chunks is not None) == (where == "uri" and mode == "routed"), where
+                got[where] = _rows(model.similarItems())
+                hits = np.mean([len(set(got[where][i]) & set(expected[i])) / K for i in expected])
+                assert hits >= 0.999, (where, hits)
+                transformed[where] = _rows(model.transform(queries))
+                assert all(transformed[where][i][0] == i for i in range(50)), where
+                model.write().save(str(tmp_path / f"model-{where}"))
+                model.write().save(f"{uri}/{mode}-{where}")
+                # saved a second time, in a Pipeline
+                PipelineModel(stages=[model]).write().save(f"{uri}/{mode}-{where}-pipeline")
+        finally:
+            spark.stop()
 
-        model = KNN(k=K, featuresCol="vector", **params).fit(df)
-        assert model.layout.mode == ("shards" if name.startswith("sharded") else "routed")
-        assert len(model.layout.shards) >= 2
-        assert model._index_files().shared == (where == "shared")
-        assert (model.layout.chunks is not None) == (where == "uri" and name.startswith("routed"))
-        got = _rows(model.similarItems())
-        hits = np.mean([len(set(got[i]) & set(expected[i])) / K for i in expected])
-        assert hits >= 0.999, hits
-        transformed = _rows(model.transform(spark_items(spark, BASE[:50], partitions=2)))
-        assert all(transformed[i][0] == i for i in range(50))
-        model.write().save(str(tmp_path / "model"))
-        model.write().save(f"{uri}/{name}")
-        PipelineModel(stages=[model]).write().save(f"{uri}/{name}-pipeline")  # saved a second time, in a Pipeline
+        spark = _session(noshare.url, **mount)  # a fresh session (and fresh executors)
+        try:
+            queries = spark_items(spark, BASE[:50], partitions=2)
+            for where in index_path:
+                assert _rows(KNNModel.load(str(tmp_path / f"model-{where}")).similarItems()) == got[where], where
+                at_uri = KNNModel.load(f"{uri}/{mode}-{where}")
+                # A routed model's parts stay at the URI and reach only the executors that search them.
+                assert (at_uri.layout.chunks is not None) == (mode == "routed"), where
+                assert _rows(at_uri.similarItems()) == got[where], where
+                assert _rows(at_uri.transform(queries)) == transformed[where], where
+                (stage,) = PipelineModel.load(f"{uri}/{mode}-{where}-pipeline").stages
+                assert _rows(stage.similarItems()) == got[where], where
+        finally:
+            spark.stop()
     finally:
-        spark.stop()
-
-    spark = _session(noshare.url, **mount)  # a fresh session (and fresh executors)
-    try:
-        assert _rows(KNNModel.load(str(tmp_path / "model")).similarItems()) == got
-        at_uri = KNNModel.load(f"{uri}/{name}")
-        # A routed model's parts stay at the URI and reach only the executors that search them.
-        assert (at_uri.layout.chunks is not None) == name.startswith("routed")
-        assert _rows(at_uri.similarItems()) == got
-        assert _rows(at_uri.transform(spark_items(spark, BASE[:50], partitions=2))) == transformed
-        (stage,) = PipelineModel.load(f"{uri}/{name}-pipeline").stages
-        assert _rows(stage.similarItems()) == got
-    finally:
-        spark.stop()
-        if where == "shared":
-            shutil.rmtree(params["indexPath"], ignore_errors=True)
+        shutil.rmtree(index_path["shared"], ignore_errors=True)
 
 
 def test_grouped_model_on_nodes_that_share_no_disk(noshare, store, monkeypatch):
