@@ -131,7 +131,7 @@ def test_builds_on_executors_return_their_files_through_spark(noshare, store, tm
     session loads each. An indexPath the executors do not see is refused with the reason.
 
     The three places of the files are fitted in one session and loaded in one fresh session (a
-    session's executors start cold: two sessions per place took three times as long)."""
+    session's executors start cold: two sessions per place took 1.8 times as long)."""
     from pyspark.ml import PipelineModel
 
     uri, backing = store
