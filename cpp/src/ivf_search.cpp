@@ -151,7 +151,7 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
 // for all the queries that probe it.
 void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
                           size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products,
-                          bool heap_per_rank) const {
+                          bool heap_per_rank, const FirstPass* projected) const {
     // Invert (query -> lists) into (list -> queries); per rank: the heap's slot beside each.
     const size_t nlist = lists_.size();
     const size_t ranks = heap_per_rank ? rank_end - rank_begin : 1;
@@ -205,11 +205,13 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
         std::vector<TopK*> heap_of;
     };
     std::vector<Worker> scratch(workers);
-    const float* centroids = centroid_data();
+    // The first pass scans the projected lists (queries projected too) with the float32 codec of their dims.
+    const float* centroids = projected ? projected->centroids.data() : centroid_data();
+    const size_t centroid_dim = projected ? projected->dims : dim_;
     parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
         Worker& w = scratch[worker];
         if (!w.scanner) {
-            w.scanner = codec_->scanner(products);
+            w.scanner = projected ? projected->codec->scanner(TileProducts::Float32) : codec_->scanner(products);
             w.heap_of.resize(kListQueries);
         }
         TopK* my_heaps = heaps.data() + static_cast<size_t>(worker) * nq * ranks;
@@ -220,8 +222,12 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
             const uint32_t* qs = members.data() + first;
             const uint32_t* slot = heap_per_rank ? slots.data() + first : qs;
             for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[slot[i]];
-            const IvfListView view{list.labels.data(), list.codes.data(), list.norms.empty() ? nullptr : list.norms.data(),
-                                   list.labels.size(), centroids + size_t{item.list} * dim_};
+            const float* norms = projected ? projected->norms[item.list].data() : list.norms.data();
+            const bool has_norms = projected ? !projected->norms[item.list].empty() : !list.norms.empty();
+            const uint8_t* codes = projected ? reinterpret_cast<const uint8_t*>(projected->rows[item.list].data())
+                                             : list.codes.data();
+            const IvfListView view{list.labels.data(), codes, has_norms ? norms : nullptr, list.labels.size(),
+                                   centroids + size_t{item.list} * centroid_dim};
             w.scanner->scan(view, queries, qs, item.count, w.heap_of.data());
         }
     });
@@ -236,9 +242,20 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // the row's place in the matrix, so its distances (and near ties' order) would depend on
     // which queries share a batch, and a retried Spark task could answer otherwise.
     const TileProducts products = tile_products();
-    const bool approximate = params_.keeps_float_copies() || products == TileProducts::Bf16;
+    // The projected first pass (set_first_pass_dims), never for an exact answer: its scan
+    // distances are those of the queries and rows projected (scan_queries), re-ranked after.
+    const FirstPass* first = proven == nullptr && first_pass_setting_ != 0 ? &first_pass(threads) : nullptr;
+    if (first != nullptr && first->dims == 0) first = nullptr;
+    AlignedVector<float> projected;
+    const float* scan_queries = queries;
+    if (first != nullptr) {
+        projected.resize(nq * first->dims);
+        project_queries(*first, nq, queries, projected.data(), threads);
+        scan_queries = projected.data();
+    }
+    const bool approximate = first != nullptr || params_.keeps_float_copies() || products == TileProducts::Bf16;
     const bool rerank = approximate || (params_.rerank > 0 && params_.storage == Storage::Float32);
-    const size_t candidates = rerank ? k * params_.rerank : k;
+    const size_t candidates = !rerank ? k : k * (first ? std::max(params_.rerank, kFirstPassRerank) : params_.rerank);
     // An exact answer from an approximate scan keeps more candidates (the ends'
     // answers take the best `candidates` of them: what search keeps) and proves
     // itself against the scan's error bound.
@@ -328,7 +345,8 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
             h.reset(candidates);
             h.order_ties_by(ids_.data());
         }
-        scan_lists(nq, queries, nprobe, probes, 0, ranks, per_rank, workers, products, /*heap_per_rank=*/true);
+        scan_lists(nq, scan_queries, nprobe, probes, 0, ranks, per_rank, workers, products, /*heap_per_rank=*/true,
+                   first);
         parallel_for(nq, 64, threads, [&](size_t b, size_t end, int) {
             for (size_t q = b; q < end; ++q) {
                 TopK merged(candidates);
@@ -355,7 +373,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // paying a selection for it. Answers asked for at fewer lists (ends) are written as the
     // scan passes them.
     if (scanned == 0) {
-        scan_lists(nq, queries, nprobe, probes, 0, 1, heaps, workers, products);
+        scan_lists(nq, scan_queries, nprobe, probes, 0, 1, heaps, workers, products, false, first);
         scanned = 1;
     }
     bool limited = false;
@@ -380,7 +398,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     scan_lists(nq, queries, nprobe, near.data(), nearest, ends[e], heaps, workers, products);
                 }
             } else {
-                scan_lists(nq, queries, nprobe, probes, scanned, ends[e], heaps, workers, products);
+                scan_lists(nq, scan_queries, nprobe, probes, scanned, ends[e], heaps, workers, products, false, first);
             }
             scanned = ends[e];
         }

@@ -58,6 +58,16 @@ from sparknn.tuning import DEFAULT_TARGET
 EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
+def _first_pass(text: str):
+    """--first-pass: auto, off, or a count of dimensions >= 1."""
+    if text.lower() in ("auto", "off"):
+        return text.lower()
+    try:
+        return _count(1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be auto, off or an integer >= 1, got {text!r}") from None
+
+
 def _count(minimum: int):
     def parse(text: str) -> int:
         try:
@@ -137,10 +147,14 @@ def _cmd_similar(args) -> int:
         result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
                               spec=_spec(args), fmt=args.format, overwrite=args.overwrite,
                               progress=Progress(not args.quiet), group_col=args.group_col,
-                              recall=_recall_target(args))
+                              recall=_recall_target(args), first_pass=args.first_pass)
     where = f"Spark {args.spark}" if args.spark else "in-process"
     _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} items, {result.neighbors} neighbours each "
                f"({args.index}, {args.metric}, {where}) {_timing(time.perf_counter() - start, result, args.startup)}")
+    if result.first_pass is not None:
+        dims, dim, share = result.first_pass
+        _say(args, f"first pass: scanned in {dims} of {dim} dimensions ({share:.1%} of the variance), "
+                   f"candidates re-ranked exactly")
     if result.tuning is not None:
         _say(args, f"recall target: {result.tuning.describe()}")
     _preview(args, result.preview, args.id_col)
@@ -382,6 +396,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="ivf/hnsw: instead of --nprobe/--ef-search, the least that reaches recall@k R (0 < R <= 1), "
                    "measured against exact search on 1000 sampled items after the build; the choice is reported "
                    "(default: 0.95 unless --nprobe or --ef-search is given)")
+    p.add_argument("--first-pass", type=_first_pass, default="auto", metavar="DIMS",
+                   help="ivf with float32 lists: scan in the principal subspace of this many dimensions and "
+                        "re-rank exactly; auto (default): the least multiple of 16 up to dim/4 holding 90%% of the "
+                        "variance, off when none does or dim < 256; off: scan every dimension")
     p.add_argument("--spark", metavar="MASTER",
                    help="run on Spark, e.g. local[*], spark://host:7077 or sc://host:15002 (Spark Connect)")
     p.add_argument("--group-col", default=None, metavar="COLUMN",

@@ -363,6 +363,42 @@ class Index:
         self._native_as("ivf", "nprobe", say_kind=False).nprobe = value
 
     @property
+    def first_pass_dims(self):
+        """ivf: the projected first pass's setting: 0 (off, the default), ``"auto"`` or a count.
+
+        With it on, a search projects the lists' rows and its queries onto the principal
+        subspace of a sample of the rows, scans the lists there, and re-ranks each query's
+        best ``max(rerank, 4) * k`` candidates by exact float32 distance: for long vectors
+        searched by large batches (a self-join), whose scan then costs ``dims / dim`` of the
+        multiply-adds. ``"auto"`` takes the least multiple of 16 dimensions (up to dim / 4,
+        at most 256) that holds 90% of the variance, and stays off when none does or dim <
+        256. The basis is fitted and the lists projected on the first search (a pass over the
+        rows, ``n * dims`` floats kept until the next add); recall tuning measures the
+        answers searched this way. Needs float32 storage and ``rerank >= 1``; not saved
+        with the index. :meth:`first_pass_in_use` says what a search would use.
+        """
+        if not isinstance(self._index, _core.IvfIndex):
+            return 0
+        dims = self._index.first_pass_dims
+        return "auto" if dims == -1 else dims
+
+    @first_pass_dims.setter
+    def first_pass_dims(self, value) -> None:
+        native = self._native_as("ivf", "first_pass_dims", say_kind=False)
+        if isinstance(value, str) and value.lower() == "auto":
+            native.first_pass_dims = -1
+        else:
+            native.first_pass_dims = _check_count(value, "first_pass_dims", 0, self.dim - 1)
+
+    def first_pass_in_use(self, threads: Optional[int] = None) -> Tuple[int, float]:
+        """ivf: ``(dims, variance share)`` of the first pass a search would use now (fitting
+        it if needed), ``(0, 0.0)`` when it is off or declined (see :attr:`first_pass_dims`)."""
+        if not isinstance(self._index, _core.IvfIndex):
+            return 0, 0.0
+        dims, share = self._index.first_pass_in_use(_call_threads(threads))
+        return int(dims), float(share)
+
+    @property
     def is_trained(self) -> bool:
         """False only for an ivf index that has no lists yet."""
         return self._index.is_trained if isinstance(self._index, _core.IvfIndex) else True
@@ -662,6 +698,7 @@ class Index:
         # (up to ONE_SCAN_MAX_NLIST lists: each query's lists all ranked at once)
         one_scan = self.kind == "ivf" and self.storage == "float32" and nlist <= tuning.ONE_SCAN_MAX_NLIST
         answered: dict[int, np.ndarray] = {}  # the one scan's ladder: nprobe -> ids [sample so far, kk]
+        projected = one_scan and self.first_pass_in_use(threads)[0] > 0
 
         def truth_and_ladder(sel: np.ndarray) -> np.ndarray:
             """The exact answers of ``sel``; ``answered`` gets the ladder's, after those of the
@@ -671,8 +708,9 @@ class Index:
             got, _, proven = ivf.search_ladder_and_exact(q[sel], kk + own, values, _call_threads(threads))
             if own:
                 got = [tuning.drop_own(g, own_ids[sel], kk) for g in got]
-            # not nlist's answer (got[-2]): the scan skipped lists that cannot hold a neighbour
-            for value, found in zip(values[:-1], got[:-2]):
+            # not nlist's answer (got[-2]): the scan skipped lists that cannot hold a neighbour;
+            # nor any, with the projected first pass on: the exact scan does not take it
+            for value, found in zip(values[:-1], got[:-2] if not projected else []):
                 answered[value] = np.concatenate([answered[value], found]) if value in answered else found
             truth = np.array(got[-1])
             doubtful = np.flatnonzero(proven == 0)

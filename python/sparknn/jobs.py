@@ -216,6 +216,7 @@ class Result:
     timings: Timings
     preview: pa.Table | None = None
     tuning: Tuning | grouped.GroupTunings | None = None  # what a recall target chose (similar with recall=)
+    first_pass: tuple[int, int, float] | None = None  # (dims, of dim, variance share): a projected first pass used
 
 
 def _keep_preview(batches: Iterator[pa.RecordBatch], holder: list, rows: int = 3) -> Iterator[pa.RecordBatch]:
@@ -308,9 +309,23 @@ def _input_rows(inp: Input, rows: int, dim: int) -> Iterator[tuple[slice, np.nda
         yield slice(first, first + len(x)), x
 
 
+def use_first_pass(index: Index, setting, timings: Timings) -> tuple[int, int, float] | None:
+    """Turns on ``index``'s projected first pass (``Index.first_pass_dims``: ``"auto"``, a count, or
+    0 / ``"off"``) when it can take one (ivf, float32 lists re-ranked), and fits it now (timed as
+    "projection"). Returns (dims, of dim, variance share) when a search will use it, else None."""
+    off = setting is None or (isinstance(setting, str) and setting.lower() == "off") or setting == 0
+    if off or index.kind != "ivf" or index.storage != "float32" or not index.params["rerank"]:
+        return None
+    index.first_pass_dims = setting
+    with timings.span("projection"):
+        dims, share = index.first_pass_in_use()
+    return (dims, index.dim, share) if dims else None
+
+
 def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str = "vector", k: int = 10,
             spec: IndexSpec = DEFAULT_SPEC, fmt: str = "parquet", overwrite: bool = False,
-            progress: Progress | None = None, group_col: str | None = None, recall: float | None = None) -> Result:
+            progress: Progress | None = None, group_col: str | None = None, recall: float | None = None,
+            first_pass="auto") -> Result:
     """For every item, its ``k`` nearest other items (itself excluded): one output row per item.
 
     With fewer than k+1 items, each row has every other item (n - 1 neighbours). With
@@ -318,6 +333,8 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     group has fewer than k + 1 items gets all the others (none for a group of one). ``recall``
     (ivf, hnsw): instead of ``spec``'s nprobe / ef_search, the least that reaches this recall@k,
     measured on a sample of the items after the build (``Index.tune``; ``Result.tuning``).
+    ``first_pass`` (ivf with float32 lists re-ranked, the default): ``Index.first_pass_dims`` for
+    the search and its tuning, ``"auto"`` by default (``Result.first_pass``: what was used).
     """
     if recall is not None:
         check_target(recall)
@@ -335,6 +352,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
                                                      self_join=True)
 
     k = capped_k(k, inp.num_rows, self_join=True)
+    first = use_first_pass(index, first_pass, timings) if k > 0 else None
     tuned = None
     if recall is not None and index.kind != "flat" and k > 0:
         t0 = time.perf_counter()
@@ -351,7 +369,7 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
                               self_ids, progress, "searching", timings, lists)
     with timings.span("write", excluding=("read", "search")):  # the batches are read and searched as written
         rows = write_batches(output, schema, _keep_preview(batches, preview), fmt, overwrite)
-    return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None, tuned)
+    return Result(rows, k, timings, pa.Table.from_batches(preview) if preview else None, tuned, first)
 
 
 def _similar_in_groups(input_path: str, output: str, id_col: str, vector_col: str, group_col: str, k: int,

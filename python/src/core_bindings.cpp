@@ -524,6 +524,24 @@ void bind_ivf(nb::module_& m) {
              })
         .def_prop_rw("nprobe", search_setting<IvfIndex>([](const IvfIndex& ivf) { return ivf.params().nprobe; }),
                      setting_setter<IvfIndex>(&IvfIndex::set_nprobe))
+        // -1: auto (IvfIndex::kFirstPassAuto)
+        .def_prop_rw("first_pass_dims",
+                     search_setting<IvfIndex>([](const IvfIndex& ivf) -> int64_t {
+                         const size_t d = ivf.first_pass_dims();
+                         return d == IvfIndex::kFirstPassAuto ? -1 : static_cast<int64_t>(d);
+                     }),
+                     [](IvfIndex& ivf, int64_t dims) {
+                         if (dims < -1) throw sparknn::InvalidArgument("first_pass_dims must be -1 (auto), 0 or more");
+                         nb::gil_scoped_release release;
+                         ivf.set_first_pass_dims(dims == -1 ? IvfIndex::kFirstPassAuto : static_cast<size_t>(dims));
+                     })
+        .def(
+            "first_pass_in_use",
+            [](const IvfIndex& ivf, int threads) {
+                nb::gil_scoped_release release;
+                return ivf.first_pass_in_use(threads);
+            },
+            "threads"_a = -1)
         .def_prop_ro("params", [](const IvfIndex& ivf) {
             sparknn::IvfParams p;
             {

@@ -143,6 +143,30 @@ class IvfIndex final : public Index {
 
     static std::unique_ptr<IvfIndex> load(const std::shared_ptr<const IndexFile>& file);
 
+    // A first pass in a projected space, for long vectors searched by large batches (a
+    // self-join): the lists' rows and the queries projected onto the principal subspace
+    // of a sample of the rows (principal_basis.h), scanned there (dims / dim of the work),
+    // and the best max(rerank, kFirstPassRerank) * k candidates of each query re-ranked
+    // by exact float32 distance from the lists. The basis is fitted and the lists
+    // projected on the first search that uses it (a pass over the rows, kept until the
+    // next add: n * dims floats more memory); an exact answer (search_ladder_and_exact's)
+    // never uses it. Requires float32 storage and rerank >= 1.
+    //   dims: 0 = off (the default); kFirstPassAuto = the least multiple of 16 up to
+    //   dim / 4 (at most 256) whose subspace holds kFirstPassShare of the sample's
+    //   variance, off when none does or dim < kFirstPassMinDim; else exactly dims (< dim).
+    // Not saved with the index. Waits for running calls, as set_nprobe.
+    static constexpr size_t kFirstPassAuto = ~size_t{0};
+    static constexpr size_t kFirstPassMinDim = 256;
+    static constexpr double kFirstPassShare = 0.9;
+    static constexpr size_t kFirstPassRerank = 4;
+    void set_first_pass_dims(size_t dims);
+    size_t first_pass_dims() const;  // the setting
+    // The dimensions the first pass scans in (fitting it now if it is stale), and the share
+    // of the variance they hold; {0, 0} when it is off, declined, or the index holds
+    // fewer than kFirstPassMinRows vectors.
+    std::pair<size_t, double> first_pass_in_use(int threads = -1) const;
+    static constexpr size_t kFirstPassMinRows = 4096;
+
   protected:
     void add_impl(size_t n, const float* vectors) override;
     void shrink_to_fit_impl() override;
@@ -153,6 +177,7 @@ class IvfIndex final : public Index {
     void reconstruct_impl(size_t begin, size_t count, float* out) const override;
 
   private:
+    struct FirstPass;  // below
     struct List {
         Buffer<int64_t> labels;      // internal labels (positions in ids_)
         Buffer<uint8_t> codes;       // [size, code_size]
@@ -200,7 +225,7 @@ class IvfIndex final : public Index {
     // selection per query and rank).
     void scan_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes, size_t rank_begin,
                     size_t rank_end, std::vector<TopK>& heaps, size_t workers, TileProducts products,
-                    bool heap_per_rank = false) const;
+                    bool heap_per_rank = false, const FirstPass* projected = nullptr) const;
     // Memory for those selections, and for an exact answer's deep ones, per batch.
     static constexpr size_t kRankHeapsBytes = size_t{256} << 20;
     // bf16 tiles for float32 lists with rerank on CPUs that have them (ivf_params.h).
@@ -251,6 +276,24 @@ class IvfIndex final : public Index {
     const ListExtents& list_extents(int threads) const;
     mutable ListExtents extents_;
     mutable std::mutex extents_mutex_;
+    // The first pass's basis and the lists projected onto it (ivf_first_pass.cpp): fitted on
+    // the first search after set_first_pass_dims, projected again after adds (list_extents' rule).
+    struct FirstPass {
+        bool fitted = false;
+        size_t dims = 0;  // of the basis; 0: none
+        double captured = 0.0;
+        std::vector<float> basis;      // [dims, dim]
+        std::vector<float> centroids;  // [nlist, dims]
+        std::vector<AlignedVector<float>> rows, norms;  // per list: [size, dims]; [size] under L2
+        std::unique_ptr<IvfCodec> codec;  // float32 of dims: scans the projected lists
+        size_t projected = ~size_t{0};    // size() when the lists were projected
+    };
+    const FirstPass& first_pass(int threads) const;
+    // out [nq, dims] = queries [nq, dim] projected onto the first pass's basis.
+    void project_queries(const FirstPass& first, size_t nq, const float* queries, float* out, int threads) const;
+    size_t first_pass_setting_ = 0;
+    mutable FirstPass first_pass_;
+    mutable std::mutex first_pass_mutex_;
 };
 
 }  // namespace sparknn

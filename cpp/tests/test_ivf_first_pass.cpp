@@ -1,0 +1,224 @@
+// The principal subspace (principal_basis.h) and the IVF first pass in it (ivf.h,
+// set_first_pass_dims): the basis against the data's known subspace, the answers against
+// brute force (recall, and exact distances for whatever is returned), the settings refused.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "principal_basis.h"
+#include "sparknn/error.h"
+#include "sparknn/ivf.h"
+#include "test_util.h"
+
+namespace sparknn {
+namespace {
+
+using test::naive_knn;
+
+// Clusters in a `rank`-dimensional subspace of `dim` dimensions, plus isotropic noise.
+std::vector<float> low_rank(size_t n, size_t dim, size_t rank, float noise, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal;
+    std::vector<float> mix(rank * dim), centres(32 * rank);
+    for (float& v : mix) v = normal(rng);
+    for (float& v : centres) v = 4.0f * normal(rng);
+    std::vector<float> x(n * dim);
+    std::vector<float> z(rank);
+    for (size_t i = 0; i < n; ++i) {
+        const size_t c = rng() % 32;
+        for (size_t r = 0; r < rank; ++r) z[r] = centres[c * rank + r] + normal(rng);
+        for (size_t t = 0; t < dim; ++t) {
+            float v = noise * normal(rng);
+            for (size_t r = 0; r < rank; ++r) v += z[r] * mix[r * dim + t];
+            x[i * dim + t] = v;
+        }
+    }
+    return x;
+}
+
+double recall(const std::vector<int64_t>& ids, const std::vector<std::vector<std::pair<double, int64_t>>>& truth,
+              size_t k) {
+    size_t hit = 0;
+    for (size_t q = 0; q < truth.size(); ++q) {
+        for (const auto& [d, label] : truth[q]) {
+            for (size_t j = 0; j < k; ++j) hit += ids[q * k + j] == label;
+        }
+    }
+    return double(hit) / double(truth.size() * k);
+}
+
+TEST(PrincipalBasis, FindsTheDataSubspaceOrthonormal) {
+    const size_t n = 4000, dim = 96, rank = 10;
+    const std::vector<float> x = low_rank(n, dim, rank, 0.02f, 1);
+    const PrincipalBasis b = principal_basis(x.data(), n, dim, true, 32, 0.9, 1, 7, 2);
+    ASSERT_GE(b.dims, 1u);
+    EXPECT_LE(b.dims, rank);  // 10 directions hold all but the noise
+    EXPECT_GE(b.captured, 0.9);
+    EXPECT_LE(b.captured, 1.0);
+    for (size_t i = 0; i < b.dims; ++i) {
+        for (size_t j = 0; j <= i; ++j) {
+            double dot = 0;
+            for (size_t t = 0; t < dim; ++t) dot += double(b.basis[i * dim + t]) * b.basis[j * dim + t];
+            EXPECT_NEAR(dot, i == j ? 1.0 : 0.0, 1e-4) << i << ", " << j;
+        }
+    }
+    // The share claimed is the share of the (centred) sample's energy the basis holds.
+    std::vector<double> mean(dim, 0.0);
+    for (size_t i = 0; i < n; ++i) {
+        for (size_t t = 0; t < dim; ++t) mean[t] += x[i * dim + t] / double(n);
+    }
+    double total = 0, held = 0;
+    for (size_t i = 0; i < n; ++i) {
+        for (size_t t = 0; t < dim; ++t) total += (x[i * dim + t] - mean[t]) * (x[i * dim + t] - mean[t]);
+        for (size_t r = 0; r < b.dims; ++r) {
+            double p = 0;
+            for (size_t t = 0; t < dim; ++t) p += (x[i * dim + t] - mean[t]) * b.basis[r * dim + t];
+            held += p * p;
+        }
+    }
+    EXPECT_NEAR(held / total, b.captured, 2e-3);
+    // Exactly max_dims when min_share <= 0; the same seed gives the same basis.
+    const PrincipalBasis fixed = principal_basis(x.data(), n, dim, true, 20, 0.0, 1, 7, 2);
+    EXPECT_EQ(fixed.dims, 20u);
+    EXPECT_EQ(principal_basis(x.data(), n, dim, true, 20, 0.0, 1, 7, 1).basis, fixed.basis);
+}
+
+TEST(PrincipalBasis, DeclinesIsotropicDataAndDegenerateSamples) {
+    const std::vector<float> x = test::random_vectors(3000, 64, 2);
+    EXPECT_EQ(principal_basis(x.data(), 3000, 64, true, 16, 0.9, 16, 1, 2).dims, 0u);  // 16 of 64: ~25%
+    std::vector<float> same(100 * 32, 3.0f);  // no variance at all
+    EXPECT_EQ(principal_basis(same.data(), 100, 32, true, 8, 0.9, 1, 1, 2).dims, 0u);
+    // rank 2 data asked for 8 exact dimensions: still an orthonormal basis of 8
+    std::vector<float> flat(200 * 16, 0.0f);
+    for (size_t i = 0; i < 200; ++i) flat[i * 16] = float(i % 7), flat[i * 16 + 1] = float(i % 5);
+    const PrincipalBasis b = principal_basis(flat.data(), 200, 16, true, 8, 0.0, 1, 1, 1);
+    ASSERT_EQ(b.dims, 8u);
+    EXPECT_NEAR(b.captured, 1.0, 1e-4);
+    EXPECT_THROW(principal_basis(flat.data(), 200, 16, true, 16, 0.0, 1, 1, 1), InvalidArgument);
+}
+
+IvfParams first_pass_params(size_t rerank = 2) {
+    IvfParams p;
+    p.nlist = 32;
+    p.nprobe = 4;
+    p.rerank = rerank;
+    return p;
+}
+
+TEST(IvfFirstPass, AnswersExactDistancesAtTheRecallOfTheFullScan) {
+    const size_t n = 6000, dim = 256, k = 10, nq = 200;
+    for (Metric metric : {Metric::L2, Metric::Cosine, Metric::InnerProduct}) {
+        // 12 directions hold about 95% of the variance; a basis that missed them would hold ~6%
+        std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 3);
+        if (metric == Metric::Cosine) test::normalise_rows(x, dim);
+        const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
+        const auto truth = naive_knn(metric, base, queries, dim, k);
+        IvfIndex ivf(dim, metric, first_pass_params());
+        ivf.add(n, base.data(), nullptr);
+        std::vector<int64_t> full_ids(nq * k), ids(nq * k);
+        std::vector<float> full_d(nq * k), d(nq * k);
+        ivf.search(nq, queries.data(), k, full_ids.data(), full_d.data());
+        ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+        const auto [dims, share] = ivf.first_pass_in_use();
+        ASSERT_GE(dims, 1u) << metric_name(metric);
+        EXPECT_LE(dims, 16u) << metric_name(metric);  // 12 directions hold the data
+        EXPECT_GE(share, 0.9);
+        ivf.search(nq, queries.data(), k, ids.data(), d.data());
+        const double full = recall(full_ids, truth, k), first = recall(ids, truth, k);
+        EXPECT_GE(first, full - 0.02) << metric_name(metric) << ": " << first << " against " << full;
+        EXPECT_GE(first, 0.85) << metric_name(metric);
+        // whatever is returned carries its exact distance (re-ranked in float32), nearest first
+        for (size_t q = 0; q < nq; ++q) {
+            for (size_t j = 0; j < k; ++j) {
+                const int64_t id = ids[q * k + j];
+                ASSERT_GE(id, 0);
+                const double ref = test::ref_distance(metric, &queries[q * dim], &base[size_t(id) * dim], dim);
+                EXPECT_NEAR(d[q * k + j], ref, 1e-4 * (1.0 + std::abs(ref))) << metric_name(metric);
+                if (j) EXPECT_LE(d[q * k + j - 1], d[q * k + j]);
+            }
+        }
+        // off again: the full scan's answers exactly
+        ivf.set_first_pass_dims(0);
+        ivf.search(nq, queries.data(), k, ids.data(), d.data());
+        EXPECT_EQ(ids, full_ids);
+    }
+}
+
+TEST(IvfFirstPass, AutoDeclinesShortVectorsAndSmallIndexesExplicitDimsDoNot) {
+    const size_t dim = 64;
+    const std::vector<float> x = low_rank(5000, dim, 6, 0.05f, 4);
+    IvfIndex ivf(dim, Metric::L2, first_pass_params());
+    ivf.add(5000, x.data(), nullptr);
+    ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+    EXPECT_EQ(ivf.first_pass_in_use().first, 0u);  // dim < kFirstPassMinDim
+    ivf.set_first_pass_dims(8);
+    EXPECT_EQ(ivf.first_pass_in_use().first, 8u);
+    EXPECT_EQ(ivf.first_pass_dims(), 8u);
+
+    IvfIndex small(dim, Metric::L2, first_pass_params());
+    small.add(1000, x.data(), nullptr);
+    small.set_first_pass_dims(8);
+    EXPECT_EQ(small.first_pass_in_use().first, 0u);  // fewer than kFirstPassMinRows
+    // ... until adds bring it there; the projected lists follow every add
+    small.add(4000, x.data() + 1000 * dim, nullptr);
+    EXPECT_EQ(small.first_pass_in_use().first, 8u);
+    std::vector<float> twin(x.begin() + 4321 * dim, x.begin() + 4322 * dim);
+    small.add(1, twin.data(), nullptr);  // label 5000, a copy of label 4321
+    std::vector<int64_t> ids(2);
+    std::vector<float> d(2);
+    small.search(1, twin.data(), 2, ids.data(), d.data());
+    EXPECT_EQ(d[0], 0.0f);
+    EXPECT_EQ(d[1], 0.0f);
+    EXPECT_TRUE((ids[0] == 4321 && ids[1] == 5000));  // equal distances: by id
+}
+
+TEST(IvfFirstPass, RefusesStorageWithoutFloat32RowsToReRankAndBadDims) {
+    IvfIndex plain(32, Metric::L2, first_pass_params(0));
+    EXPECT_THROW(plain.set_first_pass_dims(8), InvalidArgument);  // rerank 0
+    plain.set_first_pass_dims(0);                                  // off is always fine
+    IvfParams sq8 = first_pass_params();
+    sq8.storage = Storage::Sq8;
+    IvfIndex coded(32, Metric::L2, sq8);
+    EXPECT_THROW(coded.set_first_pass_dims(IvfIndex::kFirstPassAuto), InvalidArgument);
+    IvfIndex ivf(32, Metric::L2, first_pass_params());
+    EXPECT_THROW(ivf.set_first_pass_dims(32), InvalidArgument);
+    EXPECT_THROW(ivf.set_first_pass_dims(100), InvalidArgument);
+    EXPECT_EQ(ivf.first_pass_in_use().first, 0u);  // untrained: nothing to fit
+}
+
+// Searches racing the first pass's lazy fit and projection (and each other) answer as one
+// thread alone does. Runs under TSan (test.sh: *Concurren*).
+TEST(IvfFirstPassConcurrency, SearchesRacingTheFitAnswerAlike) {
+    const size_t n = 4500, dim = 32, k = 5, nq = 64;
+    const std::vector<float> x = low_rank(n + nq, dim, 6, 0.05f, 5);
+    const float* queries = x.data() + n * dim;
+    IvfIndex reference(dim, Metric::L2, first_pass_params());
+    reference.add(n, x.data(), nullptr);
+    reference.set_first_pass_dims(8);
+    std::vector<int64_t> want(nq * k);
+    std::vector<float> want_d(nq * k);
+    reference.search(nq, queries, k, want.data(), want_d.data());
+
+    IvfIndex ivf(dim, Metric::L2, first_pass_params());
+    ivf.add(n, x.data(), nullptr);
+    ivf.set_first_pass_dims(8);
+    std::vector<std::vector<int64_t>> got(4, std::vector<int64_t>(nq * k));
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < got.size(); ++t) {
+        threads.emplace_back([&, t]() {
+            std::vector<float> d(nq * k);
+            SearchParams p;
+            p.threads = 1;
+            ivf.search(nq, queries, k, got[t].data(), d.data(), p);
+        });
+    }
+    for (auto& th : threads) th.join();
+    for (const auto& g : got) EXPECT_EQ(g, want);
+    EXPECT_EQ(ivf.first_pass_in_use().first, 8u);
+}
+
+}  // namespace
+}  // namespace sparknn
