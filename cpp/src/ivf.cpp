@@ -161,7 +161,8 @@ void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist
     kp.seed = params_.seed;
     kp.threads = threads();
     kp.bf16_first_pass = tile_products() == TileProducts::Bf16;
-    const KMeansResult km = kmeans(train_x, sample, dim_, nlist, kp);
+    KMeansResult km;
+    if (!train_in_first_pass(sample, train_x, nlist, kp, km)) km = kmeans(train_x, sample, dim_, nlist, kp);
 
     auto quantizer = make_quantizer(nlist, km.centroids.data());
     codec_->train(sample, train_x, *quantizer, km.centroids.data(), params_.seed, params_.kmeans_iterations, threads());

@@ -1,8 +1,10 @@
 // IvfIndex's first pass in a projected space (ivf.h, set_first_pass_dims): the
-// principal subspace of a sample of the lists' rows, the lists and centroids
-// projected onto it, and the queries of each search batch. The scan itself is
-// the float32 codec's, at the projected dimension (ivf_search.cpp).
+// principal subspace of a sample of the rows (fitted at train when the setting
+// came first, else on the first search), the training's k-means in it, the lists
+// and centroids projected onto it, and the queries of each search batch. The scan
+// itself is the float32 codec's, at the projected dimension (ivf_search.cpp).
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <random>
 
@@ -12,6 +14,7 @@
 #include "principal_basis.h"
 #include "sparknn/error.h"
 #include "sparknn/ivf.h"
+#include "sparknn/kmeans.h"
 #include "sparknn/parallel.h"
 
 namespace sparknn {
@@ -20,6 +23,14 @@ namespace {
 // Rows the basis is fitted on: the covariance of 8192 rows costs 8192 dim^2 flops
 // (0.1 s at 784 dimensions) and settles the leading directions' shares within 1%.
 constexpr size_t kFirstPassSample = 8192;
+
+// out [n, d] = rows [n, dim] * basis [d, dim]^T, in blocks of rows across threads.
+void project_rows(size_t n, const float* rows, size_t dim, const float* basis, size_t d, float* out, int threads) {
+    parallel_for(n, 512, threads, [&](size_t b, size_t e, int) {
+        gemm_abt(static_cast<int>(e - b), static_cast<int>(d), static_cast<int>(dim), rows + b * dim, basis,
+                 out + b * d);
+    });
+}
 
 }  // namespace
 
@@ -50,6 +61,73 @@ std::pair<size_t, double> IvfIndex::first_pass_in_use(int threads) const {
     return {first.dims, first.dims ? first.captured : 0.0};
 }
 
+bool IvfIndex::first_pass_applies(size_t rows) const {
+    const bool automatic = first_pass_setting_ == kFirstPassAuto;
+    return first_pass_setting_ != 0 && rows >= kFirstPassMinRows && (!automatic || dim_ >= kFirstPassMinDim);
+}
+
+void IvfIndex::fit_first_pass(size_t n, const float* rows, int threads) const {
+    // first_pass_mutex_ held (or the exclusive lock: train)
+    const bool automatic = first_pass_setting_ == kFirstPassAuto;
+    const size_t max_dims =
+        automatic ? std::min<size_t>(256, std::max<size_t>(16, dim_ / 4 / 16 * 16)) : first_pass_setting_;
+    PrincipalBasis basis = principal_basis(rows, n, dim_, metric_ != Metric::InnerProduct, max_dims,
+                                           automatic ? kFirstPassShare : 0.0, 16, params_.seed, threads);
+    FirstPass& first = first_pass_;
+    first.fitted = true;
+    first.dims = basis.dims;
+    first.captured = basis.captured;
+    first.basis = std::move(basis.basis);
+    // L2 and cosine (unit rows) rank by L2 in the subspace, inner product by inner product.
+    first.codec = first.dims ? make_float32_codec(first.dims, metric_ == Metric::InnerProduct ? Metric::InnerProduct
+                                                                                                : Metric::L2)
+                             : nullptr;
+}
+
+bool IvfIndex::train_in_first_pass(size_t sample, const float* train_x, size_t nlist, const KMeansParams& kp,
+                                   KMeansResult& km) {
+    std::lock_guard<std::mutex> guard(first_pass_mutex_);
+    first_pass_ = FirstPass{};
+    if (!first_pass_applies(sample)) return false;
+    // The basis from kFirstPassSample rows spread over the (uniform) training sample.
+    const size_t s = std::min(sample, kFirstPassSample);
+    std::vector<float> rows(s * dim_);
+    for (size_t i = 0; i < s; ++i) std::memcpy(&rows[i * dim_], train_x + (i * sample / s) * dim_, dim_ * sizeof(float));
+    fit_first_pass(s, rows.data(), kp.threads);
+    rows = {};
+    const size_t d = first_pass_.dims;
+    if (d == 0) return false;
+    // k-means in the subspace (dims / dim of the work); each centroid is then the mean of
+    // its members' full rows, so the quantizer and the lists are as without the first pass.
+    std::vector<float> projected(sample * d);
+    project_rows(sample, train_x, dim_, first_pass_.basis.data(), d, projected.data(), kp.threads);
+    KMeansResult sub = kmeans(projected.data(), sample, d, nlist, kp);
+    km.assignment = std::move(sub.assignment);
+    km.inertia = sub.inertia;
+    km.centroids.assign(nlist * dim_, 0.0f);
+    std::vector<double> sums(nlist * dim_, 0.0);
+    std::vector<size_t> counts(nlist, 0);
+    for (size_t i = 0; i < sample; ++i) {
+        const size_t c = km.assignment[i];
+        ++counts[c];
+        for (size_t t = 0; t < dim_; ++t) sums[c * dim_ + t] += train_x[i * dim_ + t];
+    }
+    for (size_t c = 0; c < nlist; ++c) {
+        if (counts[c] == 0) {  // no member (k-means keeps none empty; kept for safety): its subspace centroid
+            for (size_t r = 0; r < d; ++r) {
+                for (size_t t = 0; t < dim_; ++t) {
+                    km.centroids[c * dim_ + t] += sub.centroids[c * d + r] * first_pass_.basis[r * dim_ + t];
+                }
+            }
+            continue;
+        }
+        for (size_t t = 0; t < dim_; ++t) {
+            km.centroids[c * dim_ + t] = static_cast<float>(sums[c * dim_ + t] / double(counts[c]));
+        }
+    }
+    return true;
+}
+
 const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     std::lock_guard<std::mutex> guard(first_pass_mutex_);
     FirstPass& first = first_pass_;
@@ -57,8 +135,7 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     if (first.projected == size()) return first;
     const size_t n = size();
     if (!first.fitted) {
-        const bool automatic = first_pass_setting_ == kFirstPassAuto;
-        if (n < kFirstPassMinRows || (automatic && dim_ < kFirstPassMinDim)) {
+        if (!first_pass_applies(n)) {
             first.dims = 0;  // not worth it (yet: a later add may change that)
             first.projected = n;
             return first;
@@ -77,19 +154,7 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
                 }
             }
         }
-        const size_t max_dims = automatic ? std::min<size_t>(256, std::max<size_t>(16, dim_ / 4 / 16 * 16))
-                                          : first_pass_setting_;
-        const PrincipalBasis basis = principal_basis(sample.data(), taken, dim_, metric_ != Metric::InnerProduct,
-                                                     max_dims, automatic ? kFirstPassShare : 0.0, 16, params_.seed,
-                                                     threads);
-        first.fitted = true;
-        first.dims = basis.dims;
-        first.captured = basis.captured;
-        first.basis = basis.basis;
-        if (first.dims) {
-            // L2 and cosine (unit rows) rank by L2 in the subspace, inner product by inner product.
-            first.codec = make_float32_codec(first.dims, metric_ == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2);
-        }
+        fit_first_pass(taken, sample.data(), threads);
     }
     if (first.dims == 0) {
         first.projected = n;
@@ -98,35 +163,53 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     const size_t nlist = lists_.size(), d = first.dims;
     const bool norms = first.codec->keeps_norms();
     first.centroids.assign(nlist * d, 0.0f);
-    gemm_abt(static_cast<int>(nlist), static_cast<int>(d), static_cast<int>(dim_), centroid_data(),
-             first.basis.data(), first.centroids.data());
-    first.rows.resize(nlist);
-    first.norms.resize(nlist);
+    project_rows(nlist, centroid_data(), dim_, first.basis.data(), d, first.centroids.data(), threads);
+    // Every list's projected rows in one array, list after list; when the lists' own rows lie
+    // so too (adopted in list order), a batch of them as queries is projected already.
+    first.offsets.assign(nlist + 1, 0);
+    for (size_t l = 0; l < nlist; ++l) first.offsets[l + 1] = first.offsets[l] + lists_[l].labels.size();
+    first.rows.assign(n * d, 0.0f);
+    first.norms.assign(norms ? n : 0, 0.0f);
+    // (addresses as integers: the lists may be separate arrays, which pointers may not span)
+    const auto address = [&](size_t l) { return reinterpret_cast<uintptr_t>(lists_[l].codes.data()); };
+    const uintptr_t row_bytes = dim_ * sizeof(float);
+    first.rows_base = 0;
+    bool contiguous = true;
+    for (size_t l = 0; l < nlist; ++l) {
+        if (lists_[l].labels.size() == 0) continue;
+        if (first.rows_base == 0) first.rows_base = address(l) - first.offsets[l] * row_bytes;
+        contiguous = contiguous && address(l) == first.rows_base + first.offsets[l] * row_bytes;
+    }
+    if (!contiguous) first.rows_base = 0;
     parallel_for(nlist, 1, threads, [&](size_t b, size_t e, int) {
         for (size_t l = b; l < e; ++l) {
             const size_t size = lists_[l].labels.size();
+            float* out = first.rows.data() + first.offsets[l] * d;
             const float* rows = reinterpret_cast<const float*>(lists_[l].codes.data());
-            AlignedVector<float>& out = first.rows[l];
-            out.assign(size * d, 0.0f);
             for (size_t r0 = 0; r0 < size; r0 += 4096) {  // sgemm's m is an int
                 const size_t count = std::min<size_t>(4096, size - r0);
                 gemm_abt(static_cast<int>(count), static_cast<int>(d), static_cast<int>(dim_), rows + r0 * dim_,
-                         first.basis.data(), out.data() + r0 * d);
+                         first.basis.data(), out + r0 * d);
             }
-            first.norms[l].assign(norms ? size : 0, 0.0f);
-            if (norms) squared_norms(out.data(), size, d, first.norms[l].data());
+            if (norms) squared_norms(out, size, d, first.norms.data() + first.offsets[l]);
         }
     });
     first.projected = n;
     return first;
 }
 
-void IvfIndex::project_queries(const FirstPass& first, size_t nq, const float* queries, float* out,
-                               int threads) const {
-    parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
-        gemm_abt(static_cast<int>(e - b), static_cast<int>(first.dims), static_cast<int>(dim_), queries + b * dim_,
-                 first.basis.data(), out + b * first.dims);
-    });
+const float* IvfIndex::project_queries(const FirstPass& first, size_t nq, const float* queries,
+                                       AlignedVector<float>& scratch, int threads) const {
+    // Queries that are the lists' own rows in place (a self-join over adopted lists): their
+    // projections are the lists'.
+    const uintptr_t base = first.rows_base, at = reinterpret_cast<uintptr_t>(queries);
+    const uintptr_t row_bytes = dim_ * sizeof(float);
+    if (base != 0 && at >= base && (at - base) % row_bytes == 0 && (at - base) / row_bytes + nq <= first.offsets.back()) {
+        return first.rows.data() + (at - base) / row_bytes * first.dims;
+    }
+    scratch.resize(nq * first.dims);
+    project_rows(nq, queries, dim_, first.basis.data(), first.dims, scratch.data(), threads);
+    return scratch.data();
 }
 
 }  // namespace sparknn

@@ -222,10 +222,12 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
             const uint32_t* qs = members.data() + first;
             const uint32_t* slot = heap_per_rank ? slots.data() + first : qs;
             for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[slot[i]];
-            const float* norms = projected ? projected->norms[item.list].data() : list.norms.data();
-            const bool has_norms = projected ? !projected->norms[item.list].empty() : !list.norms.empty();
-            const uint8_t* codes = projected ? reinterpret_cast<const uint8_t*>(projected->rows[item.list].data())
-                                             : list.codes.data();
+            const size_t at = projected ? projected->offsets[item.list] : 0;  // its first row of the projected
+            const float* norms = projected ? projected->norms.data() + at : list.norms.data();
+            const bool has_norms = projected ? !projected->norms.empty() : !list.norms.empty();
+            const uint8_t* codes = projected
+                                       ? reinterpret_cast<const uint8_t*>(projected->rows.data() + at * projected->dims)
+                                       : list.codes.data();
             const IvfListView view{list.labels.data(), codes, has_norms ? norms : nullptr, list.labels.size(),
                                    centroids + size_t{item.list} * centroid_dim};
             w.scanner->scan(view, queries, qs, item.count, w.heap_of.data());
@@ -247,12 +249,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     const FirstPass* first = proven == nullptr && first_pass_setting_ != 0 ? &first_pass(threads) : nullptr;
     if (first != nullptr && first->dims == 0) first = nullptr;
     AlignedVector<float> projected;
-    const float* scan_queries = queries;
-    if (first != nullptr) {
-        projected.resize(nq * first->dims);
-        project_queries(*first, nq, queries, projected.data(), threads);
-        scan_queries = projected.data();
-    }
+    const float* scan_queries = first ? project_queries(*first, nq, queries, projected, threads) : queries;
     const bool approximate = first != nullptr || params_.keeps_float_copies() || products == TileProducts::Bf16;
     const bool rerank = approximate || (params_.rerank > 0 && params_.storage == Storage::Float32);
     const size_t candidates = !rerank ? k : k * (first ? std::max(params_.rerank, kFirstPassRerank) : params_.rerank);

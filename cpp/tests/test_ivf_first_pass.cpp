@@ -147,6 +147,33 @@ TEST(IvfFirstPass, AnswersExactDistancesAtTheRecallOfTheFullScan) {
     }
 }
 
+// Set before training: the basis comes from the training sample and k-means runs in the
+// subspace; the centroids are still full rows (the means of their members).
+TEST(IvfFirstPass, TrainsInTheSubspaceWhenSetFirst) {
+    const size_t n = 6000, dim = 256, k = 10, nq = 200;
+    const std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 6);
+    const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
+    const auto truth = naive_knn(Metric::L2, base, queries, dim, k);
+    IvfIndex ivf(dim, Metric::L2, first_pass_params());
+    ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+    ivf.add(n, base.data(), nullptr);
+    const auto [dims, share] = ivf.first_pass_in_use();
+    EXPECT_GE(dims, 1u);
+    EXPECT_GE(share, 0.9);
+    ASSERT_EQ(ivf.centroids().size(), 32 * dim);  // full rows, as without the first pass
+    std::vector<int64_t> ids(nq * k);
+    std::vector<float> d(nq * k);
+    ivf.search(nq, queries.data(), k, ids.data(), d.data());
+    EXPECT_GE(recall(ids, truth, k), 0.95);
+    IvfIndex plain(dim, Metric::L2, first_pass_params());
+    plain.add(n, base.data(), nullptr);
+    plain.search(nq, queries.data(), k, ids.data(), d.data());
+    const double full = recall(ids, truth, k);
+    ivf.set_first_pass_dims(0);  // the lists trained in the subspace, scanned in full
+    ivf.search(nq, queries.data(), k, ids.data(), d.data());
+    EXPECT_GE(recall(ids, truth, k), full - 0.02);
+}
+
 TEST(IvfFirstPass, AutoDeclinesShortVectorsAndSmallIndexesExplicitDimsDoNot) {
     const size_t dim = 64;
     const std::vector<float> x = low_rank(5000, dim, 6, 0.05f, 4);

@@ -158,6 +158,7 @@ class IndexSpec:
     pq_m: int = 0
     rerank: int = 0
     threads: int = 0
+    first_pass_dims: object = 0  # ivf: 0 (off), "auto" or a count (Index.first_pass_dims); not saved
 
     def __post_init__(self):
         kind = str(self.kind).lower()
@@ -173,6 +174,11 @@ class IndexSpec:
         checked = {"kind": kind, "metric": normalise_metric(self.metric), "storage": storage}
         for name, minimum in _SPEC_MINIMUMS.items():
             checked[name] = _check_count(getattr(self, name), name, minimum, _SPEC_MAXIMUMS.get(name, INT64_MAX))
+        first = self.first_pass_dims
+        if isinstance(first, str) and first.lower() in ("auto", "off"):
+            checked["first_pass_dims"] = 0 if first.lower() == "off" else "auto"
+        else:
+            checked["first_pass_dims"] = _check_count(first, "first_pass_dims", 0)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -307,6 +313,8 @@ class Index:
             raise InvalidArgumentError(f"give the parameters in spec, not also as keywords ({', '.join(params)})")
         self._index = spec._native(dim)
         self.threads = spec.threads
+        if spec.first_pass_dims:  # before training: its k-means then runs in the subspace
+            self.first_pass_dims = spec.first_pass_dims
 
     def _native_as(self, kind: str, what: str, say_kind: bool = True):
         """The native index when it is of ``kind``, whose class alone has ``what``; otherwise
@@ -372,10 +380,13 @@ class Index:
         searched by large batches (a self-join), whose scan then costs ``dims / dim`` of the
         multiply-adds. ``"auto"`` takes the least multiple of 16 dimensions (up to dim / 4,
         at most 256) that holds 90% of the variance, and stays off when none does or dim <
-        256. The basis is fitted and the lists projected on the first search (a pass over the
-        rows, ``n * dims`` floats kept until the next add); recall tuning measures the
-        answers searched this way. Needs float32 storage and ``rerank >= 1``; not saved
-        with the index. :meth:`first_pass_in_use` says what a search would use.
+        256. Set before training (or as ``IndexSpec.first_pass_dims``), the basis is fitted on
+        the training sample and k-means runs in the subspace too (each centroid then the mean
+        of its members' full rows); else it is fitted on the first search. The lists are
+        projected on the first search (a pass over the rows, ``n * dims`` floats kept until the
+        next add); recall tuning measures the answers searched this way. Needs float32 storage
+        and ``rerank >= 1``; not saved with the index. :meth:`first_pass_in_use` says what a
+        search would use.
         """
         if not isinstance(self._index, _core.IvfIndex):
             return 0

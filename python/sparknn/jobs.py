@@ -316,7 +316,8 @@ def use_first_pass(index: Index, setting, timings: Timings) -> tuple[int, int, f
     off = setting is None or (isinstance(setting, str) and setting.lower() == "off") or setting == 0
     if off or index.kind != "ivf" or index.storage != "float32" or not index.params["rerank"]:
         return None
-    index.first_pass_dims = setting
+    if index.first_pass_dims != setting:  # else set at creation (IndexSpec.first_pass_dims): trained in it
+        index.first_pass_dims = setting
     with timings.span("projection"):
         dims, share = index.first_pass_in_use()
     return (dims, index.dim, share) if dims else None
@@ -348,6 +349,8 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     if group_col is not None:
         return _similar_in_groups(input_path, output, id_col, vector_col, group_col, k, spec, fmt, overwrite,
                                   progress, timings, recall)
+    if spec.kind == "ivf" and spec.storage == "float32" and spec.rerank and first_pass not in (None, 0, "off"):
+        spec = spec.replace(first_pass_dims=first_pass)  # from the index's creation: k-means in the subspace
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
                                                      self_join=True)
 

@@ -80,6 +80,35 @@ def test_tuning_measures_the_projected_searches(data):
     assert own.reached
 
 
+def test_set_at_creation_it_trains_in_the_subspace(data, tmp_path):
+    base, queries, _ = data
+    truth = exact_knn(base, queries, 10, "l2")[0]
+    spec = IndexSpec(kind="ivf", metric="l2", nlist=100, nprobe=8, rerank=2, first_pass_dims="AUTO")
+    assert spec.first_pass_dims == "auto"
+    index = spec.create(256)
+    assert index.first_pass_dims == "auto"
+    index.add(base)
+    assert index.first_pass_in_use()[0] > 0
+    ids, dist = index.search(queries, 10)
+    assert recall(ids, truth) >= 0.95
+    # a loaded index lies in one mapped array: its rows in list order, searched in place as
+    # queries (whose projections are then the lists'), answer as copies of them do
+    index.save(str(tmp_path / "i.snn"))
+    loaded = sparknn.load(str(tmp_path / "i.snn"))
+    assert loaded.first_pass_dims == 0  # not saved
+    loaded.first_pass_dims = "auto"
+    rows = loaded.rows_in_list_order()
+    assert rows is not None
+    in_place = loaded.search(rows[1000:3000], 10)
+    copied = loaded.search(np.array(rows[1000:3000]), 10)
+    np.testing.assert_array_equal(in_place[0], copied[0])
+    np.testing.assert_array_equal(in_place[1], copied[1])
+    with pytest.raises(InvalidArgumentError):
+        IndexSpec(kind="ivf", first_pass_dims="most")
+    assert IndexSpec(kind="ivf", first_pass_dims="off").first_pass_dims == 0
+    assert sparknn.Index(256, "l2", "ivf", rerank=2, first_pass_dims=32).first_pass_dims == 32
+
+
 def test_first_pass_settings_refused():
     hnsw = sparknn.Index(256, "l2", "hnsw")
     assert hnsw.first_pass_dims == 0

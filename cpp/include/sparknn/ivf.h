@@ -29,6 +29,8 @@
 namespace sparknn {
 
 class RowBlock;  // sparknn/row_block.h
+struct KMeansParams;  // sparknn/kmeans.h
+struct KMeansResult;
 class IvfCodec;  // cpp/src/ivf_codec.h: one implementation per storage
 enum class TileProducts;  // cpp/src/gemm_scan.h: float32 or bf16 tile products
 
@@ -284,13 +286,26 @@ class IvfIndex final : public Index {
         double captured = 0.0;
         std::vector<float> basis;      // [dims, dim]
         std::vector<float> centroids;  // [nlist, dims]
-        std::vector<AlignedVector<float>> rows, norms;  // per list: [size, dims]; [size] under L2
+        std::vector<size_t> offsets;   // [nlist + 1]: list l's rows are rows[offsets[l], offsets[l + 1])
+        AlignedVector<float> rows, norms;  // [size(), dims] list after list; [size()] under L2
+        uintptr_t rows_base = 0;  // where row 0 of the lists' own rows would lie when they lie
+                                  // list after list in one array (adopted), else 0
         std::unique_ptr<IvfCodec> codec;  // float32 of dims: scans the projected lists
         size_t projected = ~size_t{0};    // size() when the lists were projected
     };
     const FirstPass& first_pass(int threads) const;
-    // out [nq, dims] = queries [nq, dim] projected onto the first pass's basis.
-    void project_queries(const FirstPass& first, size_t nq, const float* queries, float* out, int threads) const;
+    // Whether the setting asks for a first pass of an index (or training sample) of this many rows.
+    bool first_pass_applies(size_t rows) const;
+    // Fits the basis on rows [n, dim] into first_pass_ (its mutex held, or the exclusive lock).
+    void fit_first_pass(size_t n, const float* rows, int threads) const;
+    // train's k-means in the first pass's subspace, fitted on the training sample (the
+    // centroids then the means of their members' full rows): false when none applies.
+    bool train_in_first_pass(size_t sample, const float* train_x, size_t nlist, const KMeansParams& kp,
+                             KMeansResult& km);
+    // queries [nq, dim] projected onto the first pass's basis [nq, dims]: the lists' own
+    // projected rows when the queries are those rows in place, else computed into scratch.
+    const float* project_queries(const FirstPass& first, size_t nq, const float* queries,
+                                 AlignedVector<float>& scratch, int threads) const;
     size_t first_pass_setting_ = 0;
     mutable FirstPass first_pass_;
     mutable std::mutex first_pass_mutex_;
