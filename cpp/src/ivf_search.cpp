@@ -66,6 +66,28 @@ void IvfIndex::search_ladder(size_t nq, const float* queries, size_t k, const si
     p.exact_proven = proven;
     p.threads = threads;
     search(nq, queries, k, out_ids, out_distances, p);
+    if (proven == nullptr || first_pass_dims() == 0) return;
+    // The first pass proves most exact answers (its lower bounds); the others are searched
+    // again in full, here, as an exact scan of the lists proves them.
+    std::vector<size_t> doubtful;
+    for (size_t q = 0; q < nq; ++q) {
+        if (!proven[q]) doubtful.push_back(q);
+    }
+    if (doubtful.empty()) return;
+    const size_t m = doubtful.size();
+    std::vector<float> again(m * dim_);
+    for (size_t i = 0; i < m; ++i) std::memcpy(&again[i * dim_], queries + doubtful[i] * dim_, dim_ * sizeof(float));
+    std::vector<int64_t> ids(answers * m * k);
+    std::vector<float> distances(answers * m * k);
+    std::vector<uint8_t> proofs(m, 1);
+    p.exact_proven = proofs.data();
+    p.first_pass = false;
+    search(m, again.data(), k, ids.data(), distances.data(), p);
+    for (size_t i = 0; i < m; ++i) {  // its exact answer only: the ladder's stay the first pass's
+        std::copy_n(ids.data() + (count * m + i) * k, k, out_ids + (count * nq + doubtful[i]) * k);
+        std::copy_n(distances.data() + (count * m + i) * k, k, out_distances + (count * nq + doubtful[i]) * k);
+        proven[doubtful[i]] = proofs[i];
+    }
 }
 
 void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
@@ -89,9 +111,9 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     // its proof reads the lists' rows as float32 (list_extents)
     SPARKNN_THROW_IF_NOT(params.exact_proven == nullptr || params_.storage == Storage::Float32, InvalidArgument,
                          "an exact answer from the lists needs float32 storage");
-    if (params.exact_proven != nullptr) {  // its deep selections (kExactCandidatesPerK k each) in a bounded batch
-        const size_t per_query = static_cast<size_t>(resolve_threads(params.threads)) * 2 * sizeof(TopK::Entry) *
-                                 std::min(kExactCandidatesPerK * k, kMaxExactCandidates);
+    if (params.exact_proven != nullptr) {  // its deep selections (exact_candidates each) in a bounded batch
+        const size_t per_query =
+            static_cast<size_t>(resolve_threads(params.threads)) * 2 * sizeof(TopK::Entry) * exact_candidates(k);
         batch = std::clamp<size_t>(kRankHeapsBytes / per_query, 64, batch);
     }
     if (params.lists != nullptr) {
@@ -115,7 +137,8 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
             probes = computed.data();
         }
         search_batch(m, queries + q0 * dim_, k, nprobe, probes, out_ids + q0 * k, out_distances + q0 * k,
-                     params.threads, ends, nends, nq * k, params.exact_proven ? params.exact_proven + q0 : nullptr);
+                     params.threads, ends, nends, nq * k, params.exact_proven ? params.exact_proven + q0 : nullptr,
+                     params.first_pass);
         for (size_t q : short_rows(m, nprobe, probes, need, nullptr)) short_rows_all.push_back(q0 + q);
     }
     if (short_rows_all.empty()) return;
@@ -137,7 +160,8 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
             std::memcpy(&gathered[i * dim_], queries + short_rows_all[row] * dim_, dim_ * sizeof(float));
             std::copy_n(wide.lists.data() + wide.offsets[row], width, lists.data() + i * width);
         }
-        search_batch(m, gathered.data(), k, width, lists.data(), ids.data(), dist.data(), params.threads);
+        search_batch(m, gathered.data(), k, width, lists.data(), ids.data(), dist.data(), params.threads, nullptr, 0,
+                     0, nullptr, params.first_pass);
         for (size_t i = 0; i < m; ++i) {
             const size_t q = short_rows_all[order[g0 + i]];
             std::copy_n(ids.data() + i * k, k, out_ids + q * k);
@@ -237,16 +261,20 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
 
 void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t nprobe, const int64_t* probes,
                             int64_t* out_ids, float* out_distances, int threads, const size_t* ends, size_t nends,
-                            size_t out_stride, uint8_t* proven) const {
+                            size_t out_stride, uint8_t* proven, bool allow_first_pass) const {
     const size_t workers = static_cast<size_t>(resolve_threads(threads));
     // Re-rank after an approximate scan: codes (sq8, pq) or bf16 tiles (float32). A float32
     // sgemm scan asked to re-rank (rerank > 0) is too: sgemm rounds a product differently by
     // the row's place in the matrix, so its distances (and near ties' order) would depend on
     // which queries share a batch, and a retried Spark task could answer otherwise.
     const TileProducts products = tile_products();
-    // The projected first pass (set_first_pass_dims), never for an exact answer: its scan
-    // distances are those of the queries and rows projected (scan_queries), re-ranked after.
-    const FirstPass* first = proven == nullptr && first_pass_setting_ != 0 ? &first_pass(threads) : nullptr;
+    // The projected first pass (set_first_pass_dims): its scan distances are those of the
+    // queries and rows projected (scan_queries), re-ranked after. Under L2 and cosine they are
+    // lower bounds of the exact ones (a projection shortens every difference), which is what
+    // an exact answer's proof needs of them (inner product has no such bound: scanned in full).
+    const bool first_here =
+        allow_first_pass && first_pass_setting_ != 0 && (proven == nullptr || metric_ != Metric::InnerProduct);
+    const FirstPass* first = first_here ? &first_pass(threads) : nullptr;
     if (first != nullptr && first->dims == 0) first = nullptr;
     AlignedVector<float> projected;
     const float* scan_queries = first ? project_queries(*first, nq, queries, projected, threads) : queries;
@@ -257,12 +285,25 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // answers take the best `candidates` of them: what search keeps) and proves
     // itself against the scan's error bound.
     const bool deep = proven != nullptr && approximate;
-    const size_t kept = deep ? std::max(candidates, std::min(kExactCandidatesPerK * k, kMaxExactCandidates)) : candidates;
+    const size_t kept = deep ? std::max(candidates, exact_candidates(k)) : candidates;
     // An exact answer (proven asked for, bf16 or float32 scan) skips the lists that cannot
-    // hold a neighbour, allowing for how far a scan distance may be from the exact one.
-    const bool prune = proven != nullptr && nprobe > kRankHeapsTop;  // lists past the nearest 16 can be skipped
-    const std::vector<float> error_bound =
-        deep || prune ? scan_error_bounds(nq, queries, products, threads) : std::vector<float>{};
+    // hold a neighbour, allowing for how far a scan distance may be from the exact one. The
+    // first pass scans them all instead: in its subspace that is dims / dim of the work, and
+    // its deep selections hold lower bounds, not a k-th a list could be judged by.
+    const bool prune = proven != nullptr && nprobe > kRankHeapsTop && first == nullptr;
+    std::vector<float> error_bound = deep || prune ? scan_error_bounds(nq, queries, first ? TileProducts::Float32 : products,
+                                                                       threads)
+                                                   : std::vector<float>{};
+    // The first pass's exact answer compares its k-th (cosine: as an L2 distance of unit
+    // vectors, twice it) with scan distances in the subspace. Its bound (float32 sgemm at the
+    // full dim, and at the full norms and radii, which the projection only shortens) is
+    // doubled for the rounding of the projection itself (a float basis, orthonormal within
+    // 1e-6), and the k-th taken 1e-5 larger.
+    const double to_scan = first != nullptr && metric_ == Metric::Cosine ? 2.0 : 1.0;
+    if (first != nullptr) {
+        for (float& b : error_bound) b *= 2.0f;
+    }
+    const auto as_scan = [&](double kth) { return first != nullptr ? to_scan * kth * (1.0 + 1e-5) : kth; };
     // per query, the least lower bound of a list the exact answer skipped (infinity: none)
     std::vector<double> least_skipped(proven != nullptr ? nq : 0, std::numeric_limits<double>::infinity());
     if (rerank && !params_.keeps_float_copies()) index_places();  // the re-rank reads float32 rows from the lists
@@ -314,8 +355,13 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     const bool full = all.size() >= kept;
                     float worst = -std::numeric_limits<float>::infinity();
                     for (const TopK::Entry& entry : all) worst = std::max(worst, entry.first);
-                    answer(q, h, ids + out_stride, distances + out_stride);
-                    const float kth = distances[out_stride + q * k + k - 1];
+                    if (first != nullptr) {  // nearest first, only those that may beat the k-th
+                        rerank_candidates(queries + q * dim_, h, k, ids + out_stride + q * k,
+                                          distances + out_stride + q * k, error_bound[q], to_scan);
+                    } else {
+                        answer(q, h, ids + out_stride, distances + out_stride);
+                    }
+                    const double kth = as_scan(distances[out_stride + q * k + k - 1]);
                     // ... and every list skipped unscanned is farther than the k-th
                     const bool skipped_farther = std::isinf(least_skipped[q]) || kth < least_skipped[q];
                     proven[q] = (!full || kth < worst - error_bound[q]) && skipped_farther;
@@ -476,10 +522,21 @@ std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, 
     return bound;
 }
 
+size_t IvfIndex::exact_candidates(size_t k) const {
+    const bool lower_bounds = first_pass_setting_ != 0 && metric_ != Metric::InnerProduct;
+    return lower_bounds ? kFirstPassExactCandidates : std::min(kExactCandidatesPerK * k, kMaxExactCandidates);
+}
+
 void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,
-                                 float* out_distances) const {
+                                 float* out_distances, double stop_slack, double to_scan) const {
     const DistanceKernels& kern = kernels();
-    const std::vector<TopK::Entry>& entries = candidates.entries();
+    const bool stop = stop_slack >= 0.0;
+    std::vector<TopK::Entry> sorted;
+    if (stop) {  // nearest first by scan distance, which bounds the exact one from below
+        sorted = candidates.entries();
+        std::sort(sorted.begin(), sorted.end());
+    }
+    const std::vector<TopK::Entry>& entries = stop ? sorted : candidates.entries();
     auto row_of = [&](size_t i) -> const float* {
         const size_t label = static_cast<size_t>(entries[i].second);
         if (params_.keeps_float_copies()) return rerank_vectors_.data() + label * dim_;
@@ -505,6 +562,12 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
     exact.order_ties_by(ids_.data());
     fetch(0, group[0]);
     for (size_t i = 0, g = 0; i < n; i += 4, g ^= 1) {
+        if (stop && i >= k) {  // the rest lie beyond the exact k-th: none can enter
+            const double kth = static_cast<double>(exact.tighten());
+            if (std::isfinite(kth) && static_cast<double>(entries[i].first) - stop_slack > to_scan * kth * (1.0 + 1e-5)) {
+                break;
+            }
+        }
         fetch(i + 4, group[g ^ 1]);
         if (i + 4 <= n) {
             float raw[4];

@@ -174,6 +174,53 @@ TEST(IvfFirstPass, TrainsInTheSubspaceWhenSetFirst) {
     EXPECT_GE(recall(ids, truth, k), full - 0.02);
 }
 
+// The exact answer of recall tuning's scan (search_ladder_and_exact) through the first pass:
+// every query it proves is the brute-force answer, most are proven, and its ladder is the
+// first pass's search at each nprobe.
+TEST(IvfFirstPass, ProvenExactAnswersAreBruteForcesAndTheLadderIsTheSearch) {
+    const size_t n = 6000, dim = 256, k = 10, nq = 150;
+    for (Metric metric : {Metric::L2, Metric::Cosine, Metric::InnerProduct}) {
+        std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 7);
+        if (metric == Metric::Cosine) test::normalise_rows(x, dim);
+        const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
+        const auto truth = naive_knn(metric, base, queries, dim, k);
+        IvfIndex ivf(dim, metric, first_pass_params());
+        ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+        ivf.add(n, base.data(), nullptr);
+        ASSERT_GT(ivf.first_pass_in_use().first, 0u);
+        const size_t nprobes[] = {1, 2, 4, 32};
+        std::vector<int64_t> ids(5 * nq * k);
+        std::vector<float> d(5 * nq * k);
+        std::vector<uint8_t> proven(nq);
+        ivf.search_ladder_and_exact(nq, queries.data(), k, nprobes, 4, ids.data(), d.data(), proven.data());
+        size_t proofs = 0;
+        for (size_t q = 0; q < nq; ++q) {
+            if (!proven[q]) continue;
+            ++proofs;
+            for (size_t j = 0; j < k; ++j) {  // the exact answer: 5th of the [5, nq, k] answers
+                EXPECT_EQ(ids[4 * nq * k + q * k + j], truth[q][j].second) << metric_name(metric) << " query " << q;
+                EXPECT_NEAR(d[4 * nq * k + q * k + j], truth[q][j].first, 1e-4 * (1 + std::abs(truth[q][j].first)));
+            }
+        }
+        if (metric == Metric::InnerProduct) {
+            // no lower bounds: its exact answer scanned every list in full, proven as without the first pass
+            EXPECT_EQ(proofs, nq);
+        } else {
+            EXPECT_GE(proofs, nq * 9 / 10) << metric_name(metric);
+        }
+        for (size_t e = 0; e < 3; ++e) {  // the ladder: the first pass's search at each value
+            std::vector<int64_t> want(nq * k);
+            std::vector<float> want_d(nq * k);
+            SearchParams p;
+            p.nprobe = nprobes[e];
+            p.widen = false;
+            ivf.search(nq, queries.data(), k, want.data(), want_d.data(), p);
+            EXPECT_EQ(std::vector<int64_t>(ids.begin() + e * nq * k, ids.begin() + (e + 1) * nq * k), want)
+                << metric_name(metric) << " nprobe " << nprobes[e];
+        }
+    }
+}
+
 TEST(IvfFirstPass, AutoDeclinesShortVectorsAndSmallIndexesExplicitDimsDoNot) {
     const size_t dim = 64;
     const std::vector<float> x = low_rank(5000, dim, 6, 0.05f, 4);

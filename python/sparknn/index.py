@@ -709,7 +709,6 @@ class Index:
         # (up to ONE_SCAN_MAX_NLIST lists: each query's lists all ranked at once)
         one_scan = self.kind == "ivf" and self.storage == "float32" and nlist <= tuning.ONE_SCAN_MAX_NLIST
         answered: dict[int, np.ndarray] = {}  # the one scan's ladder: nprobe -> ids [sample so far, kk]
-        projected = one_scan and self.first_pass_in_use(threads)[0] > 0
 
         def truth_and_ladder(sel: np.ndarray) -> np.ndarray:
             """The exact answers of ``sel``; ``answered`` gets the ladder's, after those of the
@@ -719,9 +718,8 @@ class Index:
             got, _, proven = ivf.search_ladder_and_exact(q[sel], kk + own, values, _call_threads(threads))
             if own:
                 got = [tuning.drop_own(g, own_ids[sel], kk) for g in got]
-            # not nlist's answer (got[-2]): the scan skipped lists that cannot hold a neighbour;
-            # nor any, with the projected first pass on: the exact scan does not take it
-            for value, found in zip(values[:-1], got[:-2] if not projected else []):
+            # not nlist's answer (got[-2]): the scan skipped lists that cannot hold a neighbour
+            for value, found in zip(values[:-1], got[:-2]):
                 answered[value] = np.concatenate([answered[value], found]) if value in answered else found
             truth = np.array(got[-1])
             doubtful = np.flatnonzero(proven == 0)

@@ -54,6 +54,8 @@ struct SearchParams {
     // also the exact answer, after the ends' (out row nprobe_ends_count), and
     // here [nq] whether each query's is proven exact.
     uint8_t* exact_proven = nullptr;
+    // ivf: false scans every dimension even where IvfIndex::set_first_pass_dims set a first pass.
+    bool first_pass = true;
     // Threads for this call: 0 = all available cores, -1 = the index's
     // threads(). Concurrent callers that want different counts pass them here
     // rather than setting the shared index's threads.
