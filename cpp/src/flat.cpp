@@ -5,6 +5,7 @@
 #include <mutex>
 #include <vector>
 
+#include "blas.h"
 #include "gemm_scan.h"
 #include "tile_bf16.h"
 #include "sparknn/error.h"
@@ -104,10 +105,55 @@ void FlatIndex::compute_norms(size_t begin, size_t end, int threads) {
     });
 }
 
+void FlatIndex::set_projected_first_pass(const float* basis, size_t dims, size_t extra) {
+    SPARKNN_CHECK_ARG(dims < dim_, "set_projected_first_pass: dims ", dims, " must be below dim=", dim_);
+    projected_.reset();
+    basis_.clear();
+    if (dims == 0 || store_.f32() == nullptr) return;
+    const size_t n = size();
+    basis_.assign(basis, basis + dims * dim_);
+    std::vector<float> rows(n * dims);
+    gemm_abt(static_cast<int>(n), static_cast<int>(dims), static_cast<int>(dim_), store_.f32(), basis_.data(),
+             rows.data());
+    projected_ = std::make_unique<FlatIndex>(dims, metric_ == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2);
+    projected_->add(n, rows.data(), nullptr);
+    projected_extra_ = extra;
+}
+
 void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                             const SearchParams& params) const {
     const size_t n = size();
     const int threads = resolve_threads(params.threads);
+    if (projected_ != nullptr && projected_->size() == n) {
+        // The best k + extra in the subspace, then measured exactly (ties by id, as below).
+        const size_t dims = projected_->dim(), kept = std::min(n, k + projected_extra_);
+        std::vector<float> projected(nq * dims);
+        parallel_for(nq, 1024, threads, [&](size_t b, size_t e, int) {
+            gemm_abt(static_cast<int>(e - b), static_cast<int>(dims), static_cast<int>(dim_), queries + b * dim_,
+                     basis_.data(), projected.data() + b * dims);
+        });
+        std::vector<int64_t> labels(nq * kept);
+        std::vector<float> scanned(nq * kept);
+        SearchParams inner;
+        inner.threads = threads;
+        projected_->search(nq, projected.data(), kept, labels.data(), scanned.data(), inner);
+        const DistanceKernels& kern = kernels();
+        parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
+            for (size_t q = b; q < e; ++q) {
+                TopK exact(k);
+                exact.order_ties_by(ids_.data());
+                for (size_t j = 0; j < kept; ++j) {
+                    const int64_t label = labels[q * kept + j];  // the inner index's ids are its labels
+                    if (label < 0) continue;
+                    exact.push(distance(metric_, kern, queries + q * dim_, store_.f32() + size_t(label) * dim_, dim_),
+                               label);
+                }
+                exact.write_sorted(out_ids + q * k, out_distances + q * k,
+                                   [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+            }
+        });
+        return;
+    }
     // L2 rows far from the origin are searched less their mean (centre_on_mean). A bf16
     // first pass takes the mean as its tiles' centre too (a data set far from the origin
     // keeps its differences in bf16 only as residuals); its candidates are then re-ranked.

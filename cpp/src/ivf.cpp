@@ -162,9 +162,13 @@ void IvfIndex::train_on_sample(size_t sample, const float* train_x, size_t nlist
     kp.threads = threads();
     kp.bf16_first_pass = tile_products() == TileProducts::Bf16;
     KMeansResult km;
-    if (!train_in_first_pass(sample, train_x, nlist, kp, km)) km = kmeans(train_x, sample, dim_, nlist, kp);
+    const bool in_subspace = train_in_first_pass(sample, train_x, nlist, kp, km);
+    if (!in_subspace) km = kmeans(train_x, sample, dim_, nlist, kp);
 
     auto quantizer = make_quantizer(nlist, km.centroids.data());
+    if (in_subspace) {  // lists assigned in the subspace too: each vector's nprobe + 8 nearest there, measured exactly
+        quantizer->set_projected_first_pass(first_pass_.basis.data(), first_pass_.dims, kQuantizerProjectedExtra);
+    }
     codec_->train(sample, train_x, *quantizer, km.centroids.data(), params_.seed, params_.kmeans_iterations, threads());
     params_.nlist = nlist;
     quantizer_ = std::move(quantizer);

@@ -47,6 +47,7 @@ void IvfIndex::set_first_pass_dims(size_t dims) {
     std::lock_guard<std::mutex> guard(first_pass_mutex_);
     first_pass_setting_ = dims;
     first_pass_ = FirstPass{};
+    if (quantizer_) quantizer_->set_projected_first_pass(nullptr, 0, 0);  // its basis is gone with the rest
 }
 
 size_t IvfIndex::first_pass_dims() const {

@@ -112,8 +112,10 @@ void IvfIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* o
     SPARKNN_THROW_IF_NOT(params.exact_proven == nullptr || params_.storage == Storage::Float32, InvalidArgument,
                          "an exact answer from the lists needs float32 storage");
     if (params.exact_proven != nullptr) {  // its deep selections (exact_candidates each) in a bounded batch
-        const size_t per_query =
-            static_cast<size_t>(resolve_threads(params.threads)) * 2 * sizeof(TopK::Entry) * exact_candidates(k);
+        const bool lower_bounds = params.first_pass && first_pass_setting_ != 0 && metric_ != Metric::InnerProduct &&
+                                  first_pass(params.threads).dims > 0;
+        const size_t per_query = static_cast<size_t>(resolve_threads(params.threads)) * 2 * sizeof(TopK::Entry) *
+                                 exact_candidates(k, lower_bounds);
         batch = std::clamp<size_t>(kRankHeapsBytes / per_query, 64, batch);
     }
     if (params.lists != nullptr) {
@@ -285,7 +287,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // answers take the best `candidates` of them: what search keeps) and proves
     // itself against the scan's error bound.
     const bool deep = proven != nullptr && approximate;
-    const size_t kept = deep ? std::max(candidates, exact_candidates(k)) : candidates;
+    const size_t kept = deep ? std::max(candidates, exact_candidates(k, first != nullptr)) : candidates;
     // An exact answer (proven asked for, bf16 or float32 scan) skips the lists that cannot
     // hold a neighbour, allowing for how far a scan distance may be from the exact one. The
     // first pass scans them all instead: in its subspace that is dims / dim of the work, and
@@ -522,8 +524,7 @@ std::vector<float> IvfIndex::scan_error_bounds(size_t nq, const float* queries, 
     return bound;
 }
 
-size_t IvfIndex::exact_candidates(size_t k) const {
-    const bool lower_bounds = first_pass_setting_ != 0 && metric_ != Metric::InnerProduct;
+size_t IvfIndex::exact_candidates(size_t k, bool lower_bounds) {
     return lower_bounds ? kFirstPassExactCandidates : std::min(kExactCandidatesPerK * k, kMaxExactCandidates);
 }
 

@@ -14,9 +14,11 @@ namespace sparknn {
 namespace {
 
 // Subspace iterations: each multiplies the energy ratio of a direction outside the
-// top max_dims to one inside by (lambda_out / lambda_in); 8 leave the chosen dims'
-// share within 1e-3 of the true eigenvectors' on Fashion-MNIST (checked in the tests).
-constexpr int kIterations = 8;
+// top max_dims to one inside by (lambda_out / lambda_in); 5 leave Fashion-MNIST's chosen 96
+// dimensions holding 0.910 of the variance, where the sample's exact eigenvectors hold 0.911
+// (numpy's eigh); 8 took 0.07 s more for the same. The share reported is always that of the
+// basis returned (its Rayleigh quotients), however far the iteration got.
+constexpr int kIterations = 5;
 
 // Makes the rows of q [m, dim] orthonormal in place: modified Gram-Schmidt in float
 // (SIMD dot products; the iteration converges through rounding, and the last call's basis

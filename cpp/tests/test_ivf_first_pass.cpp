@@ -10,6 +10,7 @@
 
 #include "principal_basis.h"
 #include "sparknn/error.h"
+#include "sparknn/flat.h"
 #include "sparknn/ivf.h"
 #include "test_util.h"
 
@@ -98,6 +99,35 @@ TEST(PrincipalBasis, DeclinesIsotropicDataAndDegenerateSamples) {
     ASSERT_EQ(b.dims, 8u);
     EXPECT_NEAR(b.captured, 1.0, 1e-4);
     EXPECT_THROW(principal_basis(flat.data(), 200, 16, true, 16, 0.0, 1, 1, 1), InvalidArgument);
+}
+
+// The quantizer's first pass (FlatIndex::set_projected_first_pass): k + extra candidates in
+// the subspace, measured exactly.
+TEST(FlatProjectedFirstPass, FindsTheNearestRowsWithExactDistances) {
+    const size_t n = 300, dim = 128, nq = 500, k = 4;
+    const std::vector<float> rows = low_rank(n, dim, 8, 0.5f, 8), queries = low_rank(nq, dim, 8, 0.5f, 9);
+    const PrincipalBasis b = principal_basis(rows.data(), n, dim, true, 16, 0.0, 1, 3, 1);
+    FlatIndex flat(dim, Metric::L2), projected(dim, Metric::L2);
+    flat.add(n, rows.data(), nullptr);
+    projected.add(n, rows.data(), nullptr);
+    projected.set_projected_first_pass(b.basis.data(), b.dims, 8);
+    std::vector<int64_t> want(nq * k), got(nq * k);
+    std::vector<float> want_d(nq * k), got_d(nq * k);
+    flat.search(nq, queries.data(), k, want.data(), want_d.data());
+    projected.search(nq, queries.data(), k, got.data(), got_d.data());
+    size_t same = 0;
+    for (size_t i = 0; i < nq * k; ++i) same += got[i] == want[i];
+    EXPECT_GE(same, nq * k * 99 / 100);
+    for (size_t q = 0; q < nq; ++q) {
+        for (size_t j = 0; j < k; ++j) {
+            const double ref = test::ref_distance(Metric::L2, &queries[q * dim], &rows[size_t(got[q * k + j]) * dim], dim);
+            EXPECT_NEAR(got_d[q * k + j], ref, 1e-4 * (1 + ref));
+        }
+    }
+    projected.set_projected_first_pass(nullptr, 0, 0);  // off: the exact search's answers
+    projected.search(nq, queries.data(), k, got.data(), got_d.data());
+    EXPECT_EQ(got, want);
+    EXPECT_THROW(projected.set_projected_first_pass(b.basis.data(), dim, 8), InvalidArgument);
 }
 
 IvfParams first_pass_params(size_t rerank = 2) {

@@ -96,6 +96,8 @@ class RowBlock:
 
 class IvfIndex(Index):
     nprobe: int
+    first_pass_dims: int  # -1: auto
+    def first_pass_in_use(self, threads: int = -1) -> tuple[int, float]: ...
     @property
     def is_trained(self) -> bool: ...
     def adopt_rows(

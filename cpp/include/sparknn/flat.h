@@ -29,6 +29,11 @@ class FlatIndex final : public Index {
     // best k + extra candidates measured exactly in float32 (the answer and its
     // distances). Only on CPUs with bf16 tiles and float32 rows; 0 (the default): off.
     void set_bf16_first_pass(size_t extra) { bf16_extra_ = extra; }
+    // The same through a projection instead (the IVF first pass: ivf.h): rows and queries
+    // projected onto basis [dims, dim] (orthonormal rows), each query's best k + extra
+    // candidates there measured exactly. Replaces the rows' projection; dims = 0: off.
+    // Not synchronised: set before the searches (IvfIndex sets it on its quantizer at train).
+    void set_projected_first_pass(const float* basis, size_t dims, size_t extra);
 
   protected:
     void add_impl(size_t n, const float* vectors) override;
@@ -50,6 +55,11 @@ class FlatIndex final : public Index {
     bool centre_on_mean(std::vector<float>& mean) const;
 
     size_t bf16_extra_ = 0;          // set_bf16_first_pass
+    // set_projected_first_pass: the basis [dims, dim], the rows projected (an index of dims:
+    // L2 under L2 and cosine, else inner product), the candidates beyond k
+    std::vector<float> basis_;
+    std::unique_ptr<FlatIndex> projected_;
+    size_t projected_extra_ = 0;
     VectorStore store_;              // [n, dim] (unit rows under cosine)
     AlignedVector<float> sq_norms_;  // [n], L2 only: |x|^2 of the stored rows, recomputed on load
     std::vector<double> sums_;       // [dim], L2 only: the stored rows summed, recomputed on load

@@ -207,6 +207,7 @@ class IvfIndex final : public Index {
     // The coarse quantizer over nlist centroids [nlist, dim] (train and load).
     std::unique_ptr<FlatIndex> make_quantizer(size_t nlist, const float* centroids) const;
     static constexpr size_t kQuantizerExtra = 4;  // a bf16 quantizer pass's candidates beyond nprobe
+    static constexpr size_t kQuantizerProjectedExtra = 8;  // the first pass's (trained in its subspace)
     // nlist as set, or the default for n vectors; checks n >= nlist.
     size_t training_nlist(size_t n) const;
     // The k-means sample of rows [n, dim] (train_size, else the default for nlist), copied;
@@ -243,11 +244,11 @@ class IvfIndex final : public Index {
     // once they lie beyond the exact k-th.
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances,
                            double stop_slack = -1.0, double to_scan = 1.0) const;
-    // The candidates an exact answer from an approximate scan keeps per query: the first
-    // pass's lower bounds keep kFirstPassExactCandidates and re-rank only those below the
+    // The candidates an exact answer from an approximate scan keeps per query (lower_bounds:
+    // the first pass's scan, under L2 or cosine): the first pass's lower bounds keep kFirstPassExactCandidates and re-rank only those below the
     // exact k-th (on Fashion-MNIST at 96 of 784 dimensions, 200 for the median query; 1024
     // proved 97% of a 1000-query sample, searched again in full otherwise: search_ladder).
-    size_t exact_candidates(size_t k) const;
+    static size_t exact_candidates(size_t k, bool lower_bounds);
     static constexpr size_t kFirstPassExactCandidates = 1024;
     // probes: the batch's lists [nq, nprobe]. ends (ascending, the last nprobe;
     // null: {nprobe}): the answer after each query's first ends[e] lists goes
