@@ -151,6 +151,14 @@ PrincipalBasis principal_basis(const float* rows, size_t n, size_t dim, bool cen
     double total = 0.0;
     for (size_t t = 0; t < dim; ++t) total += cov[t * dim + t];
     if (!(total > 0.0) || !std::isfinite(total)) return out;  // every row the same (or not finite)
+    // No max_dims directions can hold more than sqrt(max_dims sum(lambda^2)) / sum(lambda) of the
+    // energy (Cauchy-Schwarz over the top eigenvalues; sum(lambda^2) = |C|_F^2): isotropic data
+    // (a share near sqrt(max_dims / dim)) is declined before the iteration.
+    if (min_share > 0.0) {
+        double frobenius = 0.0;
+        for (const float c : cov) frobenius += double(c) * c;
+        if (std::sqrt(double(max_dims) * frobenius) < min_share * total) return out;
+    }
 
     // Subspace iteration: Q <- orth(Q C), from a random start.
     const size_t m = max_dims;

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparknn.arrow import integer_values
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import Index, IndexSpec, RowBlock
 
@@ -41,7 +42,8 @@ def engine_ids(ids: pa.Array) -> np.ndarray | None:
         lowest, highest = (v.as_py() for v in pc.min_max(ids).values())
     if not stores_own_ids(ids.type, lowest, highest):
         return None
-    return ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    values = integer_values(ids) if not ids.null_count else ids.to_numpy(zero_copy_only=False)
+    return values.astype(np.int64, copy=False)
 
 
 def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: IndexSpec, *,

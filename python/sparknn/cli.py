@@ -147,7 +147,8 @@ def _cmd_similar(args) -> int:
         result = jobs.similar(args.input, args.output, id_col=args.id_col, vector_col=args.vector_col, k=args.k,
                               spec=_spec(args), fmt=args.format, overwrite=args.overwrite,
                               progress=Progress(not args.quiet), group_col=args.group_col,
-                              recall=_recall_target(args), first_pass=args.first_pass)
+                              recall=_recall_target(args),
+                              first_pass="auto" if args.first_pass is None else args.first_pass)
     where = f"Spark {args.spark}" if args.spark else "in-process"
     _say(args, f"wrote {args.output} ({args.format}): {result.rows:,} items, {result.neighbors} neighbours each "
                f"({args.index}, {args.metric}, {where}) {_timing(time.perf_counter() - start, result, args.startup)}")
@@ -250,6 +251,9 @@ def _similar_on_spark(args) -> jobs.Result:
     """
     check_format(args.format)
     jobs.check_id_col(args.id_col)
+    if args.first_pass is not None:
+        raise UsageError("--first-pass applies to the in-process job only (Spark searches every dimension): drop it "
+                         "or drop --spark")
     check_destination(args.output, args.overwrite)
     check_separate([("output", args.output)], [("input", args.input)])
     # Schema, types and row count are checked from the files' metadata before a JVM starts.
@@ -396,10 +400,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="ivf/hnsw: instead of --nprobe/--ef-search, the least that reaches recall@k R (0 < R <= 1), "
                    "measured against exact search on 1000 sampled items after the build; the choice is reported "
                    "(default: 0.95 unless --nprobe or --ef-search is given)")
-    p.add_argument("--first-pass", type=_first_pass, default="auto", metavar="DIMS",
+    p.add_argument("--first-pass", type=_first_pass, default=None, metavar="DIMS",
                    help="ivf with float32 lists: scan in the principal subspace of this many dimensions and "
                         "re-rank exactly; auto (default): the least multiple of 16 up to dim/4 holding 90%% of the "
-                        "variance, off when none does or dim < 256; off: scan every dimension")
+                        "variance, off when none does or dim < 256; off: scan every dimension (in-process only)")
     p.add_argument("--spark", metavar="MASTER",
                    help="run on Spark, e.g. local[*], spark://host:7077 or sc://host:15002 (Spark Connect)")
     p.add_argument("--group-col", default=None, metavar="COLUMN",

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sparknn.arrow import PARQUET_READ, decoding_memory, vectors_to_numpy
+from sparknn.arrow import PARQUET_READ, decoding_memory, integer_values, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import RowBlock
 from sparknn.machine import available_memory, usable_cores
@@ -480,7 +480,7 @@ def _has_duplicates(ids: pa.Array) -> bool:
     seen in one pass, others sorted; a hash table's fresh memory cost more (pc.unique of 70k ids:
     0.02-0.19 s on a first call against numpy's 3 ms; 10M: 0.9-6.6 s against 1.0 s)."""
     if pa.types.is_integer(ids.type):
-        values = ids.to_numpy()
+        values = integer_values(ids)
         if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
             return False
         ordered = np.sort(values)

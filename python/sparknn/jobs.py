@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sparknn._core import ivf_default_train_size
-from sparknn.arrow import neighbors_array, neighbors_type
+from sparknn.arrow import neighbors_array, neighbors_type, primitive_array
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn import grouped
 from sparknn.builder import build_streaming, engine_ids
@@ -201,7 +201,10 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
             neighbors = neighbors_array(found, dist, id_values=item_ids, exclude=own, k=k)
             if item_ids is None:
                 neighbors = _map_back(neighbors, item_id_type)
-            ids = query_ids.slice(first, len(x)) if isinstance(sel, slice) else query_ids.take(pa.array(sel))
+            if isinstance(sel, slice):
+                ids = query_ids.slice(first, len(x))
+            else:
+                ids = query_ids.take(primitive_array(sel, pa.int64()))
             out = pa.RecordBatch.from_arrays([ids, neighbors], schema=schema)
             timings.add("search", time.perf_counter() - t0)
             yield out
@@ -313,7 +316,8 @@ def use_first_pass(index: Index, setting, timings: Timings) -> tuple[int, int, f
     """Turns on ``index``'s projected first pass (``Index.first_pass_dims``: ``"auto"``, a count, or
     0 / ``"off"``) when it can take one (ivf, float32 lists re-ranked), and fits it now (timed as
     "projection"). Returns (dims, of dim, variance share) when a search will use it, else None."""
-    off = setting is None or (isinstance(setting, str) and setting.lower() == "off") or setting == 0
+    setting = setting.lower() if isinstance(setting, str) else setting
+    off = setting is None or setting == "off" or setting == 0
     if off or index.kind != "ivf" or index.storage != "float32" or not index.params["rerank"]:
         return None
     if index.first_pass_dims != setting:  # else set at creation (IndexSpec.first_pass_dims): trained in it
@@ -352,7 +356,8 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     if group_col is not None:
         return _similar_in_groups(input_path, output, id_col, vector_col, group_col, k, spec, fmt, overwrite,
                                   progress, timings, recall)
-    if spec.kind == "ivf" and spec.storage == "float32" and spec.rerank and first_pass not in (None, 0, "off"):
+    if (spec.kind == "ivf" and spec.storage == "float32" and spec.rerank
+            and not (first_pass is None or first_pass == 0 or str(first_pass).lower() == "off")):
         spec = spec.replace(first_pass_dims=first_pass)  # from the index's creation: k-means in the subspace
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
                                                      self_join=True)

@@ -55,6 +55,20 @@ def test_start_loads_neither_pandas_nor_pyarrow_dataset(items_file):
     assert proc.stdout.split("\n")[:2] == ["[]", "[]"], "loaded at start, then by opening a file"
 
 
+def test_similar_in_process_never_loads_pandas(items_file, tmp_path):
+    """The whole `sparknn similar` (ivf, Parquet out) passes its arrays between Arrow and numpy
+    through their buffers: the first Array.to_numpy or pa.array(ndarray) of a process imports
+    pandas, 0.35-0.5 s of a Fashion-MNIST job."""
+    out = str(tmp_path / "out.parquet")
+    script = ("import sys; from sparknn import cli; "
+              f"code = cli.main(['similar', {items_file!r}, '-o', {out!r}, '-k', '5', '-q']); "
+              "print(code, sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 []"
+    assert pq.read_table(out).num_rows == pq.read_table(items_file).num_rows
+
+
 def test_first_commands_as_a_user_runs_them(tmp_path):
     """`sparknn example` then `sparknn similar`: the README's first commands, in a new process."""
     items_path, out = str(tmp_path / "items.parquet"), str(tmp_path / "similar.parquet")

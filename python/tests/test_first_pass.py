@@ -155,5 +155,7 @@ def test_similar_uses_it_by_default_and_says_so(tmp_path, data, capsys):
     off = str(tmp_path / "off.parquet")
     assert cli.main(["similar", items, "-o", off, "--metric", "l2", "-k", "5", "--first-pass", "off"]) == 0
     assert "first pass" not in capsys.readouterr().out
+    assert cli.main(["similar", items, "-o", off, "--first-pass", "16", "--spark", "local[1]", "--overwrite"]) == 2
+    assert "--first-pass applies to the in-process job only" in capsys.readouterr().err
     assert cli.main(["similar", items, "-o", off, "--first-pass", "some", "--overwrite"]) == 2
     assert "--first-pass: must be auto, off or an integer >= 1, got 'some'" in capsys.readouterr().err
