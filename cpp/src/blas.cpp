@@ -22,6 +22,13 @@ void gemm_abt(int m, int n, int dim, const float* a, const float* b, float* c) {
     SPARKNN_BLAS(sgemm_)(&trans, &notrans, &n, &m, &dim, &one, b, &dim, a, &dim, &zero, c, &n);
 }
 
+void gemm_abt_rows(size_t m, size_t n, size_t dim, const float* a, const float* b, float* c, int threads,
+                   size_t block) {
+    parallel_for(m, block, threads, [&](size_t lo, size_t hi, int) {
+        gemm_abt(static_cast<int>(hi - lo), static_cast<int>(n), static_cast<int>(dim), a + lo * dim, b, c + lo * n);
+    });
+}
+
 namespace {
 
 // OpenBLAS 0.3.x (its Haswell kernels, on an AMD EPYC Zen 1) ran sgemm with fewer than about

@@ -3,6 +3,8 @@
 // numpy and scipy build against) or a system BLAS. CMake defines the prefix.
 #pragma once
 
+#include <cstddef>
+
 #ifndef SPARKNN_BLAS_PREFIX
 #define SPARKNN_BLAS_PREFIX
 #endif
@@ -21,6 +23,9 @@ namespace sparknn {
 
 // Row-major C[m, n] = A[m, dim] * B[n, dim]^T, single-threaded BLAS call.
 void gemm_abt(int m, int n, int dim, const float* a, const float* b, float* c);
+// The same for any m, in blocks of `block` rows of A across `threads` (SearchParams' meaning).
+void gemm_abt_rows(size_t m, size_t n, size_t dim, const float* a, const float* b, float* c, int threads,
+                   size_t block = 512);
 
 // Once per process: keeps BLAS single-threaded (sparknn parallelises around it, so
 // BLAS threads would only oversubscribe the cores) and warms OpenBLAS's work

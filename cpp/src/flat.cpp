@@ -128,10 +128,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
         // The best k + extra in the subspace, then measured exactly (ties by id, as below).
         const size_t dims = projected_->dim(), kept = std::min(n, k + projected_extra_);
         std::vector<float> projected(nq * dims);
-        parallel_for(nq, 1024, threads, [&](size_t b, size_t e, int) {
-            gemm_abt(static_cast<int>(e - b), static_cast<int>(dims), static_cast<int>(dim_), queries + b * dim_,
-                     basis_.data(), projected.data() + b * dims);
-        });
+        gemm_abt_rows(nq, dims, dim_, queries, basis_.data(), projected.data(), threads, 1024);
         std::vector<int64_t> labels(nq * kept);
         std::vector<float> scanned(nq * kept);
         SearchParams inner;

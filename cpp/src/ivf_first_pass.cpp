@@ -24,14 +24,6 @@ namespace {
 // (0.1 s at 784 dimensions) and settles the leading directions' shares within 1%.
 constexpr size_t kFirstPassSample = 8192;
 
-// out [n, d] = rows [n, dim] * basis [d, dim]^T, in blocks of rows across threads.
-void project_rows(size_t n, const float* rows, size_t dim, const float* basis, size_t d, float* out, int threads) {
-    parallel_for(n, 512, threads, [&](size_t b, size_t e, int) {
-        gemm_abt(static_cast<int>(e - b), static_cast<int>(d), static_cast<int>(dim), rows + b * dim, basis,
-                 out + b * d);
-    });
-}
-
 }  // namespace
 
 void IvfIndex::set_first_pass_dims(size_t dims) {
@@ -101,7 +93,7 @@ bool IvfIndex::train_in_first_pass(size_t sample, const float* train_x, size_t n
     // k-means in the subspace (dims / dim of the work); each centroid is then the mean of
     // its members' full rows, so the quantizer and the lists are as without the first pass.
     std::vector<float> projected(sample * d);
-    project_rows(sample, train_x, dim_, first_pass_.basis.data(), d, projected.data(), kp.threads);
+    gemm_abt_rows(sample, d, dim_, train_x, first_pass_.basis.data(), projected.data(), kp.threads);
     KMeansResult sub = kmeans(projected.data(), sample, d, nlist, kp);
     km.assignment = std::move(sub.assignment);
     km.inertia = sub.inertia;
@@ -164,7 +156,7 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     const size_t nlist = lists_.size(), d = first.dims;
     const bool norms = first.codec->keeps_norms();
     first.centroids.assign(nlist * d, 0.0f);
-    project_rows(nlist, centroid_data(), dim_, first.basis.data(), d, first.centroids.data(), threads);
+    gemm_abt_rows(nlist, d, dim_, centroid_data(), first.basis.data(), first.centroids.data(), threads);
     // Every list's projected rows in one array, list after list; when the lists' own rows lie
     // so too (adopted in list order), a batch of them as queries is projected already.
     first.offsets.assign(nlist + 1, 0);
@@ -209,7 +201,7 @@ const float* IvfIndex::project_queries(const FirstPass& first, size_t nq, const 
         return first.rows.data() + (at - base) / row_bytes * first.dims;
     }
     scratch.resize(nq * first.dims);
-    project_rows(nq, queries, dim_, first.basis.data(), first.dims, scratch.data(), threads);
+    gemm_abt_rows(nq, first.dims, dim_, queries, first.basis.data(), scratch.data(), threads);
     return scratch.data();
 }
 

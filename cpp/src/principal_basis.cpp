@@ -101,13 +101,6 @@ std::vector<double> symmetric_eigen(std::vector<double>& h, size_t m, std::vecto
     return values;
 }
 
-// out [m, n] = a [m, dim] * b [n, dim]^T by sgemm, in blocks of rows across threads.
-void product_abt(size_t m, size_t n, size_t dim, const float* a, const float* b, float* out, int threads) {
-    parallel_for(m, 64, threads, [&](size_t lo, size_t hi, int) {
-        gemm_abt(static_cast<int>(hi - lo), static_cast<int>(n), static_cast<int>(dim), a + lo * dim, b, out + lo * n);
-    });
-}
-
 }  // namespace
 
 PrincipalBasis principal_basis(const float* rows, size_t n, size_t dim, bool centred, size_t max_dims,
@@ -168,14 +161,14 @@ PrincipalBasis principal_basis(const float* rows, size_t n, size_t dim, bool cen
     for (float& x : q) x = normal(rng);
     orthonormalise(q, m, dim, rng);
     for (int it = 0; it < kIterations; ++it) {
-        product_abt(m, dim, dim, q.data(), cov.data(), z.data(), threads);  // Q C (C symmetric)
+        gemm_abt_rows(m, dim, dim, q.data(), cov.data(), z.data(), threads, 64);  // Q C (C symmetric)
         q.swap(z);
         orthonormalise(q, m, dim, rng);
     }
     // Rayleigh-Ritz: H = Q C Q^T [m, m], its eigenvectors order the directions of Q.
-    product_abt(m, dim, dim, q.data(), cov.data(), z.data(), threads);
+    gemm_abt_rows(m, dim, dim, q.data(), cov.data(), z.data(), threads, 64);
     std::vector<float> hf(m * m);
-    product_abt(m, m, dim, z.data(), q.data(), hf.data(), threads);
+    gemm_abt_rows(m, m, dim, z.data(), q.data(), hf.data(), threads, 64);
     std::vector<double> h(hf.begin(), hf.end());
     for (size_t i = 0; i < m; ++i) {  // symmetric up to rounding: make it exactly so
         for (size_t j = i + 1; j < m; ++j) h[i * m + j] = h[j * m + i] = 0.5 * (h[i * m + j] + h[j * m + i]);
