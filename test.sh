@@ -7,13 +7,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 jobs=$(nproc)
+started=$SECONDS
+stage() {  # a stage's heading, with the minutes spent so far (CI has a budget)
+  echo "== $1 [$(( (SECONDS - started) / 60 ))m$(( (SECONDS - started) % 60 ))s]"
+}
 
-echo "== C++ tests (Release)"
+stage "C++ tests (Release)"
 cmake -S . -B build/test-release -DCMAKE_BUILD_TYPE=Release -DSPARKNN_BUILD_TESTS=ON >/dev/null
 cmake --build build/test-release -j"$jobs"
 ctest --test-dir build/test-release --output-on-failure -j"$jobs"
 
-echo "== find_package(sparknn) from an installed tree"
+stage "find_package(sparknn) from an installed tree"
 # (the Release build above installs its library and headers: no second build of the library)
 prefix=$(mktemp -d)
 cmake --install build/test-release --prefix "$prefix" >/dev/null
@@ -22,14 +26,14 @@ cmake --build build/find-package-consumer >/dev/null
 build/find-package-consumer/consumer
 rm -rf "$prefix"
 
-echo "== C++ tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
+stage "C++ tests (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build/test-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARKNN_BUILD_TESTS=ON \
   -DSPARKNN_SANITIZE=address,undefined >/dev/null
 cmake --build build/test-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/test-asan --output-on-failure -j"$jobs"
 
-echo "== C++ concurrency tests (ThreadSanitizer)"
+stage "C++ concurrency tests (ThreadSanitizer)"
 # One index shared by threads that add, search, save, load and change settings (the stress
 # tests, which also run in both stages above). Only the test binary is built, only these tests
 # run: TSan is slow. OpenBLAS is not instrumented; sparknn calls it single-threaded (see
@@ -41,7 +45,7 @@ cmake --build build/test-tsan -j"$jobs" --target sparknn_tests
 OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   build/test-tsan/cpp/tests/sparknn_tests --gtest_filter='*Concurren*:PinnedView*'
 
-echo "== Fuzzing the index file loader (libFuzzer, bounded)"
+stage "Fuzzing the index file loader (libFuzzer, bounded)"
 # A clang build of the library with ASan+UBSan and coverage; the golden
 # fixtures are the seed corpus. Any crash, sanitizer report or leak fails here.
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -52,11 +56,11 @@ build/fuzz/cpp/fuzz/sparknn_fuzz_load -max_total_time="${SPARKNN_FUZZ_SECONDS:-6
   -timeout=10 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/ \
   build/fuzz/corpus cpp/tests/data
 
-echo "== Python tests"
+stage "Python tests"
 export SPARK_LOCAL_IP=127.0.0.1
 python3 -m pytest -q --durations=25 python/tests
 
-echo "== Spark and CLI tests again on pyspark 3.5"
+stage "Spark and CLI tests again on pyspark 3.5"
 # The Spark layer supports 3.5 and 4.x. A venv that sees this environment's packages (sparknn
 # as installed above, numpy, pyarrow, pandas) with pyspark 3.5 in front of pyspark 4. PySpark
 # 3.5 raises deprecation and unclosed-socket warnings of its own, which the suite otherwise
@@ -74,3 +78,4 @@ venv=build/venv-spark35
   python/tests/test_spark_grouped.py python/tests/test_cli.py \
   --deselect python/tests/test_spark_store.py::test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model \
   --deselect python/tests/test_spark_store.py::test_a_routed_fit_killed_part_way_leaves_nothing_that_loads
+stage "done"

@@ -124,8 +124,10 @@ def kill_tree(proc: subprocess.Popen, pids: set) -> None:
     proc.wait()
 
 
-def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 0, rerank: int = -1) -> dict:
-    output = os.path.join(args.workdir, f"out-{pipeline}-{nlist}-{nprobe}-{rerank}-{os.path.basename(items)}")
+def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 0, rerank: int = -1,
+                 first_pass: str = "") -> dict:
+    output = os.path.join(args.workdir, f"out-{pipeline}-{nlist}-{nprobe}-{rerank}-{first_pass}-"
+                                        f"{os.path.basename(items)}")
     result = output + ".json"
     shutil.rmtree(output, ignore_errors=True)
     if os.path.exists(result):
@@ -133,7 +135,7 @@ def run_pipeline(pipeline: str, items: str, args, nlist: int = 0, nprobe: int = 
     cmd = [sys.executable, os.path.join(HERE, "spark_pipelines.py"), pipeline, items, output,
            "--result", result, "--workdir", args.workdir, "--index-type", args.index_type, "--ivf-mode", args.ivf_mode,
            "--master", args.master, "--driver-memory", args.driver_memory,
-           "--nlist", str(nlist), "--nprobe", str(nprobe), "--rerank", str(rerank)]
+           "--nlist", str(nlist), "--nprobe", str(nprobe), "--rerank", str(rerank), "--first-pass", first_pass]
     timeout = 60 * (args.annoy_timeout_min if pipeline == "annoy" else args.sparknn_timeout_min)
     load_before = os.getloadavg()
     t = time.perf_counter()
@@ -225,11 +227,12 @@ def main(argv=None) -> int:
     ap.add_argument("--pipelines", nargs="+", default=["annoy", "sparknn"], choices=["annoy", "sparknn"])
     ap.add_argument("--index-type", default="ivf", choices=["hnsw", "flat", "ivf"], help="sparknn's indexType")
     ap.add_argument("--ivf-mode", default="auto", choices=["auto", "driver", "routed"], help="sparknn's ivfMode")
-    ap.add_argument("--variants", nargs="+", default=["0:0"], metavar="SCALE:NPROBE[:RERANK]",
+    ap.add_argument("--variants", nargs="+", default=["0:0"], metavar="SCALE:NPROBE[:RERANK[:FIRSTPASS]]",
                     help="sparknn ivf runs, one row each: nlist = SCALE x sqrt(n) lists (0: KNN's default, "
                          "sqrt(n) since 2026-12-05, 4 sqrt(n) before), NPROBE lists searched per item "
                          "(0: KNN's default) and, when given, KNN's rerank (0: float32 scan; unset: 2 for "
-                         "float32 lists, a bf16 scan re-ranked exactly)")
+                         "float32 lists, a bf16 scan re-ranked exactly; -1: unset) and KNN's firstPassDims "
+                         "(auto, off or a count; unset: KNN's default, auto)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each pipeline, interleaved; the table shows the median run "
                          "(use 3 on a quiet machine)")
@@ -259,18 +262,22 @@ def main(argv=None) -> int:
         print(f"\n## clustered {name}: {n} x {dim}, Parquet {os.path.getsize(items) / 1e6:.0f} MB; "
               f"engine alone: {reference}", flush=True)
         runs = []
-        variants = [("annoy", 0, 0, -1)] if "annoy" in args.pipelines else []
+        variants = [("annoy", 0, 0, -1, "")] if "annoy" in args.pipelines else []
         for v in args.variants if "sparknn" in args.pipelines else []:
-            scale, nprobe, rerank = (float(x) for x in (v.split(":") + ["-1"])[:3])
-            variants.append(("sparknn", round(scale * n**0.5), int(nprobe), int(rerank)))
+            fields = v.split(":")
+            fields += ["-1", ""][len(fields) - 2:]  # RERANK and FIRSTPASS unset when not given (or empty)
+            scale, nprobe, rerank, first_pass = float(fields[0]), float(fields[1]), float(fields[2] or -1), fields[3]
+            variants.append(("sparknn", round(scale * n**0.5), int(nprobe), int(rerank), first_pass))
         for repeat in range(args.repeats):  # interleaved, so every pipeline sees the same background load
-            for pipeline, nlist, nprobe, rerank in variants:
-                row = run_pipeline(pipeline, items, args, nlist, nprobe, rerank)
-                key = f"{pipeline}-{nlist}-{nprobe}" + (f"-{rerank}" if rerank >= 0 else "")
+            for pipeline, nlist, nprobe, rerank, first_pass in variants:
+                row = run_pipeline(pipeline, items, args, nlist, nprobe, rerank, first_pass)
+                key = (f"{pipeline}-{nlist}-{nprobe}" + (f"-{rerank}" if rerank >= 0 else "")
+                       + (f"-{first_pass}" if first_pass else ""))
                 row.update(dataset=f"{n // 1000}k x {dim}", repeat=repeat, variant=key, nlist=nlist, nprobe=nprobe)
                 row.update(reference if pipeline == "sparknn" else {})
                 settings = ", ".join([f"nlist={nlist}"] * bool(nlist) + [f"nprobe={nprobe}"] * bool(nprobe)
-                                     + [f"rerank={rerank}"] * (rerank >= 0))
+                                     + [f"rerank={rerank}"] * (rerank >= 0)
+                                     + [f"firstPassDims={first_pass}"] * bool(first_pass))
                 mode = f" {args.ivf_mode}" if args.ivf_mode != "auto" else ""
                 settings = f", {settings}" if settings else " (defaults)"
                 row["label"] = ("Annoy recipe (100 trees)" if pipeline == "annoy" else

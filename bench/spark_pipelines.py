@@ -2,7 +2,7 @@
 
     python bench/spark_pipelines.py annoy   items.parquet out.parquet --result r.json --workdir DIR
     python bench/spark_pipelines.py sparknn items.parquet out.parquet --result r.json [--index-type ivf]
-                                    [--nlist N] [--nprobe N] [--rerank R]
+                                    [--nlist N] [--nprobe N] [--rerank R] [--first-pass DIMS]
 
 `annoy` is the recipe of the user's article (../shared/context/000_ddb8ab0dc6e00d61.txt) as
 written: the vectors reach the driver as a pandas Series (toPandas), an AnnoyIndex(dim,
@@ -106,7 +106,7 @@ def run_annoy(spark, input_path: str, output_path: str, workdir: str, top_n: int
 
 
 def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nlist: int = 0, nprobe: int = 0,
-                ivf_mode: str = "auto", rerank: int = -1) -> dict:
+                ivf_mode: str = "auto", rerank: int = -1, first_pass: str = "") -> dict:
     from sparknn.spark import KNN
 
     times = {}
@@ -119,6 +119,8 @@ def run_sparknn(spark, input_path: str, output_path: str, index_type: str, nlist
         knn.setNprobe(nprobe)
     if rerank >= 0:  # otherwise KNN's default (2 for float32 ivf lists)
         knn.setRerank(rerank)
+    if first_pass:  # otherwise KNN's default ("auto")
+        knn.setFirstPassDims(first_pass)
     model = knn.fit(df)
     times["build_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -141,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nlist", type=int, default=0, help="ivf lists (0: KNN's default, about sqrt(n))")
     ap.add_argument("--nprobe", type=int, default=0, help="ivf lists searched per item (0: KNN's default)")
     ap.add_argument("--rerank", type=int, default=-1, help="KNN's rerank (-1: its default)")
+    ap.add_argument("--first-pass", default="", help="KNN's firstPassDims: auto, off or a count (default: KNN's)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
     args = ap.parse_args(argv)
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
         times = run_annoy(spark, args.input, args.output, args.workdir)
     else:
         times = run_sparknn(spark, args.input, args.output, args.index_type, args.nlist, args.nprobe,
-                            args.ivf_mode, args.rerank)
+                            args.ivf_mode, args.rerank, args.first_pass)
     times["session_s"] = session_s
     spark.stop()
     with open(args.result, "w") as f:

@@ -116,6 +116,8 @@ const char* section_name(SectionType type) {
             return "IvfPqCodebooks";
         case SectionType::IvfRerankVectors:
             return "IvfRerankVectors";
+        case SectionType::IvfFirstPassBasis:
+            return "IvfFirstPassBasis";
     }
     return "unknown";
 }

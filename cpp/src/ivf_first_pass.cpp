@@ -50,13 +50,18 @@ size_t IvfIndex::first_pass_dims() const {
 std::pair<size_t, double> IvfIndex::first_pass_in_use(int threads) const {
     auto lock = reading();
     if (first_pass_setting_ == 0 || !trained()) return {0, 0.0};
+    {
+        std::lock_guard<std::mutex> guard(first_pass_mutex_);
+        if (first_pass_.fitted) return {first_pass_.dims, first_pass_.dims ? first_pass_.captured : 0.0};
+    }  // else fitted now (and the lists projected), as the next search would
     const FirstPass& first = first_pass(threads);
     return {first.dims, first.dims ? first.captured : 0.0};
 }
 
 bool IvfIndex::first_pass_applies(size_t rows) const {
-    const bool automatic = first_pass_setting_ == kFirstPassAuto;
-    return first_pass_setting_ != 0 && rows >= kFirstPassMinRows && (!automatic || dim_ >= kFirstPassMinDim);
+    // "auto" judges whether the pass pays; a count is the caller's choice, given rows to fit it on
+    if (first_pass_setting_ == kFirstPassAuto) return rows >= kFirstPassMinRows && dim_ >= kFirstPassMinDim;
+    return first_pass_setting_ != 0 && rows > first_pass_setting_;
 }
 
 void IvfIndex::fit_first_pass(size_t n, const float* rows, int threads) const {
@@ -66,15 +71,20 @@ void IvfIndex::fit_first_pass(size_t n, const float* rows, int threads) const {
         automatic ? std::min<size_t>(256, std::max<size_t>(16, dim_ / 4 / 16 * 16)) : first_pass_setting_;
     PrincipalBasis basis = principal_basis(rows, n, dim_, metric_ != Metric::InnerProduct, max_dims,
                                            automatic ? kFirstPassShare : 0.0, 16, params_.seed, threads);
+    use_first_pass_basis(basis.dims, basis.captured, std::move(basis.basis));
+}
+
+void IvfIndex::use_first_pass_basis(size_t dims, double captured, std::vector<float> basis) const {
     FirstPass& first = first_pass_;
+    first = FirstPass{};
     first.fitted = true;
-    first.dims = basis.dims;
-    first.captured = basis.captured;
-    first.basis = std::move(basis.basis);
+    first.dims = dims;
+    first.captured = captured;
+    first.basis = std::move(basis);
+    first.excess = gram_excess(first.basis.data(), dims, dim_);
     // L2 and cosine (unit rows) rank by L2 in the subspace, inner product by inner product.
-    first.codec = first.dims ? make_float32_codec(first.dims, metric_ == Metric::InnerProduct ? Metric::InnerProduct
-                                                                                                : Metric::L2)
-                             : nullptr;
+    first.codec = dims ? make_float32_codec(dims, metric_ == Metric::InnerProduct ? Metric::InnerProduct : Metric::L2)
+                       : nullptr;
 }
 
 bool IvfIndex::train_in_first_pass(size_t sample, const float* train_x, size_t nlist, const KMeansParams& kp,

@@ -3,6 +3,7 @@
 // the storage's own sections and the re-ranking copies. Load validates every
 // size and label before the lists are used in place (mapped, not copied).
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,59 @@ void IvfIndex::save_sections(FileWriter& writer) const {
                                rerank_vectors_.size() * sizeof(float));
         }
     }
+    save_first_pass(writer);
+}
+
+void IvfIndex::save_first_pass(FileWriter& writer) const {
+    // Written only when set: files of indexes without a first pass stay byte for byte as before.
+    if (first_pass_setting_ == 0) return;
+    writer.add_param("first_pass_dims", first_pass_setting_);
+    std::lock_guard<std::mutex> guard(first_pass_mutex_);
+    const FirstPass& first = first_pass_;
+    if (!trained() || !first.fitted) return;  // fitted again on the loaded index's first search
+    writer.add_param("first_pass_basis", first.dims);  // 0: declined
+    uint64_t captured = 0;
+    std::memcpy(&captured, &first.captured, sizeof captured);
+    writer.add_param("first_pass_captured", captured);
+    writer.add_param("first_pass_quantizer", quantizer_->projected_first_pass_dims() != 0 ? 1 : 0);
+    if (first.dims == 0) return;
+    auto basis = std::make_shared<std::vector<float>>(first.basis);  // first_pass_ may change before the write
+    writer.keep_alive(basis);
+    writer.add_section(SectionType::IvfFirstPassBasis, basis->data(), basis->size() * sizeof(float));
+}
+
+void IvfIndex::load_first_pass(const IndexFile& file) {
+    auto fail = [&](const std::string& what) { file.fail("ivf: first pass: " + what); };
+    const uint64_t setting = file.param_or("first_pass_dims", 0);
+    if (setting == 0) return;
+    if (params_.storage != Storage::Float32 || params_.rerank == 0 || (setting != kFirstPassAuto && setting >= dim_)) {
+        fail("dims " + std::to_string(setting) + " out of range for this index");
+    }
+    first_pass_setting_ = setting;
+    const uint64_t none = ~uint64_t{0};
+    const uint64_t dims = file.param_or("first_pass_basis", none);
+    if (!trained() || dims == none) return;
+    if (dims >= dim_) fail("a basis of " + std::to_string(dims) + " rows for dim " + std::to_string(dim_));
+    const uint64_t captured_bits = file.param_or("first_pass_captured", 0);
+    double captured = 0.0;
+    std::memcpy(&captured, &captured_bits, sizeof captured);
+    if (!(captured >= 0.0 && captured <= 1.0)) fail("captured share out of [0, 1]");
+    std::vector<float> basis;
+    if (dims > 0) {
+        const float* rows = file.typed_section<float>(SectionType::IvfFirstPassBasis, IndexFile::checked_mul(dims, dim_));
+        basis.assign(rows, rows + dims * dim_);
+        for (const float v : basis) {
+            if (!std::isfinite(v)) fail("non-finite basis value");
+        }
+    }
+    std::lock_guard<std::mutex> guard(first_pass_mutex_);
+    use_first_pass_basis(dims, captured, std::move(basis));
+    // Lower bounds prove exact answers (search_ladder_and_exact) only as far as the rows are
+    // orthonormal (the slack allows for rounding): a basis far from that is not ours.
+    if (!(first_pass_.excess <= kFirstPassMaxExcess)) fail("the basis is not orthonormal");
+    if (file.param_or("first_pass_quantizer", 0) != 0 && dims > 0) {
+        quantizer_->set_projected_first_pass(first_pass_.basis.data(), first_pass_.dims, kQuantizerProjectedExtra);
+    }
 }
 
 std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>& file) {
@@ -73,6 +127,7 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
     // A trained index has centroids; an untrained one has neither centroids nor vectors.
     if (!file->has_section(SectionType::IvfCentroids)) {
         if (h.count != 0) fail("vectors without a trained quantizer");
+        index->load_first_pass(*file);  // its setting
         return index;
     }
     if (p.nlist == 0) fail("a trained index with nlist = 0");
@@ -123,6 +178,7 @@ std::unique_ptr<IvfIndex> IvfIndex::load(const std::shared_ptr<const IndexFile>&
             squared_norms(reinterpret_cast<const float*>(codes + b * cs), count, dim, list.norms.data());
         }
     }
+    index->load_first_pass(*file);
     return index;
 }
 

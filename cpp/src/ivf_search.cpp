@@ -299,9 +299,12 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // The first pass's exact answer compares its k-th (cosine: as an L2 distance of unit
     // vectors, twice it) with scan distances in the subspace. Its bound (float32 sgemm at the
     // full dim, and at the full norms and radii, which the projection only shortens) is
-    // doubled for the rounding of the projection itself (a float basis, orthonormal within
-    // 1e-6), and the k-th taken 1e-5 larger.
-    const double to_scan = first != nullptr && metric_ == Metric::Cosine ? 2.0 : 1.0;
+    // doubled for the rounding of the projection itself, and the k-th taken 1e-5 larger. A
+    // projected squared distance is at most 1 + excess times the exact one (the basis is
+    // orthonormal only within float rounding, or a loaded file's tolerance): the k-th is
+    // scaled by that too.
+    const double to_scan =
+        first == nullptr ? 1.0 : (metric_ == Metric::Cosine ? 2.0 : 1.0) * (1.0 + first->excess);
     if (first != nullptr) {
         for (float& b : error_bound) b *= 2.0f;
     }

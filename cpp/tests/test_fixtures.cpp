@@ -101,6 +101,7 @@ std::map<std::string, std::string> params_of(const Index& index) {
         p["pq_m"] = std::to_string(ivf->params().pq_m);
         p["rerank"] = std::to_string(ivf->params().rerank);
         p["seed"] = std::to_string(ivf->params().seed);
+        if (ivf->first_pass_dims() != 0) p["first_pass_dims"] = std::to_string(ivf->first_pass_dims());
     }
     return p;
 }
@@ -194,10 +195,12 @@ TEST(GoldenFixtures, CurrentVersionCoversEveryKindAndStorage) {
         covered.insert(std::string(kind_name(index->kind())) + " " + storage_name(index->storage()));
         if (const auto* ivf = dynamic_cast<const IvfIndex*>(index.get())) {
             if (ivf->params().rerank > 0) covered.insert("ivf rerank");
+            if (ivf->first_pass_in_use().first > 0) covered.insert("ivf first pass");
         }
     }
     for (const char* required : {"flat float32", "flat fp16", "flat bf16", "hnsw float32", "hnsw fp16", "hnsw bf16",
-                                 "ivf float32", "ivf fp16", "ivf bf16", "ivf sq8", "ivf pq", "ivf rerank"}) {
+                                 "ivf float32", "ivf fp16", "ivf bf16", "ivf sq8", "ivf pq", "ivf rerank",
+                                 "ivf first pass"}) {
         EXPECT_TRUE(covered.count(required))
             << "no " << required << " fixture of format version " << kFormatVersion << " (see data/README.md)";
     }

@@ -541,19 +541,7 @@ TEST(Ivf, CorruptListsRejected) {
     std::ifstream in(path, std::ios::binary);
     const std::vector<uint8_t> good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     std::remove(path.c_str());
-    auto section_offset = [&](SectionType type) -> size_t {
-        uint32_t count;
-        std::memcpy(&count, good.data() + 20, 4);
-        for (uint32_t i = 0; i < count; ++i) {
-            const uint8_t* e = good.data() + 64 + i * 32;
-            uint32_t t;
-            uint64_t off;
-            std::memcpy(&t, e, 4);
-            std::memcpy(&off, e + 8, 8);
-            if (t == static_cast<uint32_t>(type)) return off;
-        }
-        return 0;
-    };
+    const auto section_offset = [&](SectionType type) { return test::section_offset(good, type); };
     EXPECT_NO_THROW(load_index(IndexFile::from_bytes(good, false)));
     {
         auto bad = good;

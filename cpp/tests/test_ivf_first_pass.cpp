@@ -4,12 +4,17 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "principal_basis.h"
 #include "sparknn/error.h"
+#include "sparknn/file.h"
 #include "sparknn/flat.h"
 #include "sparknn/ivf.h"
 #include "test_util.h"
@@ -275,9 +280,11 @@ TEST(IvfFirstPass, AutoDeclinesShortVectorsAndSmallIndexesExplicitDimsDoNot) {
 
     IvfIndex small(dim, Metric::L2, first_pass_params());
     small.add(1000, x.data(), nullptr);
+    small.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+    EXPECT_EQ(small.first_pass_in_use().first, 0u);  // auto: fewer than kFirstPassMinRows (and dim < 256)
     small.set_first_pass_dims(8);
-    EXPECT_EQ(small.first_pass_in_use().first, 0u);  // fewer than kFirstPassMinRows
-    // ... until adds bring it there; the projected lists follow every add
+    EXPECT_EQ(small.first_pass_in_use().first, 8u);  // a count: any index with more rows than it
+    // the projected lists follow every add
     small.add(4000, x.data() + 1000 * dim, nullptr);
     EXPECT_EQ(small.first_pass_in_use().first, 8u);
     std::vector<float> twin(x.begin() + 4321 * dim, x.begin() + 4322 * dim);
@@ -302,6 +309,107 @@ TEST(IvfFirstPass, RefusesStorageWithoutFloat32RowsToReRankAndBadDims) {
     EXPECT_THROW(ivf.set_first_pass_dims(32), InvalidArgument);
     EXPECT_THROW(ivf.set_first_pass_dims(100), InvalidArgument);
     EXPECT_EQ(ivf.first_pass_in_use().first, 0u);  // untrained: nothing to fit
+}
+
+// The ladder and exact answers of recall tuning's scan and a plain search, for comparing two
+// indexes that must answer alike.
+struct Answers {
+    std::vector<int64_t> ids, ladder;
+    std::vector<float> distances;
+    std::vector<uint8_t> proven;
+    bool operator==(const Answers& o) const {
+        return ids == o.ids && ladder == o.ladder && distances == o.distances && proven == o.proven;
+    }
+};
+
+Answers answers_of(const Index& index, const std::vector<float>& queries, size_t k) {
+    const IvfIndex& ivf = dynamic_cast<const IvfIndex&>(index);
+    const size_t nq = queries.size() / ivf.dim();
+    Answers a{std::vector<int64_t>(nq * k), std::vector<int64_t>(3 * nq * k), std::vector<float>(nq * k),
+              std::vector<uint8_t>(nq)};
+    ivf.search(nq, queries.data(), k, a.ids.data(), a.distances.data());
+    const size_t nprobes[] = {1, 32};
+    std::vector<float> d(3 * nq * k);
+    ivf.search_ladder_and_exact(nq, queries.data(), k, nprobes, 2, a.ladder.data(), d.data(), a.proven.data());
+    return a;
+}
+
+// Saved with the index (docs/FORMAT.md): the setting, and once fitted the basis and whether the
+// lists were assigned through it, so a loaded index answers as the one saved, ladder and
+// proofs included, whether the basis came from training, from a first search, or not yet.
+TEST(IvfFirstPass, SavedWithTheIndexTheLoadedOneAnswersAlike) {
+    const size_t n = 5000, dim = 256, k = 10, nq = 100;
+    const std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 8);
+    const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
+    const std::string path = ::testing::TempDir() + "ivf_first_pass.snn";
+    for (int when : {0, 1, 2}) {  // set before training, after it (fitted by a search), set but not fitted
+        SCOPED_TRACE(when);
+        IvfIndex ivf(dim, Metric::L2, first_pass_params());
+        if (when == 0) ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+        ivf.add(n, base.data(), nullptr);
+        if (when != 0) ivf.set_first_pass_dims(when == 1 ? 24 : IvfIndex::kFirstPassAuto);
+        if (when != 2) ASSERT_GT(ivf.first_pass_in_use().first, 0u);
+        ivf.save(path);
+        for (bool mmap : {true, false}) {
+            auto loaded = load_index(path, mmap);
+            auto& back = dynamic_cast<IvfIndex&>(*loaded);
+            EXPECT_EQ(back.first_pass_dims(), ivf.first_pass_dims());
+            EXPECT_EQ(back.first_pass_in_use(), ivf.first_pass_in_use());
+            EXPECT_TRUE(answers_of(back, queries, k) == answers_of(ivf, queries, k)) << "mmap " << mmap;
+        }
+    }
+    // An index without a first pass writes none of it: its files stay as they were.
+    IvfIndex plain(dim, Metric::L2, first_pass_params());
+    plain.add(n, base.data(), nullptr);
+    plain.save(path);
+    const std::string bytes = test::file_bytes(path);
+    const std::vector<uint8_t> raw(bytes.begin(), bytes.end());
+    EXPECT_EQ(test::param_value_offset(raw, "first_pass_dims"), 0u);
+    EXPECT_EQ(test::section_offset(raw, SectionType::IvfFirstPassBasis), 0u);
+    EXPECT_EQ(dynamic_cast<IvfIndex&>(*load_index(path)).first_pass_dims(), 0u);
+    std::remove(path.c_str());
+}
+
+// A damaged first pass is refused, never searched: its lower bounds would prove wrong answers.
+TEST(IvfFirstPass, LoadRefusesADamagedBasisOrSetting) {
+    const size_t n = 4500, dim = 32;
+    const std::vector<float> x = low_rank(n, dim, 6, 0.05f, 9);
+    IvfIndex ivf(dim, Metric::L2, first_pass_params());
+    ivf.set_first_pass_dims(8);
+    ivf.add(n, x.data(), nullptr);
+    ASSERT_EQ(ivf.first_pass_in_use().first, 8u);
+    const std::string path = ::testing::TempDir() + "ivf_first_pass_bad.snn";
+    ivf.save(path);
+    const std::string bytes = test::file_bytes(path);
+    std::remove(path.c_str());
+    const std::vector<uint8_t> good(bytes.begin(), bytes.end());
+    EXPECT_NO_THROW(load_index(IndexFile::from_bytes(good, false)));
+    const size_t basis = test::section_offset(good, SectionType::IvfFirstPassBasis);
+    ASSERT_NE(basis, 0u);
+    const auto refused = [&](const std::function<void(std::vector<uint8_t>&)>& damage, const char* what) {
+        std::vector<uint8_t> bad = good;
+        damage(bad);
+        EXPECT_THROW(load_index(IndexFile::from_bytes(bad, false)), FileFormatError) << what;
+    };
+    const auto set_float = [](std::vector<uint8_t>& b, size_t at, float v) { std::memcpy(b.data() + at, &v, 4); };
+    const auto set_param = [](std::vector<uint8_t>& b, const char* name, uint64_t v) {
+        const size_t at = test::param_value_offset(b, name);
+        ASSERT_NE(at, 0u) << name;
+        std::memcpy(b.data() + at, &v, 8);
+    };
+    refused([&](auto& b) { set_float(b, basis + 4 * 5, std::numeric_limits<float>::quiet_NaN()); }, "NaN");
+    refused([&](auto& b) {  // one row 1% too long: projected distances would exceed exact ones
+        for (size_t t = 0; t < dim; ++t) {
+            float v;
+            std::memcpy(&v, b.data() + basis + 4 * t, 4);
+            set_float(b, basis + 4 * t, v * 1.01f);
+        }
+    }, "not orthonormal");
+    refused([&](auto& b) { set_param(b, "first_pass_basis", dim); }, "basis dims >= dim");
+    refused([&](auto& b) { set_param(b, "first_pass_basis", 9); }, "basis dims not the section's");
+    refused([&](auto& b) { set_param(b, "first_pass_dims", dim); }, "setting >= dim");
+    refused([&](auto& b) { set_param(b, "rerank", 0); }, "no float32 rows to re-rank from");
+    refused([&](auto& b) { set_param(b, "first_pass_captured", 0x7FF8000000000000ull); }, "captured NaN");
 }
 
 // Searches racing the first pass's lazy fit and projection (and each other) answer as one

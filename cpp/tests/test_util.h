@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "sparknn/distance.h"
+#include "sparknn/file.h"
 #include "sparknn/index.h"
 #include "sparknn/row_block.h"
 
@@ -119,6 +121,35 @@ inline std::shared_ptr<RowBlock> block_of(const std::vector<float>& x, size_t di
 inline std::string file_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Where a section of a saved file's bytes starts (its section table entry: docs/FORMAT.md),
+// 0 when the file has none; for crafting damaged files.
+inline size_t section_offset(const std::vector<uint8_t>& bytes, SectionType type) {
+    uint32_t count;
+    std::memcpy(&count, bytes.data() + 20, 4);
+    for (uint32_t i = 0; i < count; ++i) {
+        const uint8_t* e = bytes.data() + 64 + i * 32;
+        uint32_t t;
+        uint64_t off;
+        std::memcpy(&t, e, 4);
+        std::memcpy(&off, e + 8, 8);
+        if (t == static_cast<uint32_t>(type)) return off;
+    }
+    return 0;
+}
+
+// Where the value of a named parameter lies in those bytes (Params: 32-byte records, the
+// name's 24 bytes then the value), 0 when there is none.
+inline size_t param_value_offset(const std::vector<uint8_t>& bytes, const std::string& name) {
+    const size_t params = section_offset(bytes, SectionType::Params);
+    if (params == 0) return 0;
+    for (size_t at = params; at + 32 <= bytes.size(); at += 32) {
+        const char* record = reinterpret_cast<const char*>(bytes.data() + at);
+        if (std::string(record, strnlen(record, 24)) == name) return at + 24;
+        if (record[0] == 0) break;
+    }
+    return 0;
 }
 
 }  // namespace sparknn::test

@@ -251,9 +251,6 @@ def _similar_on_spark(args) -> jobs.Result:
     """
     check_format(args.format)
     jobs.check_id_col(args.id_col)
-    if args.first_pass is not None:
-        raise UsageError("--first-pass applies to the in-process job only (Spark searches every dimension): drop it "
-                         "or drop --spark")
     check_destination(args.output, args.overwrite)
     check_separate([("output", args.output)], [("input", args.input)])
     # Schema, types and row count are checked from the files' metadata before a JVM starts.
@@ -281,6 +278,7 @@ def _similar_on_spark(args) -> jobs.Result:
         grouping = [args.group_col] if args.group_col else []
         df = spark.read.parquet(*files).select(args.id_col, args.vector_col, *grouping)
         params = knn_params(_spec(args))
+        params["firstPassDims"] = "auto" if args.first_pass is None else str(args.first_pass)
         target = _recall_target(args)
         if target is not None and args.index != "flat":  # the recall target decides them
             params.pop("nprobe")
@@ -298,6 +296,7 @@ def _similar_on_spark(args) -> jobs.Result:
                 raise
             raise DataError(f"the Spark job failed: {_spark_cause(exc)} (--debug shows the whole error)") from None
         timings.add("Spark job", time.perf_counter() - t0)
+        first = model.firstPass  # (read from the model's files: before they go with the session)
         t0 = time.perf_counter()
         written = ds.dataset(tmp, format="parquet")
         preview = written.head(3)
@@ -311,7 +310,8 @@ def _similar_on_spark(args) -> jobs.Result:
         remove(tmp)
         if ours:
             spark.stop()
-    return jobs.Result(rows, jobs.capped_k(args.k, inp.num_rows, self_join=True), timings, preview, model.tuning)
+    return jobs.Result(rows, jobs.capped_k(args.k, inp.num_rows, self_join=True), timings, preview, model.tuning,
+                       None if first is None else (first[0], model.dim, first[1]))
 
 
 def _delta_files(path: str) -> list:
@@ -403,7 +403,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--first-pass", type=_first_pass, default=None, metavar="DIMS",
                    help="ivf with float32 lists: scan in the principal subspace of this many dimensions and "
                         "re-rank exactly; auto (default): the least multiple of 16 up to dim/4 holding 90%% of the "
-                        "variance, off when none does or dim < 256; off: scan every dimension (in-process only)")
+                        "variance, off when none does or dim < 256; off: scan every dimension")
     p.add_argument("--spark", metavar="MASTER",
                    help="run on Spark, e.g. local[*], spark://host:7077 or sc://host:15002 (Spark Connect)")
     p.add_argument("--group-col", default=None, metavar="COLUMN",

@@ -158,7 +158,7 @@ class IndexSpec:
     pq_m: int = 0
     rerank: int = 0
     threads: int = 0
-    first_pass_dims: object = 0  # ivf: 0 (off), "auto" or a count (Index.first_pass_dims); not saved
+    first_pass_dims: object = 0  # ivf: 0 (off), "auto" or a count (Index.first_pass_dims)
 
     def __post_init__(self):
         kind = str(self.kind).lower()
@@ -179,6 +179,11 @@ class IndexSpec:
             checked["first_pass_dims"] = 0 if first.lower() == "off" else "auto"
         else:
             checked["first_pass_dims"] = _check_count(first, "first_pass_dims", 0)
+        # "auto" is off where no first pass can be made (it re-ranks from float32 ivf lists): a
+        # spec replaced into another kind or storage (a grouped model's flat shards) stays valid
+        if checked["first_pass_dims"] == "auto" and not (kind == "ivf" and storage == "float32"
+                                                         and checked["rerank"] >= 1):
+            checked["first_pass_dims"] = 0
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -385,8 +390,9 @@ class Index:
         of its members' full rows); else it is fitted on the first search. The lists are
         projected on the first search (a pass over the rows, ``n * dims`` floats kept until the
         next add); recall tuning measures the answers searched this way. Needs float32 storage
-        and ``rerank >= 1``; not saved with the index. :meth:`first_pass_in_use` says what a
-        search would use.
+        and ``rerank >= 1``. Saved with the index (the setting, and the basis once fitted), so a
+        loaded index searches in the subspace it was trained and tuned in.
+        :meth:`first_pass_in_use` says what a search would use.
         """
         if not isinstance(self._index, _core.IvfIndex):
             return 0

@@ -221,6 +221,19 @@ def test_error_in_a_real_process(tmp_path):
 
 # --------------------------------------------------------------------------- --spark
 @pytest.mark.spark
+def test_spark_job_takes_the_first_pass_and_says_so(spark, items_file, tmp_path, capsys):
+    """--first-pass reaches Spark's KNN (firstPassDims) and the summary says what it used."""
+    out = tmp_path / "spark.parquet"
+    assert main(["similar", items_file, "-o", str(out), "-k", "6", "--metric", "l2", "--first-pass", "4",
+                 "--spark", "local[2]"]) == 0
+    said = capsys.readouterr().out
+    assert f"first pass: scanned in 4 of {DIM} dimensions" in said, said
+    assert pq.read_table(out).num_rows == N
+    assert main(["similar", items_file, "-o", str(out), "-k", "6", "--first-pass", "off", "--overwrite",
+                 "--spark", "local[2]"]) == 0
+    assert "first pass" not in capsys.readouterr().out
+
+
 def test_spark_produces_the_same_table(spark, items_file, tmp_path):
     """--spark local[2] writes the same table as the in-process job, as Parquet and as Delta.
 

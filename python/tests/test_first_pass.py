@@ -91,12 +91,16 @@ def test_set_at_creation_it_trains_in_the_subspace(data, tmp_path):
     assert index.first_pass_in_use()[0] > 0
     ids, dist = index.search(queries, 10)
     assert recall(ids, truth) >= 0.95
-    # a loaded index lies in one mapped array: its rows in list order, searched in place as
-    # queries (whose projections are then the lists'), answer as copies of them do
+    # saved with the index, basis and all: the loaded one answers as the one saved
     index.save(str(tmp_path / "i.snn"))
     loaded = sparknn.load(str(tmp_path / "i.snn"))
-    assert loaded.first_pass_dims == 0  # not saved
-    loaded.first_pass_dims = "auto"
+    assert loaded.first_pass_dims == "auto"
+    assert loaded.first_pass_in_use() == index.first_pass_in_use()
+    again = loaded.search(queries, 10)
+    np.testing.assert_array_equal(again[0], ids)
+    np.testing.assert_array_equal(again[1], dist)
+    # a loaded index lies in one mapped array: its rows in list order, searched in place as
+    # queries (whose projections are then the lists'), answer as copies of them do
     rows = loaded.rows_in_list_order()
     assert rows is not None
     in_place = loaded.search(rows[1000:3000], 10)
@@ -155,7 +159,5 @@ def test_similar_uses_it_by_default_and_says_so(tmp_path, data, capsys):
     off = str(tmp_path / "off.parquet")
     assert cli.main(["similar", items, "-o", off, "--metric", "l2", "-k", "5", "--first-pass", "off"]) == 0
     assert "first pass" not in capsys.readouterr().out
-    assert cli.main(["similar", items, "-o", off, "--first-pass", "16", "--spark", "local[1]", "--overwrite"]) == 2
-    assert "--first-pass applies to the in-process job only" in capsys.readouterr().err
     assert cli.main(["similar", items, "-o", off, "--first-pass", "some", "--overwrite"]) == 2
     assert "--first-pass: must be auto, off or an integer >= 1, got 'some'" in capsys.readouterr().err

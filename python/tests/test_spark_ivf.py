@@ -210,6 +210,51 @@ def test_save_load_in_a_fresh_session(spark, tmp_path, _spark_holder):
     assert loaded.transform(spark_items(session, QUERIES[:7])).count() == 7
 
 
+@pytest.mark.parametrize("mode", ["routed", "driver"])
+def test_first_pass_fitted_at_the_driver_is_what_the_executors_search(spark, mode):
+    """firstPassDims: the basis fitted at the driver's training is saved with the index (the
+    quantizer every part is built from, or the driver's index), and the executors' searches go
+    through it: in 4 of 16 dimensions their answers differ from a full scan's and equal those of
+    the model's index files searched in one process (routed: each part in the query's lists it
+    holds, the parts' answers merged)."""
+    df = spark_items(spark, BASE, partitions=3)
+    knn = KNN(k=10, metric="l2", indexType="ivf", ivfMode=mode, nlist=24, nprobe=3, featuresCol="vector")
+    model = knn.copy({knn.firstPassDims: 4}).fit(df)
+    assert model.getFirstPassDims() == 4
+    dims, share = model.firstPass
+    assert dims == 4 and 0 < share < 1
+    layout = model.layout
+    if mode == "routed":
+        lists = in_process(model, BASE).nearest_lists(QUERIES, 3)
+        found = []
+        for part in layout.shards:
+            index = sparknn.load(layout.path(part.index))
+            assert index.first_pass_dims == 4 and index.first_pass_in_use() == (dims, share)
+            found.append(index.search(QUERIES, 10, lists=lists, nprobe=3, widen=False))
+        ids, dist = np.concatenate([f[0] for f in found], 1), np.concatenate([f[1] for f in found], 1)
+        order = np.argsort(np.where(ids >= 0, dist, np.inf), axis=1, kind="stable")[:, :10]
+        want_ids, want_dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+        full = in_process(model, BASE)
+    else:
+        first = sparknn.load(os.path.join(layout.root, layout.shards[0].index))
+        assert first.first_pass_dims == 4 and first.first_pass_in_use() == (dims, share)
+        want_ids, want_dist = first.search(QUERIES, 10, nprobe=3)
+        full = sparknn.load(os.path.join(layout.root, layout.shards[0].index))
+    full.first_pass_dims = 0
+    assert not np.allclose(full.search(QUERIES, 10, nprobe=3)[1], want_dist)  # told apart below
+    out = rows_by_id(model.transform(spark_items(spark, QUERIES, partitions=2)).toArrow())
+    assert_same_distances(out, want_ids, want_dist, range(len(QUERIES)), 10)
+    # 'auto' (the default) declines 16 dimensions; 'off' and other index types have none
+    assert knn.fit(df).firstPass is None
+    assert knn.copy({knn.firstPassDims: "off"}).getFirstPassDims() == 0
+    assert KNN(indexType="ivf", storage="sq8").getFirstPassDims() == 0  # auto: nothing to re-rank from
+    assert KNN(indexType="hnsw").getFirstPassDims() == 0
+    with pytest.raises(ValueError, match="firstPassDims"):
+        KNN(firstPassDims="most")
+    with pytest.raises(ValueError, match="firstPassDims"):
+        KNN(firstPassDims=0)
+
+
 # --------------------------------------------------------------------------- ivfMode="driver"
 @pytest.mark.parametrize("storage, minimum", [("float32", 0.95), ("sq8", 0.93), ("fp16", 0.95)])
 def test_driver_ivf_similar_items_and_transform(spark, tmp_path, storage, minimum):

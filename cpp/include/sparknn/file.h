@@ -52,6 +52,7 @@ enum class SectionType : uint32_t {
     IvfSq8Step = 25,        // float32 [dim], SQ8 step per dimension
     IvfPqCodebooks = 26,    // float32 [pq_m, 256, dim / pq_m]
     IvfRerankVectors = 27,  // float32 [count, dim] in label order (stored vectors, for re-ranking)
+    IvfFirstPassBasis = 28,  // float32 [dims, dim]: the first pass's orthonormal basis (optional)
 };
 const char* section_name(SectionType type);
 

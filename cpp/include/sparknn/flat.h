@@ -34,6 +34,7 @@ class FlatIndex final : public Index {
     // candidates there measured exactly. Replaces the rows' projection; dims = 0: off.
     // Not synchronised: set before the searches (IvfIndex sets it on its quantizer at train).
     void set_projected_first_pass(const float* basis, size_t dims, size_t extra);
+    size_t projected_first_pass_dims() const { return projected_ ? projected_->dim() : 0; }
 
   protected:
     void add_impl(size_t n, const float* vectors) override;

@@ -159,18 +159,22 @@ class IvfIndex final : public Index {
     //   dims: 0 = off (the default); kFirstPassAuto = the least multiple of 16 up to
     //   dim / 4 (at most 256) whose subspace holds kFirstPassShare of the sample's
     //   variance, off when none does or dim < kFirstPassMinDim; else exactly dims (< dim).
-    // Not saved with the index. Waits for running calls, as set_nprobe.
+    // Saved with the index: the setting, and once fitted the basis (docs/FORMAT.md), so a
+    // loaded index searches in the subspace it was trained and tuned in. Waits for running
+    // calls, as set_nprobe.
     static constexpr size_t kFirstPassAuto = ~size_t{0};
     static constexpr size_t kFirstPassMinDim = 256;
     static constexpr double kFirstPassShare = 0.9;
     static constexpr size_t kFirstPassRerank = 4;
     void set_first_pass_dims(size_t dims);
     size_t first_pass_dims() const;  // the setting
-    // The dimensions the first pass scans in (fitting it now if it is stale), and the share
-    // of the variance they hold; {0, 0} when it is off, declined, or the index holds
-    // fewer than kFirstPassMinRows vectors.
+    // The dimensions the first pass scans in (fitting it now if it is not fitted yet), and the share
+    // of the variance they hold; {0, 0} when it is off, declined, or the index holds too few
+    // vectors to fit it on (auto: fewer than kFirstPassMinRows; a count: not more than it).
     std::pair<size_t, double> first_pass_in_use(int threads = -1) const;
     static constexpr size_t kFirstPassMinRows = 4096;
+    // A loaded basis further than this from orthonormal (gram_excess) is refused.
+    static constexpr double kFirstPassMaxExcess = 1e-3;
 
   protected:
     void add_impl(size_t n, const float* vectors) override;
@@ -299,6 +303,7 @@ class IvfIndex final : public Index {
         bool fitted = false;
         size_t dims = 0;  // of the basis; 0: none
         double captured = 0.0;
+        double excess = 0.0;           // gram_excess(basis): projected distances are at most 1 + it times exact
         std::vector<float> basis;      // [dims, dim]
         std::vector<float> centroids;  // [nlist, dims]
         std::vector<size_t> offsets;   // [nlist + 1]: list l's rows are rows[offsets[l], offsets[l + 1])
@@ -313,6 +318,11 @@ class IvfIndex final : public Index {
     bool first_pass_applies(size_t rows) const;
     // Fits the basis on rows [n, dim] into first_pass_ (its mutex held, or the exclusive lock).
     void fit_first_pass(size_t n, const float* rows, int threads) const;
+    // first_pass_ fitted with this basis [dims, dim] (none: dims = 0, declined), lists not projected.
+    void use_first_pass_basis(size_t dims, double captured, std::vector<float> basis) const;
+    // The first pass's parameters and basis (save_sections), and back (load).
+    void save_first_pass(FileWriter& writer) const;
+    void load_first_pass(const IndexFile& file);
     // train's k-means in the first pass's subspace, fitted on the training sample (the
     // centroids then the means of their members' full rows): false when none applies.
     bool train_in_first_pass(size_t sample, const float* train_x, size_t nlist, const KMeansParams& kp,

@@ -149,6 +149,7 @@ bool write_fixture(const std::string& dir, const std::string& name, const sparkn
         print_param(out, "pq_m", ivf->params().pq_m);
         print_param(out, "rerank", ivf->params().rerank);
         print_param(out, "seed", ivf->params().seed);
+        if (ivf->first_pass_dims() != 0) print_param(out, "first_pass_dims", ivf->first_pass_dims());
     }
     bool ok = true;
     for (size_t q = 0; q < kQueries; ++q) {
@@ -217,8 +218,14 @@ bool write_hnsw(const std::string& dir, Metric metric, sparknn::Storage storage 
 
 // ivf: trained on 256 vectors (product quantisation needs 256 per code
 // book), then 100 vectors added, nlist = 4, nprobe = 2. One thread.
-bool write_ivf(const std::string& dir, sparknn::Storage storage, Metric metric, size_t rerank) {
-    const std::string name = std::string("ivf_") + sparknn::storage_name(storage) + "_" + sparknn::metric_name(metric);
+// first_pass_dims > 0: the first pass in that many principal dimensions, set before training
+// (the basis section, the lists assigned through it); rerank must then re-rank every row the
+// probed lists hold, so that no candidate boundary in the projected scan (float rounding) can
+// change an answer.
+bool write_ivf(const std::string& dir, sparknn::Storage storage, Metric metric, size_t rerank,
+               size_t first_pass_dims = 0) {
+    const std::string name = std::string("ivf_") + sparknn::storage_name(storage) +
+                             (first_pass_dims ? "_firstpass_" : "_") + sparknn::metric_name(metric);
     constexpr size_t n = 100, n_train = 256;
     auto build = [&](size_t rerank_factor) {
         sparknn::IvfParams params;
@@ -230,6 +237,7 @@ bool write_ivf(const std::string& dir, sparknn::Storage storage, Metric metric, 
         params.seed = 11;
         auto index = std::make_unique<sparknn::IvfIndex>(kDim, metric, params);
         index->set_threads(1);
+        if (first_pass_dims && rerank_factor) index->set_first_pass_dims(first_pass_dims);
         const std::vector<float> train = values(n_train * kDim, 5, 512);
         index->train(n_train, train.data());
         const std::vector<float> base = values(n * kDim, 6, 512);
@@ -239,7 +247,17 @@ bool write_ivf(const std::string& dir, sparknn::Storage storage, Metric metric, 
     const auto index = build(rerank);
     const std::vector<float> queries = values(kQueries * kDim, 7, 512);
     bool ok = lists_apart(name, *index, queries);
-    if (rerank > 0) {
+    if (first_pass_dims) {
+        size_t most = 0;  // rows a query's nprobe lists can hold at most
+        std::vector<size_t> sizes = index->list_sizes();
+        std::sort(sizes.rbegin(), sizes.rend());
+        for (size_t l = 0; l < index->params().nprobe && l < sizes.size(); ++l) most += sizes[l];
+        if (index->first_pass_in_use().first != first_pass_dims || rerank * kK < most) {
+            std::fprintf(stderr, "%s: no first pass, or rerank %zu k does not cover the %zu rows probed\n",
+                         name.c_str(), rerank, most);
+            ok = false;
+        }
+    } else if (rerank > 0) {
         // The rerank * k candidates come from compressed distances: the same
         // index without re-ranking shows them, and their boundary must be clear.
         const auto plain = build(0);
@@ -274,6 +292,8 @@ int main(int argc, char** argv) {
         ok = write_hnsw(dir, Metric::L2, sparknn::Storage::BFloat16) && ok;
         ok = write_ivf(dir, sparknn::Storage::Float16, Metric::Cosine, 0) && ok;
         ok = write_ivf(dir, sparknn::Storage::BFloat16, Metric::L2, 0) && ok;
+        // (within version 2, 2026-12-06: the first pass's parameters and basis section)
+        ok = write_ivf(dir, sparknn::Storage::Float32, Metric::L2, 12, 4) && ok;
         return ok ? 0 : 1;
     } catch (const sparknn::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

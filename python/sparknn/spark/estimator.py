@@ -103,7 +103,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
                  outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                  includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
                  storage="float32", pqM=0, rerank=None, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
-                 groupCol=None, targetRecall=None):
+                 groupCol=None, targetRecall=None, firstPassDims="auto"):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
@@ -112,7 +112,7 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
                   outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                   includeSelf=False, indexPath=None, numThreads=0, ivfMode="auto", nlist=0, nprobe=16,
                   storage="float32", pqM=0, rerank=None, targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto",
-                  groupCol=None, targetRecall=None):
+                  groupCol=None, targetRecall=None, firstPassDims="auto"):
         # indexPath=None, groupCol=None, targetRecall=None and rerank=None mean "not set", as if omitted.
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
@@ -139,6 +139,9 @@ class KNN(Estimator, KNNParams, DefaultParamsReadable, DefaultParamsWritable):
 
     def setTargetRecall(self, value: float):
         return self._set(targetRecall=value)
+
+    def setFirstPassDims(self, value):
+        return self._set(firstPassDims=value)
 
     def setIndexPath(self, value: str):
         return self._set(indexPath=value)

@@ -50,6 +50,7 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         super().__init__()
         self._files = None
         self._tuning = None
+        self._first_pass = ()  # not read yet (firstPass)
 
     @property
     def tuning(self):
@@ -58,6 +59,31 @@ class KNNModel(Model, KNNParams, MLReadable, MLWritable):
         :class:`sparknn.grouped.GroupTunings`, the value chosen for each large group's index), or
         None (not set, or a loaded model: its nprobe / efSearch, or per group values, were saved)."""
         return self._tuning
+
+    @property
+    def firstPass(self):
+        """ivf: ``(dims, share)`` of the first pass the searches make (``firstPassDims``: the
+        lists scanned in the ``dims`` principal dimensions that hold ``share`` of the variance,
+        fitted at the driver's training and saved with the index), or None when they scan every
+        dimension (off, declined, another index type, a grouped model) or the index files are
+        not on this machine (parts kept at a URI)."""
+        if self._first_pass == ():
+            self._first_pass = self._read_first_pass()
+        return self._first_pass
+
+    def _read_first_pass(self):
+        layout = self.layout
+        if layout.kind != "ivf" or layout.group_type:
+            return None
+        # routed: the quantizer every part was built from; a driver build: its one index
+        name = layout.ivf.quantizer if layout.ivf else layout.shards[0].index
+        path = os.path.join(layout.root, name)
+        if not os.path.exists(path):
+            return None
+        from sparknn.index import load
+
+        dims, share = load(path).first_pass_in_use(self.getNumThreads() or None)
+        return (dims, share) if dims else None
 
     def _tune(self, target: float, dataset: DataFrame) -> None:
         """Sets nprobe (ivf) or efSearch (hnsw) for ``target`` (recall_target); a grouped model

@@ -19,7 +19,9 @@ SPEC_PARAMS = {"kind": "indexType", "metric": "metric", "M": "M", "ef_constructi
 
 def knn_params(spec: IndexSpec) -> dict:
     """The KNN Params that give ``spec`` (e.g. for ``KNN(**knn_params(spec))``)."""
-    return {param: getattr(spec, field) for field, param in SPEC_PARAMS.items()}
+    params = {param: getattr(spec, field) for field, param in SPEC_PARAMS.items()}
+    params["firstPassDims"] = str(spec.first_pass_dims or "off")
+    return params
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,18 @@ def _choice(name: str, choices):
         return value
 
     return convert
+
+
+def _first_pass(value):
+    """'auto', 'off' or a count of dimensions (>= 1), kept as text: a Param saved with a model
+    holds one type."""
+    text = TypeConverters.toString(str(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+    text = text.strip().lower()
+    if text in ("auto", "off"):
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"firstPassDims must be 'auto', 'off' or a count of dimensions >= 1, got {value!r}")
+    return str(int(text))
 
 
 def _recall(value):
@@ -141,6 +155,12 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
                          "recall@k on a sample of the items reaches this (0 < R <= 1), chosen at fit and set on the "
                          "model (model.tuning says what was chosen and measured); unset: nprobe / efSearch as given",
                          typeConverter=_recall)
+    firstPassDims = Param(Params._dummy(), "firstPassDims", "ivf with float32 lists and rerank >= 1: scan the "
+                          "lists in the principal subspace of the items first and re-rank the candidates exactly "
+                          "('auto': the least multiple of 16 dimensions up to dim / 4 holding 90% of the variance, "
+                          "for dim >= 256 and 4096 items or more; 'off'; or a count); the basis is fitted at the "
+                          "driver's training and saved with the index, so executors search where the driver "
+                          "tuned. 'auto' stays off for other indexes", typeConverter=_first_pass)
     numThreads = Param(Params._dummy(), "numThreads", "engine threads: 0 = all cores for the driver build "
                        "and spark.task.cpus inside tasks", typeConverter=_positive("numThreads", 0))
 
@@ -149,13 +169,13 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
         self._setDefault(k=10, metric="cosine", indexType="ivf", featuresCol="features", idCol="id",
                          outputCol="neighbors", M=16, efConstruction=200, efSearch=64, seed=42, numShards=1,
                          includeSelf=False, numThreads=0, ivfMode="auto", nlist=0, nprobe=16, storage="float32", pqM=0,
-                         rerank=0,
+                         rerank=0, firstPassDims="auto",
                          targetPartBytes=DEFAULT_PART_BYTES, taskMemoryLimit="auto")
 
     def index_spec(self) -> IndexSpec:
         """The index these Params describe (``numThreads`` as the driver build's threads)."""
         fields = {field: self.getOrDefault(param) for field, param in SPEC_PARAMS.items()}
-        return IndexSpec(**{**fields, "rerank": self.getRerank()})
+        return IndexSpec(**{**fields, "rerank": self.getRerank(), "first_pass_dims": self.getFirstPassDims()})
 
     def fit_options(self) -> FitOptions:
         return FitOptions(self.index_spec(), self.getNumShards(), self.getIvfMode(), self.getTargetPartBytes(),
@@ -220,6 +240,17 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
         if self.isSet(self.rerank):
             return self.getOrDefault(self.rerank)
         return default_rerank(self.getIndexType(), self.getOrDefault(self.storage))
+
+    def getFirstPassDims(self):
+        """As the index takes it: 0 (off), "auto" or a count. "auto" is 0 for indexes without
+        float32 ivf lists re-ranked, which the first pass needs; a count there is an error at fit."""
+        value = self.getOrDefault(self.firstPassDims)
+        if value == "off":
+            return 0
+        if value != "auto":
+            return int(value)
+        return IndexSpec(kind=self.getIndexType(), storage=self.getStorage(), rerank=self.getRerank(),
+                         first_pass_dims="auto").first_pass_dims
 
     def getTargetPartBytes(self) -> int:
         return self.getOrDefault(self.targetPartBytes)
