@@ -58,10 +58,6 @@ size_t entry_of(const Bytes& b, SectionType type) {
     return 0;
 }
 
-Bytes read_file(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return Bytes(std::istreambuf_iterator<char>(in), {});
-}
 void write_file(const fs::path& p, const Bytes& b) {
     std::ofstream out(p, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
@@ -104,7 +100,7 @@ class FileTest : public ::testing::Test {
     Bytes valid_image() {
         const fs::path p = dir_ / "valid.snn";
         make_flat(Metric::L2, 20, 8, 7, 100)->save(p);
-        return read_file(p);
+        return test::read_bytes(p);
     }
 
     // Loads `bytes` every way a user can (in memory, mapped, read) and expects
@@ -174,14 +170,14 @@ TEST_F(FileTest, MappedIndexCopiesOnWriteAndSavesAgain) {
     auto original = make_flat(Metric::L2, 50, dim, 3);
     const fs::path p = dir_ / "a.snn", q = dir_ / "b.snn";
     original->save(p);
-    const Bytes on_disk = read_file(p);
+    const Bytes on_disk = test::read_bytes(p);
 
     auto loaded = load_index(p.string(), /*mmap=*/true);
     const std::vector<float> extra = test::random_vectors(10, dim, 4);
     loaded->add(10, extra.data(), nullptr);  // ids continue after the largest (147)
     EXPECT_EQ(loaded->size(), 60u);
     EXPECT_EQ(loaded->id_of(50), 148);
-    EXPECT_EQ(read_file(p), on_disk) << "adding to a mapped index must not write through to the file";
+    EXPECT_EQ(test::read_bytes(p), on_disk) << "adding to a mapped index must not write through to the file";
 
     loaded->save(q);
     auto again = load_index(q.string(), true);
@@ -320,7 +316,7 @@ TEST_F(FileTest, SideFilesRoundTripAndAreNotCarriedIntoANewSave) {
 TEST_F(FileTest, DamagedSideFileRecordsAreRejected) {
     const fs::path p = dir_ / "sides.snn";
     make_flat(Metric::L2, 20, 8, 7, 100)->save(p, true, {{"ids", 123, 7}, {"probes", 5, 9}});
-    const Bytes good = read_file(p);
+    const Bytes good = test::read_bytes(p);
     const size_t e = entry_of(good, SectionType::SideFiles);
     const auto at = static_cast<size_t>(get<uint64_t>(good, e + kEntryOffset));
     // Each case rewrites the section and its checksum, so the record check itself is reached.

@@ -23,6 +23,7 @@
 #include "sparknn/hnsw.h"
 #include "sparknn/index.h"
 #include "sparknn/ivf.h"
+#include "test_util.h"
 
 namespace sparknn {
 namespace {
@@ -72,10 +73,6 @@ Expected read_expected(const fs::path& p) {
     return e;
 }
 
-Bytes read_file(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return Bytes(std::istreambuf_iterator<char>(in), {});
-}
 
 uint32_t format_version_of(const Bytes& b) {
     uint32_t v = 0;
@@ -151,13 +148,13 @@ TEST_P(GoldenFixture, LoadsAndAnswersAsRecorded) {
         }
     }
 
-    const Bytes bytes = read_file(path);
+    const Bytes bytes = test::read_bytes(path);
     if (format_version_of(bytes) == kFormatVersion) {
         const fs::path resaved =
             fs::temp_directory_path() / ("sparknn_fixture_" + std::to_string(::getpid()) + "_" + name);
         const auto loaded = load_index(path.string());
         loaded->save(resaved, true, loaded->side_files());
-        const Bytes again = read_file(resaved);
+        const Bytes again = test::read_bytes(resaved);
         fs::remove(resaved);
         EXPECT_EQ(again, bytes) << "the writer no longer produces this version's layout";
     }
@@ -189,7 +186,7 @@ TEST(GoldenFixtures, SideFilesAreReadBack) {
 TEST(GoldenFixtures, CurrentVersionCoversEveryKindAndStorage) {
     std::set<std::string> covered;
     for (const fs::path& path : fixtures()) {
-        if (format_version_of(read_file(path)) != kFormatVersion) continue;
+        if (format_version_of(test::read_bytes(path)) != kFormatVersion) continue;
         auto index = load_index(path.string());
         covered.insert(kind_name(index->kind()));
         covered.insert(std::string(kind_name(index->kind())) + " " + storage_name(index->storage()));

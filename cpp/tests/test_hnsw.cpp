@@ -62,10 +62,6 @@ double recall(const Results& r, std::vector<float> base, std::vector<float> quer
     return static_cast<double>(hits) / static_cast<double>(total);
 }
 
-Bytes read_file(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return Bytes(std::istreambuf_iterator<char>(in), {});
-}
 
 class HnswTest : public ::testing::Test {
   protected:
@@ -176,14 +172,14 @@ TEST_F(HnswTest, SingleThreadBuildIsDeterministicAcrossRunsAndBatches) {
     a->save(path("a.snn"));
     b->save(path("b.snn"));
     c.save(path("c.snn"));
-    const Bytes bytes_a = read_file(path("a.snn"));
-    EXPECT_EQ(bytes_a, read_file(path("b.snn")));
-    EXPECT_EQ(bytes_a, read_file(path("c.snn")));
+    const Bytes bytes_a = test::read_bytes(path("a.snn"));
+    EXPECT_EQ(bytes_a, test::read_bytes(path("b.snn")));
+    EXPECT_EQ(bytes_a, test::read_bytes(path("c.snn")));
     // a different seed gives a different graph
     HnswParams other = small_params();
     other.seed = 8;
     build(Metric::Cosine, base, dim, 1, other)->save(path("d.snn"));
-    EXPECT_NE(bytes_a, read_file(path("d.snn")));
+    EXPECT_NE(bytes_a, test::read_bytes(path("d.snn")));
 }
 
 TEST(Hnsw, ParallelBuildKeepsRecallAndSearchThreadsAgree) {
@@ -255,7 +251,7 @@ TEST_F(HnswTest, AddingAfterLoadMatchesBuildingInOneGo) {
         EXPECT_EQ(search(*loaded, queries, k), search(*whole, queries, k));
         loaded->save(path("grown.snn"));
         whole->save(path("whole.snn"));
-        EXPECT_EQ(read_file(path("grown.snn")), read_file(path("whole.snn")));
+        EXPECT_EQ(test::read_bytes(path("grown.snn")), test::read_bytes(path("whole.snn")));
     }
 }
 
@@ -282,7 +278,7 @@ class HnswCorruption : public HnswTest {
         // M = 2 and 400 nodes: several upper layers
         const auto base = test::random_vectors(kCount, kDim, 18);
         build(Metric::L2, base, kDim, 1, small_params(2, 16))->save(path("ok.snn"));
-        image_ = read_file(path("ok.snn"));
+        image_ = test::read_bytes(path("ok.snn"));
         levels_ = section(SectionType::HnswLevels);
         links0_ = section(SectionType::HnswLinks0);
         offsets_ = section(SectionType::HnswUpperOffsets);

@@ -24,13 +24,7 @@
 namespace sparknn {
 namespace {
 
-IvfParams ivf_params(size_t nlist, size_t nprobe, Storage storage = Storage::Float32) {
-    IvfParams p;
-    p.nlist = nlist;
-    p.nprobe = nprobe;
-    p.storage = storage;
-    return p;
-}
+using test::ivf_params;
 
 using test::Results;
 using test::search;

@@ -16,12 +16,7 @@
 namespace sparknn {
 namespace {
 
-IvfParams ivf_params(size_t nlist, size_t nprobe) {
-    IvfParams p;
-    p.nlist = nlist;
-    p.nprobe = nprobe;
-    return p;
-}
+using test::ivf_params;
 
 std::vector<int64_t> own_sizes(const IvfIndex& ivf) {
     std::vector<int64_t> s;

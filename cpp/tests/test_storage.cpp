@@ -19,7 +19,7 @@
 namespace sparknn {
 namespace {
 
-constexpr size_t kDim = 64, kN = 4000, kQueries = 200, kK = 10;
+constexpr size_t kRowDim = 64, kN = 4000, kQueries = 200, kNeighbours = 10;
 
 std::unique_ptr<Index> build(IndexKind kind, Metric metric, const std::string& storage, const std::vector<float>& x) {
     IndexOptions o;
@@ -27,21 +27,21 @@ std::unique_ptr<Index> build(IndexKind kind, Metric metric, const std::string& s
     o.nlist = 32;
     o.nprobe = 8;
     o.ef_search = 48;
-    auto index = make_index(kind, kDim, metric, o);
+    auto index = make_index(kind, kRowDim, metric, o);
     index->set_threads(2);
-    if (auto* ivf = dynamic_cast<IvfIndex*>(index.get())) ivf->train(x.size() / kDim, x.data());
-    index->add(x.size() / kDim, x.data(), nullptr);
+    if (auto* ivf = dynamic_cast<IvfIndex*>(index.get())) ivf->train(x.size() / kRowDim, x.data());
+    index->add(x.size() / kRowDim, x.data(), nullptr);
     return index;
 }
 
 double recall(const test::Results& got, const test::Results& truth) {
     size_t hits = 0;
     for (size_t q = 0; q < kQueries; ++q) {
-        for (size_t i = 0; i < kK; ++i) {
-            for (size_t j = 0; j < kK; ++j) hits += got.ids[q * kK + i] == truth.ids[q * kK + j];
+        for (size_t i = 0; i < kNeighbours; ++i) {
+            for (size_t j = 0; j < kNeighbours; ++j) hits += got.ids[q * kNeighbours + i] == truth.ids[q * kNeighbours + j];
         }
     }
-    return static_cast<double>(hits) / (kQueries * kK);
+    return static_cast<double>(hits) / (kQueries * kNeighbours);
 }
 
 std::string temp_path(const std::string& name) {
@@ -54,18 +54,18 @@ class HalfStorage : public ::testing::TestWithParam<StorageCase> {};
 
 TEST_P(HalfStorage, RecallWithinHalfAPercentOfFloat32AndSurvivesSaveLoad) {
     const auto [kind, metric, storage] = GetParam();
-    const auto data = test::clustered_vectors(kN + kQueries, kDim, 40, 3);
-    const std::vector<float> base(data.begin(), data.begin() + kN * kDim);
-    const std::vector<float> queries(data.begin() + kN * kDim, data.end());
+    const auto data = test::clustered_vectors(kN + kQueries, kRowDim, 40, 3);
+    const std::vector<float> base(data.begin(), data.begin() + kN * kRowDim);
+    const std::vector<float> queries(data.begin() + kN * kRowDim, data.end());
 
-    FlatIndex exact(kDim, metric);
+    FlatIndex exact(kRowDim, metric);
     exact.add(kN, base.data(), nullptr);
-    const test::Results truth = test::search(exact, queries, kK);
+    const test::Results truth = test::search(exact, queries, kNeighbours);
     const auto f32 = build(kind, metric, "float32", base);
     const auto half = build(kind, metric, storage, base);
     EXPECT_EQ(storage_name(half->storage()), storage);
-    const test::Results got = test::search(*half, queries, kK);
-    const double r32 = recall(test::search(*f32, queries, kK), truth), r16 = recall(got, truth);
+    const test::Results got = test::search(*half, queries, kNeighbours);
+    const double r32 = recall(test::search(*f32, queries, kNeighbours), truth), r16 = recall(got, truth);
     // fp16 keeps 11 significant bits, bf16 8. These clusters are tight for
     // their norm (neighbours differ by ~0.1% of it), bf16's hardest case:
     // measured 0.979-0.992 against float32's 0.994-0.995 here (docs/storage.md).
@@ -83,7 +83,7 @@ TEST_P(HalfStorage, RecallWithinHalfAPercentOfFloat32AndSurvivesSaveLoad) {
     for (bool mmap : {true, false}) {
         const auto loaded = load_index(path, mmap);
         EXPECT_EQ(loaded->storage(), half->storage());
-        EXPECT_EQ(test::search(*loaded, queries, kK), got) << (mmap ? "mapped" : "read");
+        EXPECT_EQ(test::search(*loaded, queries, kNeighbours), got) << (mmap ? "mapped" : "read");
     }
     std::filesystem::remove(path);
     std::filesystem::remove(path32);

@@ -22,16 +22,16 @@
 namespace sparknn {
 namespace {
 
-constexpr size_t kDim = 8;
+constexpr size_t kTieDim = 8;
 
 std::vector<float> sparse_signs(size_t n, uint64_t seed) {
     std::mt19937_64 rng(seed);
-    std::vector<float> x(n * kDim, 0.0f);
-    std::vector<size_t> cols(kDim);
+    std::vector<float> x(n * kTieDim, 0.0f);
+    std::vector<size_t> cols(kTieDim);
     std::iota(cols.begin(), cols.end(), size_t{0});
     for (size_t i = 0; i < n; ++i) {
         std::shuffle(cols.begin(), cols.end(), rng);
-        for (size_t j = 0; j < 4; ++j) x[i * kDim + cols[j]] = rng() % 2 ? 1.0f : -1.0f;
+        for (size_t j = 0; j < 4; ++j) x[i * kTieDim + cols[j]] = rng() % 2 ? 1.0f : -1.0f;
     }
     return x;
 }
@@ -49,10 +49,10 @@ TiedData tied_data() {
     TiedData d;
     for (size_t v = 0; v < 40; ++v) {
         for (size_t c = 0, copies = 2 + rng() % 5; c < copies; ++c) {
-            d.vectors.insert(d.vectors.end(), distinct.begin() + v * kDim, distinct.begin() + (v + 1) * kDim);
+            d.vectors.insert(d.vectors.end(), distinct.begin() + v * kTieDim, distinct.begin() + (v + 1) * kTieDim);
         }
     }
-    d.n = d.vectors.size() / kDim;
+    d.n = d.vectors.size() / kTieDim;
     d.ids.resize(d.n);
     std::iota(d.ids.begin(), d.ids.end(), int64_t{1000});
     std::shuffle(d.ids.begin(), d.ids.end(), rng);  // ids unrelated to positions
@@ -64,7 +64,7 @@ TiedData permuted(const TiedData& d, const std::vector<size_t>& perm) {
     TiedData p;
     p.n = d.n;
     for (size_t i : perm) {
-        p.vectors.insert(p.vectors.end(), d.vectors.begin() + i * kDim, d.vectors.begin() + (i + 1) * kDim);
+        p.vectors.insert(p.vectors.end(), d.vectors.begin() + i * kTieDim, d.vectors.begin() + (i + 1) * kTieDim);
         p.ids.push_back(d.ids[i]);
     }
     return p;
@@ -74,14 +74,14 @@ TiedData permuted(const TiedData& d, const std::vector<size_t>& perm) {
 test::Results reference(Metric m, const TiedData& d, const std::vector<float>& queries, size_t k) {
     std::vector<float> base = d.vectors, q = queries;
     if (m == Metric::Cosine) {
-        test::normalise_rows(base, kDim);
-        test::normalise_rows(q, kDim);
+        test::normalise_rows(base, kTieDim);
+        test::normalise_rows(q, kTieDim);
     }
-    const size_t nq = q.size() / kDim;
+    const size_t nq = q.size() / kTieDim;
     test::Results r{std::vector<int64_t>(nq * k, -1), std::vector<float>(nq * k)};
     for (size_t i = 0; i < nq; ++i) {
         std::vector<std::pair<double, int64_t>> all;
-        for (size_t j = 0; j < d.n; ++j) all.emplace_back(test::ref_distance(m, &q[i * kDim], &base[j * kDim], kDim), d.ids[j]);
+        for (size_t j = 0; j < d.n; ++j) all.emplace_back(test::ref_distance(m, &q[i * kTieDim], &base[j * kTieDim], kTieDim), d.ids[j]);
         std::sort(all.begin(), all.end());
         for (size_t r0 = 0; r0 < k; ++r0) {
             r.ids[i * k + r0] = all[r0].second;
@@ -105,9 +105,9 @@ std::unique_ptr<Index> build(IndexKind kind, Metric m, const TiedData& d, const 
     o.pq_m = 4;
     o.M = 6;
     o.ef_construction = 32;
-    auto index = make_index(kind, kDim, m, o);
+    auto index = make_index(kind, kTieDim, m, o);
     index->set_threads(2);
-    if (auto* ivf = dynamic_cast<IvfIndex*>(index.get())) ivf->train(training().size() / kDim, training().data());
+    if (auto* ivf = dynamic_cast<IvfIndex*>(index.get())) ivf->train(training().size() / kTieDim, training().data());
     index->add(d.n, d.vectors.data(), d.ids.data());
     return index;
 }
@@ -141,10 +141,10 @@ TEST_P(Ties, OrderOfAddsDoesNotChangeTheAnswer) {
                 const test::Results want = reference(metric, d, queries, k);
                 EXPECT_EQ(ra.ids, want.ids);
                 EXPECT_EQ(ra.dist, want.dist);
-                for (size_t i = 0; i < queries.size() / kDim && k > 1; ++i) {
+                for (size_t i = 0; i < queries.size() / kTieDim && k > 1; ++i) {
                     // the k-th distance is shared beyond k: the cut went through a tie group
-                    const auto full = reference(metric, d, std::vector<float>(queries.begin() + i * kDim,
-                                                                              queries.begin() + (i + 1) * kDim), k + 1);
+                    const auto full = reference(metric, d, std::vector<float>(queries.begin() + i * kTieDim,
+                                                                              queries.begin() + (i + 1) * kTieDim), k + 1);
                     some_tie_cut |= full.dist[k] == full.dist[k - 1];
                 }
             }
@@ -171,7 +171,7 @@ TEST(TiesHnsw, ResultsOrderedByDistanceThenId) {
         const auto index = build(IndexKind::Hnsw, m, d, "float32");
         for (size_t k : {5u, 9u}) {
             const test::Results r = test::search(*index, queries, k, 12);
-            for (size_t i = 0; i < queries.size() / kDim; ++i) {
+            for (size_t i = 0; i < queries.size() / kTieDim; ++i) {
                 for (size_t j = 1; j < k; ++j) {
                     const size_t at = i * k + j;
                     EXPECT_TRUE(r.dist[at - 1] < r.dist[at] || (r.dist[at - 1] == r.dist[at] && r.ids[at - 1] < r.ids[at]))

@@ -16,6 +16,7 @@
 #include "sparknn/distance.h"
 #include "sparknn/file.h"
 #include "sparknn/index.h"
+#include "sparknn/ivf_params.h"
 #include "sparknn/row_block.h"
 
 namespace sparknn::test {
@@ -121,6 +122,21 @@ inline std::shared_ptr<RowBlock> block_of(const std::vector<float>& x, size_t di
 inline std::string file_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A file's bytes as a vector (for crafting damaged copies).
+inline std::vector<uint8_t> read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+// IVF parameters of the tests: nlist lists, nprobe probed, the storage given, the rest default.
+inline IvfParams ivf_params(size_t nlist, size_t nprobe, Storage storage = Storage::Float32) {
+    IvfParams p;
+    p.nlist = nlist;
+    p.nprobe = nprobe;
+    p.storage = storage;
+    return p;
 }
 
 // Where a section of a saved file's bytes starts (its section table entry: docs/FORMAT.md),
