@@ -44,12 +44,9 @@ std::vector<int64_t> IvfIndex::without_far_lists(size_t nq, const float* queries
                                                  const std::vector<TopK>& heaps, size_t workers,
                                                  const std::vector<float>& error_bound,
                                                  std::vector<double>& least_skipped, int threads) const {
-    const DistanceKernels& kern = kernels();
-    const std::vector<double>& radius = list_extents(threads).radius;
-    const float* centroids = centroid_data();
-    std::vector<int64_t> kept(probes, probes + nq * nprobe);
-    least_skipped.assign(nq, std::numeric_limits<double>::infinity());
-    parallel_for(nq, 16, threads, [&](size_t b, size_t e, int) {
+    // each query's k-th best scan distance plus the scan's error bound: at least its exact k-th
+    std::vector<double> kth(nq, std::numeric_limits<double>::infinity());
+    parallel_for(nq, 64, threads, [&](size_t b, size_t e, int) {
         std::vector<float> found;
         for (size_t q = b; q < e; ++q) {
             found.clear();
@@ -58,8 +55,23 @@ std::vector<int64_t> IvfIndex::without_far_lists(size_t nq, const float* queries
             }
             if (found.size() < k) continue;  // not k rows yet: nothing bounds the k-th
             std::nth_element(found.begin(), found.begin() + static_cast<ptrdiff_t>(k - 1), found.end());
-            const double kth = static_cast<double>(found[k - 1]) + static_cast<double>(error_bound[q]);
-            if (!std::isfinite(kth)) continue;
+            kth[q] = static_cast<double>(found[k - 1]) + static_cast<double>(error_bound[q]);
+        }
+    });
+    return without_far_lists(nq, queries, nprobe, probes, from_rank, kth, least_skipped, threads);
+}
+
+std::vector<int64_t> IvfIndex::without_far_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes,
+                                                 size_t from_rank, const std::vector<double>& kth,
+                                                 std::vector<double>& least_skipped, int threads) const {
+    const DistanceKernels& kern = kernels();
+    const std::vector<double>& radius = list_extents(threads).radius;
+    const float* centroids = centroid_data();
+    std::vector<int64_t> kept(probes, probes + nq * nprobe);
+    least_skipped.assign(nq, std::numeric_limits<double>::infinity());
+    parallel_for(nq, 16, threads, [&](size_t b, size_t e, int) {
+        for (size_t q = b; q < e; ++q) {
+            if (!std::isfinite(kth[q])) continue;
             const float* query = queries + q * dim_;
             const double query_norm =
                 metric_ == Metric::InnerProduct ? std::sqrt(static_cast<double>(kern.dot(query, query, dim_))) : 0.0;
@@ -69,7 +81,7 @@ std::vector<int64_t> IvfIndex::without_far_lists(size_t nq, const float* queries
                 if (list < 0) continue;
                 const double bound = list_lower_bound(metric_, dim_, query, query_norm, centroids + static_cast<size_t>(list) * dim_,
                                                       radius[static_cast<size_t>(list)]);
-                if (bound > kth) {
+                if (bound > kth[q]) {
                     least = std::min(least, bound);
                     list = -1;
                 }

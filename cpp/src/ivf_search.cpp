@@ -20,6 +20,47 @@
 #include "sparknn/topk.h"
 
 namespace sparknn {
+
+// Open addressing over labels (a ladder re-ranks at most kRankHeapsTop x candidates rows of a
+// query); cleared by the slots it filled.
+class IvfIndex::ExactDistances {
+  public:
+    bool find(int64_t label, float& distance) const {
+        if (labels_.empty()) return false;
+        for (size_t s = slot(label);; s = (s + 1) & (labels_.size() - 1)) {
+            if (labels_[s] == label) return distance = distances_[s], true;
+            if (labels_[s] < 0) return false;
+        }
+    }
+    void add(int64_t label, float distance) {
+        if (2 * (used_.size() + 1) > labels_.size()) grow();
+        size_t s = slot(label);
+        while (labels_[s] >= 0 && labels_[s] != label) s = (s + 1) & (labels_.size() - 1);
+        if (labels_[s] < 0) used_.push_back(s);
+        labels_[s] = label;
+        distances_[s] = distance;
+    }
+    void clear() {
+        for (size_t s : used_) labels_[s] = -1;
+        used_.clear();
+    }
+
+  private:
+    size_t slot(int64_t label) const {
+        return static_cast<size_t>(static_cast<uint64_t>(label) * 0x9E3779B97F4A7C15ull >> 40) & (labels_.size() - 1);
+    }
+    void grow() {
+        std::vector<std::pair<int64_t, float>> kept;
+        for (size_t s : used_) kept.emplace_back(labels_[s], distances_[s]);
+        labels_.assign(std::max<size_t>(1024, 2 * labels_.size()), -1);
+        distances_.assign(labels_.size(), 0.0f);
+        used_.clear();
+        for (const auto& [label, distance] : kept) add(label, distance);
+    }
+    std::vector<int64_t> labels_;
+    std::vector<float> distances_;
+    std::vector<size_t> used_;
+};
 namespace {
 
 // Queries searched together: bounds the per-thread heaps (threads x batch x k)
@@ -320,9 +361,10 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     const auto to_id = [&](int64_t label) { return ids_[static_cast<size_t>(label)]; };
     // Query q's answer from a selection of its candidates, at ids / distances + q * k:
     // re-ranked exactly, or written as it is.
-    const auto answer = [&](size_t q, TopK& selection, int64_t* ids, float* distances) {
+    const auto answer = [&](size_t q, TopK& selection, int64_t* ids, float* distances,
+                            ExactDistances* known = nullptr) {
         if (rerank) {
-            rerank_candidates(queries + q * dim_, selection, k, ids + q * k, distances + q * k);
+            rerank_candidates(queries + q * dim_, selection, k, ids + q * k, distances + q * k, -1.0, 1.0, known);
         } else {
             selection.write_sorted(ids + q * k, distances + q * k, to_id);
         }
@@ -366,9 +408,11 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     } else {
                         answer(q, h, ids + out_stride, distances + out_stride);
                     }
-                    const double kth = as_scan(distances[out_stride + q * k + k - 1]);
-                    // ... and every list skipped unscanned is farther than the k-th
-                    const bool skipped_farther = std::isinf(least_skipped[q]) || kth < least_skipped[q];
+                    const double exact_kth = distances[out_stride + q * k + k - 1];
+                    const double kth = as_scan(exact_kth);
+                    // ... and every list skipped unscanned is farther than the k-th (its bound is an
+                    // exact distance's, as the k-th is before as_scan)
+                    const bool skipped_farther = std::isinf(least_skipped[q]) || exact_kth < least_skipped[q];
                     proven[q] = (!full || kth < worst - error_bound[q]) && skipped_farther;
                 }
             }
@@ -383,6 +427,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     size_t e = 0;
     size_t scanned = 0;  // every query's first `scanned` lists are in its selections (heaps)
     size_t low = 0;  // ends[0, low) answered from per-rank selections
+    bool ladder_answered = false;  // ... once they are
     while (low + 1 < nends && ends[low] <= kRankHeapsTop) ++low;
     // ... when their selections fit kRankHeapsBytes (a tuning's sample; not a huge batch)
     const size_t per_query = low ? workers * ends[low - 1] * (sizeof(TopK) + 2 * candidates * sizeof(TopK::Entry)) : 0;
@@ -396,7 +441,9 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         scan_lists(nq, scan_queries, nprobe, probes, 0, ranks, per_rank, workers, products, /*heap_per_rank=*/true,
                    first);
         parallel_for(nq, 64, threads, [&](size_t b, size_t end, int) {
+            ExactDistances known;  // a query's rows measured by the re-ranks of its values
             for (size_t q = b; q < end; ++q) {
+                known.clear();
                 TopK merged(candidates);
                 merged.order_ties_by(ids_.data());
                 size_t r = 0;
@@ -405,7 +452,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                         for (size_t w = 0; w < workers; ++w) merged.merge(per_rank[(w * nq + q) * ranks + r]);
                     }
                     TopK copy = merged;
-                    answer(q, copy, out_ids + i * out_stride, out_distances + i * out_stride);
+                    answer(q, copy, out_ids + i * out_stride, out_distances + i * out_stride, &known);
                 }
                 // Selections as large as the per-rank ones (no deep answer): the ranks' merged
                 // selection is the query's after them, without scanning them again.
@@ -414,6 +461,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         });
         e = low;
         if (!deep) scanned = ranks;
+        ladder_answered = true;
     }
     // Two passes: every query's nearest list first (or its first ranks, merged above), then
     // the others. After the first pass a query's k-th distance bounds what can still enter,
@@ -445,6 +493,24 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                                                                         workers, error_bound, least_skipped, threads);
                     scan_lists(nq, queries, nprobe, near.data(), nearest, ends[e], heaps, workers, products);
                 }
+            } else if (first != nullptr && proven != nullptr && ladder_answered && ends[e] == nprobe &&
+                       ends[low - 1] < nprobe) {
+                // The first pass's exact answer: its selections hold lower bounds, but the ladder's
+                // last answer (exact distances of k rows, after its first ends[low - 1] lists) bounds
+                // each query's k-th from above; past those lists, only the lists whose rows may
+                // come nearer are scanned (on Fashion-MNIST 40% of them lie beyond).
+                const size_t nearest = ends[low - 1];
+                if (nearest > scanned) {
+                    scan_lists(nq, scan_queries, nprobe, probes, scanned, nearest, heaps, workers, products, false, first);
+                }
+                std::vector<double> kth(nq);
+                for (size_t q = 0; q < nq; ++q) {
+                    kth[q] = static_cast<double>(out_distances[(low - 1) * out_stride + q * k + k - 1]);
+                }
+                const std::vector<int64_t> near =
+                    without_far_lists(nq, queries, nprobe, probes, nearest, kth, least_skipped, threads);
+                scan_lists(nq, scan_queries, nprobe, near.data(), nearest, ends[e], heaps, workers, products, false,
+                           first);
             } else {
                 scan_lists(nq, scan_queries, nprobe, probes, scanned, ends[e], heaps, workers, products, false, first);
             }
@@ -532,15 +598,27 @@ size_t IvfIndex::exact_candidates(size_t k, bool lower_bounds) {
 }
 
 void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids,
-                                 float* out_distances, double stop_slack, double to_scan) const {
+                                 float* out_distances, double stop_slack, double to_scan,
+                                 ExactDistances* known) const {
     const DistanceKernels& kern = kernels();
     const bool stop = stop_slack >= 0.0;
+    TopK exact(k);
+    exact.order_ties_by(ids_.data());
     std::vector<TopK::Entry> sorted;
     if (stop) {  // nearest first by scan distance, which bounds the exact one from below
         sorted = candidates.entries();
         std::sort(sorted.begin(), sorted.end());
+    } else if (known != nullptr) {  // those measured before, as they were; the others below
+        for (const TopK::Entry& entry : candidates.entries()) {
+            float d;
+            if (known->find(entry.second, d)) {
+                exact.push(d, entry.second);
+            } else {
+                sorted.push_back(entry);
+            }
+        }
     }
-    const std::vector<TopK::Entry>& entries = stop ? sorted : candidates.entries();
+    const std::vector<TopK::Entry>& entries = stop || known != nullptr ? sorted : candidates.entries();
     auto row_of = [&](size_t i) -> const float* {
         const size_t label = static_cast<size_t>(entries[i].second);
         if (params_.keeps_float_copies()) return rerank_vectors_.data() + label * dim_;
@@ -562,8 +640,10 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
     auto finish = [&](float raw) {  // as distance(): the kernels' raw value to the metric's distance
         return metric_ == Metric::L2 ? raw : metric_ == Metric::Cosine ? 1.0f - raw : -raw;
     };
-    TopK exact(k);
-    exact.order_ties_by(ids_.data());
+    auto keep = [&](float d, int64_t label) {
+        exact.push(d, label);
+        if (known != nullptr) known->add(label, d);
+    };
     fetch(0, group[0]);
     for (size_t i = 0, g = 0; i < n; i += 4, g ^= 1) {
         if (stop && i >= k) {  // the rest lie beyond the exact k-th: none can enter
@@ -576,11 +656,9 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
         if (i + 4 <= n) {
             float raw[4];
             x4(query, group[g], dim_, raw);
-            for (size_t t = 0; t < 4; ++t) exact.push(finish(raw[t]), entries[i + t].second);
+            for (size_t t = 0; t < 4; ++t) keep(finish(raw[t]), entries[i + t].second);
         } else {
-            for (size_t t = 0; i + t < n; ++t) {
-                exact.push(distance(metric_, kern, query, group[g][t], dim_), entries[i + t].second);
-            }
+            for (size_t t = 0; i + t < n; ++t) keep(distance(metric_, kern, query, group[g][t], dim_), entries[i + t].second);
         }
     }
     exact.write_sorted(out_ids, out_distances, [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });

@@ -24,7 +24,6 @@ import dataclasses
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import IndexSpec, normalise_metric
@@ -44,6 +43,8 @@ def group_codes(values, name: str = "group") -> np.ndarray:
             or pa.types.is_large_string(values.type)):
         raise InvalidArgumentError(f"group column {name!r} is {values.type}: groups are integers or strings")
     if values.null_count:
+        import pyarrow.compute as pc
+
         row = int(pc.index(pc.is_null(values), True).as_py())
         raise InvalidArgumentError(f"group column {name!r} has a null group at row {row}: give every row a group "
                                    "(e.g. fill nulls with a value of their own)")

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sparknn._core import ivf_default_train_size
-from sparknn.arrow import neighbors_array, neighbors_type, primitive_array
+from sparknn.arrow import integer_values, neighbors_array, neighbors_type, primitive_array
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn import grouped
 from sparknn.builder import build_streaming, engine_ids
@@ -203,6 +203,9 @@ def _search_batches(inp: Input, index: Index, query_ids: pa.Array, k: int, ef: i
                 neighbors = _map_back(neighbors, item_id_type)
             if isinstance(sel, slice):
                 ids = query_ids.slice(first, len(x))
+            elif pa.types.is_integer(query_ids.type) and not query_ids.null_count:
+                # (numpy's take: Array.take imports pyarrow.compute, 0.05-0.07 s of a job's start)
+                ids = primitive_array(integer_values(query_ids)[sel], query_ids.type)
             else:
                 ids = query_ids.take(primitive_array(sel, pa.int64()))
             out = pa.RecordBatch.from_arrays([ids, neighbors], schema=schema)

@@ -58,11 +58,13 @@ def test_start_loads_neither_pandas_nor_pyarrow_dataset(items_file):
 def test_similar_in_process_never_loads_pandas(items_file, tmp_path):
     """The whole `sparknn similar` (ivf, Parquet out) passes its arrays between Arrow and numpy
     through their buffers: the first Array.to_numpy or pa.array(ndarray) of a process imports
-    pandas, 0.35-0.5 s of a Fashion-MNIST job."""
+    pandas, 0.35-0.5 s of a Fashion-MNIST job. Nor pyarrow.compute (Array.take, flatten; 0.05-0.07
+    s) or tqdm (no bar is shown without a terminal) on its way."""
     out = str(tmp_path / "out.parquet")
     script = ("import sys; from sparknn import cli; "
               f"code = cli.main(['similar', {items_file!r}, '-o', {out!r}, '-k', '5', '-q']); "
-              "print(code, sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))")
+              "print(code, sorted(m for m in ('pandas', 'pyarrow.dataset', 'pyarrow.compute', 'tqdm') "
+              "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "0 []"

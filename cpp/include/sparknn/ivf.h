@@ -187,6 +187,9 @@ class IvfIndex final : public Index {
 
   private:
     struct FirstPass;  // below
+    // One query's exact distances by label, kept across the re-ranks of its ladder's answers
+    // (ivf_search.cpp): their candidates overlap, each row measured once.
+    class ExactDistances;
     struct List {
         Buffer<int64_t> labels;      // internal labels (positions in ids_)
         Buffer<uint8_t> codes;       // [size, code_size]
@@ -243,11 +246,12 @@ class IvfIndex final : public Index {
     // Builds where_ if stale; place_of(label) then gives its (list, row).
     void index_places() const;
     std::pair<size_t, size_t> place_of(size_t label) const;
+    // known (not with stop_slack): distances measured before are taken from it, new ones added.
     // stop_slack >= 0: the candidates' scan distances, less it, are lower bounds of their exact
     // distances times to_scan (the first pass's): taken nearest first, and the rest dropped
     // once they lie beyond the exact k-th.
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances,
-                           double stop_slack = -1.0, double to_scan = 1.0) const;
+                           double stop_slack = -1.0, double to_scan = 1.0, ExactDistances* known = nullptr) const;
     // The candidates an exact answer from an approximate scan keeps per query (lower_bounds:
     // the first pass's scan, under L2 or cosine): the first pass's lower bounds keep kFirstPassExactCandidates and re-rank only those below the
     // exact k-th (on Fashion-MNIST at 96 of 784 dimensions, 200 for the median query; 1024
@@ -273,6 +277,12 @@ class IvfIndex final : public Index {
     std::vector<int64_t> without_far_lists(size_t nq, const float* queries, size_t k, size_t nprobe,
                                            const int64_t* probes, size_t from_rank, const std::vector<TopK>& heaps,
                                            size_t workers, const std::vector<float>& error_bound,
+                                           std::vector<double>& least_skipped, int threads) const;
+    // The same judged by kth[q], a bound from above of query q's exact k-th distance (not finite:
+    // nothing skipped): the first pass's exact answer takes the k-th of its ladder's last answer
+    // (k rows measured exactly), as its selections hold lower bounds.
+    std::vector<int64_t> without_far_lists(size_t nq, const float* queries, size_t nprobe, const int64_t* probes,
+                                           size_t from_rank, const std::vector<double>& kth,
                                            std::vector<double>& least_skipped, int threads) const;
     // An exact answer from the bf16 scan re-ranks this many candidates per neighbour: on
     // Fashion-MNIST and tight 768-d clusters 8 k proved 99% of queries exact, 16 k all.
