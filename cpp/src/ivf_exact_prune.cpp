@@ -7,7 +7,9 @@
 // the least skipped bound joins the answer's proof (search_batch). With bf16 tiles a skip can
 // make an answer unproven (searched exactly), never wrong; a float32 scan's answer is the k
 // nearest by its own distances, which no row of a skipped list can come within (its distance
-// as the scan computes it exceeds the k-th), so such an answer stays proven.
+// as the scan computes it exceeds the k-th), so such an answer stays proven. The projected first
+// pass's selections hold lower bounds instead: its k-th from above is the exact k-th of the
+// ladder's last answer (k rows re-ranked), given by the caller.
 #include <algorithm>
 #include <cmath>
 #include <limits>
