@@ -25,7 +25,7 @@ class Progress:
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
-                    file=sys.stderr, disable=not self.enabled, leave=False)
+                    file=sys.stderr, leave=False)
 
 
 class _Silent:
