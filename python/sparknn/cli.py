@@ -35,7 +35,7 @@ import pyarrow as pa
 from sparknn import jobs
 from sparknn.datasets import make_items, make_queries
 from sparknn.errors import IndexFileError, InvalidArgumentError
-from sparknn.index import BATCH_RERANK, IndexSpec, default_rerank
+from sparknn.index import BATCH_RERANK, IndexSpec, default_rerank, first_pass_setting
 from sparknn.inputs import open_input
 from sparknn.machine import available_memory, reuse_freed_memory
 from sparknn.output import (
@@ -59,13 +59,11 @@ EXIT_DATA, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _first_pass(text: str):
-    """--first-pass: auto, off, or a count of dimensions >= 1."""
-    if text.lower() in ("auto", "off"):
-        return text.lower()
+    """--first-pass: auto, off, or a count of dimensions (0 is off)."""
     try:
-        return _count(1)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be auto, off or an integer >= 1, got {text!r}") from None
+        return first_pass_setting(text)
+    except InvalidArgumentError:
+        raise argparse.ArgumentTypeError(f"must be auto, off or a count of dimensions, got {text!r}") from None
 
 
 def _count(minimum: int):

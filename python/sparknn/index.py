@@ -124,6 +124,19 @@ def _check_count(value, name: str, minimum: int, maximum: int = INT64_MAX) -> in
     return int(value)
 
 
+def first_pass_setting(value, name: str = "first_pass_dims"):
+    """A first-pass setting as the index takes it: ``"auto"``, 0 (off) or a count of dimensions,
+    from ``"auto"``, ``"off"``, a count or its text (the CLI's argument, a saved Spark Param)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("auto", "off"):
+            return "auto" if text == "auto" else 0
+        value = int(text) if text.isdigit() else value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidArgumentError(f"{name} must be 'auto', 'off' or a count of dimensions, got {value!r}")
+    return int(value)
+
+
 def _check_threads(value) -> int:
     return _check_count(value, "threads", 0, INT_MAX)
 
@@ -174,11 +187,7 @@ class IndexSpec:
         checked = {"kind": kind, "metric": normalise_metric(self.metric), "storage": storage}
         for name, minimum in _SPEC_MINIMUMS.items():
             checked[name] = _check_count(getattr(self, name), name, minimum, _SPEC_MAXIMUMS.get(name, INT64_MAX))
-        first = self.first_pass_dims
-        if isinstance(first, str) and first.lower() in ("auto", "off"):
-            checked["first_pass_dims"] = 0 if first.lower() == "off" else "auto"
-        else:
-            checked["first_pass_dims"] = _check_count(first, "first_pass_dims", 0)
+        checked["first_pass_dims"] = first_pass_setting(self.first_pass_dims)
         # "auto" is off where no first pass can be made (it re-ranks from float32 ivf lists): a
         # spec replaced into another kind or storage (a grouped model's flat shards) stays valid
         if checked["first_pass_dims"] == "auto" and not (kind == "ivf" and storage == "float32"
@@ -402,10 +411,8 @@ class Index:
     @first_pass_dims.setter
     def first_pass_dims(self, value) -> None:
         native = self._native_as("ivf", "first_pass_dims", say_kind=False)
-        if isinstance(value, str) and value.lower() == "auto":
-            native.first_pass_dims = -1
-        else:
-            native.first_pass_dims = _check_count(value, "first_pass_dims", 0, self.dim - 1)
+        setting = first_pass_setting(value)
+        native.first_pass_dims = -1 if setting == "auto" else _check_count(setting, "first_pass_dims", 0, self.dim - 1)
 
     def first_pass_in_use(self, threads: Optional[int] = None) -> Tuple[int, float]:
         """ivf: ``(dims, variance share)`` of the first pass a search would use now (fitting

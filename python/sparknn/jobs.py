@@ -35,7 +35,7 @@ from sparknn.arrow import integer_values, neighbors_array, neighbors_type, primi
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn import grouped
 from sparknn.builder import build_streaming, engine_ids
-from sparknn.index import Index, IndexSpec, load
+from sparknn.index import Index, IndexSpec, first_pass_setting, load
 from sparknn.integrity import FileDigest, crc32c
 from sparknn.machine import usable_cores
 from sparknn.output import (
@@ -319,9 +319,8 @@ def use_first_pass(index: Index, setting, timings: Timings) -> tuple[int, int, f
     """Turns on ``index``'s projected first pass (``Index.first_pass_dims``: ``"auto"``, a count, or
     0 / ``"off"``) when it can take one (ivf, float32 lists re-ranked), and fits it now (timed as
     "projection"). Returns (dims, of dim, variance share) when a search will use it, else None."""
-    setting = setting.lower() if isinstance(setting, str) else setting
-    off = setting is None or setting == "off" or setting == 0
-    if off or index.kind != "ivf" or index.storage != "float32" or not index.params["rerank"]:
+    setting = 0 if setting is None else first_pass_setting(setting, "first_pass")
+    if not setting or index.kind != "ivf" or index.storage != "float32" or not index.params["rerank"]:
         return None
     if index.first_pass_dims != setting:  # else set at creation (IndexSpec.first_pass_dims): trained in it
         index.first_pass_dims = setting
@@ -359,8 +358,8 @@ def similar(input_path: str, output: str, *, id_col: str = "id", vector_col: str
     if group_col is not None:
         return _similar_in_groups(input_path, output, id_col, vector_col, group_col, k, spec, fmt, overwrite,
                                   progress, timings, recall)
-    if (spec.kind == "ivf" and spec.storage == "float32" and spec.rerank
-            and not (first_pass is None or first_pass == 0 or str(first_pass).lower() == "off")):
+    first_pass = 0 if first_pass is None else first_pass_setting(first_pass, "first_pass")
+    if spec.kind == "ivf" and spec.storage == "float32" and spec.rerank and first_pass:
         spec = spec.replace(first_pass_dims=first_pass)  # from the index's creation: k-means in the subspace
     inp, ids, direct, index, lists = _read_and_build(input_path, id_col, vector_col, spec, progress, timings,
                                                      self_join=True)

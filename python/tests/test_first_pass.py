@@ -110,6 +110,9 @@ def test_set_at_creation_it_trains_in_the_subspace(data, tmp_path):
     with pytest.raises(InvalidArgumentError):
         IndexSpec(kind="ivf", first_pass_dims="most")
     assert IndexSpec(kind="ivf", first_pass_dims="off").first_pass_dims == 0
+    assert IndexSpec(kind="ivf", rerank=2, first_pass_dims="32").first_pass_dims == 32  # text, as the CLI has it
+    with pytest.raises(InvalidArgumentError, match="first_pass_dims must be 'auto', 'off' or a count"):
+        IndexSpec(kind="ivf", first_pass_dims=-3)
     assert sparknn.Index(256, "l2", "ivf", rerank=2, first_pass_dims=32).first_pass_dims == 32
 
 
@@ -160,4 +163,4 @@ def test_similar_uses_it_by_default_and_says_so(tmp_path, data, capsys):
     assert cli.main(["similar", items, "-o", off, "--metric", "l2", "-k", "5", "--first-pass", "off"]) == 0
     assert "first pass" not in capsys.readouterr().out
     assert cli.main(["similar", items, "-o", off, "--first-pass", "some", "--overwrite"]) == 2
-    assert "--first-pass: must be auto, off or an integer >= 1, got 'some'" in capsys.readouterr().err
+    assert "--first-pass: must be auto, off or a count of dimensions, got 'some'" in capsys.readouterr().err

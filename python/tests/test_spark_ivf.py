@@ -252,7 +252,9 @@ def test_first_pass_fitted_at_the_driver_is_what_the_executors_search(spark, mod
     with pytest.raises(ValueError, match="firstPassDims"):
         KNN(firstPassDims="most")
     with pytest.raises(ValueError, match="firstPassDims"):
-        KNN(firstPassDims=0)
+        KNN(firstPassDims=-1)
+    assert KNN(firstPassDims=0).getOrDefault("firstPassDims") == "off"  # 0 is off, as for Index
+    assert KNN(firstPassDims=" 32 ").getOrDefault("firstPassDims") == "32"
 
 
 # --------------------------------------------------------------------------- ivfMode="driver"

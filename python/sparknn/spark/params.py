@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasOutputCol, HasSeed
 
-from sparknn.index import KINDS, STORAGES, IndexSpec, default_rerank, normalise_metric
+from sparknn.index import KINDS, STORAGES, IndexSpec, default_rerank, first_pass_setting, normalise_metric
 
 IVF_MODES = ("auto", "driver", "routed")
 
@@ -56,15 +56,13 @@ def _choice(name: str, choices):
 
 
 def _first_pass(value):
-    """'auto', 'off' or a count of dimensions (>= 1), kept as text: a Param saved with a model
-    holds one type."""
-    text = TypeConverters.toString(str(value) if isinstance(value, int) and not isinstance(value, bool) else value)
-    text = text.strip().lower()
-    if text in ("auto", "off"):
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"firstPassDims must be 'auto', 'off' or a count of dimensions >= 1, got {value!r}")
-    return str(int(text))
+    """'auto', 'off' or a count of dimensions, kept as text: a Param saved with a model holds one
+    type."""
+    try:
+        setting = first_pass_setting(value, "firstPassDims")
+    except ValueError as err:  # InvalidArgumentError is a ValueError; keep pyspark's type
+        raise ValueError(str(err)) from None
+    return "off" if setting == 0 else str(setting)
 
 
 def _recall(value):
@@ -244,11 +242,9 @@ class KNNParams(HasFeaturesCol, HasOutputCol, HasSeed):
     def getFirstPassDims(self):
         """As the index takes it: 0 (off), "auto" or a count. "auto" is 0 for indexes without
         float32 ivf lists re-ranked, which the first pass needs; a count there is an error at fit."""
-        value = self.getOrDefault(self.firstPassDims)
-        if value == "off":
-            return 0
+        value = first_pass_setting(self.getOrDefault(self.firstPassDims), "firstPassDims")
         if value != "auto":
-            return int(value)
+            return value
         return IndexSpec(kind=self.getIndexType(), storage=self.getStorage(), rerank=self.getRerank(),
                          first_pass_dims="auto").first_pass_dims
 
