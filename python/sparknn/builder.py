@@ -36,7 +36,7 @@ def stores_own_ids(id_type: pa.DataType, lowest=None, highest=None) -> bool:
 
 def engine_ids(ids: pa.Array) -> np.ndarray | None:
     """``ids`` as the engine's int64 ids when :func:`stores_own_ids` allows, else None (row positions)."""
-    lowest = highest = None
+    lowest = highest = values = None
     if len(ids) and pa.types.is_integer(ids.type):
         if ids.null_count:
             import pyarrow.compute as pc  # (here, not at import: pyarrow.compute costs 0.05-0.07 s of a job's start)
@@ -47,7 +47,8 @@ def engine_ids(ids: pa.Array) -> np.ndarray | None:
             lowest, highest = int(values.min()), int(values.max())
     if not stores_own_ids(ids.type, lowest, highest):
         return None
-    values = integer_values(ids) if not ids.null_count else ids.to_numpy(zero_copy_only=False)
+    if values is None:
+        values = integer_values(ids) if not ids.null_count else ids.to_numpy(zero_copy_only=False)
     return values.astype(np.int64, copy=False)
 
 
