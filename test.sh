@@ -42,9 +42,10 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 stage "C++ concurrency tests (ThreadSanitizer)"
 # One index shared by threads that add, search, save, load and change settings (the stress
 # tests, which also run in both stages above). Only these tests are built (the files that hold
-# them: sparknn_concurrency_tests) and run: TSan is slow. OpenBLAS is not instrumented; sparknn calls it single-threaded (see
-# prepare_blas) and OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting a thread pool of
-# its own, so every thread TSan sees is one it follows, and no suppressions are needed.
+# them: sparknn_concurrency_tests) and run: TSan is slow. OpenBLAS is not instrumented; sparknn
+# calls it single-threaded (see prepare_blas) and OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from
+# starting a thread pool of its own, so every thread TSan sees is one it follows, and no
+# suppressions are needed.
 cmake -S . -B build/test-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARKNN_BUILD_TESTS=ON $unity "$lines_only" \
   -DSPARKNN_SANITIZE=thread >/dev/null
 cmake --build build/test-tsan -j"$jobs" --target sparknn_concurrency_tests

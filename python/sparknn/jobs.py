@@ -316,10 +316,10 @@ def _input_rows(inp: Input, rows: int, dim: int) -> Iterator[tuple[slice, np.nda
 
 
 def use_first_pass(index: Index, setting, timings: Timings) -> tuple[int, int, float] | None:
-    """Turns on ``index``'s projected first pass (``Index.first_pass_dims``: ``"auto"``, a count, or
-    0 / ``"off"``) when it can take one (ivf, float32 lists re-ranked), and fits it now (timed as
-    "projection"). Returns (dims, of dim, variance share) when a search will use it, else None."""
-    setting = 0 if setting is None else first_pass_setting(setting, "first_pass")
+    """Turns on ``index``'s projected first pass (``setting``, as :func:`first_pass_setting` gives
+    it: ``"auto"``, a count, or 0 for off) when it can take one (ivf, float32 lists re-ranked), and
+    fits it now (timed as "projection"). Returns (dims, of dim, variance share) when a search will
+    use it, else None."""
     if not setting or index.kind != "ivf" or index.storage != "float32" or not index.params["rerank"]:
         return None
     if index.first_pass_dims != setting:  # else set at creation (IndexSpec.first_pass_dims): trained in it
