@@ -22,6 +22,14 @@ void gemm_abt(int m, int n, int dim, const float* a, const float* b, float* c) {
     SPARKNN_BLAS(sgemm_)(&trans, &notrans, &n, &m, &dim, &one, b, &dim, a, &dim, &zero, c, &n);
 }
 
+void gemm_atb(int m, int n, int k, const float* a, const float* b, int ld, float* c, int ldc) {
+    // Row-major C (m x n) is column-major C^T (n x m) = B^T A, where row-major B [k, n] is
+    // column-major B^T (n x k) and row-major A [k, m] column-major A^T (m x k).
+    const char trans = 'T', notrans = 'N';
+    const float one = 1.0f, zero = 0.0f;
+    SPARKNN_BLAS(sgemm_)(&notrans, &trans, &n, &m, &k, &one, b, &ld, a, &ld, &zero, c, &ldc);
+}
+
 void gemm_abt_rows(size_t m, size_t n, size_t dim, const float* a, const float* b, float* c, int threads,
                    size_t block) {
     parallel_for(m, block, threads, [&](size_t lo, size_t hi, int) {

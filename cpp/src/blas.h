@@ -1,4 +1,4 @@
-// The one BLAS routine we need, declared here so any OpenBLAS-compatible
+// The one BLAS routine we need (sgemm), declared here so any OpenBLAS-compatible
 // library links: scipy-openblas32 (symbols prefixed "scipy_", the PyPI wheel
 // numpy and scipy build against) or a system BLAS. CMake defines the prefix.
 #pragma once
@@ -23,6 +23,9 @@ namespace sparknn {
 
 // Row-major C[m, n] = A[m, dim] * B[n, dim]^T, single-threaded BLAS call.
 void gemm_abt(int m, int n, int dim, const float* a, const float* b, float* c);
+// Row-major C[m, n] (row stride ldc) = A^T * B for row-major A[k, m] and B[k, n] that share the
+// row stride ld (columns of one matrix: a second moment X^T X without transposing X).
+void gemm_atb(int m, int n, int k, const float* a, const float* b, int ld, float* c, int ldc);
 // The same for any m, in blocks of `block` rows of A across `threads` (SearchParams' meaning).
 void gemm_abt_rows(size_t m, size_t n, size_t dim, const float* a, const float* b, float* c, int threads,
                    size_t block = 512);

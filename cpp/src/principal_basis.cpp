@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -49,59 +50,152 @@ void orthonormalise(std::vector<float>& q, size_t m, size_t dim, std::mt19937_64
     }
 }
 
-// Eigenvalues and eigenvectors (rows of v, [m, m]) of the symmetric h [m, m], which it
-// destroys: cyclic Jacobi rotations (m is a few hundred at most). Each rotation updates
-// rows p and r of h and sets columns p and r from them (h stays symmetric), and rows of v.
+}  // namespace
+
+// Householder reduction to tridiagonal form, then the implicit QL iteration with Wilkinson's
+// shift (the tred2 / tql2 pair of EISPACK, as JAMA has them): about 9 m^3 flops with the
+// vectors, where cyclic Jacobi took ~8 sweeps of 9 m^3 / 2 (0.08 s at m = 196 on a Zen 1).
 std::vector<double> symmetric_eigen(std::vector<double>& h, size_t m, std::vector<double>& v) {
-    v.assign(m * m, 0.0);
-    for (size_t i = 0; i < m; ++i) v[i * m + i] = 1.0;
-    double scale = 0.0;
-    for (double x : h) scale += x * x;
-    for (int sweep = 0; sweep < 50; ++sweep) {
-        double off = 0.0;
-        for (size_t p = 0; p < m; ++p) {
-            for (size_t r = p + 1; r < m; ++r) off += h[p * m + r] * h[p * m + r];
-        }
-        if (off <= 1e-24 * scale) break;
-        for (size_t p = 0; p < m; ++p) {
-            for (size_t r = p + 1; r < m; ++r) {
-                const double hpr = h[p * m + r];
-                if (std::abs(hpr) <= 1e-300) continue;
-                const double theta = (h[r * m + r] - h[p * m + p]) / (2.0 * hpr);
-                const double t = (theta >= 0 ? 1.0 : -1.0) / (std::abs(theta) + std::sqrt(theta * theta + 1.0));
-                const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c;
-                double* hp = &h[p * m];
-                double* hr = &h[r * m];
-                const double app = hp[p], arr = hr[r];
-                for (size_t i = 0; i < m; ++i) {  // J^T H: rows p and r (their columns but p, r final)
-                    const double a = hp[i], b = hr[i];
-                    hp[i] = c * a - s * b;
-                    hr[i] = s * a + c * b;
+    std::vector<double> d(m), e(m);
+    if (m == 0) {
+        v.clear();
+        return d;
+    }
+    // tred2: h becomes the accumulated transformation (its rows indexed [k * m + j] = Z[k][j])
+    std::vector<double>& z = h;
+    const size_t n = m;
+    for (size_t j = 0; j < n; ++j) d[j] = z[(n - 1) * n + j];
+    for (size_t i = n - 1; i > 0; --i) {
+        double scale = 0.0, hh = 0.0;
+        for (size_t k = 0; k < i; ++k) scale += std::abs(d[k]);
+        if (scale == 0.0) {
+            e[i] = d[i - 1];
+            for (size_t j = 0; j < i; ++j) {
+                d[j] = z[(i - 1) * n + j];
+                z[i * n + j] = 0.0;
+                z[j * n + i] = 0.0;
+            }
+        } else {
+            for (size_t k = 0; k < i; ++k) {
+                d[k] /= scale;
+                hh += d[k] * d[k];
+            }
+            double f = d[i - 1];
+            double g = std::sqrt(hh);
+            if (f > 0) g = -g;
+            e[i] = scale * g;
+            hh -= f * g;
+            d[i - 1] = f - g;
+            for (size_t j = 0; j < i; ++j) e[j] = 0.0;
+            for (size_t j = 0; j < i; ++j) {
+                f = d[j];
+                z[j * n + i] = f;
+                g = e[j] + z[j * n + j] * f;
+                for (size_t k = j + 1; k < i; ++k) {
+                    g += z[k * n + j] * d[k];
+                    e[k] += z[k * n + j] * f;
                 }
-                hp[p] = app - t * hpr;
-                hr[r] = arr + t * hpr;
-                hp[r] = hr[p] = 0.0;
-                for (size_t i = 0; i < m; ++i) {  // J^T H J is symmetric: columns p, r from rows p, r
-                    if (i == p || i == r) continue;
-                    h[i * m + p] = hp[i];
-                    h[i * m + r] = hr[i];
-                }
-                double* vp = &v[p * m];
-                double* vr = &v[r * m];
-                for (size_t i = 0; i < m; ++i) {
-                    const double a = vp[i], b = vr[i];
-                    vp[i] = c * a - s * b;
-                    vr[i] = s * a + c * b;
-                }
+                e[j] = g;
+            }
+            f = 0.0;
+            for (size_t j = 0; j < i; ++j) {
+                e[j] /= hh;
+                f += e[j] * d[j];
+            }
+            const double half = f / (hh + hh);
+            for (size_t j = 0; j < i; ++j) e[j] -= half * d[j];
+            for (size_t j = 0; j < i; ++j) {
+                f = d[j];
+                g = e[j];
+                for (size_t k = j; k < i; ++k) z[k * n + j] -= f * e[k] + g * d[k];
+                d[j] = z[(i - 1) * n + j];
+                z[i * n + j] = 0.0;
             }
         }
+        d[i] = hh;
     }
-    std::vector<double> values(m);
-    for (size_t i = 0; i < m; ++i) values[i] = h[i * m + i];
-    return values;
+    for (size_t i = 0; i + 1 < n; ++i) {  // accumulate the transformations
+        z[(n - 1) * n + i] = z[i * n + i];
+        z[i * n + i] = 1.0;
+        const double hh = d[i + 1];
+        if (hh != 0.0) {
+            for (size_t k = 0; k <= i; ++k) d[k] = z[k * n + i + 1] / hh;
+            for (size_t j = 0; j <= i; ++j) {
+                double g = 0.0;
+                for (size_t k = 0; k <= i; ++k) g += z[k * n + i + 1] * z[k * n + j];
+                for (size_t k = 0; k <= i; ++k) z[k * n + j] -= g * d[k];
+            }
+        }
+        for (size_t k = 0; k <= i; ++k) z[k * n + i + 1] = 0.0;
+    }
+    for (size_t j = 0; j < n; ++j) {
+        d[j] = z[(n - 1) * n + j];
+        z[(n - 1) * n + j] = 0.0;
+    }
+    z[(n - 1) * n + n - 1] = 1.0;
+    e[0] = 0.0;
+    // The eigenvectors are z's columns: held as rows of v (the QL's rotations then touch two
+    // contiguous rows).
+    v.assign(n * n, 0.0);
+    for (size_t k = 0; k < n; ++k) {
+        for (size_t j = 0; j < n; ++j) v[j * n + k] = z[k * n + j];
+    }
+    // tql2
+    for (size_t i = 1; i < n; ++i) e[i - 1] = e[i];
+    e[n - 1] = 0.0;
+    double f = 0.0, largest = 0.0;
+    const double eps = std::numeric_limits<double>::epsilon();
+    for (size_t l = 0; l < n; ++l) {
+        largest = std::max(largest, std::abs(d[l]) + std::abs(e[l]));
+        size_t k = l;
+        while (k < n && std::abs(e[k]) > eps * largest) ++k;  // e[n - 1] is 0: stops by n - 1
+        if (k > l) {
+            for (int iteration = 0;; ++iteration) {
+                SPARKNN_THROW_IF_NOT(iteration < 60, Error, "symmetric_eigen: the QL iteration did not converge");
+                double g = d[l];
+                double p = (d[l + 1] - g) / (2.0 * e[l]);
+                double r = std::hypot(p, 1.0);
+                if (p < 0) r = -r;
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                const double dl1 = d[l + 1];
+                double shift = g - d[l];
+                for (size_t i = l + 2; i < n; ++i) d[i] -= shift;
+                f += shift;
+                p = d[k];
+                double c = 1.0, c2 = 1.0, c3 = 1.0, s = 0.0, s2 = 0.0;
+                const double el1 = e[l + 1];
+                for (size_t i = k; i-- > l;) {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    g = c * e[i];
+                    const double hp = c * p;
+                    r = std::hypot(p, e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = hp + s * (c * g + s * d[i]);
+                    double* vi = &v[i * n];
+                    double* vn = &v[(i + 1) * n];
+                    for (size_t t = 0; t < n; ++t) {
+                        const double a = vn[t];
+                        vn[t] = s * vi[t] + c * a;
+                        vi[t] = c * vi[t] - s * a;
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if (!(std::abs(e[l]) > eps * largest)) break;
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+    return d;
 }
-
-}  // namespace
 
 PrincipalBasis principal_basis(const float* rows, size_t n, size_t dim, bool centred, size_t max_dims,
                                double min_share, size_t step, uint64_t seed, int threads) {
@@ -117,30 +211,28 @@ PrincipalBasis principal_basis(const float* rows, size_t n, size_t dim, bool cen
         }
         for (double& m : mean) m /= static_cast<double>(n);
     }
-    // The covariance (or second moment) C [dim, dim] = X^T X of the shifted sample, from X^T.
-    std::vector<float> xt(dim * n);
-    parallel_for(dim, 16, threads, [&](size_t lo, size_t hi, int) {
-        for (size_t t = lo; t < hi; ++t) {
-            for (size_t i = 0; i < n; ++i) xt[t * n + i] = static_cast<float>(rows[i * dim + t] - mean[t]);
+    // The covariance (or second moment) C [dim, dim] = X^T X of the shifted sample X, in place
+    // (a transposed copy cost a third of the products: its writes stride by n).
+    std::vector<float> x(n * dim);
+    parallel_for(n, 256, threads, [&](size_t lo, size_t hi, int) {
+        for (size_t i = lo; i < hi; ++i) {
+            for (size_t t = 0; t < dim; ++t) x[i * dim + t] = static_cast<float>(rows[i * dim + t] - mean[t]);
         }
     });
     // Symmetric: each block of rows computes the columns from its first row on, mirrored after.
     std::vector<float> cov(dim * dim);
     constexpr size_t kBlock = 64;
     parallel_for((dim + kBlock - 1) / kBlock, 1, threads, [&](size_t lo, size_t hi, int) {
-        std::vector<float> part;
         for (size_t blk = lo; blk < hi; ++blk) {
-            const size_t r0 = blk * kBlock, r1 = std::min(dim, r0 + kBlock), cols = dim - r0;
-            part.resize((r1 - r0) * cols);
-            gemm_abt(static_cast<int>(r1 - r0), static_cast<int>(cols), static_cast<int>(n), xt.data() + r0 * n,
-                     xt.data() + r0 * n, part.data());
-            for (size_t i = r0; i < r1; ++i) std::copy_n(&part[(i - r0) * cols], cols, &cov[i * dim + r0]);
+            const size_t r0 = blk * kBlock, r1 = std::min(dim, r0 + kBlock);
+            gemm_atb(static_cast<int>(r1 - r0), static_cast<int>(dim - r0), static_cast<int>(n), x.data() + r0,
+                     x.data() + r0, static_cast<int>(dim), cov.data() + r0 * dim + r0, static_cast<int>(dim));
         }
     });
     for (size_t i = 0; i < dim; ++i) {
         for (size_t j = 0; j < i; ++j) cov[i * dim + j] = cov[j * dim + i];
     }
-    xt = {};
+    x = {};
     double total = 0.0;
     for (size_t t = 0; t < dim; ++t) total += cov[t * dim + t];
     if (!(total > 0.0) || !std::isfinite(total)) return out;  // every row the same (or not finite)

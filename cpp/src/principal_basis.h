@@ -1,6 +1,6 @@
 // The principal subspace of a sample of vectors: an orthonormal basis of the
 // directions that hold most of its energy (PCA without a LAPACK: the sample's
-// covariance by sgemm, subspace iteration, and a Jacobi eigensolver on the
+// covariance by sgemm, subspace iteration, and a symmetric eigensolver on the
 // small projected matrix). Long vectors projected onto it keep their distances
 // closely enough for a first pass whose candidates are re-ranked exactly
 // (the IVF first pass, ivf_first_pass.cpp); as faiss' PCAMatrix does for its
@@ -32,5 +32,9 @@ double gram_excess(const float* basis, size_t dims, size_t dim);
 // exactly max_dims. seed: the subspace iteration's random start (deterministic).
 PrincipalBasis principal_basis(const float* rows, size_t n, size_t dim, bool centred, size_t max_dims,
                                double min_share, size_t step, uint64_t seed, int threads);
+
+// The eigenvalues (returned, unordered) and eigenvectors (rows of v [m, m], orthonormal, in the
+// same order) of the symmetric h [m, m], which it destroys.
+std::vector<double> symmetric_eigen(std::vector<double>& h, size_t m, std::vector<double>& v);
 
 }  // namespace sparknn

@@ -3,6 +3,7 @@
 // brute force (recall, and exact distances for whatever is returned), the settings refused.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -119,6 +120,81 @@ TEST(PrincipalBasis, DeclinesIsotropicDataAndDegenerateSamples) {
 
 // The quantizer's first pass (FlatIndex::set_projected_first_pass): k + extra candidates in
 // the subspace, measured exactly.
+// H = Q diag(values) Q^T for a random orthogonal Q (Gram-Schmidt of Gaussian rows), in double.
+std::vector<double> with_spectrum(const std::vector<double>& values, uint64_t seed) {
+    const size_t m = values.size();
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal;
+    std::vector<double> q(m * m);
+    for (double& x : q) x = normal(rng);
+    for (size_t i = 0; i < m; ++i) {
+        for (size_t j = 0; j < i; ++j) {
+            double dot = 0.0;
+            for (size_t t = 0; t < m; ++t) dot += q[i * m + t] * q[j * m + t];
+            for (size_t t = 0; t < m; ++t) q[i * m + t] -= dot * q[j * m + t];
+        }
+        double norm = 0.0;
+        for (size_t t = 0; t < m; ++t) norm += q[i * m + t] * q[i * m + t];
+        for (size_t t = 0; t < m; ++t) q[i * m + t] /= std::sqrt(norm);
+    }
+    std::vector<double> h(m * m, 0.0);
+    for (size_t a = 0; a < m; ++a) {
+        for (size_t b = 0; b < m; ++b) {
+            for (size_t i = 0; i < m; ++i) h[a * m + b] += q[i * m + a] * values[i] * q[i * m + b];
+        }
+    }
+    return h;
+}
+
+TEST(PrincipalBasis, SymmetricEigenSolvesRandomRepeatedAndDiagonalSpectra) {
+    std::mt19937_64 rng(7);
+    std::uniform_real_distribution<double> uniform(-3.0, 5.0);
+    std::vector<std::vector<double>> spectra = {{2.5}, {1.0, 1.0}, {0.0, 0.0, 0.0}, {3.0, -1.0, 2.0, 0.5, 7.0}};
+    for (size_t m : {50, 196}) {
+        std::vector<double> values(m);
+        for (double& x : values) x = uniform(rng);
+        spectra.push_back(values);
+        for (size_t i = 0; i < m; ++i) values[i] = i < m / 2 ? 4.0 : (i % 3 ? 1e-9 : 2.0);  // repeated and tiny
+        spectra.push_back(values);
+    }
+    for (size_t c = 0; c < spectra.size(); ++c) {
+        const std::vector<double>& expected = spectra[c];
+        const size_t m = expected.size();
+        // odd cases: a diagonal matrix as it is (nothing to reduce), even: rotated
+        std::vector<double> h(m * m, 0.0);
+        if (c % 2) {
+            for (size_t i = 0; i < m; ++i) h[i * m + i] = expected[i];
+        } else {
+            h = with_spectrum(expected, 100 + c);
+        }
+        const std::vector<double> original = h;
+        double scale = 1e-300;
+        for (double x : expected) scale = std::max(scale, std::abs(x));
+        std::vector<double> v;
+        std::vector<double> found = symmetric_eigen(h, m, v);
+        ASSERT_EQ(found.size(), m);
+        ASSERT_EQ(v.size(), m * m);
+        for (size_t i = 0; i < m; ++i) {
+            for (size_t j = 0; j < m; ++j) {  // orthonormal rows
+                double dot = 0.0;
+                for (size_t t = 0; t < m; ++t) dot += v[i * m + t] * v[j * m + t];
+                EXPECT_NEAR(dot, i == j ? 1.0 : 0.0, 1e-10) << "case " << c << " rows " << i << ", " << j;
+            }
+            double residual = 0.0;  // |H v - lambda v|
+            for (size_t a = 0; a < m; ++a) {
+                double hv = 0.0;
+                for (size_t b = 0; b < m; ++b) hv += original[a * m + b] * v[i * m + b];
+                residual += (hv - found[i] * v[i * m + a]) * (hv - found[i] * v[i * m + a]);
+            }
+            EXPECT_LE(std::sqrt(residual), 1e-10 * scale) << "case " << c << " vector " << i;
+        }
+        std::vector<double> want = expected;
+        std::sort(want.begin(), want.end());
+        std::sort(found.begin(), found.end());
+        for (size_t i = 0; i < m; ++i) EXPECT_NEAR(found[i], want[i], 1e-10 * scale) << "case " << c;
+    }
+}
+
 TEST(FlatProjectedFirstPass, FindsTheNearestRowsWithExactDistances) {
     const size_t n = 300, dim = 128, nq = 500, k = 4;
     const std::vector<float> rows = low_rank(n, dim, 8, 0.5f, 8), queries = low_rank(nq, dim, 8, 0.5f, 9);
