@@ -321,21 +321,20 @@ def _run_with_fault(url, fault):
                 time.sleep(0.005)
 
     try:
-        sc.setJobGroup("faults", "routed self-join under faults")
-        df = spark_items(spark, FAULT_DATA, partitions=4)
-        striker = threading.Thread(target=strike, daemon=True) if fault and fault != "speculation" else None
-        if striker:
-            striker.start()
-        model = KNN(**FAULT_PARAMS).fit(df)
-        rows = model.similarItems().toArrow().to_pylist()
-        done.set()
-        layout = model.layout
-        names = sorted(os.listdir(layout.root))
-    finally:
-        done.set()
-        spark.stop()
-    try:
-        return rows, killed, _python_crashes(events), layout, names
+        try:
+            df = spark_items(spark, FAULT_DATA, partitions=4)
+            striker = threading.Thread(target=strike, daemon=True) if fault and fault != "speculation" else None
+            if striker:
+                striker.start()
+            model = KNN(**FAULT_PARAMS).fit(df)
+            rows = model.similarItems().toArrow().to_pylist()
+            done.set()
+            layout = model.layout
+            names = sorted(os.listdir(layout.root))
+        finally:
+            done.set()
+            spark.stop()
+        return rows, killed, _python_crashes(events), layout, names  # (the log is whole once stopped)
     finally:
         shutil.rmtree(events, ignore_errors=True)
 
