@@ -125,6 +125,29 @@ def cpu_kind() -> str:
     return f"{name} (family {family}, model {model}), {sparknn.simd_level()}"
 
 
+def blas_cores() -> dict:
+    """The kernels each OpenBLAS in play picked for this CPU (OPENBLAS_VERBOSE=2 prints them as
+    it loads): numpy's, sparknn's and faiss's are three copies of three versions, and an old one
+    can fail to recognise a new CPU and fall back to slow generic kernels (faiss-cpu 1.15.1's
+    OpenBLAS 0.3.15 runs "Prescott" SSE3 code on the Intel Xeon family 6 model 207 unless
+    OPENBLAS_CORETYPE is set), which would make a side-by-side unfair."""
+    def cores(code: str) -> list:
+        env = {**os.environ, "OPENBLAS_VERBOSE": "2"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        return [line.split(":", 1)[1].strip() for line in (out.stdout + out.stderr).splitlines()
+                if line.startswith("Core:")]
+    found = {"numpy": cores("import numpy")}
+    for name, code in (("sparknn", "import numpy, sparknn"), ("faiss", "import numpy, faiss")):
+        extra = cores(code)
+        for core in found["numpy"]:
+            if core in extra:
+                extra.remove(core)
+        if extra:
+            found[name] = extra[0]
+    found["numpy"] = found["numpy"][0] if found["numpy"] else "?"
+    return found
+
+
 def git_head() -> str:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
@@ -878,9 +901,15 @@ def main(argv=None) -> None:
 
     meta = {"argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M"), "head": git_head(),
             "sparknn": getattr(sparknn, "__version__", "?"), "threads": args.threads, "cpus": os.cpu_count(),
-            "missing_peers": sorted(missing), "load1_start": load1(), "cpu": cpu_kind()}
+            "missing_peers": sorted(missing), "load1_start": load1(), "cpu": cpu_kind(), "blas_cores": blas_cores(),
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
     print(f"## Long vectors (issue 15): {meta['date']}, head {meta['head']}, {meta['cpu']}, {args.threads} threads, "
           f"load average {meta['load1_start']}" + (f"; missing peers: {', '.join(missing)}" if missing else ""))
+    print("OpenBLAS kernels: " + ", ".join(f"{k} {v}" for k, v in meta["blas_cores"].items())
+          + (f" (OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE']})" if meta["OPENBLAS_CORETYPE"] else ""))
+    if "Prescott" in meta["blas_cores"].values():
+        print("warning: an OpenBLAS runs its generic Prescott kernels here (it does not know this CPU): set "
+              "OPENBLAS_CORETYPE to what the others picked for a fair comparison", file=sys.stderr)
     work = tempfile.mkdtemp(prefix="sparknn-longvec-", dir=args.workdir)
     results = {}
     try:

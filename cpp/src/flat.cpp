@@ -15,9 +15,12 @@
 namespace sparknn {
 namespace {
 
-// Selection slack of the flat scan (see TopK::reset): its 256 selections per
-// query block are few, so each may hold 4k entries between cuts.
+// Selection slack of the flat scan (see TopK::reset): its selections per query
+// block are few, so each may hold 4k entries between cuts.
 constexpr size_t kFlatSlack = 4;
+// Fewer queries a thread than this are one query block over a base split among the
+// threads (each reads part of the base) rather than blocks over the whole base.
+constexpr size_t kSplitBaseBelow = 64;
 
 }  // namespace
 
@@ -186,9 +189,16 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
         exact.write_sorted(out_ids + q * k, out_distances + q * k, to_id);
     };
 
-    // Work items are (query block, base range). With few queries, the base is
-    // split so every thread has work; partial top-k are merged per query.
-    const size_t qblocks = (nq + kScanQueryBlock - 1) / kScanQueryBlock;
+    // Work items are (query block, base range): as many equal query blocks of at most
+    // kScanQueryBlock as make a multiple of the threads (1500 queries on 2 threads are two
+    // blocks of 750, not 1024 and 476). Below kSplitBaseBelow queries a thread, the scan is
+    // bound by reading the base, so the queries are one block and the base is split among
+    // the threads instead; partial top-k are merged per query.
+    const size_t per_round = static_cast<size_t>(threads) * kScanQueryBlock;
+    const size_t qblocks =
+        nq < static_cast<size_t>(threads) * kSplitBaseBelow ? 1 : threads * ((nq + per_round - 1) / per_round);
+    const size_t qblock = (nq + qblocks - 1) / qblocks;  // the largest block
+    const auto block_begin = [&](size_t qb) { return nq * qb / qblocks; };
     size_t parts = 1;
     if (qblocks < static_cast<size_t>(threads)) {
         parts = std::min((static_cast<size_t>(threads) + qblocks - 1) / qblocks,
@@ -201,14 +211,14 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
     parallel_for(qblocks * parts, 1, threads, [&](size_t begin, size_t end, int) {
         GemmScanner scanner(metric_, dim_, bf16 ? TileProducts::Bf16 : TileProducts::Float32);
         scanner.centre_float32(centred ? GemmScanner::Centring::On : GemmScanner::Centring::Off);
-        std::vector<float> qnorm(kScanQueryBlock);
+        std::vector<float> qnorm(qblock);
         // 16-bit rows are widened a block at a time; float32 ones are scanned in place.
         std::vector<float> decoded(store_.f32() ? 0 : kScanBaseBlock * dim_);
         const size_t chunk = store_.f32() ? n : kScanBaseBlock;
         std::vector<TopK> local;
         for (size_t item = begin; item < end; ++item) {
             const size_t qb = item / parts, part = item % parts;
-            const size_t q0 = qb * kScanQueryBlock, q1 = std::min(nq, q0 + kScanQueryBlock), m = q1 - q0;
+            const size_t q0 = block_begin(qb), m = block_begin(qb + 1) - q0;
             const size_t b0 = part * part_len, b1 = std::min(n, b0 + part_len);
             TopK* heaps;
             if (parts == 1) {
@@ -236,7 +246,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
     if (parts > 1) {
         // partial is laid out per query block: [q0 * parts + part * m + i]
         for (size_t qb = 0; qb < qblocks; ++qb) {
-            const size_t q0 = qb * kScanQueryBlock, m = std::min(nq, q0 + kScanQueryBlock) - q0;
+            const size_t q0 = block_begin(qb), m = block_begin(qb + 1) - q0;
             for (size_t i = 0; i < m; ++i) {
                 TopK& first = partial[q0 * parts + i];
                 for (size_t part = 1; part < parts; ++part) first.merge(partial[q0 * parts + part * m + i]);

@@ -111,7 +111,7 @@ void select_row(TopK& heap, const float* row, size_t cols, const int64_t* labels
 }
 
 GemmScanner::GemmScanner(Metric metric, size_t dim, TileProducts products)
-    : metric_(metric), dim_(dim), products_(products), tile_(kScanQueryBlock * kScanBaseBlock) {
+    : metric_(metric), dim_(dim), products_(products) {
     if (products_ == TileProducts::Bf16) {
         SPARKNN_THROW_IF_NOT(bf16_tiles_available(), Unsupported, "bf16 tile products need AVX512_BF16");
         packed_base_.resize(tile_bf16::panel_rows(kScanBaseBlock) * tile_bf16::pairs(dim));
@@ -153,12 +153,12 @@ void GemmScanner::products(bool bf16, const float* queries, size_t q0, size_t m,
 #if defined(SPARKNN_TILE_BF16)
     if (bf16) {
         const size_t pairs = tile_bf16::pairs(dim_);
-        tile_bf16::product(packed_queries_.data() + q0 * pairs, m, packed_base_.data(), cols, pairs, tile_.data(), cols);
+        tile_bf16::product(packed_queries_.data() + q0 * pairs, m, packed_base_.data(), cols, pairs, tile_.get(), cols);
         return;
     }
 #endif
     gemm_abt(static_cast<int>(m), static_cast<int>(cols), static_cast<int>(dim_), queries + q0 * dim_, base,
-             tile_.data());
+             tile_.get());
 }
 
 void GemmScanner::scan(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,
@@ -209,6 +209,11 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
         centre_rows(queries, m, centre, centred_queries_, nullptr);
         queries = centred_queries_.data();
     }
+    const size_t tile_size = std::min(m, kScanQueryBlock) * std::min(nb, kScanBaseBlock);
+    if (tile_size > tile_capacity_) {
+        tile_.reset(new float[tile_size]);
+        tile_capacity_ = tile_size;
+    }
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
         if (bf16) pack_base(base + c0 * dim_, cols, centre);
@@ -223,7 +228,7 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
             const size_t rows = std::min(m - q0, kScanQueryBlock);
             products(bf16, queries, q0, rows, block, cols);
             for (size_t i = 0; i < rows; ++i) {
-                float* row = tile_.data() + i * cols;
+                float* row = tile_.get() + i * cols;
                 const float qc = centre != nullptr ? query_centre_[q0 + i] : 0.0f;
                 const float offset = metric_ == Metric::Cosine ? 1.0f : 0.0f;
                 if (l2) {

@@ -265,8 +265,9 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     }
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
 
-    // A scanner per worker, not per work item: a scanner's tile is 512 KiB,
-    // and zero-filling one per item cost ~10% of a self-join's search.
+    // A scanner per worker, not per work item: a scanner keeps its tile (up to
+    // 2 MiB) and buffers; a fresh (zero-filled) one per item cost ~10% of a
+    // self-join's search.
     struct Worker {
         std::unique_ptr<IvfListScanner> scanner;
         std::vector<TopK*> heap_of;

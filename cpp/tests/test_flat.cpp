@@ -60,7 +60,11 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(FlatCase{Metric::L2, 17, 3000, 37, 2}, FlatCase{Metric::L2, 128, 2500, 300, 2},
                       FlatCase{Metric::InnerProduct, 100, 2000, 5, 2}, FlatCase{Metric::Cosine, 769, 1100, 9, 1},
                       FlatCase{Metric::Cosine, 3, 500, 200, 2}, FlatCase{Metric::L2, 1, 300, 4, 2},
-                      FlatCase{Metric::L2, 8, 6, 3, 2}));
+                      FlatCase{Metric::L2, 8, 6, 3, 2},
+                      // query blocks: uneven counts over threads, more than one round of
+                      // full blocks, just over the split-the-base bound, small bases
+                      FlatCase{Metric::L2, 16, 700, 2600, 3}, FlatCase{Metric::Cosine, 24, 900, 2100, 2},
+                      FlatCase{Metric::L2, 5, 3000, 130, 2}, FlatCase{Metric::InnerProduct, 8, 400, 255, 4}));
 
 // The bf16 first pass (the IVF quantizer's, k-means'): the best k + extra candidates
 // measured exactly give exact search's answer and distances, also for rows in a tight
