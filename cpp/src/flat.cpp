@@ -159,7 +159,7 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
     // keeps its differences in bf16 only as residuals); its candidates are then re-ranked.
     std::vector<float> mean;
     const bool centred = centre_on_mean(mean);
-    const bool bf16 = bf16_extra_ > 0 && store_.f32() != nullptr && bf16_tiles_available();
+    const bool bf16 = bf16_extra_ > 0 && store_.f32() != nullptr && bf16_tiles_preferred();
     const size_t kept = bf16 ? k + bf16_extra_ : k;
     if (bf16 && mean.empty()) {  // not L2: the mean of the rows, here
         std::vector<double> sum(dim_, 0.0);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #if defined(__SSE2__)
@@ -84,6 +86,24 @@ bool bf16_tiles_available() {
         return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 5)) != 0;
     }();
     return cpu && simd_level() == SimdLevel::Avx512;
+#else
+    return false;
+#endif
+}
+
+bool bf16_tiles_preferred() {
+    if (!bf16_tiles_available()) return false;
+#if defined(SPARKNN_TILE_BF16)
+    static const bool preferred = [] {
+        const char* env = std::getenv("SPARKNN_BF16_TILES");
+        if (env != nullptr && (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0)) return env[0] == '1';
+        unsigned eax = 0, vendor[3] = {0, 0, 0};
+        __get_cpuid(0, &eax, &vendor[0], &vendor[2], &vendor[1]);  // "AuthenticAMD" in ebx, edx, ecx
+        char name[13] = {0};
+        std::memcpy(name, vendor, 12);
+        return std::strcmp(name, "AuthenticAMD") == 0;
+    }();
+    return preferred;
 #else
     return false;
 #endif

@@ -336,7 +336,7 @@ std::pair<size_t, size_t> IvfIndex::place_of(size_t label) const {
 }
 
 TileProducts IvfIndex::tile_products() const {
-    const bool bf16 = params_.rerank > 0 && params_.storage == Storage::Float32 && bf16_tiles_available();
+    const bool bf16 = params_.rerank > 0 && params_.storage == Storage::Float32 && bf16_tiles_preferred();
     return bf16 ? TileProducts::Bf16 : TileProducts::Float32;
 }
 

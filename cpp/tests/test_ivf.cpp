@@ -857,7 +857,7 @@ TEST(Ivf, LadderAndExactProvesOnlyExactAnswers) {
                         << c.name << " rerank " << rerank << " query " << q << ": a proven answer is not a top " << k;
                 }
             }
-            const bool approximate = rerank > 0 && bf16_tiles_available();
+            const bool approximate = rerank > 0 && bf16_tiles_preferred();
             if (!approximate || std::string(c.name) != "near ties l2") {
                 EXPECT_GE(proved, nq * 95 / 100) << c.name << " rerank " << rerank;
             } else {
