@@ -13,12 +13,12 @@
 
 namespace sparknn {
 
-// A [kScanQueryBlock, kScanBaseBlock] float tile (1 MiB) is one sgemm call, then
-// turned into distances and scanned. 512 queries rather than 256: OpenBLAS packs
-// both operands on every call, and the base is streamed once per query block, so
-// the taller tile took flat search at 100k x 768 from 85% to 90% of one big
-// sgemm's rate on the Intel Xeon (bench/README.md); the tile outgrows a small L2,
-// but the scan reads it once, sequentially.
+// A [kScanQueryBlock, kScanBaseBlock] float tile (2 MiB) is one sgemm call, then
+// turned into distances and scanned. 1024 queries rather than 256: OpenBLAS packs
+// both operands on every call, so each base block was packed once per query
+// block; the taller tile took flat search at 100k x 768 on the Intel Xeon from
+// 83-88% to 89-100% of one big sgemm's rate (bench/README.md). The tile outgrows
+// L2, but the scan reads it once, sequentially.
 inline constexpr size_t kScanQueryBlock = 1024;
 inline constexpr size_t kScanBaseBlock = 512;
 // Queries an IVF list is scanned for at once (a work item): its rows are read
