@@ -26,7 +26,7 @@ inline constexpr size_t kScanBaseBlock = 512;
 inline constexpr size_t kListQueries = kScanQueryBlock;
 
 // How a tile's inner products are computed: float32 sgemm (exact up to float32
-// rounding), or bf16 (tile_bf16.h: twice as fast, about 3 significant digits;
+// rounding), or bf16 (tile_bf16.h: twice as fast on AMD, about 3 significant digits;
 // for a first pass whose candidates are re-ranked exactly).
 enum class TileProducts { Float32, Bf16 };
 // Fewer queries than this are scanned in float32 even by a bf16 scanner.

@@ -1,7 +1,8 @@
 // Tile products in bf16: C = round(A) * round(B)^T with A and B rounded to
 // bf16 (nearest even) and products summed in float32, through AVX512_BF16's
 // vdpbf16ps (two multiply-adds per lane and instruction: twice the float32
-// FMA's rate, and half the bytes). An approximate first pass, for an IVF scan
+// FMA's rate on AMD's Zen 4, the same on Intel Xeons: bf16_tiles_preferred; and
+// half the bytes). An approximate first pass, for an IVF scan
 // whose candidates are then re-ranked exactly (IvfParams::rerank).
 //
 // Operands are packed first: a query block as rows of bf16 pairs, a base block
@@ -23,7 +24,7 @@ bool bf16_tiles_available();
 // 256-bit halves, and vdpbf16ps does twice the multiply-adds. Intel Xeons run two
 // full 512-bit float32 FMAs a cycle, as many multiply-adds as vdpbf16ps: there the
 // packing and re-ranking were pure cost (Emerald Rapids, `sparknn similar` of
-// 500k x 768: 21-24 s in bf16, 15 s in float32). SPARKNN_BF16_TILES=1 / 0
+// 500k x 768: 21-24 s in bf16, 19-20 s in float32 with the same rerank). SPARKNN_BF16_TILES=1 / 0
 // overrides the choice (read once; =1 still needs bf16_tiles_available()).
 bool bf16_tiles_preferred();
 
