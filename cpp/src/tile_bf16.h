@@ -13,20 +13,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sparknn/distance.h"
+
 namespace sparknn {
 
 // Whether this CPU runs the bf16 tile products (AVX512_BF16) and the kernels
 // in use are AVX-512's: SPARKNN_SIMD / set_simd_level below avx512 turn them off.
 bool bf16_tiles_available();
-// Whether the engine scans in bf16 tiles by default (ivf float32 lists with rerank,
-// their k-means and quantizer): where available and faster than float32 sgemm. That
-// is AMD's AVX512_BF16 CPUs (Zen 4 on): their 512-bit float32 FMAs run as two
-// 256-bit halves, and vdpbf16ps does twice the multiply-adds. Intel Xeons run two
-// full 512-bit float32 FMAs a cycle, as many multiply-adds as vdpbf16ps: there the
-// packing and re-ranking were pure cost (Emerald Rapids, `sparknn similar` of
-// 500k x 768: 21-24 s in bf16, 19-20 s in float32 with the same rerank). SPARKNN_BF16_TILES=1 / 0
-// overrides the choice (read once; =1 still needs bf16_tiles_available()).
-bool bf16_tiles_preferred();
+// bf16_tiles_preferred() (sparknn/distance.h): whether the engine scans in them by default.
 
 namespace tile_bf16 {
 

@@ -576,6 +576,8 @@ NB_MODULE(_core, m) {
           "vectors an ivf index samples for k-means when train_size=0");
     m.def("simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::simd_level())); });
     m.def("cpu_simd_level", [] { return std::string(sparknn::simd_level_name(sparknn::cpu_simd_level())); });
+    m.def("bf16_tiles_preferred", &sparknn::bf16_tiles_preferred,
+          "whether ivf float32 lists (with rerank) and flat scan in bf16 tiles here by default");
     m.attr("FORMAT_VERSION") = sparknn::kFormatVersion;
     m.attr("IVF_ONE_SCAN_LADDER_TOP") = sparknn::IvfIndex::kRankHeapsTop;
     m.def(

@@ -265,11 +265,13 @@ def _executor_of(procs, worker):
     return procs.get(daemon, (None,))[0]
 
 
-def _building(pid) -> bool:
-    """An executor whose node holds a build task's scratch directory (seen through its own mounts)."""
+def _building(worker) -> bool:
+    """A Python worker running a build task: its own scratch directory (named with its pid, seen
+    through its node's mounts) exists. A killed build leaves its directory behind, so the pid, not
+    the bare presence of one, tells the live build."""
     import glob
 
-    return bool(glob.glob(f"/proc/{pid}/root/tmp/**/sparknn-build-*", recursive=True))
+    return bool(glob.glob(f"/proc/{worker}/root/tmp/**/sparknn-build-{worker}-*", recursive=True))
 
 
 def _searching(pid) -> bool:
@@ -304,9 +306,8 @@ def _run_with_fault(url, fault):
     def victims(stage, target):
         procs = _procs()
         if stage == "build":
-            hit = [e for e in _executors(procs, app_id) if _building(e)]
-            return hit if target == "executor" else [w for w in _python_workers(procs, app_id)
-                                                     if _executor_of(procs, w) in hit]
+            workers = [w for w in _python_workers(procs, app_id) if _building(w)]
+            return workers if target == "python" else list({_executor_of(procs, w) for w in workers} - {None})
         workers = [w for w in _python_workers(procs, app_id) if _searching(w)]
         return workers if target == "python" else list({_executor_of(procs, w) for w in workers} - {None})
 

@@ -3,7 +3,6 @@ chosen nprobe / ef reaches the target on held-out queries, is reported, and is t
 
 from concurrent.futures import ThreadPoolExecutor
 
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -162,13 +161,9 @@ def test_ivf_ladder_from_one_scan_chooses_as_searching_each_value(target):
 
 
 def _bf16_tiles() -> bool:
-    """Whether ivf float32 lists scan in bf16 here: AVX512_BF16 and the AVX-512 kernels in use, on
-    an AMD CPU unless SPARKNN_BF16_TILES says otherwise (bf16_tiles_preferred in tile_bf16.h)."""
-    with open("/proc/cpuinfo") as f:
-        info = f.read()
-    able = "avx512_bf16" in info and sparknn.simd_level() == "avx512"
-    wanted = os.environ.get("SPARKNN_BF16_TILES")
-    return able and (wanted == "1" if wanted in ("0", "1") else "AuthenticAMD" in info)
+    """Whether ivf float32 lists scan in bf16 here (the engine's own choice: AVX512_BF16 CPUs of
+    AMD unless SPARKNN_BF16_TILES says otherwise)."""
+    return sparknn._core.bf16_tiles_preferred()
 
 
 def _near_ties(n: int, nq: int, dim: int):

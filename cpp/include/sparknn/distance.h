@@ -33,6 +33,15 @@ SimdLevel cpu_simd_level();
 SimdLevel simd_level();
 // Selects the kernels of `level`; throws Unsupported if the CPU lacks it.
 void set_simd_level(SimdLevel level);
+// Whether the engine scans in bf16 tiles by default (ivf float32 lists with rerank,
+// their k-means and quantizer): where available and faster than float32 sgemm. That
+// is AMD's AVX512_BF16 CPUs (Zen 4 on): their 512-bit float32 FMAs run as two
+// 256-bit halves, and vdpbf16ps does twice the multiply-adds. Intel Xeons run two
+// full 512-bit float32 FMAs a cycle, as many multiply-adds as vdpbf16ps: there the
+// packing and re-ranking were pure cost (Emerald Rapids, `sparknn similar` of
+// 500k x 768: 21-24 s in bf16, 19-20 s in float32 with the same rerank). SPARKNN_BF16_TILES=1 / 0
+// overrides the choice (read once; =1 still needs AVX512_BF16 and the avx512 kernels).
+bool bf16_tiles_preferred();
 
 using DistanceFn = float (*)(const float* a, const float* b, size_t dim);
 // out[t] = the DistanceFn of a and b[t], t < 4, bit for bit: four rows read in

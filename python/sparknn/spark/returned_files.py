@@ -72,9 +72,11 @@ def chunk_batches(directory: str, names, schema: pa.Schema):
 
 @contextmanager
 def scratch_dir():
-    """A private directory on this node's local disk (Spark's local dirs when set), removed after."""
+    """A private directory on this node's local disk (Spark's local dirs when set), removed after.
+    Its name carries the owner's pid: a task killed outright (SIGKILL, a lost executor) cannot remove
+    it, and the pid tells such a leftover from a live build."""
     base = (os.environ.get("SPARK_LOCAL_DIRS") or "").split(",")[0] or None
-    path = tempfile.mkdtemp(prefix="sparknn-build-", dir=base if base and os.path.isdir(base) else None)
+    path = tempfile.mkdtemp(prefix=f"sparknn-build-{os.getpid()}-", dir=base if base and os.path.isdir(base) else None)
     try:
         yield path
     finally:
