@@ -11,7 +11,19 @@
 
 namespace sparknn {
 
-// 64-byte aligned allocation: rows start on cache lines, SIMD loads never split.
+// Memory of `bytes` for an index array, 64-byte aligned: rows start on cache
+// lines, SIMD loads never split. Arrays of kHugePagesFrom bytes or more start
+// on a 2 MiB boundary and ask Linux for transparent huge pages (MADV_HUGEPAGE;
+// most distributions enable them only where asked): a graph search or a
+// re-rank reads rows at random over hundreds of MB, and with 4 KiB pages
+// nearly every row read also misses the TLB (a page walk), while 2 MiB pages
+// map 1 GB in 512 TLB entries; filling fresh memory also faults 512x less
+// often. SPARKNN_HUGE_PAGES=0 turns this off (read once). free_index_memory
+// takes the same `bytes`.
+void* allocate_index_memory(std::size_t bytes);
+void free_index_memory(void* p, std::size_t bytes) noexcept;
+inline constexpr std::size_t kHugePagesFrom = std::size_t{4} << 20;
+
 template <class T>
 struct AlignedAllocator {
     using value_type = T;
@@ -21,10 +33,9 @@ struct AlignedAllocator {
     AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
     T* allocate(std::size_t n) {
         if (n > static_cast<std::size_t>(-1) / sizeof(T)) throw std::bad_alloc();
-        void* p = ::operator new(n * sizeof(T), std::align_val_t(kAlign));
-        return static_cast<T*>(p);
+        return static_cast<T*>(allocate_index_memory(n * sizeof(T)));
     }
-    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t(kAlign)); }
+    void deallocate(T* p, std::size_t n) noexcept { free_index_memory(p, n * sizeof(T)); }
     template <class U>
     bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
 };
