@@ -73,17 +73,8 @@ std::unique_ptr<Index> make_flat(Metric metric, size_t n, size_t dim, uint64_t s
     return index;
 }
 
-struct Results {
-    std::vector<int64_t> ids;
-    std::vector<float> dist;
-    bool operator==(const Results&) const = default;
-};
-Results search(const Index& index, const std::vector<float>& queries, size_t k) {
-    const size_t nq = queries.size() / index.dim();
-    Results r{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
-    index.search(nq, queries.data(), k, r.ids.data(), r.dist.data());
-    return r;
-}
+using test::Results;
+using test::search;
 
 class FileTest : public ::testing::Test {
   protected:
