@@ -13,24 +13,25 @@ namespace {
 
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
-bool huge_pages_wanted() {
-    static const bool wanted = [] {
-        const char* env = std::getenv("SPARKNN_HUGE_PAGES");
-        return env == nullptr || std::strcmp(env, "0") != 0;
-    }();
-    return wanted;
-}
-
 // The alignment of an array of `bytes`: a function of the size alone, so that
 // free_index_memory finds the one allocate_index_memory used.
 std::size_t alignment_of(std::size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes >= kHugePagesFrom && huge_pages_wanted()) return kHugePage;
-#endif
-    return AlignedAllocator<char>::kAlign;
+    return bytes >= kHugePagesFrom && huge_pages_enabled() ? kHugePage : AlignedAllocator<char>::kAlign;
 }
 
 }  // namespace
+
+bool huge_pages_enabled() {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    static const bool enabled = [] {
+        const char* env = std::getenv("SPARKNN_HUGE_PAGES");
+        return env == nullptr || std::strcmp(env, "0") != 0;
+    }();
+    return enabled;
+#else
+    return false;
+#endif
+}
 
 void* allocate_index_memory(std::size_t bytes) {
     const std::size_t align = alignment_of(bytes);

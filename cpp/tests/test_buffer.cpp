@@ -3,7 +3,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <string>
 
@@ -19,11 +18,6 @@
 #endif
 
 namespace {
-
-bool huge_pages_off() {
-    const char* env = std::getenv("SPARKNN_HUGE_PAGES");
-    return env != nullptr && std::strcmp(env, "0") == 0;
-}
 
 // The THPeligible line of /proc/self/smaps for the mapping holding `p` (-1 if not found).
 int thp_eligible(const void* p) {
@@ -54,7 +48,7 @@ TEST(IndexMemory, LargeArraysStartOnHugePagesAndHoldTheirValues) {
     for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(i % 1000);
     const auto at = reinterpret_cast<uintptr_t>(v.data());
     EXPECT_EQ(at % 64, 0u);
-    if (!huge_pages_off()) {
+    if (sparknn::huge_pages_enabled()) {
         EXPECT_EQ(at % (size_t{2} << 20), 0u);
 #if defined(__linux__) && !defined(SPARKNN_SANITIZED)
         // The advice reached the kernel where it can tell: 1 unless THP is off ("never") or absent

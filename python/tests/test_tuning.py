@@ -3,7 +3,6 @@ chosen nprobe / ef reaches the target on held-out queries, is reported, and is t
 
 from concurrent.futures import ThreadPoolExecutor
 
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

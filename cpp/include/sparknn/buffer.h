@@ -23,6 +23,9 @@ namespace sparknn {
 void* allocate_index_memory(std::size_t bytes);
 void free_index_memory(void* p, std::size_t bytes) noexcept;
 inline constexpr std::size_t kHugePagesFrom = std::size_t{4} << 20;
+// Whether arrays of kHugePagesFrom bytes or more get huge pages here: on Linux,
+// unless SPARKNN_HUGE_PAGES=0.
+bool huge_pages_enabled();
 
 template <class T>
 struct AlignedAllocator {
