@@ -18,15 +18,32 @@ _handle = None  # kept alive for the life of the process
 
 
 def preload_openblas() -> None:
+    """Loads the library without a thread pool of its own: sparknn calls it from its own threads,
+    one call per thread (the engine sets one BLAS thread), so OpenBLAS's server threads, started
+    as the library loads, only busy-wait (about 0.1 s of a core in every process that imports
+    sparknn: the CLI's start, each Spark Python worker). The library reads its thread count
+    once, as it loads: the variable is set for that moment only, and numpy's own OpenBLAS is
+    left as it is."""
     global _handle
     if _handle is not None:
         return
-    for path in _library_paths():
-        try:
-            _handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            return
-        except OSError:
-            continue
+    before = os.environ.get(_THREADS_VARIABLE)
+    os.environ[_THREADS_VARIABLE] = "1"
+    try:
+        for path in _library_paths():
+            try:
+                _handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                return
+            except OSError:
+                continue
+    finally:
+        if before is None:
+            del os.environ[_THREADS_VARIABLE]
+        else:
+            os.environ[_THREADS_VARIABLE] = before
+
+
+_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
 
 
 def _library_paths() -> list[str]:

@@ -40,3 +40,25 @@ def test_index_options_by_name():
     assert _core.make_index("hnsw", 4, "ip", options).params["M"] == 8
     with pytest.raises(TypeError):  # keywords only: no order of fields to get wrong
         _core.IndexOptions(8)
+
+
+@pytest.mark.parametrize("variable", [None, "3"])
+def test_sparknns_openblas_loads_without_a_thread_pool_and_leaves_the_variable(variable):
+    """The library sparknn calls from its own threads starts no server threads of its own (they
+    only busy-waited), whatever the caller's OPENBLAS_NUM_THREADS, which is left as it was."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from sparknn import _blas\n"
+            "get = getattr(_blas._handle, 'scipy_openblas_get_num_threads', None) if _blas._handle else None\n"
+            "print(get() if get else 'none', os.environ.get('OPENBLAS_NUM_THREADS'))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if variable is not None:
+        env["OPENBLAS_NUM_THREADS"] = variable
+    threads, left = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                   check=True).stdout.split()
+    if threads == "none":
+        pytest.skip("built against a system BLAS: not loaded by sparknn")
+    assert threads == "1"
+    assert left == str(variable)
