@@ -10,6 +10,7 @@
 #include "sparknn/distance.h"
 #include "sparknn/flat.h"
 #include "sparknn/ivf.h"
+#include "sparknn/topk.h"
 
 namespace {
 
@@ -137,6 +138,30 @@ void BM_IvfBatch(benchmark::State& state, size_t rerank) {
 BENCHMARK_CAPTURE(BM_Distance, l2_scalar, sparknn::SimdLevel::Scalar, true)->Arg(128)->Arg(768);
 BENCHMARK_CAPTURE(BM_Distance, l2_avx2, sparknn::SimdLevel::Avx2, true)->Arg(128)->Arg(768);
 BENCHMARK_CAPTURE(BM_Distance, l2_avx512, sparknn::SimdLevel::Avx512, true)->Arg(128)->Arg(768);
+// Selections as a scan feeds them: rows of 512 distances pushed into one TopK per query, the
+// threshold rejecting most once it is tight; ids given for ties, as the indexes give them.
+void BM_TopK(benchmark::State& state) {
+    const size_t k = static_cast<size_t>(state.range(0)), queries = 64, cols = 512, rows_per_query = 8;
+    const std::vector<float> d = random_floats(queries * rows_per_query * cols, 3);
+    std::vector<int64_t> ids(cols * rows_per_query);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i * 7 % ids.size());
+    std::vector<sparknn::TopK> heaps(queries);
+    std::vector<int64_t> out_ids(k);
+    std::vector<float> out_d(k);
+    for (auto _ : state) {
+        for (size_t q = 0; q < queries; ++q) {
+            sparknn::TopK& h = heaps[q];
+            h.reset(k);
+            h.order_ties_by(ids.data());
+            const float* row = d.data() + q * rows_per_query * cols;
+            for (size_t j = 0; j < rows_per_query * cols; ++j) h.push(row[j], static_cast<int64_t>(j));
+            h.write_sorted(out_ids.data(), out_d.data(), [](int64_t label) { return label; });
+        }
+        benchmark::DoNotOptimize(out_ids.data());
+    }
+    state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * queries * rows_per_query * cols));
+}
+
 BENCHMARK_CAPTURE(BM_Distance, dot_scalar, sparknn::SimdLevel::Scalar, false)->Arg(128)->Arg(768);
 BENCHMARK_CAPTURE(BM_Distance, dot_avx2, sparknn::SimdLevel::Avx2, false)->Arg(128)->Arg(768);
 BENCHMARK_CAPTURE(BM_Distance, dot_avx512, sparknn::SimdLevel::Avx512, false)->Arg(128)->Arg(768);
@@ -153,6 +178,7 @@ BENCHMARK_CAPTURE(BM_Half, fp16_l2_x4_avx512, sparknn::SimdLevel::Avx512, false,
 BENCHMARK_CAPTURE(BM_Half, fp16_dot_x4_avx512, sparknn::SimdLevel::Avx512, false, false, true)->Arg(100)->Arg(768);
 BENCHMARK_CAPTURE(BM_Half, bf16_l2_avx512, sparknn::SimdLevel::Avx512, true, true, false)->Arg(100)->Arg(768);
 BENCHMARK_CAPTURE(BM_Half, bf16_l2_x4_avx512, sparknn::SimdLevel::Avx512, true, true, true)->Arg(100)->Arg(768);
+BENCHMARK(BM_TopK)->Arg(11)->Arg(44)->Arg(1024);
 BENCHMARK(BM_FlatSearch)->Args({200000, 1})->Args({200000, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_IvfBatch, float32, 0)->Arg(128)->Arg(768)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_IvfBatch, bf16_rerank2, 2)->Arg(128)->Arg(768)->Unit(benchmark::kMillisecond)->UseRealTime();

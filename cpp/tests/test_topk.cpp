@@ -35,6 +35,52 @@ TEST(TopK, KeepsKSmallestSortedWithLabelTieBreak) {
     }
 }
 
+// Large selections of distinct distances, as the deep selections of an exact answer hold
+// (1024 of them, cut back from 2048): the quickselect of the k-th runs many rounds.
+TEST(TopK, LargeSelectionsOfDistinctDistances) {
+    std::mt19937 rng(13);
+    std::normal_distribution<float> normal;
+    for (auto [k, slack] : {std::pair<size_t, size_t>{1024, 2}, {100, 3}, {17, 2}}) {
+        SCOPED_TRACE("k " + std::to_string(k));
+        std::vector<std::pair<float, int64_t>> all;
+        TopK top;
+        top.reset(k, slack);
+        for (int64_t i = 0; i < 20000; ++i) {
+            // drifting downwards now and then: the threshold keeps moving, many cuts
+            const float v = normal(rng) - static_cast<float>(i % 5000) * 1e-3f;
+            all.emplace_back(v, i);
+            top.push(v, i);
+        }
+        std::sort(all.begin(), all.end());
+        std::vector<int64_t> ids(k);
+        std::vector<float> dist(k);
+        top.write_sorted(ids.data(), dist.data(), [](int64_t l) { return l; });
+        for (size_t i = 0; i < k; ++i) {
+            ASSERT_EQ(dist[i], all[i].first) << i;
+            ASSERT_EQ(ids[i], all[i].second) << i;
+        }
+    }
+}
+
+// Many rows at one distance (duplicates of the query, or of each other): the selection still
+// keeps the first by id, and the cut does not degrade to a round per row.
+TEST(TopK, RunsOfEqualDistances) {
+    for (auto [k, slack] : {std::pair<size_t, size_t>{1024, 2}, {40, 2}}) {
+        SCOPED_TRACE("k " + std::to_string(k));
+        TopK top;
+        top.reset(k, slack);
+        const int64_t n = 30000;
+        for (int64_t i = n - 1; i >= 0; --i) top.push(i % 3 == 0 ? 0.0f : 1.0f, i);  // 10000 at 0, in reverse
+        std::vector<int64_t> ids(k);
+        std::vector<float> dist(k);
+        top.write_sorted(ids.data(), dist.data(), [](int64_t l) { return l; });
+        for (size_t i = 0; i < k; ++i) {
+            ASSERT_EQ(dist[i], 0.0f) << i;
+            ASSERT_EQ(ids[i], static_cast<int64_t>(3 * i)) << i;
+        }
+    }
+}
+
 // With ids, equal distances are ordered by ids[label], not by label, at the
 // cut (the k-th distance shared) as in the output order.
 TEST(TopK, TiesOrderedByIdsWhenGiven) {

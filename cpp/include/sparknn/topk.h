@@ -7,7 +7,7 @@
 //
 // A reservoir rather than a heap: a candidate that beats the threshold is
 // appended (a store), and only when the buffer is full (2k entries by default,
-// see reset) is it cut back to the k best with one nth_element. A scan pushes
+// see reset) is it cut back to the k best with one selection. A scan pushes
 // most candidates early and few late, so this costs O(1) per push where a heap
 // costs O(log k) swaps of 16-byte entries; it is what the IVF and flat scans
 // spend most time in after the GEMM itself (faiss selects the same way in its
@@ -115,18 +115,87 @@ class TopK {
     }
 
   private:
-    // Keeps the k smallest pairs; the k-th becomes the threshold.
+    // Keeps the k smallest pairs; the k-th becomes the threshold. The k-th distance is selected
+    // among the distances alone (4-byte keys, one float compare each), then the entries nearer
+    // than it are kept, and of those at it the first by id: the k an nth_element over the
+    // pairs by before() keeps, for about a third of its time (it was a tenth of a self-join).
     void shrink() {
-        std::nth_element(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(k_ - 1), buffer_.end(),
-                         [this](const Entry& a, const Entry& b) { return before(a, b); });
-        threshold_ = buffer_[k_ - 1].first;
+        keys_.resize(buffer_.size());
+        for (size_t i = 0; i < buffer_.size(); ++i) {  // NaN as +inf: the selection needs an order
+            const float d = buffer_[i].first;
+            keys_[i] = d == d ? d : std::numeric_limits<float>::infinity();
+        }
+        const float kth = kth_smallest(keys_.data(), keys_.size(), k_ - 1);
+        // those at most the k-th to the front (branchless, as kth_smallest); k of them unless
+        // others share the k-th distance, of which the first by id are kept
+        size_t at = 0;
+        for (size_t i = 0; i < buffer_.size(); ++i) {
+            const Entry e = buffer_[i];
+            buffer_[i] = buffer_[at];
+            buffer_[at] = e;
+            at += e.first <= kth ? 1 : 0;
+        }
+        if (at > k_) {
+            size_t nearer = 0;
+            for (size_t i = 0; i < at; ++i) {
+                if (buffer_[i].first < kth) std::swap(buffer_[i], buffer_[nearer++]);
+            }
+            std::nth_element(buffer_.begin() + static_cast<std::ptrdiff_t>(nearer),
+                             buffer_.begin() + static_cast<std::ptrdiff_t>(k_ - 1),
+                             buffer_.begin() + static_cast<std::ptrdiff_t>(at),
+                             [this](const Entry& a, const Entry& b) { return before(a, b); });
+        }
+        threshold_ = kth;
         buffer_.resize(k_);
+    }
+
+    // The value that would stand at position `nth` of keys[0, n) sorted (no NaN), reordering
+    // them: quickselect with a branchless Lomuto partition (every element swapped, the boundary
+    // moved by the comparison's result), as random distances mispredict half of a branchy
+    // partition's compares. Past 64 rounds (an unlucky run of pivots), std::nth_element finishes.
+    static float kth_smallest(float* keys, size_t n, size_t nth) {
+        size_t lo = 0, hi = n;  // nth lies in [lo, hi)
+        for (int round = 0; hi - lo > 16 && round < 64; ++round) {
+            const size_t mid = lo + (hi - lo) / 2;
+            // median of three to the end, as the pivot
+            float a = keys[lo], b = keys[mid], c = keys[hi - 1];
+            const float pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));
+            size_t at = pivot == a ? lo : pivot == b ? mid : hi - 1;
+            std::swap(keys[at], keys[hi - 1]);
+            size_t store = lo;
+            for (size_t i = lo; i + 1 < hi; ++i) {
+                const float v = keys[i];
+                keys[i] = keys[store];
+                keys[store] = v;
+                store += v < pivot ? 1 : 0;
+            }
+            std::swap(keys[store], keys[hi - 1]);  // the pivot at its place
+            if (nth == store) return pivot;
+            if (nth < store) {
+                hi = store;
+                continue;
+            }
+            size_t above = store + 1;
+            if (store == lo) {  // nothing below the pivot: its ties next to it (equal distances: one round)
+                for (size_t i = above; i < hi; ++i) {
+                    const float v = keys[i];
+                    keys[i] = keys[above];
+                    keys[above] = v;
+                    above += v == pivot ? 1 : 0;
+                }
+                if (nth < above) return pivot;
+            }
+            lo = above;
+        }
+        std::nth_element(keys + lo, keys + nth, keys + hi);
+        return keys[nth];
     }
 
     size_t k_ = 0;
     size_t capacity_ = 0;
     float threshold_ = std::numeric_limits<float>::infinity();
     std::vector<Entry> buffer_;
+    std::vector<float> keys_;  // shrink's scratch: the buffer's distances
     const int64_t* ids_ = nullptr;
 };
 
