@@ -139,15 +139,25 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
         projected_->search(nq, projected.data(), kept, labels.data(), scanned.data(), inner);
         const DistanceKernels& kern = kernels();
         parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
+            std::vector<int64_t> found(kept);
             for (size_t q = b; q < e; ++q) {
                 TopK exact(k);
                 exact.order_ties_by(ids_.data());
+                size_t m = 0;
                 for (size_t j = 0; j < kept; ++j) {
                     const int64_t label = labels[q * kept + j];  // the inner index's ids are its labels
-                    if (label < 0) continue;
-                    exact.push(distance(metric_, kern, queries + q * dim_, store_.f32() + size_t(label) * dim_, dim_),
-                               label);
+                    if (label >= 0) found[m++] = label;
                 }
+                const float* query = queries + q * dim_;
+                auto row = [&](size_t j) { return store_.f32() + static_cast<size_t>(found[j]) * dim_; };
+                size_t j = 0;
+                for (; j + 4 <= m; j += 4) {  // four rows per pass over the query
+                    const float* rows[4] = {row(j), row(j + 1), row(j + 2), row(j + 3)};
+                    float d[4];
+                    distance_x4(metric_, kern, query, rows, dim_, d);
+                    for (size_t t = 0; t < 4; ++t) exact.push(d[t], found[j + t]);
+                }
+                for (; j < m; ++j) exact.push(distance(metric_, kern, query, row(j), dim_), found[j]);
                 exact.write_sorted(out_ids + q * k, out_distances + q * k,
                                    [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
             }

@@ -653,10 +653,6 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
     auto fetch = [&](size_t first, const float** rows) {
         for (size_t t = 0; t < 4 && first + t < n; ++t) prefetch(rows[t] = row_of(first + t));
     };
-    const DistanceX4Fn x4 = metric_ == Metric::L2 ? kern.l2sq_x4 : kern.dot_x4;
-    auto finish = [&](float raw) {  // as distance(): the kernels' raw value to the metric's distance
-        return metric_ == Metric::L2 ? raw : metric_ == Metric::Cosine ? 1.0f - raw : -raw;
-    };
     auto keep = [&](float d, int64_t label) {
         exact.push(d, label);
         if (known != nullptr) known->add(label, d);
@@ -671,9 +667,9 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
         }
         fetch(i + 4, group[g ^ 1]);
         if (i + 4 <= n) {
-            float raw[4];
-            x4(query, group[g], dim_, raw);
-            for (size_t t = 0; t < 4; ++t) keep(finish(raw[t]), entries[i + t].second);
+            float d[4];
+            distance_x4(metric_, kern, query, group[g], dim_, d);
+            for (size_t t = 0; t < 4; ++t) keep(d[t], entries[i + t].second);
         } else {
             for (size_t t = 0; i + t < n; ++t) keep(distance(metric_, kern, query, group[g][t], dim_), entries[i + t].second);
         }

@@ -96,4 +96,16 @@ inline float distance(Metric metric, const DistanceKernels& k, const float* a, c
     return 0.0f;
 }
 
+// distance() of a and each of four rows b[t], in one pass over a (the x4 kernels: the same
+// bits as four calls of distance()).
+inline void distance_x4(Metric metric, const DistanceKernels& k, const float* a, const float* const* b, size_t dim,
+                        float* out) {
+    if (metric == Metric::L2) {
+        k.l2sq_x4(a, b, dim, out);
+        return;
+    }
+    k.dot_x4(a, b, dim, out);
+    for (size_t t = 0; t < 4; ++t) out[t] = metric == Metric::Cosine ? 1.0f - out[t] : -out[t];
+}
+
 }  // namespace sparknn
