@@ -72,6 +72,9 @@ void IvfIndex::fit_first_pass(size_t n, const float* rows, int threads) const {
     PrincipalBasis basis = principal_basis(rows, n, dim_, metric_ != Metric::InnerProduct, max_dims,
                                            automatic ? kFirstPassShare : 0.0, 16, params_.seed, threads);
     use_first_pass_basis(basis.dims, basis.captured, std::move(basis.basis));
+    // A basis the loader would refuse is not used: its projections would not bound distances
+    // within the proofs' slack, and the index saved with it would not load again.
+    if (!(first_pass_.excess <= kFirstPassMaxExcess)) use_first_pass_basis(0, 0.0, {});
 }
 
 void IvfIndex::use_first_pass_basis(size_t dims, double captured, std::vector<float> basis) const {

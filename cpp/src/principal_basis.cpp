@@ -33,12 +33,21 @@ void orthonormalise(std::vector<float>& q, size_t m, size_t dim, std::mt19937_64
         float* row = &q[i * dim];
         for (int attempt = 0;; ++attempt) {
             const double before = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
-            for (size_t j = 0; j < i; ++j) {
-                const float* other = &q[j * dim];
-                const float dot = kern.dot(row, other, dim);
-                for (size_t t = 0; t < dim; ++t) row[t] -= dot * other[t];
+            double norm = before;
+            // Gram-Schmidt, and once more when the row lost most of its length to the others: what
+            // is left is then as large as the rounding of the first pass, which a second removes
+            // ("twice is enough"; after one pass a row kept at 1e-4 of its length was orthogonal
+            // only to 1e-3, and a saved index's basis failed its own loader's check)
+            for (int pass = 0; pass < 2 && norm > 0.0; ++pass) {
+                const double start = norm;
+                for (size_t j = 0; j < i; ++j) {
+                    const float* other = &q[j * dim];
+                    const float dot = kern.dot(row, other, dim);
+                    for (size_t t = 0; t < dim; ++t) row[t] -= dot * other[t];
+                }
+                norm = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
+                if (norm > 0.5 * start) break;
             }
-            const double norm = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
             if (norm > 1e-4 * before && norm > 0.0) {
                 const float inverse = static_cast<float>(1.0 / norm);
                 for (size_t t = 0; t < dim; ++t) row[t] *= inverse;
