@@ -245,6 +245,14 @@ PrincipalBasis principal_basis(const float* rows, size_t n, size_t dim, bool cen
     double total = 0.0;
     for (size_t t = 0; t < dim; ++t) total += cov[t * dim + t];
     if (!(total > 0.0) || !std::isfinite(total)) return out;  // every row the same (or not finite)
+    // Scaled to a unit trace: the iteration's products (Q C, whose rows orthonormalise squares in
+    // float32) then stay far inside float32's range whatever the vectors' magnitude. Unscaled,
+    // values of 1e10 overflowed those squares and lost the leading direction (0.43 of the
+    // variance captured where it holds 0.99995). The directions are the same; eigenvalues are
+    // now shares of the total.
+    const double to_unit = 1.0 / total;
+    for (float& c : cov) c = static_cast<float>(c * to_unit);
+    total = 1.0;
     // No max_dims directions can hold more than sqrt(max_dims sum(lambda^2)) / sum(lambda) of the
     // energy (Cauchy-Schwarz over the top eigenvalues; sum(lambda^2) = |C|_F^2): isotropic data
     // (a share near sqrt(max_dims / dim)) is declined before the iteration.

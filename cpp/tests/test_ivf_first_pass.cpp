@@ -111,6 +111,29 @@ TEST(PrincipalBasis, OrthonormalWhenMoreDirectionsAreAskedForThanTheDataHas) {
     }
 }
 
+// The same data at any magnitude float32 holds (raw counts, amounts): the same share captured
+// and orthonormal directions. Unscaled, values of 1e10 overflowed the iteration's squared
+// norms and lost the leading direction (0.43 captured instead of 0.99995).
+TEST(PrincipalBasis, TheSameAtEveryMagnitude) {
+    const size_t n = 3000, dim = 16;
+    std::mt19937_64 rng(5);
+    std::normal_distribution<double> normal;
+    std::vector<double> unit(n * dim);
+    for (size_t i = 0; i < n; ++i) {
+        const double z = normal(rng);  // one strong shared direction, a little noise
+        for (size_t t = 0; t < dim; ++t) unit[i * dim + t] = z + 0.01 * normal(rng);
+    }
+    for (double scale : {1.0, 1e6, 1e10, 1e15}) {
+        SCOPED_TRACE(scale);
+        std::vector<float> x(n * dim);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(unit[i] * scale);
+        const PrincipalBasis b = principal_basis(x.data(), n, dim, true, 4, 0.0, 1, 7, 1);
+        ASSERT_EQ(b.dims, 4u);
+        EXPECT_GT(b.captured, 0.9999);
+        EXPECT_LE(gram_excess(b.basis.data(), b.dims, dim), 1e-5);
+    }
+}
+
 TEST(PrincipalBasis, DeclinesIsotropicDataAndDegenerateSamples) {
     const std::vector<float> x = test::random_vectors(3000, 64, 2);
     EXPECT_EQ(principal_basis(x.data(), 3000, 64, true, 16, 0.9, 16, 1, 2).dims, 0u);  // 16 of 64: ~25%
