@@ -117,15 +117,18 @@ class TopK {
   private:
     // Keeps the k smallest pairs; the k-th becomes the threshold. The k-th distance is selected
     // among the distances alone (4-byte keys, one float compare each), then the entries nearer
-    // than it are kept, and of those at it the first by id: the k an nth_element over the
-    // pairs by before() keeps, for about a third of its time (it was a tenth of a self-join).
+    // than it are kept, and of those at it the first by id: the k an nth_element over the pairs
+    // by before() keeps (which was 7-9% of a Fashion-MNIST self-join: its compares mispredict).
     void shrink() {
-        keys_.resize(buffer_.size());
+        // the keys in a scratch of the thread's own, not a member: selections are copied and
+        // held by the million (a tuning's per-rank selections)
+        thread_local std::vector<float> keys;
+        keys.resize(buffer_.size());
         for (size_t i = 0; i < buffer_.size(); ++i) {  // NaN as +inf: the selection needs an order
             const float d = buffer_[i].first;
-            keys_[i] = d == d ? d : std::numeric_limits<float>::infinity();
+            keys[i] = d == d ? d : std::numeric_limits<float>::infinity();
         }
-        const float kth = kth_smallest(keys_.data(), keys_.size(), k_ - 1);
+        const float kth = kth_smallest(keys.data(), keys.size(), k_ - 1);
         // those at most the k-th to the front (branchless, as kth_smallest); k of them unless
         // others share the k-th distance, of which the first by id are kept
         size_t at = 0;
@@ -195,7 +198,6 @@ class TopK {
     size_t capacity_ = 0;
     float threshold_ = std::numeric_limits<float>::infinity();
     std::vector<Entry> buffer_;
-    std::vector<float> keys_;  // shrink's scratch: the buffer's distances
     const int64_t* ids_ = nullptr;
 };
 
