@@ -15,6 +15,7 @@ import importlib.util
 import os
 
 _handle = None  # kept alive for the life of the process
+_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"  # read by OpenBLAS once, as it loads
 
 
 def preload_openblas() -> None:
@@ -41,9 +42,6 @@ def preload_openblas() -> None:
             del os.environ[_THREADS_VARIABLE]
         else:
             os.environ[_THREADS_VARIABLE] = before
-
-
-_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
 
 
 def _library_paths() -> list[str]:
