@@ -16,6 +16,7 @@
 #include "blas.h"
 #include "sparknn/error.h"
 #include "tile_bf16.h"
+#include "tile_f32.h"
 
 namespace sparknn {
 namespace {
@@ -260,6 +261,47 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
                 }
                 select_row(heap_at(q0 + i), row, cols, labels != nullptr ? labels + c0 : nullptr,
                            first_label + static_cast<int64_t>(c0));
+            }
+        }
+    }
+}
+
+static_assert(kScanBaseBlock % 16 == 0, "scan_panels starts each base block on a panel");
+
+void GemmScanner::scan_panels(const float* queries, size_t m, const float* panels, const float* row_terms, size_t nb,
+                              const int64_t* labels, TopK* const* heaps, const float* centre) {
+    const bool l2 = metric_ == Metric::L2;
+    // (the CPU's level, not the one in use: panels packed before set_simd_level lowered it stay readable)
+    SPARKNN_THROW_IF_NOT(cpu_simd_level() == SimdLevel::Avx512 && metric_ != Metric::Cosine && l2 == (centre != nullptr) &&
+                             l2 == (row_terms != nullptr),
+                         Error, "scan_panels: L2 with a centre and row terms, or inner product without");
+    if (l2) {
+        const DistanceKernels& kern = kernels();
+        query_centre_.resize(m);
+        for (size_t i = 0; i < m; ++i) query_centre_[i] = kern.l2sq(queries + i * dim_, centre, dim_);
+        centre_rows(queries, m, centre, centred_queries_, nullptr);
+        queries = centred_queries_.data();
+    }
+    const size_t tile_size = std::min(m, kScanQueryBlock) * std::min(nb, kScanBaseBlock);
+    if (tile_size > tile_capacity_) {
+        tile_.reset(new float[tile_size]);
+        tile_capacity_ = tile_size;
+    }
+    for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {  // kScanBaseBlock: whole panels
+        const size_t cols = std::min(nb - c0, kScanBaseBlock);
+        for (size_t q0 = 0; q0 < m; q0 += kScanQueryBlock) {
+            const size_t rows = std::min(m - q0, kScanQueryBlock);
+#if defined(SPARKNN_TILE_BF16)
+            tile_f32::product(queries + q0 * dim_, dim_, rows, panels + c0 * dim_, cols, dim_, tile_.get(), cols);
+#endif
+            for (size_t i = 0; i < rows; ++i) {
+                float* row = tile_.get() + i * cols;
+                if (l2) {
+                    to_distances_l2(row, cols, query_centre_[q0 + i], row_terms + c0);
+                } else {
+                    to_distances_dot(row, cols, 0.0f);
+                }
+                select_row(*heaps[q0 + i], row, cols, labels + c0, 0);
             }
         }
     }

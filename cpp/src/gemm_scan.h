@@ -59,6 +59,14 @@ class GemmScanner {
     enum class Centring { Off, On, Auto };
     void centre_float32(Centring mode) { centre_float32_ = mode; }
 
+    // Scans m queries [m, dim] against nb rows packed once by tile_f32::pack_panels (the
+    // IVF first pass's lists), through tile_f32::product instead of sgemm. Under L2 the rows
+    // were packed less `centre` and row_terms [nb] holds their |x - c|^2: the queries are
+    // taken less it too (residuals keep their bits far from the origin, as Centring::On).
+    // Inner product: no centre, no row_terms. Needs tile_f32::available().
+    void scan_panels(const float* queries, size_t m, const float* panels, const float* row_terms, size_t nb,
+                     const int64_t* labels, TopK* const* heaps, const float* centre);
+
   private:
     template <class HeapAt>
     void scan_impl(const float* queries, const float* qnorm, size_t m, const float* base, const float* bnorm,

@@ -52,6 +52,12 @@ class BlockScanner final : public IvfListScanner {
             }
             block = qbuf_.data();
         }
+        if (list.panels != nullptr) {  // packed once: no sgemm packing per call
+            const bool l2 = metric_ == Metric::L2;
+            scanner_.scan_panels(block, m, list.panels, l2 ? list.panel_norms : nullptr, list.size, list.labels, heaps,
+                                 l2 ? list.centroid : nullptr);
+            return;
+        }
         if (metric_ == Metric::L2) squared_norms(block, m, dim_, qnorm_.data());
         for (size_t r0 = 0; r0 < list.size; r0 += kScanBaseBlock) {
             const size_t count = std::min(kScanBaseBlock, list.size - r0);

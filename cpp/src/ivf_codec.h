@@ -27,6 +27,10 @@ struct IvfListView {
     const float* norms;     // [size]: |x|^2 when the codec keeps_norms, else null
     size_t size;
     const float* centroid;  // [dim]: the list's centroid
+    // The IVF first pass's projected lists on AVX-512 (float32 codec): the rows packed
+    // (tile_f32::pack_panels, less the centroid under L2), and under L2 their |x - c|^2.
+    const float* panels = nullptr;
+    const float* panel_norms = nullptr;
 };
 
 // Scans lists for blocks of queries. One per worker thread: it holds that

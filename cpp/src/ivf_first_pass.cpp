@@ -16,6 +16,7 @@
 #include "sparknn/ivf.h"
 #include "sparknn/kmeans.h"
 #include "sparknn/parallel.h"
+#include "tile_f32.h"
 
 namespace sparknn {
 namespace {
@@ -137,8 +138,10 @@ bool IvfIndex::train_in_first_pass(size_t sample, const float* train_x, size_t n
 const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     std::lock_guard<std::mutex> guard(first_pass_mutex_);
     FirstPass& first = first_pass_;
-    // sizes (and the setting) change only under the exclusive lock, as for list_extents
-    if (first.projected == size()) return first;
+    // sizes (and the setting) change only under the exclusive lock, as for list_extents; the
+    // lists are packed again when the SIMD level was changed since (set_simd_level)
+    const bool panels = tile_f32::available();
+    if (first.projected == size() && (first.dims == 0 || first.packed == panels)) return first;
     const size_t n = size();
     if (!first.fitted) {
         if (!first_pass_applies(n)) {
@@ -174,8 +177,6 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     // so too (adopted in list order), a batch of them as queries is projected already.
     first.offsets.assign(nlist + 1, 0);
     for (size_t l = 0; l < nlist; ++l) first.offsets[l + 1] = first.offsets[l] + lists_[l].labels.size();
-    first.rows.assign(n * d, 0.0f);
-    first.norms.assign(norms ? n : 0, 0.0f);
     // (addresses as integers: the lists may be separate arrays, which pointers may not span)
     const auto address = [&](size_t l) { return reinterpret_cast<uintptr_t>(lists_[l].codes.data()); };
     const uintptr_t row_bytes = dim_ * sizeof(float);
@@ -187,19 +188,39 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
         contiguous = contiguous && address(l) == first.rows_base + first.offsets[l] * row_bytes;
     }
     if (!contiguous) first.rows_base = 0;
+    // On AVX-512 the scans read the panels (less each list's centroid under L2): the rows as
+    // they are stay only for queries that are the lists' own rows (project_queries).
+    const bool l2 = metric_ != Metric::InnerProduct;  // the subspace's metric (use_first_pass_basis)
+    const bool keep_rows = !panels || first.rows_base != 0;
+    first.rows.assign(keep_rows ? n * d : 0, 0.0f);
+    first.norms.assign(keep_rows && norms ? n : 0, 0.0f);
+    first.panel_offsets.assign(panels ? nlist + 1 : 0, 0);
+    for (size_t l = 0; panels && l < nlist; ++l) {
+        first.panel_offsets[l + 1] = first.panel_offsets[l] + tile_f32::panel_rows(lists_[l].labels.size());
+    }
+    first.panels.assign(panels ? first.panel_offsets.back() * d : 0, 0.0f);
+    first.panel_norms.assign(panels && l2 ? n : 0, 0.0f);
     parallel_for(nlist, 1, threads, [&](size_t b, size_t e, int) {
+        std::vector<float> scratch;  // a list's projected rows, when they are not kept
         for (size_t l = b; l < e; ++l) {
             const size_t size = lists_[l].labels.size();
-            float* out = first.rows.data() + first.offsets[l] * d;
+            if (!keep_rows) scratch.resize(size * d);
+            float* out = keep_rows ? first.rows.data() + first.offsets[l] * d : scratch.data();
             const float* rows = reinterpret_cast<const float*>(lists_[l].codes.data());
             for (size_t r0 = 0; r0 < size; r0 += 4096) {  // sgemm's m is an int
                 const size_t count = std::min<size_t>(4096, size - r0);
                 gemm_abt(static_cast<int>(count), static_cast<int>(d), static_cast<int>(dim_), rows + r0 * dim_,
                          first.basis.data(), out + r0 * d);
             }
-            if (norms) squared_norms(out, size, d, first.norms.data() + first.offsets[l]);
+            if (keep_rows && norms) squared_norms(out, size, d, first.norms.data() + first.offsets[l]);
+            if (panels) {
+                tile_f32::pack_panels(out, size, d, l2 ? first.centroids.data() + l * d : nullptr,
+                                      first.panels.data() + first.panel_offsets[l] * d,
+                                      l2 ? first.panel_norms.data() + first.offsets[l] : nullptr);
+            }
         }
     });
+    first.packed = panels;
     first.projected = n;
     return first;
 }

@@ -18,6 +18,7 @@
 #include "sparknn/error.h"
 #include "sparknn/parallel.h"
 #include "sparknn/topk.h"
+#include "tile_f32.h"
 
 namespace sparknn {
 
@@ -275,6 +276,7 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     std::vector<Worker> scratch(workers);
     // The first pass scans the projected lists (queries projected too) with the float32 codec of their dims.
     const float* centroids = projected ? projected->centroids.data() : centroid_data();
+    const bool packed = projected != nullptr && projected->packed;  // its lists in panels (AVX-512)
     const size_t centroid_dim = projected ? projected->dims : dim_;
     parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
         Worker& w = scratch[worker];
@@ -291,13 +293,18 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
             const uint32_t* slot = heap_per_rank ? slots.data() + first : qs;
             for (size_t i = 0; i < item.count; ++i) w.heap_of[i] = &my_heaps[slot[i]];
             const size_t at = projected ? projected->offsets[item.list] : 0;  // its first row of the projected
-            const float* norms = projected ? projected->norms.data() + at : list.norms.data();
             const bool has_norms = projected ? !projected->norms.empty() : !list.norms.empty();
-            const uint8_t* codes = projected
-                                       ? reinterpret_cast<const uint8_t*>(projected->rows.data() + at * projected->dims)
-                                       : list.codes.data();
-            const IvfListView view{list.labels.data(), codes, has_norms ? norms : nullptr, list.labels.size(),
-                                   centroids + size_t{item.list} * centroid_dim};
+            const float* norms = !has_norms ? nullptr : projected ? projected->norms.data() + at : list.norms.data();
+            const uint8_t* codes = !projected ? list.codes.data()
+                                   : packed && projected->rows.empty()
+                                       ? nullptr  // read from the panels alone
+                                       : reinterpret_cast<const uint8_t*>(projected->rows.data() + at * projected->dims);
+            IvfListView view{list.labels.data(), codes, has_norms ? norms : nullptr, list.labels.size(),
+                             centroids + size_t{item.list} * centroid_dim};
+            if (packed) {
+                view.panels = projected->panels.data() + projected->panel_offsets[item.list] * projected->dims;
+                view.panel_norms = projected->panel_norms.empty() ? nullptr : projected->panel_norms.data() + at;
+            }
             w.scanner->scan(view, queries, qs, item.count, w.heap_of.data());
         }
     });

@@ -20,6 +20,7 @@
 #include "sparknn/flat.h"
 #include "sparknn/ivf.h"
 #include "test_util.h"
+#include "tile_f32.h"
 
 namespace sparknn {
 namespace {
@@ -381,6 +382,63 @@ TEST(IvfFirstPass, ProvenExactAnswersAreBruteForcesAndTheLadderIsTheSearch) {
             EXPECT_EQ(std::vector<int64_t>(ids.begin() + e * nq * k, ids.begin() + (e + 1) * nq * k), want)
                 << metric_name(metric) << " nprobe " << nprobes[e];
         }
+    }
+}
+
+// The first pass scanned through its panels (AVX-512) and through sgemm (the level lowered):
+// the same exact answers and proofs, and the ladder's answers but for near ties, for each
+// metric (ProvenExactAnswersAreBruteForces checks the panels' exact answers against brute force).
+TEST(IvfFirstPass, AnswersAlikeThroughItsPanelsAndThroughSgemm) {
+    if (!tile_f32::available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+    const size_t n = 6000, dim = 256, k = 10, nq = 120;
+    for (Metric metric : {Metric::L2, Metric::Cosine, Metric::InnerProduct}) {
+        // L2 rows far from the origin (offset 50): the panels keep residuals to each centroid
+        std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 5);
+        if (metric == Metric::L2) {
+            for (float& v : x) v += 50.0f;
+        }
+        if (metric == Metric::Cosine) test::normalise_rows(x, dim);
+        IvfIndex ivf(dim, metric, first_pass_params());
+        ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+        ivf.add(n, x.data(), nullptr);
+        ASSERT_GT(ivf.first_pass_in_use().first, 0u) << metric_name(metric);
+        const float* queries = x.data() + n * dim;
+        const size_t nprobes[] = {1, 3, 32};
+        auto run = [&](std::vector<int64_t>& ids, std::vector<float>& d, std::vector<uint8_t>& proven) {
+            ids.assign(4 * nq * k, 0);
+            d.assign(4 * nq * k, 0.0f);
+            proven.assign(nq, 0);
+            ivf.search_ladder_and_exact(nq, queries, k, nprobes, 3, ids.data(), d.data(), proven.data());
+        };
+        std::vector<int64_t> with_ids, without_ids;
+        std::vector<float> with_d, without_d;
+        std::vector<uint8_t> with_proof, without_proof;
+        run(with_ids, with_d, with_proof);
+        const SimdLevel level = simd_level();
+        set_simd_level(SimdLevel::Avx2);
+        ASSERT_FALSE(tile_f32::available());
+        run(without_ids, without_d, without_proof);
+        set_simd_level(level);
+        EXPECT_EQ(with_proof, without_proof) << metric_name(metric);
+        // the exact answers where both proved them, and the ladder's re-ranked answers
+        size_t same = 0, total = 0;
+        for (size_t a = 0; a < 4; ++a) {
+            if (a == 2) continue;  // nlist's plain answer: the deep selections' best, as scanned
+            for (size_t q = 0; q < nq; ++q) {
+                if (a == 3 && !(with_proof[q] && without_proof[q])) continue;
+                for (size_t j = 0; j < k; ++j) {
+                    const size_t at = (a * nq + q) * k + j;
+                    if (a == 3) {  // (the lowered level's exact kernels sum in another order)
+                        ASSERT_EQ(with_ids[at], without_ids[at]) << metric_name(metric) << " query " << q;
+                        ASSERT_NEAR(with_d[at], without_d[at], 1e-5 * (1.0 + std::abs(without_d[at])));
+                    }
+                    same += with_ids[at] == without_ids[at];
+                    ++total;
+                }
+            }
+        }
+        // the ladder's candidates come from scan distances rounded differently: near ties may swap
+        EXPECT_GE(double(same) / double(total), 0.995) << metric_name(metric);
     }
 }
 

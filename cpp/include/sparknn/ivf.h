@@ -257,7 +257,7 @@ class IvfIndex final : public Index {
     // exact k-th (on Fashion-MNIST at 96 of 784 dimensions, 200 for the median query; 1024
     // proved 97% of a 1000-query sample, searched again in full otherwise: search_ladder).
     static size_t exact_candidates(size_t k, bool lower_bounds);
-    static constexpr size_t kFirstPassExactCandidates = 1024;
+    static constexpr size_t kFirstPassExactCandidates = 4096;
     // probes: the batch's lists [nq, nprobe]. ends (ascending, the last nprobe;
     // null: {nprobe}): the answer after each query's first ends[e] lists goes
     // to out + e * out_stride.
@@ -318,6 +318,13 @@ class IvfIndex final : public Index {
         std::vector<float> centroids;  // [nlist, dims]
         std::vector<size_t> offsets;   // [nlist + 1]: list l's rows are rows[offsets[l], offsets[l + 1])
         AlignedVector<float> rows, norms;  // [size(), dims] list after list; [size()] under L2
+        // On AVX-512 (tile_f32, packed): each list's rows packed into panels, less its projected
+        // centroid under L2 (panel_norms [size()]: their |x - c|^2); list l's panels start at row
+        // panel_offsets[l] (a multiple of 16). Scanned without sgemm's packing on every call;
+        // rows (and norms) are then kept only when rows_base is set (queries in place).
+        bool packed = false;
+        AlignedVector<float> panels, panel_norms;
+        std::vector<size_t> panel_offsets;  // [nlist + 1]
         uintptr_t rows_base = 0;  // where row 0 of the lists' own rows would lie when they lie
                                   // list after list in one array (adopted), else 0
         std::unique_ptr<IvfCodec> codec;  // float32 of dims: scans the projected lists
