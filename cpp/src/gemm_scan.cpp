@@ -158,6 +158,14 @@ void GemmScanner::pack_base(const float* base, size_t cols, const float* centre)
 #endif
 }
 
+void GemmScanner::grow_tile(size_t m, size_t nb) {
+    const size_t tile_size = std::min(m, kScanQueryBlock) * std::min(nb, kScanBaseBlock);
+    if (tile_size > tile_capacity_) {
+        tile_.reset(new float[tile_size]);
+        tile_capacity_ = tile_size;
+    }
+}
+
 void GemmScanner::centre_rows(const float* rows, size_t n, const float* centre, std::vector<float>& out,
                               float* terms) const {
     if (out.size() < n * dim_) out.resize(n * dim_);
@@ -230,11 +238,7 @@ void GemmScanner::scan_impl(const float* queries, const float* qnorm, size_t m, 
         centre_rows(queries, m, centre, centred_queries_, nullptr);
         queries = centred_queries_.data();
     }
-    const size_t tile_size = std::min(m, kScanQueryBlock) * std::min(nb, kScanBaseBlock);
-    if (tile_size > tile_capacity_) {
-        tile_.reset(new float[tile_size]);
-        tile_capacity_ = tile_size;
-    }
+    grow_tile(m, nb);
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
         if (bf16) pack_base(base + c0 * dim_, cols, centre);
@@ -282,11 +286,7 @@ void GemmScanner::scan_panels(const float* queries, size_t m, const float* panel
         centre_rows(queries, m, centre, centred_queries_, nullptr);
         queries = centred_queries_.data();
     }
-    const size_t tile_size = std::min(m, kScanQueryBlock) * std::min(nb, kScanBaseBlock);
-    if (tile_size > tile_capacity_) {
-        tile_.reset(new float[tile_size]);
-        tile_capacity_ = tile_size;
-    }
+    grow_tile(m, nb);
     for (size_t c0 = 0; c0 < nb; c0 += kScanBaseBlock) {  // kScanBaseBlock: whole panels
         const size_t cols = std::min(nb - c0, kScanBaseBlock);
         for (size_t q0 = 0; q0 < m; q0 += kScanQueryBlock) {

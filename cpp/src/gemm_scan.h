@@ -75,6 +75,8 @@ class GemmScanner {
     // bf16 tiles: the operands into packed_queries_ / packed_base_.
     void pack_queries(const float* queries, size_t m, const float* centre);
     void pack_base(const float* base, size_t cols, const float* centre);
+    // The tile at least as large as a scan of m queries against nb rows takes.
+    void grow_tile(size_t m, size_t nb);
     // float32 with a centre: rows less it into `out`, and each row's term as pack_base's.
     void centre_rows(const float* rows, size_t n, const float* centre, std::vector<float>& out, float* terms) const;
     // tile_[i * cols + j] = queries_{q0 + i} . base_j, i < m <= kScanQueryBlock, j < cols;
