@@ -380,9 +380,13 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // The answer after `scanned` lists of each query: the workers' selections
     // merged (into a copy while more lists are to come), re-ranked or written;
     // after the last, the exact answer too when asked for.
+    // Queries per chunk of the answers' work (each a merge and a re-rank, an exact answer's a
+    // deep one): 256 at most, and at least four chunks per worker, so a tuning's 250-query
+    // stage is not one chunk on one core (it was: its deep re-ranks ran alone).
+    const size_t answer_chunk = std::clamp<size_t>(nq / (4 * workers), 1, 256);
     auto write = [&](size_t scanned, int64_t* ids, float* distances) {
         const bool last = scanned == nprobe;
-        parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
+        parallel_for(nq, answer_chunk, threads, [&](size_t b, size_t e, int) {
             for (size_t q = b; q < e; ++q) {
                 TopK copy;
                 TopK& h = last ? heaps[q] : (copy = heaps[q]);

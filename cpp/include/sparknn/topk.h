@@ -27,6 +27,7 @@ class TopK {
     using Entry = std::pair<float, int64_t>;  // (distance, label)
 
     explicit TopK(size_t k = 0) { reset(k); }
+    static constexpr size_t kReservedAtMost = 512;  // entries reserved up front (8 KB)
 
     // Equal distances are ordered by ids[label] (null: by label). Kept by reset.
     void order_ties_by(const int64_t* ids) { ids_ = ids; }
@@ -41,7 +42,10 @@ class TopK {
         capacity_ = k <= 1 ? k : slack * k;
         threshold_ = std::numeric_limits<float>::infinity();
         buffer_.clear();
-        buffer_.reserve(capacity_);
+        // Large selections grow as they fill: an exact answer's deep ones (k in the thousands,
+        // most holding a few hundred) reserved 128 KB each, thousands per batch, fresh memory
+        // each time (malloc maps blocks that large).
+        buffer_.reserve(std::min(capacity_, kReservedAtMost));
     }
 
     size_t k() const { return k_; }
