@@ -63,7 +63,7 @@ class GemmScanner {
     // IVF first pass's lists), through tile_f32::product instead of sgemm. Under L2 the rows
     // were packed less `centre` and row_terms [nb] holds their |x - c|^2: the queries are
     // taken less it too (residuals keep their bits far from the origin, as Centring::On).
-    // Inner product: no centre, no row_terms. Needs tile_f32::available().
+    // Inner product: no centre, no row_terms. Needs an AVX-512 CPU (tile_f32::product).
     void scan_panels(const float* queries, size_t m, const float* panels, const float* row_terms, size_t nb,
                      const int64_t* labels, TopK* const* heaps, const float* centre);
 

@@ -141,7 +141,7 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     // sizes (and the setting) change only under the exclusive lock, as for list_extents; the
     // lists are packed again when the SIMD level was changed since (set_simd_level)
     const bool panels = tile_f32::available();
-    if (first.projected == size() && (first.dims == 0 || first.packed == panels)) return first;
+    if (first.projected == size() && (first.dims == 0 || first.packed() == panels)) return first;
     const size_t n = size();
     if (!first.fitted) {
         if (!first_pass_applies(n)) {
@@ -189,11 +189,13 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     }
     if (!contiguous) first.rows_base = 0;
     // On AVX-512 the scans read the panels (less each list's centroid under L2): the rows as
-    // they are stay only for queries that are the lists' own rows (project_queries).
+    // they are stay only for queries that are the lists' own rows (project_queries), and their
+    // norms (the sgemm scan's) are not needed.
     const bool l2 = metric_ != Metric::InnerProduct;  // the subspace's metric (use_first_pass_basis)
     const bool keep_rows = !panels || first.rows_base != 0;
+    const bool row_norms = norms && !panels;
     first.rows.assign(keep_rows ? n * d : 0, 0.0f);
-    first.norms.assign(keep_rows && norms ? n : 0, 0.0f);
+    first.norms.assign(row_norms ? n : 0, 0.0f);
     first.panel_offsets.assign(panels ? nlist + 1 : 0, 0);
     for (size_t l = 0; panels && l < nlist; ++l) {
         first.panel_offsets[l + 1] = first.panel_offsets[l] + tile_f32::panel_rows(lists_[l].labels.size());
@@ -212,7 +214,7 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
                 gemm_abt(static_cast<int>(count), static_cast<int>(d), static_cast<int>(dim_), rows + r0 * dim_,
                          first.basis.data(), out + r0 * d);
             }
-            if (keep_rows && norms) squared_norms(out, size, d, first.norms.data() + first.offsets[l]);
+            if (row_norms) squared_norms(out, size, d, first.norms.data() + first.offsets[l]);
             if (panels) {
                 tile_f32::pack_panels(out, size, d, l2 ? first.centroids.data() + l * d : nullptr,
                                       first.panels.data() + first.panel_offsets[l] * d,
@@ -220,7 +222,6 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
             }
         }
     });
-    first.packed = panels;
     first.projected = n;
     return first;
 }

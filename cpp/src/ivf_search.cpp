@@ -276,7 +276,7 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
     std::vector<Worker> scratch(workers);
     // The first pass scans the projected lists (queries projected too) with the float32 codec of their dims.
     const float* centroids = projected ? projected->centroids.data() : centroid_data();
-    const bool packed = projected != nullptr && projected->packed;  // its lists in panels (AVX-512)
+    const bool packed = projected != nullptr && projected->packed();  // its lists in panels (AVX-512)
     const size_t centroid_dim = projected ? projected->dims : dim_;
     parallel_for(items.size(), 1, static_cast<int>(workers), [&](size_t b, size_t e, int worker) {
         Worker& w = scratch[worker];
@@ -296,10 +296,10 @@ void IvfIndex::scan_lists(size_t nq, const float* queries, size_t nprobe, const 
             const bool has_norms = projected ? !projected->norms.empty() : !list.norms.empty();
             const float* norms = !has_norms ? nullptr : projected ? projected->norms.data() + at : list.norms.data();
             const uint8_t* codes = !projected ? list.codes.data()
-                                   : packed && projected->rows.empty()
-                                       ? nullptr  // read from the panels alone
+                                   : projected->rows.empty()
+                                       ? nullptr  // packed and not kept: read from the panels alone
                                        : reinterpret_cast<const uint8_t*>(projected->rows.data() + at * projected->dims);
-            IvfListView view{list.labels.data(), codes, has_norms ? norms : nullptr, list.labels.size(),
+            IvfListView view{list.labels.data(), codes, norms, list.labels.size(),
                              centroids + size_t{item.list} * centroid_dim};
             if (packed) {
                 view.panels = projected->panels.data() + projected->panel_offsets[item.list] * projected->dims;

@@ -24,7 +24,7 @@ inline size_t panel_rows(size_t n) { return (n + 15) / 16 * 16; }
 void pack_panels(const float* rows, size_t n, size_t dim, const float* centre, float* out, float* residual_norms);
 
 // c[i * ldc + j] = a_i . b_j for i < m, j < n: a [m, dim] with row stride lda, b packed by
-// pack_panels (its first n rows). Needs available().
+// pack_panels (its first n rows). Needs an AVX-512 CPU (available(), or panels packed while it was).
 void product(const float* a, size_t lda, size_t m, const float* b, size_t n, size_t dim, float* c, size_t ldc);
 
 }  // namespace sparknn::tile_f32

@@ -320,13 +320,13 @@ class IvfIndex final : public Index {
         std::vector<float> centroids;  // [nlist, dims]
         std::vector<size_t> offsets;   // [nlist + 1]: list l's rows are rows[offsets[l], offsets[l + 1])
         AlignedVector<float> rows, norms;  // [size(), dims] list after list; [size()] under L2
-        // On AVX-512 (tile_f32, packed): each list's rows packed into panels, less its projected
-        // centroid under L2 (panel_norms [size()]: their |x - c|^2); list l's panels start at row
-        // panel_offsets[l] (a multiple of 16). Scanned without sgemm's packing on every call;
-        // rows (and norms) are then kept only when rows_base is set (queries in place).
-        bool packed = false;
+        // On AVX-512 (tile_f32, packed()): each list's rows packed into panels, less its
+        // projected centroid under L2 (panel_norms [size()]: their |x - c|^2); list l's panels
+        // start at row panel_offsets[l] (a multiple of 16). Scanned without sgemm's packing on
+        // every call; rows are then kept only when rows_base is set (queries in place), norms not.
         AlignedVector<float> panels, panel_norms;
-        std::vector<size_t> panel_offsets;  // [nlist + 1]
+        std::vector<size_t> panel_offsets;  // [nlist + 1], empty when not packed
+        bool packed() const { return !panel_offsets.empty(); }
         uintptr_t rows_base = 0;  // where row 0 of the lists' own rows would lie when they lie
                                   // list after list in one array (adopted), else 0
         std::unique_ptr<IvfCodec> codec;  // float32 of dims: scans the projected lists
