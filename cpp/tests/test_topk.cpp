@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "gemm_scan.h"
 #include "sparknn/topk.h"
 
 namespace sparknn {
@@ -162,6 +166,41 @@ TEST(TopK, BoundedSelectionsMergeToTheSinglePassResult) {
         all.write_sorted(y.data(), dy.data(), [](int64_t l) { return l; });
         EXPECT_EQ(x, y) << "k=" << k;
         EXPECT_EQ(dx, dy) << "k=" << k;
+    }
+}
+
+// select_row on rows long enough (at least 4k) for its bound from group minima: the
+// selection it leaves is the one pushing every entry leaves, with NaNs (never kept), runs of
+// equal distances and rows whose length is no multiple of the groups.
+TEST(TopK, SelectRowKeepsWhatPushingEveryEntryKeeps) {
+    std::mt19937 rng(11);
+    for (size_t k : {2, 3, 10, 44, 200}) {
+        for (size_t cols : {4 * k, 4 * k + 5, 9 * k + 3, size_t{1000}}) {
+            for (int kind = 0; kind < 3; ++kind) {
+                SCOPED_TRACE("k " + std::to_string(k) + " cols " + std::to_string(cols) + " kind " + std::to_string(kind));
+                std::vector<float> row(cols);
+                std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+                std::uniform_int_distribution<int> few(0, 6);
+                for (size_t j = 0; j < cols; ++j) {
+                    row[j] = kind == 1 ? static_cast<float>(few(rng)) : uniform(rng);
+                    if (kind == 2 && j % 7 == 3) row[j] = std::numeric_limits<float>::quiet_NaN();
+                }
+                if (kind == 0) std::sort(row.begin(), row.end(), std::greater<float>());  // nearest last
+                TopK selected, pushed;
+                selected.reset(k);
+                pushed.reset(k);
+                select_row(selected, row.data(), cols, nullptr, 100);
+                for (size_t j = 0; j < cols; ++j) {
+                    if (row[j] == row[j]) pushed.push(row[j], 100 + static_cast<int64_t>(j));
+                }
+                std::vector<int64_t> ids_a(k), ids_b(k);
+                std::vector<float> dist_a(k), dist_b(k);
+                selected.write_sorted(ids_a.data(), dist_a.data(), [](int64_t l) { return l; });
+                pushed.write_sorted(ids_b.data(), dist_b.data(), [](int64_t l) { return l; });
+                EXPECT_EQ(ids_a, ids_b);
+                EXPECT_EQ(dist_a, dist_b);
+            }
+        }
     }
 }
 

@@ -118,44 +118,6 @@ class TopK {
         return ids_ != nullptr ? ids_[a.second] < ids_[b.second] : a.second < b.second;
     }
 
-  private:
-    // Keeps the k smallest pairs; the k-th becomes the threshold. The k-th distance is selected
-    // among the distances alone (4-byte keys, one float compare each), then the entries nearer
-    // than it are kept, and of those at it the first by id: the k an nth_element over the pairs
-    // by before() keeps (which was 7-9% of a Fashion-MNIST self-join: its compares mispredict).
-    void shrink() {
-        // the keys in a scratch of the thread's own, not a member: selections are copied and
-        // held by the million (a tuning's per-rank selections)
-        thread_local std::vector<float> keys;
-        keys.resize(buffer_.size());
-        for (size_t i = 0; i < buffer_.size(); ++i) {  // NaN as +inf: the selection needs an order
-            const float d = buffer_[i].first;
-            keys[i] = d == d ? d : std::numeric_limits<float>::infinity();
-        }
-        const float kth = kth_smallest(keys.data(), keys.size(), k_ - 1);
-        // those at most the k-th to the front (branchless, as kth_smallest); k of them unless
-        // others share the k-th distance, of which the first by id are kept
-        size_t at = 0;
-        for (size_t i = 0; i < buffer_.size(); ++i) {
-            const Entry e = buffer_[i];
-            buffer_[i] = buffer_[at];
-            buffer_[at] = e;
-            at += e.first <= kth ? 1 : 0;
-        }
-        if (at > k_) {
-            size_t nearer = 0;
-            for (size_t i = 0; i < at; ++i) {
-                if (buffer_[i].first < kth) std::swap(buffer_[i], buffer_[nearer++]);
-            }
-            std::nth_element(buffer_.begin() + static_cast<std::ptrdiff_t>(nearer),
-                             buffer_.begin() + static_cast<std::ptrdiff_t>(k_ - 1),
-                             buffer_.begin() + static_cast<std::ptrdiff_t>(at),
-                             [this](const Entry& a, const Entry& b) { return before(a, b); });
-        }
-        threshold_ = kth;
-        buffer_.resize(k_);
-    }
-
     // The value that would stand at position `nth` of keys[0, n) sorted (no NaN), reordering
     // them: quickselect with a branchless Lomuto partition (every element swapped, the boundary
     // moved by the comparison's result), as random distances mispredict half of a branchy
@@ -196,6 +158,44 @@ class TopK {
         }
         std::nth_element(keys + lo, keys + nth, keys + hi);
         return keys[nth];
+    }
+
+  private:
+    // Keeps the k smallest pairs; the k-th becomes the threshold. The k-th distance is selected
+    // among the distances alone (4-byte keys, one float compare each), then the entries nearer
+    // than it are kept, and of those at it the first by id: the k an nth_element over the pairs
+    // by before() keeps (which was 7-9% of a Fashion-MNIST self-join: its compares mispredict).
+    void shrink() {
+        // the keys in a scratch of the thread's own, not a member: selections are copied and
+        // held by the million (a tuning's per-rank selections)
+        thread_local std::vector<float> keys;
+        keys.resize(buffer_.size());
+        for (size_t i = 0; i < buffer_.size(); ++i) {  // NaN as +inf: the selection needs an order
+            const float d = buffer_[i].first;
+            keys[i] = d == d ? d : std::numeric_limits<float>::infinity();
+        }
+        const float kth = kth_smallest(keys.data(), keys.size(), k_ - 1);
+        // those at most the k-th to the front (branchless, as kth_smallest); k of them unless
+        // others share the k-th distance, of which the first by id are kept
+        size_t at = 0;
+        for (size_t i = 0; i < buffer_.size(); ++i) {
+            const Entry e = buffer_[i];
+            buffer_[i] = buffer_[at];
+            buffer_[at] = e;
+            at += e.first <= kth ? 1 : 0;
+        }
+        if (at > k_) {
+            size_t nearer = 0;
+            for (size_t i = 0; i < at; ++i) {
+                if (buffer_[i].first < kth) std::swap(buffer_[i], buffer_[nearer++]);
+            }
+            std::nth_element(buffer_.begin() + static_cast<std::ptrdiff_t>(nearer),
+                             buffer_.begin() + static_cast<std::ptrdiff_t>(k_ - 1),
+                             buffer_.begin() + static_cast<std::ptrdiff_t>(at),
+                             [this](const Entry& a, const Entry& b) { return before(a, b); });
+        }
+        threshold_ = kth;
+        buffer_.resize(k_);
     }
 
     size_t k_ = 0;
