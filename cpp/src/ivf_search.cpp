@@ -384,8 +384,37 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // deep one): 256 at most, and at least four chunks per worker, so a tuning's 250-query
     // stage is not one chunk on one core (it was: its deep re-ranks ran alone).
     const size_t answer_chunk = std::clamp<size_t>(nq / (4 * workers), 1, 256);
+    // A plain answer (no proof, nothing measured before) re-ranks by list (rerank_by_list), in
+    // blocks of queries whose candidates' labels take at most kRerankBlockPairs entries.
+    const bool by_list = rerank && !deep && proven == nullptr && !params_.keeps_float_copies();
+    const size_t block_queries =
+        std::clamp<size_t>(kRerankBlockPairs / std::max<size_t>(candidates, 1), 1, size_t{1} << 31);
+    std::vector<int64_t> block_labels(by_list ? std::min(nq, block_queries) * candidates : 0);
+    std::vector<uint32_t> block_counts(by_list ? std::min(nq, block_queries) : 0);
+    auto write_by_list = [&](bool last, int64_t* ids, float* distances) {
+        for (size_t q0 = 0; q0 < nq; q0 += block_queries) {
+            const size_t m = std::min(block_queries, nq - q0);
+            parallel_for(m, answer_chunk, threads, [&](size_t b, size_t e, int) {
+                for (size_t i = b; i < e; ++i) {
+                    const size_t q = q0 + i;
+                    TopK copy;
+                    TopK& h = last ? heaps[q] : (copy = heaps[q]);
+                    for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
+                    const std::vector<TopK::Entry>& entries = h.entries();
+                    block_counts[i] = static_cast<uint32_t>(entries.size());
+                    for (size_t j = 0; j < entries.size(); ++j) block_labels[i * candidates + j] = entries[j].second;
+                }
+            });
+            rerank_by_list(m, queries + q0 * dim_, candidates, block_labels.data(), block_counts.data(), k,
+                           ids + q0 * k, distances + q0 * k, threads);
+        }
+    };
     auto write = [&](size_t scanned, int64_t* ids, float* distances) {
         const bool last = scanned == nprobe;
+        if (by_list) {
+            write_by_list(last, ids, distances);
+            return;
+        }
         parallel_for(nq, answer_chunk, threads, [&](size_t b, size_t e, int) {
             for (size_t q = b; q < e; ++q) {
                 TopK copy;

@@ -381,8 +381,38 @@ TEST(IvfFirstPass, ProvenExactAnswersAreBruteForcesAndTheLadderIsTheSearch) {
             ivf.search(nq, queries.data(), k, want.data(), want_d.data(), p);
             EXPECT_EQ(std::vector<int64_t>(ids.begin() + e * nq * k, ids.begin() + (e + 1) * nq * k), want)
                 << metric_name(metric) << " nprobe " << nprobes[e];
+            // the same bits: the ladder re-ranks query by query, the search list by list
+            EXPECT_EQ(std::vector<float>(d.begin() + e * nq * k, d.begin() + (e + 1) * nq * k), want_d)
+                << metric_name(metric) << " nprobe " << nprobes[e];
         }
     }
+}
+
+// The search's re-rank goes list by list over blocks of queries (as many as hold
+// kRerankBlockPairs candidates): with k = 1000 (4000 candidates each), 400 queries are two
+// blocks, and every answer is what the ladder's re-rank, query by query, gives.
+TEST(IvfFirstPass, ReRankedByListInBlocksAsQueryByQuery) {
+    const size_t n = 6000, dim = 256, k = 1000, nq = 400;
+    ASSERT_LT(IvfIndex::kRerankBlockPairs / (k * IvfIndex::kFirstPassRerank), nq);
+    std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 21);
+    const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
+    IvfIndex ivf(dim, Metric::L2, first_pass_params());
+    ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+    ivf.add(n, base.data(), nullptr);
+    ASSERT_GT(ivf.first_pass_in_use().first, 0u);
+    const size_t nprobes[] = {3, 6, 32};  // (an exact answer's ladder ends at nlist)
+    std::vector<int64_t> ids(4 * nq * k);
+    std::vector<float> d(4 * nq * k);
+    std::vector<uint8_t> proven(nq);
+    ivf.search_ladder_and_exact(nq, queries.data(), k, nprobes, 3, ids.data(), d.data(), proven.data());
+    std::vector<int64_t> want(nq * k);
+    std::vector<float> want_d(nq * k);
+    SearchParams p;
+    p.nprobe = nprobes[0];
+    p.widen = false;
+    ivf.search(nq, queries.data(), k, want.data(), want_d.data(), p);
+    EXPECT_EQ(std::vector<int64_t>(ids.begin(), ids.begin() + nq * k), want);
+    EXPECT_EQ(std::vector<float>(d.begin(), d.begin() + nq * k), want_d);
 }
 
 // The first pass scanned through its panels (AVX-512) and through sgemm (the level lowered):
