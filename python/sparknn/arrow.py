@@ -72,8 +72,8 @@ def decoding_pool() -> pa.MemoryPool:
     jemalloc, which keep it for the next batch (three interleaved runs of `sparknn similar`, AMD
     EPYC, 2026-12-06; a third of that run's cycles were the kernel clearing pages). jemalloc is
     missing from some pyarrow builds. The C library keeps freed blocks up to its mmap threshold
-    (at most 32 MiB: a batch of READ_BATCH rows of up to ~2000 dimensions, twice over as the
-    list decoder reserves); larger ones are mapped afresh either way. Only reads switch to it
+    (at most 32 MiB: a batch holds about READ_BATCH_BYTES of vectors, twice over as the list
+    decoder reserves); larger ones are mapped afresh either way. Only reads switch to it
     (``decoding_memory``): the whole CLI job on it measured no faster."""
     return pa.system_memory_pool()
 

@@ -1,8 +1,8 @@
 """The command line's inputs: a Parquet file, a directory of Parquet files or a Delta table,
 opened and checked before anything is read, then read in record batches, or once and held.
 
-Only the id and vector columns are read. Each file has its own Parquet reader decoding READ_BATCH
-rows at a time; a job that passes over the vectors several times (a training sample, the build, a
+Only the id and vector columns are read. Each file has its own Parquet reader decoding about
+READ_BATCH_BYTES of vectors at a time; a job that passes over the vectors several times (a training sample, the build, a
 self-join's search) reads them once when they fit in HOLD_FRACTION of the available memory
 (``hold_vectors``), and else reads them again for each pass with memory bounded by a batch. Every
 error names the input, and for bad rows the row of the whole input.
@@ -32,10 +32,35 @@ from sparknn.progress import Progress
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
 
-# Rows a Parquet reader decodes at a time. Held reads, 2 threads, medians of 5 alternating
-# rounds: 2048 rows took 0.41 / 0.72 / 0.49 s against 4096's 0.45 / 0.82 / 0.63 s
-# (Fashion-MNIST 70k x 784 dictionary-encoded, 200k x 768, 1M x 128); 1024 0.42 / 0.75 / 0.50 s.
+# Rows a Parquet reader decodes at a time: at most READ_BATCH, and about READ_BATCH_BYTES of
+# vectors (batch_rows). Held reads, 2 threads, medians of 5 alternating rounds: 2048 rows took
+# 0.41 / 0.72 / 0.49 s against 4096's 0.45 / 0.82 / 0.63 s (Fashion-MNIST 70k x 784
+# dictionary-encoded, 200k x 768, 1M x 128). Long vectors decode faster in fewer bytes: each
+# batch's buffers are memory the system clears for every batch once they pass the allocator's
+# mapping threshold (Intel Xeon VM, 2026-12-07: 500k x 768 read in 1.8-2.1 s at 341 rows,
+# 2.9-5.3 s at 2048, system time 1.0-1.3 s against 2.4-6.1 s; Fashion-MNIST 0.44 s at 512 rows,
+# 0.53 s at 2048, 0.75 s at 4096).
 READ_BATCH = 2_048
+READ_BATCH_BYTES = 1 << 20
+
+
+def batch_rows(width: float) -> int:
+    """Rows per decoded batch for vectors of ``width`` values: about READ_BATCH_BYTES of float32,
+    within [64, READ_BATCH]."""
+    return int(np.clip(READ_BATCH_BYTES // max(4 * width, 1), 64, READ_BATCH))
+
+
+def values_per_row(parquet: pq.ParquetFile, column: str, group: int = 0) -> float:
+    """The column's values per row in a row group (the vectors' length, for a column of vectors),
+    from the footer; 0 when the group is empty or the column is not there."""
+    meta = parquet.metadata.row_group(group) if parquet.metadata.num_row_groups > group else None
+    if meta is None or not meta.num_rows:
+        return 0.0
+    for j in range(meta.num_columns):
+        chunk = meta.column(j)
+        if chunk.path_in_schema.split(".")[0] == column:
+            return chunk.num_values / meta.num_rows
+    return 0.0
 HOLD_FRACTION = 0.25  # of the available memory: an input at most this large is read once and held
 _LISTED = 10  # files named in one error message
 
@@ -92,16 +117,18 @@ class Input:
     def batches(self, columns, batch_size: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(first row, batch) over ``columns`` in file order, batches of at most ``batch_size`` rows.
 
-        Each file has its own Parquet reader decoding at most READ_BATCH rows at a time. Arrow's
+        Each file has its own Parquet reader decoding batch_rows of its vectors at a time. Arrow's
         dataset scanner decodes a whole row group at once: reading a 50k x 784 list column took
         4x its size in new memory, and new memory is not free (first touches of 220 MB took up
         to 0.8 s of system time on the development VM)."""
-        size = READ_BATCH if batch_size is None else min(batch_size, READ_BATCH)
         offset = 0
         with reading(self.path):
             for fragment in self.dataset.get_fragments():
                 with pq.ParquetFile(fragment.path, filesystem=fragment.filesystem, **PARQUET_READ,
                                     page_checksum_verification=True) as parquet:
+                    size = batch_rows(values_per_row(parquet, self.vector_col)) if self.vector_col in columns \
+                        else READ_BATCH
+                    size = size if batch_size is None else min(batch_size, size)
                     for batch in parquet.iter_batches(batch_size=size, columns=list(columns)):
                         if batch.num_rows:
                             yield offset, batch
@@ -245,7 +272,7 @@ def _row_groups(inp: Input) -> list[tuple]:
 
 
 def _decode(inp: Input, unit: tuple, dim: int, into: np.ndarray | None = None) -> tuple[int, np.ndarray]:
-    """One row group's vectors as one float32 [rows, dim] array, decoded READ_BATCH rows at a time
+    """One row group's vectors as one float32 [rows, dim] array, decoded batch_rows(dim) rows at a time
     by a reader of its own.
 
     Copied out of Arrow's batches: Parquet's list decoder reserves up to twice the values it
@@ -266,12 +293,13 @@ def row_group_vectors(parquet: pq.ParquetFile, column: str, group: int, rows: in
                       convert: Callable[[pa.Array, int], np.ndarray],
                       into: np.ndarray | None = None) -> np.ndarray | None:
     """Row group ``group``'s vectors in one float32 [rows, dim] array (``into``, else one of its
-    own), decoded READ_BATCH rows at a time: ``convert(batch's column, its first row in the
+    own), decoded batch_rows rows at a time: ``convert(batch's column, its first row in the
     group)`` gives each batch's matrix (and raises on a bad vector). None when the group does not
     fill ``rows`` rows (the file changed while it was read); ValueError when a batch's length
     differs from the first's, or from ``into``'s."""
     out, filled = into, 0
-    for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=[column], row_groups=[group]):
+    size = batch_rows(into.shape[1] if into is not None else values_per_row(parquet, column, group))
+    for batch in parquet.iter_batches(batch_size=size, columns=[column], row_groups=[group]):
         if filled + batch.num_rows > rows:
             break
         x = convert(batch.column(0), filled)
