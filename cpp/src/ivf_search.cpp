@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -385,8 +386,12 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // stage is not one chunk on one core (it was: its deep re-ranks ran alone).
     const size_t answer_chunk = std::clamp<size_t>(nq / (4 * workers), 1, 256);
     // A plain answer (no proof, nothing measured before) re-ranks by list (rerank_by_list), in
-    // blocks of queries whose candidates' labels take at most kRerankBlockPairs entries.
-    const bool by_list = rerank && !deep && proven == nullptr && !params_.keeps_float_copies();
+    // blocks of queries whose candidates' labels take at most kRerankBlockPairs entries (its
+    // pairs name a row of a list in 32 bits: a list longer than that re-ranks query by query).
+    const bool by_list = rerank && !deep && proven == nullptr && !params_.keeps_float_copies() &&
+                         std::all_of(lists_.begin(), lists_.end(), [](const List& list) {
+                             return list.labels.size() <= std::numeric_limits<uint32_t>::max();
+                         });
     const size_t block_queries =
         std::clamp<size_t>(kRerankBlockPairs / std::max<size_t>(candidates, 1), 1, size_t{1} << 31);
     std::vector<int64_t> block_labels(by_list ? std::min(nq, block_queries) * candidates : 0);
