@@ -58,6 +58,7 @@ void Index::adopt_with(const std::shared_ptr<RowBlock>& block, const int64_t* id
     float* rows = block->data();
     add_with(n, rows, ids, [&](const float*) { place(); }, rows);
     claim.kept = true;
+    adopted_ = block;
 }
 
 }  // namespace sparknn

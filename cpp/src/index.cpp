@@ -9,12 +9,15 @@
 #endif
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <memory>
 #include <limits>
 #include <thread>
 
 #include "sparknn/error.h"
 #include "sparknn/parallel.h"
+#include "sparknn/row_block.h"
 #include "sparknn/vector_store.h"
 
 namespace sparknn {
@@ -214,6 +217,17 @@ void Index::add_with(size_t n, const float* vectors, const int64_t* ids,
 
 const float* Index::prepare_queries(size_t nq, const float* queries, AlignedVector<float>& scratch,
                                     int threads, const char* what) const {
+    if (const std::shared_ptr<const RowBlock> block = adopted_.lock(); block != nullptr && nq != 0) {
+        // Whole rows of the adopted block are checked and normalised already (its memory is the
+        // index's while the index holds it): a 500k x 768 cosine self-join copied and normalised
+        // every row again. A pointer elsewhere in the block (not on a row's start) is checked.
+        const auto at = reinterpret_cast<uintptr_t>(queries), begin = reinterpret_cast<uintptr_t>(block->data());
+        const uintptr_t bytes = block->rows() * block->dim() * sizeof(float), row = dim_ * sizeof(float);
+        if (block->dim() == dim_ && at >= begin && at - begin <= bytes && (at - begin) % row == 0 &&
+            nq <= (bytes - (at - begin)) / row) {
+            return queries;
+        }
+    }
     if (metric_ == Metric::Cosine) scratch.resize(nq * dim_);
     validate_rows(nq, dim_, queries, metric_, scratch.data(), threads, what);
     return metric_ == Metric::Cosine ? scratch.data() : queries;

@@ -99,6 +99,35 @@ TEST(Adopt, FlatAndHnswAdoptedRowsGiveTheAddedIndex) {
     std::remove(path_adopted.c_str());
 }
 
+// Queries that are the index's own adopted rows (a self-join searching in place) skip the
+// query checks and the cosine copy: they answer as copies of those rows do. A pointer into the
+// block off a row's start is no row of it: such queries are checked and normalised as any.
+TEST(Adopt, QueriesThatAreItsOwnRowsAnswerAsTheirCopies) {
+    const size_t dim = 24, n = 800, k = 5, nq = 40;
+    for (bool hnsw : {false, true}) {
+        for (Metric metric : {Metric::L2, Metric::Cosine, Metric::InnerProduct}) {
+            SCOPED_TRACE(std::string(hnsw ? "hnsw " : "flat ") + metric_name(metric));
+            auto index = make(hnsw, dim, metric);
+            auto block = block_of(test::clustered_vectors(n, dim, 8, 81), dim);
+            index->adopt_rows(block, nullptr);
+            const float* own = block->data() + 100 * dim;  // rows 100.. (normalised in place under cosine)
+            auto answer = [&](const float* queries) {
+                Results r{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
+                index->search(nq, queries, k, r.ids.data(), r.dist.data(), SearchParams{});
+                return r;
+            };
+            const std::vector<float> copy(own, own + nq * dim);
+            const Results in_place = answer(own), copied = answer(copy.data());
+            EXPECT_EQ(in_place.ids, copied.ids);
+            for (size_t i = 0; i < nq * k; ++i) EXPECT_NEAR(in_place.dist[i], copied.dist[i], 1e-5f * (1 + std::abs(copied.dist[i])));
+            // off a row's start: rows made of two stored halves (not unit: cosine must normalise them)
+            const float* off = block->data() + 100 * dim + dim / 2;
+            const std::vector<float> off_copy(off, off + nq * dim);
+            EXPECT_EQ(answer(off), answer(off_copy.data()));
+        }
+    }
+}
+
 TEST(Adopt, FlatAndHnswRefusalsChangeNothing) {
     const size_t dim = 8, n = 300;
     const auto base = test::clustered_vectors(n, dim, 4, 81);

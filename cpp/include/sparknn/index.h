@@ -228,6 +228,10 @@ class Index {
     Buffer<int64_t> ids_;
     std::atomic<size_t> count_{0};  // ids_.size(), readable without the lock
     std::vector<SideFile> side_files_;
+    // The block adopt_rows took: its rows were validated (and normalised under cosine) then and
+    // are the index's own, so queries that are whole rows of it (a self-join searching its rows
+    // in place) skip prepare_queries' check and copy.
+    std::weak_ptr<const RowBlock> adopted_;
 
   private:
     void check_new_ids(size_t n, const int64_t* ids);
