@@ -168,6 +168,27 @@ TEST(IvfAdopt, RowsInListOrderAreTheListsInPlace) {
     std::remove(path.c_str());
 }
 
+// The lists' own rows searched in place (a self-join: rows_in_list_order's view) answer as
+// copies of them, the in-place ones without the query checks or cosine's normalised copy.
+TEST(IvfAdopt, ItsRowsSearchedInPlaceAnswerAsTheirCopies) {
+    const size_t dim = 16, n = 2000, k = 5, nq = 300;
+    const auto base = test::clustered_vectors(n, dim, 8, 33);
+    for (Metric metric : {Metric::L2, Metric::Cosine}) {
+        SCOPED_TRACE(metric_name(metric));
+        IvfIndex ivf(dim, metric, float32_lists(12, 3, 2));
+        ivf.train(n, base.data());
+        ivf.adopt_rows(block_of(base, dim), nullptr, nullptr);
+        const PinnedView<float> view = ivf.view_rows_in_list_order();
+        const float* own = view.data + 500 * dim;
+        const std::vector<float> copy(own, own + nq * dim);
+        Results in_place{std::vector<int64_t>(nq * k), std::vector<float>(nq * k)};
+        ivf.search(nq, own, k, in_place.ids.data(), in_place.dist.data(), SearchParams{});
+        const Results copied = search(ivf, copy, k);
+        EXPECT_EQ(in_place.ids, copied.ids);
+        for (size_t i = 0; i < nq * k; ++i) EXPECT_NEAR(in_place.dist[i], copied.dist[i], 1e-5f * (1 + std::abs(copied.dist[i])));
+    }
+}
+
 // Refusals leave the index empty and the block's rows as they were (cosine normalises in
 // place only after every row and id passed).
 TEST(IvfAdopt, RefusalsChangeNothing) {
