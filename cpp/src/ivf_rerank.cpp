@@ -96,7 +96,7 @@ void IvfIndex::rerank_by_list(size_t nq, const float* queries, size_t stride, co
     parallel_for(nq, 64, threads, [&](size_t b, size_t e, int) {
         TopK best;
         for (size_t q = b; q < e; ++q) {
-            best.reset(k, std::max<size_t>(2, (counts[q] + k - 1) / std::max<size_t>(k, 1) + 1));  // one selection at the end
+            best.reset_for(k, counts[q]);
             best.order_ties_by(ids_.data());
             for (size_t j = 0; j < counts[q]; ++j) best.push(exact[q * stride + j], labels[q * stride + j]);
             best.write_sorted(out_ids + q * k, out_distances + q * k,

@@ -396,6 +396,13 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         std::clamp<size_t>(kRerankBlockPairs / std::max<size_t>(candidates, 1), 1, size_t{1} << 31);
     std::vector<int64_t> block_labels(by_list ? std::min(nq, block_queries) * candidates : 0);
     std::vector<uint32_t> block_counts(by_list ? std::min(nq, block_queries) : 0);
+    // Query q's selection with the other workers' merged in: its own (the last answer), or
+    // `copy` while more lists are to come.
+    auto merged = [&](size_t q, bool last, TopK& copy) -> TopK& {
+        TopK& h = last ? heaps[q] : (copy = heaps[q]);
+        for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
+        return h;
+    };
     auto write_by_list = [&](bool last, int64_t* ids, float* distances) {
         for (size_t q0 = 0; q0 < nq; q0 += block_queries) {
             const size_t m = std::min(block_queries, nq - q0);
@@ -403,9 +410,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                 for (size_t i = b; i < e; ++i) {
                     const size_t q = q0 + i;
                     TopK copy;
-                    TopK& h = last ? heaps[q] : (copy = heaps[q]);
-                    for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
-                    const std::vector<TopK::Entry>& entries = h.entries();
+                    const std::vector<TopK::Entry>& entries = merged(q, last, copy).entries();
                     block_counts[i] = static_cast<uint32_t>(entries.size());
                     for (size_t j = 0; j < entries.size(); ++j) block_labels[i * candidates + j] = entries[j].second;
                 }
@@ -423,8 +428,7 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
         parallel_for(nq, answer_chunk, threads, [&](size_t b, size_t e, int) {
             for (size_t q = b; q < e; ++q) {
                 TopK copy;
-                TopK& h = last ? heaps[q] : (copy = heaps[q]);
-                for (size_t w = 1; w < workers; ++w) h.merge(heaps[w * nq + q]);
+                TopK& h = merged(q, last, copy);
                 if (!deep) {
                     if (last && proven != nullptr) {  // an exact scan: its answer is the exact one ...
                         TopK same = h;
@@ -667,7 +671,7 @@ void IvfIndex::rerank_candidates(const float* query, TopK& candidates, size_t k,
     // Room for every candidate: one selection at the end rather than a cut per 2k measured (a
     // re-rank measures 4k or more). A stopping re-rank cuts when it asks for the k-th anyway.
     TopK exact;
-    exact.reset(k, std::max<size_t>(2, (candidates.entries().size() + k - 1) / std::max<size_t>(k, 1) + 1));
+    exact.reset_for(k, candidates.entries().size());
     exact.order_ties_by(ids_.data());
     std::vector<TopK::Entry> sorted;
     if (stop) {  // nearest first by scan distance, which bounds the exact one from below

@@ -48,6 +48,10 @@ class TopK {
         buffer_.reserve(std::min(capacity_, kReservedAtMost));
     }
 
+    // reset with room for `pushes` entries before the first cut: a selection of k among that
+    // many known candidates (an exact re-rank) then selects once, at the end.
+    void reset_for(size_t k, size_t pushes) { reset(k, std::max<size_t>(2, (pushes + k - 1) / std::max<size_t>(k, 1) + 1)); }
+
     size_t k() const { return k_; }
 
     // The distance a candidate must not exceed to enter; +inf until k are
