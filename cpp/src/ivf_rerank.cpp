@@ -17,16 +17,18 @@
 
 namespace sparknn {
 
-void IvfIndex::rerank_by_list(size_t nq, const float* queries, size_t stride, const int64_t* labels,
-                              const uint32_t* counts, size_t k, int64_t* out_ids, float* out_distances,
+void IvfIndex::rerank_by_list(size_t nq, const float* queries, const size_t* begins, const uint32_t* counts,
+                              const int64_t* labels, size_t k, int64_t* out_ids, float* out_distances,
                               int threads) const {
-    // labels[q * stride, + counts[q]): query q's candidates; index_places ran first
+    // labels[begins[q], + counts[q]): query q's candidates; index_places ran first
     const DistanceKernels& kern = kernels();
     const size_t nlist = lists_.size();
     struct Place {
         uint32_t list, row;
     };
-    std::vector<Place> place(nq * stride);
+    size_t slots = 0;
+    for (size_t q = 0; q < nq; ++q) slots = std::max(slots, begins[q] + counts[q]);
+    std::vector<Place> place(slots);
     // The queries in `parts` consecutive ranges, each counting its candidates per list: the
     // pairs are laid out list by list, and within a list part after part, so in query order.
     const size_t parts = static_cast<size_t>(std::max(1, std::min<int>(resolve_threads(threads), 64)));
@@ -37,8 +39,8 @@ void IvfIndex::rerank_by_list(size_t nq, const float* queries, size_t stride, co
             size_t* count = cursor.data() + p * nlist;
             for (size_t q = p * per_part; q < std::min(nq, (p + 1) * per_part); ++q) {
                 for (size_t j = 0; j < counts[q]; ++j) {
-                    const auto [l, r] = place_of(static_cast<size_t>(labels[q * stride + j]));
-                    place[q * stride + j] = Place{static_cast<uint32_t>(l), static_cast<uint32_t>(r)};
+                    const auto [l, r] = place_of(static_cast<size_t>(labels[begins[q] + j]));
+                    place[begins[q] + j] = Place{static_cast<uint32_t>(l), static_cast<uint32_t>(r)};
                     ++count[l];
                 }
             }
@@ -55,7 +57,7 @@ void IvfIndex::rerank_by_list(size_t nq, const float* queries, size_t stride, co
         start[l + 1] = at;
     }
     struct Pair {
-        size_t slot;     // q * stride + j: where its distance goes
+        size_t slot;     // begins[q] + j: where its distance goes
         uint32_t query;  // q
         uint32_t row;    // the candidate's row in its list
     };
@@ -65,13 +67,13 @@ void IvfIndex::rerank_by_list(size_t nq, const float* queries, size_t stride, co
             size_t* fill = cursor.data() + p * nlist;
             for (size_t q = p * per_part; q < std::min(nq, (p + 1) * per_part); ++q) {
                 for (size_t j = 0; j < counts[q]; ++j) {
-                    const Place at = place[q * stride + j];
-                    pairs[fill[at.list]++] = Pair{q * stride + j, static_cast<uint32_t>(q), at.row};
+                    const Place at = place[begins[q] + j];
+                    pairs[fill[at.list]++] = Pair{begins[q] + j, static_cast<uint32_t>(q), at.row};
                 }
             }
         }
     });
-    std::vector<float> exact(nq * stride);
+    std::vector<float> exact(slots);
     parallel_for(nlist, 1, threads, [&](size_t b, size_t e, int) {
         for (size_t l = b; l < e; ++l) {
             const float* rows = reinterpret_cast<const float*>(lists_[l].codes.data());
@@ -98,7 +100,7 @@ void IvfIndex::rerank_by_list(size_t nq, const float* queries, size_t stride, co
         for (size_t q = b; q < e; ++q) {
             best.reset_for(k, counts[q]);
             best.order_ties_by(ids_.data());
-            for (size_t j = 0; j < counts[q]; ++j) best.push(exact[q * stride + j], labels[q * stride + j]);
+            for (size_t j = 0; j < counts[q]; ++j) best.push(exact[begins[q] + j], labels[begins[q] + j]);
             best.write_sorted(out_ids + q * k, out_distances + q * k,
                               [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
         }

@@ -388,14 +388,22 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
     // A plain answer (no proof, nothing measured before) re-ranks by list (rerank_by_list), in
     // blocks of queries whose candidates' labels take at most kRerankBlockPairs entries (its
     // pairs name a row of a list in 32 bits: a list longer than that re-ranks query by query).
-    const bool by_list = rerank && !deep && proven == nullptr && !params_.keeps_float_copies() &&
-                         std::all_of(lists_.begin(), lists_.end(), [](const List& list) {
-                             return list.labels.size() <= std::numeric_limits<uint32_t>::max();
-                         });
+    const bool rows_in_32_bits = std::all_of(lists_.begin(), lists_.end(), [](const List& list) {
+        return list.labels.size() <= std::numeric_limits<uint32_t>::max();
+    });
+    const bool by_list = rerank && !deep && proven == nullptr && !params_.keeps_float_copies() && rows_in_32_bits;
+    // The first pass's exact answers (a tuning's truth: a few hundred candidates per query, each
+    // provably within reach of the k-th) re-rank by list too, once every query is selected.
+    const bool deep_by_list = deep && first != nullptr && !params_.keeps_float_copies() && rows_in_32_bits;
     const size_t block_queries =
         std::clamp<size_t>(kRerankBlockPairs / std::max<size_t>(candidates, 1), 1, size_t{1} << 31);
     std::vector<int64_t> block_labels(by_list ? std::min(nq, block_queries) * candidates : 0);
     std::vector<uint32_t> block_counts(by_list ? std::min(nq, block_queries) : 0);
+    std::vector<size_t> block_begins(by_list ? std::min(nq, block_queries) : 0);
+    for (size_t i = 0; i < block_begins.size(); ++i) block_begins[i] = i * candidates;
+    // per query, for the deep answers' proof: whether its selection was full, and its worst scan distance
+    std::vector<uint8_t> deep_full(deep_by_list ? nq : 0);
+    std::vector<float> deep_worst(deep_by_list ? nq : 0);
     // Query q's selection with the other workers' merged in: its own (the last answer), or
     // `copy` while more lists are to come.
     auto merged = [&](size_t q, bool last, TopK& copy) -> TopK& {
@@ -415,9 +423,48 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     for (size_t j = 0; j < entries.size(); ++j) block_labels[i * candidates + j] = entries[j].second;
                 }
             });
-            rerank_by_list(m, queries + q0 * dim_, candidates, block_labels.data(), block_counts.data(), k,
+            rerank_by_list(m, queries + q0 * dim_, block_begins.data(), block_counts.data(), block_labels.data(), k,
                            ids + q0 * k, distances + q0 * k, threads);
         }
+    };
+    // A query's exact answer is proven when its selection was not full or its k-th (as a scan
+    // distance) lies below the worst kept less the error bound, and every list skipped
+    // unscanned is farther than the k-th (its bound is an exact distance's, as the k-th is before as_scan).
+    auto prove = [&](size_t q, bool full, float worst, const float* distances) {
+        const double exact_kth = distances[out_stride + q * k + k - 1];
+        const double kth = as_scan(exact_kth);
+        const bool skipped_farther = std::isinf(least_skipped[q]) || exact_kth < least_skipped[q];
+        proven[q] = (!full || kth < worst - error_bound[q]) && skipped_farther;
+    };
+    // The deep selections' exact answers, list by list, in blocks of at most kRerankBlockPairs
+    // candidates (a query's alone when it holds more).
+    auto exact_by_list = [&](int64_t* ids, float* distances) {
+        std::vector<size_t> begins;
+        std::vector<uint32_t> counts;
+        std::vector<int64_t> labels;
+        for (size_t q0 = 0, q1; q0 < nq; q0 = q1) {
+            size_t pairs = 0;
+            for (q1 = q0; q1 < nq && (q1 == q0 || pairs + heaps[q1].entries().size() <= kRerankBlockPairs); ++q1) {
+                pairs += heaps[q1].entries().size();
+            }
+            begins.assign(q1 - q0, 0);
+            counts.assign(q1 - q0, 0);
+            for (size_t q = q0, at = 0; q < q1; ++q) {
+                begins[q - q0] = at;
+                counts[q - q0] = static_cast<uint32_t>(heaps[q].entries().size());
+                at += counts[q - q0];
+            }
+            labels.resize(pairs);
+            parallel_for(q1 - q0, 64, threads, [&](size_t b, size_t e, int) {
+                for (size_t i = b; i < e; ++i) {
+                    const std::vector<TopK::Entry>& entries = heaps[q0 + i].entries();
+                    for (size_t j = 0; j < entries.size(); ++j) labels[begins[i] + j] = entries[j].second;
+                }
+            });
+            rerank_by_list(q1 - q0, queries + q0 * dim_, begins.data(), counts.data(), labels.data(), k,
+                           ids + out_stride + q0 * k, distances + out_stride + q0 * k, threads);
+        }
+        for (size_t q = 0; q < nq; ++q) prove(q, deep_full[q] != 0, deep_worst[q], distances);
     };
     auto write = [&](size_t scanned, int64_t* ids, float* distances) {
         const bool last = scanned == nprobe;
@@ -452,21 +499,22 @@ void IvfIndex::search_batch(size_t nq, const float* queries, size_t k, size_t np
                     const bool full = all.size() >= kept;
                     float worst = -std::numeric_limits<float>::infinity();
                     for (const TopK::Entry& entry : all) worst = std::max(worst, entry.first);
+                    if (deep_by_list) {  // measured by list once every query is here (exact_by_list)
+                        deep_full[q] = full;
+                        deep_worst[q] = worst;
+                        continue;
+                    }
                     if (first != nullptr) {  // nearest first, only those that may beat the k-th
                         rerank_candidates(queries + q * dim_, h, k, ids + out_stride + q * k,
                                           distances + out_stride + q * k, error_bound[q], to_scan);
                     } else {
                         answer(q, h, ids + out_stride, distances + out_stride);
                     }
-                    const double exact_kth = distances[out_stride + q * k + k - 1];
-                    const double kth = as_scan(exact_kth);
-                    // ... and every list skipped unscanned is farther than the k-th (its bound is an
-                    // exact distance's, as the k-th is before as_scan)
-                    const bool skipped_farther = std::isinf(least_skipped[q]) || exact_kth < least_skipped[q];
-                    proven[q] = (!full || kth < worst - error_bound[q]) && skipped_farther;
+                    prove(q, full, worst, distances);
                 }
             }
         });
+        if (deep_by_list && last) exact_by_list(ids, distances);
     };
     const size_t single_end[] = {nprobe};
     if (ends == nullptr) ends = single_end, nends = 1;

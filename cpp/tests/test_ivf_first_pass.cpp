@@ -415,6 +415,41 @@ TEST(IvfFirstPass, ReRankedByListInBlocksAsQueryByQuery) {
     EXPECT_EQ(std::vector<float>(d.begin(), d.begin() + nq * k), want_d);
 }
 
+// The exact answers of the recall tuning's scan are re-ranked list by list in blocks of queries
+// holding at most kRerankBlockPairs candidates: with k = 1000 (a few thousand candidates each
+// within reach of the k-th), 800 queries take several blocks. Each proven answer is the brute
+// force of the same kernel (distance(): the bits the re-rank computes), ties by id.
+TEST(IvfFirstPass, ExactAnswersReRankedByListInBlocksAreBruteForces) {
+    const size_t n = 6000, dim = 256, k = 1000, nq = 800;
+    std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 33);
+    const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
+    IvfIndex ivf(dim, Metric::L2, first_pass_params());
+    ivf.set_first_pass_dims(IvfIndex::kFirstPassAuto);
+    ivf.add(n, base.data(), nullptr);
+    ASSERT_GT(ivf.first_pass_in_use().first, 0u);
+    const size_t nprobes[] = {3, 6, 32};
+    std::vector<int64_t> ids(4 * nq * k);
+    std::vector<float> d(4 * nq * k);
+    std::vector<uint8_t> proven(nq);
+    ivf.search_ladder_and_exact(nq, queries.data(), k, nprobes, 3, ids.data(), d.data(), proven.data());
+    const DistanceKernels& kern = kernels();
+    size_t proofs = 0;
+    for (size_t q = 0; q < nq; ++q) {
+        if (!proven[q]) continue;
+        ++proofs;
+        std::vector<std::pair<float, int64_t>> all(n);
+        for (size_t i = 0; i < n; ++i) {
+            all[i] = {distance(Metric::L2, kern, &queries[q * dim], &base[i * dim], dim), static_cast<int64_t>(i)};
+        }
+        std::partial_sort(all.begin(), all.begin() + k, all.end());
+        for (size_t j = 0; j < k; ++j) {  // the exact answer: 4th of the [4, nq, k] answers
+            ASSERT_EQ(ids[3 * nq * k + q * k + j], all[j].second) << "query " << q << " rank " << j;
+            ASSERT_EQ(d[3 * nq * k + q * k + j], all[j].first) << "query " << q << " rank " << j;
+        }
+    }
+    EXPECT_GE(proofs, nq * 9 / 10);
+}
+
 // The first pass scanned through its panels (AVX-512) and through sgemm (the level lowered):
 // the same exact answers and proofs, and the ladder's answers but for near ties, for each
 // metric (ProvenExactAnswersAreBruteForces checks the panels' exact answers against brute force).

@@ -255,11 +255,12 @@ class IvfIndex final : public Index {
     // once they lie beyond the exact k-th.
     void rerank_candidates(const float* query, TopK& candidates, size_t k, int64_t* out_ids, float* out_distances,
                            double stop_slack = -1.0, double to_scan = 1.0, ExactDistances* known = nullptr) const;
-    // The exact answers of nq queries from their candidates (labels[q * stride, + counts[q])),
+    // The exact answers of nq queries from their candidates (labels[begins[q], + counts[q])),
     // re-ranked list by list (ivf_rerank.cpp): what rerank_candidates answers for each, without
-    // stop_slack or known, read as each list's rows for all queries at once.
-    void rerank_by_list(size_t nq, const float* queries, size_t stride, const int64_t* labels, const uint32_t* counts,
-                        size_t k, int64_t* out_ids, float* out_distances, int threads) const;
+    // known, read as each list's rows for all queries at once (with stop_slack it stops early
+    // only among candidates provably beyond the k-th: measuring those too answers the same).
+    void rerank_by_list(size_t nq, const float* queries, const size_t* begins, const uint32_t* counts,
+                        const int64_t* labels, size_t k, int64_t* out_ids, float* out_distances, int threads) const;
     // The candidates an exact answer from an approximate scan keeps per query (lower_bounds:
     // the first pass's scan, under L2 or cosine): the first pass's lower bounds keep kFirstPassExactCandidates and re-rank only those below the
     // exact k-th (on Fashion-MNIST at 96 of 784 dimensions, 200 for the median query; 1024
