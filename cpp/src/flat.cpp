@@ -123,48 +123,56 @@ void FlatIndex::set_projected_first_pass(const float* basis, size_t dims, size_t
     projected_extra_ = extra;
 }
 
+void FlatIndex::search_projected(size_t nq, const float* queries, const float* projected, size_t k, int64_t* out_ids,
+                                 float* out_distances, int threads) const {
+    auto lock = reading();
+    SPARKNN_THROW_IF_NOT(projected_ != nullptr && projected_->size() == size(), Error,
+                         "search_projected: no projected first pass");
+    threads = resolve_threads(threads);
+    // The best k + extra in the subspace, then measured exactly (ties by id, as search_impl's).
+    const size_t n = size(), kept = std::min(n, k + projected_extra_);
+    std::vector<int64_t> labels(nq * kept);
+    std::vector<float> scanned(nq * kept);
+    SearchParams inner;
+    inner.threads = threads;
+    projected_->search(nq, projected, kept, labels.data(), scanned.data(), inner);
+    const DistanceKernels& kern = kernels();
+    parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
+        std::vector<int64_t> found(kept);
+        for (size_t q = b; q < e; ++q) {
+            TopK exact(k);
+            exact.order_ties_by(ids_.data());
+            size_t m = 0;
+            for (size_t j = 0; j < kept; ++j) {
+                const int64_t label = labels[q * kept + j];  // the inner index's ids are its labels
+                if (label >= 0) found[m++] = label;
+            }
+            const float* query = queries + q * dim_;
+            auto row = [&](size_t j) { return store_.f32() + static_cast<size_t>(found[j]) * dim_; };
+            size_t j = 0;
+            for (; j + 4 <= m; j += 4) {  // four rows per pass over the query
+                const float* rows[4] = {row(j), row(j + 1), row(j + 2), row(j + 3)};
+                float d[4];
+                distance_x4(metric_, kern, query, rows, dim_, d);
+                for (size_t t = 0; t < 4; ++t) exact.push(d[t], found[j + t]);
+            }
+            for (; j < m; ++j) exact.push(distance(metric_, kern, query, row(j), dim_), found[j]);
+            exact.write_sorted(out_ids + q * k, out_distances + q * k,
+                               [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
+        }
+    });
+}
+
 void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* out_ids, float* out_distances,
                             const SearchParams& params) const {
     const size_t n = size();
     const int threads = resolve_threads(params.threads);
     if (projected_ != nullptr && projected_->size() == n) {
-        // The best k + extra in the subspace, then measured exactly (ties by id, as below).
-        const size_t dims = projected_->dim(), kept = std::min(n, k + projected_extra_);
-        std::vector<float> projected(nq * dims);
-        gemm_abt_rows(nq, dims, dim_, queries, basis_.data(), projected.data(), threads, 1024);
-        std::vector<int64_t> labels(nq * kept);
-        std::vector<float> scanned(nq * kept);
-        SearchParams inner;
-        inner.threads = threads;
-        projected_->search(nq, projected.data(), kept, labels.data(), scanned.data(), inner);
-        const DistanceKernels& kern = kernels();
-        parallel_for(nq, 256, threads, [&](size_t b, size_t e, int) {
-            std::vector<int64_t> found(kept);
-            for (size_t q = b; q < e; ++q) {
-                TopK exact(k);
-                exact.order_ties_by(ids_.data());
-                size_t m = 0;
-                for (size_t j = 0; j < kept; ++j) {
-                    const int64_t label = labels[q * kept + j];  // the inner index's ids are its labels
-                    if (label >= 0) found[m++] = label;
-                }
-                const float* query = queries + q * dim_;
-                auto row = [&](size_t j) { return store_.f32() + static_cast<size_t>(found[j]) * dim_; };
-                size_t j = 0;
-                for (; j + 4 <= m; j += 4) {  // four rows per pass over the query
-                    const float* rows[4] = {row(j), row(j + 1), row(j + 2), row(j + 3)};
-                    float d[4];
-                    distance_x4(metric_, kern, query, rows, dim_, d);
-                    for (size_t t = 0; t < 4; ++t) exact.push(d[t], found[j + t]);
-                }
-                for (; j < m; ++j) exact.push(distance(metric_, kern, query, row(j), dim_), found[j]);
-                exact.write_sorted(out_ids + q * k, out_distances + q * k,
-                                   [&](int64_t label) { return ids_[static_cast<size_t>(label)]; });
-            }
-        });
+        std::vector<float> projected(nq * projected_->dim());
+        gemm_abt_rows(nq, projected_->dim(), dim_, queries, basis_.data(), projected.data(), threads, kProjectBlock);
+        search_projected(nq, queries, projected.data(), k, out_ids, out_distances, threads);
         return;
-    }
-    // L2 rows far from the origin are searched less their mean (centre_on_mean). A bf16
+    }    // L2 rows far from the origin are searched less their mean (centre_on_mean). A bf16
     // first pass takes the mean as its tiles' centre too (a data set far from the origin
     // keeps its differences in bf16 only as residuals); its candidates are then re-ranked.
     std::vector<float> mean;

@@ -6,9 +6,11 @@
 #include <numeric>
 #include <vector>
 
+#include "blas.h"
 #include "gemm_scan.h"
 #include "ivf_codec.h"
 #include "sparknn/error.h"
+#include "sparknn/flat.h"
 #include "sparknn/ivf.h"
 #include "sparknn/parallel.h"
 #include "sparknn/row_block.h"
@@ -20,6 +22,47 @@ void IvfIndex::adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
     adopt_with(
         block, ids, order, [&] { if (lists != nullptr) check_lists(block->rows(), 1, lists, "lists"); },
         [&] { lists != nullptr ? place_rows(block, lists, order) : adopt_impl(block, order); });
+}
+
+void IvfIndex::adopt_rows_nearest(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* order,
+                                  size_t width, int64_t* nearest) {
+    adopt_with(
+        block, ids, order,
+        [&] {
+            SPARKNN_CHECK_ARG(width >= 1 && width <= lists_.size(), "the nearest lists' width must be in [1, nlist=",
+                              lists_.size(), "], got ", width);
+        },
+        [&] {
+            // the rows are checked (and normalised under cosine) now, as nearest_lists' queries would be
+            const size_t n = block->rows();
+            const float* rows = block->data();
+            std::vector<int64_t> of_row(n * width);  // of each row of the block
+            AlignedVector<float> projected;
+            const size_t dims = quantizer_->projected_first_pass_dims();
+            if (dims > 0) {  // the quantizer's projection is the first pass's basis (train_on_sample)
+                std::vector<float> basis;
+                {
+                    std::lock_guard<std::mutex> guard(first_pass_mutex_);
+                    if (first_pass_.dims == dims) basis = first_pass_.basis;
+                }
+                if (!basis.empty()) {
+                    projected.resize(n * dims);
+                    gemm_abt_rows(n, dims, dim_, rows, basis.data(), projected.data(), threads(),
+                                  FlatIndex::kProjectBlock);
+                    std::vector<float> distances(n * width);
+                    quantizer_->search_projected(n, rows, projected.data(), width, of_row.data(), distances.data(),
+                                                 threads());
+                }
+            }
+            if (projected.empty()) assign(n, rows, width, of_row.data(), threads());
+            std::vector<int64_t> assigned(n);
+            for (size_t r = 0; r < n; ++r) {
+                const size_t row = order != nullptr ? static_cast<size_t>(order[r]) : r;
+                assigned[r] = of_row[row * width];
+                std::copy_n(of_row.data() + row * width, width, nearest + r * width);
+            }
+            place_rows(block, assigned.data(), order, projected.empty() ? nullptr : &projected, dims);
+        });
 }
 
 void IvfIndex::check_adoptable(size_t) const {
@@ -39,7 +82,8 @@ void IvfIndex::adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t*
 }
 
 // Everything that can fail is allocated before the first row moves; the commit cannot fail.
-void IvfIndex::place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order) {
+void IvfIndex::place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order,
+                          AlignedVector<float>* projected, size_t dims) {
     const size_t n = block->rows(), nlist = lists_.size();
     std::vector<size_t> start(nlist + 1, 0);
     for (size_t i = 0; i < n; ++i) ++start[static_cast<size_t>(assigned[i]) + 1];
@@ -60,6 +104,7 @@ void IvfIndex::place_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
         }
     }
     float* rows = block->data();
+    if (projected != nullptr) permute_rows(projected->data(), n, dims, to);  // before the rows: it may throw
     permute_rows(rows, n, dim_, to);
     const size_t cs = codec_->code_size();
     parallel_for(nlist, 16, threads(), [&](size_t b, size_t e, int) {
@@ -74,6 +119,10 @@ void IvfIndex::place_rows(const std::shared_ptr<RowBlock>& block, const int64_t*
             if (!norms.empty()) list.norms.swap(norms[l]);
         }
     });
+    if (projected != nullptr) {
+        std::lock_guard<std::mutex> guard(first_pass_mutex_);
+        if (first_pass_.dims == dims) first_pass_.given = std::move(*projected);
+    }
 }
 
 PinnedView<float> IvfIndex::view_rows_in_list_order() const {

@@ -194,7 +194,14 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
     const bool l2 = metric_ != Metric::InnerProduct;  // the subspace's metric (use_first_pass_basis)
     const bool keep_rows = !panels || first.rows_base != 0;
     const bool row_norms = norms && !panels;
-    first.rows.assign(keep_rows ? n * d : 0, 0.0f);
+    // the rows projected at their adoption (adopt_rows_nearest), already in list order
+    const bool given = keep_rows && first.given.size() == n * d;
+    if (given) {
+        first.rows = std::move(first.given);
+    } else {
+        first.rows.assign(keep_rows ? n * d : 0, 0.0f);
+    }
+    first.given = {};
     first.norms.assign(row_norms ? n : 0, 0.0f);
     first.panel_offsets.assign(panels ? nlist + 1 : 0, 0);
     for (size_t l = 0; panels && l < nlist; ++l) {
@@ -209,7 +216,7 @@ const IvfIndex::FirstPass& IvfIndex::first_pass(int threads) const {
             if (!keep_rows) scratch.resize(size * d);
             float* out = keep_rows ? first.rows.data() + first.offsets[l] * d : scratch.data();
             const float* rows = reinterpret_cast<const float*>(lists_[l].codes.data());
-            for (size_t r0 = 0; r0 < size; r0 += 4096) {  // sgemm's m is an int
+            for (size_t r0 = 0; r0 < size && !given; r0 += 4096) {  // sgemm's m is an int
                 const size_t count = std::min<size_t>(4096, size - r0);
                 gemm_abt(static_cast<int>(count), static_cast<int>(d), static_cast<int>(dim_), rows + r0 * dim_,
                          first.basis.data(), out + r0 * d);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <thread>
 #include <tuple>
@@ -19,6 +20,7 @@
 #include "sparknn/file.h"
 #include "sparknn/flat.h"
 #include "sparknn/ivf.h"
+#include "sparknn/row_block.h"
 #include "test_util.h"
 #include "tile_f32.h"
 
@@ -413,6 +415,57 @@ TEST(IvfFirstPass, ReRankedByListInBlocksAsQueryByQuery) {
     ivf.search(nq, queries.data(), k, want.data(), want_d.data(), p);
     EXPECT_EQ(std::vector<int64_t>(ids.begin(), ids.begin() + nq * k), want);
     EXPECT_EQ(std::vector<float>(d.begin(), d.begin() + nq * k), want_d);
+}
+
+// adopt_rows_nearest: each label's nearest lists as nearest_lists gives them, the rows placed
+// as adopt_rows places them given those lists (rows in another order than the labels), and
+// the first pass's projected lists, projected at the adoption and reordered with the rows,
+// answering as those an index projects at its first search (the same basis; the products
+// blocked otherwise, so a near tie may differ: 99.5% of the answers are the same).
+TEST(IvfFirstPass, AdoptedWithItsNearestListsAnswersAsAdoptedWithListsGiven) {
+    const size_t n = 6000, dim = 256, k = 10, nq = 200, width = 6;
+    const std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 41);
+    const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(9);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<float> shuffled(n * dim);  // label r's vector at row order[r]
+    for (size_t r = 0; r < n; ++r) {
+        std::copy(base.begin() + r * dim, base.begin() + (r + 1) * dim, shuffled.begin() + order[r] * dim);
+    }
+    for (Metric metric : {Metric::L2, Metric::Cosine}) {
+        SCOPED_TRACE(metric_name(metric));
+        IvfIndex given(dim, metric, first_pass_params()), found(dim, metric, first_pass_params());
+        for (IvfIndex* ivf : {&given, &found}) {
+            ivf->set_first_pass_dims(IvfIndex::kFirstPassAuto);  // trained in its subspace
+            ivf->train(n, base.data());
+        }
+        std::vector<int64_t> want(n * width), first(n);
+        given.nearest_lists(n, base.data(), width, want.data());
+        for (size_t r = 0; r < n; ++r) first[r] = want[r * width];
+        given.adopt_rows(test::block_of(shuffled, dim), nullptr, first.data(), order.data());
+        std::vector<int64_t> got(n * width);
+        found.adopt_rows_nearest(test::block_of(shuffled, dim), nullptr, order.data(), width, got.data());
+        EXPECT_EQ(got, want);
+        EXPECT_EQ(found.list_labels(), given.list_labels());
+        ASSERT_GT(found.first_pass_in_use().first, 0u);
+        const test::Results a = test::search(given, queries, k), b = test::search(found, queries, k);
+        size_t same = 0;
+        for (size_t i = 0; i < nq * k; ++i) {
+            if (a.ids[i] != b.ids[i]) continue;
+            ++same;
+            EXPECT_EQ(a.dist[i], b.dist[i]);  // exact distances, re-ranked
+        }
+        EXPECT_GE(same, nq * k * 995 / 1000);
+    }
+    std::vector<int64_t> out(n * 2);
+    IvfIndex ivf(dim, Metric::L2, first_pass_params());
+    ivf.train(n, base.data());
+    auto block = test::block_of(base, dim);
+    EXPECT_THROW(ivf.adopt_rows_nearest(block, nullptr, nullptr, 33, out.data()), InvalidArgument);  // nlist 32
+    EXPECT_FALSE(block->taken());
+    EXPECT_EQ(ivf.size(), 0u);
 }
 
 // The exact answers of the recall tuning's scan are re-ranked list by list in blocks of queries

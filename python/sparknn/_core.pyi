@@ -105,6 +105,10 @@ class IvfIndex(Index):
         self, block: RowBlock, ids: Optional[npt.NDArray[np.int64]], lists: Optional[npt.NDArray[np.int64]] = None,
         order: Optional[npt.NDArray[np.int64]] = None,
     ) -> None: ...
+    def adopt_rows_nearest(
+        self, block: RowBlock, ids: Optional[npt.NDArray[np.int64]], order: Optional[npt.NDArray[np.int64]],
+        out_lists: npt.NDArray[np.int64],
+    ) -> None: ...
     def rows_in_list_order(self) -> npt.NDArray[np.float32]: ...
     def add(
         self,

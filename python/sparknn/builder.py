@@ -113,6 +113,16 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
         index, lists = start(dim)
         if index.kind == "ivf" and assign_first is not None:
             assigned = lists if lists is not None else np.empty((n, 1), dtype=np.int32)
+            if adopt is not None and index.storage == "float32":
+                # the lists found as the rows are adopted, each row projected once for its lists
+                # and the first pass (Index.adopt_rows(nearest=)): the batches are not read
+                block, order = adopt()
+                if block.rows != n:
+                    raise InvalidArgumentError(f"the input has {block.rows} rows, not the {n} counted before the "
+                                               "build: did it change while it was read?")
+                with context(0, n):
+                    assigned[:] = index.adopt_rows(block, ids, order=order, nearest=assigned.shape[1])
+                return index, lists
             seen = 0
             for first, x in assign_first():
                 if first != seen or first + len(x) > n:
@@ -124,11 +134,6 @@ def build_streaming(batches: Iterable[tuple[int, np.ndarray]], n: int, spec: Ind
             if seen != n:
                 raise InvalidArgumentError(f"the input has {seen} rows, not the {n} counted before the build: "
                                            "did it change while it was read?")
-            if adopt is not None and index.storage == "float32":
-                block, order = adopt()
-                with context(0, n):
-                    index.adopt_rows(block, ids, assigned[:, :1], order)
-                return index, lists
             index.reserve_lists(np.bincount(assigned[:, 0], minlength=index.params["nlist"]))
     added = 0
     for first, x in batches:

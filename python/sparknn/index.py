@@ -486,7 +486,7 @@ class Index:
         else:
             self._native_as("ivf", "add(lists=...)").add(x, id_arr, list_arr)
 
-    def adopt_rows(self, block: RowBlock, ids=None, lists=None, order=None) -> None:
+    def adopt_rows(self, block: RowBlock, ids=None, lists=None, order=None, nearest: int = 0) -> Optional[np.ndarray]:
         """An empty index whose vectors are float32 (flat, hnsw; ivf trained, with float32
         lists) adds the rows of ``block`` (a :class:`RowBlock` filled through ``block.array()``)
         without copying them: it keeps the block's memory as its vectors (ivf: reordered in place
@@ -496,17 +496,32 @@ class Index:
         ``order`` (int [n], each row once): the rows in the order :meth:`add` would have been
         given them (row ``order[i]`` becomes the i-th vector; default: the block's order);
         ``ids`` and ``lists`` (ivf only) as :meth:`add`, in that order. Bad rows, ids or orders
-        raise as in :meth:`add`, leaving the index and the block unchanged."""
+        raise as in :meth:`add`, leaving the index and the block unchanged.
+
+        ``nearest`` (ivf, without ``lists``): the index finds the lists itself and returns each
+        vector's nearest ``nearest`` lists, int64 [n, nearest] in the order of ``order`` (what
+        :meth:`nearest_lists` answers for it; a self-join's probes). With a first pass trained
+        in its subspace, the rows are projected once for both their lists and the first pass's
+        projected lists (which the first search would otherwise compute again)."""
         n = block.rows
         id_arr = None if ids is None else _as_ids(ids, n)
         order_arr = None if order is None else _as_int64(order, "order")
+        nearest = _check_count(nearest, "nearest", 0)
         if self.kind != "ivf":
-            if lists is not None:
-                raise InvalidArgumentError(f"lists= is for ivf indexes; this index is {self.kind}")
+            if lists is not None or nearest:
+                raise InvalidArgumentError(f"lists= and nearest= are for ivf indexes; this index is {self.kind}")
             self._index.adopt_rows(block, id_arr, order_arr)
-            return
+            return None
+        native = self._native_as("ivf", "adopt_rows()")
+        if nearest:
+            if lists is not None:
+                raise InvalidArgumentError("give lists= or nearest=, not both: nearest= finds the lists")
+            found = np.empty((n, nearest), dtype=np.int64)
+            native.adopt_rows_nearest(block, id_arr, order_arr, found)
+            return found
         list_arr = None if lists is None else np.ascontiguousarray(_as_lists(lists, n, None)[:, 0])
-        self._native_as("ivf", "adopt_rows()").adopt_rows(block, id_arr, list_arr, order_arr)
+        native.adopt_rows(block, id_arr, list_arr, order_arr)
+        return None
 
     def rows_in_list_order(self) -> Optional[np.ndarray]:
         """ivf, float32 lists: every stored vector list after list (in :meth:`list_order`), a

@@ -364,6 +364,19 @@ void bind_ivf(nb::module_& m) {
                                order ? order->data() : nullptr);
             },
             "block"_a, "ids"_a.none(), "lists"_a.none() = nb::none(), "order"_a.none() = nb::none())
+        .def(
+            "adopt_rows_nearest",
+            [](IvfIndex& ivf, std::shared_ptr<sparknn::RowBlock> block, std::optional<IdVector> ids,
+               std::optional<IdVector> order, OutIds out) {
+                check_adopt(*block, ids, std::nullopt, order);
+                if (out.shape(0) != block->rows()) {
+                    throw sparknn::InvalidArgument("out_lists must have one row per row of the block");
+                }
+                nb::gil_scoped_release release;
+                ivf.adopt_rows_nearest(block, ids ? ids->data() : nullptr, order ? order->data() : nullptr,
+                                       out.shape(1), out.data());
+            },
+            "block"_a, "ids"_a.none(), "order"_a.none(), "out_lists"_a)
         .def("rows_in_list_order", [](nb::handle_t<IvfIndex> self) {
             const IvfIndex& ivf = nb::cast<const IvfIndex&>(self);
             sparknn::PinnedView<float> view;

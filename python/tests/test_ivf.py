@@ -306,11 +306,62 @@ def test_adopted_rows_answer_as_added_rows(data, metric):
     assert added.rows_in_list_order() is None  # lists grown by add are arrays of their own
 
 
+@pytest.mark.parametrize("first_pass", [0, "auto"])
+def test_adopt_rows_finds_the_nearest_lists(first_pass):
+    """Index.adopt_rows(nearest=w): the rows adopted as with the lists given, and each row's
+    nearest w lists returned as nearest_lists finds them (in the order given); with a first
+    pass trained in its subspace (long vectors), the rows projected once for both answer as an
+    index adopted with its lists given (the products blocked otherwise: near ties may differ)."""
+    x = clustered(6_000, 256, 24, seed=3)
+    queries = clustered(200, 256, 24, seed=4)
+    order = np.random.default_rng(1).permutation(len(x))
+    spec = dict(kind="ivf", metric="l2", nlist=32, nprobe=4, rerank=2, first_pass_dims=first_pass)
+    given, found = sparknn.Index(256, **spec), sparknn.Index(256, **spec)
+    given.train(x)
+    found.train(x)
+    want = given.nearest_lists(x, 5)
+    blocks = []
+    for _ in range(2):
+        block = sparknn.index.RowBlock(len(x), 256)
+        block.array()[order] = x  # row order[r] holds vector r
+        blocks.append(block)
+    given.adopt_rows(blocks[0], lists=want[:, :1], order=order)
+    got = found.adopt_rows(blocks[1], order=order, nearest=5)
+    assert got.shape == (len(x), 5) and got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(found.list_order(), given.list_order())
+    if first_pass:
+        assert found.first_pass_in_use()[0] > 0
+    (a, a_dist), (b, b_dist) = given.search(queries, 10), found.search(queries, 10)
+    same = a == b
+    assert same.mean() >= 0.995
+    np.testing.assert_array_equal(a_dist[same], b_dist[same])
+
+
+def test_adopt_rows_nearest_refusals(data):
+    base, _ = data
+    block = sparknn.index.RowBlock(len(base), 32)
+    block.array()[:] = base
+    with pytest.raises(sparknn.InvalidArgumentError, match="nearest= are for ivf indexes"):
+        sparknn.Index(32, kind="flat").adopt_rows(block, nearest=2)
+    index = sparknn.Index(32, kind="ivf", nlist=8)
+    index.train(base)
+    with pytest.raises(sparknn.InvalidArgumentError, match="not both"):
+        index.adopt_rows(block, lists=np.zeros(len(base), dtype=np.int64), nearest=2)
+    with pytest.raises(sparknn.InvalidArgumentError, match="nearest must be an integer >= 0"):
+        index.adopt_rows(block, nearest=-1)
+    with pytest.raises(ValueError, match=r"width must be in \[1, nlist=8\]"):
+        index.adopt_rows(block, nearest=9)
+    assert len(index) == 0 and not block.taken
+    assert index.adopt_rows(block, nearest=8).shape == (len(base), 8)
+    assert block.taken and len(index) == len(base)
+
+
 def test_adopt_rows_refusals(data):
     base, _ = data
     block = sparknn.index.RowBlock(len(base), 32)
     block.array()[:] = base
-    with pytest.raises(sparknn.InvalidArgumentError, match="lists= is for ivf indexes"):
+    with pytest.raises(sparknn.InvalidArgumentError, match="lists= and nearest= are for ivf indexes"):
         sparknn.Index(32, kind="flat").adopt_rows(block, lists=np.zeros(len(base), dtype=np.int64))
     sq8 = sparknn.Index(32, kind="ivf", nlist=8, storage="sq8")
     sq8.train(base)

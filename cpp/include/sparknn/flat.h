@@ -35,6 +35,12 @@ class FlatIndex final : public Index {
     // Not synchronised: set before the searches (IvfIndex sets it on its quantizer at train).
     void set_projected_first_pass(const float* basis, size_t dims, size_t extra);
     size_t projected_first_pass_dims() const { return projected_ ? projected_->dim() : 0; }
+    // The projected first pass's search of queries [nq, dim] (as stored: unit under cosine)
+    // whose projections [nq, dims] onto the basis the caller computed already (gemm_abt_rows,
+    // blocks of kProjectBlock rows: the bits search computes them with). Needs the pass set.
+    void search_projected(size_t nq, const float* queries, const float* projected, size_t k, int64_t* out_ids,
+                          float* out_distances, int threads) const;
+    static constexpr size_t kProjectBlock = 1024;
 
   protected:
     void add_impl(size_t n, const float* vectors) override;

@@ -131,6 +131,13 @@ class IvfIndex final : public Index {
     // refused as a bad row or id is, leaving the index and the block unchanged.
     void adopt_rows(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* lists,
                     const int64_t* order = nullptr);
+    // adopt_rows with the lists found here, and each label's nearest `width` lists written to
+    // nearest [n, width] (what nearest_lists answers for its row; a self-join's probes). With a
+    // first pass trained in its subspace, the rows are projected once: for their lists, and
+    // (reordered with the rows) as the first pass's projected lists, which the first search
+    // then does not compute again.
+    void adopt_rows_nearest(const std::shared_ptr<RowBlock>& block, const int64_t* ids, const int64_t* order,
+                            size_t width, int64_t* nearest);
     // The rows of every list as one array [size(), dim], list after list (list_labels
     // names them), pinned (Index::view_vectors): when the lists lie so in memory (an
     // index that adopted its rows or was loaded from a file, float32 storage, nothing
@@ -229,7 +236,10 @@ class IvfIndex final : public Index {
     void check_adoptable(size_t rows) const override;
     void adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) override;
     // adopt_rows' storing step: the block's rows into their lists (assigned: per label) in place.
-    void place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order);
+    // projected (optional): the rows' projections [n, dims] in the block's order, reordered with
+    // them and kept as the first pass's projected lists (FirstPass::given).
+    void place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order,
+                    AlignedVector<float>* projected = nullptr, size_t dims = 0);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
     void check_lists(size_t rows, size_t width, const int64_t* lists, const char* what) const;
     template <class LabelAt>
@@ -340,6 +350,9 @@ class IvfIndex final : public Index {
                                   // list after list in one array (adopted), else 0
         std::unique_ptr<IvfCodec> codec;  // float32 of dims: scans the projected lists
         size_t projected = ~size_t{0};    // size() when the lists were projected
+        // The lists' rows projected already (adopt_rows_nearest), [size(), dims] list after list:
+        // taken as rows by the next projection of the lists when the sizes still match.
+        AlignedVector<float> given;
     };
     const FirstPass& first_pass(int threads) const;
     // Whether the setting asks for a first pass of an index (or training sample) of this many rows.
