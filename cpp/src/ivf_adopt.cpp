@@ -49,9 +49,14 @@ void IvfIndex::adopt_rows_nearest(const std::shared_ptr<RowBlock>& block, const 
                     projected.resize(n * dims);
                     gemm_abt_rows(n, dims, dim_, rows, basis.data(), projected.data(), threads(),
                                   FlatIndex::kProjectBlock);
-                    std::vector<float> distances(n * width);
-                    quantizer_->search_projected(n, rows, projected.data(), width, of_row.data(), distances.data(),
-                                                 threads());
+                    // in chunks: the search's candidates (width + extra per row) stay small
+                    constexpr size_t kChunk = 65536;
+                    std::vector<float> distances(std::min(n, kChunk) * width);
+                    for (size_t r0 = 0; r0 < n; r0 += kChunk) {
+                        const size_t m = std::min(kChunk, n - r0);
+                        quantizer_->search_projected(m, rows + r0 * dim_, projected.data() + r0 * dims, width,
+                                                     of_row.data() + r0 * width, distances.data(), threads());
+                    }
                 }
             }
             if (projected.empty()) assign(n, rows, width, of_row.data(), threads());
