@@ -37,7 +37,7 @@ from sparknn.datasets import make_items, make_queries
 from sparknn.errors import IndexFileError, InvalidArgumentError
 from sparknn.index import BATCH_RERANK, IndexSpec, default_rerank, first_pass_setting
 from sparknn.inputs import open_input
-from sparknn.machine import available_memory, reuse_freed_memory
+from sparknn.machine import available_memory, buffers_on_small_pages, reuse_freed_memory
 from sparknn.output import (
     DataError,
     UsageError,
@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     startup = _process_age() if argv is None else None  # a command line, not a call from Python
     if argv is None:
         reuse_freed_memory()  # one job per process: keep what it frees (machine.py)
+        buffers_on_small_pages()  # and take fresh memory in 4 KiB pages (machine.py)
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -448,6 +448,26 @@ def test_a_command_reuses_the_memory_it_frees():
     assert run.stdout.strip() == "False"
 
 
+def test_a_command_takes_its_buffers_on_small_pages():
+    """The command line asks numpy and Arrow for 4 KiB pages (machine.buffers_on_small_pages:
+    huge pages from memory a VM handed back to its host are slow to touch); an environment
+    that sets NUMPY_MADVISE_HUGEPAGE or ARROW_DEFAULT_MEMORY_POOL wins."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, pyarrow as pa\n"
+            "from sparknn import cli\n"
+            "sys.argv = ['sparknn', '--version']\n"
+            "cli.main()\n"
+            "print(pa.default_memory_pool().backend_name, np._core.multiarray._set_madvise_hugepage(True))")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMPY_MADVISE_HUGEPAGE", "ARROW_DEFAULT_MEMORY_POOL")}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.split()[-2:] == ["system", "False"]
+    run = subprocess.run([sys.executable, "-c", code],
+                         env={**env, "NUMPY_MADVISE_HUGEPAGE": "1", "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.split()[-2:] == ["jemalloc", "True"]
+
+
 def test_an_ivf_self_join_keeps_the_input_as_its_lists(items, items_file, tmp_path, monkeypatch):
     """A held input of an ivf index with float32 lists is one RowBlock that the index adopts
     (no copy of the vectors) and the search takes its queries from the lists in place."""
