@@ -30,6 +30,14 @@ void gemm_atb(int m, int n, int k, const float* a, const float* b, int ld, float
     SPARKNN_BLAS(sgemm_)(&notrans, &trans, &n, &m, &k, &one, b, &ld, a, &ld, &zero, c, &ldc);
 }
 
+void gemm_ab_subtract(int m, int n, int k, const float* a, const float* b, float* c) {
+    // Row-major C (m x n) is column-major C^T (n x m); C^T -= B^T A^T, row-major B and A being
+    // column-major B^T (n x k) and A^T (k x m).
+    const char notrans = 'N';
+    const float minus_one = -1.0f, one = 1.0f;
+    SPARKNN_BLAS(sgemm_)(&notrans, &notrans, &n, &m, &k, &minus_one, b, &n, a, &k, &one, c, &n);
+}
+
 void gemm_abt_rows(size_t m, size_t n, size_t dim, const float* a, const float* b, float* c, int threads,
                    size_t block) {
     parallel_for(m, block, threads, [&](size_t lo, size_t hi, int) {

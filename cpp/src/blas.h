@@ -26,6 +26,8 @@ void gemm_abt(int m, int n, int dim, const float* a, const float* b, float* c);
 // Row-major C[m, n] (row stride ldc) = A^T * B for row-major A[k, m] and B[k, n] that share the
 // row stride ld (columns of one matrix: a second moment X^T X without transposing X).
 void gemm_atb(int m, int n, int k, const float* a, const float* b, int ld, float* c, int ldc);
+// Row-major C[m, n] -= A[m, k] * B[k, n] (a projection taken out: Gram-Schmidt by blocks).
+void gemm_ab_subtract(int m, int n, int k, const float* a, const float* b, float* c);
 // The same for any m, in blocks of `block` rows of A across `threads` (SearchParams' meaning).
 void gemm_abt_rows(size_t m, size_t n, size_t dim, const float* a, const float* b, float* c, int threads,
                    size_t block = 512);

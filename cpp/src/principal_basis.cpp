@@ -26,36 +26,59 @@ constexpr int kIterations = 5;
 // is orthonormal within float rounding, which is all a first pass needs). A row that
 // vanishes against the ones before it (rank-deficient data) is replaced by a random
 // direction made orthogonal to them.
-void orthonormalise(std::vector<float>& q, size_t m, size_t dim, std::mt19937_64& rng) {
+// Row i of q [m, dim] made orthogonal to rows [from, i) (the rows before `from` are out of it
+// already) and of unit norm; a row left with less than 1e-4 of its norm before (`before`)
+// is drawn again at random and made orthogonal to every row before it.
+void orthonormalise_row(std::vector<float>& q, size_t i, size_t from, size_t dim, double before,
+                        std::mt19937_64& rng) {
     const DistanceKernels& kern = kernels();
     std::normal_distribution<float> normal;
-    for (size_t i = 0; i < m; ++i) {
-        float* row = &q[i * dim];
-        for (int attempt = 0;; ++attempt) {
-            const double before = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
-            double norm = before;
-            // Gram-Schmidt, and once more when the row lost most of its length to the others: what
-            // is left is then as large as the rounding of the first pass, which a second removes
-            // ("twice is enough"; after one pass a row kept at 1e-4 of its length was orthogonal
-            // only to 1e-3, and a saved index's basis failed its own loader's check)
-            for (int pass = 0; pass < 2 && norm > 0.0; ++pass) {
-                const double start = norm;
-                for (size_t j = 0; j < i; ++j) {
-                    const float* other = &q[j * dim];
-                    const float dot = kern.dot(row, other, dim);
-                    for (size_t t = 0; t < dim; ++t) row[t] -= dot * other[t];
-                }
-                norm = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
-                if (norm > 0.5 * start) break;
+    float* row = &q[i * dim];
+    for (int attempt = 0;; ++attempt) {
+        double norm = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
+        for (int pass = 0; pass < 2 && norm > 0.0; ++pass) {
+            const double start = norm;
+            for (size_t j = from; j < i; ++j) {
+                const float* other = &q[j * dim];
+                const float dot = kern.dot(row, other, dim);
+                for (size_t t = 0; t < dim; ++t) row[t] -= dot * other[t];
             }
-            if (norm > 1e-4 * before && norm > 0.0) {
-                const float inverse = static_cast<float>(1.0 / norm);
-                for (size_t t = 0; t < dim; ++t) row[t] *= inverse;
-                break;
-            }
-            SPARKNN_THROW_IF_NOT(attempt < 8, Error, "principal_basis: no direction orthogonal to ", i, " others");
-            for (size_t t = 0; t < dim; ++t) row[t] = normal(rng);
+            norm = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
+            if (norm > 0.5 * start) break;
         }
+        if (norm > 1e-4 * before && norm > 0.0) {
+            const float inverse = static_cast<float>(1.0 / norm);
+            for (size_t t = 0; t < dim; ++t) row[t] *= inverse;
+            return;
+        }
+        SPARKNN_THROW_IF_NOT(attempt < 8, Error, "principal_basis: no direction orthogonal to ", i, " others");
+        for (size_t t = 0; t < dim; ++t) row[t] = normal(rng);
+        before = std::sqrt(static_cast<double>(kern.dot(row, row, dim)));
+        from = 0;
+    }
+}
+
+// Gram-Schmidt by blocks of rows (BCGS2): each block has the rows before it taken out twice
+// by two matrix products (the second mends what rounding left of the first), then its own
+// rows are orthonormalised one by one. Row by row against every earlier row (vector by vector)
+// was a third of the basis's fit at 192 x 784 (Fashion-MNIST: 40 of 135 ms).
+void orthonormalise(std::vector<float>& q, size_t m, size_t dim, std::mt19937_64& rng) {
+    const DistanceKernels& kern = kernels();
+    constexpr size_t kBlock = 32;
+    std::vector<double> before(m);
+    for (size_t i = 0; i < m; ++i) before[i] = std::sqrt(static_cast<double>(kern.dot(&q[i * dim], &q[i * dim], dim)));
+    std::vector<float> products;
+    for (size_t b0 = 0; b0 < m; b0 += kBlock) {
+        const size_t rows = std::min(kBlock, m - b0);
+        float* block = &q[b0 * dim];
+        for (int pass = 0; pass < 2 && b0 > 0; ++pass) {
+            products.resize(rows * b0);
+            gemm_abt(static_cast<int>(rows), static_cast<int>(b0), static_cast<int>(dim), block, q.data(),
+                     products.data());
+            gemm_ab_subtract(static_cast<int>(rows), static_cast<int>(dim), static_cast<int>(b0), products.data(),
+                             q.data(), block);
+        }
+        for (size_t i = b0; i < b0 + rows; ++i) orthonormalise_row(q, i, b0, dim, before[i], rng);
     }
 }
 
