@@ -71,6 +71,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -280,10 +281,19 @@ def run_cli(items: str, work: str, metric: str, threads: int, rows: np.ndarray) 
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         child = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
         peak_kib = 0
-        while child.poll() is None:  # the command's own high-water mark: VmHWM starts afresh at exec,
-            peak_kib = max(peak_kib, _high_water_kib(child.pid))  # ru_maxrss keeps this forking process's
-            time.sleep(0.05)
+        done = threading.Event()
+
+        def sample_peak() -> None:  # the command's own high-water mark: VmHWM starts afresh at exec,
+            nonlocal peak_kib  # ru_maxrss keeps this forking process's
+            while not done.wait(0.05):
+                peak_kib = max(peak_kib, _high_water_kib(child.pid))
+
+        sampler = threading.Thread(target=sample_peak, daemon=True)
+        sampler.start()
+        child.wait()  # the wall clock at its exit (polling every 50 ms added up to 50 ms)
         wall = time.perf_counter() - t
+        done.set()
+        sampler.join()
         stdout.seek(0)
         stderr.seek(0)
         text, errors = stdout.read(), stderr.read()
