@@ -51,15 +51,9 @@ TEST(Adopt, FlatAndHnswAdoptedRowsGiveTheAddedIndex) {
     const size_t dim = 20, n = 1500, k = 6;
     const auto base = test::clustered_vectors(n, dim, 10, 71);
     const auto queries = test::clustered_vectors(30, dim, 10, 72);
-    std::vector<int64_t> ids(n), order(n);
+    std::vector<int64_t> ids(n);
     for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int64_t>(7 * (n - i));
-    std::iota(order.begin(), order.end(), 0);
-    std::mt19937_64 rng(9);
-    std::shuffle(order.begin(), order.end(), rng);
-    std::vector<float> shuffled(n * dim);  // label r's vector at row order[r]
-    for (size_t r = 0; r < n; ++r) {
-        std::copy(base.begin() + r * dim, base.begin() + (r + 1) * dim, shuffled.begin() + order[r] * dim);
-    }
+    const auto [order, shuffled] = test::shuffled_rows(base, dim, 9);  // label r's vector at row order[r]
     const std::string path_added = ::testing::TempDir() + "adopt_kind_added.snn";
     const std::string path_adopted = ::testing::TempDir() + "adopt_kind_adopted.snn";
     for (bool hnsw : {false, true}) {

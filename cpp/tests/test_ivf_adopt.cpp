@@ -89,14 +89,7 @@ TEST(IvfAdopt, AnOrderGivesTheIndexOfTheRowsInThatOrder) {
     const size_t dim = 20, n = 2500, k = 6;
     const auto base = test::clustered_vectors(n, dim, 10, 51);
     const auto queries = test::clustered_vectors(30, dim, 10, 52);
-    std::vector<int64_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::mt19937_64 rng(5);
-    std::shuffle(order.begin(), order.end(), rng);
-    std::vector<float> shuffled(n * dim);  // label r's vector at row order[r]
-    for (size_t r = 0; r < n; ++r) {
-        std::copy(base.begin() + r * dim, base.begin() + (r + 1) * dim, shuffled.begin() + order[r] * dim);
-    }
+    const auto [order, shuffled] = test::shuffled_rows(base, dim, 5);  // label r's vector at row order[r]
     std::vector<int64_t> ids(n);
     for (size_t r = 0; r < n; ++r) ids[r] = static_cast<int64_t>(n - r) * 3;
     const std::string path_added = ::testing::TempDir() + "adopt_order_added.snn";

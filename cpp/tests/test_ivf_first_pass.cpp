@@ -426,14 +426,7 @@ TEST(IvfFirstPass, AdoptedWithItsNearestListsAnswersAsAdoptedWithListsGiven) {
     const size_t n = 6000, dim = 256, k = 10, nq = 200, width = 6;
     const std::vector<float> x = low_rank(n + nq, dim, 12, 3.0f, 41);
     const std::vector<float> base(x.begin(), x.begin() + n * dim), queries(x.begin() + n * dim, x.end());
-    std::vector<int64_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::mt19937_64 rng(9);
-    std::shuffle(order.begin(), order.end(), rng);
-    std::vector<float> shuffled(n * dim);  // label r's vector at row order[r]
-    for (size_t r = 0; r < n; ++r) {
-        std::copy(base.begin() + r * dim, base.begin() + (r + 1) * dim, shuffled.begin() + order[r] * dim);
-    }
+    const auto [order, shuffled] = test::shuffled_rows(base, dim, 9);  // label r's vector at row order[r]
     for (Metric metric : {Metric::L2, Metric::Cosine}) {
         SCOPED_TRACE(metric_name(metric));
         IvfIndex given(dim, metric, first_pass_params()), found(dim, metric, first_pass_params());

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <utility>
@@ -116,6 +117,24 @@ inline std::shared_ptr<RowBlock> block_of(const std::vector<float>& x, size_t di
     auto block = std::make_shared<RowBlock>(x.size() / dim, dim);
     std::copy(x.begin(), x.end(), block->data());
     return block;
+}
+
+// Rows x [n, dim] laid out in a random order (seed): order[r] is the row that holds label r's
+// vector (a reader's file order against labels in id order, adopt_rows' `order`).
+struct ShuffledRows {
+    std::vector<int64_t> order;
+    std::vector<float> rows;
+};
+inline ShuffledRows shuffled_rows(const std::vector<float>& x, size_t dim, uint64_t seed) {
+    const size_t n = x.size() / dim;
+    ShuffledRows out{std::vector<int64_t>(n), std::vector<float>(n * dim)};
+    std::iota(out.order.begin(), out.order.end(), 0);
+    std::mt19937_64 rng(seed);
+    std::shuffle(out.order.begin(), out.order.end(), rng);
+    for (size_t r = 0; r < n; ++r) {
+        std::copy(x.begin() + r * dim, x.begin() + (r + 1) * dim, out.rows.begin() + out.order[r] * dim);
+    }
+    return out;
 }
 
 // A file's bytes (saved indexes compared byte for byte).
