@@ -172,7 +172,8 @@ void FlatIndex::search_impl(size_t nq, const float* queries, size_t k, int64_t* 
         gemm_abt_rows(nq, projected_->dim(), dim_, queries, basis_.data(), projected.data(), threads, kProjectBlock);
         search_projected(nq, queries, projected.data(), k, out_ids, out_distances, threads);
         return;
-    }    // L2 rows far from the origin are searched less their mean (centre_on_mean). A bf16
+    }
+    // L2 rows far from the origin are searched less their mean (centre_on_mean). A bf16
     // first pass takes the mean as its tiles' centre too (a data set far from the origin
     // keeps its differences in bf16 only as residuals); its candidates are then re-ranked.
     std::vector<float> mean;

@@ -29,8 +29,8 @@ void IvfIndex::adopt_rows_nearest(const std::shared_ptr<RowBlock>& block, const 
     adopt_with(
         block, ids, order,
         [&] {
-            SPARKNN_CHECK_ARG(width >= 1 && width <= lists_.size(), "the nearest lists' width must be in [1, nlist=",
-                              lists_.size(), "], got ", width);
+            SPARKNN_CHECK_ARG(width >= 1 && width <= lists_.size(),
+                              "the nearest lists' width must be in [1, nlist=", lists_.size(), "], got ", width);
         },
         [&] {
             // the rows are checked (and normalised under cosine) now, as nearest_lists' queries would be

@@ -29,8 +29,7 @@ constexpr int kIterations = 5;
 // Row i of q [m, dim] made orthogonal to rows [from, i) (the rows before `from` are out of it
 // already) and of unit norm; a row left with less than 1e-4 of its norm before (`before`)
 // is drawn again at random and made orthogonal to every row before it.
-void orthonormalise_row(std::vector<float>& q, size_t i, size_t from, size_t dim, double before,
-                        std::mt19937_64& rng) {
+void orthonormalise_row(std::vector<float>& q, size_t i, size_t from, size_t dim, double before, std::mt19937_64& rng) {
     const DistanceKernels& kern = kernels();
     std::normal_distribution<float> normal;
     float* row = &q[i * dim];
