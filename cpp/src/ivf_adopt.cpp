@@ -32,42 +32,7 @@ void IvfIndex::adopt_rows_nearest(const std::shared_ptr<RowBlock>& block, const 
             SPARKNN_CHECK_ARG(width >= 1 && width <= lists_.size(),
                               "the nearest lists' width must be in [1, nlist=", lists_.size(), "], got ", width);
         },
-        [&] {
-            // the rows are checked (and normalised under cosine) now, as nearest_lists' queries would be
-            const size_t n = block->rows();
-            const float* rows = block->data();
-            std::vector<int64_t> of_row(n * width);  // of each row of the block
-            AlignedVector<float> projected;
-            const size_t dims = quantizer_->projected_first_pass_dims();
-            if (dims > 0) {  // the quantizer's projection is the first pass's basis (train_on_sample)
-                std::vector<float> basis;
-                {
-                    std::lock_guard<std::mutex> guard(first_pass_mutex_);
-                    if (first_pass_.dims == dims) basis = first_pass_.basis;
-                }
-                if (!basis.empty()) {
-                    projected.resize(n * dims);
-                    gemm_abt_rows(n, dims, dim_, rows, basis.data(), projected.data(), threads(),
-                                  FlatIndex::kProjectBlock);
-                    // in chunks: the search's candidates (width + extra per row) stay small
-                    constexpr size_t kChunk = 65536;
-                    std::vector<float> distances(std::min(n, kChunk) * width);
-                    for (size_t r0 = 0; r0 < n; r0 += kChunk) {
-                        const size_t m = std::min(kChunk, n - r0);
-                        quantizer_->search_projected(m, rows + r0 * dim_, projected.data() + r0 * dims, width,
-                                                     of_row.data() + r0 * width, distances.data(), threads());
-                    }
-                }
-            }
-            if (projected.empty()) assign(n, rows, width, of_row.data(), threads());
-            std::vector<int64_t> assigned(n);
-            for (size_t r = 0; r < n; ++r) {
-                const size_t row = order != nullptr ? static_cast<size_t>(order[r]) : r;
-                assigned[r] = of_row[row * width];
-                std::copy_n(of_row.data() + row * width, width, nearest + r * width);
-            }
-            place_rows(block, assigned.data(), order, projected.empty() ? nullptr : &projected, dims);
-        });
+        [&] { place_nearest(block, order, width, nearest); });
 }
 
 void IvfIndex::check_adoptable(size_t) const {
@@ -79,11 +44,48 @@ void IvfIndex::check_adoptable(size_t) const {
 
 // The lists found here: every row's nearest, from the rows as stored (normalised under cosine).
 void IvfIndex::adopt_impl(const std::shared_ptr<RowBlock>& block, const int64_t* order) {
+    std::vector<int64_t> nearest(block->rows());
+    place_nearest(block, order, 1, nearest.data());
+}
+
+// The rows' lists found here (each label's nearest `width` into nearest), then placed: with the
+// quantizer's projected pass (a first pass trained in its subspace) the rows are projected once,
+// for their lists and as the first pass's projected lists.
+void IvfIndex::place_nearest(const std::shared_ptr<RowBlock>& block, const int64_t* order, size_t width,
+                             int64_t* nearest) {
+    // the rows are checked (and normalised under cosine) now, as nearest_lists' queries would be
     const size_t n = block->rows();
-    std::vector<int64_t> of_row(n), assigned(n);  // of each row, of each label
-    assign(n, block->data(), 1, of_row.data(), threads());
-    for (size_t r = 0; r < n; ++r) assigned[r] = of_row[order != nullptr ? static_cast<size_t>(order[r]) : r];
-    place_rows(block, assigned.data(), order);
+    const float* rows = block->data();
+    std::vector<int64_t> of_row(n * width);  // of each row of the block
+    AlignedVector<float> projected;
+    const size_t dims = quantizer_->projected_first_pass_dims();
+    if (dims > 0) {  // the quantizer's projection is the first pass's basis (train_on_sample)
+        std::vector<float> basis;
+        {
+            std::lock_guard<std::mutex> guard(first_pass_mutex_);
+            if (first_pass_.dims == dims) basis = first_pass_.basis;
+        }
+        if (!basis.empty()) {
+            projected.resize(n * dims);
+            gemm_abt_rows(n, dims, dim_, rows, basis.data(), projected.data(), threads(), FlatIndex::kProjectBlock);
+            // in chunks: the search's candidates (width + extra per row) stay small
+            constexpr size_t kChunk = 65536;
+            std::vector<float> distances(std::min(n, kChunk) * width);
+            for (size_t r0 = 0; r0 < n; r0 += kChunk) {
+                const size_t m = std::min(kChunk, n - r0);
+                quantizer_->search_projected(m, rows + r0 * dim_, projected.data() + r0 * dims, width,
+                                             of_row.data() + r0 * width, distances.data(), threads());
+            }
+        }
+    }
+    if (projected.empty()) assign(n, rows, width, of_row.data(), threads());
+    std::vector<int64_t> assigned(n);
+    for (size_t r = 0; r < n; ++r) {
+        const size_t row = order != nullptr ? static_cast<size_t>(order[r]) : r;
+        assigned[r] = of_row[row * width];
+        std::copy_n(of_row.data() + row * width, width, nearest + r * width);
+    }
+    place_rows(block, assigned.data(), order, projected.empty() ? nullptr : &projected, dims);
 }
 
 // Everything that can fail is allocated before the first row moves; the commit cannot fail.

@@ -238,6 +238,8 @@ class IvfIndex final : public Index {
     // adopt_rows' storing step: the block's rows into their lists (assigned: per label) in place.
     // projected (optional): the rows' projections [n, dims] in the block's order, reordered with
     // them and kept as the first pass's projected lists (FirstPass::given).
+    // adopt_rows' step that finds the lists (each label's nearest `width` into nearest) and places the rows.
+    void place_nearest(const std::shared_ptr<RowBlock>& block, const int64_t* order, size_t width, int64_t* nearest);
     void place_rows(const std::shared_ptr<RowBlock>& block, const int64_t* assigned, const int64_t* order,
                     AlignedVector<float>* projected = nullptr, size_t dims = 0);
     // Rejects lists outside [0, nlist) and, per row of `width`, repeated lists.
