@@ -60,16 +60,20 @@ fi
 OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   build/test-tsan/cpp/tests/sparknn_concurrency_tests --gtest_filter="$concurrent"
 
-stage "Fuzzing the index file loader (libFuzzer, bounded)"
+stage "Fuzzing the index file loader and the Parquet page decoder (libFuzzer, bounded)"
 # A clang build of the library with ASan+UBSan and coverage; the golden
 # fixtures are the seed corpus. Any crash, sanitizer report or leak fails here.
 cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo $unity "$lines_only" \
   -DSPARKNN_BUILD_TESTS=OFF -DSPARKNN_SANITIZE=address,undefined -DSPARKNN_BUILD_FUZZ=ON >/dev/null
-cmake --build build/fuzz -j"$jobs" --target sparknn_fuzz_load
-mkdir -p build/fuzz/corpus build/fuzz/artifacts
+cmake --build build/fuzz -j"$jobs" --target sparknn_fuzz_load sparknn_fuzz_parquet_pages
+mkdir -p build/fuzz/corpus build/fuzz/artifacts build/fuzz/pages_corpus
 build/fuzz/cpp/fuzz/sparknn_fuzz_load -max_total_time="${SPARKNN_FUZZ_SECONDS:-60}" -rss_limit_mb=2048 \
   -timeout=10 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/ \
   build/fuzz/corpus cpp/tests/data
+# and the Parquet page decoder of the vector column reads (seeds: chunks pyarrow wrote)
+build/fuzz/cpp/fuzz/sparknn_fuzz_parquet_pages -max_total_time="${SPARKNN_FUZZ_PAGES_SECONDS:-30}" \
+  -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/ \
+  build/fuzz/pages_corpus cpp/fuzz/parquet_seeds
 
 stage "Python tests"
 export SPARK_LOCAL_IP=127.0.0.1

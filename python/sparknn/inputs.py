@@ -28,6 +28,7 @@ from sparknn.index import RowBlock
 from sparknn.machine import available_memory, usable_cores
 from sparknn.output import DataError, UsageError, one_line, special_kind
 from sparknn.progress import Progress
+from sparknn.vector_pages import ChunkSource, decode_row_groups
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -231,7 +232,9 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
     with decoding_memory(), progress.bar(inp.num_rows, "reading") as bar:
         # in row order: the first unit with an error raises first, as a serial read would
         for unit, part in decode_side_by_side(units, [u[-1] for u in units], block, threads,
-                                              lambda u, into: _decode(inp, u, dim, into)):
+                                              lambda u, into, decoded: _decode(inp, u, dim, into, decoded),
+                                              lambda u: ChunkSource(u[0].path, inp.vector_col, u[1],
+                                                                    u[0].filesystem), dim):
             held.append(part)
             bar.update(unit[-1])
     inp.held, inp.block = held, block
@@ -239,21 +242,35 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
 
 
 def decode_side_by_side(units: list, counts: list[int], block: RowBlock | None, threads: int,
-                        decode: Callable[[object, np.ndarray | None], object]) -> Iterator[tuple[object, object]]:
-    """(unit, decode(unit, into)) of every unit, in unit order, decoded ``threads`` at a time (0:
-    every core this process may use): each unit by a Parquet reader of its own, since one reader
-    decodes on one core. ``into``: the unit's rows in ``block`` (units hold ``counts`` rows each,
-    one after another), or None without a block. The first unit to fail raises, the units not
-    started are cancelled. The CLI's held input and the Spark driver's direct read share this."""
+                        decode: Callable[[object, np.ndarray | None, bool], object],
+                        source: Callable[[object], ChunkSource] | None = None,
+                        dim: int = 0) -> Iterator[tuple[object, object]]:
+    """(unit, decode(unit, into, decoded)) of every unit, in unit order, decoded ``threads`` at a
+    time (0: every core this process may use): each unit by a Parquet reader of its own, since one
+    reader decodes on one core. ``into``: the unit's rows in ``block`` (units hold ``counts`` rows
+    each, one after another), or None without a block. The first unit to fail raises, the units
+    not started are cancelled. The CLI's held input and the Spark driver's direct read share this.
+
+    With ``source`` (a unit's row group as a vector_pages.ChunkSource) and the rows' length known
+    (the block's, else ``dim``: each unit's ``into`` is then an array of its own), the units are
+    first decoded page by page (vector_pages: every core on each row group, 4-5x faster than
+    Arrow's list decoder); ``decoded`` tells ``decode`` that its ``into`` is filled. The units
+    that path leaves (a null vector, a ragged row, an encoding it does not decode) are read by
+    Arrow, whose errors say what is wrong."""
     rows = block.array() if block is not None else None
+    own = rows is None and source is not None and dim > 0
     slices, first = [], 0
     for count in counts:
-        slices.append(None if rows is None else rows[first:first + count])
+        slices.append(rows[first:first + count] if rows is not None
+                      else np.empty((count, dim), dtype=np.float32) if own else None)
         first += count
     workers = max(1, min(len(units), threads or usable_cores()))
+    decoded = [False] * len(units)
+    if source is not None and (own or (rows is not None and rows.shape[1])):
+        decoded = decode_row_groups([source(u) for u in units], slices, threads or usable_cores())
     with ThreadPoolExecutor(workers) as pool:
         try:
-            yield from zip(units, pool.map(decode, units, slices))
+            yield from zip(units, pool.map(decode, units, slices, decoded))
         finally:
             pool.shutdown(cancel_futures=True)
 
@@ -271,15 +288,19 @@ def _row_groups(inp: Input) -> list[tuple]:
     return units
 
 
-def _decode(inp: Input, unit: tuple, dim: int, into: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+def _decode(inp: Input, unit: tuple, dim: int, into: np.ndarray | None = None,
+            decoded: bool = False) -> tuple[int, np.ndarray]:
     """One row group's vectors as one float32 [rows, dim] array, decoded batch_rows(dim) rows at a time
     by a reader of its own.
 
     Copied out of Arrow's batches: Parquet's list decoder reserves up to twice the values it
     holds (60 batches of 4096 x 768 floats, 755 MB, held 1478 MB of Arrow's memory), and each
     batch's memory goes back to Arrow's pool for the next batch to reuse. ``into``: the rows'
-    place in a block of every row (its slice), else an array of its own."""
+    place in a block of every row (its slice), else an array of its own; ``decoded``: it holds them
+    already (decode_side_by_side's page decoder)."""
     fragment, group, first, rows = unit
+    if decoded:  # by the page decoder (decode_side_by_side)
+        return first, into
     with reading(inp.path), pq.ParquetFile(fragment.path, filesystem=fragment.filesystem, **PARQUET_READ,
                                            page_checksum_verification=True) as parquet:
         out = row_group_vectors(parquet, inp.vector_col, group, rows,

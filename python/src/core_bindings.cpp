@@ -26,6 +26,7 @@
 #include "sparknn/hnsw.h"
 #include "sparknn/index.h"
 #include "sparknn/ivf.h"
+#include "sparknn/parquet_pages.h"
 #include "sparknn/row_block.h"
 
 namespace nb = nanobind;
@@ -573,6 +574,71 @@ void bind_ivf(nb::module_& m) {
         });
 }
 
+using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Floats = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutRows = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+sparknn::parquet::DenseListColumn dense_list_column(const OutRows& out, std::optional<Floats>& dictionary,
+                                                    int32_t max_definition_level) {
+    sparknn::parquet::DenseListColumn column;
+    column.dim = static_cast<int64_t>(out.shape(1));
+    column.max_definition_level = max_definition_level;
+    if (dictionary) {
+        column.dictionary = dictionary->data();
+        column.dictionary_size = static_cast<int64_t>(dictionary->shape(0));
+    }
+    return column;
+}
+
+void bind_parquet_pages(nb::module_& m) {
+    using sparknn::parquet::PageHeader;
+    nb::class_<PageHeader>(m, "ParquetPageHeader")
+        .def_ro("type", &PageHeader::type)
+        .def_ro("uncompressed_size", &PageHeader::uncompressed_size)
+        .def_ro("compressed_size", &PageHeader::compressed_size)
+        .def_ro("has_crc", &PageHeader::has_crc)
+        .def_ro("crc", &PageHeader::crc)
+        .def_ro("num_values", &PageHeader::num_values)
+        .def_ro("encoding", &PageHeader::encoding)
+        .def_ro("num_nulls", &PageHeader::num_nulls)
+        .def_ro("definition_levels_bytes", &PageHeader::definition_levels_bytes)
+        .def_ro("repetition_levels_bytes", &PageHeader::repetition_levels_bytes)
+        .def_ro("is_compressed", &PageHeader::is_compressed)
+        .def_ro("offset", &PageHeader::offset);
+    m.def(
+        "parquet_page_headers",
+        [](Bytes chunk) -> std::optional<std::vector<PageHeader>> {
+            std::vector<PageHeader> pages;
+            if (!sparknn::parquet::read_page_headers(chunk.data(), chunk.shape(0), pages)) return std::nullopt;
+            return pages;
+        },
+        "chunk"_a, "The header of every page of a Parquet column chunk's bytes, or None when they do not parse");
+    m.def(
+        "decode_vector_page_v1",
+        [](const PageHeader& page, Bytes body, int64_t first_value, OutRows out, std::optional<Floats> dictionary,
+           int32_t max_definition_level) {
+            auto column = dense_list_column(out, dictionary, max_definition_level);
+            nb::gil_scoped_release release;
+            return sparknn::parquet::decode_page_v1(column, page, body.data(), body.shape(0), first_value, out.data(),
+                                                    static_cast<int64_t>(out.size()));
+        },
+        "page"_a, "body"_a, "first_value"_a, "out"_a, "dictionary"_a.none(), "max_definition_level"_a,
+        "Decodes a v1 data page (decompressed) of dense list<float> rows into out (flat from first_value); "
+        "False when the page holds anything else (the caller reads with Arrow)");
+    m.def(
+        "decode_vector_page_v2",
+        [](const PageHeader& page, Bytes levels, Bytes values, int64_t first_value, OutRows out,
+           std::optional<Floats> dictionary, int32_t max_definition_level) {
+            auto column = dense_list_column(out, dictionary, max_definition_level);
+            nb::gil_scoped_release release;
+            return sparknn::parquet::decode_page_v2(column, page, levels.data(), levels.shape(0), values.data(),
+                                                    values.shape(0), first_value, out.data(),
+                                                    static_cast<int64_t>(out.size()));
+        },
+        "page"_a, "levels"_a, "values"_a, "first_value"_a, "out"_a, "dictionary"_a.none(), "max_definition_level"_a,
+        "Decodes a v2 data page (levels as stored, values decompressed) like decode_vector_page_v1");
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -607,6 +673,7 @@ NB_MODULE(_core, m) {
     bind_flat(m);
     bind_hnsw(m);
     bind_ivf(m);
+    bind_parquet_pages(m);
 
     m.def(
         "make_index",

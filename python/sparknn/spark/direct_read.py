@@ -24,6 +24,7 @@ from sparknn.arrow import PARQUET_READ, decoding_memory, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import RowBlock
 from sparknn.inputs import decode_side_by_side, row_group_vectors
+from sparknn.vector_pages import ChunkSource
 from sparknn.spark import runtime
 from sparknn.spark.layout import ARROW_ID_TYPES
 
@@ -142,15 +143,20 @@ def first_dim(scan: ParquetScan) -> int:
     return 0
 
 
-def _vector_chunk(path: str, features: str, group: int, rows: int, into=None) -> pa.FixedSizeListArray:
+def _vector_chunk(path: str, features: str, group: int, rows: int, into=None,
+                  decoded: bool = False) -> pa.FixedSizeListArray:
     """One row group's vectors as float32, in one array (``into``: its rows' slice of a block, else
     one of its own; a reader of its own, inputs.row_group_vectors): Parquet's list decoder reserves
     up to twice the values it holds, and a driver build holds every vector at once. Raises
     InvalidArgumentError on a vector the engine does not take (null, ragged, empty) and ValueError
-    on a length other than the group's first (or the block's)."""
-    with pq.ParquetFile(path, **PARQUET_READ) as parquet:
-        out = row_group_vectors(parquet, features, group, rows, lambda column, _: vectors_to_numpy(column, features),
-                                into)
+    on a length other than the group's first (or the block's). ``decoded``: ``into`` holds them
+    already (decode_side_by_side's page decoder)."""
+    if decoded:
+        out = into
+    else:
+        with pq.ParquetFile(path, **PARQUET_READ) as parquet:
+            out = row_group_vectors(parquet, features, group, rows,
+                                    lambda column, _: vectors_to_numpy(column, features), into)
     if out is None:
         raise OSError(f"{path!r} changed while it was read")
     return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), out.shape[1])  # zero-copy
@@ -190,7 +196,8 @@ def _compact_read(scan: ParquetScan, id_type: str) -> tuple[pa.Table, RowBlock |
     block = RowBlock(total, dim) if dim and total else None
     chunks = [chunk for _, chunk in decode_side_by_side(
         groups, [rows for *_, rows in groups], block, 0,
-        lambda unit, into: _vector_chunk(unit[0], scan.features, unit[1], unit[2], into))]
+        lambda unit, into, decoded: _vector_chunk(unit[0], scan.features, unit[1], unit[2], into, decoded),
+        lambda unit: ChunkSource(unit[0], scan.features, unit[1]))]
     if len({c.type for c in chunks}) > 1:
         raise ValueError("vectors of different lengths")
     vectors = pa.chunked_array(chunks, type=chunks[0].type) if chunks else pa.chunked_array([], pa.list_(pa.float32()))
