@@ -76,7 +76,7 @@ bool read_data_page_header_v2(CompactReader& in, PageHeader& page) {
 }
 
 // One page header at the start of `data`; `header_size` its bytes.
-bool read_page_header(const uint8_t* data, size_t size, PageHeader& page, size_t& header_size) {
+bool read_one_header(const uint8_t* data, size_t size, PageHeader& page, size_t& header_size) {
     CompactReader in(data, size);
     bool has_type = false, has_sizes[2] = {false, false}, has_kind_header = false;
     bool ok = thrift::read_struct(in, [&](int16_t id, uint8_t type) {
@@ -328,13 +328,21 @@ bool level_section(const uint8_t*& p, size_t& size, const uint8_t*& section, siz
 
 }  // namespace
 
+bool read_page_header(const uint8_t* data, size_t size, PageHeader& page) {
+    size_t header_size = 0;
+    page = PageHeader{};
+    if (!read_one_header(data, size, page, header_size)) return false;
+    page.offset = static_cast<int64_t>(header_size);
+    return true;
+}
+
 bool read_page_headers(const uint8_t* chunk, size_t size, std::vector<PageHeader>& pages) {
     pages.clear();
     size_t at = 0;
     while (at < size) {
         PageHeader page;
         size_t header_size = 0;
-        if (!read_page_header(chunk + at, size - at, page, header_size)) return false;
+        if (!read_one_header(chunk + at, size - at, page, header_size)) return false;
         at += header_size;
         if (static_cast<size_t>(page.compressed_size) > size - at) return false;
         page.offset = static_cast<int64_t>(at);

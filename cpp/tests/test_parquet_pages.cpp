@@ -175,6 +175,12 @@ TEST(ParquetPages, HeadersOfAChunkInOrderWithTheirBodies) {
     EXPECT_EQ(pages[1].num_values, 6);
     EXPECT_EQ(pages[1].encoding, kRleDictionary);
     EXPECT_EQ(pages[1].offset + 10, static_cast<int64_t>(chunk.size()));
+    // one header at a time: its offset is its own length
+    PageHeader one;
+    ASSERT_TRUE(read_page_header(chunk.data() + pages[0].offset + 12, chunk.size() - pages[0].offset - 12, one));
+    EXPECT_EQ(one.type, kDataPage);
+    EXPECT_EQ(pages[0].offset + 12 + one.offset, pages[1].offset);
+    EXPECT_FALSE(read_page_header(chunk.data() + pages[0].offset + 12, 3, one));  // cut short
     // A chunk cut short, or with bytes after its last page, is not read
     EXPECT_FALSE(read_page_headers(chunk.data(), chunk.size() - 1, pages));
     chunk.push_back(0);

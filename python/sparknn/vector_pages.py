@@ -15,6 +15,7 @@ does not decode or whose checksum differs, leaves that row group to Arrow's read
 say what is wrong: the two paths give the same floats (tests/test_vector_pages.py)."""
 from __future__ import annotations
 
+import os
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from sparknn import _core
 _CODECS = {"UNCOMPRESSED": None, "SNAPPY": "snappy", "ZSTD": "zstd"}
 _DICTIONARY_PAGE, _DATA_PAGE, _DATA_PAGE_V2 = 2, 0, 3
 _PLAIN, _PLAIN_DICTIONARY = 0, 2
+_HEADER_BYTES = 1024  # read for a page header, and 64 times that when it is longer
 
 
 @dataclass(frozen=True)
@@ -100,61 +102,104 @@ def _decompress(codec: pa.Codec | None, raw: np.ndarray, size: int) -> np.ndarra
     return np.frombuffer(codec.decompress(raw, decompressed_size=size), dtype=np.uint8)
 
 
-def _open(source: ChunkSource, out: np.ndarray) -> tuple | None:
-    """The chunk of ``source`` read and its pages listed, or None when it is not one this path
-    decodes into ``out`` (rows x dim)."""
+@dataclass
+class _Chunk:
+    """A column chunk's data pages, to be read (``fd``) and decoded one by one."""
+
+    fd: int
+    pages: list  # (header, the page's offset in the file, its first value in the chunk)
+    codec: pa.Codec | None
+    dictionary: np.ndarray | None
+    max_definition_level: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _local_path(source: ChunkSource) -> str | None:
+    """The source's path on the local file system (pread from every thread), else None."""
+    if source.filesystem is None:
+        return source.path
+    from pyarrow.fs import LocalFileSystem
+
+    return source.path if isinstance(source.filesystem, LocalFileSystem) else None
+
+
+def _header(fd: int, at: int, end: int):
+    """The page header at ``at`` (None when there is none before ``end``): most take a few dozen
+    bytes, statistics of long binaries more."""
+    for window in (_HEADER_BYTES, 64 * _HEADER_BYTES):
+        head = os.pread(fd, min(window, end - at), at)
+        page = _core.parquet_page_header(np.frombuffer(head, dtype=np.uint8))
+        if page is not None or len(head) == end - at:
+            return page
+    return None
+
+
+def _open(source: ChunkSource, out: np.ndarray) -> _Chunk | None:
+    """The chunk of ``source`` with its pages listed and its dictionary read, or None when it is
+    not one this path decodes into ``out`` (rows x dim). Only the page headers are read here."""
     rows, dim = out.shape
-    with pq.ParquetFile(source.path, filesystem=source.filesystem) as parquet:
+    path = _local_path(source)
+    if path is None:
+        return None
+    with pq.ParquetFile(path) as parquet:
         found = _leaf(parquet, source.column)
         if found is None or source.group >= parquet.metadata.num_row_groups:
             return None
         index, leaf = found
         group = parquet.metadata.row_group(source.group)
-        chunk = group.column(index)
-        if group.num_rows != rows or chunk.num_values != rows * dim or chunk.compression not in _CODECS:
+        meta = group.column(index)
+        if group.num_rows != rows or meta.num_values != rows * dim or meta.compression not in _CODECS:
             return None
-        start = chunk.data_page_offset
-        if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
-            start = chunk.dictionary_page_offset
-        size = chunk.total_compressed_size
-        codec_name = _CODECS[chunk.compression]
-    opener = source.filesystem.open_input_file if source.filesystem is not None else pa.OSFile
-    with opener(source.path) as f:
-        buffer = f.read_at(size, start)
-    data = np.frombuffer(buffer, dtype=np.uint8)
-    headers = _core.parquet_page_headers(data) if len(data) == size else None
-    if headers is None:
-        return None
+        at = meta.data_page_offset
+        if meta.has_dictionary_page and 0 < meta.dictionary_page_offset < at:
+            at = meta.dictionary_page_offset
+        end = at + meta.total_compressed_size
+        codec_name = _CODECS[meta.compression]
     codec = pa.Codec(codec_name) if codec_name else None
-    dictionary, pages, firsts, values = None, [], [], 0
-    for page in headers:
-        if page.type == _DICTIONARY_PAGE:
-            if dictionary is not None or pages or page.encoding not in (_PLAIN, _PLAIN_DICTIONARY):
+    chunk = _Chunk(os.open(path, os.O_RDONLY), [], codec, None, leaf.max_definition_level)
+    try:
+        values = 0
+        while at < end:
+            page = _header(chunk.fd, at, end)
+            if page is None or page.offset + page.compressed_size > end - at:
                 return None
-            body = _decompress(codec, _page_bytes(data, page), page.uncompressed_size)
-            if body is None or len(body) < 4 * page.num_values:
-                return None
-            dictionary = np.frombuffer(body, dtype=np.float32, count=page.num_values)
-            if page.has_crc and zlib.crc32(_page_bytes(data, page)) != page.crc:
-                return None
-        elif page.type in (_DATA_PAGE, _DATA_PAGE_V2):
-            pages.append(page)
-            firsts.append(values)
-            values += page.num_values
-    if values != rows * dim:
-        return None
-    return data, pages, firsts, codec, dictionary, leaf.max_definition_level
+            body_at, at = at + page.offset, at + page.offset + page.compressed_size
+            if page.type == _DICTIONARY_PAGE:
+                if chunk.dictionary is not None or chunk.pages or page.encoding not in (_PLAIN, _PLAIN_DICTIONARY):
+                    return None
+                raw = _page_bytes(chunk.fd, page, body_at)
+                body = _decompress(codec, raw, page.uncompressed_size) if _checksum_holds(page, raw) else None
+                if body is None or len(body) < 4 * page.num_values:
+                    return None
+                chunk.dictionary = np.frombuffer(body, dtype=np.float32, count=page.num_values)
+            elif page.type in (_DATA_PAGE, _DATA_PAGE_V2):
+                chunk.pages.append((page, body_at, values))
+                values += page.num_values
+        if values != rows * dim:
+            return None
+        opened, chunk = chunk, None
+        return opened
+    finally:
+        if chunk is not None:
+            chunk.close()
 
 
-def _page_bytes(data: np.ndarray, page) -> np.ndarray:
-    return data[page.offset:page.offset + page.compressed_size]
+def _page_bytes(fd: int, page, at: int) -> np.ndarray:
+    return np.frombuffer(os.pread(fd, page.compressed_size, at), dtype=np.uint8)
 
 
-def _decode_page(opened: tuple, page, first: int, out: np.ndarray) -> bool:
-    data, _, _, codec, dictionary, max_def = opened
-    raw = _page_bytes(data, page)
-    if page.has_crc and zlib.crc32(raw) != page.crc:
-        return False  # Arrow's reader says which page of which column
+def _checksum_holds(page, raw: np.ndarray) -> bool:
+    """No checksum, or the page's CRC-32 (Arrow's reader names a page whose checksum differs)."""
+    return not page.has_crc or zlib.crc32(raw) == page.crc
+
+
+def _decode_page(chunk: _Chunk, page, at: int, first: int, out: np.ndarray) -> bool:
+    raw = _page_bytes(chunk.fd, page, at)
+    if len(raw) != page.compressed_size or not _checksum_holds(page, raw):
+        return False
+    codec, dictionary, max_def = chunk.codec, chunk.dictionary, chunk.max_definition_level
     if page.type == _DATA_PAGE:
         body = _decompress(codec, raw, page.uncompressed_size)
         return body is not None and _core.decode_vector_page_v1(page, body, first, out, dictionary, max_def)
@@ -176,10 +221,11 @@ def _quietly(call: Callable, *args):
 
 def decode_row_groups(sources: list[ChunkSource | None], outs: list[np.ndarray], threads: int) -> list[bool]:
     """Decodes each source's row group into its ``out`` (float32 [rows, dim], C-contiguous, rows
-    the group's), the pages of each on ``threads`` threads side by side; the next group's chunk is
-    read while a group's pages are decoded, so at most two chunks' bytes are held. Answers which
-    were decoded: an ``out`` not decoded may hold some of its values and is to be read with
-    Arrow. A source None is skipped."""
+    the group's), the pages of each on ``threads`` threads side by side, each page read from the
+    file as it is decoded (a page's bytes at a time, not a chunk's; the next group's headers are
+    read while a group's pages are decoded). Answers which were decoded: an ``out`` not decoded
+    may hold some of its values and is to be read with Arrow. A source None (or not on the local
+    file system) is skipped."""
     done = [False] * len(sources)
     if not sources:
         return done
@@ -193,12 +239,14 @@ def decode_row_groups(sources: list[ChunkSource | None], outs: list[np.ndarray],
         pending = open_next(0)
         while pending is not None:
             i, future = pending
-            opened = future.result()
+            chunk = future.result()
             pending = open_next(i + 1)
-            if opened is None:
+            if chunk is None:
                 continue
-            pages, firsts = opened[1], opened[2]
-            decoded = [pool.submit(_quietly, _decode_page, opened, page, first, outs[i])
-                       for page, first in zip(pages, firsts)]
-            done[i] = all([f.result() is True for f in decoded])
+            try:
+                decoded = [pool.submit(_quietly, _decode_page, chunk, page, at, first, outs[i])
+                           for page, at, first in chunk.pages]
+                done[i] = all([f.result() is True for f in decoded])
+            finally:
+                chunk.close()
     return done

@@ -606,13 +606,15 @@ void bind_parquet_pages(nb::module_& m) {
         .def_ro("is_compressed", &PageHeader::is_compressed)
         .def_ro("offset", &PageHeader::offset);
     m.def(
-        "parquet_page_headers",
-        [](Bytes chunk) -> std::optional<std::vector<PageHeader>> {
-            std::vector<PageHeader> pages;
-            if (!sparknn::parquet::read_page_headers(chunk.data(), chunk.shape(0), pages)) return std::nullopt;
-            return pages;
+        "parquet_page_header",
+        [](Bytes data) -> std::optional<PageHeader> {
+            PageHeader page;
+            if (!sparknn::parquet::read_page_header(data.data(), data.shape(0), page)) return std::nullopt;
+            return page;
         },
-        "chunk"_a, "The header of every page of a Parquet column chunk's bytes, or None when they do not parse");
+        "data"_a,
+        "The Parquet page header at the start of data (its offset: the header's length), or None when the "
+        "bytes do not start with one");
     m.def(
         "decode_vector_page_v1",
         [](const PageHeader& page, Bytes body, int64_t first_value, OutRows out, std::optional<Floats> dictionary,

@@ -48,6 +48,11 @@ struct PageHeader {
     int64_t offset = 0;                      // of the page's bytes (after its header) in the chunk
 };
 
+// The page header at the start of `data` (of `size` bytes); its `offset` is the
+// header's own length (where the page's bytes start). False when the bytes do
+// not start with a well-formed header.
+bool read_page_header(const uint8_t* data, size_t size, PageHeader& page);
+
 // The header of every page in a column chunk's bytes, in order. Returns false
 // when the bytes are not a sequence of well-formed page headers whose pages
 // fill the chunk exactly.
