@@ -20,6 +20,30 @@ def cpu_simd_level() -> str: ...
 def bf16_tiles_preferred() -> bool: ...
 def crc32c(data: npt.NDArray[np.uint8], seed: int = 0) -> int: ...
 
+class ParquetPageHeader:
+    """One Parquet page header (sparknn::parquet::PageHeader); offset: where the page's bytes start."""
+
+    type: int
+    uncompressed_size: int
+    compressed_size: int
+    has_crc: bool
+    crc: int
+    num_values: int
+    encoding: int
+    num_nulls: int
+    definition_levels_bytes: int
+    repetition_levels_bytes: int
+    is_compressed: bool
+    offset: int
+
+def parquet_page_header(data: npt.NDArray[np.uint8]) -> Optional[ParquetPageHeader]: ...
+def decode_vector_page_v1(page: ParquetPageHeader, body: npt.NDArray[np.uint8], first_value: int,
+                          out: npt.NDArray[np.float32], dictionary: Optional[npt.NDArray[np.float32]],
+                          max_definition_level: int) -> bool: ...
+def decode_vector_page_v2(page: ParquetPageHeader, levels: npt.NDArray[np.uint8], values: npt.NDArray[np.uint8],
+                          first_value: int, out: npt.NDArray[np.float32],
+                          dictionary: Optional[npt.NDArray[np.float32]], max_definition_level: int) -> bool: ...
+
 class IndexOptions:
     """Parameters of make_index; each kind reads its own (sparknn::IndexOptions)."""
 

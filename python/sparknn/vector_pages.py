@@ -2,17 +2,18 @@
 
 Arrow's Parquet reader decodes a list column on one core per column chunk and spends most of it
 on the levels of every value (list offsets, validity bitmaps, a copy): a 50k-row group of
-Fashion-MNIST (784 floats a row) took 0.45-0.7 s, a quarter of the whole self-join. Here the
-chunk's pages are decompressed by Arrow's codecs and decoded by the engine
-(``_core.decode_vector_page_*``), which only checks the levels against the matrix's shape and puts
-each page's values where their position says, so the pages of one row group are decoded on every
-core side by side.
+Fashion-MNIST (784 floats a row) took 0.45-0.7 s, a quarter of the whole self-join. Here each
+page is read by the thread that decodes it, decompressed by Arrow's codecs and decoded by the
+engine (``_core.decode_vector_page_*``), which only checks the levels against the matrix's shape
+and puts the page's values where their position says: the pages of one row group are decoded on
+every core side by side (0.07-0.1 s).
 
-Only what that covers takes this path: a list of float32 (physical FLOAT, one level of
-repetition), no null vector or element, every row the same length, pages v1 or v2 with PLAIN,
-dictionary or BYTE_STREAM_SPLIT values and a codec Arrow has. Anything else, and any page that
-does not decode or whose checksum differs, leaves that row group to Arrow's reader, whose errors
-say what is wrong: the two paths give the same floats (tests/test_vector_pages.py)."""
+Only what that covers takes this path: a local file, a list of float32 (physical FLOAT, one
+level of repetition), no null vector or element, every row the same length, pages v1 or v2 with
+PLAIN, dictionary or BYTE_STREAM_SPLIT values, uncompressed, snappy or zstd. Anything else, and
+any page that does not decode or whose checksum differs, leaves that row group to Arrow's
+reader, whose errors say what is wrong: the two paths give the same floats
+(tests/test_vector_pages.py)."""
 from __future__ import annotations
 
 import os
