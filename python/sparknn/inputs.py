@@ -231,20 +231,19 @@ def hold_vectors(inp: Input, progress: Progress, dim: int | None = None, budget:
     held: list = []
     with decoding_memory(), progress.bar(inp.num_rows, "reading") as bar:
         # in row order: the first unit with an error raises first, as a serial read would
-        for unit, part in decode_side_by_side(units, [u[-1] for u in units], block, threads,
-                                              lambda u, into, decoded: _decode(inp, u, dim, into, decoded),
-                                              lambda u: ChunkSource(u[0].path, inp.vector_col, u[1],
-                                                                    u[0].filesystem), dim):
+        for _, part in decode_side_by_side(units, [u[-1] for u in units], block, threads,
+                                           lambda u, into, decoded: _decode(inp, u, dim, into, decoded),
+                                           lambda u: ChunkSource(u[0].path, inp.vector_col, u[1], u[0].filesystem),
+                                           dim, bar.update):
             held.append(part)
-            bar.update(unit[-1])
     inp.held, inp.block = held, block
     return True
 
 
 def decode_side_by_side(units: list, counts: list[int], block: RowBlock | None, threads: int,
                         decode: Callable[[object, np.ndarray | None, bool], object],
-                        source: Callable[[object], ChunkSource] | None = None,
-                        dim: int = 0) -> Iterator[tuple[object, object]]:
+                        source: Callable[[object], ChunkSource] | None = None, dim: int = 0,
+                        progress: Callable[[int], None] | None = None) -> Iterator[tuple[object, object]]:
     """(unit, decode(unit, into, decoded)) of every unit, in unit order, decoded ``threads`` at a
     time (0: every core this process may use): each unit by a Parquet reader of its own, since one
     reader decodes on one core. ``into``: the unit's rows in ``block`` (units hold ``counts`` rows
@@ -256,7 +255,8 @@ def decode_side_by_side(units: list, counts: list[int], block: RowBlock | None, 
     first decoded page by page (vector_pages: every core on each row group, 4-5x faster than
     Arrow's list decoder); ``decoded`` tells ``decode`` that its ``into`` is filled. The units
     that path leaves (a null vector, a ragged row, an encoding it does not decode) are read by
-    Arrow, whose errors say what is wrong."""
+    Arrow, whose errors say what is wrong. ``progress(rows)``: called (in this thread) with each
+    unit's rows as it is decoded, page by page or as it is yielded."""
     rows = block.array() if block is not None else None
     own = rows is None and source is not None and dim > 0
     slices, first = [], 0
@@ -267,10 +267,15 @@ def decode_side_by_side(units: list, counts: list[int], block: RowBlock | None, 
     workers = max(1, min(len(units), threads or usable_cores()))
     decoded = [False] * len(units)
     if source is not None and (own or (rows is not None and rows.shape[1])):
-        decoded = decode_row_groups([source(u) for u in units], slices, threads or usable_cores())
+        decoded = decode_row_groups([source(u) for u in units], slices, threads or usable_cores(),
+                                    progress)
     with ThreadPoolExecutor(workers) as pool:
         try:
-            yield from zip(units, pool.map(decode, units, slices, decoded))
+            for unit, count, was_decoded, part in zip(units, counts, decoded,
+                                                      pool.map(decode, units, slices, decoded)):
+                if progress is not None and not was_decoded:
+                    progress(count)
+                yield unit, part
         finally:
             pool.shutdown(cancel_futures=True)
 

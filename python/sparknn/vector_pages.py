@@ -220,13 +220,14 @@ def _quietly(call: Callable, *args):
         return None
 
 
-def decode_row_groups(sources: list[ChunkSource | None], outs: list[np.ndarray], threads: int) -> list[bool]:
+def decode_row_groups(sources: list[ChunkSource | None], outs: list[np.ndarray], threads: int,
+                      progress: Callable[[int], None] | None = None) -> list[bool]:
     """Decodes each source's row group into its ``out`` (float32 [rows, dim], C-contiguous, rows
     the group's), the pages of each on ``threads`` threads side by side, each page read from the
     file as it is decoded (a page's bytes at a time, not a chunk's; the next group's headers are
     read while a group's pages are decoded). Answers which were decoded: an ``out`` not decoded
     may hold some of its values and is to be read with Arrow. A source None (or not on the local
-    file system) is skipped."""
+    file system) is skipped. ``progress(rows)`` is called, in this thread, as each is decoded."""
     done = [False] * len(sources)
     if not sources:
         return done
@@ -250,4 +251,6 @@ def decode_row_groups(sources: list[ChunkSource | None], outs: list[np.ndarray],
                 done[i] = all([f.result() is True for f in decoded])
             finally:
                 chunk.close()
+            if done[i] and progress is not None:
+                progress(len(outs[i]))
     return done

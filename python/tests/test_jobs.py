@@ -292,7 +292,7 @@ def test_hold_vectors_decodes_from_the_pool_that_keeps_freed_batches(items, item
     leaves: here every row group.)"""
     from sparknn.arrow import decoding_pool
 
-    monkeypatch.setattr(inputs, "decode_row_groups", lambda sources, outs, threads: [False] * len(sources))
+    monkeypatch.setattr(inputs, "decode_row_groups", lambda sources, outs, *_: [False] * len(sources))
     pools, decode = [], inputs.row_group_vectors
 
     def spy(*args, **kwargs):

@@ -174,3 +174,25 @@ def test_damaged_chunks_decode_as_arrow_reads_them_or_are_left_to_it(tmp_path, p
             answered += 1
             assert np.array_equal(got, arrow_rows(path), equal_nan=True), f"byte {at}"
     assert answered  # some changes (in values) still decode
+
+
+def test_a_read_counts_every_row_once_whichever_reader_decoded_it(tmp_path):
+    """hold_vectors over a directory whose files take both paths (snappy: page by page; gzip:
+    Arrow's reader): the rows in order and the progress bar told each row once."""
+    from sparknn.progress import _Silent
+
+    class Counted(Progress):
+        def bar(self, total, desc, unit="rows"):
+            self.last = _Silent()
+            return self.last
+
+    x = vectors(rows=900)
+    (tmp_path / "d").mkdir()
+    for i, compression in enumerate(["snappy", "gzip", "zstd"]):
+        write(tmp_path / "d" / f"part-{i}.parquet", x[i * 300:(i + 1) * 300], row_group_size=100,
+              compression=compression)
+    for one_block in (True, False):
+        inp, progress = open_input(str(tmp_path / "d"), "id", "vector"), Counted(False)
+        assert hold_vectors(inp, progress, threads=2, one_block=one_block)
+        assert progress.last.n == 900
+        assert np.array_equal(np.concatenate([v for _, v in inp.held]), x)
