@@ -28,7 +28,7 @@ from sparknn.index import RowBlock
 from sparknn.machine import available_memory, usable_cores
 from sparknn.output import DataError, UsageError, one_line, special_kind
 from sparknn.progress import Progress
-from sparknn.vector_pages import ChunkSource, decode_row_groups
+from sparknn.vector_pages import ChunkSource, decode_row_groups, leaf_columns
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -55,13 +55,10 @@ def values_per_row(parquet: pq.ParquetFile, column: str, group: int = 0) -> floa
     """The column's values per row in a row group (the vectors' length, for a column of vectors),
     from the footer; 0 when the group is empty or the column is not there."""
     meta = parquet.metadata.row_group(group) if parquet.metadata.num_row_groups > group else None
-    if meta is None or not meta.num_rows:
+    leaves = leaf_columns(parquet.metadata, column)
+    if meta is None or not meta.num_rows or not leaves:
         return 0.0
-    for j in range(meta.num_columns):
-        chunk = meta.column(j)
-        if chunk.path_in_schema.split(".")[0] == column:
-            return chunk.num_values / meta.num_rows
-    return 0.0
+    return meta.column(leaves[0]).num_values / meta.num_rows
 HOLD_FRACTION = 0.25  # of the available memory: an input at most this large is read once and held
 _LISTED = 10  # files named in one error message
 

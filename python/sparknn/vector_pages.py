@@ -49,10 +49,15 @@ class ChunkSource:
     filesystem: object = None
 
 
+def leaf_columns(meta: pq.FileMetaData, column: str) -> list[int]:
+    """The indexes of the Parquet leaf columns under top-level column ``column``."""
+    return [i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == column]
+
+
 def _leaf(parquet: pq.ParquetFile, column: str):
     """The Parquet leaf column of a list<float32> column and its index, else None."""
     meta = parquet.metadata
-    leaves = [i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == column]
+    leaves = leaf_columns(meta, column)
     if len(leaves) != 1:
         return None
     leaf = meta.schema.column(leaves[0])
@@ -171,7 +176,7 @@ def _open(source: ChunkSource, out: np.ndarray) -> _Chunk | None:
                 if chunk.dictionary is not None or chunk.pages or page.encoding not in (_PLAIN, _PLAIN_DICTIONARY):
                     return None
                 raw = _page_bytes(chunk.fd, page, body_at)
-                body = _decompress(codec, raw, page.uncompressed_size) if _checksum_holds(page, raw) else None
+                body = None if raw is None else _decompress(codec, raw, page.uncompressed_size)
                 if body is None or len(body) < 4 * page.num_values:
                     return None
                 chunk.dictionary = np.frombuffer(body, dtype=np.float32, count=page.num_values)
@@ -187,18 +192,18 @@ def _open(source: ChunkSource, out: np.ndarray) -> _Chunk | None:
             chunk.close()
 
 
-def _page_bytes(fd: int, page, at: int) -> np.ndarray:
-    return np.frombuffer(os.pread(fd, page.compressed_size, at), dtype=np.uint8)
-
-
-def _checksum_holds(page, raw: np.ndarray) -> bool:
-    """No checksum, or the page's CRC-32 (Arrow's reader names a page whose checksum differs)."""
-    return not page.has_crc or zlib.crc32(raw) == page.crc
+def _page_bytes(fd: int, page, at: int) -> np.ndarray | None:
+    """A page's bytes as stored, None when the file ends first or its CRC-32 differs (Arrow's
+    reader names a page whose checksum differs)."""
+    raw = np.frombuffer(os.pread(fd, page.compressed_size, at), dtype=np.uint8)
+    if len(raw) != page.compressed_size or (page.has_crc and zlib.crc32(raw) != page.crc):
+        return None
+    return raw
 
 
 def _decode_page(chunk: _Chunk, page, at: int, first: int, out: np.ndarray) -> bool:
     raw = _page_bytes(chunk.fd, page, at)
-    if len(raw) != page.compressed_size or not _checksum_holds(page, raw):
+    if raw is None:
         return False
     codec, dictionary, max_def = chunk.codec, chunk.dictionary, chunk.max_definition_level
     if page.type == _DATA_PAGE:

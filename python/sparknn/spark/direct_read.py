@@ -24,7 +24,7 @@ from sparknn.arrow import PARQUET_READ, decoding_memory, vectors_to_numpy
 from sparknn.errors import InvalidArgumentError
 from sparknn.index import RowBlock
 from sparknn.inputs import decode_side_by_side, row_group_vectors
-from sparknn.vector_pages import ChunkSource
+from sparknn.vector_pages import ChunkSource, leaf_columns
 from sparknn.spark import runtime
 from sparknn.spark.layout import ARROW_ID_TYPES
 
@@ -168,7 +168,7 @@ def _dim_from_footers(metas: list, features: str) -> int:
     such files fail the compact read's decoding anyway."""
     dims = set()
     for meta in metas:
-        leaf = [i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == features]
+        leaf = leaf_columns(meta, features)
         if len(leaf) != 1:
             return 0
         for g in range(meta.num_row_groups):
